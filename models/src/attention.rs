@@ -1,0 +1,334 @@
+//! Attention over the paged KV cache, on the CPU, without gathering the cache into contiguous tensors.
+//!
+//! For every new token `t` of sequence `s` at position `p`, and every query head `h` (with key/value head
+//! `h / group`), the kernel walks `s`'s block table over positions `0..=p`:
+//! ```text
+//! score_j = (q_t,h · k_j) * (1 / sqrt(head_dim))   j = 0..=p   (causal: later positions are never read)
+//! w       = softmax(score)
+//! out_t,h = Σ_j w_j v_j
+//! ```
+//! Work items are (token, head) pairs, spread over rayon's pool. Each item's result depends only on its own
+//! query and the cached keys/values, never on what else is in the batch or how a prompt was chunked, so
+//! batching and preemption do not change outputs.
+//!
+//! The arithmetic reproduces candle's CPU ops as candle-transformers' reference models use them (a single
+//! full-prompt prefill, then one token per step), so greedy outputs agree with the reference to the last bit
+//! in decode. gemm, under candle's matmul, rounds a score (a dot product over the head dimension) in one of
+//! three orders depending on the matrix shape; [`ScoreOrder`] picks the order the reference would have used
+//! from the token's own position and its prompt length only — never from the batch or the chunking — so the
+//! kernel stays batch-invariant. The softmax denominator is summed in candle's `vec_sum` order and the output
+//! is one sequential FMA chain over positions, as gemm does for `weights × values`.
+
+use rayon::prelude::*;
+
+use crate::{Batch, KvCache, ModelError};
+
+/// Write the new keys and values of `batch` into layer `layer` of `cache`.
+///
+/// `k` and `v` are `[tokens][num_kv_heads][head_dim]`, tokens in batch order.
+pub fn write_kv(cache: &mut KvCache, layer: usize, k: &[f32], v: &[f32], batch: &Batch<'_>) -> Result<(), ModelError> {
+    let layout = cache.layout();
+    let (heads, dim, bs) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
+    let expected = batch.tokens.len() * heads * dim;
+    if k.len() != expected || v.len() != expected {
+        return Err(ModelError::InvalidBatch(format!("k/v have {} values, expected {expected}", k.len())));
+    }
+    let mut t = 0;
+    for seq in batch.seqs {
+        for pos in seq.num_computed..seq.num_computed + seq.num_new {
+            let (block, slot) = (seq.block_table[pos / bs] as usize, pos % bs);
+            for h in 0..heads {
+                let base = cache.block_offset(block, h);
+                let src = (t * heads + h) * dim;
+                let kv = cache.layer_mut(layer);
+                for d in 0..dim {
+                    kv.k[base + d * bs + slot] = k[src + d];
+                }
+                kv.v[base + slot * dim..base + (slot + 1) * dim].copy_from_slice(&v[src..src + dim]);
+            }
+            t += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Causal attention of the batch's queries over layer `layer` of `cache` (which must already hold the new
+/// tokens' keys and values, see [`write_kv`]).
+///
+/// `q` is `[tokens][num_heads][head_dim]`; the result has the same shape.
+pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'_>, num_heads: usize) -> Vec<f32> {
+    let layout = cache.layout();
+    let (kv_heads, dim, bs) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
+    let group = num_heads / kv_heads;
+    // candle divides a tensor by a float as an affine map with the reciprocal.
+    let inv_scale = (1.0 / (dim as f64).sqrt()) as f32;
+    let kv = cache.layer(layer);
+
+    // Per token: (sequence index, position).
+    let mut token_seq = Vec::with_capacity(batch.tokens.len());
+    for (s, seq) in batch.seqs.iter().enumerate() {
+        token_seq.extend((seq.num_computed..seq.num_computed + seq.num_new).map(|p| (s, p)));
+    }
+
+    let mut out = vec![0f32; q.len()];
+    out.par_chunks_mut(dim).enumerate().for_each_init(Scratch::default, |scratch: &mut Scratch, (item, out)| {
+        let (t, h) = (item / num_heads, item % num_heads);
+        let (s, pos) = token_seq[t];
+        let table = batch.seqs[s].block_table;
+        let kvh = h / group;
+        let q = &q[item * dim..(item + 1) * dim];
+        let len = pos + 1;
+
+        // Scores, one block of positions at a time: a block's keys are stored dimension-major, so the
+        // per-position accumulator chains run side by side in vector registers.
+        let order = ScoreOrder::for_token(pos, batch.seqs[s].prompt_len);
+        scratch.scores.clear();
+        for b in 0..len.div_ceil(bs) {
+            let keys = &kv.k[cache.block_offset(table[b] as usize, kvh)..][..dim * bs];
+            block_scores(order, q, keys, bs, &mut scratch.acc, &mut scratch.scores);
+        }
+        let scores = &mut scratch.scores;
+        scores.truncate(len);
+        let mut max = f32::NEG_INFINITY;
+        for s in scores.iter_mut() {
+            *s *= inv_scale;
+            max = max.max(*s);
+        }
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+        }
+        // The reference sums a prompt row over the whole (masked) prompt, a decode row over `pos + 1` scores;
+        // masked entries are zeros, which only matter for which accumulator each score lands in.
+        let prompt_len = batch.seqs[s].prompt_len;
+        let row_len = if pos < prompt_len { prompt_len } else { len };
+        let sum = candle_vec_sum(scores, row_len);
+        for (j, &e) in scores.iter().enumerate() {
+            let w = e / sum;
+            let values = &kv.v[cache.block_offset(table[j / bs] as usize, kvh) + (j % bs) * dim..][..dim];
+            for (o, &v) in out.iter_mut().zip(values) {
+                *o = w.mul_add(v, *o);
+            }
+        }
+    });
+    out
+}
+
+/// Per-thread buffers of the attention kernel.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// The order in which one score's products are summed, mirroring the gemm path candle's matmul takes for the
+/// reference model's `q · kᵀ` of shape `[m, n]` (gemm-common's `gemm_basic_generic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreOrder {
+    /// `m · n ≤ 256`: the small-matrix kernel; 8 lanes over the head dimension (`d mod 8`), each a sequential
+    /// FMA chain, then a halving tree.
+    Tree8,
+    /// `m = 1`, `n > 256`: the matrix-vector kernel; eight 8-lane accumulators over 64-wide steps, a pairwise
+    /// tree over accumulators, then the lanes summed in order.
+    Gemv8,
+    /// Otherwise: the main kernel; one sequential FMA chain over the head dimension.
+    Sequential,
+}
+
+impl ScoreOrder {
+    /// The order for a token at `pos` of a sequence whose prompt has `prompt_len` tokens: prompt tokens as in
+    /// one `[prompt_len, prompt_len]` prefill, generated tokens as in a `[1, pos + 1]` decode step.
+    pub fn for_token(pos: usize, prompt_len: usize) -> Self {
+        if pos < prompt_len {
+            if prompt_len * prompt_len <= 256 { Self::Tree8 } else { Self::Sequential }
+        } else if pos < 256 {
+            Self::Tree8
+        } else {
+            Self::Gemv8
+        }
+    }
+}
+
+/// Append the scores of one block's `bs` positions (`keys`: `[head_dim][bs]`) against `q` to `out`.
+fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, acc: &mut Vec<f32>, out: &mut Vec<f32>) {
+    let dim = q.len();
+    let key = |d: usize| &keys[d * bs..(d + 1) * bs];
+    // `acc[r * bs + s]`: accumulator `r` of position `s`.
+    let fma_into = |acc: &mut [f32], qd: f32, k: &[f32]| {
+        for (a, &k) in acc.iter_mut().zip(k) {
+            *a = qd.mul_add(k, *a);
+        }
+    };
+    let add_into = |acc: &mut [f32], r: usize, from: usize| {
+        for s in 0..bs {
+            acc[r * bs + s] += acc[from * bs + s];
+        }
+    };
+    match order {
+        ScoreOrder::Sequential => {
+            acc.clear();
+            acc.resize(bs, 0.0);
+            for (d, &qd) in q.iter().enumerate() {
+                fma_into(acc, qd, key(d));
+            }
+            out.extend_from_slice(acc);
+        }
+        ScoreOrder::Tree8 => {
+            acc.clear();
+            acc.resize(8 * bs, 0.0);
+            for (d, &qd) in q.iter().enumerate() {
+                fma_into(&mut acc[(d % 8) * bs..(d % 8 + 1) * bs], qd, key(d));
+            }
+            for w in [4, 2, 1] {
+                for l in 0..w {
+                    add_into(acc, l, l + w);
+                }
+            }
+            out.extend_from_slice(&acc[..bs]);
+        }
+        ScoreOrder::Gemv8 => {
+            // Accumulator (chunk i, lane l) is row i * 8 + l.
+            acc.clear();
+            acc.resize(64 * bs, 0.0);
+            let k_lane8 = dim / 64 * 64;
+            let k_lane = dim / 8 * 8;
+            for d in 0..k_lane8 {
+                let r = (d / 8 % 8) * 8 + d % 8;
+                fma_into(&mut acc[r * bs..(r + 1) * bs], q[d], key(d));
+            }
+            for (a, b) in [(0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (4, 6), (0, 4)] {
+                for l in 0..8 {
+                    add_into(acc, a * 8 + l, b * 8 + l);
+                }
+            }
+            for d in k_lane8..k_lane {
+                let l = d % 8;
+                fma_into(&mut acc[l * bs..(l + 1) * bs], q[d], key(d));
+            }
+            for l in 1..8 {
+                add_into(acc, 0, l);
+            }
+            for d in k_lane..dim {
+                fma_into(&mut acc[..bs], q[d], key(d));
+            }
+            out.extend_from_slice(&acc[..bs]);
+        }
+    }
+}
+
+/// Sum `xs`, zero-padded to `row_len`, in the order of candle's AVX `vec_sum` (the softmax denominator of the
+/// reference): four 8-lane accumulators over 32-element steps, a fixed reduction tree, then the tail added one
+/// by one. Where a position lands depends on `row_len` only through `row_len & !31`, so with blocks of a
+/// multiple of 32 positions a full prompt block rounds alike in every prompt that contains it.
+fn candle_vec_sum(xs: &[f32], row_len: usize) -> f32 {
+    let np = row_len & !31;
+    let padded;
+    let xs = if xs.len() < np {
+        padded = xs.iter().copied().chain(std::iter::repeat(0.0)).take(np).collect::<Vec<f32>>();
+        &padded[..]
+    } else {
+        xs
+    };
+    let mut acc = [[0f32; 8]; 4];
+    for chunk in xs[..np].chunks_exact(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, x) in a.iter_mut().enumerate() {
+                *x += chunk[j * 8 + l];
+            }
+        }
+    }
+    let mut lanes = [0f32; 8];
+    for l in 0..8 {
+        lanes[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+    }
+    let t: [f32; 4] = std::array::from_fn(|i| lanes[i] + lanes[i + 4]);
+    let mut sum = (t[0] + t[1]) + (t[2] + t[3]);
+    for &x in &xs[np..] {
+        sum += x;
+    }
+    sum
+}
+
+/// One attention call of a layer: write the new (already rotated) keys and values into the cache, attend,
+/// and return `[tokens, num_heads * head_dim]`.
+///
+/// `q`: `[tokens, num_heads, 1, head_dim]`, `k`: `[tokens, num_kv_heads, 1, head_dim]` (as returned by
+/// [`crate::nn::Rotary::apply`]), `v`: `[tokens, num_kv_heads * head_dim]`.
+pub fn attend(
+    q: &candle_core::Tensor,
+    k: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    cache: &mut KvCache,
+    layer: usize,
+    batch: &Batch<'_>,
+    num_heads: usize,
+) -> Result<candle_core::Tensor, ModelError> {
+    let _enter = tracing::trace_span!("paged_attention").entered();
+    let tokens = batch.tokens.len();
+    let q_device = q.device();
+    let k = k.flatten_all()?.to_vec1::<f32>()?;
+    let v = v.flatten_all()?.to_vec1::<f32>()?;
+    write_kv(cache, layer, &k, &v, batch)?;
+    let q = q.flatten_all()?.to_vec1::<f32>()?;
+    let out = paged_attention(&q, cache, layer, batch, num_heads);
+    let width = out.len() / tokens.max(1);
+    Ok(candle_core::Tensor::from_vec(out, (tokens, width), q_device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KvLayout, SeqInput};
+
+    /// Attention computed naively over contiguous keys/values for one sequence.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, dim: usize, start: usize) -> Vec<f32> {
+        let tokens = q.len() / (heads * dim);
+        let mut out = vec![0f32; q.len()];
+        for t in 0..tokens {
+            let pos = start + t;
+            for h in 0..heads {
+                let kvh = h / (heads / kv_heads);
+                let qv = &q[(t * heads + h) * dim..][..dim];
+                let scores: Vec<f32> = (0..=pos)
+                    .map(|j| qv.iter().zip(&k[(j * kv_heads + kvh) * dim..][..dim]).map(|(a, b)| a * b).sum::<f32>() / (dim as f32).sqrt())
+                    .collect();
+                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                for j in 0..=pos {
+                    for d in 0..dim {
+                        out[(t * heads + h) * dim + d] += e[j] / sum * v[(j * kv_heads + kvh) * dim + d];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn paged_matches_contiguous_with_scattered_blocks_and_chunks() {
+        let (heads, kv_heads, dim, bs) = (4, 2, 16, 4);
+        let layout = KvLayout { num_layers: 1, num_kv_heads: kv_heads, head_dim: dim };
+        let mut cache = KvCache::new(layout, 8, bs).unwrap();
+        let len = 11;
+        let val = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+        let k: Vec<f32> = (0..len * kv_heads * dim).map(val).collect();
+        let v: Vec<f32> = (0..len * kv_heads * dim).map(|i| val(i + 13)).collect();
+        let q: Vec<f32> = (0..len * heads * dim).map(|i| val(i + 29)).collect();
+        let table = [5u32, 2, 7];
+        // Prefill the first 6 positions in one step, then the remaining 5 in a second step.
+        for (start, n) in [(0usize, 6usize), (6, 5)] {
+            let tokens = vec![0u32; n];
+            let seqs = [SeqInput { num_computed: start, num_new: n, block_table: &table, prompt_len: len, want_logits: true }];
+            let batch = Batch { tokens: &tokens, seqs: &seqs };
+            let ks = &k[start * kv_heads * dim..(start + n) * kv_heads * dim];
+            let vs = &v[start * kv_heads * dim..(start + n) * kv_heads * dim];
+            write_kv(&mut cache, 0, ks, vs, &batch).unwrap();
+            let qs = &q[start * heads * dim..(start + n) * heads * dim];
+            let got = paged_attention(qs, &cache, 0, &batch, heads);
+            let want = reference(qs, &k, &v, heads, kv_heads, dim, start);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Building blocks shared by the architecture files: traced linear layers, RMS norm, rotary embedding with
+//! per-token positions, and the SwiGLU MLP. Like candle's `with_tracing.rs`, each forward enters a TRACE span.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::{Gguf, ModelError};
+
+/// A quantized linear layer `y = x Wᵀ (+ b)`, with a TRACE span per call.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+    span: tracing::Span,
+}
+
+impl Linear {
+    /// Load `{name}.weight` of shape `[out_dim, in_dim]`, and `{name}.bias` when `with_bias`.
+    pub fn load(gguf: &mut Gguf, name: &str, out_dim: usize, in_dim: usize, with_bias: bool) -> Result<Self, ModelError> {
+        let weight = gguf.qmatmul(&format!("{name}.weight"), out_dim, in_dim)?;
+        let bias = if with_bias { Some(gguf.vector(&format!("{name}.bias"), out_dim)?) } else { None };
+        Ok(Self::new(weight, bias, name))
+    }
+
+    /// Wrap an already-loaded weight (the tied output projection reuses the embedding).
+    pub fn new(weight: QMatMul, bias: Option<Tensor>, name: &str) -> Self {
+        let span = tracing::trace_span!("linear", name = name.to_string());
+        Self { weight, bias, span }
+    }
+
+    /// Rows of the weight: the output dimension.
+    pub fn out_dim(&self) -> usize {
+        self.weight_shape().0
+    }
+
+    fn weight_shape(&self) -> (usize, usize) {
+        match &self.weight {
+            QMatMul::QTensor(t) => t.shape().dims2().unwrap_or((0, 0)),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2().unwrap_or((0, 0)),
+        }
+    }
+
+    /// `x`: `[tokens, in_dim]` → `[tokens, out_dim]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// RMS normalisation over the last dimension, `x / sqrt(mean(x²) + eps) * weight`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+    span: tracing::Span,
+}
+
+impl RmsNorm {
+    /// Load `{name}.weight` of length `dim`.
+    pub fn load(gguf: &mut Gguf, name: &str, dim: usize, eps: f32) -> Result<Self, ModelError> {
+        let weight = gguf.vector(&format!("{name}.weight"), dim)?;
+        Ok(Self { weight, eps, span: tracing::trace_span!("rms_norm") })
+    }
+
+    /// Normalise each row of `x`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// Which elements RoPE rotates together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i+1)`: llama.cpp's NORM type, used by Llama and Mistral GGUFs.
+    Interleaved,
+    /// Pairs `(i, i + d/2)`: llama.cpp's NEOX type, used by Qwen2 and Qwen3.
+    Neox,
+}
+
+/// Rotary position embedding with precomputed cos/sin tables, applied at per-token positions so that one
+/// batch can hold sequences at different positions.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    /// `[max_positions, head_dim / 2]`.
+    cos: Tensor,
+    /// `[max_positions, head_dim / 2]`.
+    sin: Tensor,
+    style: RopeStyle,
+    span: tracing::Span,
+}
+
+impl Rotary {
+    /// Tables for `max_positions` positions. `freq_factors` (Llama 3's `rope_freqs.weight`) divide the
+    /// frequencies when present, as llama.cpp does.
+    pub fn new(
+        head_dim: usize,
+        base: f32,
+        max_positions: usize,
+        style: RopeStyle,
+        freq_factors: Option<&[f32]>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        // Built exactly as candle-transformers' quantized models build theirs, so the tables are bit-identical
+        // to the reference implementation.
+        let theta: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .enumerate()
+            .map(|(j, i)| {
+                let f = 1f32 / base.powf(i as f32 / head_dim as f32);
+                f / freq_factors.map_or(1.0, |ff| ff[j])
+            })
+            .collect();
+        let half = theta.len();
+        let theta = Tensor::new(theta.as_slice(), device)?;
+        let idx_theta = Tensor::arange(0, max_positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_positions, 1))?
+            .matmul(&theta.reshape((1, half))?)?;
+        Ok(Self { cos: idx_theta.cos()?, sin: idx_theta.sin()?, style, span: tracing::trace_span!("rope") })
+    }
+
+    /// Number of positions the tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// cos and sin rows for `positions`, shaped `[tokens, 1, head_dim / 2]` for [`Self::apply`].
+    pub fn tables(&self, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let n = positions.dim(0)?;
+        let cos = self.cos.index_select(positions, 0)?;
+        let sin = self.sin.index_select(positions, 0)?;
+        let half = cos.dim(1)?;
+        Ok((cos.reshape((n, 1, half))?, sin.reshape((n, 1, half))?))
+    }
+
+    /// Rotate `x` of shape `[tokens, heads * head_dim]`; token `t` uses row `t` of the tables.
+    /// Returns `[tokens, heads, 1, head_dim]` (contiguous, same memory order as `[tokens, heads, head_dim]`).
+    pub fn apply(&self, x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        let (tokens, width) = x.dims2()?;
+        // candle's rope kernels take (batch, heads, seq, dim) and, with 3-D tables, one table row per batch
+        // entry: making every token its own batch entry gives per-token positions.
+        let x = x.reshape((tokens, heads, 1, width / heads))?.contiguous()?;
+        match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin),
+            RopeStyle::Neox => candle_nn::rotary_emb::rope(&x, cos, sin),
+        }
+    }
+}
+
+/// The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    span: tracing::Span,
+}
+
+impl Mlp {
+    /// Load `{prefix}.ffn_gate`, `ffn_up` and `ffn_down`.
+    pub fn load(gguf: &mut Gguf, prefix: &str, hidden: usize, intermediate: usize) -> Result<Self, ModelError> {
+        Ok(Self {
+            gate: Linear::load(gguf, &format!("{prefix}.ffn_gate"), intermediate, hidden, false)?,
+            up: Linear::load(gguf, &format!("{prefix}.ffn_up"), intermediate, hidden, false)?,
+            down: Linear::load(gguf, &format!("{prefix}.ffn_down"), hidden, intermediate, false)?,
+            span: tracing::trace_span!("mlp"),
+        })
+    }
+
+    /// `x`: `[tokens, hidden]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+/// The token embedding table, kept quantized; rows are dequantized on lookup.
+#[derive(Debug)]
+pub struct Embedding {
+    table: std::sync::Arc<QTensor>,
+    span: tracing::Span,
+}
+
+impl Embedding {
+    /// Load `token_embd.weight` of shape `[vocab, hidden]`.
+    pub fn load(gguf: &mut Gguf, vocab: usize, hidden: usize) -> Result<Self, ModelError> {
+        let table = gguf.tensor("token_embd.weight", Some(&[vocab, hidden]))?;
+        Ok(Self { table: std::sync::Arc::new(table), span: tracing::trace_span!("embedding") })
+    }
+
+    /// The quantized table, shared with a tied output projection.
+    pub fn table(&self) -> std::sync::Arc<QTensor> {
+        self.table.clone()
+    }
+
+    /// `ids`: `[tokens]` u32 → `[tokens, hidden]` f32.
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        self.table.embedding(ids)
+    }
+}
+
+/// The vocabulary size and hidden size of `token_embd.weight`.
+pub fn embedding_shape(gguf: &Gguf) -> Result<(usize, usize), ModelError> {
+    match gguf.tensor_shape("token_embd.weight")?.as_slice() {
+        &[vocab, hidden] => Ok((vocab, hidden)),
+        other => Err(ModelError::Shape { name: "token_embd.weight".into(), expected: vec![0, 0], actual: other.to_vec() }),
+    }
+}
+
+/// The output projection: `output.weight` when present, else the embedding table (tied embeddings, as in
+/// SmolLM2 and the small Qwen models).
+pub fn output_projection(gguf: &mut Gguf, embedding: &Embedding, vocab: usize, hidden: usize) -> Result<Linear, ModelError> {
+    if gguf.has_tensor("output.weight") {
+        Linear::load(gguf, "output", vocab, hidden, false)
+    } else {
+        Ok(Linear::new(QMatMul::from_arc(embedding.table())?, None, "output(tied)"))
+    }
+}
+
+/// Per-step tensors every architecture needs: token ids, rotary tables at each token's position, and the
+/// rows whose logits are wanted.
+pub struct StepInputs {
+    /// `[tokens]` u32.
+    pub ids: Tensor,
+    /// `[tokens, 1, head_dim / 2]`.
+    pub cos: Tensor,
+    /// `[tokens, 1, head_dim / 2]`.
+    pub sin: Tensor,
+    /// Indices of the rows to project to logits.
+    pub logit_rows: Tensor,
+}
+
+impl StepInputs {
+    /// Build the step tensors for `batch`, checking it against the cache and the rotary table.
+    pub fn new(batch: &crate::Batch<'_>, rotary: &Rotary, cache: &crate::KvCache, device: &Device) -> Result<Self, ModelError> {
+        batch.validate(cache.block_size(), cache.num_blocks())?;
+        if batch.tokens.is_empty() {
+            return Err(ModelError::InvalidBatch("the batch has no tokens".into()));
+        }
+        let positions = batch.positions();
+        let max = *positions.iter().max().expect("batch is not empty") as usize;
+        if max >= rotary.max_positions() {
+            return Err(ModelError::InvalidBatch(format!(
+                "position {max} is past the model's context of {} positions",
+                rotary.max_positions()
+            )));
+        }
+        let n = positions.len();
+        let positions = Tensor::from_vec(positions, n, device)?;
+        let (cos, sin) = rotary.tables(&positions)?;
+        let rows = batch.logit_rows();
+        let n_rows = rows.len();
+        Ok(Self {
+            ids: Tensor::from_vec(batch.tokens.to_vec(), n, device)?,
+            cos,
+            sin,
+            logit_rows: Tensor::from_vec(rows, n_rows, device)?,
+        })
+    }
+}
+
+/// Final norm and output projection of the wanted rows of `x` (`[tokens, hidden]`) → `[rows, vocab]`.
+pub fn logits(x: &Tensor, rows: &Tensor, norm: &RmsNorm, output: &Linear) -> candle_core::Result<Tensor> {
+    if rows.dim(0)? == 0 {
+        return Tensor::zeros((0, output.out_dim()), DType::F32, x.device());
+    }
+    let x = x.index_select(rows, 0)?;
+    output.forward(&norm.forward(&x)?)
+}

@@ -1,0 +1,1 @@
+//! Loading real files, and the clear errors bad files get.
