@@ -1,0 +1,31 @@
+//! The hearth engine: continuous batching of generation requests over a paged KV cache.
+//!
+//! [`Engine::load`] reads a GGUF file (weights, tokenizer, chat template) and starts the step loop on its own
+//! OS thread; the returned [`EngineHandle`] is cheap to clone and is all callers need. A caller tokenizes
+//! (with [`Tokenizer`], off any async executor), submits a [`GenerateRequest`] and reads [`Event`]s from the
+//! returned [`RequestStream`]; dropping the stream cancels the request and frees its KV blocks on the next step.
+//!
+//! The public API has no candle types: token ids are `u32`, text is `String`, logits never leave the crate.
+
+mod detokenizer;
+mod error;
+mod handle;
+mod kv_cache;
+mod request;
+mod sampler;
+mod scheduler;
+mod step;
+mod stop;
+
+pub mod chat_template;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use detokenizer::Detokenizer;
+pub use error::EngineError;
+pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};
+pub use request::{
+    validate, Completion, Event, FinishReason, GenerateRequest, SamplingParams, StopParams, Timings,
+    TokenChunk, TokenLogprob, Usage,
+};
+pub use tokenizer::Tokenizer;
