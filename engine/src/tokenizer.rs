@@ -900,6 +900,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn broken_chat_template_still_loads() {
+        let mut md = metadata(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
+        md.insert("tokenizer.chat_template".into(), Value::String("{% for m in messages %}".into()));
+        let tokenizer = Tokenizer::from_gguf_metadata(&md).expect("a broken template does not stop completions");
+        assert!(tokenizer.chat_template().is_none());
+        let messages = [ChatMessage { role: "user".into(), content: "Hi".into() }];
+        let err = tokenizer.apply_chat_template(&messages, true).unwrap_err();
+        assert!(matches!(&err, EngineError::Template(m) if m.contains("cannot compile")), "{err}");
+    }
+
+    #[test]
     fn unknown_pre_tokenizer_falls_back_to_gpt2() {
         assert_eq!(PreTokenizerKind::from_gguf(Some("not-a-real-pre")), PreTokenizerKind::Gpt2);
         assert_eq!(PreTokenizerKind::from_gguf(Some("deepseek-r1-qwen")), PreTokenizerKind::Qwen2);

@@ -42,12 +42,82 @@ impl Linear {
 
     /// `x`: `[tokens, in_dim]` → `[tokens, out_dim]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_rows(x, None)
+    }
+
+    /// Like [`Self::forward`], but for a weight type whose candle kernel depends on the number of rows
+    /// (Q6_K: a compact kernel for one row, a repacked one for more), `rows` says how the reference model
+    /// would have run each row: decode rows alone, prompt rows together. Each row then rounds the same
+    /// whatever else is in the batch.
+    pub fn forward_rows(&self, x: &Tensor, rows: Option<&RowKinds>) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        let y = self.weight.forward(x)?;
+        let y = match (rows, &self.weight) {
+            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == candle_core::quantized::GgmlDType::Q6K && rows.mixed() => rows.apply(x, |x| self.weight.forward(x))?,
+            _ => self.weight.forward(x)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// Which rows of a step are decode rows (a generated token, or a one-token prompt: the reference runs them
+/// as one-row matmuls) and which are prompt rows (the reference runs a prompt as one many-row matmul).
+#[derive(Debug, Clone)]
+pub struct RowKinds {
+    /// Indices of prompt rows, in order.
+    prompt: Vec<u32>,
+    /// Indices of decode rows, in order.
+    decode: Vec<u32>,
+}
+
+impl RowKinds {
+    /// Classify the rows of `batch`.
+    pub fn new(batch: &crate::Batch<'_>) -> Self {
+        let (mut prompt, mut decode) = (Vec::new(), Vec::new());
+        let mut row = 0u32;
+        for seq in batch.seqs {
+            for pos in seq.num_computed..seq.num_computed + seq.num_new {
+                if pos < seq.prompt_len && seq.prompt_len > 1 { prompt.push(row) } else { decode.push(row) }
+                row += 1;
+            }
+        }
+        Self { prompt, decode }
+    }
+
+    /// Whether a plain matmul over all rows could round a row differently from the reference.
+    fn mixed(&self) -> bool {
+        self.decode.len() > 1 || (self.decode.len() == 1 && !self.prompt.is_empty()) || self.prompt.len() == 1
+    }
+
+    /// Run `f` on prompt rows together (at least two rows, padding with a copy) and on each decode row alone,
+    /// and put the results back in row order.
+    fn apply(&self, x: &Tensor, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+        let n = x.dim(0)?;
+        let mut parts = Vec::new();
+        let mut order = Vec::new();
+        if !self.prompt.is_empty() {
+            let mut idx = self.prompt.clone();
+            if idx.len() == 1 {
+                idx.push(idx[0]);
+            }
+            let ids = Tensor::from_vec(idx, self.prompt.len().max(2), x.device())?;
+            let y = f(&x.index_select(&ids, 0)?)?;
+            parts.push(y.narrow(0, 0, self.prompt.len())?);
+            order.extend_from_slice(&self.prompt);
+        }
+        for &r in &self.decode {
+            parts.push(f(&x.narrow(0, r as usize, 1)?)?);
+            order.push(r);
+        }
+        let y = Tensor::cat(&parts, 0)?;
+        // `order[i]` is the row that `y[i]` belongs to; invert it to gather rows back in place.
+        let mut inverse = vec![0u32; n];
+        for (i, &r) in order.iter().enumerate() {
+            inverse[r as usize] = i as u32;
+        }
+        y.index_select(&Tensor::from_vec(inverse, n, x.device())?, 0)
     }
 }
 
@@ -173,11 +243,11 @@ impl Mlp {
         })
     }
 
-    /// `x`: `[tokens, hidden]`.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x`: `[tokens, hidden]`; `rows` as in [`Linear::forward_rows`].
+    pub fn forward(&self, x: &Tensor, rows: &RowKinds) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let gate = candle_nn::ops::silu(&self.gate.forward_rows(x, Some(rows))?)?;
+        self.down.forward_rows(&(gate * self.up.forward_rows(x, Some(rows))?)?, Some(rows))
     }
 }
 
@@ -236,6 +306,8 @@ pub struct StepInputs {
     pub sin: Tensor,
     /// Indices of the rows to project to logits.
     pub logit_rows: Tensor,
+    /// How the reference would have grouped each row into matmuls.
+    pub rows: RowKinds,
 }
 
 impl StepInputs {
@@ -263,6 +335,7 @@ impl StepInputs {
             cos,
             sin,
             logit_rows: Tensor::from_vec(rows, n_rows, device)?,
+            rows: RowKinds::new(batch),
         })
     }
 }
@@ -273,5 +346,7 @@ pub fn logits(x: &Tensor, rows: &Tensor, norm: &RmsNorm, output: &Linear) -> can
         return Tensor::zeros((0, output.out_dim()), DType::F32, x.device());
     }
     let x = x.index_select(rows, 0)?;
-    output.forward(&norm.forward(&x)?)
+    // The reference projects one sequence's last row at a time.
+    let all_decode = RowKinds { prompt: Vec::new(), decode: (0..rows.dim(0)? as u32).collect() };
+    output.forward_rows(&norm.forward(&x)?, Some(&all_decode))
 }

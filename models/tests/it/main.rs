@@ -1,6 +1,6 @@
-//! Integration tests of the models crate against real GGUF files.
+//! Integration tests of the models crate: loading real and broken GGUF files. (Output fidelity against the
+//! reference runs through the whole engine, in `engine/tests/it/fidelity.rs`.)
 
-mod fidelity;
 mod loading;
 
 use std::path::PathBuf;
