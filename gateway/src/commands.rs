@@ -1,0 +1,229 @@
+//! The subcommands: `serve` (HTTP API until SIGINT/SIGTERM), `generate` (one answer to stdout) and `chat`
+//! (an interactive terminal conversation).
+
+use std::io::{self, BufRead, Write};
+use std::pin::pin;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, StopParams};
+use gateway::{server, AppState};
+use tokio::sync::mpsc;
+
+use crate::cli::{ChatArgs, GenerateArgs, SamplingArgs, ServeArgs};
+
+/// `hearth serve`.
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let gateway_config = args.gateway_config();
+    let engine = load_engine(args.engine.engine_config()?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = server::bind(&gateway_config)
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", gateway_config.host, gateway_config.port))?;
+        let state = AppState::new(engine, &gateway_config);
+        let addr = listener.local_addr().context("cannot read the listening address")?;
+        tracing::info!(
+            %addr,
+            model = %state.model_name,
+            api_key = gateway_config.api_key.is_some(),
+            "listening: OpenAI-compatible API at http://{addr}/v1"
+        );
+        server::serve(listener, state, server::shutdown_signal(), gateway_config.drain_timeout)
+            .await
+            .context("the HTTP server failed")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hearth generate`: runs without an async runtime, reading events with `blocking_next`.
+pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let engine = load_engine(args.engine.engine_config()?)?;
+    let tokenizer = engine.tokenizer();
+    let prompt = if args.raw {
+        tokenizer.encode(&args.prompt, true)?
+    } else {
+        let messages = [ChatMessage { role: "user".to_owned(), content: args.prompt.clone() }];
+        tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)?
+    };
+    let mut events = engine.submit(request(&engine, prompt, &args.sampling))?;
+    let mut stdout = io::stdout().lock();
+    loop {
+        match events.blocking_next() {
+            Some(Event::Token(chunk)) => {
+                stdout.write_all(chunk.text.as_bytes())?;
+                stdout.flush()?;
+            }
+            Some(Event::Finished(done)) => {
+                writeln!(stdout)?;
+                let usage = done.usage;
+                eprintln!(
+                    "prompt tokens: {}, completion tokens: {}, finish: {}, time to first token: {:.1} ms, decode: {:.1} tokens/s",
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    gateway::openai::finish_reason(done.reason),
+                    done.timings.time_to_first_token.as_secs_f64() * 1e3,
+                    done.timings.decode_tokens_per_second(usage.completion_tokens),
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(Event::Error(err)) => return Err(err.into()),
+            None => return Err(EngineError::ShutDown.into()),
+        }
+    }
+}
+
+/// `hearth chat`: a current-thread runtime, so Ctrl-C can be raced against the token stream.
+pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
+    let engine = load_engine(args.engine.engine_config()?)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let result = runtime.block_on(chat_loop(&engine, &args));
+    engine.shutdown();
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// How one chat turn ended.
+enum Turn {
+    Answered(String),
+    Cancelled,
+}
+
+async fn chat_loop(engine: &EngineHandle, args: &ChatArgs) -> anyhow::Result<()> {
+    let mut history: Vec<ChatMessage> = Vec::new();
+    if let Some(system) = &args.system {
+        history.push(ChatMessage { role: "system".to_owned(), content: system.clone() });
+    }
+    let kept_on_reset = history.len();
+    let mut lines = stdin_lines();
+    eprintln!("Chatting with {}. /reset clears the history, /quit or Ctrl-D exits, Ctrl-C stops an answer.", engine.info().name);
+    loop {
+        print!("> ");
+        io::stdout().flush()?;
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(line) = line else {
+            println!();
+            return Ok(());
+        };
+        let line = line.context("cannot read standard input")?;
+        match line.trim() {
+            "" => continue,
+            "/quit" | "/exit" => return Ok(()),
+            "/reset" => {
+                history.truncate(kept_on_reset);
+                eprintln!("(history cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(ChatMessage { role: "user".to_owned(), content: line });
+        match chat_turn(engine, &history, &args.sampling).await {
+            Ok(Turn::Answered(answer)) => history.push(ChatMessage { role: "assistant".to_owned(), content: answer }),
+            Ok(Turn::Cancelled) => {
+                history.pop();
+                eprintln!("(answer cancelled)");
+            }
+            Err(EngineError::ShutDown) => return Err(EngineError::ShutDown.into()),
+            Err(err) => {
+                history.pop();
+                eprintln!("error: {err}");
+                if matches!(err, EngineError::ContextTooLong { .. }) {
+                    eprintln!("(the conversation no longer fits the context window: /reset starts over)");
+                }
+            }
+        }
+    }
+}
+
+/// Generate one answer to `history`, printing it as it streams. Ctrl-C drops the stream, which cancels the
+/// request in the engine.
+async fn chat_turn(engine: &EngineHandle, history: &[ChatMessage], sampling: &SamplingArgs) -> Result<Turn, EngineError> {
+    let (handle, messages) = (engine.clone(), history.to_vec());
+    // Templating and tokenizing are CPU work: keep them off the async executor.
+    let prompt = tokio::task::spawn_blocking(move || {
+        let tokenizer = handle.tokenizer();
+        tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)
+    })
+    .await
+    .map_err(|join_err| EngineError::Tokenizer(join_err.to_string()))??;
+    let mut events = engine.submit(request(engine, prompt, sampling))?;
+    let mut cancel = pin!(tokio::signal::ctrl_c());
+    let mut answer = String::new();
+    let mut stdout = io::stdout();
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Event::Token(chunk)) => {
+                    answer.push_str(&chunk.text);
+                    // A closed terminal is not worth failing the turn over; the next prompt will notice.
+                    let _ = stdout.write_all(chunk.text.as_bytes()).and_then(|()| stdout.flush());
+                }
+                Some(Event::Finished(done)) => {
+                    println!();
+                    eprintln!(
+                        "[{} tokens, {:.1} tokens/s]",
+                        done.usage.completion_tokens,
+                        done.timings.decode_tokens_per_second(done.usage.completion_tokens)
+                    );
+                    return Ok(Turn::Answered(answer));
+                }
+                Some(Event::Error(err)) => {
+                    println!();
+                    return Err(err);
+                }
+                None => return Err(EngineError::ShutDown),
+            },
+            _ = &mut cancel => {
+                drop(events);
+                println!();
+                return Ok(Turn::Cancelled);
+            }
+        }
+    }
+}
+
+/// Lines of standard input, read on a dedicated thread: a blocking read must not hold up the runtime, and
+/// the thread simply ends with the process when the chat is over.
+fn stdin_lines() -> mpsc::Receiver<io::Result<String>> {
+    // One line of look-ahead is enough: the user types one line per turn.
+    let (tx, rx) = mpsc::channel(1);
+    std::thread::spawn(move || {
+        for line in io::stdin().lock().lines() {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A request for `prompt` with the terminal's sampling settings, its length capped by the context window.
+fn request(engine: &EngineHandle, prompt: Vec<u32>, sampling: &SamplingArgs) -> GenerateRequest {
+    let room = engine.info().context_length.saturating_sub(prompt.len()).max(1);
+    GenerateRequest {
+        prompt,
+        sampling: sampling.sampling_params(),
+        stop: StopParams { max_tokens: sampling.max_tokens.min(room), ..StopParams::default() },
+        logprobs: None,
+    }
+}
+
+fn load_engine(config: EngineConfig) -> anyhow::Result<EngineHandle> {
+    let path = config.model_path.clone();
+    tracing::info!(model = %path.display(), "loading the model");
+    let started = Instant::now();
+    let engine = Engine::load(config).with_context(|| format!("cannot load the model {}", path.display()))?;
+    let info = engine.info();
+    tracing::info!(
+        name = %info.name,
+        architecture = %info.architecture,
+        quantization = %info.quantization,
+        context_length = info.context_length,
+        seconds = started.elapsed().as_secs_f64(),
+        "model loaded"
+    );
+    Ok(engine)
+}

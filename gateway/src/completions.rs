@@ -1,0 +1,423 @@
+//! The two generating endpoints, `POST /v1/chat/completions` and `POST /v1/completions`.
+//!
+//! Both run the same pipeline: validate the DTO into a `Valid*` request, build the prompt token ids off the
+//! async executor (chat template + encode, on `spawn_blocking`), submit to the engine (which admits or
+//! answers `Overloaded` at once, so a 429 comes before any byte of the response), then either collect the
+//! event stream into one JSON body or turn it into server-sent events. [`Shape`] holds what differs
+//! between the endpoints once tokens flow: ids, object names and chunk layouts.
+//!
+//! Cancellation: the [`RequestStream`] is owned by the handler future (non-streaming) or by the SSE body
+//! (streaming). When the client goes away, hyper drops that owner, the stream is dropped, and the engine
+//! frees the request's KV blocks on its next step.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use engine::{ChatMessage, Completion as EngineCompletion, EngineError, EngineHandle, Event, RequestStream, TokenLogprob};
+use futures::Stream;
+use serde::Serialize;
+use tracing::{Instrument, Span};
+
+use crate::error::{ApiError, ApiJson};
+use crate::openai::{
+    self, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    ChatDelta, ChatLogprobs, ChatTokenLogprob, CompletionChoice, CompletionLogprobs, CompletionRequest, TopLogprob,
+    UsageDto,
+};
+use crate::server::{AppState, RequestId};
+use crate::validation::{ValidChatRequest, ValidCompletionRequest, ValidParams, ValidPrompt};
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    ApiJson(body): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let ValidChatRequest { messages, params } = ValidChatRequest::try_from(body)?;
+    let prompt = chat_prompt(state.engine.clone(), messages).await?;
+    let shape = Shape::new(Api::Chat, &request_id, &state);
+    generate(state.engine, shape, prompt, params).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    ApiJson(body): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let ValidCompletionRequest { prompt, params } = ValidCompletionRequest::try_from(body)?;
+    let prompt = match prompt {
+        ValidPrompt::Tokens(ids) => ids,
+        ValidPrompt::Text(text) => on_blocking_pool(state.engine.clone(), move |engine| engine.tokenizer().encode(&text, true)).await?,
+    };
+    let shape = Shape::new(Api::Completion, &request_id, &state);
+    generate(state.engine, shape, prompt, params).await
+}
+
+/// Render the chat template (with the assistant generation prompt) and encode it. Special tokens written by
+/// the template are recognised in the text, so no extra BOS is added.
+async fn chat_prompt(engine: EngineHandle, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
+    on_blocking_pool(engine, move |engine| {
+        let tokenizer = engine.tokenizer();
+        let text = tokenizer.apply_chat_template(&messages, true)?;
+        tokenizer.encode(&text, false)
+    })
+    .await
+}
+
+/// Run tokenizer work on tokio's blocking pool, never on the async executor.
+async fn on_blocking_pool<T: Send + 'static>(
+    engine: EngineHandle,
+    work: impl FnOnce(&EngineHandle) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let span = Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| work(&engine)))
+        .await
+        .map_err(|join_err| ApiError::internal(&join_err))?
+        .map_err(ApiError::from)
+}
+
+/// Submit and answer, as one JSON body or as an SSE stream.
+async fn generate(engine: EngineHandle, shape: Shape, prompt: Vec<u32>, params: ValidParams) -> Result<Response, ApiError> {
+    let stream = params.stream;
+    let include_usage = params.include_usage;
+    let want_logprobs = params.logprobs.is_some();
+    let prompt_tokens = prompt.len();
+    let request = params.into_request(prompt, engine.info().context_length);
+    tracing::debug!(prompt_tokens, max_tokens = request.stop.max_tokens, stream, "submitting");
+    let events = engine.submit(request)?;
+    let output = Output { engine, shape, want_logprobs };
+    if stream {
+        Ok(sse_response(events, output, include_usage).into_response())
+    } else {
+        output.collect(events).await
+    }
+}
+
+/// Which endpoint a response belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completion,
+}
+
+/// Identity shared by every chunk of one response.
+struct Shape {
+    api: Api,
+    /// `chatcmpl-…` or `cmpl-…`, built from the request id so logs and responses match.
+    id: String,
+    /// Unix seconds at which the request arrived.
+    created: u64,
+    model: String,
+}
+
+impl Shape {
+    fn new(api: Api, request_id: &RequestId, state: &AppState) -> Self {
+        let prefix = match api {
+            Api::Chat => "chatcmpl",
+            Api::Completion => "cmpl",
+        };
+        Self { api, id: format!("{prefix}-{}", request_id.0), created: unix_now(), model: state.model_name.to_string() }
+    }
+}
+
+/// Formats engine output as this endpoint's DTOs.
+struct Output {
+    /// For turning log-probability token ids into text.
+    engine: EngineHandle,
+    shape: Shape,
+    want_logprobs: bool,
+}
+
+impl Output {
+    /// Read events until the end and answer with one JSON body. Dropping this future (client gone) drops
+    /// `events`, which cancels the request.
+    async fn collect(self, mut events: RequestStream) -> Result<Response, ApiError> {
+        let mut text = String::new();
+        let mut logprobs = Vec::new();
+        loop {
+            match events.next().await {
+                Some(Event::Token(chunk)) => {
+                    logprobs.extend(chunk.logprob.map(|lp| (text.len(), lp)));
+                    text.push_str(&chunk.text);
+                }
+                Some(Event::Finished(done)) => {
+                    log_finished(&done);
+                    return Ok(self.full_response(text, logprobs, &done));
+                }
+                Some(Event::Error(err)) => return Err(err.into()),
+                // The engine dropped the request without a final event: it is gone.
+                None => return Err(EngineError::ShutDown.into()),
+            }
+        }
+    }
+
+    fn full_response(&self, text: String, logprobs: Vec<(usize, TokenLogprob)>, done: &EngineCompletion) -> Response {
+        let s = &self.shape;
+        let usage = UsageDto::from(done.usage);
+        let finish_reason = openai::finish_reason(done.reason);
+        match s.api {
+            Api::Chat => Json(ChatCompletion {
+                id: s.id.clone(),
+                object: "chat.completion",
+                created: s.created,
+                model: s.model.clone(),
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: AssistantMessage { role: "assistant", content: text },
+                    logprobs: self.chat_logprobs(&logprobs),
+                    finish_reason,
+                }],
+                usage,
+            })
+            .into_response(),
+            Api::Completion => Json(openai::Completion {
+                id: s.id.clone(),
+                object: "text_completion",
+                created: s.created,
+                model: s.model.clone(),
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text,
+                    logprobs: self.completion_logprobs(&logprobs),
+                    finish_reason: Some(finish_reason),
+                }],
+                usage: Some(usage),
+            })
+            .into_response(),
+        }
+    }
+
+    /// The chunk that opens a chat stream (`delta: {role: "assistant"}`); completions have none.
+    fn opening_chunk(&self) -> Option<SseEvent> {
+        (self.shape.api == Api::Chat).then(|| {
+            self.chat_chunk(ChatDelta { role: Some("assistant"), content: None }, None, None)
+        })
+    }
+
+    /// A chunk carrying new text (possibly empty, only on the final chunk) and the log-probabilities of the
+    /// tokens since the previous chunk.
+    fn delta_chunk(&self, text: String, logprobs: &[(usize, TokenLogprob)], finish: Option<&'static str>) -> SseEvent {
+        match self.shape.api {
+            Api::Chat => {
+                let content = (!text.is_empty()).then_some(text);
+                self.chat_chunk(ChatDelta { role: None, content }, self.chat_logprobs(logprobs), finish)
+            }
+            Api::Completion => self.completion_chunk(
+                vec![CompletionChoice { index: 0, text, logprobs: self.completion_logprobs(logprobs), finish_reason: finish }],
+                None,
+            ),
+        }
+    }
+
+    /// The extra chunk `stream_options.include_usage` asks for: usage and no choices.
+    fn usage_chunk(&self, usage: UsageDto) -> SseEvent {
+        match self.shape.api {
+            Api::Chat => sse_json(&ChatCompletionChunk {
+                id: self.shape.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.shape.created,
+                model: self.shape.model.clone(),
+                choices: Vec::new(),
+                usage: Some(usage),
+            }),
+            Api::Completion => self.completion_chunk(Vec::new(), Some(usage)),
+        }
+    }
+
+    fn chat_chunk(&self, delta: ChatDelta, logprobs: Option<ChatLogprobs>, finish: Option<&'static str>) -> SseEvent {
+        sse_json(&ChatCompletionChunk {
+            id: self.shape.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.shape.created,
+            model: self.shape.model.clone(),
+            choices: vec![ChatChunkChoice { index: 0, delta, logprobs, finish_reason: finish }],
+            usage: None,
+        })
+    }
+
+    fn completion_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<UsageDto>) -> SseEvent {
+        sse_json(&openai::Completion {
+            id: self.shape.id.clone(),
+            object: "text_completion",
+            created: self.shape.created,
+            model: self.shape.model.clone(),
+            choices,
+            usage,
+        })
+    }
+
+    fn chat_logprobs(&self, logprobs: &[(usize, TokenLogprob)]) -> Option<ChatLogprobs> {
+        self.want_logprobs.then(|| ChatLogprobs {
+            content: logprobs
+                .iter()
+                .map(|(_, lp)| {
+                    let token = self.token_text(lp.token_id);
+                    ChatTokenLogprob {
+                        bytes: token.as_bytes().to_vec(),
+                        token,
+                        logprob: lp.logprob,
+                        top_logprobs: lp
+                            .top
+                            .iter()
+                            .map(|&(id, logprob)| {
+                                let token = self.token_text(id);
+                                TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    fn completion_logprobs(&self, logprobs: &[(usize, TokenLogprob)]) -> Option<CompletionLogprobs> {
+        self.want_logprobs.then(|| {
+            let mut out = CompletionLogprobs::default();
+            for (offset, lp) in logprobs {
+                out.tokens.push(self.token_text(lp.token_id));
+                out.token_logprobs.push(lp.logprob);
+                out.top_logprobs.push(lp.top.iter().map(|&(id, logprob)| (self.token_text(id), logprob)).collect());
+                out.text_offset.push(*offset);
+            }
+            out
+        })
+    }
+
+    /// One token's text. Decoding a single id is a table lookup, cheap enough for the async executor.
+    /// A token that is part of a multi-byte character decodes to U+FFFD, as in other servers.
+    fn token_text(&self, id: u32) -> String {
+        self.engine.tokenizer().decode(&[id], false).unwrap_or_else(|err| {
+            tracing::warn!(token_id = id, cause = %err, "cannot decode a log-probability token");
+            String::new()
+        })
+    }
+}
+
+/// The SSE response: the body owns the engine's [`RequestStream`], so a client disconnect drops it.
+fn sse_response(
+    events: RequestStream,
+    output: Output,
+    include_usage: bool,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let queue: VecDeque<SseEvent> = output.opening_chunk().into_iter().collect();
+    let state = SseState {
+        events,
+        output,
+        include_usage,
+        text_len: 0,
+        pending_logprobs: Vec::new(),
+        queue,
+        ended: false,
+        span: Span::current(),
+    };
+    let body = futures::stream::unfold(state, |mut state| {
+        let span = state.span.clone();
+        async move { state.next_event().await.map(|event| (Ok(event), state)) }.instrument(span)
+    });
+    Sse::new(body).keep_alive(KeepAlive::default())
+}
+
+/// The state of one SSE response between polls.
+struct SseState {
+    events: RequestStream,
+    output: Output,
+    include_usage: bool,
+    /// Bytes of text sent so far (completion log-probabilities report offsets).
+    text_len: usize,
+    /// Log-probabilities of tokens whose text has not been sent yet (held back by the detokenizer or a
+    /// possible stop string); they ride on the next chunk with text, or on the final one.
+    pending_logprobs: Vec<(usize, TokenLogprob)>,
+    /// Events ready to send, oldest first.
+    queue: VecDeque<SseEvent>,
+    /// The engine sent its last event (or the stream failed); only `queue` remains.
+    ended: bool,
+    /// The request's span, entered while polling and on drop.
+    span: Span,
+}
+
+impl SseState {
+    async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            match self.events.next().await {
+                Some(Event::Token(chunk)) => {
+                    self.pending_logprobs.extend(chunk.logprob.map(|lp| (self.text_len, lp)));
+                    // Empty deltas (half a character, a held-back stop string) are not sent.
+                    if !chunk.text.is_empty() {
+                        self.text_len += chunk.text.len();
+                        let logprobs = std::mem::take(&mut self.pending_logprobs);
+                        self.queue.push_back(self.output.delta_chunk(chunk.text, &logprobs, None));
+                    }
+                }
+                Some(Event::Finished(done)) => {
+                    log_finished(&done);
+                    let logprobs = std::mem::take(&mut self.pending_logprobs);
+                    let finish = openai::finish_reason(done.reason);
+                    self.queue.push_back(self.output.delta_chunk(String::new(), &logprobs, Some(finish)));
+                    if self.include_usage {
+                        self.queue.push_back(self.output.usage_chunk(done.usage.into()));
+                    }
+                    self.end();
+                }
+                Some(Event::Error(err)) => self.fail(err),
+                None => self.fail(EngineError::ShutDown),
+            }
+        }
+    }
+
+    /// Headers are already sent, so a failure mid-stream is an `{"error": ...}` event, then `[DONE]`.
+    fn fail(&mut self, err: EngineError) {
+        let api_error = ApiError::from(err);
+        tracing::warn!(reason = %api_error.message, "stream failed");
+        self.queue.push_back(sse_json(&api_error.body()));
+        self.end();
+    }
+
+    fn end(&mut self) {
+        self.queue.push_back(SseEvent::default().data("[DONE]"));
+        self.ended = true;
+    }
+}
+
+impl Drop for SseState {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _entered = self.span.enter();
+            tracing::info!("client disconnected mid-stream; cancelling the request");
+        }
+    }
+}
+
+fn log_finished(done: &EngineCompletion) {
+    tracing::info!(
+        finish_reason = openai::finish_reason(done.reason),
+        prompt_tokens = done.usage.prompt_tokens,
+        cached_prompt_tokens = done.usage.cached_prompt_tokens,
+        completion_tokens = done.usage.completion_tokens,
+        queue_ms = done.timings.queue.as_millis() as u64,
+        ttft_ms = done.timings.time_to_first_token.as_millis() as u64,
+        decode_tokens_per_second = done.timings.decode_tokens_per_second(done.usage.completion_tokens),
+        "generation finished"
+    );
+}
+
+fn sse_json<T: Serialize>(value: &T) -> SseEvent {
+    SseEvent::default()
+        .json_data(value)
+        .expect("wire DTOs always serialize: plain structs with string keys and no custom serializers")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,27 @@
+//! The gateway: hearth's OpenAI-compatible HTTP API in front of the [`engine`], and the model-file lookup
+//! the `hearth` binary uses.
+//!
+//! Layout, from the wire inwards:
+//! - [`openai`]: the wire DTOs (requests as clients send them, responses in OpenAI's exact shapes).
+//! - [`error`]: [`ApiError`], the one error type every route returns, in OpenAI's error shape, with the
+//!   single `EngineError` → HTTP status mapping; and [`ApiJson`], the JSON extractor whose rejections use it.
+//! - [`validation`]: DTOs become `Valid*` requests; nothing downstream takes an unvalidated DTO.
+//! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
+//! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
+//! - [`model_path`]: which GGUF to load when `--model` is absent, and fetching the default one.
+//!
+//! The binary (`src/main.rs` with its `cli` and `commands` modules) parses arguments, loads the engine and
+//! runs `serve`, `generate` or `chat`.
+//!
+//! **Architecture invariant:** the gateway never names a candle type and never touches tensors; it talks
+//! to the engine through `EngineHandle`, `GenerateRequest` and the `Event` stream only.
+
+pub mod completions;
+pub mod error;
+pub mod model_path;
+pub mod openai;
+pub mod server;
+pub mod validation;
+
+pub use error::{ApiError, ApiJson, ErrorKind};
+pub use server::{app, serve, AppState, GatewayConfig};

@@ -1,0 +1,317 @@
+//! The HTTP server: [`app`] builds the router from an [`AppState`], [`serve`] runs it with graceful shutdown.
+//!
+//! Building the router is separate from serving it, so tests drive [`app`] with `tower::ServiceExt::oneshot`
+//! and no socket, and also run [`serve`]-like real servers on `127.0.0.1:0`.
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models` (behind the optional API
+//! key) and `GET /health` (always open, for probes). Anything else is a 404 or 405 in OpenAI's error shape.
+//! Every request runs in a `request` span carrying its id (also returned as `x-request-id`) and route.
+
+use std::future::{Future, IntoFuture};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engine::EngineHandle;
+use futures::FutureExt;
+use rand::distr::{Alphanumeric, SampleString};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::completions;
+use crate::error::{ApiError, ErrorKind};
+use crate::openai::{ModelCard, ModelList};
+
+/// Where and how to serve. Defaults are the `hearth serve` defaults.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub host: String,
+    pub port: u16,
+    /// The model name clients see in `/v1/models` and responses; `None` uses the GGUF file stem.
+    pub served_model_name: Option<String>,
+    /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Request bodies above this many bytes get a 413 before they are parsed.
+    pub max_body_bytes: usize,
+    /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 8080,
+            served_model_name: None,
+            api_key: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler may use: cheap to clone, no globals.
+#[derive(Clone)]
+pub struct AppState {
+    /// The running engine; cloning shares it.
+    pub engine: EngineHandle,
+    /// The name reported as `model`.
+    pub model_name: Arc<str>,
+    /// The key `/v1/*` requires, if any.
+    pub api_key: Option<Arc<str>>,
+    /// Body limit applied to every route.
+    pub max_body_bytes: usize,
+    /// Reported as `created` by `/v1/models`: when this server started, in Unix seconds.
+    pub started_at: u64,
+}
+
+impl AppState {
+    pub fn new(engine: EngineHandle, config: &GatewayConfig) -> Self {
+        let model_name = config.served_model_name.clone().unwrap_or_else(|| engine.info().name.clone());
+        let started_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            engine,
+            model_name: model_name.into(),
+            api_key: config.api_key.clone().map(Into::into),
+            max_body_bytes: config.max_body_bytes,
+            started_at,
+        }
+    }
+}
+
+/// The id of one HTTP request: in its span, its `x-request-id` header and its completion id.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The router, with state, limits and middleware applied.
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(completions::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(request_span))
+        .with_state(state)
+}
+
+/// Serve `app(state)` on `listener` until `shutdown` completes, then shut down in order: stop accepting,
+/// let in-flight requests finish for up to `drain_timeout`, stop the engine (which ends any request still
+/// running with a "shutting down" error), and wait for the last responses to close.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain_timeout: Duration,
+) -> std::io::Result<()> {
+    let engine = state.engine.clone();
+    let (stop_accepting, stop_rx) = tokio::sync::watch::channel(false);
+    let graceful = async move {
+        let mut stop_rx = stop_rx;
+        // An error means the sender is gone, which only happens when `serve` itself is returning.
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(graceful).into_future();
+    let mut server = tokio::spawn(server);
+
+    tokio::select! {
+        result = &mut server => {
+            stop_engine(&engine).await;
+            return result.map_err(std::io::Error::other)?;
+        }
+        () = shutdown => {}
+    }
+    tracing::info!(drain_timeout_s = drain_timeout.as_secs_f64(), "shutting down: no new connections; draining in-flight requests");
+    // Ignore a send error: it means the server task already finished, which `server` below reports.
+    let _ = stop_accepting.send(true);
+    let result = match tokio::time::timeout(drain_timeout, &mut server).await {
+        Ok(result) => result,
+        Err(_elapsed) => {
+            tracing::warn!("drain deadline passed; stopping the engine under the remaining requests");
+            stop_engine(&engine).await;
+            // Requests now end at once with a "shutting down" error; give the responses a moment to flush.
+            match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+                Ok(result) => result,
+                Err(_elapsed) => {
+                    tracing::warn!("connections still open after the engine stopped; closing them");
+                    server.abort();
+                    return Ok(());
+                }
+            }
+        }
+    };
+    stop_engine(&engine).await;
+    tracing::info!("server stopped");
+    result.map_err(std::io::Error::other)?
+}
+
+/// `EngineHandle::shutdown` joins the engine thread, so it runs on the blocking pool. Idempotent.
+async fn stop_engine(engine: &EngineHandle) {
+    let engine = engine.clone();
+    if let Err(err) = tokio::task::spawn_blocking(move || engine.shutdown()).await {
+        tracing::error!(cause = %err, "stopping the engine failed");
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(cause = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received Ctrl-C"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}
+
+/// Bind `config.host:config.port`.
+pub async fn bind(config: &GatewayConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind((config.host.as_str(), config.port)).await
+}
+
+/// One span per request (id, method, route), an `x-request-id` header, one log line when the response
+/// head is ready, and a JSON 500 if the handler panics. Streaming bodies re-enter the span themselves.
+async fn request_span(mut req: Request, next: Next) -> Response {
+    let id = Alphanumeric.sample_string(&mut rand::rng(), 24);
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %req.uri().path());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let started = Instant::now();
+    async move {
+        // A panicking handler is a bug, but the client still gets a JSON 500 rather than a dropped connection.
+        let mut response = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+            Ok(response) => response,
+            Err(panic) => {
+                let cause = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".to_owned());
+                ApiError::internal(&format_args!("handler panicked: {cause}")).into_response()
+            }
+        };
+        tracing::info!(status = response.status().as_u16(), latency_ms = started.elapsed().as_millis() as u64, "response");
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// `Authorization: Bearer <key>` when the server has a key.
+async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.api_key.as_deref() else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(req).await,
+        _ => ApiError::new(ErrorKind::Authentication, "Missing or incorrect API key: send `Authorization: Bearer <key>`.")
+            .with_code("invalid_api_key")
+            .into_response(),
+    }
+}
+
+/// Compare keys without an early exit, so response timing does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /v1/models`: the one model this server runs.
+async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: state.model_name.to_string(),
+            object: "model",
+            created: state.started_at,
+            owned_by: "hearth",
+            max_model_len: state.engine.info().context_length,
+        }],
+    })
+}
+
+/// `GET /health` body: liveness plus the engine's load, for probes and tests.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub model: String,
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub requests_total: u64,
+    pub requests_finished: u64,
+    pub requests_cancelled: u64,
+    pub requests_failed: u64,
+    pub prompt_tokens_total: u64,
+    pub generated_tokens_total: u64,
+    pub prefix_cache_hit_tokens: u64,
+    pub preemptions_total: u64,
+}
+
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    let stats = state.engine.stats();
+    Json(Health {
+        status: "ok",
+        model: state.model_name.to_string(),
+        running: stats.running,
+        waiting: stats.waiting,
+        kv_blocks_used: stats.kv_blocks_used,
+        kv_blocks_total: stats.kv_blocks_total,
+        requests_total: stats.requests_total,
+        requests_finished: stats.requests_finished,
+        requests_cancelled: stats.requests_cancelled,
+        requests_failed: stats.requests_failed,
+        prompt_tokens_total: stats.prompt_tokens_total,
+        generated_tokens_total: stats.generated_tokens_total,
+        prefix_cache_hit_tokens: stats.prefix_cache_hit_tokens,
+        preemptions_total: stats.preemptions_total,
+    })
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("Unknown request URL: {method} {}.", uri.path())).with_code("unknown_url")
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(ErrorKind::MethodNotAllowed, format!("Method {method} is not allowed for {}.", uri.path()))
+        .with_code("method_not_allowed")
+}

@@ -1,0 +1,362 @@
+//! Wire requests in, `Valid*` requests out: the only way from [`crate::openai`] DTOs to the engine's types.
+//!
+//! Every check that needs no tokenizer happens here, and each failure is a 400 naming the parameter, the
+//! value received and what is allowed. Range checks on sampling and stop settings are the engine's own
+//! [`engine::validate`], so the limits live in one place. Handlers take a `Valid*` value, tokenize its prompt
+//! and call [`ValidParams::into_request`].
+
+use engine::{ChatMessage, GenerateRequest, SamplingParams, StopParams};
+
+use crate::error::ApiError;
+use crate::openai::{
+    ChatCompletionRequest, CompletionRequest, ContentPart, MessageContent, PromptSpec, StopSpec,
+};
+
+/// The most top alternatives per token the engine returns.
+const MAX_TOP_LOGPROBS: u64 = 20;
+
+/// OpenAI's default `max_tokens` for the legacy completions endpoint.
+const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
+
+/// A chat request that passed validation: messages ready for the chat template, and settings.
+#[derive(Debug, Clone)]
+pub struct ValidChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub params: ValidParams,
+}
+
+/// A legacy completion request that passed validation.
+#[derive(Debug, Clone)]
+pub struct ValidCompletionRequest {
+    pub prompt: ValidPrompt,
+    pub params: ValidParams,
+}
+
+/// A completion prompt: text to encode (with special tokens), or token ids as given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValidPrompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// Settings common to both endpoints, already checked against the engine's ranges.
+#[derive(Debug, Clone)]
+pub struct ValidParams {
+    pub sampling: SamplingParams,
+    /// `max_tokens` here is a placeholder; the real limit is set by [`ValidParams::into_request`].
+    pub stop: StopParams,
+    /// What the client asked for; `None` means the endpoint's default.
+    pub max_tokens: Option<usize>,
+    /// Default `max_tokens` when the client gave none; `None` means "the rest of the context window".
+    pub default_max_tokens: Option<usize>,
+    /// Return log-probabilities with this many top alternatives per token.
+    pub logprobs: Option<usize>,
+    pub stream: bool,
+    /// Send a usage chunk at the end of a stream.
+    pub include_usage: bool,
+}
+
+impl ValidParams {
+    /// The engine request for a tokenized prompt. `max_tokens` is capped to what fits in the context
+    /// window, so a generous client limit ends with `finish_reason: "length"` instead of an error; a prompt
+    /// that leaves no room at all is left for the engine to reject (`ContextTooLong`).
+    pub fn into_request(self, prompt: Vec<u32>, context_length: usize) -> GenerateRequest {
+        let room = context_length.saturating_sub(prompt.len()).max(1);
+        let wanted = self.max_tokens.or(self.default_max_tokens).unwrap_or(room);
+        let stop = StopParams { max_tokens: wanted.min(room), ..self.stop };
+        GenerateRequest { prompt, sampling: self.sampling, stop, logprobs: self.logprobs }
+    }
+}
+
+impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
+    type Error = ApiError;
+
+    fn try_from(req: ChatCompletionRequest) -> Result<Self, ApiError> {
+        if req.messages.is_empty() {
+            return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message."));
+        }
+        let messages = req
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let content = match m.content {
+                    None => String::new(),
+                    Some(MessageContent::Text(text)) => text,
+                    Some(MessageContent::Parts(parts)) => join_text_parts(i, parts)?,
+                };
+                Ok(ChatMessage { role: normalize_role(m.role), content })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+
+        let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ApiError::invalid_param("top_logprobs", "`top_logprobs` requires `logprobs: true`."))
+            }
+            (true, top) => Some(check_top_logprobs("top_logprobs", top.unwrap_or(0))?),
+        };
+        let common = Common {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            repetition_penalty: req.repetition_penalty,
+            seed: req.seed,
+            // OpenAI's newer name wins over the deprecated one.
+            max_tokens: req.max_completion_tokens.or(req.max_tokens),
+            stop: req.stop,
+            stop_token_ids: req.stop_token_ids,
+            n: req.n,
+            stream: req.stream,
+            include_usage: req.stream_options.map(|o| o.include_usage),
+            ignore_eos: req.ignore_eos,
+        };
+        let params = common.validate(logprobs, None)?;
+        Ok(ValidChatRequest { messages, params })
+    }
+}
+
+impl TryFrom<CompletionRequest> for ValidCompletionRequest {
+    type Error = ApiError;
+
+    fn try_from(req: CompletionRequest) -> Result<Self, ApiError> {
+        let prompt = match req.prompt {
+            PromptSpec::Text(text) => ValidPrompt::Text(text),
+            PromptSpec::Texts(mut texts) if texts.len() == 1 => ValidPrompt::Text(texts.remove(0)),
+            PromptSpec::Texts(texts) => {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!("`prompt` must be one string (got a list of {}); send one prompt per request.", texts.len()),
+                ))
+            }
+            PromptSpec::Tokens(ids) => ValidPrompt::Tokens(ids),
+        };
+        if matches!(&prompt, ValidPrompt::Text(t) if t.is_empty()) || matches!(&prompt, ValidPrompt::Tokens(t) if t.is_empty()) {
+            return Err(ApiError::invalid_param("prompt", "`prompt` is empty."));
+        }
+        if let Some(best_of) = req.best_of.filter(|&b| b != 1) {
+            return Err(ApiError::invalid_param("best_of", format!("`best_of` must be 1 (got {best_of}).")));
+        }
+        if req.echo == Some(true) {
+            return Err(ApiError::invalid_param("echo", "`echo` is not supported."));
+        }
+        if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid_param("suffix", "`suffix` is not supported."));
+        }
+        let logprobs = req.logprobs.map(|top| check_top_logprobs("logprobs", top)).transpose()?;
+        let common = Common {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            repetition_penalty: req.repetition_penalty,
+            seed: req.seed,
+            max_tokens: req.max_tokens,
+            stop: req.stop,
+            stop_token_ids: req.stop_token_ids,
+            n: req.n,
+            stream: req.stream,
+            include_usage: req.stream_options.map(|o| o.include_usage),
+            ignore_eos: req.ignore_eos,
+        };
+        let params = common.validate(logprobs, Some(DEFAULT_COMPLETION_MAX_TOKENS))?;
+        Ok(ValidCompletionRequest { prompt, params })
+    }
+}
+
+/// The fields both endpoints share, gathered so they are checked by one function.
+struct Common {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    repetition_penalty: Option<f64>,
+    seed: Option<i64>,
+    max_tokens: Option<u64>,
+    stop: Option<StopSpec>,
+    stop_token_ids: Option<Vec<u32>>,
+    n: Option<u64>,
+    stream: Option<bool>,
+    include_usage: Option<bool>,
+    ignore_eos: Option<bool>,
+}
+
+impl Common {
+    fn validate(self, logprobs: Option<usize>, default_max_tokens: Option<usize>) -> Result<ValidParams, ApiError> {
+        if let Some(n) = self.n.filter(|&n| n != 1) {
+            return Err(ApiError::invalid_param("n", format!("`n` must be 1 (got {n}); this server returns one choice per request.")));
+        }
+        let defaults = SamplingParams::default();
+        let top_k = match self.top_k {
+            None | Some(-1) => None,
+            Some(k) if k >= 1 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
+            Some(k) => {
+                return Err(ApiError::invalid_param("top_k", format!("invalid `top_k`: got {k}, expected at least 1, or -1 to disable")))
+            }
+        };
+        // f64 → f32 saturates to ±inf for absurd values, which the engine's range check rejects.
+        let f = |v: Option<f64>, default: f32| v.map_or(default, |v| v as f32);
+        let sampling = SamplingParams {
+            temperature: f(self.temperature, defaults.temperature),
+            top_k,
+            top_p: f(self.top_p, defaults.top_p),
+            min_p: f(self.min_p, defaults.min_p),
+            repetition_penalty: f(self.repetition_penalty, defaults.repetition_penalty),
+            presence_penalty: f(self.presence_penalty, defaults.presence_penalty),
+            frequency_penalty: f(self.frequency_penalty, defaults.frequency_penalty),
+            // OpenAI seeds are signed 64-bit integers; the engine's RNG takes the same 64 bits.
+            seed: self.seed.map(|s| s as u64),
+        };
+        let max_tokens = self.max_tokens.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        let stop = StopParams {
+            max_tokens: max_tokens.unwrap_or(1),
+            stop_strings: match self.stop {
+                None => Vec::new(),
+                Some(StopSpec::One(s)) => vec![s],
+                Some(StopSpec::Many(v)) => v,
+            },
+            stop_token_ids: self.stop_token_ids.unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        };
+        engine::validate(&sampling, &stop)?;
+        let stream = self.stream.unwrap_or(false);
+        Ok(ValidParams {
+            sampling,
+            stop,
+            max_tokens,
+            default_max_tokens,
+            logprobs,
+            stream,
+            include_usage: stream && self.include_usage.unwrap_or(false),
+        })
+    }
+}
+
+fn check_top_logprobs(param: &'static str, top: u64) -> Result<usize, ApiError> {
+    if top > MAX_TOP_LOGPROBS {
+        return Err(ApiError::invalid_param(param, format!("invalid `{param}`: got {top}, expected at most {MAX_TOP_LOGPROBS}")));
+    }
+    Ok(top as usize)
+}
+
+/// Text parts are joined with newlines (as vLLM does); any other part type is a 400 naming it.
+fn join_text_parts(message: usize, parts: Vec<ContentPart>) -> Result<String, ApiError> {
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.into_iter().enumerate() {
+        match part {
+            ContentPart::Text { text } => texts.push(text),
+            ContentPart::Unsupported => {
+                return Err(ApiError::invalid_param(
+                    format!("messages[{message}].content[{j}].type"),
+                    "Only `text` content parts are supported.",
+                ))
+            }
+        }
+    }
+    Ok(texts.join("\n"))
+}
+
+/// OpenAI's `developer` role (newer clients send it instead of `system`) means `system` to chat templates.
+fn normalize_role(role: String) -> String {
+    if role == "developer" {
+        "system".to_owned()
+    } else {
+        role
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::parse_json;
+
+    fn chat(body: &str) -> Result<ValidChatRequest, ApiError> {
+        ValidChatRequest::try_from(parse_json::<ChatCompletionRequest>(body.as_bytes())?)
+    }
+
+    fn check_rejected(extra: &str, param: &str) {
+        let body = format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}], {extra}}}"#);
+        let err = chat(&body).expect_err(&body);
+        assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(err.param.as_deref(), Some(param), "{body}: {}", err.message);
+        assert!(err.message.contains(param), "{body}: message should name `{param}`: {}", err.message);
+    }
+
+    #[test]
+    fn absurd_params_are_rejected_by_name() {
+        check_rejected(r#""temperature": 1e9"#, "temperature");
+        check_rejected(r#""temperature": "hot""#, "temperature");
+        check_rejected(r#""top_p": 0"#, "top_p");
+        check_rejected(r#""top_k": 0"#, "top_k");
+        check_rejected(r#""min_p": 2"#, "min_p");
+        check_rejected(r#""presence_penalty": 3"#, "presence_penalty");
+        check_rejected(r#""frequency_penalty": -3"#, "frequency_penalty");
+        check_rejected(r#""repetition_penalty": 0"#, "repetition_penalty");
+        check_rejected(r#""max_tokens": 0"#, "max_tokens");
+        check_rejected(r#""max_tokens": -5"#, "max_tokens");
+        check_rejected(r#""n": 2"#, "n");
+        check_rejected(r#""top_logprobs": 3"#, "top_logprobs");
+        check_rejected(r#""logprobs": true, "top_logprobs": 50"#, "top_logprobs");
+        check_rejected(r#""stop": [""]"#, "stop");
+    }
+
+    #[test]
+    fn chat_request_maps_to_engine_types() {
+        let req = chat(
+            r#"{"model": "x", "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null}],
+              "temperature": 0.5, "top_k": -1, "seed": -1, "max_completion_tokens": 7, "max_tokens": 99,
+              "stop": "x", "stream": true, "stream_options": {"include_usage": true},
+              "logprobs": true, "top_logprobs": 2, "unknown_field": {"a": 1}}"#,
+        )
+        .expect("valid request");
+        let roles: Vec<_> = req.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+        assert_eq!(roles, [("system", "be brief"), ("user", "a\nb"), ("assistant", "")]);
+        let p = &req.params;
+        assert_eq!(p.sampling.temperature, 0.5);
+        assert_eq!(p.sampling.top_k, None);
+        assert_eq!(p.sampling.seed, Some(u64::MAX));
+        assert_eq!(p.max_tokens, Some(7));
+        assert_eq!(p.stop.stop_strings, ["x"]);
+        assert_eq!(p.logprobs, Some(2));
+        assert!(p.stream && p.include_usage);
+    }
+
+    #[test]
+    fn image_parts_are_rejected() {
+        let err = chat(r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#)
+            .expect_err("image parts are not supported");
+        assert_eq!(err.param.as_deref(), Some("messages[0].content[0].type"));
+    }
+
+    #[test]
+    fn max_tokens_is_capped_by_the_context_window() {
+        let p = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}"#).unwrap().params;
+        assert_eq!(p.clone().into_request(vec![1; 10], 100).stop.max_tokens, 90);
+        assert_eq!(p.into_request(vec![1; 10], 2000).stop.max_tokens, 1000);
+        let p = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#).unwrap().params;
+        assert_eq!(p.into_request(vec![1; 10], 100).stop.max_tokens, 90);
+    }
+
+    #[test]
+    fn completion_prompts() {
+        let parse = |body: &str| ValidCompletionRequest::try_from(parse_json::<CompletionRequest>(body.as_bytes())?);
+        assert_eq!(parse(r#"{"prompt": "hi"}"#).unwrap().prompt, ValidPrompt::Text("hi".into()));
+        assert_eq!(parse(r#"{"prompt": ["hi"]}"#).unwrap().prompt, ValidPrompt::Text("hi".into()));
+        assert_eq!(parse(r#"{"prompt": [1, 2]}"#).unwrap().prompt, ValidPrompt::Tokens(vec![1, 2]));
+        assert_eq!(parse(r#"{"prompt": ["a", "b"]}"#).unwrap_err().param.as_deref(), Some("prompt"));
+        assert_eq!(parse(r#"{"prompt": ""}"#).unwrap_err().param.as_deref(), Some("prompt"));
+        assert_eq!(parse(r#"{"prompt": "a", "echo": true}"#).unwrap_err().param.as_deref(), Some("echo"));
+        let p = parse(r#"{"prompt": "a"}"#).unwrap().params;
+        assert_eq!(p.into_request(vec![1], 100).stop.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS);
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests of the gateway against the real engine and the real SmolLM2-135M model.
+//!
+//! Most tests drive the router with `tower::ServiceExt::oneshot` (no socket); `disconnect` and `shutdown`
+//! run a real server on `127.0.0.1:0`. The engine is loaded once per binary (see `support`), except where a
+//! test needs its own limits or stops its engine.
+
+mod chat;
+mod completions;
+mod disconnect;
+mod errors;
+mod overload;
+mod routes;
+mod shutdown;
+mod support;

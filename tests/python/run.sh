@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Run tests/python/test_openai.py (the official OpenAI Python client) against a real `hearth serve`.
+#
+# Usage: tests/python/run.sh [MODEL.gguf]
+# Needs target/release/hearth (cargo build --release -p gateway) and the SmolLM2 model
+# (default: ${HEARTH_MODELS_DIR:-~/.cache/hearth/models}/SmolLM2-135M-Instruct.Q4_1.gguf).
+# The client and pytest are installed, pinned, into a virtual environment under target/ on first use.
+# The server runs on a free port and is stopped with SIGTERM at the end, which must exit cleanly.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HEARTH=${HEARTH_BIN:-$ROOT/target/release/hearth}
+MODEL=${1:-${HEARTH_MODELS_DIR:-$HOME/.cache/hearth/models}/SmolLM2-135M-Instruct.Q4_1.gguf}
+VENV=${HEARTH_PY_VENV:-$ROOT/target/python-venv}
+OPENAI_VERSION=3.51.0
+PYTEST_VERSION=9.2.0
+
+[[ -x $HEARTH ]] || { echo "run.sh: $HEARTH is missing: cargo build --release -p gateway" >&2; exit 1; }
+[[ -f $MODEL ]] || { echo "run.sh: $MODEL is missing: run scripts/fetch-models.sh" >&2; exit 1; }
+
+if ! "$VENV/bin/python" -c "import sys, openai, pytest; sys.exit(openai.__version__ != '$OPENAI_VERSION' or pytest.__version__ != '$PYTEST_VERSION')" 2>/dev/null; then
+    echo "run.sh: installing openai==$OPENAI_VERSION and pytest==$PYTEST_VERSION into $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" "pytest==$PYTEST_VERSION"
+fi
+PY=$VENV/bin/python
+
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+LOG=$(mktemp -t hearth-serve.XXXXXX)
+"$HEARTH" serve --model "$MODEL" --host 127.0.0.1 --port "$PORT" --ctx-size 2048 >"$LOG" 2>&1 &
+SERVER=$!
+stop_server() {
+    if kill -0 "$SERVER" 2>/dev/null; then
+        kill -TERM "$SERVER" 2>/dev/null || true
+        wait "$SERVER" 2>/dev/null || true
+    fi
+}
+trap stop_server EXIT
+
+# Wait for /health (loading takes a few seconds); give up if the server exits or after 120 s.
+if ! "$PY" - "$PORT" "$SERVER" <<'PY'
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+        sys.exit(0)
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            sys.exit("hearth serve exited before it was ready")
+        time.sleep(0.2)
+sys.exit("hearth serve was not ready within 120 s")
+PY
+then
+    echo "run.sh: server log:" >&2
+    tail -n 50 "$LOG" >&2
+    exit 1
+fi
+
+status=0
+HEARTH_BASE_URL="http://127.0.0.1:$PORT" PYTHONDONTWRITEBYTECODE=1 \
+    "$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/python" || status=$?
+
+# Graceful shutdown: SIGTERM must stop the server with exit status 0.
+kill -TERM "$SERVER"
+server_status=0
+wait "$SERVER" || server_status=$?
+trap - EXIT
+if [[ $status -ne 0 || $server_status -ne 0 ]]; then
+    [[ $server_status -ne 0 ]] && echo "run.sh: hearth serve exited with status $server_status after SIGTERM" >&2
+    echo "run.sh: server log (last 50 lines):" >&2
+    tail -n 50 "$LOG" >&2
+    rm -f "$LOG"
+    exit $(( status != 0 ? status : 1 ))
+fi
+rm -f "$LOG"
