@@ -1,0 +1,290 @@
+//! The llama.cpp half: start `llama-server` on loopback and measure it over its native `/completion` endpoint.
+//!
+//! Prefill and decode speeds come from the server's own `timings` object (`prompt_per_second`,
+//! `predicted_per_second`); time to first token and aggregate throughput are measured here, on the client,
+//! with streaming responses. Every request sets `cache_prompt: false` and `ignore_eos: true`, and the server
+//! runs with `--cache-ram 0`, so nothing is served from a prompt cache.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::prompt::Workload;
+use crate::report::{median, ms, Figure, Metric};
+
+/// How long a server may take to load the model and answer `/health`.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How to start one `llama-server`.
+pub struct ServerConfig<'a> {
+    pub binary: &'a Path,
+    pub model: &'a Path,
+    pub threads: usize,
+    /// Number of slots (`-np`): the most requests it decodes at once.
+    pub slots: usize,
+    /// Context per slot; the server gets `slots × ctx_per_slot` in total (`-c`).
+    pub ctx_per_slot: usize,
+}
+
+/// A running `llama-server` child process, killed when dropped (also on errors and panics).
+pub struct LlamaServer {
+    child: Child,
+    base_url: String,
+    log_path: PathBuf,
+}
+
+impl LlamaServer {
+    /// Start the server on a free loopback port and wait until `/health` answers 200.
+    pub async fn start(config: &ServerConfig<'_>, client: &reqwest::Client) -> Result<Self> {
+        let port = free_port()?;
+        let log_path =
+            std::env::temp_dir().join(format!("hearth-bench-llama-server-{}-{port}.log", std::process::id()));
+        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log_err = log.try_clone()?;
+        let ctx = config.slots * config.ctx_per_slot;
+        let mut command = Command::new(config.binary);
+        command
+            .arg("-m")
+            .arg(config.model)
+            .args(["-t", &config.threads.to_string()])
+            .args(["-c", &ctx.to_string()])
+            .args(["-np", &config.slots.to_string()])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--cache-ram", "0"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        eprintln!(
+            "llama.cpp: starting {} -t {} -c {ctx} -np {} --cache-ram 0 on 127.0.0.1:{port} (log: {})",
+            config.binary.display(),
+            config.threads,
+            config.slots,
+            log_path.display()
+        );
+        let child = command.spawn().with_context(|| format!("starting {}", config.binary.display()))?;
+        let mut server = Self { child, base_url: format!("http://127.0.0.1:{port}"), log_path };
+        server.wait_healthy(client).await?;
+        Ok(server)
+    }
+
+    async fn wait_healthy(&mut self, client: &reqwest::Client) -> Result<()> {
+        let start = Instant::now();
+        let url = format!("{}/health", self.base_url);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("llama-server exited with {status} before it was ready; its log:\n{}", self.log_tail());
+            }
+            if let Ok(resp) = client.get(&url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > STARTUP_TIMEOUT {
+                bail!("llama-server did not become healthy within {STARTUP_TIMEOUT:?}; its log:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last lines of the server's log, for error messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// One streamed `/completion` request.
+    async fn complete(&self, client: &reqwest::Client, prompt: &[u32], n_predict: usize) -> Result<Run> {
+        let body = serde_json::json!({
+            "prompt": prompt,
+            "n_predict": n_predict,
+            "ignore_eos": true,
+            "cache_prompt": false,
+            "temperature": 0.0,
+            "stream": true,
+        });
+        let start = Instant::now();
+        let resp = client
+            .post(format!("{}/completion", self.base_url))
+            .json(&body)
+            .send()
+            .await
+            .context("sending a /completion request to llama-server")?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            bail!("llama-server answered {status}: {text}");
+        }
+        let mut ttft = None;
+        let mut buf = Vec::<u8>::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk.context("reading the llama-server stream")?);
+            // Server-sent events are separated by a blank line.
+            while let Some(pos) = find_event_end(&buf) {
+                let event: Vec<u8> = buf.drain(..pos).collect();
+                let event = String::from_utf8_lossy(&event);
+                for data in event.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                    let msg: StreamMessage =
+                        serde_json::from_str(data).with_context(|| format!("parsing a llama-server event: {data}"))?;
+                    if let Some(err) = msg.error {
+                        bail!("llama-server error: {err}");
+                    }
+                    ttft.get_or_insert_with(|| start.elapsed());
+                    if msg.stop {
+                        let timings = msg.timings.context("the final llama-server event has no `timings`")?;
+                        let ttft = ttft.unwrap_or_else(|| start.elapsed());
+                        return Ok(Run { ttft, timings });
+                    }
+                }
+            }
+        }
+        bail!("the llama-server stream ended without a final event")
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Failures have already quoted the log's tail in their error.
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// The byte offset just past the first complete event (`\n\n`) in `buf`.
+fn find_event_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2)
+}
+
+/// A port that was free a moment ago (the server binds it next; a race is possible but unlikely on loopback).
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[derive(Deserialize)]
+struct StreamMessage {
+    #[serde(default)]
+    stop: bool,
+    timings: Option<Timings>,
+    error: Option<serde_json::Value>,
+}
+
+/// The part of llama-server's `timings` object used here.
+#[derive(Debug, Clone, Deserialize)]
+struct Timings {
+    prompt_n: usize,
+    prompt_per_second: f64,
+    predicted_n: usize,
+    predicted_per_second: f64,
+}
+
+/// One finished request.
+struct Run {
+    /// Client-side: from sending the request to the first streamed event.
+    ttft: Duration,
+    timings: Timings,
+}
+
+/// Settings of the llama.cpp half.
+pub struct LlamaConfig<'a> {
+    pub binary: &'a Path,
+    pub model: &'a Path,
+    pub threads: usize,
+}
+
+/// Measure llama.cpp on `workload`: single-stream figures on a one-slot server, then one server per
+/// concurrency level with that many slots.
+pub async fn measure(config: &LlamaConfig<'_>, workload: &Workload) -> Result<Vec<Figure>> {
+    let client = reqwest::Client::builder().build().context("building the HTTP client")?;
+    let n = workload.prompt_tokens;
+    let g = workload.gen_tokens;
+    // Room for the prompt, the generated tokens and a little slack, per slot.
+    let ctx_per_slot = (n + g + 64).next_multiple_of(256);
+    let server_config = |slots| ServerConfig {
+        binary: config.binary,
+        model: config.model,
+        threads: config.threads,
+        slots,
+        ctx_per_slot,
+    };
+    let mut figures = Vec::new();
+
+    let single = LlamaServer::start(&server_config(1), &client).await?;
+    {
+        let server = &single;
+        server.complete(&client, &workload.warmup, 8).await.context("warm-up request")?;
+
+        let mut prefill = Vec::new();
+        let mut ttft = Vec::new();
+        for prompt in &workload.prefill {
+            let run = server.complete(&client, prompt, 1).await?;
+            if run.timings.prompt_n != prompt.len() {
+                eprintln!(
+                    "llama.cpp: warning: processed {} of {} prompt tokens (a cache hit?)",
+                    run.timings.prompt_n,
+                    prompt.len()
+                );
+            }
+            prefill.push(run.timings.prompt_per_second);
+            ttft.push(ms(run.ttft));
+        }
+        figures.push(Figure { metric: Metric::PrefillTokS, concurrency: 1, value: median(&prefill) });
+        figures.push(Figure { metric: Metric::TtftMs, concurrency: 1, value: median(&ttft) });
+        eprintln!("llama.cpp: prefill {:.1} tok/s, TTFT {:.1} ms", median(&prefill), median(&ttft));
+
+        let mut decode = Vec::new();
+        for prompt in &workload.decode {
+            let run = server.complete(&client, prompt, g).await?;
+            if run.timings.predicted_n != g {
+                eprintln!("llama.cpp: warning: generated {} of {g} tokens", run.timings.predicted_n);
+            }
+            decode.push(run.timings.predicted_per_second);
+        }
+        figures.push(Figure { metric: Metric::DecodeTokS, concurrency: 1, value: median(&decode) });
+        eprintln!("llama.cpp: decode {:.1} tok/s", median(&decode));
+    }
+
+    let mut single = Some(single);
+    for (c, runs) in &workload.aggregate {
+        // One stream reuses the single-slot server; otherwise a fresh server with one slot per stream.
+        let fresh;
+        let server = match single.as_ref().filter(|_| *c == 1) {
+            Some(s) => s,
+            None => {
+                // Only one server runs at a time: the single-slot one stops here, each fresh one at the end
+                // of its iteration.
+                single = None;
+                fresh = LlamaServer::start(&server_config(*c), &client).await?;
+                fresh.complete(&client, &workload.warmup, 8).await.context("warm-up request")?;
+                &fresh
+            }
+        };
+        let mut throughput = Vec::new();
+        let mut ttft_p50 = Vec::new();
+        for prompts in runs {
+            let start = Instant::now();
+            let results = futures::future::join_all(prompts.iter().map(|p| server.complete(&client, p, g))).await;
+            let wall = start.elapsed();
+            let runs = results.into_iter().collect::<Result<Vec<_>>>()?;
+            let generated: usize = runs.iter().map(|r| r.timings.predicted_n).sum();
+            throughput.push(generated as f64 / wall.as_secs_f64());
+            ttft_p50.push(median(&runs.iter().map(|r| ms(r.ttft)).collect::<Vec<_>>()));
+        }
+        figures.push(Figure { metric: Metric::AggregateTokS, concurrency: *c, value: median(&throughput) });
+        figures.push(Figure { metric: Metric::TtftP50Ms, concurrency: *c, value: median(&ttft_p50) });
+        eprintln!(
+            "llama.cpp: {c} streams: {:.1} tok/s aggregate, TTFT p50 {:.1} ms",
+            median(&throughput),
+            median(&ttft_p50)
+        );
+    }
+    Ok(figures)
+}
