@@ -136,7 +136,7 @@ pub async fn measure(handle: &EngineHandle, workload: &Workload) -> Result<Vec<F
         figures.push(Figure { metric: Metric::AggregateTokS, concurrency: *c, value: median(&throughput) });
         figures.push(Figure { metric: Metric::TtftP50Ms, concurrency: *c, value: median(&ttft_p50) });
         eprintln!(
-            "hearth: {c} streams: {:.1} tok/s aggregate, TTFT p50 {:.1} ms",
+            "hearth: {c} stream(s): {:.1} tok/s aggregate, TTFT p50 {:.1} ms",
             median(&throughput),
             median(&ttft_p50)
         );

@@ -281,7 +281,7 @@ pub async fn measure(config: &LlamaConfig<'_>, workload: &Workload) -> Result<Ve
         figures.push(Figure { metric: Metric::AggregateTokS, concurrency: *c, value: median(&throughput) });
         figures.push(Figure { metric: Metric::TtftP50Ms, concurrency: *c, value: median(&ttft_p50) });
         eprintln!(
-            "llama.cpp: {c} streams: {:.1} tok/s aggregate, TTFT p50 {:.1} ms",
+            "llama.cpp: {c} stream(s): {:.1} tok/s aggregate, TTFT p50 {:.1} ms",
             median(&throughput),
             median(&ttft_p50)
         );

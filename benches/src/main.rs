@@ -110,7 +110,7 @@ fn run(args: Args) -> Result<()> {
     }
     let handle = hearth::load(&model, &workload_config)?;
     let workload = Workload::new(handle.tokenizer(), &workload_config)?;
-    let info = RunInfo {
+    let mut info = RunInfo {
         git_rev: git_revision(),
         model: model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned()),
         quant: handle.info().quantization.clone(),
@@ -120,6 +120,7 @@ fn run(args: Args) -> Result<()> {
         repeat: args.repeat as usize,
         started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         load_avg_1m,
+        load_avg_1m_end: None,
     };
 
     // One thread drives the requests; the compute threads belong to the engines.
@@ -149,6 +150,7 @@ fn run(args: Args) -> Result<()> {
         }
     }
 
+    info.load_avg_1m_end = load_average();
     let lines = report::json_lines(&info, &results);
     match &args.json {
         Some(path) => write_file(path, &lines)?,

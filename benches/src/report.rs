@@ -77,8 +77,10 @@ pub struct RunInfo {
     pub repeat: usize,
     /// Seconds since the Unix epoch when the run started.
     pub started_at: u64,
-    /// The 1-minute load average when the run started (Linux): other work on the machine skews the figures.
+    /// The 1-minute load average when the run started and when it ended (Linux): other work on the machine
+    /// skews the figures.
     pub load_avg_1m: Option<f64>,
+    pub load_avg_1m_end: Option<f64>,
 }
 
 /// The machine-readable form of one figure: one JSON object per line.
@@ -99,6 +101,7 @@ struct Line<'a> {
     repeat: usize,
     started_at: u64,
     load_avg_1m: Option<f64>,
+    load_avg_1m_end: Option<f64>,
 }
 
 /// One JSON line per figure, in order.
@@ -122,6 +125,7 @@ pub fn json_lines(info: &RunInfo, results: &[(EngineKind, Vec<Figure>)]) -> Stri
                 repeat: info.repeat,
                 started_at: info.started_at,
                 load_avg_1m: info.load_avg_1m,
+                load_avg_1m_end: info.load_avg_1m_end,
             };
             // Serializing a struct of strings and numbers cannot fail.
             out.push_str(&serde_json::to_string(&line).expect("a Line always serializes"));
@@ -152,7 +156,10 @@ pub fn markdown_table(info: &RunInfo, results: &[(EngineKind, Vec<Figure>)]) -> 
     }
 
     let mut t = String::new();
-    let load = info.load_avg_1m.map_or_else(String::new, |l| format!(", load average {l:.2} at start"));
+    let load = match (info.load_avg_1m, info.load_avg_1m_end) {
+        (Some(a), Some(b)) => format!(", load average {a:.2} at start, {b:.2} at end"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         t,
         "{} ({}), cpu, {} threads, prompt {} tokens, generate {} tokens, median of {}, rev {}{load}",
@@ -232,6 +239,7 @@ mod tests {
             repeat: 3,
             started_at: 0,
             load_avg_1m: None,
+            load_avg_1m_end: None,
         };
         let fig = |metric, concurrency, value| Figure { metric, concurrency, value };
         let results = vec![
