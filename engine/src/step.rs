@@ -184,8 +184,8 @@ impl EngineLoop {
         if let Some(mut a) = self.active.remove(&id) {
             Self::leave_queue(&self.shared, &mut a);
             tracing::warn!(parent: &a.span, id, error = %err, "request failed");
+            self.publish_release().requests_failed += 1;
             let _ = a.events.send(Event::Error(err));
-            self.shared.stats.lock().expect("engine stats").requests_failed += 1;
         }
     }
 
@@ -300,9 +300,18 @@ impl EngineLoop {
                 timings: a.timings(),
             };
             tracing::debug!(parent: &a.span, id, generated = a.generated, ?reason, "request finished");
+            self.publish_release().requests_finished += 1;
             let _ = a.events.send(Event::Finished(completion));
-            self.shared.stats.lock().expect("engine stats").requests_finished += 1;
         }
+    }
+
+    /// Publish the running count and block use after a request left, before its last event is sent: a
+    /// caller that has seen the end of its stream also sees its blocks returned.
+    fn publish_release(&self) -> std::sync::MutexGuard<'_, crate::EngineStats> {
+        let mut stats = self.shared.stats.lock().expect("engine stats");
+        stats.running = self.scheduler.num_running();
+        stats.kv_blocks_used = self.scheduler.blocks_used();
+        stats
     }
 
     fn publish_stats(&self, preempted: &[SeqId], ran: bool) {

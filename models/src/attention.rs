@@ -102,12 +102,29 @@ pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'
         let prompt_len = batch.seqs[s].prompt_len;
         let row_len = if pos < prompt_len { prompt_len } else { len };
         let sum = candle_vec_sum(scores, row_len);
-        for (j, &e) in scores.iter().enumerate() {
-            let w = e / sum;
-            let values = &kv.v[cache.block_offset(table[j / bs] as usize, kvh) + (j % bs) * dim..][..dim];
-            for (o, &v) in out.iter_mut().zip(values) {
-                *o = w.mul_add(v, *o);
+        for e in scores.iter_mut() {
+            *e /= sum;
+        }
+        // Output: one sequential FMA chain over positions per dimension, 32 dimensions at a time in registers.
+        let mut d0 = 0;
+        while d0 + 32 <= dim {
+            let mut o = [0f32; 32];
+            for (j, &w) in scores.iter().enumerate() {
+                let at = cache.block_offset(table[j / bs] as usize, kvh) + (j % bs) * dim + d0;
+                let values: &[f32; 32] = kv.v[at..at + 32].try_into().expect("32 values");
+                for i in 0..32 {
+                    o[i] = w.mul_add(values[i], o[i]);
+                }
             }
+            out[d0..d0 + 32].copy_from_slice(&o);
+            d0 += 32;
+        }
+        for d in d0..dim {
+            let mut o = 0f32;
+            for (j, &w) in scores.iter().enumerate() {
+                o = w.mul_add(kv.v[cache.block_offset(table[j / bs] as usize, kvh) + (j % bs) * dim + d], o);
+            }
+            out[d] = o;
         }
     });
     out
@@ -164,6 +181,42 @@ fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, acc: &mut
         }
     };
     match order {
+        // The two common orders work on eight positions at a time with their accumulators in registers.
+        ScoreOrder::Sequential if bs % 8 == 0 => {
+            for c in (0..bs).step_by(8) {
+                let mut a = [0f32; 8];
+                for (d, &qd) in q.iter().enumerate() {
+                    let k = &keys[d * bs + c..d * bs + c + 8];
+                    for s in 0..8 {
+                        a[s] = qd.mul_add(k[s], a[s]);
+                    }
+                }
+                out.extend_from_slice(&a);
+            }
+        }
+        ScoreOrder::Tree8 if bs % 8 == 0 && dim % 8 == 0 => {
+            for c in (0..bs).step_by(8) {
+                // lanes[l][s]: the chain of dimensions d ≡ l (mod 8) for position c + s.
+                let mut lanes = [[0f32; 8]; 8];
+                for d0 in (0..dim).step_by(8) {
+                    for (l, lane) in lanes.iter_mut().enumerate() {
+                        let qd = q[d0 + l];
+                        let k = &keys[(d0 + l) * bs + c..(d0 + l) * bs + c + 8];
+                        for s in 0..8 {
+                            lane[s] = qd.mul_add(k[s], lane[s]);
+                        }
+                    }
+                }
+                for w in [4, 2, 1] {
+                    for l in 0..w {
+                        for s in 0..8 {
+                            lanes[l][s] += lanes[l + w][s];
+                        }
+                    }
+                }
+                out.extend_from_slice(&lanes[0]);
+            }
+        }
         ScoreOrder::Sequential => {
             acc.clear();
             acc.resize(bs, 0.0);

@@ -15,6 +15,7 @@ pub mod attention;
 mod batch;
 mod error;
 mod gguf;
+pub mod kernels;
 mod kv_cache;
 pub mod llama;
 pub mod nn;

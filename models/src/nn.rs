@@ -51,6 +51,18 @@ impl Linear {
     /// whatever else is in the batch.
     pub fn forward_rows(&self, x: &Tensor, rows: Option<&RowKinds>) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
+        if let QMatMul::QTensor(t) = &self.weight {
+            let ours = match crate::kernels::q4_1_matmul(x, t)? {
+                Some(y) => Some(y),
+                None => crate::kernels::q8_0_matmul(x, t)?,
+            };
+            if let Some(y) = ours {
+                return match &self.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                };
+            }
+        }
         let y = match (rows, &self.weight) {
             (Some(rows), QMatMul::QTensor(t)) if t.dtype() == candle_core::quantized::GgmlDType::Q6K && rows.mixed() => rows.apply(x, |x| self.weight.forward(x))?,
             _ => self.weight.forward(x)?,
