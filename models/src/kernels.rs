@@ -9,8 +9,12 @@
 //! [`q8_0_matmul`] does the same for Q8_0 matrices where candle uses its row-by-row AVX path (shapes its
 //! repacked kernel does not take, such as SmolLM2's tied 49152 × 576 output projection): the same per-block
 //! `fma` into eight float lanes and the same final horizontal sum, with the weights read once per step.
+//!
+//! [`q6k_matmul_rows`] reproduces candle's one-row Q6_K path (`vec_dot_q6k_q8k`, AVX2) for several rows at
+//! once: the reference decodes one row at a time, so decode rows must round that way, but reading the weights
+//! once for all of them is what makes a batch cheap.
 
-use candle_core::quantized::k_quants::{BlockQ8_0, BlockQ8_1, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
@@ -92,6 +96,145 @@ pub fn q8_0_matmul(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Tensor
         }
     });
     Ok(Some(Tensor::from_vec(out_t, (n, m), &Device::Cpu)?.t()?.contiguous()?))
+}
+
+/// candle's `BlockQ6K`, mirrored (210 bytes).
+#[repr(C)]
+struct Q6K {
+    ql: [u8; 128],
+    qh: [u8; 64],
+    scales: [i8; 16],
+    d: f16,
+}
+
+/// candle's `BlockQ8K`, mirrored (292 bytes).
+#[repr(C)]
+struct Q8K {
+    d: f32,
+    qs: [i8; 256],
+    bsums: [i16; 16],
+}
+
+const _: () = assert!(std::mem::size_of::<Q6K>() == 210 && std::mem::size_of::<Q8K>() == 292);
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
+
+/// Each row of `x` (`[m, k]`) times the transpose of the Q6_K matrix `w`, every row rounded exactly as
+/// candle's one-row (compact, AVX2) path rounds it; `None` when this kernel does not apply.
+pub fn q6k_matmul_rows(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Tensor>> {
+    if w.dtype() != GgmlDType::Q6K || !matches!(w.device(), Device::Cpu) || !matches!(x.device(), Device::Cpu) {
+        return Ok(None);
+    }
+    if !cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")) {
+        return Ok(None);
+    }
+    let (n, k) = w.shape().dims2()?;
+    let (m, xk) = x.dims2()?;
+    if xk != k || k % 256 != 0 || m == 0 {
+        return Ok(None);
+    }
+    let nb = k / 256;
+    let data = w.data()?;
+    if data.len() != n * nb * 210 || data.as_ptr() as usize % std::mem::align_of::<Q6K>() != 0 {
+        return Ok(None);
+    }
+    // SAFETY: candle's `Vec<BlockQ6K>` storage, same `repr(C)` layout, alignment checked above.
+    let weights: &[Q6K] = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const Q6K, n * nb) };
+    let x = x.contiguous()?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut lhs = vec![BlockQ8K::zeros(); m * nb];
+    for (row, blocks) in xs.chunks_exact(k).zip(lhs.chunks_exact_mut(nb)) {
+        BlockQ8K::from_float(row, blocks);
+    }
+    // SAFETY: same layout and size.
+    let lhs: &[Q8K] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8K, m * nb) };
+    let mut out_t = vec![0f32; n * m];
+    out_t.par_chunks_mut(m).enumerate().with_min_len(8).for_each_init(Vec::new, |acc, (col, out)| {
+        q6k_column(&weights[col * nb..(col + 1) * nb], lhs, nb, acc, out);
+    });
+    Ok(Some(Tensor::from_vec(out_t, (n, m), &Device::Cpu)?.t()?.contiguous()?))
+}
+
+/// One Q6_K column against every row: candle's `vec_dot_q6k_q8k`, with each weight block unpacked once and
+/// the rows' accumulators kept in `acc`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn q6k_column(w: &[Q6K], lhs: &[Q8K], nb: usize, acc: &mut Vec<std::arch::x86_64::__m256>, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // candle's `get_scale_shuffle` table: shuffle `i` repeats scale byte 2i eight times, then 2i + 1.
+    const fn shuffle_table() -> [[u8; 16]; 8] {
+        let mut t = [[0u8; 16]; 8];
+        let mut i = 0;
+        while i < 8 {
+            let mut j = 0;
+            while j < 16 {
+                t[i][j] = (2 * i + j / 8) as u8;
+                j += 1;
+            }
+            i += 1;
+        }
+        t
+    }
+    const SHUFFLE: [[u8; 16]; 8] = shuffle_table();
+    let m = out.len();
+    // SAFETY: AVX2 and FMA at compile time; every load reads within one block's arrays.
+    unsafe {
+        acc.clear();
+        acc.resize(m, _mm256_setzero_ps());
+        let (m4, m2, m32s) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+        for (b, x) in w.iter().enumerate() {
+            let xd = x.d.to_f32();
+            let scales = _mm_loadu_si128(x.scales.as_ptr() as *const __m128i);
+            // The block's quants and scales, as candle builds them, for both 128-value halves.
+            let mut q4 = [[_mm256_setzero_si256(); 4]; 2];
+            let mut sc = [[_mm256_setzero_si256(); 4]; 2];
+            for j in 0..2 {
+                for i in 0..4 {
+                    let shuf = _mm_loadu_si128(SHUFFLE[j * 4 + i].as_ptr() as *const __m128i);
+                    sc[j][i] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
+                }
+                let q4bits1 = _mm256_loadu_si256(x.ql.as_ptr().add(j * 64) as *const __m256i);
+                let q4bits2 = _mm256_loadu_si256(x.ql.as_ptr().add(j * 64 + 32) as *const __m256i);
+                let q4bits_h = _mm256_loadu_si256(x.qh.as_ptr().add(j * 32) as *const __m256i);
+                let q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m2), 4);
+                let q4h_1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 2), m2), 4);
+                let q4h_2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 4), m2), 4);
+                let q4h_3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 6), m2), 4);
+                q4[j] = [
+                    _mm256_or_si256(_mm256_and_si256(q4bits1, m4), q4h_0),
+                    _mm256_or_si256(_mm256_and_si256(q4bits2, m4), q4h_1),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3),
+                ];
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let y = &lhs[r * nb + b];
+                let d = y.d * xd;
+                let mut sumi = _mm256_setzero_si256();
+                for j in 0..2 {
+                    let mut p = [_mm256_setzero_si256(); 4];
+                    for i in 0..4 {
+                        let q8 = _mm256_loadu_si256(y.qs.as_ptr().add(j * 128 + i * 32) as *const __m256i);
+                        let q8s = _mm256_maddubs_epi16(m32s, q8);
+                        let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4[j][i], q8), q8s);
+                        p[i] = _mm256_madd_epi16(sc[j][i], p16);
+                    }
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[0], p[1]));
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[2], p[3]));
+                }
+                *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), *acc);
+            }
+        }
+        for (o, &acc) in out.iter_mut().zip(acc.iter()) {
+            let res = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+            let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+            let res = _mm_add_ss(res, _mm_movehdup_ps(res));
+            *o = _mm_cvtss_f32(res);
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+fn q6k_column(_: &[Q6K], _: &[Q8K], _: usize, _: &mut Vec<f32>, _: &mut [f32]) {
+    unreachable!("q6k_matmul_rows declines without AVX2 and FMA")
 }
 
 /// candle's `vec_dot_q8_0_q8_0` (AVX2), operation for operation.
@@ -417,6 +560,25 @@ impl Unpacked {
 mod tests {
     use super::*;
     use candle_core::Module;
+
+    #[test]
+    fn q6k_rows_are_bit_identical_to_candles_one_row_path() {
+        let dev = Device::Cpu;
+        let (n, k) = (37, 512);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+        let w = std::sync::Arc::new(QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q6K).unwrap());
+        let qm = candle_core::quantized::QMatMul::from_arc(w.clone()).unwrap();
+        let m = 5;
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+        let x = Tensor::from_vec(x, (m, k), &dev).unwrap();
+        let ours = q6k_matmul_rows(&x, &w).unwrap().unwrap();
+        for r in 0..m {
+            // candle's one-row call, row by row.
+            let theirs = qm.forward(&x.narrow(0, r, 1).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mine = ours.narrow(0, r, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(mine.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "row {r}");
+        }
+    }
 
     #[test]
     fn q8_0_matmul_is_bit_identical_to_candle() {

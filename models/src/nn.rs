@@ -64,7 +64,17 @@ impl Linear {
             }
         }
         let y = match (rows, &self.weight) {
-            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == candle_core::quantized::GgmlDType::Q6K && rows.mixed() => rows.apply(x, |x| self.weight.forward(x))?,
+            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == candle_core::quantized::GgmlDType::Q6K && rows.mixed() => {
+                // Decode rows: one-row rounding, batched by our kernel when it applies, else row by row.
+                let decode = |x: &Tensor| match crate::kernels::q6k_matmul_rows(x, t)? {
+                    Some(y) => Ok(y),
+                    None => {
+                        let rows = (0..x.dim(0)?).map(|r| self.weight.forward(&x.narrow(0, r, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+                        Tensor::cat(&rows, 0)
+                    }
+                };
+                rows.apply(x, |x| self.weight.forward(x), decode)?
+            }
             _ => self.weight.forward(x)?,
         };
         match &self.bias {
@@ -103,9 +113,14 @@ impl RowKinds {
         self.decode.len() > 1 || (self.decode.len() == 1 && !self.prompt.is_empty()) || self.prompt.len() == 1
     }
 
-    /// Run `f` on prompt rows together (at least two rows, padding with a copy) and on each decode row alone,
-    /// and put the results back in row order.
-    fn apply(&self, x: &Tensor, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+    /// Run `f` on the prompt rows together (at least two rows, padding with a copy) and `decode` on the decode
+    /// rows (which must round each row as a one-row matmul would), and put the results back in row order.
+    fn apply(
+        &self,
+        x: &Tensor,
+        f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+        decode: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
         let mut parts = Vec::new();
         let mut order = Vec::new();
@@ -119,9 +134,10 @@ impl RowKinds {
             parts.push(y.narrow(0, 0, self.prompt.len())?);
             order.extend_from_slice(&self.prompt);
         }
-        for &r in &self.decode {
-            parts.push(f(&x.narrow(0, r as usize, 1)?)?);
-            order.push(r);
+        if !self.decode.is_empty() {
+            let ids = Tensor::from_vec(self.decode.clone(), self.decode.len(), x.device())?;
+            parts.push(decode(&x.index_select(&ids, 0)?)?);
+            order.extend_from_slice(&self.decode);
         }
         let y = Tensor::cat(&parts, 0)?;
         // `order[i]` is the row that `y[i]` belongs to; invert it to gather rows back in place.
