@@ -217,6 +217,33 @@ fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, acc: &mut
                 out.extend_from_slice(&lanes[0]);
             }
         }
+        ScoreOrder::Gemv8 if bs % 8 == 0 && dim % 64 == 0 && dim <= 128 => {
+            // Accumulator (chunk i, lane l) holds dimension 8i + l, plus 64 + 8i + l when dim is 128. The
+            // pairwise tree over chunks runs per lane, and the lanes are then summed in order, as gemv does.
+            for c in (0..bs).step_by(8) {
+                let k8 = |d: usize| -> &[f32] { &keys[d * bs + c..d * bs + c + 8] };
+                let mut total = [0f32; 8];
+                for l in 0..8 {
+                    let chunk = |i: usize| -> [f32; 8] {
+                        let d = 8 * i + l;
+                        let mut p = [0f32; 8];
+                        for s in 0..8 {
+                            p[s] = q[d].mul_add(k8(d)[s], 0.0);
+                            if dim == 128 {
+                                p[s] = q[d + 64].mul_add(k8(d + 64)[s], p[s]);
+                            }
+                        }
+                        p
+                    };
+                    let add = |a: [f32; 8], b: [f32; 8]| -> [f32; 8] { std::array::from_fn(|s| a[s] + b[s]) };
+                    let t = add(add(add(chunk(0), chunk(1)), add(chunk(2), chunk(3))), add(add(chunk(4), chunk(5)), add(chunk(6), chunk(7))));
+                    for s in 0..8 {
+                        total[s] = if l == 0 { t[s] } else { total[s] + t[s] };
+                    }
+                }
+                out.extend_from_slice(&total);
+            }
+        }
         ScoreOrder::Sequential => {
             acc.clear();
             acc.resize(bs, 0.0);
@@ -381,6 +408,74 @@ mod tests {
             let want = reference(qs, &k, &v, heads, kv_heads, dim, start);
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    /// Every fast path agrees bit for bit with the generic accumulator code it replaces.
+    #[test]
+    fn register_paths_match_the_generic_orders() {
+        for dim in [64usize, 128] {
+            let bs = 32;
+            let q: Vec<f32> = (0..dim).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0).collect();
+            let keys: Vec<f32> = (0..dim * bs).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 3.0).collect();
+            for order in [ScoreOrder::Tree8, ScoreOrder::Gemv8, ScoreOrder::Sequential] {
+                let (mut fast, mut slow, mut acc) = (Vec::new(), Vec::new(), Vec::new());
+                block_scores(order, &q, &keys, bs, &mut acc, &mut fast);
+                // A block size that is not a multiple of 8 takes the generic path; compare slot by slot.
+                for s in 0..bs {
+                    let one: Vec<f32> = (0..dim).map(|d| keys[d * bs + s]).collect();
+                    block_scores(order, &q, &one, 1, &mut acc, &mut slow);
+                }
+                assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{order:?} dim {dim}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod candle_order_tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Scores of one query against `len` keys as candle's matmul computes them in the reference model, for a
+    /// `[m, len]` product (row 0 of a query block of `m` rows).
+    fn candle_scores(q: &[f32], keys: &[f32], len: usize, m: usize) -> Vec<f32> {
+        let dim = q.len();
+        let qs: Vec<f32> = (0..m).flat_map(|_| q.iter().copied()).collect();
+        let qt = Tensor::from_vec(qs, (1, 1, m, dim), &Device::Cpu).unwrap();
+        let kt = Tensor::from_vec(keys.to_vec(), (1, 1, len, dim), &Device::Cpu).unwrap();
+        let s = qt.matmul(&kt.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        s[..len].to_vec()
+    }
+
+    #[test]
+    fn score_orders_reproduce_candles_matmul() {
+        for dim in [64usize, 128] {
+            // (keys, rows of the reference product, the order for that shape)
+            for (len, m, order) in [(300usize, 1usize, ScoreOrder::Gemv8), (200, 1, ScoreOrder::Tree8), (12, 12, ScoreOrder::Tree8), (40, 40, ScoreOrder::Sequential)] {
+                let q: Vec<f32> = (0..dim).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0).collect();
+                let keys: Vec<f32> = (0..len * dim).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 3.0).collect();
+                let want = candle_scores(&q, &keys, len, m);
+                // Our layout: blocks of 32 positions, dimension-major within a block.
+                let bs = 32;
+                let (mut got, mut acc) = (Vec::new(), Vec::new());
+                for b in 0..len.div_ceil(bs) {
+                    let block: Vec<f32> = (0..dim * bs)
+                        .map(|i| {
+                            let (d, s) = (i / bs, i % bs);
+                            let pos = b * bs + s;
+                            if pos < len { keys[pos * dim + d] } else { 0.0 }
+                        })
+                        .collect();
+                    block_scores(order, &q, &block, bs, &mut acc, &mut got);
+                }
+                assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{order:?} dim {dim} len {len} m {m}");
             }
         }
     }
