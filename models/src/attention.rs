@@ -301,18 +301,13 @@ fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, acc: &mut
 /// multiple of 32 positions a full prompt block rounds alike in every prompt that contains it.
 fn candle_vec_sum(xs: &[f32], row_len: usize) -> f32 {
     let np = row_len & !31;
-    let padded;
-    let xs = if xs.len() < np {
-        padded = xs.iter().copied().chain(std::iter::repeat(0.0)).take(np).collect::<Vec<f32>>();
-        &padded[..]
-    } else {
-        xs
-    };
+    // Positions past `xs` are the padding zeros; they are read as 0.0 rather than materialised.
+    let at = |i: usize| xs.get(i).copied().unwrap_or(0.0);
     let mut acc = [[0f32; 8]; 4];
-    for chunk in xs[..np].chunks_exact(32) {
+    for c in (0..np).step_by(32) {
         for (j, a) in acc.iter_mut().enumerate() {
             for (l, x) in a.iter_mut().enumerate() {
-                *x += chunk[j * 8 + l];
+                *x += at(c + j * 8 + l);
             }
         }
     }
@@ -322,7 +317,7 @@ fn candle_vec_sum(xs: &[f32], row_len: usize) -> f32 {
     }
     let t: [f32; 4] = std::array::from_fn(|i| lanes[i] + lanes[i + 4]);
     let mut sum = (t[0] + t[1]) + (t[2] + t[3]);
-    for &x in &xs[np..] {
+    for &x in xs.get(np..).unwrap_or(&[]) {
         sum += x;
     }
     sum
