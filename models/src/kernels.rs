@@ -224,10 +224,7 @@ fn q6k_column(w: &[Q6K], lhs: &[Q8K], nb: usize, acc: &mut Vec<std::arch::x86_64
             }
         }
         for (o, &acc) in out.iter_mut().zip(acc.iter()) {
-            let res = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
-            let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-            let res = _mm_add_ss(res, _mm_movehdup_ps(res));
-            *o = _mm_cvtss_f32(res);
+            *o = hsum_float_8(acc);
         }
     }
 }
@@ -235,6 +232,20 @@ fn q6k_column(w: &[Q6K], lhs: &[Q8K], nb: usize, acc: &mut Vec<std::arch::x86_64
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 fn q6k_column(_: &[Q6K], _: &[Q8K], _: usize, _: &mut Vec<f32>, _: &mut [f32]) {
     unreachable!("q6k_matmul_rows declines without AVX2 and FMA")
+}
+
+/// candle's `hsum_float_8`: the eight lanes summed in its fixed order.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline(always)]
+fn hsum_float_8(x: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX at compile time; register-only operations.
+    unsafe {
+        let res = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+        let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        let res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
 }
 
 /// candle's `vec_dot_q8_0_q8_0` (AVX2), operation for operation.
@@ -254,10 +265,7 @@ fn q8_0_dot(xs: &[Q8_0], ys: &[Q8_0], yd: &[f32]) -> f32 {
             let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy)));
             acc = _mm256_fmadd_ps(d, q, acc);
         }
-        let res = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
-        let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-        let res = _mm_add_ss(res, _mm_movehdup_ps(res));
-        _mm_cvtss_f32(res)
+        hsum_float_8(acc)
     }
 }
 
@@ -282,12 +290,7 @@ fn q8_0_dot4(xs: &[Q8_0], nb: usize, ys: &[Q8_0], yd: &[f32]) -> [f32; 4] {
                 *acc = _mm256_fmadd_ps(d, q, *acc);
             }
         }
-        acc.map(|acc| {
-            let res = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
-            let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-            let res = _mm_add_ss(res, _mm_movehdup_ps(res));
-            _mm_cvtss_f32(res)
-        })
+        acc.map(hsum_float_8)
     }
 }
 
