@@ -243,6 +243,13 @@ impl EngineHandle {
         Ok(RequestStream { rx, id })
     }
 
+    /// Whether the engine takes requests: not shut down, and its thread has not exited (or panicked).
+    pub fn is_running(&self) -> bool {
+        let accepting = self.shared.commands.lock().expect("engine command sender").is_some();
+        let alive = self.shared.thread.lock().expect("engine thread slot").as_ref().is_some_and(|t| !t.is_finished());
+        accepting && alive
+    }
+
     /// Stop the engine: requests in flight end with `Event::Error(ShutDown)`, new ones are refused. Waits
     /// for the engine thread to exit. Idempotent.
     pub fn shutdown(&self) {

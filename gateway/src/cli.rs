@@ -7,12 +7,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use engine::{EngineConfig, SamplingParams};
+use gateway::config::{Config, LogFormat};
 use gateway::model_path::{self, ModelPathError};
 use gateway::GatewayConfig;
 
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, about = "A private LLM appliance: runs a 4-bit LLM in-process and serves it.")]
 pub struct Cli {
+    /// The configuration file (see `hearth config example`); flags override it.
+    #[arg(long, short = 'c', global = true, value_name = "FILE", env = "HEARTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format (default: the config's `log.format`, else text).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,6 +32,18 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Chat in the terminal: /reset clears the history, /quit or Ctrl-D exits, Ctrl-C stops an answer.
     Chat(ChatArgs),
+    /// Check or print the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration (file, then HEARTH_<SECTION>__<KEY> variables), report the first problem
+    /// naming its key, or print the effective settings with secrets hidden.
+    Check,
+    /// Print the commented example configuration with every key at its default.
+    Example,
 }
 
 /// Which model to load and how much work the engine takes on.
@@ -53,23 +72,27 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// The engine config, with the model file resolved (and fetched if it is the missing default).
-    pub fn engine_config(&self) -> Result<EngineConfig, ModelPathError> {
-        let path = model_path::resolve(self.model.as_deref())?;
+    /// The engine config: flags, else the file's `[engine]` section, else the engine's defaults; the model
+    /// is `--model`, else `$HEARTH_MODEL`, else the first `[[models]]` entry, else the default model
+    /// (fetched if missing).
+    pub fn engine_config(&self, file: &Config) -> Result<EngineConfig, ModelPathError> {
+        let from_file = std::env::var_os("HEARTH_MODEL").is_none().then(|| file.models.first().map(|m| m.path.clone())).flatten();
+        let path = model_path::resolve(self.model.clone().or(from_file).as_deref())?;
         let mut config = EngineConfig::new(path);
-        if let Some(n) = self.max_batch_tokens {
+        let section = &file.engine;
+        if let Some(n) = self.max_batch_tokens.or(section.max_batch_tokens) {
             config.max_batch_tokens = n;
         }
-        if let Some(n) = self.max_running {
+        if let Some(n) = self.max_running.or(section.max_running) {
             config.max_running = n;
         }
-        if let Some(n) = self.max_waiting {
+        if let Some(n) = self.max_waiting.or(section.max_waiting) {
             config.max_waiting = n;
         }
-        if let Some(n) = self.kv_cache_tokens {
+        if let Some(n) = self.kv_cache_tokens.or(section.kv_cache_tokens) {
             config.kv_cache_tokens = n;
         }
-        if let Some(n) = self.ctx_size {
+        if let Some(n) = self.ctx_size.or(section.ctx_size) {
             config.context_length = Some(n);
         }
         Ok(config)
@@ -80,32 +103,42 @@ impl EngineArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    /// Address to listen on [default: the config's server.host, else 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on, 0 picks a free one [default: the config's server.port, else 8080].
+    #[arg(long)]
+    pub port: Option<u16>,
     /// Model name reported to clients (default: the GGUF file's stem).
     #[arg(long, value_name = "NAME")]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer KEY` on /v1/* routes.
+    /// Require `Authorization: Bearer KEY` on /v1/* routes (in addition to the config's server.api_keys).
     #[arg(long, value_name = "KEY", env = "HEARTH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// After SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are stopped.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub shutdown_timeout: u64,
+    /// After SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are stopped
+    /// [default: the config's server.shutdown_timeout_secs, else 30].
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
 }
 
 impl ServeArgs {
-    pub fn gateway_config(&self) -> GatewayConfig {
+    /// The server settings: flags over the file's `[server]` section.
+    pub fn gateway_config(&self, file: &Config) -> GatewayConfig {
+        let server = &file.server;
+        let mut api_keys: Vec<String> = server.api_keys.iter().map(|k| k.expose().to_owned()).collect();
+        api_keys.extend(self.api_key.clone().filter(|k| !k.is_empty()));
+        let served_model_name = self
+            .served_model_name
+            .clone()
+            .or_else(|| server.served_model_name.clone())
+            .or_else(|| (self.engine.model.is_none()).then(|| file.models.first().map(|m| m.name.clone())).flatten());
         GatewayConfig {
-            host: self.host.clone(),
-            port: self.port,
-            served_model_name: self.served_model_name.clone(),
-            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
-            drain_timeout: Duration::from_secs(self.shutdown_timeout),
-            ..GatewayConfig::default()
+            host: self.host.clone().unwrap_or_else(|| server.host.clone()),
+            port: self.port.unwrap_or(server.port),
+            served_model_name,
+            api_keys,
+            max_body_bytes: server.max_body_bytes,
+            drain_timeout: Duration::from_secs(self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs)),
         }
     }
 }
@@ -172,7 +205,7 @@ mod tests {
         <Cli as clap::CommandFactory>::command().debug_assert();
         let cli = Cli::try_parse_from(["hearth", "serve", "--port", "0", "--max-waiting", "1", "--ctx-size", "512"]).unwrap();
         let Command::Serve(args) = cli.command else { panic!("expected serve") };
-        assert_eq!(args.port, 0);
+        assert_eq!(args.port, Some(0));
         assert_eq!(args.engine.max_waiting, Some(1));
         assert_eq!(args.engine.ctx_size, Some(512));
         assert!(Cli::try_parse_from(["hearth", "serve", "--max-running", "0"]).is_err());

@@ -1,22 +1,24 @@
-//! The subcommands: `serve` (HTTP API until SIGINT/SIGTERM), `generate` (one answer to stdout) and `chat`
-//! (an interactive terminal conversation).
+//! The subcommands: `serve` (HTTP API until SIGINT/SIGTERM), `generate` (one answer to stdout), `chat`
+//! (an interactive terminal conversation) and `config` (check or print the configuration).
 
 use std::io::{self, BufRead, Write};
+use std::path::Path;
 use std::pin::pin;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
 use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, StopParams};
+use gateway::config::{self, Config};
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
-use crate::cli::{ChatArgs, GenerateArgs, SamplingArgs, ServeArgs};
+use crate::cli::{ChatArgs, ConfigCommand, GenerateArgs, SamplingArgs, ServeArgs};
 
 /// `hearth serve`.
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let gateway_config = args.gateway_config();
-    let engine = load_engine(args.engine.engine_config()?)?;
+pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let gateway_config = args.gateway_config(config);
+    let engine = load_engine(args.engine.engine_config(config)?)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&gateway_config)
@@ -27,7 +29,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(
             %addr,
             model = %state.model_name,
-            api_key = gateway_config.api_key.is_some(),
+            api_keys = gateway_config.api_keys.len(),
             "listening: OpenAI-compatible API at http://{addr}/v1"
         );
         server::serve(listener, state, server::shutdown_signal(), gateway_config.drain_timeout)
@@ -38,8 +40,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `hearth generate`: runs without an async runtime, reading events with `blocking_next`.
-pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
-    let engine = load_engine(args.engine.engine_config()?)?;
+pub fn generate(args: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let engine = load_engine(args.engine.engine_config(config)?)?;
     let tokenizer = engine.tokenizer();
     let prompt = if args.raw {
         tokenizer.encode(&args.prompt, true)?
@@ -75,12 +77,28 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `hearth chat`: a current-thread runtime, so Ctrl-C can be raced against the token stream.
-pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
-    let engine = load_engine(args.engine.engine_config()?)?;
+pub fn chat(args: ChatArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let engine = load_engine(args.engine.engine_config(config)?)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let result = runtime.block_on(chat_loop(&engine, &args));
     engine.shutdown();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// `hearth config check|example`.
+pub fn config(command: &ConfigCommand, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    match command {
+        ConfigCommand::Example => print!("{}", config::EXAMPLE),
+        ConfigCommand::Check => {
+            let loaded = Config::load(file)?;
+            match file {
+                Some(file) => eprintln!("{}: ok", file.display()),
+                None => eprintln!("no config file (pass --config FILE or set HEARTH_CONFIG): defaults and environment: ok"),
+            }
+            print!("{}", loaded.to_redacted_toml());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How one chat turn ended.

@@ -24,6 +24,7 @@ use serde::Serialize;
 use tracing::{Instrument, Span};
 
 use crate::error::{ApiError, ApiJson};
+use crate::metrics;
 use crate::openai::{
     self, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
     ChatDelta, ChatLogprobs, ChatTokenLogprob, CompletionChoice, CompletionLogprobs, CompletionRequest, TopLogprob,
@@ -150,7 +151,10 @@ impl Output {
                     log_finished(&done);
                     return Ok(self.full_response(text, logprobs, &done));
                 }
-                Some(Event::Error(err)) => return Err(err.into()),
+                Some(Event::Error(err)) => {
+                    metrics::generation_ended("error");
+                    return Err(err.into());
+                }
                 // The engine dropped the request without a final event: it is gone.
                 None => return Err(EngineError::ShutDown.into()),
             }
@@ -378,6 +382,7 @@ impl SseState {
 
     /// Headers are already sent, so a failure mid-stream is an `{"error": ...}` event, then `[DONE]`.
     fn fail(&mut self, err: EngineError) {
+        metrics::generation_ended("error");
         let api_error = ApiError::from(err);
         tracing::warn!(reason = %api_error.message, "stream failed");
         self.queue.push_back(sse_json(&api_error.body()));
@@ -395,11 +400,13 @@ impl Drop for SseState {
         if !self.ended {
             let _entered = self.span.enter();
             tracing::info!("client disconnected mid-stream; cancelling the request");
+            metrics::generation_ended("cancelled");
         }
     }
 }
 
 fn log_finished(done: &EngineCompletion) {
+    metrics::generation_finished(done, openai::finish_reason(done.reason));
     tracing::info!(
         finish_reason = openai::finish_reason(done.reason),
         prompt_tokens = done.usage.prompt_tokens,

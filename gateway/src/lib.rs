@@ -9,6 +9,8 @@
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
 //! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
 //! - [`model_path`]: which GGUF to load when `--model` is absent, and fetching the default one.
+//! - [`config`]: the TOML configuration file with its `HEARTH_<SECTION>__<KEY>` environment overrides.
+//! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
 //!
 //! The binary (`src/main.rs` with its `cli` and `commands` modules) parses arguments, loads the engine and
 //! runs `serve`, `generate` or `chat`.
@@ -17,7 +19,9 @@
 //! to the engine through `EngineHandle`, `GenerateRequest` and the `Event` stream only.
 
 pub mod completions;
+pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod model_path;
 pub mod openai;
 pub mod server;

@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use gateway::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -24,15 +25,27 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let cli::Command::Config(command) = &cli.command {
+        return commands::config(command, cli.config.as_deref());
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    init_logging(cli.log_format.unwrap_or(config.log.format), &config.log.level);
     match cli.command {
-        cli::Command::Serve(args) => commands::serve(args),
-        cli::Command::Generate(args) => commands::generate(args),
-        cli::Command::Chat(args) => commands::chat(args),
+        cli::Command::Serve(args) => commands::serve(args, &config),
+        cli::Command::Generate(args) => commands::generate(args, &config),
+        cli::Command::Chat(args) => commands::chat(args, &config),
+        cli::Command::Config(_) => unreachable!("handled before the configuration is loaded"),
+    }
+}
+
+/// Logs go to stderr, as text (colored on a terminal) or one JSON object per line. `RUST_LOG` overrides
+/// the configured level.
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
     }
 }
 

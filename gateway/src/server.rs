@@ -4,16 +4,18 @@
 //! and no socket, and also run [`serve`]-like real servers on `127.0.0.1:0`.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models` (behind the optional API
-//! key) and `GET /health` (always open, for probes). Anything else is a 404 or 405 in OpenAI's error shape.
+//! keys); `GET /health` (engine load as JSON), `/healthz` (liveness), `/readyz` (readiness) and `/metrics`
+//! (Prometheus) are always open, for probes and scrapers. Anything else is a 404 or 405 in OpenAI's error shape.
 //! Every request runs in a `request` span carrying its id (also returned as `x-request-id`) and route.
 
 use std::future::{Future, IntoFuture};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +29,7 @@ use tracing::Instrument;
 
 use crate::completions;
 use crate::error::{ApiError, ErrorKind};
+use crate::metrics;
 use crate::openai::{ModelCard, ModelList};
 
 /// Where and how to serve. Defaults are the `hearth serve` defaults.
@@ -36,8 +39,8 @@ pub struct GatewayConfig {
     pub port: u16,
     /// The model name clients see in `/v1/models` and responses; `None` uses the GGUF file stem.
     pub served_model_name: Option<String>,
-    /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
-    pub api_key: Option<String>,
+    /// When not empty, `/v1/*` requires `Authorization: Bearer <key>` with one of these keys.
+    pub api_keys: Vec<String>,
     /// Request bodies above this many bytes get a 413 before they are parsed.
     pub max_body_bytes: usize,
     /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
@@ -50,7 +53,7 @@ impl Default for GatewayConfig {
             host: "127.0.0.1".to_owned(),
             port: 8080,
             served_model_name: None,
-            api_key: None,
+            api_keys: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
         }
@@ -64,12 +67,14 @@ pub struct AppState {
     pub engine: EngineHandle,
     /// The name reported as `model`.
     pub model_name: Arc<str>,
-    /// The key `/v1/*` requires, if any.
-    pub api_key: Option<Arc<str>>,
+    /// The keys `/v1/*` accepts; empty: no key needed.
+    pub api_keys: Arc<[Box<str>]>,
     /// Body limit applied to every route.
     pub max_body_bytes: usize,
     /// Reported as `created` by `/v1/models`: when this server started, in Unix seconds.
     pub started_at: u64,
+    /// False once shutdown has begun: `/readyz` answers 503 so load balancers stop sending requests.
+    pub ready: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -81,9 +86,10 @@ impl AppState {
         Self {
             engine,
             model_name: model_name.into(),
-            api_key: config.api_key.clone().map(Into::into),
+            api_keys: config.api_keys.iter().map(|k| k.as_str().into()).collect(),
             max_body_bytes: config.max_body_bytes,
             started_at,
+            ready: Arc::new(AtomicBool::new(true)),
         }
     }
 }
@@ -102,6 +108,9 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .route("/health", get(health))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
@@ -119,6 +128,7 @@ pub async fn serve(
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
     let engine = state.engine.clone();
+    let ready = state.ready.clone();
     let (stop_accepting, stop_rx) = tokio::sync::watch::channel(false);
     let graceful = async move {
         let mut stop_rx = stop_rx;
@@ -136,6 +146,7 @@ pub async fn serve(
         () = shutdown => {}
     }
     tracing::info!(drain_timeout_s = drain_timeout.as_secs_f64(), "shutting down: no new connections; draining in-flight requests");
+    ready.store(false, Ordering::Relaxed);
     // Ignore a send error: it means the server task already finished, which `server` below reports.
     let _ = stop_accepting.send(true);
     let result = match tokio::time::timeout(drain_timeout, &mut server).await {
@@ -204,7 +215,8 @@ pub async fn bind(config: &GatewayConfig) -> std::io::Result<TcpListener> {
 /// head is ready, and a JSON 500 if the handler panics. Streaming bodies re-enter the span themselves.
 async fn request_span(mut req: Request, next: Next) -> Response {
     let id = Alphanumeric.sample_string(&mut rand::rng(), 24);
-    let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %req.uri().path());
+    let route = req.uri().path().to_owned();
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %route);
     req.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();
     async move {
@@ -221,6 +233,7 @@ async fn request_span(mut req: Request, next: Next) -> Response {
             }
         };
         tracing::info!(status = response.status().as_u16(), latency_ms = started.elapsed().as_millis() as u64, "response");
+        metrics::http_response(&route, response.status().as_u16());
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert("x-request-id", value);
         }
@@ -232,9 +245,9 @@ async fn request_span(mut req: Request, next: Next) -> Response {
 
 /// `Authorization: Bearer <key>` when the server has a key.
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.api_key.as_deref() else {
+    if state.api_keys.is_empty() {
         return next.run(req).await;
-    };
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -242,7 +255,10 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(req).await,
+        // Compare with every key, so the timing does not tell which one (or whether any) matched early.
+        Some(key) if state.api_keys.iter().fold(false, |hit, k| constant_time_eq(key.as_bytes(), k.as_bytes()) | hit) => {
+            next.run(req).await
+        }
         _ => ApiError::new(ErrorKind::Authentication, "Missing or incorrect API key: send `Authorization: Bearer <key>`.")
             .with_code("invalid_api_key")
             .into_response(),
@@ -305,6 +321,30 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         prefix_cache_hit_tokens: stats.prefix_cache_hit_tokens,
         preemptions_total: stats.preemptions_total,
     })
+}
+
+/// `GET /healthz`: liveness. The process is up and its HTTP server answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: readiness. 200 while the engine runs and the server takes requests; 503 once shutdown
+/// has begun or the engine has stopped.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) && state.engine.is_running() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n").into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format (version 0.0.4).
+async fn metrics_page(State(state): State<AppState>) -> Response {
+    let Some(handle) = metrics::handle() else {
+        return ApiError::internal(&"metrics are unavailable: another recorder was installed").into_response();
+    };
+    metrics::observe_engine(&state.engine.stats());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

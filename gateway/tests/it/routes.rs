@@ -80,7 +80,7 @@ async fn responses_carry_a_request_id() {
 
 #[tokio::test]
 async fn api_key_guards_v1_but_not_health() {
-    let config = GatewayConfig { api_key: Some("sesame".into()), ..GatewayConfig::default() };
+    let config = GatewayConfig { api_keys: vec!["sesame".into(), "open".into()], ..GatewayConfig::default() };
     let app = gateway::app(AppState::new(shared_engine(), &config));
     let models = |auth: Option<&str>| {
         let mut request = Request::builder().uri("/v1/models");
@@ -97,6 +97,11 @@ async fn api_key_guards_v1_but_not_health() {
         assert_eq!(body["error"]["code"], "invalid_api_key");
     }
     assert_eq!(models(Some("Bearer sesame")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(models(Some("Bearer open")).await.unwrap().status(), StatusCode::OK, "every configured key is accepted");
     let (status, _) = get_json(app.clone(), "/health").await;
     assert_eq!(status, StatusCode::OK);
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let response = app.clone().oneshot(Request::builder().uri(probe).body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{probe} is open without a key");
+    }
 }

@@ -1,0 +1,334 @@
+//! The configuration file: one TOML file (`hearth.example.toml` documents every key), overridden by
+//! `HEARTH_<SECTION>__<KEY>` environment variables, overridden in turn by command-line flags.
+//!
+//! Unknown keys and wrong types are errors that name the key and where it came from. Secrets (API keys,
+//! the admin token) live only in the file or the environment; their `Debug` output is redacted, so logging
+//! a [`Config`] never leaks them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The commented example configuration, with every key at its default.
+pub const EXAMPLE: &str = include_str!("../hearth.example.toml");
+
+/// Environment variables `HEARTH_<SECTION>__<KEY>` (double underscore between section and key) override
+/// the file; single-level names such as `HEARTH_MODEL` belong to the command line, not to this file.
+pub const ENV_PREFIX: &str = "HEARTH_";
+
+/// Everything `hearth.toml` can say. Every section is optional; a missing key takes its default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub engine: EngineSection,
+    /// The models this server can run; the first is loaded at start. Empty: the default model.
+    pub models: Vec<ModelEntry>,
+    pub log: LogSection,
+    pub data: DataSection,
+}
+
+/// `[server]`: where and how the HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub host: String,
+    pub port: u16,
+    /// The model name clients see; unset: the model entry's name, else the GGUF file stem.
+    pub served_model_name: Option<String>,
+    /// Keys accepted as `Authorization: Bearer KEY` on `/v1/*`; empty: no key needed.
+    pub api_keys: Vec<Secret>,
+    /// Bearer token of the `/admin/*` API; unset: the admin API is off.
+    pub admin_token: Option<Secret>,
+    /// Request bodies above this many bytes get a 413.
+    pub max_body_bytes: usize,
+    /// After SIGTERM, seconds in-flight answers may take to finish before they are failed.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 8080,
+            served_model_name: None,
+            api_keys: Vec::new(),
+            admin_token: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[engine]`: how much work the engine takes on. Unset values take the engine's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    pub max_batch_tokens: Option<usize>,
+    pub max_running: Option<usize>,
+    pub max_waiting: Option<usize>,
+    pub kv_cache_tokens: Option<usize>,
+    pub ctx_size: Option<usize>,
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The name clients and the admin API use for this model.
+    pub name: String,
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// Expected SHA-256 of the file (hex); `hearth doctor` checks it when set.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,gateway=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".to_owned() }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[data]`: where hearth keeps its state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// The data directory (the SQLite database lives here).
+    pub dir: PathBuf,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        let dir = std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".local/share/hearth"))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/hearth"));
+        Self { dir }
+    }
+}
+
+/// A secret string: deserialized as a plain string, never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret itself, for comparing or sending it; never log this.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Why the configuration cannot be used. Each message names the key or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: `{key}` in {origin}: {reason}")]
+    Invalid { key: String, origin: String, reason: String },
+    #[error("invalid configuration: `{key}` {problem}")]
+    Value { key: String, problem: String },
+}
+
+impl Config {
+    /// Defaults, then `file` (which must exist when given), then `HEARTH_<SECTION>__<KEY>` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given explicitly (tests must not mutate the process's).
+    pub fn load_with_env(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Missing(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let mut from_env = Vec::new();
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let Some((section, field)) = rest.split_once("__") else { continue };
+            let path = format!("{}.{}", section.to_ascii_lowercase(), field.to_ascii_lowercase());
+            figment = figment.merge(Serialized::global(&path, env_value(&value)));
+            from_env.push((path, key));
+        }
+        let config: Config = figment.extract().map_err(|err| {
+            let key = err.path.join(".");
+            // Name the variable when the bad value came from the environment, else the file.
+            let origin = match from_env.iter().find(|(p, _)| *p == key || p.starts_with(&format!("{key}."))) {
+                Some((_, var)) => format!("the environment variable {var}"),
+                None => file.map_or_else(|| "the defaults".to_owned(), |f| f.display().to_string()),
+            };
+            ConfigError::Invalid { key, origin, reason: err.kind.to_string() }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks serde cannot express: positive sizes, unique model names, a usable admin token.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: &str| Err(ConfigError::Value { key: key.to_owned(), problem: problem.to_owned() });
+        let engine = [
+            ("engine.max_batch_tokens", self.engine.max_batch_tokens),
+            ("engine.max_running", self.engine.max_running),
+            ("engine.max_waiting", self.engine.max_waiting),
+            ("engine.kv_cache_tokens", self.engine.kv_cache_tokens),
+            ("engine.ctx_size", self.engine.ctx_size),
+        ];
+        for (key, value) in engine {
+            if value == Some(0) {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes", "must be at least 1");
+        }
+        if self.server.api_keys.iter().any(|k| k.0.trim().is_empty()) {
+            return invalid("server.api_keys", "must not contain an empty key");
+        }
+        if self.server.admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            return invalid("server.admin_token", "must be at least 16 characters");
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            if model.name.trim().is_empty() {
+                return invalid(&format!("models[{i}].name"), "must not be empty");
+            }
+            if self.models[..i].iter().any(|m| m.name == model.name) {
+                return invalid(&format!("models[{i}].name"), &format!("repeats the name {:?}", model.name));
+            }
+            if let Some(sum) = &model.sha256 {
+                if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return invalid(&format!("models[{i}].sha256"), "must be 64 hexadecimal digits");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets replaced by `***`, for `hearth config check`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for key in &mut shown.server.api_keys {
+            key.0 = "***".to_owned();
+        }
+        if let Some(token) = &mut shown.server.admin_token {
+            token.0 = "***".to_owned();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot show the configuration: {err}\n"))
+    }
+}
+
+/// An environment value as TOML would read it (numbers, booleans, arrays), else as a plain string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn the_example_parses_to_the_defaults_and_documents_every_key() {
+        let file = write(EXAMPLE);
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        assert_eq!(config.server, ServerSection::default());
+        assert_eq!(config.engine, EngineSection::default());
+        // Every key of every section appears in the example, commented out or not.
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, value) in &defaults {
+            let Some(table) = value.as_table() else { continue };
+            assert!(EXAMPLE.contains(&format!("[{section}]")), "section [{section}] is not in the example");
+            for key in table.keys() {
+                assert!(EXAMPLE.contains(&format!("{key} =")), "{section}.{key} is not in the example");
+            }
+        }
+        for key in ["served_model_name", "api_keys", "admin_token", "max_batch_tokens", "ctx_size", "[[models]]", "sha256"] {
+            assert!(EXAMPLE.contains(key), "{key} is not in the example");
+        }
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let file = write("[server]\nport = 9000\nhost = \"0.0.0.0\"\n[engine]\nmax_running = 8\n[[models]]\nname = \"a\"\npath = \"/m/a.gguf\"\n");
+        let env = [("HEARTH_SERVER__PORT".to_owned(), "9100".to_owned()), ("HEARTH_MODEL".to_owned(), "/x".to_owned())];
+        let config = Config::load_with_env(Some(file.path()), env).unwrap();
+        assert_eq!(config.server.port, 9100, "the environment overrides the file");
+        assert_eq!(config.server.host, "0.0.0.0");
+        assert_eq!(config.engine.max_running, Some(8));
+        assert_eq!(config.models[0].path, PathBuf::from("/m/a.gguf"));
+        let env = [("HEARTH_LOG__FORMAT".to_owned(), "json".to_owned())];
+        assert_eq!(Config::load_with_env(None, env).unwrap().log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nprot = 1\n", "prot"),
+            ("[server]\nport = \"eighty\"\n", "port"),
+            ("[server]\nport = 70000\n", "port"),
+            ("[engine]\nmax_running = 0\n", "engine.max_running"),
+            ("[log]\nformat = \"xml\"\n", "format"),
+            ("[[models]]\nname = \"a\"\npath = \"a\"\n[[models]]\nname = \"a\"\npath = \"b\"\n", "models[1].name"),
+            ("[[models]]\nname = \"a\"\n", "path"),
+            ("[server]\nadmin_token = \"short\"\n", "server.admin_token"),
+            ("[serve]\nport = 1\n", "serve"),
+        ];
+        for (text, key) in cases {
+            let file = write(text);
+            let err = Config::load_with_env(Some(file.path()), []).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        let env = [("HEARTH_SERVER__PORT".to_owned(), "abc".to_owned())];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(err.contains("HEARTH_SERVER__PORT"), "{err}");
+        let missing = Config::load_with_env(Some(Path::new("/nonexistent/hearth.toml")), []).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/hearth.toml"));
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let file = write("[server]\napi_keys = [\"sk-very-secret\"]\nadmin_token = \"admin-token-very-secret\"\n");
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        assert_eq!(config.server.api_keys[0].expose(), "sk-very-secret");
+        for shown in [format!("{config:?}"), config.to_redacted_toml()] {
+            assert!(!shown.contains("very-secret"), "{shown}");
+        }
+    }
+}
