@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run tests/python/test_openai.py (the official OpenAI Python client) against a real `hearth serve`.
+# Run tests/python/ (the official OpenAI Python client, Prometheus' text-format parser) against a real `hearth serve`.
 #
 # Usage: tests/python/run.sh [MODEL.gguf]
 # Needs target/release/hearth (cargo build --release -p gateway) and the SmolLM2 model
@@ -14,14 +14,16 @@ MODEL=${1:-${HEARTH_MODELS_DIR:-$HOME/.cache/hearth/models}/SmolLM2-135M-Instruc
 VENV=${HEARTH_PY_VENV:-$ROOT/target/python-venv}
 OPENAI_VERSION=3.51.0
 PYTEST_VERSION=9.2.0
+PROMETHEUS_CLIENT_VERSION=0.26.0
 
 [[ -x $HEARTH ]] || { echo "run.sh: $HEARTH is missing: cargo build --release -p gateway" >&2; exit 1; }
 [[ -f $MODEL ]] || { echo "run.sh: $MODEL is missing: run scripts/fetch-models.sh" >&2; exit 1; }
 
-if ! "$VENV/bin/python" -c "import sys, openai, pytest; sys.exit(openai.__version__ != '$OPENAI_VERSION' or pytest.__version__ != '$PYTEST_VERSION')" 2>/dev/null; then
-    echo "run.sh: installing openai==$OPENAI_VERSION and pytest==$PYTEST_VERSION into $VENV" >&2
+if ! "$VENV/bin/python" -c "import sys, importlib.metadata as m, openai, pytest; sys.exit(openai.__version__ != '$OPENAI_VERSION' or pytest.__version__ != '$PYTEST_VERSION' or m.version('prometheus-client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
+    echo "run.sh: installing openai==$OPENAI_VERSION, pytest==$PYTEST_VERSION and prometheus-client==$PROMETHEUS_CLIENT_VERSION into $VENV" >&2
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" "pytest==$PYTEST_VERSION"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" "pytest==$PYTEST_VERSION" \
+        "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 fi
 PY=$VENV/bin/python
 
