@@ -10,6 +10,7 @@
 mod detokenizer;
 mod error;
 mod handle;
+mod inspect;
 mod kv_cache;
 mod request;
 mod sampler;
@@ -24,6 +25,7 @@ pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::Detokenizer;
 pub use error::EngineError;
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};
+pub use inspect::{inspect_model, ModelSummary};
 pub use request::{
     validate, Completion, Event, FinishReason, GenerateRequest, SamplingParams, StopParams, Timings,
     TokenChunk, TokenLogprob, Usage,

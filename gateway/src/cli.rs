@@ -35,6 +35,21 @@ pub enum Command {
     /// Check or print the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check this machine, the model files and the configuration; exits 1 when something is wrong.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check this model file instead of the configured ones.
+    #[arg(long, short = 'm', value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Check this port instead of the configured one.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Read CPU flags from this file instead of /proc/cpuinfo (to check for another machine).
+    #[arg(long, value_name = "FILE", default_value = "/proc/cpuinfo", hide = true)]
+    pub cpuinfo: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

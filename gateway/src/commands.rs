@@ -1,8 +1,8 @@
 //! The subcommands: `serve` (HTTP API until SIGINT/SIGTERM), `generate` (one answer to stdout), `chat`
-//! (an interactive terminal conversation) and `config` (check or print the configuration).
+//! (an interactive terminal conversation), `config` (check or print the configuration) and `doctor`.
 
 use std::io::{self, BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,10 +10,11 @@ use std::time::Instant;
 use anyhow::Context;
 use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, StopParams};
 use gateway::config::{self, Config};
+use gateway::doctor;
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
-use crate::cli::{ChatArgs, ConfigCommand, GenerateArgs, SamplingArgs, ServeArgs};
+use crate::cli::{ChatArgs, ConfigCommand, DoctorArgs, GenerateArgs, SamplingArgs, ServeArgs};
 
 /// `hearth serve`.
 pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
@@ -99,6 +100,22 @@ pub fn config(command: &ConfigCommand, file: Option<&Path>) -> anyhow::Result<Ex
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `hearth doctor`: the report goes to stdout; exit status 1 when a check failed.
+pub fn doctor(args: DoctorArgs, config: Config, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let inputs = doctor::Inputs {
+        kv_cache_tokens: config.engine.kv_cache_tokens.unwrap_or_else(|| EngineConfig::new("").kv_cache_tokens),
+        host: config.server.host.clone(),
+        port: args.port.unwrap_or(config.server.port),
+        model: args.model,
+        cpuinfo: args.cpuinfo,
+        config_path,
+        config,
+    };
+    let report = doctor::run(&inputs);
+    print!("{report}");
+    Ok(if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// How one chat turn ended.

@@ -10,6 +10,7 @@
 //! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
 //! - [`model_path`]: which GGUF to load when `--model` is absent, and fetching the default one.
 //! - [`config`]: the TOML configuration file with its `HEARTH_<SECTION>__<KEY>` environment overrides.
+//! - [`doctor`]: `hearth doctor`'s checks of the machine, the model files and the configuration.
 //! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
 //!
 //! The binary (`src/main.rs` with its `cli` and `commands` modules) parses arguments, loads the engine and
@@ -20,6 +21,7 @@
 
 pub mod completions;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod metrics;
 pub mod model_path;

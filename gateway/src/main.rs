@@ -34,6 +34,7 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Serve(args) => commands::serve(args, &config),
         cli::Command::Generate(args) => commands::generate(args, &config),
         cli::Command::Chat(args) => commands::chat(args, &config),
+        cli::Command::Doctor(args) => commands::doctor(args, config, cli.config),
         cli::Command::Config(_) => unreachable!("handled before the configuration is loaded"),
     }
 }

