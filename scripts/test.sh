@@ -3,6 +3,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Tools the install test needs; a fresh Debian machine may lack them.
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v zstd >/dev/null || missing+=(zstd)
+command -v curl >/dev/null || missing+=(curl)
+command -v unshare >/dev/null || missing+=(util-linux)
+if ((${#missing[@]})); then
+    echo "== apt-get install ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
 scripts/fetch-models.sh --all
 
 echo "== architecture check: the gateway never names a candle crate or path"
@@ -17,3 +28,6 @@ cargo test --release --workspace -- --test-threads 1
 
 echo "== the official OpenAI Python client against hearth serve"
 tests/python/run.sh
+
+echo "== air-gapped install: bundle, install from it with no network, serve a chat completion"
+tests/install/airgap.sh

@@ -37,6 +37,21 @@ pub enum Command {
     Config(ConfigCommand),
     /// Check this machine, the model files and the configuration; exits 1 when something is wrong.
     Doctor(DoctorArgs),
+    /// Download a GGUF file from a Hugging Face model repository (needs network); prints its local path.
+    Pull(PullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The repository, e.g. Qwen/Qwen2.5-7B-Instruct-GGUF.
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub repo: String,
+    /// The file in it, e.g. qwen2.5-7b-instruct-q4_k_m.gguf.
+    #[arg(long, value_name = "FILE")]
+    pub file: String,
+    /// The revision (branch, tag or commit).
+    #[arg(long, default_value = "main")]
+    pub revision: String,
 }
 
 #[derive(Debug, Args)]

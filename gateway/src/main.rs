@@ -35,6 +35,7 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Generate(args) => commands::generate(args, &config),
         cli::Command::Chat(args) => commands::chat(args, &config),
         cli::Command::Doctor(args) => commands::doctor(args, config, cli.config),
+        cli::Command::Pull(args) => commands::pull(args),
         cli::Command::Config(_) => unreachable!("handled before the configuration is loaded"),
     }
 }
