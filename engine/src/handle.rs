@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -97,6 +97,15 @@ pub struct EngineStats {
     pub preemptions_total: u64,
     /// Steps run.
     pub steps_total: u64,
+    /// When the longest-waiting request that has not been scheduled yet was submitted (as of the last step).
+    pub oldest_waiting_since: Option<Instant>,
+}
+
+impl EngineStats {
+    /// How long the longest-waiting unscheduled request has waited so far (zero when none waits).
+    pub fn queue_wait(&self) -> Duration {
+        self.oldest_waiting_since.map(|since| since.elapsed()).unwrap_or_default()
+    }
 }
 
 /// State shared by the handle and the engine thread.

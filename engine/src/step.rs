@@ -308,14 +308,23 @@ impl EngineLoop {
     /// Publish the running count and block use after a request left, before its last event is sent: a
     /// caller that has seen the end of its stream also sees its blocks returned.
     fn publish_release(&self) -> std::sync::MutexGuard<'_, crate::EngineStats> {
+        let oldest_waiting_since = self.oldest_waiting_since();
         let mut stats = self.shared.stats.lock().expect("engine stats");
         stats.running = self.scheduler.num_running();
         stats.kv_blocks_used = self.scheduler.blocks_used();
+        stats.oldest_waiting_since = oldest_waiting_since;
         stats
     }
 
+    /// When the longest-waiting request not yet scheduled was submitted.
+    fn oldest_waiting_since(&self) -> Option<Instant> {
+        self.active.values().filter(|a| a.waiting).map(|a| a.submitted).min()
+    }
+
     fn publish_stats(&self, preempted: &[SeqId], ran: bool) {
+        let oldest_waiting_since = self.oldest_waiting_since();
         let mut stats = self.shared.stats.lock().expect("engine stats");
+        stats.oldest_waiting_since = oldest_waiting_since;
         stats.running = self.scheduler.num_running();
         stats.kv_blocks_used = self.scheduler.blocks_used();
         stats.preemptions_total += preempted.len() as u64;

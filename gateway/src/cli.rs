@@ -167,6 +167,7 @@ impl ServeArgs {
             port: self.port.unwrap_or(server.port),
             served_model_name,
             api_keys,
+            admin_token: server.admin_token.as_ref().map(|t| t.expose().to_owned()),
             max_body_bytes: server.max_body_bytes,
             drain_timeout: Duration::from_secs(self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs)),
         }

@@ -5,12 +5,14 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, StopParams};
 use gateway::config::{self, Config};
 use gateway::doctor;
+use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
@@ -19,17 +21,31 @@ use crate::cli::{ChatArgs, ConfigCommand, DoctorArgs, GenerateArgs, PullArgs, Sa
 /// `hearth serve`.
 pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let gateway_config = args.gateway_config(config);
-    let engine = load_engine(args.engine.engine_config(config)?)?;
+    let engine_config = args.engine.engine_config(config)?;
+    let engine = load_engine(engine_config.clone())?;
+    let name = gateway_config.served_model_name.clone().unwrap_or_else(|| engine.info().name.clone());
+    let fallback = match &config.routing.fallback {
+        Some(fallback) => {
+            let entry = config.models.iter().find(|m| &m.name == fallback).expect("config validation checks the fallback names an entry");
+            let mut fallback_config = engine_config.clone();
+            fallback_config.model_path = entry.path.clone();
+            let model = Arc::new(Loaded { name: fallback.as_str().into(), engine: load_engine(fallback_config)? });
+            Some(Fallback { model, after: Duration::from_secs_f64(config.routing.fallback_after_secs) })
+        }
+        None => None,
+    };
+    let catalog = config.models.iter().map(|m| CatalogEntry { name: m.name.clone(), path: m.path.clone() }).collect();
+    let router = ModelRouter::new(Arc::new(Loaded { name: name.into(), engine }), fallback, catalog, Some(engine_config));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&gateway_config)
             .await
             .with_context(|| format!("cannot listen on {}:{}", gateway_config.host, gateway_config.port))?;
-        let state = AppState::new(engine, &gateway_config);
+        let state = AppState::with_router(router, &gateway_config);
         let addr = listener.local_addr().context("cannot read the listening address")?;
         tracing::info!(
             %addr,
-            model = %state.model_name,
+            model = %state.models.active().name,
             api_keys = gateway_config.api_keys.len(),
             "listening: OpenAI-compatible API at http://{addr}/v1"
         );

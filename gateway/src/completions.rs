@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -30,6 +31,7 @@ use crate::openai::{
     ChatDelta, ChatLogprobs, ChatTokenLogprob, CompletionChoice, CompletionLogprobs, CompletionRequest, TopLogprob,
     UsageDto,
 };
+use crate::routing::Loaded;
 use crate::server::{AppState, RequestId};
 use crate::validation::{ValidChatRequest, ValidCompletionRequest, ValidParams, ValidPrompt};
 
@@ -40,9 +42,10 @@ pub async fn chat_completions(
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let ValidChatRequest { messages, params } = ValidChatRequest::try_from(body)?;
-    let prompt = chat_prompt(state.engine.clone(), messages).await?;
-    let shape = Shape::new(Api::Chat, &request_id, &state);
-    generate(state.engine, shape, prompt, params).await
+    let model = state.models.route();
+    let prompt = chat_prompt(model.engine.clone(), messages).await?;
+    let shape = Shape::new(Api::Chat, &request_id, &model);
+    generate(model, shape, prompt, params).await
 }
 
 /// `POST /v1/completions`.
@@ -52,12 +55,13 @@ pub async fn completions(
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let ValidCompletionRequest { prompt, params } = ValidCompletionRequest::try_from(body)?;
+    let model = state.models.route();
     let prompt = match prompt {
         ValidPrompt::Tokens(ids) => ids,
-        ValidPrompt::Text(text) => on_blocking_pool(state.engine.clone(), move |engine| engine.tokenizer().encode(&text, true)).await?,
+        ValidPrompt::Text(text) => on_blocking_pool(model.engine.clone(), move |engine| engine.tokenizer().encode(&text, true)).await?,
     };
-    let shape = Shape::new(Api::Completion, &request_id, &state);
-    generate(state.engine, shape, prompt, params).await
+    let shape = Shape::new(Api::Completion, &request_id, &model);
+    generate(model, shape, prompt, params).await
 }
 
 /// Render the chat template (with the assistant generation prompt) and encode it. Special tokens written by
@@ -83,8 +87,10 @@ async fn on_blocking_pool<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-/// Submit and answer, as one JSON body or as an SSE stream.
-async fn generate(engine: EngineHandle, shape: Shape, prompt: Vec<u32>, params: ValidParams) -> Result<Response, ApiError> {
+/// Submit and answer, as one JSON body or as an SSE stream. `model` is held until the response ends, so a
+/// model switch never stops its engine under it.
+async fn generate(model: Arc<Loaded>, shape: Shape, prompt: Vec<u32>, params: ValidParams) -> Result<Response, ApiError> {
+    let engine = &model.engine;
     let stream = params.stream;
     let include_usage = params.include_usage;
     let want_logprobs = params.logprobs.is_some();
@@ -92,7 +98,7 @@ async fn generate(engine: EngineHandle, shape: Shape, prompt: Vec<u32>, params: 
     let request = params.into_request(prompt, engine.info().context_length);
     tracing::debug!(prompt_tokens, max_tokens = request.stop.max_tokens, stream, "submitting");
     let events = engine.submit(request)?;
-    let output = Output { engine, shape, want_logprobs };
+    let output = Output { model, shape, want_logprobs };
     if stream {
         Ok(sse_response(events, output, include_usage).into_response())
     } else {
@@ -118,19 +124,20 @@ struct Shape {
 }
 
 impl Shape {
-    fn new(api: Api, request_id: &RequestId, state: &AppState) -> Self {
+    fn new(api: Api, request_id: &RequestId, model: &Loaded) -> Self {
         let prefix = match api {
             Api::Chat => "chatcmpl",
             Api::Completion => "cmpl",
         };
-        Self { api, id: format!("{prefix}-{}", request_id.0), created: unix_now(), model: state.model_name.to_string() }
+        Self { api, id: format!("{prefix}-{}", request_id.0), created: unix_now(), model: model.name.to_string() }
     }
 }
 
 /// Formats engine output as this endpoint's DTOs.
 struct Output {
-    /// For turning log-probability token ids into text.
-    engine: EngineHandle,
+    /// The model answering: its tokenizer turns log-probability token ids into text, and holding it keeps
+    /// its engine running until this response ends.
+    model: Arc<Loaded>,
     shape: Shape,
     want_logprobs: bool,
 }
@@ -296,7 +303,7 @@ impl Output {
     /// One token's text. Decoding a single id is a table lookup, cheap enough for the async executor.
     /// A token that is part of a multi-byte character decodes to U+FFFD, as in other servers.
     fn token_text(&self, id: u32) -> String {
-        self.engine.tokenizer().decode(&[id], false).unwrap_or_else(|err| {
+        self.model.engine.tokenizer().decode(&[id], false).unwrap_or_else(|err| {
             tracing::warn!(token_id = id, cause = %err, "cannot decode a log-probability token");
             String::new()
         })

@@ -27,6 +27,7 @@ pub struct Config {
     pub engine: EngineSection,
     /// The models this server can run; the first is loaded at start. Empty: the default model.
     pub models: Vec<ModelEntry>,
+    pub routing: RoutingSection,
     pub log: LogSection,
     pub data: DataSection,
 }
@@ -85,6 +86,22 @@ pub struct ModelEntry {
     /// Expected SHA-256 of the file (hex); `hearth doctor` checks it when set.
     #[serde(default)]
     pub sha256: Option<String>,
+}
+
+/// `[routing]`: which model takes a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// Name of a `[[models]]` entry that takes requests while the active model's queue is slow.
+    pub fallback: Option<String>,
+    /// "Slow": the active model's oldest queued request has waited this many seconds.
+    pub fallback_after_secs: f64,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        Self { fallback: None, fallback_after_secs: 3.0 }
+    }
 }
 
 /// `[log]`.
@@ -217,6 +234,14 @@ impl Config {
         if self.server.admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
             return invalid("server.admin_token", "must be at least 16 characters");
         }
+        if let Some(fallback) = &self.routing.fallback {
+            if !self.models.iter().any(|m| &m.name == fallback) {
+                return invalid("routing.fallback", &format!("names {fallback:?}, which is not a [[models]] entry"));
+            }
+        }
+        if !(self.routing.fallback_after_secs.is_finite() && self.routing.fallback_after_secs >= 0.0) {
+            return invalid("routing.fallback_after_secs", "must be a number of seconds, 0 or more");
+        }
         for (i, model) in self.models.iter().enumerate() {
             if model.name.trim().is_empty() {
                 return invalid(&format!("models[{i}].name"), "must not be empty");
@@ -279,7 +304,7 @@ mod tests {
                 assert!(EXAMPLE.contains(&format!("{key} =")), "{section}.{key} is not in the example");
             }
         }
-        for key in ["served_model_name", "api_keys", "admin_token", "max_batch_tokens", "ctx_size", "[[models]]", "sha256"] {
+        for key in ["served_model_name", "api_keys", "admin_token", "max_batch_tokens", "ctx_size", "[[models]]", "sha256", "fallback ="] {
             assert!(EXAMPLE.contains(key), "{key} is not in the example");
         }
     }
@@ -309,6 +334,7 @@ mod tests {
             ("[[models]]\nname = \"a\"\n", "path"),
             ("[server]\nadmin_token = \"short\"\n", "server.admin_token"),
             ("[serve]\nport = 1\n", "serve"),
+            ("[routing]\nfallback = \"small\"\n", "routing.fallback"),
         ];
         for (text, key) in cases {
             let file = write(text);

@@ -6,7 +6,9 @@
 //! - [`error`]: [`ApiError`], the one error type every route returns, in OpenAI's error shape, with the
 //!   single `EngineError` → HTTP status mapping; and [`ApiJson`], the JSON extractor whose rejections use it.
 //! - [`validation`]: DTOs become `Valid*` requests; nothing downstream takes an unvalidated DTO.
+//! - [`admin`]: the admin API (bearer token): list models, switch the active one.
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
+//! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
 //! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
 //! - [`model_path`]: which GGUF to load when `--model` is absent, and fetching the default one.
 //! - [`config`]: the TOML configuration file with its `HEARTH_<SECTION>__<KEY>` environment overrides.
@@ -19,6 +21,7 @@
 //! **Architecture invariant:** the gateway never names a candle type and never touches tensors; it talks
 //! to the engine through `EngineHandle`, `GenerateRequest` and the `Event` stream only.
 
+pub mod admin;
 pub mod completions;
 pub mod config;
 pub mod doctor;
@@ -26,6 +29,7 @@ pub mod error;
 pub mod metrics;
 pub mod model_path;
 pub mod openai;
+pub mod routing;
 pub mod server;
 pub mod validation;
 

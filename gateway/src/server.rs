@@ -27,9 +27,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::completions;
+use crate::{admin, completions};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
+use crate::routing::ModelRouter;
 use crate::openai::{ModelCard, ModelList};
 
 /// Where and how to serve. Defaults are the `hearth serve` defaults.
@@ -41,6 +42,8 @@ pub struct GatewayConfig {
     pub served_model_name: Option<String>,
     /// When not empty, `/v1/*` requires `Authorization: Bearer <key>` with one of these keys.
     pub api_keys: Vec<String>,
+    /// Bearer token of `/admin/*`; `None` turns the admin API off.
+    pub admin_token: Option<String>,
     /// Request bodies above this many bytes get a 413 before they are parsed.
     pub max_body_bytes: usize,
     /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
@@ -54,6 +57,7 @@ impl Default for GatewayConfig {
             port: 8080,
             served_model_name: None,
             api_keys: Vec::new(),
+            admin_token: None,
             max_body_bytes: 4 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
         }
@@ -63,12 +67,12 @@ impl Default for GatewayConfig {
 /// What every handler may use: cheap to clone, no globals.
 #[derive(Clone)]
 pub struct AppState {
-    /// The running engine; cloning shares it.
-    pub engine: EngineHandle,
-    /// The name reported as `model`.
-    pub model_name: Arc<str>,
+    /// The loaded models: which one takes a request, and switching between them.
+    pub models: Arc<ModelRouter>,
     /// The keys `/v1/*` accepts; empty: no key needed.
     pub api_keys: Arc<[Box<str>]>,
+    /// The token `/admin/*` requires; `None`: the admin API is off.
+    pub admin_token: Option<Arc<str>>,
     /// Body limit applied to every route.
     pub max_body_bytes: usize,
     /// Reported as `created` by `/v1/models`: when this server started, in Unix seconds.
@@ -78,15 +82,21 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// State serving one model, named `config.served_model_name` or after its file.
     pub fn new(engine: EngineHandle, config: &GatewayConfig) -> Self {
         let model_name = config.served_model_name.clone().unwrap_or_else(|| engine.info().name.clone());
+        Self::with_router(ModelRouter::single(model_name, engine), config)
+    }
+
+    /// State serving `models`.
+    pub fn with_router(models: ModelRouter, config: &GatewayConfig) -> Self {
         let started_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Self {
-            engine,
-            model_name: model_name.into(),
+            models: Arc::new(models),
             api_keys: config.api_keys.iter().map(|k| k.as_str().into()).collect(),
+            admin_token: config.admin_token.as_deref().map(Into::into),
             max_body_bytes: config.max_body_bytes,
             started_at,
             ready: Arc::new(AtomicBool::new(true)),
@@ -105,8 +115,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    let admin = Router::new()
+        .route("/admin/models", get(admin::list_models))
+        .route("/admin/models/active", post(admin::switch_model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_token));
     Router::new()
         .merge(v1)
+        .merge(admin)
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -127,7 +142,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
-    let engine = state.engine.clone();
+    let models = state.models.clone();
     let ready = state.ready.clone();
     let (stop_accepting, stop_rx) = tokio::sync::watch::channel(false);
     let graceful = async move {
@@ -140,7 +155,7 @@ pub async fn serve(
 
     tokio::select! {
         result = &mut server => {
-            stop_engine(&engine).await;
+            stop_engines(&models).await;
             return result.map_err(std::io::Error::other)?;
         }
         () = shutdown => {}
@@ -153,7 +168,7 @@ pub async fn serve(
         Ok(result) => result,
         Err(_elapsed) => {
             tracing::warn!("drain deadline passed; stopping the engine under the remaining requests");
-            stop_engine(&engine).await;
+            stop_engines(&models).await;
             // Requests now end at once with a "shutting down" error; give the responses a moment to flush.
             match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
                 Ok(result) => result,
@@ -165,16 +180,17 @@ pub async fn serve(
             }
         }
     };
-    stop_engine(&engine).await;
+    stop_engines(&models).await;
     tracing::info!("server stopped");
     result.map_err(std::io::Error::other)?
 }
 
 /// `EngineHandle::shutdown` joins the engine thread, so it runs on the blocking pool. Idempotent.
-async fn stop_engine(engine: &EngineHandle) {
-    let engine = engine.clone();
-    if let Err(err) = tokio::task::spawn_blocking(move || engine.shutdown()).await {
-        tracing::error!(cause = %err, "stopping the engine failed");
+async fn stop_engines(models: &ModelRouter) {
+    for engine in models.engines() {
+        if let Err(err) = tokio::task::spawn_blocking(move || engine.shutdown()).await {
+            tracing::error!(cause = %err, "stopping the engine failed");
+        }
     }
 }
 
@@ -266,20 +282,21 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
 }
 
 /// Compare keys without an early exit, so response timing does not reveal a matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `GET /v1/models`: the one model this server runs.
+/// `GET /v1/models`: the active model (requests name it or not: they go where the router sends them).
 async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    let active = state.models.active();
     Json(ModelList {
         object: "list",
         data: vec![ModelCard {
-            id: state.model_name.to_string(),
+            id: active.name.to_string(),
             object: "model",
             created: state.started_at,
             owned_by: "hearth",
-            max_model_len: state.engine.info().context_length,
+            max_model_len: active.engine.info().context_length,
         }],
     })
 }
@@ -304,10 +321,11 @@ pub struct Health {
 }
 
 async fn health(State(state): State<AppState>) -> Json<Health> {
-    let stats = state.engine.stats();
+    let active = state.models.active();
+    let stats = active.engine.stats();
     Json(Health {
         status: "ok",
-        model: state.model_name.to_string(),
+        model: active.name.to_string(),
         running: stats.running,
         waiting: stats.waiting,
         kv_blocks_used: stats.kv_blocks_used,
@@ -331,7 +349,7 @@ async fn healthz() -> &'static str {
 /// `GET /readyz`: readiness. 200 while the engine runs and the server takes requests; 503 once shutdown
 /// has begun or the engine has stopped.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) && state.engine.is_running() {
+    if state.ready.load(Ordering::Relaxed) && state.models.active().engine.is_running() {
         "ready\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n").into_response()
@@ -343,7 +361,7 @@ async fn metrics_page(State(state): State<AppState>) -> Response {
     let Some(handle) = metrics::handle() else {
         return ApiError::internal(&"metrics are unavailable: another recorder was installed").into_response();
     };
-    metrics::observe_engine(&state.engine.stats());
+    metrics::observe_engine(&state.models.active().engine.stats());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
 }
 

@@ -12,4 +12,5 @@ mod errors;
 mod overload;
 mod routes;
 mod shutdown;
+mod switch;
 mod support;

@@ -1,0 +1,94 @@
+//! The admin API, behind `Authorization: Bearer <server.admin_token>` (off when no token is configured):
+//! `GET /admin/models` lists the configured models; `POST /admin/models/active {"model": NAME}` switches
+//! the active model without dropping a connection (see [`crate::routing`]).
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiJson, ErrorKind};
+use crate::routing::SwitchError;
+use crate::server::{constant_time_eq, AppState};
+
+/// `Authorization: Bearer <admin token>`; without a configured token the admin routes do not exist.
+pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.admin_token.as_deref() else {
+        return ApiError::new(ErrorKind::NotFound, "The admin API is off: set server.admin_token in the config to turn it on.")
+            .with_code("admin_api_off")
+            .into_response();
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(req).await,
+        _ => ApiError::new(ErrorKind::Authentication, "Missing or incorrect admin token: send `Authorization: Bearer <admin_token>`.")
+            .with_code("invalid_admin_token")
+            .into_response(),
+    }
+}
+
+/// One model in `GET /admin/models`.
+#[derive(Debug, Serialize)]
+pub struct AdminModel {
+    pub name: String,
+    pub path: String,
+    pub active: bool,
+    pub fallback: bool,
+}
+
+/// `GET /admin/models`.
+pub async fn list_models(State(state): State<AppState>) -> Json<Vec<AdminModel>> {
+    let active = state.models.active();
+    let fallback = state.models.fallback().map(|f| f.model.name.clone());
+    let mut list: Vec<AdminModel> = state
+        .models
+        .catalog()
+        .iter()
+        .map(|entry| AdminModel {
+            name: entry.name.clone(),
+            path: entry.path.display().to_string(),
+            active: *active.name == *entry.name,
+            fallback: fallback.as_deref() == Some(entry.name.as_str()),
+        })
+        .collect();
+    if !list.iter().any(|m| m.active) {
+        list.insert(0, AdminModel { name: active.name.to_string(), path: active.engine.info().path.display().to_string(), active: true, fallback: false });
+    }
+    Json(list)
+}
+
+/// `POST /admin/models/active` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    pub model: String,
+}
+
+/// `POST /admin/models/active` answer.
+#[derive(Debug, Serialize)]
+pub struct SwitchResponse {
+    pub active: String,
+    pub previous: String,
+}
+
+/// `POST /admin/models/active`: load the model, make it active, let the previous one drain.
+pub async fn switch_model(State(state): State<AppState>, ApiJson(body): ApiJson<SwitchRequest>) -> Result<Json<SwitchResponse>, ApiError> {
+    match state.models.switch(&body.model).await {
+        Ok(previous) => Ok(Json(SwitchResponse { active: body.model, previous: previous.to_string() })),
+        Err(err @ SwitchError::Unknown { .. }) => {
+            Err(ApiError { param: Some("model".to_owned()), ..ApiError::new(ErrorKind::NotFound, err.to_string()).with_code("model_not_found") })
+        }
+        // The admin may see why a load failed (a missing or damaged file); the active model stays.
+        Err(err @ SwitchError::Load { .. }) => {
+            tracing::error!(cause = %err, "model switch failed; the active model stays");
+            Err(ApiError::new(ErrorKind::Internal, err.to_string()).with_code("model_load_failed"))
+        }
+    }
+}
