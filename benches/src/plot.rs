@@ -19,6 +19,29 @@ fn color(engine: EngineKind) -> RGBColor {
     }
 }
 
+/// Concurrency is drawn on a log2 axis: x = log2(streams), labelled with the stream counts 1, 2, 4, 8, ...
+fn x_of(concurrency: usize) -> f64 {
+    (concurrency.max(1) as f64).log2()
+}
+
+/// The label of a log2 x position: the stream count at whole powers of two, nothing in between.
+fn x_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 && *x >= 0.0 {
+        format!("{}", 2f64.powf(x.round()))
+    } else {
+        String::new()
+    }
+}
+
+/// The x range around the measured levels, half a doubling of margin on each side.
+fn x_range(levels: impl Iterator<Item = usize>) -> std::ops::Range<f64> {
+    let (lo, hi) = levels.map(x_of).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    if lo > hi {
+        return -0.5..1.5;
+    }
+    lo - 0.5..hi + 0.5
+}
+
 /// A log-scale axis range around `values` (positive ones), with some margin; (1, 10) when there are none.
 fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values
@@ -39,7 +62,7 @@ pub fn svg(info: &RunInfo, results: &[EngineResults]) -> Result<String> {
         let root = root.titled(&info.caption(), ("sans-serif", 18)).map_err(plot_error)?;
         let (left, right) = root.split_horizontally(SIZE.0 / 2);
         let levels = || results.iter().flat_map(|r| r.levels.iter());
-        let x_range = log_range(levels().map(|l| l.concurrency as f64));
+        let x_range = x_range(levels().map(|l| l.concurrency));
         let subtitle = format!("prompt {} tokens, {} generated per stream", info.prompt_tokens, info.gen_tokens);
 
         // Left: aggregate throughput.
@@ -50,19 +73,21 @@ pub fn svg(info: &RunInfo, results: &[EngineResults]) -> Result<String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(x_range.clone().log_scale(), 0.0..y_top)
+            .build_cartesian_2d(x_range.clone(), 0.0..y_top)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .x_desc("concurrent streams")
             .y_desc("tokens / s")
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_labels(16)
+            .x_label_formatter(&x_label)
+            .light_line_style(TRANSPARENT)
             .draw()
             .map_err(plot_error)?;
         for r in results.iter().filter(|r| !r.levels.is_empty()) {
             let c = color(r.engine);
             let points: Vec<(f64, f64)> =
-                r.levels.iter().map(|l| (l.concurrency as f64, l.aggregate_tok_per_s)).collect();
+                r.levels.iter().map(|l| (x_of(l.concurrency), l.aggregate_tok_per_s)).collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
                 .map_err(plot_error)?
@@ -78,27 +103,33 @@ pub fn svg(info: &RunInfo, results: &[EngineResults]) -> Result<String> {
             .draw()
             .map_err(plot_error)?;
 
-        // Right: time to first token, p50 solid and p99 dashed, on a log scale (it spans orders of magnitude).
+        // Right: time to first token, p50 solid and p99 dashed, on a log scale (it spans orders of magnitude):
+        // y = log10(ms), labelled in ms (plotters' own log axis leaves whole decades unlabelled).
         let y_range = log_range(levels().flat_map(|l| [l.ttft_ms.p50, l.ttft_ms.p99]));
+        let y_range = y_range.start.log10()..y_range.end.log10();
         let mut chart = ChartBuilder::on(&right)
             .caption("time to first token, ms (p50 solid, p99 dashed)", ("sans-serif", 15))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(x_range.log_scale(), y_range.log_scale())
+            .build_cartesian_2d(x_range, y_range)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .x_desc("concurrent streams")
             .y_desc("ms")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0}"))
+            .x_labels(16)
+            .x_label_formatter(&x_label)
+            .light_line_style(TRANSPARENT)
+            .y_labels(12)
+            .y_label_formatter(&|y| format!("{:.0}", 10f64.powf(*y)))
             .draw()
             .map_err(plot_error)?;
         for r in results.iter().filter(|r| !r.levels.is_empty()) {
             let c = color(r.engine);
-            let p50: Vec<(f64, f64)> = r.levels.iter().map(|l| (l.concurrency as f64, l.ttft_ms.p50)).collect();
-            let p99: Vec<(f64, f64)> = r.levels.iter().map(|l| (l.concurrency as f64, l.ttft_ms.p99)).collect();
+            let point = |c: usize, ms: f64| (x_of(c), ms.max(1e-3).log10());
+            let p50: Vec<(f64, f64)> = r.levels.iter().map(|l| point(l.concurrency, l.ttft_ms.p50)).collect();
+            let p99: Vec<(f64, f64)> = r.levels.iter().map(|l| point(l.concurrency, l.ttft_ms.p99)).collect();
             chart
                 .draw_series(LineSeries::new(p50.clone(), c.stroke_width(2)))
                 .map_err(plot_error)?
@@ -152,5 +183,15 @@ mod tests {
         }
         assert!(svg(&info(), &results).unwrap().contains("<svg"));
         assert_eq!(log_range(std::iter::empty()), 1.0..10.0);
+        assert_eq!(x_range(std::iter::empty()), -0.5..1.5);
+    }
+
+    #[test]
+    fn x_axis_is_log2_labelled_with_stream_counts() {
+        assert_eq!(x_of(1), 0.0);
+        assert_eq!(x_of(64), 6.0);
+        assert_eq!(x_label(&4.0), "16");
+        assert_eq!(x_label(&0.5), "");
+        assert_eq!(x_range([1, 4, 16].into_iter()), -0.5..4.5);
     }
 }
