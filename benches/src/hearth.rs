@@ -1,8 +1,9 @@
 //! The hearth half: the engine in this process, driven through its public API.
 //!
 //! Prefill speed is prompt tokens / the engine's own time to first token (submission to first token, with
-//! `max_tokens` 1); decode speed comes from [`engine::Timings::decode_tokens_per_second`]. Aggregate throughput
-//! and its TTFT are measured here, around `submit` and the event streams, like a client would see them.
+//! `max_tokens` 1); decode speed comes from [`engine::Timings::decode_tokens_per_second`]. In the concurrency
+//! sweep, aggregate throughput, time to first token and inter-token latency are measured here, around `submit`
+//! and the event streams (one `Event::Token` per token), like a client would see them.
 //! Prefix caching is switched off for the run, matching llama.cpp's `cache_prompt: false`.
 
 use std::path::Path;
