@@ -2,8 +2,9 @@
 //!
 //! Prefill and decode speeds come from the server's own `timings` object (`prompt_per_second`,
 //! `predicted_per_second`); time to first token, inter-token latency and aggregate throughput are measured
-//! here, on the client, with streaming responses (one event per token). Every request sets `cache_prompt: false` and `ignore_eos: true`, and the server
-//! runs with `--cache-ram 0`, so nothing is served from a prompt cache.
+//! here, on the client, with streaming responses (one event per token). Every request sets
+//! `cache_prompt: false` and `ignore_eos: true`, and the server runs with `--cache-ram 0`, so nothing is served
+//! from a prompt cache.
 
 use std::fs::File;
 use std::net::TcpListener;
