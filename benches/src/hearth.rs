@@ -17,7 +17,7 @@ use crate::prompt::{Workload, WorkloadConfig};
 use crate::provenance::Device;
 use crate::report::{EngineKind, EngineResults, SingleStream};
 use crate::stats::{gaps, median, ms, LevelRun, StreamTrace};
-use crate::sweep::{self, note, progress_bar};
+use crate::sweep::{self, note, progress_bar, LevelPlan};
 
 /// Load the model on `device` with room for the largest concurrency level of the run: that many running
 /// sequences, and KV blocks for every one of their prompts and outputs.
@@ -158,9 +158,16 @@ pub async fn measure(
             results.skipped.push(*c);
             continue;
         }
-        let outcome = sweep::level(EngineKind::Hearth, *c, runs.len(), g, max_seconds, |i, bar| {
-            run_streams(handle, &runs[i], g, bar)
-        })
+        let outcome = sweep::level(
+            LevelPlan {
+                engine: EngineKind::Hearth,
+                concurrency: *c,
+                planned_runs: runs.len(),
+                gen_tokens: g,
+                max_seconds,
+            },
+            |i, bar| run_streams(handle, &runs[i], g, bar),
+        )
         .await?;
         over_budget = outcome.over_budget;
         results.levels.push(outcome.level);

@@ -22,7 +22,7 @@ use crate::prompt::Workload;
 use crate::provenance::Device;
 use crate::report::{EngineKind, EngineResults, SingleStream};
 use crate::stats::{gaps, median, ms, LevelRun, StreamTrace};
-use crate::sweep::{self, note, progress_bar};
+use crate::sweep::{self, note, progress_bar, LevelPlan};
 
 /// How long a server may take to load the model and answer `/health`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
@@ -318,9 +318,16 @@ pub async fn measure(
             }
         };
         let client = &client;
-        let outcome = sweep::level(EngineKind::LlamaCpp, *c, runs.len(), g, max_seconds, |i, bar| {
-            run_streams(server, client, &runs[i], g, bar)
-        })
+        let outcome = sweep::level(
+            LevelPlan {
+                engine: EngineKind::LlamaCpp,
+                concurrency: *c,
+                planned_runs: runs.len(),
+                gen_tokens: g,
+                max_seconds,
+            },
+            |i, bar| run_streams(server, client, &runs[i], g, bar),
+        )
         .await?;
         over_budget = outcome.over_budget;
         results.levels.push(outcome.level);
@@ -340,9 +347,10 @@ async fn run_streams(
     let results = futures::future::join_all(prompts.iter().map(|p| server.complete(client, p, g, &bar))).await;
     let wall = start.elapsed();
     let runs = results.into_iter().collect::<Result<Vec<_>>>()?;
-    for r in &runs {
-        if r.timings.prompt_n != prompts[0].len() {
-            note(&bar, &format!("llama.cpp: warning: processed {} prompt tokens of {}", r.timings.prompt_n, prompts[0].len()));
+    for (r, p) in runs.iter().zip(prompts) {
+        if r.timings.prompt_n != p.len() {
+            let line = format!("llama.cpp: warning: processed {} of {} prompt tokens", r.timings.prompt_n, p.len());
+            note(&bar, &line);
         }
     }
     Ok(LevelRun { wall, streams: runs.into_iter().map(|r| r.trace).collect() })

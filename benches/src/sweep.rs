@@ -36,21 +36,29 @@ pub struct LevelOutcome {
     pub over_budget: bool,
 }
 
+/// What one level is to run.
+pub struct LevelPlan {
+    pub engine: EngineKind,
+    /// Streams at once.
+    pub concurrency: usize,
+    /// `--repeat`: the most runs.
+    pub planned_runs: usize,
+    /// Tokens per stream, for the progress bar.
+    pub gen_tokens: usize,
+    /// `--max-seconds`.
+    pub max_seconds: Duration,
+}
+
 /// Measure one concurrency level. `run_once(i, bar)` performs run `i` (its prompts are the caller's
 /// `i`-th set), advancing `bar` by one per generated token.
-pub async fn level<F, Fut>(
-    engine: EngineKind,
-    concurrency: usize,
-    planned_runs: usize,
-    gen_tokens: usize,
-    max_seconds: Duration,
-    mut run_once: F,
-) -> Result<LevelOutcome>
+pub async fn level<F, Fut>(plan: LevelPlan, mut run_once: F) -> Result<LevelOutcome>
 where
     F: FnMut(usize, ProgressBar) -> Fut,
     Fut: Future<Output = Result<LevelRun>>,
 {
-    let bar = progress_bar((planned_runs * concurrency * gen_tokens) as u64, format!("{} ×{concurrency}", engine.name()));
+    let LevelPlan { engine, concurrency, planned_runs, gen_tokens, max_seconds } = plan;
+    let tokens = (planned_runs * concurrency * gen_tokens) as u64;
+    let bar = progress_bar(tokens, format!("{} ×{concurrency}", engine.name()));
     let start = Instant::now();
     let mut runs = Vec::new();
     while another_run(runs.len(), planned_runs, start.elapsed(), max_seconds) {
@@ -72,7 +80,8 @@ where
     bar.finish_and_clear();
     let level = summarize(concurrency, &runs);
     eprintln!(
-        "{}: {concurrency} stream(s): {:.1} tok/s aggregate, TTFT p50 {:.1} / p99 {:.1} ms, ITL p50 {:.1} / p99 {:.1} ms",
+        "{}: {concurrency} stream(s): {:.1} tok/s aggregate, TTFT p50 {:.1} / p99 {:.1} ms, \
+         ITL p50 {:.1} / p99 {:.1} ms",
         engine.name(),
         level.aggregate_tok_per_s,
         level.ttft_ms.p50,
