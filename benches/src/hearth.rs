@@ -1,8 +1,9 @@
 //! The hearth half: the engine in this process, driven through its public API.
 //!
 //! Prefill speed is prompt tokens / the engine's own time to first token (submission to first token, with
-//! `max_tokens` 1); decode speed comes from [`engine::Timings::decode_tokens_per_second`]. Aggregate throughput
-//! and its TTFT are measured here, around `submit` and the event streams, like a client would see them.
+//! `max_tokens` 1); decode speed comes from [`engine::Timings::decode_tokens_per_second`]. In the concurrency
+//! sweep, aggregate throughput, time to first token and inter-token latency are measured here, around `submit`
+//! and the event streams (one `Event::Token` per token), like a client would see them.
 //! Prefix caching is switched off for the run, matching llama.cpp's `cache_prompt: false`.
 
 use std::path::Path;
@@ -10,12 +11,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use engine::{Completion, Engine, EngineConfig, EngineHandle, Event, GenerateRequest};
+use indicatif::ProgressBar;
 
 use crate::prompt::{Workload, WorkloadConfig};
-use crate::report::{median, ms, Figure, Metric};
+use crate::provenance::Device;
+use crate::report::{EngineKind, EngineResults, SingleStream};
+use crate::stats::{gaps, median, ms, LevelRun, StreamTrace};
+use crate::sweep::{self, note, progress_bar, LevelPlan};
 
-/// Load the model with room for the largest concurrency level of the run.
-pub fn load(model: &Path, workload: &WorkloadConfig) -> Result<EngineHandle> {
+/// Load the model on `device` with room for the largest concurrency level of the run: that many running
+/// sequences, and KV blocks for every one of their prompts and outputs.
+pub fn load(model: &Path, device: Device, workload: &WorkloadConfig) -> Result<EngineHandle> {
     let max_c = workload.concurrency.iter().copied().max().unwrap_or(1);
     let per_stream = workload.prompt_tokens + workload.gen_tokens;
     let mut config = EngineConfig::new(model);
@@ -24,6 +30,10 @@ pub fn load(model: &Path, workload: &WorkloadConfig) -> Result<EngineHandle> {
     config.max_waiting = config.max_waiting.max(max_c);
     // Every stream's prompt and output, plus one block of slack per stream.
     config.kv_cache_tokens = config.kv_cache_tokens.max(max_c * (per_stream + config.block_size));
+    // The one place the device reaches the engine; a CUDA arm sets the engine's device here.
+    match device {
+        Device::Cpu => {}
+    }
     eprintln!(
         "hearth: loading {} (max_running {}, kv_cache_tokens {}, max_batch_tokens {}, prefix caching off)",
         model.display(),
@@ -45,16 +55,16 @@ pub fn load(model: &Path, workload: &WorkloadConfig) -> Result<EngineHandle> {
 
 /// One finished request.
 struct Run {
-    /// Client-side: from `submit` to the first token event.
-    ttft: Duration,
+    /// Client-side arrival times and token count.
+    trace: StreamTrace,
     completion: Completion,
 }
 
 /// Submit one greedy request that ignores EOS and read its stream to the end.
-async fn complete(handle: &EngineHandle, prompt: &[u32], max_tokens: usize) -> Result<Run> {
+async fn complete(handle: &EngineHandle, prompt: &[u32], max_tokens: usize, bar: &ProgressBar) -> Result<Run> {
     let start = Instant::now();
     let mut stream = submit(handle, prompt, max_tokens)?;
-    drain(&mut stream, start).await
+    drain(&mut stream, start, bar).await
 }
 
 fn submit(handle: &EngineHandle, prompt: &[u32], max_tokens: usize) -> Result<engine::RequestStream> {
@@ -63,22 +73,33 @@ fn submit(handle: &EngineHandle, prompt: &[u32], max_tokens: usize) -> Result<en
     handle.submit(request).map_err(|e| anyhow!(e).context("submitting a request to hearth"))
 }
 
-async fn drain(stream: &mut engine::RequestStream, start: Instant) -> Result<Run> {
-    let mut ttft = None;
+/// Read a stream to its end, noting when each token arrived; `bar` advances by one per token.
+async fn drain(stream: &mut engine::RequestStream, start: Instant, bar: &ProgressBar) -> Result<Run> {
+    // Each `Event::Token` carries exactly one token.
+    let mut arrivals = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
             Event::Token(_) => {
-                ttft.get_or_insert_with(|| start.elapsed());
+                arrivals.push(Instant::now());
+                bar.inc(1);
             }
             Event::Finished(completion) => {
-                let ttft = ttft.unwrap_or_else(|| start.elapsed());
                 if completion.usage.cached_prompt_tokens > 0 {
-                    eprintln!(
-                        "hearth: warning: {} prompt tokens came from the prefix cache",
-                        completion.usage.cached_prompt_tokens
+                    note(
+                        bar,
+                        &format!(
+                            "hearth: warning: {} prompt tokens came from the prefix cache",
+                            completion.usage.cached_prompt_tokens
+                        ),
                     );
                 }
-                return Ok(Run { ttft, completion });
+                let first = arrivals.first().copied().unwrap_or_else(Instant::now);
+                let trace = StreamTrace {
+                    ttft: first.saturating_duration_since(start),
+                    gaps: gaps(&arrivals),
+                    tokens: completion.usage.completion_tokens,
+                };
+                return Ok(Run { trace, completion });
             }
             Event::Error(e) => return Err(anyhow!(e).context("hearth failed a request")),
         }
@@ -86,60 +107,84 @@ async fn drain(stream: &mut engine::RequestStream, start: Instant) -> Result<Run
     bail!("a hearth request stream ended without a Finished event")
 }
 
-/// Measure hearth on `workload`: single-stream prefill and decode, then each concurrency level.
-pub async fn measure(handle: &EngineHandle, workload: &Workload) -> Result<Vec<Figure>> {
+/// Measure hearth on `workload` into `results`: single-stream prefill and decode, then each concurrency level.
+/// What was measured before an error (or an interrupt, which drops this future) stays in `results`.
+pub async fn measure(
+    handle: &EngineHandle,
+    workload: &Workload,
+    max_seconds: Duration,
+    results: &mut EngineResults,
+) -> Result<()> {
     let g = workload.gen_tokens;
-    let mut figures = Vec::new();
-    complete(handle, &workload.warmup, 8).await.context("warm-up request")?;
+    let hidden = ProgressBar::hidden();
+    complete(handle, &workload.warmup, 8, &hidden).await.context("warm-up request")?;
 
+    let repeat = workload.prefill.len();
+    let bar = progress_bar((repeat * (1 + g)) as u64, "hearth single stream".to_string());
     let mut prefill = Vec::new();
     let mut ttft = Vec::new();
+    bar.set_message("prefill");
     for prompt in &workload.prefill {
-        let run = complete(handle, prompt, 1).await?;
+        let run = complete(handle, prompt, 1, &bar).await?;
         let t = run.completion.timings.time_to_first_token;
         prefill.push(prompt.len() as f64 / t.as_secs_f64());
-        ttft.push(ms(run.ttft));
+        ttft.push(ms(run.trace.ttft));
     }
-    figures.push(Figure { metric: Metric::PrefillTokS, concurrency: 1, value: median(&prefill) });
-    figures.push(Figure { metric: Metric::TtftMs, concurrency: 1, value: median(&ttft) });
-    eprintln!("hearth: prefill {:.1} tok/s, TTFT {:.1} ms", median(&prefill), median(&ttft));
-
+    bar.set_message("decode");
     let mut decode = Vec::new();
     for prompt in &workload.decode {
-        let run = complete(handle, prompt, g).await?;
+        let run = complete(handle, prompt, g, &bar).await?;
         let n = run.completion.usage.completion_tokens;
         if n != g {
-            eprintln!("hearth: warning: generated {n} of {g} tokens ({:?})", run.completion.reason);
+            note(&bar, &format!("hearth: warning: generated {n} of {g} tokens ({:?})", run.completion.reason));
         }
         decode.push(run.completion.timings.decode_tokens_per_second(n));
     }
-    figures.push(Figure { metric: Metric::DecodeTokS, concurrency: 1, value: median(&decode) });
-    eprintln!("hearth: decode {:.1} tok/s", median(&decode));
+    bar.finish_and_clear();
+    let single = SingleStream {
+        prefill_tok_per_s: median(&prefill),
+        decode_tok_per_s: median(&decode),
+        ttft_ms: median(&ttft),
+    };
+    results.single = Some(single);
+    eprintln!(
+        "hearth: prefill {:.1} tok/s, TTFT {:.1} ms, decode {:.1} tok/s",
+        single.prefill_tok_per_s, single.ttft_ms, single.decode_tok_per_s
+    );
 
+    let mut over_budget = false;
     for (c, runs) in &workload.aggregate {
-        let mut throughput = Vec::new();
-        let mut ttft_p50 = Vec::new();
-        for prompts in runs {
-            // Submit every stream first, so they all enter the queue together, then read them concurrently.
-            let start = Instant::now();
-            let mut streams = Vec::with_capacity(prompts.len());
-            for p in prompts {
-                streams.push((Instant::now(), submit(handle, p, g)?));
-            }
-            let results = futures::future::join_all(streams.iter_mut().map(|(t0, s)| drain(s, *t0))).await;
-            let wall = start.elapsed();
-            let runs = results.into_iter().collect::<Result<Vec<_>>>()?;
-            let generated: usize = runs.iter().map(|r| r.completion.usage.completion_tokens).sum();
-            throughput.push(generated as f64 / wall.as_secs_f64());
-            ttft_p50.push(median(&runs.iter().map(|r| ms(r.ttft)).collect::<Vec<_>>()));
+        if over_budget {
+            results.skipped.push(*c);
+            continue;
         }
-        figures.push(Figure { metric: Metric::AggregateTokS, concurrency: *c, value: median(&throughput) });
-        figures.push(Figure { metric: Metric::TtftP50Ms, concurrency: *c, value: median(&ttft_p50) });
-        eprintln!(
-            "hearth: {c} stream(s): {:.1} tok/s aggregate, TTFT p50 {:.1} ms",
-            median(&throughput),
-            median(&ttft_p50)
-        );
+        let outcome = sweep::level(
+            LevelPlan {
+                engine: EngineKind::Hearth,
+                concurrency: *c,
+                planned_runs: runs.len(),
+                gen_tokens: g,
+                max_seconds,
+            },
+            |i, bar| run_streams(handle, &runs[i], g, bar),
+        )
+        .await?;
+        over_budget = outcome.over_budget;
+        results.levels.push(outcome.level);
     }
-    Ok(figures)
+    Ok(())
+}
+
+/// One run of a level: every prompt submitted at once, then all streams read concurrently.
+async fn run_streams(handle: &EngineHandle, prompts: &[Vec<u32>], g: usize, bar: ProgressBar) -> Result<LevelRun> {
+    // Submit every stream first, so they all enter the queue together.
+    let start = Instant::now();
+    let mut streams = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        streams.push((Instant::now(), submit(handle, p, g)?));
+    }
+    let results = futures::future::join_all(streams.iter_mut().map(|(t0, s)| drain(s, *t0, &bar))).await;
+    let wall = start.elapsed();
+    let runs = results.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(LevelRun { wall, streams: runs.into_iter().map(|r| r.trace).collect() })
 }

@@ -1,9 +1,10 @@
 //! The llama.cpp half: start `llama-server` on loopback and measure it over its native `/completion` endpoint.
 //!
 //! Prefill and decode speeds come from the server's own `timings` object (`prompt_per_second`,
-//! `predicted_per_second`); time to first token and aggregate throughput are measured here, on the client,
-//! with streaming responses. Every request sets `cache_prompt: false` and `ignore_eos: true`, and the server
-//! runs with `--cache-ram 0`, so nothing is served from a prompt cache.
+//! `predicted_per_second`); time to first token, inter-token latency and aggregate throughput are measured
+//! here, on the client, with streaming responses (one event per token). Every request sets
+//! `cache_prompt: false` and `ignore_eos: true`, and the server runs with `--cache-ram 0`, so nothing is served
+//! from a prompt cache.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -15,8 +16,13 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use serde::Deserialize;
 
+use indicatif::ProgressBar;
+
 use crate::prompt::Workload;
-use crate::report::{median, ms, Figure, Metric};
+use crate::provenance::Device;
+use crate::report::{EngineKind, EngineResults, SingleStream};
+use crate::stats::{gaps, median, ms, LevelRun, StreamTrace};
+use crate::sweep::{self, note, progress_bar, LevelPlan};
 
 /// How long a server may take to load the model and answer `/health`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
@@ -25,6 +31,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 pub struct ServerConfig<'a> {
     pub binary: &'a Path,
     pub model: &'a Path,
+    pub device: Device,
     pub threads: usize,
     /// Number of slots (`-np`): the most requests it decodes at once.
     pub slots: usize,
@@ -67,6 +74,10 @@ impl LlamaServer {
             config.slots,
             log_path.display()
         );
+        // The one place the device reaches llama-server; a CUDA arm adds its GPU-offload flags here.
+        match config.device {
+            Device::Cpu => {}
+        }
         let child = command.spawn().with_context(|| format!("starting {}", config.binary.display()))?;
         let mut server = Self { child, base_url: format!("http://127.0.0.1:{port}"), log_path };
         server.wait_healthy(client).await?;
@@ -99,8 +110,14 @@ impl LlamaServer {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// One streamed `/completion` request.
-    async fn complete(&self, client: &reqwest::Client, prompt: &[u32], n_predict: usize) -> Result<Run> {
+    /// One streamed `/completion` request; `bar` advances by one per streamed token.
+    async fn complete(
+        &self,
+        client: &reqwest::Client,
+        prompt: &[u32],
+        n_predict: usize,
+        bar: &ProgressBar,
+    ) -> Result<Run> {
         let body = serde_json::json!({
             "prompt": prompt,
             "n_predict": n_predict,
@@ -121,11 +138,13 @@ impl LlamaServer {
             let text = resp.text().await.unwrap_or_default();
             bail!("llama-server answered {status}: {text}");
         }
-        let mut ttft = None;
+        // One event per token, then a final one (`stop: true`) with the timings and no new token.
+        let mut arrivals = Vec::new();
         let mut buf = Vec::<u8>::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             buf.extend_from_slice(&chunk.context("reading the llama-server stream")?);
+            let now = Instant::now();
             // Server-sent events are separated by a blank line.
             while let Some(pos) = find_event_end(&buf) {
                 let event: Vec<u8> = buf.drain(..pos).collect();
@@ -136,12 +155,18 @@ impl LlamaServer {
                     if let Some(err) = msg.error {
                         bail!("llama-server error: {err}");
                     }
-                    ttft.get_or_insert_with(|| start.elapsed());
                     if msg.stop {
                         let timings = msg.timings.context("the final llama-server event has no `timings`")?;
-                        let ttft = ttft.unwrap_or_else(|| start.elapsed());
-                        return Ok(Run { ttft, timings });
+                        let first = arrivals.first().copied().unwrap_or(now);
+                        let trace = StreamTrace {
+                            ttft: first.saturating_duration_since(start),
+                            gaps: gaps(&arrivals),
+                            tokens: timings.predicted_n,
+                        };
+                        return Ok(Run { trace, timings });
                     }
+                    arrivals.push(now);
+                    bar.inc(1);
                 }
             }
         }
@@ -188,8 +213,8 @@ struct Timings {
 
 /// One finished request.
 struct Run {
-    /// Client-side: from sending the request to the first streamed event.
-    ttft: Duration,
+    /// Client-side: when each token's event arrived, from sending the request.
+    trace: StreamTrace,
     timings: Timings,
 }
 
@@ -197,63 +222,88 @@ struct Run {
 pub struct LlamaConfig<'a> {
     pub binary: &'a Path,
     pub model: &'a Path,
+    pub device: Device,
     pub threads: usize,
 }
 
-/// Measure llama.cpp on `workload`: single-stream figures on a one-slot server, then one server per
-/// concurrency level with that many slots.
-pub async fn measure(config: &LlamaConfig<'_>, workload: &Workload) -> Result<Vec<Figure>> {
+/// Measure llama.cpp on `workload` into `results`: single-stream figures on a one-slot server, then one
+/// server per concurrency level with that many slots. What was measured before an error (or an interrupt,
+/// which drops this future and kills the server) stays in `results`.
+pub async fn measure(
+    config: &LlamaConfig<'_>,
+    workload: &Workload,
+    max_seconds: Duration,
+    results: &mut EngineResults,
+) -> Result<()> {
     let client = reqwest::Client::builder().build().context("building the HTTP client")?;
     let n = workload.prompt_tokens;
     let g = workload.gen_tokens;
-    // Room for the prompt, the generated tokens and a little slack, per slot.
+    // Room for the prompt, the generated tokens and a little slack, per slot; the server gets slots × this.
     let ctx_per_slot = (n + g + 64).next_multiple_of(256);
     let server_config = |slots| ServerConfig {
         binary: config.binary,
         model: config.model,
+        device: config.device,
         threads: config.threads,
         slots,
         ctx_per_slot,
     };
-    let mut figures = Vec::new();
+    let hidden = ProgressBar::hidden();
 
     let single = LlamaServer::start(&server_config(1), &client).await?;
     {
         let server = &single;
-        server.complete(&client, &workload.warmup, 8).await.context("warm-up request")?;
+        server.complete(&client, &workload.warmup, 8, &hidden).await.context("warm-up request")?;
 
+        let repeat = workload.prefill.len();
+        let bar = progress_bar((repeat * (1 + g)) as u64, "llama.cpp single stream".to_string());
+        bar.set_message("prefill");
         let mut prefill = Vec::new();
         let mut ttft = Vec::new();
         for prompt in &workload.prefill {
-            let run = server.complete(&client, prompt, 1).await?;
+            let run = server.complete(&client, prompt, 1, &bar).await?;
             if run.timings.prompt_n != prompt.len() {
-                eprintln!(
-                    "llama.cpp: warning: processed {} of {} prompt tokens (a cache hit?)",
-                    run.timings.prompt_n,
-                    prompt.len()
+                note(
+                    &bar,
+                    &format!(
+                        "llama.cpp: warning: processed {} of {} prompt tokens (a cache hit?)",
+                        run.timings.prompt_n,
+                        prompt.len()
+                    ),
                 );
             }
             prefill.push(run.timings.prompt_per_second);
-            ttft.push(ms(run.ttft));
+            ttft.push(ms(run.trace.ttft));
         }
-        figures.push(Figure { metric: Metric::PrefillTokS, concurrency: 1, value: median(&prefill) });
-        figures.push(Figure { metric: Metric::TtftMs, concurrency: 1, value: median(&ttft) });
-        eprintln!("llama.cpp: prefill {:.1} tok/s, TTFT {:.1} ms", median(&prefill), median(&ttft));
-
+        bar.set_message("decode");
         let mut decode = Vec::new();
         for prompt in &workload.decode {
-            let run = server.complete(&client, prompt, g).await?;
+            let run = server.complete(&client, prompt, g, &bar).await?;
             if run.timings.predicted_n != g {
-                eprintln!("llama.cpp: warning: generated {} of {g} tokens", run.timings.predicted_n);
+                note(&bar, &format!("llama.cpp: warning: generated {} of {g} tokens", run.timings.predicted_n));
             }
             decode.push(run.timings.predicted_per_second);
         }
-        figures.push(Figure { metric: Metric::DecodeTokS, concurrency: 1, value: median(&decode) });
-        eprintln!("llama.cpp: decode {:.1} tok/s", median(&decode));
+        bar.finish_and_clear();
+        let single = SingleStream {
+            prefill_tok_per_s: median(&prefill),
+            decode_tok_per_s: median(&decode),
+            ttft_ms: median(&ttft),
+        };
+        results.single = Some(single);
+        eprintln!(
+            "llama.cpp: prefill {:.1} tok/s, TTFT {:.1} ms, decode {:.1} tok/s",
+            single.prefill_tok_per_s, single.ttft_ms, single.decode_tok_per_s
+        );
     }
 
     let mut single = Some(single);
+    let mut over_budget = false;
     for (c, runs) in &workload.aggregate {
+        if over_budget {
+            results.skipped.push(*c);
+            continue;
+        }
         // One stream reuses the single-slot server; otherwise a fresh server with one slot per stream.
         let fresh;
         let server = match single.as_ref().filter(|_| *c == 1) {
@@ -263,28 +313,45 @@ pub async fn measure(config: &LlamaConfig<'_>, workload: &Workload) -> Result<Ve
                 // of its iteration.
                 single = None;
                 fresh = LlamaServer::start(&server_config(*c), &client).await?;
-                fresh.complete(&client, &workload.warmup, 8).await.context("warm-up request")?;
+                fresh.complete(&client, &workload.warmup, 8, &hidden).await.context("warm-up request")?;
                 &fresh
             }
         };
-        let mut throughput = Vec::new();
-        let mut ttft_p50 = Vec::new();
-        for prompts in runs {
-            let start = Instant::now();
-            let results = futures::future::join_all(prompts.iter().map(|p| server.complete(&client, p, g))).await;
-            let wall = start.elapsed();
-            let runs = results.into_iter().collect::<Result<Vec<_>>>()?;
-            let generated: usize = runs.iter().map(|r| r.timings.predicted_n).sum();
-            throughput.push(generated as f64 / wall.as_secs_f64());
-            ttft_p50.push(median(&runs.iter().map(|r| ms(r.ttft)).collect::<Vec<_>>()));
-        }
-        figures.push(Figure { metric: Metric::AggregateTokS, concurrency: *c, value: median(&throughput) });
-        figures.push(Figure { metric: Metric::TtftP50Ms, concurrency: *c, value: median(&ttft_p50) });
-        eprintln!(
-            "llama.cpp: {c} stream(s): {:.1} tok/s aggregate, TTFT p50 {:.1} ms",
-            median(&throughput),
-            median(&ttft_p50)
-        );
+        let client = &client;
+        let outcome = sweep::level(
+            LevelPlan {
+                engine: EngineKind::LlamaCpp,
+                concurrency: *c,
+                planned_runs: runs.len(),
+                gen_tokens: g,
+                max_seconds,
+            },
+            |i, bar| run_streams(server, client, &runs[i], g, bar),
+        )
+        .await?;
+        over_budget = outcome.over_budget;
+        results.levels.push(outcome.level);
     }
-    Ok(figures)
+    Ok(())
+}
+
+/// One run of a level: every request sent at once, all streams read concurrently.
+async fn run_streams(
+    server: &LlamaServer,
+    client: &reqwest::Client,
+    prompts: &[Vec<u32>],
+    g: usize,
+    bar: ProgressBar,
+) -> Result<LevelRun> {
+    let start = Instant::now();
+    let results = futures::future::join_all(prompts.iter().map(|p| server.complete(client, p, g, &bar))).await;
+    let wall = start.elapsed();
+    let runs = results.into_iter().collect::<Result<Vec<_>>>()?;
+    for (r, p) in runs.iter().zip(prompts) {
+        if r.timings.prompt_n != p.len() {
+            let line = format!("llama.cpp: warning: processed {} of {} prompt tokens", r.timings.prompt_n, p.len());
+            note(&bar, &line);
+        }
+    }
+    Ok(LevelRun { wall, streams: runs.into_iter().map(|r| r.trace).collect() })
 }

@@ -3,27 +3,34 @@
 //! It measures, with the same prompts for both engines:
 //! - single-stream prefill tok/s (a prompt of `--prompt-tokens`, one generated token),
 //! - single-stream decode tok/s (`--gen-tokens`, EOS ignored),
-//! - aggregate tok/s and median time to first token with C concurrent streams, for each C of `--concurrency`.
+//! - a concurrency sweep: for each C of `--concurrency`, aggregate tok/s and the p50/p99 of time to first
+//!   token and of inter-token latency with C concurrent streams.
 //!
 //! hearth runs first, in this process; then llama.cpp's `llama-server` runs as a child process on loopback
-//! (never both at once, so they do not share the CPU). Each figure is the median of `--repeat` runs.
-//! Output: one JSON line per figure (stdout, or `--json FILE`), then a markdown table with ratios.
+//! (never both at once, so they do not share the CPU), with C slots for C streams.
+//! Output: one JSON line per figure (stdout, or `--json FILE`), then a markdown table with ratios; with
+//! `--out DIR` also `bench.json` (one document), `bench.md` and `bench.svg` (the sweep, plotted).
 //! It measures and never asserts; see benches/README.md.
 
 mod hearth;
 mod llama;
+mod plot;
 mod prompt;
+mod provenance;
 mod report;
+mod stats;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use crate::prompt::{Workload, WorkloadConfig};
-use crate::report::{EngineKind, RunInfo};
+use crate::provenance::{git_revision, load_average, Device, LlamaBuild};
+use crate::report::{EngineKind, EngineResults, RunInfo};
 
 /// Benchmark hearth against llama.cpp on one GGUF model (CPU).
 #[derive(Parser, Debug)]
@@ -50,13 +57,23 @@ struct Args {
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..))]
     gen_tokens: u32,
 
-    /// Concurrency levels for the aggregate runs, comma-separated (e.g. 1,8).
-    #[arg(long, value_delimiter = ',', default_value = "8", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Concurrency levels of the sweep, comma-separated (e.g. 1,4,16).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2,4,8,16,32,64",
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
     concurrency: Vec<u32>,
 
-    /// Runs per figure; the median is reported.
+    /// Runs per figure; throughputs are the median, latency percentiles pool all runs.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
+
+    /// Time box per concurrency level and engine: no further run starts after this many seconds, and when
+    /// one run alone takes longer, the higher levels are skipped.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    max_seconds: f64,
 
     /// CPU threads for both engines [default: $RAYON_NUM_THREADS, else all cores]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -65,6 +82,11 @@ struct Args {
     /// Write the JSON lines to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+
+    /// Also write bench.json (every figure in one document), bench.md (the table) and bench.svg (the sweep
+    /// plotted) into this folder, created if missing.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -88,11 +110,34 @@ fn run(args: Args) -> Result<()> {
     if !model.is_file() {
         bail!("model file {} not found (scripts/fetch-models.sh fetches the default ones)", model.display());
     }
+    if !(args.max_seconds.is_finite() && args.max_seconds > 0.0) {
+        bail!("--max-seconds must be a positive number of seconds, got {}", args.max_seconds);
+    }
+    let max_seconds = Duration::from_secs_f64(args.max_seconds);
+    // Fail on a bad output folder before minutes of measuring.
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the output folder {}", dir.display()))?;
+    }
     let llama_server =
         args.llama_server.clone().unwrap_or_else(|| home.join(".cache/hearth/llama.cpp/bin/llama-server"));
+    let measure_llama = if args.skip_llama {
+        eprintln!("llama.cpp: skipped (--skip-llama)");
+        false
+    } else if !llama_server.is_file() {
+        eprintln!(
+            "llama.cpp: {} not found; measuring hearth only. Build it with `scripts/build-llama-cpp.sh` \
+             (or pass --llama-server PATH).",
+            llama_server.display()
+        );
+        false
+    } else {
+        true
+    };
     let threads = resolve_threads(args.threads);
+    let device = Device::Cpu;
 
     let mut concurrency: Vec<usize> = args.concurrency.iter().map(|&c| c as usize).collect();
+    concurrency.sort_unstable();
     concurrency.dedup();
     let workload_config = WorkloadConfig {
         prompt_tokens: args.prompt_tokens as usize,
@@ -108,45 +153,56 @@ fn run(args: Args) -> Result<()> {
              makes the figures low and noisy"
         );
     }
-    let handle = hearth::load(&model, &workload_config)?;
+    let handle = hearth::load(&model, device, &workload_config)?;
     let workload = Workload::new(handle.tokenizer(), &workload_config)?;
     let mut info = RunInfo {
         git_rev: git_revision(),
         model: model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned()),
         quant: handle.info().quantization.clone(),
+        device: device.describe(threads),
         threads,
+        llama_cpp: measure_llama.then(|| LlamaBuild::of(&llama_server)),
         prompt_tokens: workload.prompt_tokens,
         gen_tokens: workload.gen_tokens,
         repeat: args.repeat as usize,
+        max_seconds: args.max_seconds,
         started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         load_avg_1m,
         load_avg_1m_end: None,
     };
+    eprintln!("hearth-bench: {}", info.caption());
 
     // One thread drives the requests; the compute threads belong to the engines.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut results = Vec::new();
-    let hearth_figures = runtime.block_on(until_interrupted(hearth::measure(&handle, &workload)));
+    // Figures measured before an error or an interrupt are still reported; the error comes after.
+    let mut failure = None;
+    let mut hearth_results = EngineResults::new(EngineKind::Hearth);
+    let measured = runtime.block_on(until_interrupted(hearth::measure(
+        &handle,
+        &workload,
+        max_seconds,
+        &mut hearth_results,
+    )));
     handle.shutdown();
     drop(handle);
-    results.push((EngineKind::Hearth, hearth_figures?));
+    let mut results = vec![hearth_results];
+    if let Err(e) = measured {
+        failure = Some(e.context("measuring hearth"));
+    }
 
-    let mut llama_error = None;
-    if args.skip_llama {
-        eprintln!("llama.cpp: skipped (--skip-llama)");
-    } else if !llama_server.is_file() {
-        eprintln!(
-            "llama.cpp: {} not found; measuring hearth only. Build it with `scripts/build-llama-cpp.sh` \
-             (or pass --llama-server PATH).",
-            llama_server.display()
-        );
-    } else {
-        let config = llama::LlamaConfig { binary: &llama_server, model: &model, threads };
+    if measure_llama && failure.is_none() {
+        let config = llama::LlamaConfig { binary: &llama_server, model: &model, device, threads };
+        let mut llama_results = EngineResults::new(EngineKind::LlamaCpp);
         // On SIGINT/SIGTERM the measuring future is dropped, and with it the running llama-server (killed).
-        match runtime.block_on(until_interrupted(llama::measure(&config, &workload))) {
-            Ok(figures) => results.push((EngineKind::LlamaCpp, figures)),
-            // Report what hearth measured before failing.
-            Err(e) => llama_error = Some(e),
+        let measured = runtime.block_on(until_interrupted(llama::measure(
+            &config,
+            &workload,
+            max_seconds,
+            &mut llama_results,
+        )));
+        results.push(llama_results);
+        if let Err(e) = measured {
+            failure = Some(e.context("measuring llama.cpp"));
         }
     }
 
@@ -156,11 +212,19 @@ fn run(args: Args) -> Result<()> {
         Some(path) => write_file(path, &lines)?,
         None => print!("{lines}"),
     }
+    let table = report::markdown(&info, &results);
     println!();
-    print!("{}", report::markdown_table(&info, &results));
+    print!("{table}");
+    if let Some(dir) = &args.out {
+        let document = report::json_document(&info, &results);
+        let document = serde_json::to_string_pretty(&document).context("serializing bench.json")?;
+        write_file(&dir.join("bench.json"), &(document + "\n"))?;
+        write_file(&dir.join("bench.md"), &table)?;
+        write_file(&dir.join("bench.svg"), &plot::svg(&info, &results)?)?;
+    }
 
-    match llama_error {
-        Some(e) => Err(e.context("measuring llama.cpp")),
+    match failure {
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }
@@ -197,34 +261,6 @@ fn resolve_threads(flag: Option<u32>) -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&t| t > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// The 1-minute load average from /proc/loadavg; `None` where there is none.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
-}
-
-/// `git rev-parse --short HEAD`, with `-dirty` when tracked files differ from it; "unknown" outside a repository.
-fn git_revision() -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(rev) if !rev.is_empty() => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{rev}-dirty")
-            } else {
-                rev
-            }
-        }
-        _ => "unknown".to_string(),
-    }
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
