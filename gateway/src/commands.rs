@@ -11,7 +11,7 @@ use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
-use crate::cli::{ChatArgs, GenerateArgs, SamplingArgs, ServeArgs};
+use crate::cli::{ChatArgs, DingTalkEmulatorArgs, GenerateArgs, SamplingArgs, ServeArgs};
 
 /// `hearth serve`.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -33,6 +33,28 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server::serve(listener, state, server::shutdown_signal(), gateway_config.drain_timeout)
             .await
             .context("the HTTP server failed")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hearth emulate dingtalk`: a local DingTalk until SIGINT/SIGTERM.
+pub fn emulate_dingtalk(args: DingTalkEmulatorArgs) -> anyhow::Result<ExitCode> {
+    let config = args.emulator_config();
+    let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {} is not a socket address", args.host, args.port))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let dingtalk = emulator::dingtalk::DingTalkEmulator::start(config, addr).await?;
+        let base = dingtalk.base_url();
+        tracing::info!(
+            client_id = %dingtalk.config().client_id,
+            "DingTalk emulator: OpenAPI and Stream at {base} (point DINGTALK_OPENAPI_ENDPOINT there), page at {base}/_emulator"
+        );
+        // One line on stdout, for scripts that start the emulator on port 0.
+        println!("{base}");
+        dingtalk.run_until(server::shutdown_signal()).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

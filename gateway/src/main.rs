@@ -33,6 +33,7 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Serve(args) => commands::serve(args),
         cli::Command::Generate(args) => commands::generate(args),
         cli::Command::Chat(args) => commands::chat(args),
+        cli::Command::Emulate(cli::EmulateArgs { platform: cli::EmulatePlatform::Dingtalk(args) }) => commands::emulate_dingtalk(args),
     }
 }
 
