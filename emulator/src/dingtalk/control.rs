@@ -144,6 +144,11 @@ impl World {
         self.conversation(id).map(|c| ConversationView { conversation: c.clone(), cards: self.cards_in(id) })
     }
 
+    /// Every conversation with its cards, in creation order.
+    pub fn conversation_views(&self) -> Vec<ConversationView> {
+        self.conversations.iter().filter_map(|c| self.conversation_view(&c.conversation_id)).collect()
+    }
+
     pub(crate) fn state_view(&self, version: u64, client_id: &str) -> StateView {
         StateView {
             version,
@@ -162,7 +167,7 @@ impl World {
                     topics: c.subscriptions.iter().map(|s| format!("{}:{}", s.kind, s.topic)).collect(),
                 })
                 .collect(),
-            conversations: self.conversations.iter().filter_map(|c| self.conversation_view(&c.conversation_id)).collect(),
+            conversations: self.conversation_views(),
         }
     }
 }

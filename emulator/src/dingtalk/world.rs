@@ -316,6 +316,11 @@ impl World {
         self.conversations.iter().find(|c| c.conversation_id == id)
     }
 
+    /// Ids of every conversation, in creation order.
+    pub fn conversation_ids(&self) -> Vec<String> {
+        self.conversations.iter().map(|c| c.conversation_id.clone()).collect()
+    }
+
     pub(crate) fn conversation_mut(&mut self, id: &str) -> Option<&mut Conversation> {
         self.conversations.iter_mut().find(|c| c.conversation_id == id)
     }
