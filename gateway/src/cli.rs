@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use engine::{EngineConfig, SamplingParams};
+use gateway::dingtalk::{ConfigError, DingTalkConfig};
 use gateway::model_path::{self, ModelPathError};
 use gateway::GatewayConfig;
 
@@ -200,6 +201,63 @@ pub struct ServeArgs {
     /// After SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are stopped.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    #[command(flatten)]
+    pub dingtalk: DingTalkArgs,
+}
+
+/// The DingTalk connector: on when --dingtalk-config or --dingtalk-app-key is given.
+#[derive(Debug, Args)]
+pub struct DingTalkArgs {
+    /// TOML file with the fields of the DingTalk config (app_key, app_secret, card_template_id, …); the
+    /// flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub dingtalk_config: Option<PathBuf>,
+    /// The app's AppKey (clientId).
+    #[arg(long, value_name = "KEY", env = "HEARTH_DINGTALK_APP_KEY")]
+    pub dingtalk_app_key: Option<String>,
+    /// The app's AppSecret (clientSecret).
+    #[arg(long, value_name = "SECRET", env = "HEARTH_DINGTALK_APP_SECRET", hide_env_values = true)]
+    pub dingtalk_app_secret: Option<String>,
+    /// The robot code (default: the AppKey).
+    #[arg(long, value_name = "CODE")]
+    pub dingtalk_robot_code: Option<String>,
+    /// The AI-card template id.
+    #[arg(long, value_name = "ID")]
+    pub dingtalk_card_template_id: Option<String>,
+    /// OpenAPI base URL (default https://api.dingtalk.com; an emulator's http://127.0.0.1:PORT).
+    #[arg(long, value_name = "URL")]
+    pub dingtalk_api_base_url: Option<String>,
+    /// The connector's SQLite outbox.
+    #[arg(long, value_name = "FILE")]
+    pub dingtalk_database: Option<PathBuf>,
+}
+
+impl DingTalkArgs {
+    /// The connector's config, or `None` when the connector is not asked for.
+    pub fn dingtalk_config(&self) -> Result<Option<DingTalkConfig>, ConfigError> {
+        if self.dingtalk_config.is_none() && self.dingtalk_app_key.is_none() {
+            return Ok(None);
+        }
+        let mut config = match &self.dingtalk_config {
+            Some(path) => DingTalkConfig::from_file(path)?,
+            None => DingTalkConfig::default(),
+        };
+        let set = |field: &mut String, value: &Option<String>| {
+            if let Some(value) = value {
+                *field = value.clone();
+            }
+        };
+        set(&mut config.app_key, &self.dingtalk_app_key);
+        set(&mut config.app_secret, &self.dingtalk_app_secret);
+        set(&mut config.robot_code, &self.dingtalk_robot_code);
+        set(&mut config.card_template_id, &self.dingtalk_card_template_id);
+        set(&mut config.api_base_url, &self.dingtalk_api_base_url);
+        if let Some(path) = &self.dingtalk_database {
+            config.database = path.clone();
+        }
+        config.validate()?;
+        Ok(Some(config))
+    }
 }
 
 impl ServeArgs {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, StopParams};
+use gateway::dingtalk::DingTalkConnector;
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
@@ -16,13 +17,14 @@ use crate::cli::{ChatArgs, DingTalkEmulatorArgs, GenerateArgs, SamplingArgs, Ser
 /// `hearth serve`.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let gateway_config = args.gateway_config();
+    let dingtalk_config = args.dingtalk.dingtalk_config()?;
     let engine = load_engine(args.engine.engine_config()?)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&gateway_config)
             .await
             .with_context(|| format!("cannot listen on {}:{}", gateway_config.host, gateway_config.port))?;
-        let state = AppState::new(engine, &gateway_config);
+        let state = AppState::new(engine.clone(), &gateway_config);
         let addr = listener.local_addr().context("cannot read the listening address")?;
         tracing::info!(
             %addr,
@@ -30,7 +32,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             api_key = gateway_config.api_key.is_some(),
             "listening: OpenAI-compatible API at http://{addr}/v1"
         );
-        server::serve(listener, state, server::shutdown_signal(), gateway_config.drain_timeout)
+        let connector = match dingtalk_config {
+            Some(config) => {
+                let base = config.api_base_url.clone();
+                let connector = DingTalkConnector::start(config, engine.clone()).await.context("cannot start the DingTalk connector")?;
+                tracing::info!(api = %base, "DingTalk connector started");
+                Some(connector)
+            }
+            None => None,
+        };
+        let drain = gateway_config.drain_timeout;
+        // On SIGINT/SIGTERM the connector stops taking messages and drains its answers first, then HTTP drains.
+        let shutdown = async move {
+            server::shutdown_signal().await;
+            if let Some(connector) = connector {
+                connector.shutdown(drain).await;
+            }
+        };
+        server::serve(listener, state, shutdown, gateway_config.drain_timeout)
             .await
             .context("the HTTP server failed")
     })?;

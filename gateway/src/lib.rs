@@ -17,6 +17,7 @@
 //! to the engine through `EngineHandle`, `GenerateRequest` and the `Event` stream only.
 
 pub mod completions;
+pub mod dingtalk;
 pub mod error;
 pub mod model_path;
 pub mod openai;
