@@ -213,3 +213,63 @@ async fn after_kill_9_every_accepted_message_is_finished_exactly_once() {
     assert!(status.success(), "hearth serve exits cleanly on SIGTERM: {status:?}");
     dingtalk.shutdown().await.unwrap();
 }
+
+/// The text of every robot message sent into `conversation` through `via` (`sessionWebhook` or `robotApi`).
+fn robot_messages(world: &World, conversation: &str, via_wanted: &str) -> Vec<String> {
+    world
+        .conversation(conversation)
+        .map(|c| {
+            c.messages
+                .iter()
+                .filter_map(|m| match m {
+                    ChatEntry::Robot { via, text, .. } if via == via_wanted => Some(text.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_card_permissions_fall_back_to_markdown_once() {
+    // Streaming refused (Card.Streaming.Write): the answer goes out through the sessionWebhook. The tokens
+    // are expired too, so the first call also exercises refresh-and-retry.
+    let dingtalk = emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("a.sqlite3")), shared_engine()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    // One normal answer first, so the connector holds a token when they expire.
+    say(&dingtalk, ConversationKind::Single, None, "warmup", "Hi.", false);
+    dingtalk.wait_for(PATIENCE, all_answered).await.unwrap();
+    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_STREAMING.to_owned() }).unwrap();
+    dingtalk.fault(FaultCommand::ExpireTokens).unwrap();
+    let asked = say(&dingtalk, ConversationKind::Single, None, "nina", "What is two plus two?", false);
+    let sent = dingtalk
+        .wait_for(PATIENCE, |w| Some(robot_messages(w, &asked.conversation_id, "sessionWebhook")).filter(|m| !m.is_empty()))
+        .await
+        .unwrap();
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].trim().is_empty());
+    assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
+    assert!(dingtalk.inspect(|w| w.stats().tokens_issued) >= 2, "the expired token was replaced");
+    dingtalk.shutdown().await.unwrap();
+
+    // Card creation refused (Card.Instance.Write) and the sessionWebhook about to expire: the robot send API.
+    let dingtalk = emulator(|c| c.session_webhook_ttl = Duration::from_secs(1)).await;
+    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("b.sqlite3")), shared_engine()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_INSTANCE.to_owned() }).unwrap();
+    let asked = say(&dingtalk, ConversationKind::Group, Some("cidNoCards"), "omar", "Name a planet.", true);
+    let sent = dingtalk
+        .wait_for(PATIENCE, |w| Some(robot_messages(w, "cidNoCards", "robotApi")).filter(|m| !m.is_empty()))
+        .await
+        .unwrap();
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
+    assert!(dingtalk.inspect(|w| w.cards_in("cidNoCards").is_empty()));
+    dingtalk.shutdown().await.unwrap();
+}
