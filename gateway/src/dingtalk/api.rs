@@ -134,17 +134,18 @@ impl OpenApi {
     /// A new-style call with the token header; a rejected token is refreshed and the call retried once.
     async fn call(&self, api: &'static str, method: Method, path: &str, body: &Value, permission: &'static str) -> Result<Value, DingTalkError> {
         let url = format!("{}{path}", self.config.base());
-        for attempt in 0..2 {
+        let mut refreshed = false;
+        loop {
             let token = self.token().await?;
             match self.send(api, method.clone(), &url, body, Some(&token), Some(permission)).await {
-                Err(DingTalkError::InvalidToken { code, .. }) if attempt == 0 => {
+                Err(DingTalkError::InvalidToken { code, .. }) if !refreshed => {
                     tracing::info!(api, code, "access token rejected; refreshing it");
                     *self.token.lock().await = None;
+                    refreshed = true;
                 }
                 other => return other,
             }
         }
-        unreachable!("the loop returns on its second attempt")
     }
 
     async fn send(
