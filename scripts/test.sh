@@ -29,5 +29,8 @@ cargo test --release --workspace -- --test-threads 1
 echo "== the official OpenAI Python client against hearth serve"
 tests/python/run.sh
 
+echo "== the official DingTalk Stream SDK against hearth emulate dingtalk"
+tests/python/run-dingtalk.sh
+
 echo "== air-gapped install: bundle, install from it with no network, serve a chat completion"
 tests/install/airgap.sh

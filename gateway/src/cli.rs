@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use engine::{EngineConfig, SamplingParams};
-use gateway::config::{Config, LogFormat};
+use gateway::config::{Config, LogFormat, Secret};
+use gateway::dingtalk::{ConfigError, DingTalkConfig};
 use gateway::model_path::{self, ModelPathError};
 use gateway::GatewayConfig;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Download a GGUF file from a Hugging Face model repository (needs network); prints its local path.
     Pull(PullArgs),
+    /// Run a local emulator of an IM platform on loopback (wire protocol, simulated users, faults, a page).
+    Emulate(EmulateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +77,109 @@ pub enum ConfigCommand {
     Check,
     /// Print the commented example configuration with every key at its default.
     Example,
+}
+
+#[derive(Debug, Args)]
+pub struct EmulateArgs {
+    #[command(subcommand)]
+    pub platform: EmulatePlatform,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmulatePlatform {
+    /// DingTalk: Stream mode, access tokens, AI cards, robot sends, sessionWebhooks. The page is at
+    /// http://HOST:PORT/_emulator.
+    Dingtalk(DingTalkEmulatorArgs),
+}
+
+/// Settings of `hearth emulate dingtalk`; defaults are the platform's documented behaviour
+/// (`emulator::dingtalk::EmulatorConfig::default`).
+#[derive(Debug, Args)]
+pub struct DingTalkEmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8090)]
+    pub port: u16,
+    /// The app's clientId (AppKey, robotCode) the emulator accepts.
+    #[arg(long, value_name = "ID", default_value = emulator::dingtalk::DEFAULT_CLIENT_ID)]
+    pub client_id: String,
+    /// The app's clientSecret (AppSecret).
+    #[arg(long, value_name = "SECRET", default_value = emulator::dingtalk::DEFAULT_CLIENT_SECRET)]
+    pub client_secret: String,
+    /// Seconds before an un-ACKed callback is pushed again.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    pub redelivery_secs: u64,
+    /// Pushes of one callback after the first before giving up.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_redeliveries: u32,
+    /// Seconds between SYSTEM ping frames (0: none).
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub ping_secs: u64,
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 7200)]
+    pub token_ttl_secs: u64,
+    /// Send a disconnect frame this many seconds after a connection opens (0: never).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub connection_lifetime_secs: u64,
+    /// Seconds between a disconnect frame and dropping the socket.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub disconnect_grace_secs: u64,
+    /// Calls per second per OpenAPI before 403 QpsLimitForAppkeyAndApi (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub qps: u32,
+    /// Lifetime of a sessionWebhook, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 5400)]
+    pub webhook_ttl_secs: u64,
+    /// Largest content of one card streaming call, in bytes.
+    #[arg(long, value_name = "N", default_value_t = 10240)]
+    pub max_stream_content_bytes: usize,
+    /// Accept `content: ""` on card streaming (documented as an error; reported working).
+    #[arg(long)]
+    pub accept_empty_stream_content: bool,
+    /// A card variable bound to markdown, which must be streamed with isFull (repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub markdown_key: Vec<String>,
+    /// Also push group messages that do not @-mention the robot.
+    #[arg(long)]
+    pub deliver_unmentioned_group_messages: bool,
+    /// Most userIds in one oToMessages/batchSend.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_oto_user_ids: usize,
+    /// HTTP status of an expired sessionWebhook's 300001 answer.
+    #[arg(long, value_name = "STATUS", default_value_t = 200)]
+    pub webhook_error_status: u16,
+    /// HTTP status refusing a WebSocket with a bad ticket.
+    #[arg(long, value_name = "STATUS", default_value_t = 401)]
+    pub ticket_refusal_status: u16,
+}
+
+impl DingTalkEmulatorArgs {
+    /// The emulator's config.
+    pub fn emulator_config(&self) -> emulator::dingtalk::EmulatorConfig {
+        let secs = Duration::from_secs;
+        emulator::dingtalk::EmulatorConfig {
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            token_ttl: secs(self.token_ttl_secs),
+            redelivery_after: secs(self.redelivery_secs),
+            max_redeliveries: self.max_redeliveries,
+            ping_interval: (self.ping_secs > 0).then(|| secs(self.ping_secs)),
+            disconnect_grace: secs(self.disconnect_grace_secs),
+            connection_lifetime: (self.connection_lifetime_secs > 0).then(|| secs(self.connection_lifetime_secs)),
+            qps_per_api: self.qps,
+            session_webhook_ttl: secs(self.webhook_ttl_secs),
+            session_webhook_error_status: self.webhook_error_status,
+            ticket_refusal_status: self.ticket_refusal_status,
+            accept_empty_stream_content: self.accept_empty_stream_content,
+            max_stream_content_bytes: self.max_stream_content_bytes,
+            max_oto_user_ids: self.max_oto_user_ids,
+            markdown_keys: self.markdown_key.clone(),
+            deliver_unmentioned_group_messages: self.deliver_unmentioned_group_messages,
+            ..emulator::dingtalk::EmulatorConfig::default()
+        }
+    }
 }
 
 /// Which model to load and how much work the engine takes on.
@@ -149,6 +255,67 @@ pub struct ServeArgs {
     /// [default: the config's server.shutdown_timeout_secs, else 30].
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
+    #[command(flatten)]
+    pub dingtalk: DingTalkArgs,
+}
+
+/// The DingTalk connector: on when --dingtalk-config or --dingtalk-app-key is given.
+#[derive(Debug, Args)]
+pub struct DingTalkArgs {
+    /// TOML file with the fields of the DingTalk config (app_key, app_secret, card_template_id, …); the
+    /// flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub dingtalk_config: Option<PathBuf>,
+    /// The app's AppKey (clientId).
+    #[arg(long, value_name = "KEY", env = "HEARTH_DINGTALK_APP_KEY")]
+    pub dingtalk_app_key: Option<String>,
+    /// The app's AppSecret (clientSecret).
+    #[arg(long, value_name = "SECRET", env = "HEARTH_DINGTALK_APP_SECRET", hide_env_values = true)]
+    pub dingtalk_app_secret: Option<String>,
+    /// The robot code (default: the AppKey).
+    #[arg(long, value_name = "CODE")]
+    pub dingtalk_robot_code: Option<String>,
+    /// The AI-card template id.
+    #[arg(long, value_name = "ID")]
+    pub dingtalk_card_template_id: Option<String>,
+    /// OpenAPI base URL (default https://api.dingtalk.com; an emulator's http://127.0.0.1:PORT).
+    #[arg(long, value_name = "URL")]
+    pub dingtalk_api_base_url: Option<String>,
+    /// The connector's SQLite outbox.
+    #[arg(long, value_name = "FILE")]
+    pub dingtalk_database: Option<PathBuf>,
+}
+
+impl DingTalkArgs {
+    /// The connector's config, or `None` when the connector is not asked for: `--dingtalk-config FILE`,
+    /// else the config file's `[dingtalk]` section, with the flags over either.
+    pub fn dingtalk_config(&self, file: &Config) -> Result<Option<DingTalkConfig>, ConfigError> {
+        if self.dingtalk_config.is_none() && self.dingtalk_app_key.is_none() && file.dingtalk.is_none() {
+            return Ok(None);
+        }
+        let mut config = match (&self.dingtalk_config, &file.dingtalk) {
+            (Some(path), _) => DingTalkConfig::from_file(path)?,
+            (None, Some(section)) => section.clone(),
+            (None, None) => DingTalkConfig::default(),
+        };
+        let set = |field: &mut String, value: &Option<String>| {
+            if let Some(value) = value {
+                *field = value.clone();
+            }
+        };
+        set(&mut config.app_key, &self.dingtalk_app_key);
+        if let Some(secret) = &self.dingtalk_app_secret {
+            config.app_secret = Secret(secret.clone());
+        }
+        set(&mut config.robot_code, &self.dingtalk_robot_code);
+        set(&mut config.card_template_id, &self.dingtalk_card_template_id);
+        set(&mut config.api_base_url, &self.dingtalk_api_base_url);
+        if let Some(path) = &self.dingtalk_database {
+            config.database = path.clone();
+        }
+        config.validate()?;
+        Ok(Some(config))
+    }
 }
 
 impl ServeArgs {
@@ -242,5 +409,11 @@ mod tests {
         assert!(Cli::try_parse_from(["hearth", "serve", "--max-running", "0"]).is_err());
         assert!(Cli::try_parse_from(["hearth", "serve", "--max-waiting", "0"]).is_err());
         assert!(Cli::try_parse_from(["hearth", "generate"]).is_err(), "--prompt is required");
+        let cli = Cli::try_parse_from(["hearth", "emulate", "dingtalk", "--port", "0", "--redelivery-secs", "5", "--ping-secs", "0"]).unwrap();
+        let Command::Emulate(EmulateArgs { platform: EmulatePlatform::Dingtalk(args) }) = cli.command else { panic!("expected emulate") };
+        let config = args.emulator_config();
+        assert_eq!(config.redelivery_after, Duration::from_secs(5));
+        assert_eq!(config.ping_interval, None);
+        assert_eq!(config.client_id, emulator::dingtalk::DEFAULT_CLIENT_ID);
     }
 }

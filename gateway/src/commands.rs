@@ -11,16 +11,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, StopParams};
 use gateway::config::{self, Config};
+use gateway::dingtalk::DingTalkConnector;
 use gateway::doctor;
 use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
-use crate::cli::{ChatArgs, ConfigCommand, DoctorArgs, GenerateArgs, PullArgs, SamplingArgs, ServeArgs};
+use crate::cli::{ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, PullArgs, SamplingArgs, ServeArgs};
 
 /// `hearth serve`.
 pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let gateway_config = args.gateway_config(config);
+    let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
     let engine_config = args.engine.engine_config(config)?;
     let engine = load_engine(engine_config.clone())?;
     let name = gateway_config.served_model_name.clone().unwrap_or_else(|| engine.info().name.clone());
@@ -35,13 +37,13 @@ pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let catalog = config.models.iter().map(|m| CatalogEntry { name: m.name.clone(), path: m.path.clone() }).collect();
-    let router = ModelRouter::new(Arc::new(Loaded { name: name.into(), engine }), fallback, catalog, Some(engine_config));
+    let router = Arc::new(ModelRouter::new(Arc::new(Loaded { name: name.into(), engine }), fallback, catalog, Some(engine_config)));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&gateway_config)
             .await
             .with_context(|| format!("cannot listen on {}:{}", gateway_config.host, gateway_config.port))?;
-        let state = AppState::with_router(router, &gateway_config);
+        let state = AppState::with_shared_router(router.clone(), &gateway_config);
         let addr = listener.local_addr().context("cannot read the listening address")?;
         tracing::info!(
             %addr,
@@ -49,9 +51,48 @@ pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
             api_keys = gateway_config.api_keys.len(),
             "listening: OpenAI-compatible API at http://{addr}/v1"
         );
-        server::serve(listener, state, server::shutdown_signal(), gateway_config.drain_timeout)
+        let connector = match dingtalk_config {
+            Some(config) => {
+                let base = config.api_base_url.clone();
+                let connector = DingTalkConnector::start(config, router.clone()).await.context("cannot start the DingTalk connector")?;
+                tracing::info!(api = %base, "DingTalk connector started");
+                Some(connector)
+            }
+            None => None,
+        };
+        let drain = gateway_config.drain_timeout;
+        // On SIGINT/SIGTERM the connector stops taking messages and drains its answers first, then HTTP drains.
+        let shutdown = async move {
+            server::shutdown_signal().await;
+            if let Some(connector) = connector {
+                connector.shutdown(drain).await;
+            }
+        };
+        server::serve(listener, state, shutdown, gateway_config.drain_timeout)
             .await
             .context("the HTTP server failed")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hearth emulate dingtalk`: a local DingTalk until SIGINT/SIGTERM.
+pub fn emulate_dingtalk(args: DingTalkEmulatorArgs) -> anyhow::Result<ExitCode> {
+    let config = args.emulator_config();
+    let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {} is not a socket address", args.host, args.port))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let dingtalk = emulator::dingtalk::DingTalkEmulator::start(config, addr).await?;
+        let base = dingtalk.base_url();
+        tracing::info!(
+            client_id = %dingtalk.config().client_id,
+            "DingTalk emulator: OpenAPI and Stream at {base} (point DINGTALK_OPENAPI_ENDPOINT there), page at {base}/_emulator"
+        );
+        // One line on stdout, for scripts that start the emulator on port 0.
+        println!("{base}");
+        dingtalk.run_until(server::shutdown_signal()).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,8 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::dingtalk::DingTalkConfig;
+
 /// The commented example configuration, with every key at its default.
 pub const EXAMPLE: &str = include_str!("../hearth.example.toml");
 
@@ -30,6 +32,9 @@ pub struct Config {
     pub routing: RoutingSection,
     pub log: LogSection,
     pub data: DataSection,
+    /// `[dingtalk]`: the DingTalk connector; absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dingtalk: Option<DingTalkConfig>,
 }
 
 /// `[server]`: where and how the HTTP API listens.
@@ -267,6 +272,9 @@ impl Config {
         if let Some(token) = &mut shown.server.admin_token {
             token.0 = "***".to_owned();
         }
+        if let Some(dingtalk) = &mut shown.dingtalk {
+            dingtalk.app_secret = Secret("***".to_owned());
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot show the configuration: {err}\n"))
     }
 }
@@ -350,9 +358,10 @@ mod tests {
 
     #[test]
     fn secrets_never_show() {
-        let file = write("[server]\napi_keys = [\"sk-very-secret\"]\nadmin_token = \"admin-token-very-secret\"\n");
+        let file = write("[server]\napi_keys = [\"sk-very-secret\"]\nadmin_token = \"admin-token-very-secret\"\n[dingtalk]\napp_key = \"k\"\napp_secret = \"ding-very-secret\"\n");
         let config = Config::load_with_env(Some(file.path()), []).unwrap();
         assert_eq!(config.server.api_keys[0].expose(), "sk-very-secret");
+        assert_eq!(config.dingtalk.as_ref().unwrap().app_key, "k");
         for shown in [format!("{config:?}"), config.to_redacted_toml()] {
             assert!(!shown.contains("very-secret"), "{shown}");
         }

@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod completions;
 pub mod config;
+pub mod dingtalk;
 pub mod doctor;
 pub mod error;
 pub mod metrics;

@@ -36,6 +36,7 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Chat(args) => commands::chat(args, &config),
         cli::Command::Doctor(args) => commands::doctor(args, config, cli.config),
         cli::Command::Pull(args) => commands::pull(args),
+        cli::Command::Emulate(cli::EmulateArgs { platform: cli::EmulatePlatform::Dingtalk(args) }) => commands::emulate_dingtalk(args),
         cli::Command::Config(_) => unreachable!("handled before the configuration is loaded"),
     }
 }

@@ -90,11 +90,16 @@ impl AppState {
 
     /// State serving `models`.
     pub fn with_router(models: ModelRouter, config: &GatewayConfig) -> Self {
+        Self::with_shared_router(Arc::new(models), config)
+    }
+
+    /// State serving `models`, which the IM connectors share.
+    pub fn with_shared_router(models: Arc<ModelRouter>, config: &GatewayConfig) -> Self {
         let started_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Self {
-            models: Arc::new(models),
+            models,
             api_keys: config.api_keys.iter().map(|k| k.as_str().into()).collect(),
             admin_token: config.admin_token.as_deref().map(Into::into),
             max_body_bytes: config.max_body_bytes,

@@ -1,0 +1,13 @@
+//! Local emulators of the IM platforms hearth talks to, speaking their real wire protocols on loopback.
+//!
+//! They are a product feature, not test doubles: `hearth emulate dingtalk` runs one for trying a connector
+//! without a tenant, and the connector tests run against the same code. Each emulator also has a control
+//! surface (simulated users, fault injection, read-back, an HTML page) that the real platform lacks.
+//!
+//! - [`dingtalk`]: DingTalk Stream mode, access tokens, AI cards, robot sends and sessionWebhooks, as
+//!   described in `shared/protocols/dingtalk.md`.
+//!
+//! **Architecture invariant:** emulators know nothing of the engine or the gateway; they depend only on
+//! the wire protocol.
+
+pub mod dingtalk;

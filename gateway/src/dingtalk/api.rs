@@ -1,0 +1,279 @@
+//! [`OpenApi`]: the HTTP calls the connector makes (connection open, access token, AI cards, robot sends,
+//! sessionWebhook), each answer classified into [`DingTalkError`] so callers can tell throttling, missing
+//! permissions and bad tokens from other failures.
+//!
+//! The access token is cached and refreshed `token_refresh_margin_secs` before it expires; a call answered
+//! with 400 `InvalidAuthentication` or 401 drops the cache and is retried once with a fresh token.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::config::DingTalkConfig;
+use super::message::{BotMessage, ConversationType};
+
+/// Permission scope needed by the card create/deliver calls.
+pub const PERM_CARD_INSTANCE: &str = "Card.Instance.Write";
+/// Permission scope needed by card streaming.
+pub const PERM_CARD_STREAMING: &str = "Card.Streaming.Write";
+/// Permission scope needed by the robot send APIs.
+pub const PERM_ROBOT_SEND: &str = "qyapi_robot_sendmsg";
+
+/// A failed platform call.
+#[derive(Debug, thiserror::Error)]
+pub enum DingTalkError {
+    #[error("{api}: HTTP request failed: {source}")]
+    Http { api: &'static str, source: reqwest::Error },
+    #[error("{api}: throttled by the platform (HTTP {status} {code})")]
+    Throttled { api: &'static str, status: u16, code: String },
+    #[error("{api}: the app lacks the `{permission}` permission ({code}); grant it in the DingTalk developer console")]
+    PermissionDenied { api: &'static str, permission: String, code: String },
+    #[error("{api}: access token rejected ({code})")]
+    InvalidToken { api: &'static str, code: String },
+    #[error("{api}: HTTP {status} {code}: {message}")]
+    Platform { api: &'static str, status: u16, code: String, message: String },
+    #[error("card {out_track_id} was not delivered: {reason}")]
+    Delivery { out_track_id: String, reason: String },
+    #[error("sessionWebhook answered errcode {errcode}: {errmsg}")]
+    Webhook { errcode: i64, errmsg: String },
+    #[error("{api}: unexpected answer: {detail}")]
+    Unexpected { api: &'static str, detail: String },
+}
+
+impl DingTalkError {
+    /// A 403/429 throttle: safe to retry after backing off.
+    pub fn is_throttle(&self) -> bool {
+        matches!(self, Self::Throttled { .. })
+    }
+
+    /// The platform code, for errors that carry one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Throttled { code, .. } | Self::PermissionDenied { code, .. } | Self::InvalidToken { code, .. } | Self::Platform { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// The platform's answer to the connection-open call.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub endpoint: String,
+    pub ticket: String,
+}
+
+/// The connector's OpenAPI client.
+pub struct OpenApi {
+    http: reqwest::Client,
+    config: DingTalkConfig,
+    /// The cached token and when to stop using it (expiry minus the refresh margin). A tokio mutex, held
+    /// across the refresh call on purpose: one refresh at a time.
+    token: Mutex<Option<(String, Instant)>>,
+}
+
+impl OpenApi {
+    /// A client for `config`'s app and base URL.
+    pub fn new(config: DingTalkConfig) -> Result<Self, DingTalkError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.http_timeout_secs.max(1)))
+            .build()
+            .map_err(|source| DingTalkError::Http { api: "client", source })?;
+        Ok(Self { http, config, token: Mutex::new(None) })
+    }
+
+    /// The settings this client uses.
+    pub fn config(&self) -> &DingTalkConfig {
+        &self.config
+    }
+
+    /// `POST /v1.0/gateway/connections/open`, subscribed to robot messages.
+    pub async fn open_connection(&self) -> Result<Endpoint, DingTalkError> {
+        const API: &str = "gateway/connections/open";
+        let body = json!({
+            "clientId": self.config.app_key,
+            "clientSecret": self.config.app_secret.expose(),
+            "subscriptions": [
+                {"type": "CALLBACK", "topic": super::message::TOPIC_BOT_MESSAGE},
+            ],
+            "ua": concat!("hearth/", env!("CARGO_PKG_VERSION")),
+        });
+        let url = format!("{}/v1.0/gateway/connections/open", self.config.base());
+        let answer = self.send(API, Method::POST, &url, &body, None, None).await?;
+        let field = |name: &str| answer.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        match (field("endpoint"), field("ticket")) {
+            (Some(endpoint), Some(ticket)) => Ok(Endpoint { endpoint, ticket }),
+            _ => Err(DingTalkError::Unexpected { api: API, detail: "endpoint or ticket missing".to_owned() }),
+        }
+    }
+
+    /// The cached access token, refreshed when it is within the margin of expiring.
+    async fn token(&self) -> Result<String, DingTalkError> {
+        const API: &str = "oauth2/accessToken";
+        let mut cached = self.token.lock().await;
+        if let Some((token, use_until)) = cached.as_ref() {
+            if Instant::now() < *use_until {
+                return Ok(token.clone());
+            }
+        }
+        let url = format!("{}/v1.0/oauth2/accessToken", self.config.base());
+        let body = json!({"appKey": self.config.app_key, "appSecret": self.config.app_secret.expose()});
+        let answer = self.send(API, Method::POST, &url, &body, None, None).await?;
+        let token = answer.get("accessToken").and_then(Value::as_str).filter(|t| !t.is_empty());
+        let expire_in = answer.get("expireIn").and_then(Value::as_u64);
+        let (Some(token), Some(expire_in)) = (token, expire_in) else {
+            return Err(DingTalkError::Unexpected { api: API, detail: "accessToken or expireIn missing".to_owned() });
+        };
+        let usable = Duration::from_secs(expire_in.saturating_sub(self.config.token_refresh_margin_secs).max(1));
+        tracing::debug!(expire_in, "access token refreshed");
+        *cached = Some((token.to_owned(), Instant::now() + usable));
+        Ok(token.to_owned())
+    }
+
+    /// A new-style call with the token header; a rejected token is refreshed and the call retried once.
+    async fn call(&self, api: &'static str, method: Method, path: &str, body: &Value, permission: &'static str) -> Result<Value, DingTalkError> {
+        let url = format!("{}{path}", self.config.base());
+        let mut refreshed = false;
+        loop {
+            let token = self.token().await?;
+            match self.send(api, method.clone(), &url, body, Some(&token), Some(permission)).await {
+                Err(DingTalkError::InvalidToken { code, .. }) if !refreshed => {
+                    tracing::info!(api, code, "access token rejected; refreshing it");
+                    *self.token.lock().await = None;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        api: &'static str,
+        method: Method,
+        url: &str,
+        body: &Value,
+        token: Option<&str>,
+        permission: Option<&'static str>,
+    ) -> Result<Value, DingTalkError> {
+        let mut request = self
+            .http
+            .request(method, url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            request = request.header("x-acs-dingtalk-access-token", token);
+        }
+        let response = request.send().await.map_err(|source| DingTalkError::Http { api, source })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|source| DingTalkError::Http { api, source })?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        Err(classify(api, status, &value, permission))
+    }
+
+    /// Create an AI card with empty content and deliver it where `message` came from. A card that already
+    /// exists (a retry after a restart) counts as created.
+    pub async fn create_and_deliver(&self, out_track_id: &str, message: &BotMessage) -> Result<(), DingTalkError> {
+        const API: &str = "card/instances/createAndDeliver";
+        let key = &self.config.card_content_key;
+        let mut body = json!({
+            "cardTemplateId": self.config.card_template_id,
+            "outTrackId": out_track_id,
+            "cardData": {"cardParamMap": {key.as_str(): "", "flowStatus": "1"}},
+            "callbackType": "STREAM",
+            "imGroupOpenSpaceModel": {"supportForward": true},
+            "imRobotOpenSpaceModel": {"supportForward": true},
+            "userIdType": 1,
+        });
+        match message.conversation_type {
+            ConversationType::Group => {
+                body["openSpaceId"] = json!(format!("dtv1.card//IM_GROUP.{}", message.conversation_id));
+                body["imGroupOpenDeliverModel"] = json!({"robotCode": self.config.robot()});
+            }
+            ConversationType::Single => {
+                body["openSpaceId"] = json!(format!("dtv1.card//IM_ROBOT.{}", message.sender_staff_id));
+                body["imRobotOpenDeliverModel"] = json!({"spaceType": "IM_ROBOT", "robotCode": self.config.robot()});
+            }
+        }
+        let answer = match self.call(API, Method::POST, "/v1.0/card/instances/createAndDeliver", &body, PERM_CARD_INSTANCE).await {
+            Err(err) if err.code() == Some("param.cardAlreadyExist") => return Ok(()),
+            other => other?,
+        };
+        let results = answer.pointer("/result/deliverResults").and_then(Value::as_array).cloned().unwrap_or_default();
+        match results.iter().find(|r| r.get("success").and_then(Value::as_bool) != Some(true)) {
+            Some(failed) => Err(DingTalkError::Delivery {
+                out_track_id: out_track_id.to_owned(),
+                reason: failed.get("errorMsg").and_then(Value::as_str).unwrap_or("no reason given").to_owned(),
+            }),
+            None if results.is_empty() => Err(DingTalkError::Delivery { out_track_id: out_track_id.to_owned(), reason: "no deliverResults".to_owned() }),
+            None => Ok(()),
+        }
+    }
+
+    /// `PUT /v1.0/card/streaming` with a full snapshot of the content.
+    pub async fn stream(&self, out_track_id: &str, guid: &str, content: &str, finalize: bool, error: bool) -> Result<(), DingTalkError> {
+        let body = json!({
+            "outTrackId": out_track_id,
+            "guid": guid,
+            "key": self.config.card_content_key,
+            "content": content,
+            "isFull": true,
+            "isFinalize": finalize,
+            "isError": error,
+        });
+        self.call("card/streaming", Method::PUT, "/v1.0/card/streaming", &body, PERM_CARD_STREAMING).await.map(drop)
+    }
+
+    /// Markdown through the message's sessionWebhook (no token).
+    pub async fn webhook_markdown(&self, webhook: &str, title: &str, text: &str, at_user: &str) -> Result<(), DingTalkError> {
+        const API: &str = "sessionWebhook";
+        let body = json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}, "at": {"atUserIds": [at_user], "isAtAll": false}});
+        let answer = self.send(API, Method::POST, webhook, &body, None, None).await?;
+        match answer.get("errcode").and_then(Value::as_i64) {
+            Some(0) | None => Ok(()),
+            Some(errcode) => Err(DingTalkError::Webhook {
+                errcode,
+                errmsg: answer.get("errmsg").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            }),
+        }
+    }
+
+    /// Markdown through the robot send API (1:1 batchSend or group send).
+    pub async fn robot_markdown(&self, message: &BotMessage, title: &str, text: &str) -> Result<(), DingTalkError> {
+        let msg_param = json!({"title": title, "text": text}).to_string();
+        match message.conversation_type {
+            ConversationType::Single => {
+                let body = json!({"robotCode": self.config.robot(), "userIds": [message.sender_staff_id], "msgKey": "sampleMarkdown", "msgParam": msg_param});
+                self.call("robot/oToMessages/batchSend", Method::POST, "/v1.0/robot/oToMessages/batchSend", &body, PERM_ROBOT_SEND).await.map(drop)
+            }
+            ConversationType::Group => {
+                let body = json!({"robotCode": self.config.robot(), "openConversationId": message.conversation_id, "msgKey": "sampleMarkdown", "msgParam": msg_param});
+                self.call("robot/groupMessages/send", Method::POST, "/v1.0/robot/groupMessages/send", &body, PERM_ROBOT_SEND).await.map(drop)
+            }
+        }
+    }
+}
+
+/// Turn a non-2xx answer into a typed error.
+fn classify(api: &'static str, status: StatusCode, body: &Value, permission: Option<&'static str>) -> DingTalkError {
+    let code = body.get("code").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let message = body.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let status = status.as_u16();
+    if status == 429 || (status == 403 && code.contains("Limit")) {
+        return DingTalkError::Throttled { api, status, code };
+    }
+    if status == 401 || code == "InvalidAuthentication" {
+        return DingTalkError::InvalidToken { api, code };
+    }
+    if status == 403 && code.contains("PermissionDenied") {
+        let required = body.pointer("/accessdenieddetail/requiredScopes/0").and_then(Value::as_str).map(str::to_owned);
+        let permission = required.or(permission.map(str::to_owned)).unwrap_or_else(|| "unknown".to_owned());
+        return DingTalkError::PermissionDenied { api, permission, code };
+    }
+    DingTalkError::Platform { api, status, code, message }
+}

@@ -1,0 +1,158 @@
+//! [`DingTalkConfig`]: everything the DingTalk connector needs, as one serde struct with documented
+//! defaults, so it can be read from its own TOML file today and embedded as a `[dingtalk]` section later.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+/// The connector's settings. Durations are whole seconds or milliseconds, as the field names say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DingTalkConfig {
+    /// The app's AppKey (= `clientId`).
+    pub app_key: String,
+    /// The app's AppSecret (= `clientSecret`).
+    pub app_secret: Secret,
+    /// The robot's code; empty means the AppKey (true for internal-app robots).
+    pub robot_code: String,
+    /// The AI-card template whose streaming variable is [`card_content_key`](Self::card_content_key).
+    pub card_template_id: String,
+    /// The template variable bound to the streaming markdown component.
+    pub card_content_key: String,
+    /// New-style OpenAPI base (connection open, token, cards, robot sends).
+    pub api_base_url: String,
+    /// Where the outbox lives (SQLite); created if missing.
+    pub database: PathBuf,
+    /// In group chats, answer only messages that @-mention the robot.
+    pub require_mention_in_groups: bool,
+    /// A connection that delivers no frame for this long is dead and is replaced.
+    pub idle_timeout_secs: u64,
+    /// Refresh the access token this long before it expires.
+    pub token_refresh_margin_secs: u64,
+    /// First reconnect delay; it doubles per failure up to [`backoff_max_ms`](Self::backoff_max_ms), plus
+    /// up to 100% random jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// At most one streaming update per card per this interval; updates in between are coalesced
+    /// (latest text wins).
+    pub card_update_interval_ms: u64,
+    /// Card update calls per second shared by every card of this connector (the platform counts QPS per
+    /// app and API).
+    pub card_updates_per_second: u32,
+    /// After a 403/429 throttle, pause card updates this long (doubling per consecutive refusal).
+    pub throttle_backoff_ms: u64,
+    /// Attempts per card call before the card is given up and the answer is sent as markdown.
+    pub card_call_attempts: u32,
+    /// Most tokens of one answer.
+    pub max_answer_tokens: usize,
+    /// HTTP timeout of one OpenAPI call.
+    pub http_timeout_secs: u64,
+}
+
+impl Default for DingTalkConfig {
+    fn default() -> Self {
+        Self {
+            app_key: String::new(),
+            app_secret: Secret(String::new()),
+            robot_code: String::new(),
+            card_template_id: String::new(),
+            card_content_key: "content".to_owned(),
+            api_base_url: "https://api.dingtalk.com".to_owned(),
+            database: PathBuf::from("hearth-dingtalk.sqlite3"),
+            require_mention_in_groups: true,
+            idle_timeout_secs: 60,
+            token_refresh_margin_secs: 300,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 60_000,
+            card_update_interval_ms: 500,
+            card_updates_per_second: 10,
+            throttle_backoff_ms: 1_000,
+            card_call_attempts: 6,
+            max_answer_tokens: 256,
+            http_timeout_secs: 10,
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid DingTalk config: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("DingTalk `{0}` is required")]
+    Missing(&'static str),
+    #[error("DingTalk `{field}` must be {rule}")]
+    Invalid { field: &'static str, rule: &'static str },
+}
+
+impl DingTalkConfig {
+    /// Read a TOML file of this struct's fields (unknown keys are an error naming them).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+    }
+
+    /// Check that the connector can start with these settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.app_key.trim().is_empty() {
+            return Err(ConfigError::Missing("app_key"));
+        }
+        if self.app_secret.expose().is_empty() {
+            return Err(ConfigError::Missing("app_secret"));
+        }
+        if self.card_template_id.is_empty() {
+            return Err(ConfigError::Missing("card_template_id"));
+        }
+        if self.app_key != self.app_key.trim() {
+            return Err(ConfigError::Invalid { field: "app_key", rule: "free of surrounding whitespace" });
+        }
+        if !(self.api_base_url.starts_with("http://") || self.api_base_url.starts_with("https://")) {
+            return Err(ConfigError::Invalid { field: "api_base_url", rule: "an http:// or https:// URL" });
+        }
+        if self.card_updates_per_second == 0 || self.card_call_attempts == 0 || self.max_answer_tokens == 0 {
+            return Err(ConfigError::Invalid {
+                field: "card_updates_per_second/card_call_attempts/max_answer_tokens",
+                rule: "at least 1",
+            });
+        }
+        Ok(())
+    }
+
+    /// The robot code, defaulting to the AppKey.
+    pub fn robot(&self) -> &str {
+        if self.robot_code.is_empty() {
+            &self.app_key
+        } else {
+            &self.robot_code
+        }
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub(crate) fn base(&self) -> &str {
+        self.api_base_url.trim_end_matches('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_and_validation() {
+        let config: DingTalkConfig = toml::from_str("app_key = \"k\"\napp_secret = \"s\"\ncard_template_id = \"t\"\n").unwrap();
+        assert_eq!(config.robot(), "k");
+        assert_eq!(config.idle_timeout_secs, 60);
+        config.validate().unwrap();
+        assert!(toml::from_str::<DingTalkConfig>("app_kee = \"k\"").unwrap_err().to_string().contains("app_kee"));
+        assert!(matches!(DingTalkConfig::default().validate(), Err(ConfigError::Missing("app_key"))));
+    }
+}

@@ -1,0 +1,154 @@
+//! The DingTalk connector: robot messages arrive over Stream mode, answers go out as streaming AI cards.
+//!
+//! Flow of one message: the Stream client (`stream`) reads a CALLBACK frame, [`Connector::receive`]
+//! records it in the SQLite outbox (`store`; atomic dedupe on platform, robot and msgId) and only then is
+//! the frame ACKed. A new message is answered in its own task (`reply`): the engine generates through the
+//! chat template, the card is created and delivered, snapshots stream under a shared delivery budget, and
+//! the card is finalized; if the card fails, it is marked failed and the answer goes out as markdown. On
+//! start, messages left unfinished by a crash or shutdown are answered first.
+//!
+//! - `config`: [`DingTalkConfig`], a serde struct with defaults, read from TOML.
+//! - `api`: [`OpenApi`], the platform calls and their typed errors ([`DingTalkError`]).
+//! - `message`: frames parsed into `Inbound`, and the robot message.
+//!
+//! The wire reference is `shared/protocols/dingtalk.md`; `hearth emulate dingtalk` runs a local platform.
+
+pub mod api;
+pub mod config;
+pub mod message;
+mod reply;
+pub mod store;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::routing::ModelRouter;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+pub use api::{DingTalkError, OpenApi};
+pub use config::{ConfigError, DingTalkConfig};
+pub use store::{Outbox, StoreError};
+
+use message::{BotMessage, ConversationType};
+use reply::{DeliveryBudget, Replier};
+use store::Job;
+
+/// Why the connector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Api(#[from] DingTalkError),
+}
+
+/// Shared by the Stream client and the answer tasks.
+pub(crate) struct Connector {
+    replier: Arc<Replier>,
+    /// Answers in flight, so shutdown can wait for them.
+    answers: std::sync::Mutex<JoinSet<()>>,
+    /// Bounds concurrent answers; the engine's own queue bounds the rest.
+    answer_slots: Arc<Semaphore>,
+}
+
+/// Most answers generated at once.
+const CONCURRENT_ANSWERS: usize = 8;
+
+impl Connector {
+    /// Persist a pushed message (dedupe included), then start answering it if it is new and addressed to
+    /// the robot. Returns once the outbox has it, which is when the caller may ACK.
+    async fn receive(&self, message_id: &str, message: BotMessage) -> Result<(), StoreError> {
+        let config = self.replier.api.config();
+        let ignore = config.require_mention_in_groups && message.conversation_type == ConversationType::Group && !message.is_in_at_list;
+        match self.replier.outbox.accept(message_id, &message, ignore).await? {
+            Some(job) => self.spawn_answer(job),
+            None if ignore => tracing::debug!(msg_id = %message.msg_id, "group message without a mention; not answering"),
+            None => tracing::info!(msg_id = %message.msg_id, "duplicate push of a known message; ACKing only"),
+        }
+        Ok(())
+    }
+
+    fn spawn_answer(&self, job: Job) {
+        let span = tracing::info_span!(
+            "dingtalk_message",
+            platform = "dingtalk",
+            msg_id = %job.message.msg_id,
+            conversation = %job.message.conversation_id,
+            attempt = job.attempt,
+        );
+        let (replier, slots) = (self.replier.clone(), self.answer_slots.clone());
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished tasks so the set does not grow with every message.
+        while answers.try_join_next().is_some() {}
+        answers.spawn(
+            async move {
+                let Ok(_slot) = slots.acquire_owned().await else { return };
+                replier.answer(job).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// A running connector.
+pub struct DingTalkConnector {
+    connector: Arc<Connector>,
+    shutdown: watch::Sender<bool>,
+    stream: tokio::task::JoinHandle<()>,
+    outbox: Outbox,
+}
+
+impl DingTalkConnector {
+    /// Validate `config`, open the outbox, resume unfinished messages and connect. Answers come from the
+    /// model `models` routes each message to.
+    pub async fn start(config: DingTalkConfig, models: Arc<ModelRouter>) -> Result<Self, StartError> {
+        config.validate()?;
+        let path = config.database.clone();
+        let robot = config.robot().to_owned();
+        let outbox = tokio::task::spawn_blocking(move || Outbox::open(&path, &robot))
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))??;
+        let budget = DeliveryBudget::new(config.card_updates_per_second, Duration::from_millis(config.throttle_backoff_ms));
+        let api = OpenApi::new(config)?;
+        let replier = Arc::new(Replier { api, models, outbox: outbox.clone(), budget });
+        let connector = Arc::new(Connector {
+            replier,
+            answers: std::sync::Mutex::new(JoinSet::new()),
+            answer_slots: Arc::new(Semaphore::new(CONCURRENT_ANSWERS)),
+        });
+        let unfinished = outbox.resume().await?;
+        if !unfinished.is_empty() {
+            tracing::info!(count = unfinished.len(), "answering DingTalk messages left unfinished by the last run");
+        }
+        for job in unfinished {
+            connector.spawn_answer(job);
+        }
+        let (shutdown, rx) = watch::channel(false);
+        let stream = tokio::spawn(stream::run(connector.clone(), rx).instrument(tracing::info_span!("dingtalk_stream")));
+        Ok(Self { connector, shutdown, stream, outbox })
+    }
+
+    /// The outbox (for diagnostics and tests).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Stop taking messages (the Stream connection closes, so nothing new is ACKed), then give answers in
+    /// flight up to `drain` to finish. Unfinished ones stay in the outbox and are answered on next start.
+    pub async fn shutdown(self, drain: Duration) {
+        let _ = self.shutdown.send(true);
+        let _ = self.stream.await;
+        let mut answers = std::mem::take(&mut *self.connector.answers.lock().unwrap_or_else(|p| p.into_inner()));
+        let drained = tokio::time::timeout(drain, async { while answers.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(left = answers.len(), "DingTalk answers still running at the drain deadline; they resume on next start");
+            answers.shutdown().await;
+        }
+        tracing::info!("DingTalk connector stopped");
+    }
+}

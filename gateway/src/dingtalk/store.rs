@@ -1,0 +1,230 @@
+//! [`Outbox`]: the SQLite record of every inbound message, written before the ACK.
+//!
+//! The primary key `(platform, robot, msg_id)` makes dedupe atomic: `INSERT OR IGNORE` either records a
+//! new message or changes nothing, so a redelivered push is recognised in one statement. A message stays
+//! `accepted` until it is `answered` (finalized card), `answered_markdown` (fallback), `failed` (nothing
+//! could be delivered; logged) or `ignored` (a group message without a mention). After a crash, every
+//! `accepted` row is taken up again; each restart bumps its `attempts`, which the card guids include.
+//!
+//! rusqlite is blocking: every call runs on the blocking pool, and the connection's std mutex is only held
+//! inside that closure, never across an `.await`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::message::{BotMessage, ConversationType, TextContent};
+
+/// The platform name in keys.
+const PLATFORM: &str = "dingtalk";
+
+/// An outbox failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("outbox database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("outbox task failed: {0}")]
+    Join(String),
+}
+
+/// How a message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Answered,
+    AnsweredMarkdown,
+    Failed,
+    Ignored,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::AnsweredMarkdown => "answered_markdown",
+            Self::Failed => "failed",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+/// A message taken up for answering.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub message: BotMessage,
+    /// The card's id, derived from the message so a retry finds the same card.
+    pub out_track_id: String,
+    /// How many times answering began (1 on the first run).
+    pub attempt: u32,
+    pub card_created: bool,
+}
+
+/// The SQLite outbox.
+#[derive(Clone)]
+pub struct Outbox {
+    conn: Arc<Mutex<Connection>>,
+    robot: String,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Outbox {
+    /// Open (or create) the database at `path`.
+    pub fn open(path: &Path, robot: &str) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS inbound (
+                 platform TEXT NOT NULL,
+                 robot TEXT NOT NULL,
+                 msg_id TEXT NOT NULL,
+                 message_id TEXT NOT NULL,
+                 conversation_id TEXT NOT NULL,
+                 conversation_type TEXT NOT NULL,
+                 sender_staff_id TEXT NOT NULL,
+                 sender_nick TEXT NOT NULL,
+                 text TEXT NOT NULL,
+                 at_bot INTEGER NOT NULL,
+                 session_webhook TEXT,
+                 webhook_expires_ms INTEGER,
+                 out_track_id TEXT NOT NULL,
+                 state TEXT NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 card_created INTEGER NOT NULL DEFAULT 0,
+                 detail TEXT,
+                 received_ms INTEGER NOT NULL,
+                 finished_ms INTEGER,
+                 PRIMARY KEY (platform, robot, msg_id)
+             );",
+        )?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), robot: robot.to_owned() })
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce(&Connection, &str) -> Result<T, rusqlite::Error> + Send + 'static) -> Result<T, StoreError> {
+        let (conn, robot) = (self.conn.clone(), self.robot.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&conn, &robot)
+        })
+        .await
+        .map_err(|err| StoreError::Join(err.to_string()))?
+        .map_err(StoreError::from)
+    }
+
+    /// Record `message` (pushed as `message_id`) as `accepted` or, with `ignore`, `ignored`. Returns the
+    /// job when it is new, `None` for a duplicate.
+    pub async fn accept(&self, message_id: &str, message: &BotMessage, ignore: bool) -> Result<Option<Job>, StoreError> {
+        let message = message.clone();
+        let message_id = message_id.to_owned();
+        self.run(move |conn, robot| {
+            let out_track_id = card_id(robot, &message.msg_id);
+            let inserted = conn.execute(
+                "INSERT OR IGNORE INTO inbound (platform, robot, msg_id, message_id, conversation_id, conversation_type,
+                     sender_staff_id, sender_nick, text, at_bot, session_webhook, webhook_expires_ms, out_track_id, state,
+                     attempts, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                params![
+                    PLATFORM,
+                    robot,
+                    message.msg_id,
+                    message_id,
+                    message.conversation_id,
+                    message.conversation_type.wire(),
+                    message.sender_staff_id,
+                    message.sender_nick,
+                    message.text.as_ref().map(|t| t.content.clone()).unwrap_or_default(),
+                    message.is_in_at_list,
+                    message.session_webhook,
+                    message.session_webhook_expired_time.map(|t| t as i64),
+                    out_track_id,
+                    if ignore { Outcome::Ignored.as_str() } else { "accepted" },
+                    if ignore { 0 } else { 1 },
+                    now_ms(),
+                ],
+            )?;
+            Ok((inserted == 1 && !ignore).then(|| Job { message, out_track_id, attempt: 1, card_created: false }))
+        })
+        .await
+    }
+
+    /// Every message still `accepted` (interrupted by a crash or shutdown), each with its attempt bumped.
+    pub async fn resume(&self) -> Result<Vec<Job>, StoreError> {
+        self.run(|conn, robot| {
+            conn.execute("UPDATE inbound SET attempts = attempts + 1 WHERE platform = ?1 AND robot = ?2 AND state = 'accepted'", params![PLATFORM, robot])?;
+            let mut statement = conn.prepare(
+                "SELECT msg_id, conversation_id, conversation_type, sender_staff_id, sender_nick, text, at_bot, session_webhook,
+                        webhook_expires_ms, out_track_id, attempts, card_created
+                 FROM inbound WHERE platform = ?1 AND robot = ?2 AND state = 'accepted' ORDER BY received_ms",
+            )?;
+            let rows = statement.query_map(params![PLATFORM, robot], |row| {
+                let kind: String = row.get(2)?;
+                Ok(Job {
+                    message: BotMessage {
+                        msg_id: row.get(0)?,
+                        conversation_id: row.get(1)?,
+                        conversation_type: ConversationType::from_wire(&kind).unwrap_or(ConversationType::Single),
+                        sender_staff_id: row.get(3)?,
+                        sender_nick: row.get(4)?,
+                        text: Some(TextContent { content: row.get(5)? }),
+                        msgtype: "text".to_owned(),
+                        robot_code: Some(robot.to_owned()),
+                        is_in_at_list: row.get(6)?,
+                        session_webhook: row.get(7)?,
+                        session_webhook_expired_time: row.get::<_, Option<i64>>(8)?.map(|t| t as u64),
+                    },
+                    out_track_id: row.get(9)?,
+                    attempt: row.get(10)?,
+                    card_created: row.get(11)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Note that the card of `msg_id` exists.
+    pub async fn card_created(&self, msg_id: &str) -> Result<(), StoreError> {
+        let msg_id = msg_id.to_owned();
+        self.run(move |conn, robot| {
+            conn.execute("UPDATE inbound SET card_created = 1 WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3", params![PLATFORM, robot, msg_id])
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Close `msg_id` with `outcome`; only an `accepted` row changes, so a message finishes once.
+    pub async fn finish(&self, msg_id: &str, outcome: Outcome, detail: &str) -> Result<bool, StoreError> {
+        let (msg_id, detail) = (msg_id.to_owned(), detail.to_owned());
+        self.run(move |conn, robot| {
+            conn.execute(
+                "UPDATE inbound SET state = ?4, detail = ?5, finished_ms = ?6
+                 WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3 AND state = 'accepted'",
+                params![PLATFORM, robot, msg_id, outcome.as_str(), detail, now_ms()],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    /// The state of `msg_id`, if recorded (for tests and diagnostics).
+    pub async fn state(&self, msg_id: &str) -> Result<Option<String>, StoreError> {
+        let msg_id = msg_id.to_owned();
+        self.run(move |conn, robot| {
+            conn.query_row("SELECT state FROM inbound WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3", params![PLATFORM, robot, msg_id], |row| row.get(0))
+                .optional()
+        })
+        .await
+    }
+}
+
+/// A card id derived from the robot and message: stable across restarts, so the card is found again.
+fn card_id(robot: &str, msg_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{robot}\n{msg_id}").as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("hearth-{hex}")
+}

@@ -1,0 +1,138 @@
+//! The Stream client: open a connection (a fresh ticket every time), read frames, answer pings, hand robot
+//! messages to the connector (which persists them before the ACK), and keep one live connection.
+//!
+//! - A `disconnect` frame: open the replacement first, then close the old socket.
+//! - No frame for `idle_timeout_secs`: the socket is dead (a zombie), replace it.
+//! - Failures to connect: exponential backoff from `backoff_initial_ms` to `backoff_max_ms`, plus up to 100%
+//!   jitter; the delay resets once a connection delivers a frame. One connect attempt at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::api::{DingTalkError, OpenApi};
+use super::message::{ack, Inbound};
+use super::Connector;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a session ended.
+enum SessionEnd {
+    /// The server sent `disconnect`: replace the socket, then close it.
+    Notice(Box<Socket>),
+    /// No frame within the idle timeout, or the socket closed or failed.
+    Dead(String),
+    /// The connector is shutting down.
+    Shutdown,
+}
+
+/// Open a connection: the open call, then the WebSocket with the ticket.
+async fn connect(api: &OpenApi) -> Result<Socket, String> {
+    let endpoint = api.open_connection().await.map_err(|e: DingTalkError| e.to_string())?;
+    let url = format!("{}?ticket={}", endpoint.endpoint, endpoint.ticket);
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| format!("WebSocket connect failed: {e}"))?;
+    Ok(socket)
+}
+
+/// Keep a Stream connection until `shutdown` turns true.
+pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver<bool>) {
+    let config = connector.replier.api.config().clone();
+    let mut failures = 0u32;
+    let mut retiring: Option<Box<Socket>> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let socket = tokio::select! {
+            socket = connect(&connector.replier.api) => socket,
+            _ = shutdown.changed() => return,
+        };
+        // The replacement is open (or failed): the socket that announced its disconnect can go now.
+        if let Some(mut old) = retiring.take() {
+            let _ = (*old).close(None).await;
+        }
+        let socket = match socket {
+            Ok(socket) => socket,
+            Err(err) => {
+                failures += 1;
+                let base = config.backoff_initial_ms.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(config.backoff_max_ms);
+                let delay = Duration::from_millis(base + rand::rng().random_range(0..=base));
+                tracing::warn!(cause = %err, failures, delay_ms = delay.as_millis() as u64, "cannot open a DingTalk Stream connection; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        tracing::info!("DingTalk Stream connected");
+        match session(&connector, socket, &mut shutdown, &mut failures, config.idle_timeout()).await {
+            SessionEnd::Notice(old) => retiring = Some(old),
+            SessionEnd::Dead(reason) => tracing::warn!(reason, "DingTalk Stream connection lost; reconnecting"),
+            SessionEnd::Shutdown => return,
+        }
+    }
+}
+
+async fn session(connector: &Connector, mut socket: Socket, shutdown: &mut watch::Receiver<bool>, failures: &mut u32, idle: Duration) -> SessionEnd {
+    loop {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(idle, socket.next()) => frame,
+            _ = shutdown.changed() => {
+                let _ = socket.close(None).await;
+                return SessionEnd::Shutdown;
+            }
+        };
+        let text = match frame {
+            Err(_) => {
+                let _ = socket.close(None).await;
+                return SessionEnd::Dead(format!("no frame for {} s", idle.as_secs_f64()));
+            }
+            Ok(None) => return SessionEnd::Dead("closed by the server".to_owned()),
+            Ok(Some(Err(err))) => return SessionEnd::Dead(err.to_string()),
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Close(_)))) => return SessionEnd::Dead("closed by the server".to_owned()),
+            Ok(Some(Ok(_))) => continue,
+        };
+        *failures = 0;
+        let inbound = match Inbound::parse(text.as_str()) {
+            Ok(inbound) => inbound,
+            Err(err) => {
+                tracing::warn!(cause = %err, "ignoring a malformed Stream frame");
+                continue;
+            }
+        };
+        let reply = match inbound {
+            Inbound::Ping { message_id, data } => ack(&message_id, 200, "OK", &data),
+            Inbound::Disconnect { message_id, data, reason } => {
+                tracing::info!(reason, "DingTalk announced a disconnect; opening a new connection first");
+                let _ = socket.send(Message::Text(ack(&message_id, 200, "OK", &data).into())).await;
+                return SessionEnd::Notice(Box::new(socket));
+            }
+            Inbound::Bot { message_id, message } => match connector.receive(&message_id, *message).await {
+                // Persisted (or a known duplicate): now the ACK.
+                Ok(()) => ack(&message_id, 200, "OK", r#"{"response":null}"#),
+                Err(err) => {
+                    tracing::error!(cause = %err, "cannot persist a DingTalk message; not acknowledging it so it is redelivered");
+                    ack(&message_id, 500, "cannot persist the message", r#"{"response":null}"#)
+                }
+            },
+            Inbound::BadBot { message_id, error } => {
+                tracing::warn!(error, "unreadable robot message; acknowledging so it is not redelivered");
+                ack(&message_id, 400, "bad message", r#"{"response":null}"#)
+            }
+            Inbound::Unknown { message_id, kind, topic } => {
+                tracing::info!(kind, topic, "ignoring an unhandled Stream frame");
+                ack(&message_id, 404, "topic not handled", "")
+            }
+        };
+        if let Err(err) = socket.send(Message::Text(reply.into())).await {
+            return SessionEnd::Dead(format!("cannot send an ACK: {err}"));
+        }
+    }
+}

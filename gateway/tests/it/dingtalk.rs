@@ -1,0 +1,280 @@
+//! The DingTalk connector end to end: the real engine and SmolLM2 model answer simulated users of the real
+//! emulator (`emulator::dingtalk`) over real HTTP and WebSocket, with the outbox in a real SQLite file.
+//! Every pushed message must end with exactly one finalized card, through disconnect notices, zombie
+//! sockets, 429 storms and a `kill -9` of the whole process.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use emulator::dingtalk::{
+    CardStatus, ChatEntry, ConversationKind, DingTalkEmulator, EmulatorConfig, FaultCommand, PostedMessage, UserMessage, World,
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
+};
+use gateway::dingtalk::{DingTalkConfig, DingTalkConnector};
+
+use crate::support::{model_path, shared_engine};
+
+const TEMPLATE: &str = "hearth-test-ai-card.schema";
+/// Upper bound on awaited events (answers run on a CPU model).
+const PATIENCE: Duration = Duration::from_secs(120);
+
+async fn emulator(tweak: impl FnOnce(&mut EmulatorConfig)) -> DingTalkEmulator {
+    let mut config = EmulatorConfig { ping_interval: Some(Duration::from_millis(200)), ..EmulatorConfig::default() };
+    tweak(&mut config);
+    DingTalkEmulator::start(config, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+fn connector_config(dingtalk: &DingTalkEmulator, db: &Path) -> DingTalkConfig {
+    DingTalkConfig {
+        app_key: DEFAULT_CLIENT_ID.to_owned(),
+        app_secret: gateway::config::Secret(DEFAULT_CLIENT_SECRET.to_owned()),
+        card_template_id: TEMPLATE.to_owned(),
+        api_base_url: dingtalk.base_url(),
+        database: db.to_owned(),
+        max_answer_tokens: 24,
+        card_update_interval_ms: 30,
+        backoff_initial_ms: 50,
+        backoff_max_ms: 1_000,
+        throttle_backoff_ms: 50,
+        ..DingTalkConfig::default()
+    }
+}
+
+fn say(dingtalk: &DingTalkEmulator, kind: ConversationKind, conversation: Option<&str>, user: &str, text: &str, at_bot: bool) -> PostedMessage {
+    dingtalk
+        .post_message(UserMessage {
+            conversation_type: kind,
+            conversation_id: conversation.map(str::to_owned),
+            conversation_title: None,
+            user_id: user.to_owned(),
+            nick: None,
+            text: text.to_owned(),
+            at_bot,
+        })
+        .unwrap()
+}
+
+/// `Some` once every conversation holds exactly one finished card per pushed user message, each card
+/// finalized by exactly one accepted update; `None` while any is missing. Panics on a duplicate card.
+fn all_answered(world: &World) -> Option<usize> {
+    let mut cards_total = 0;
+    for conversation in &world.conversation_views() {
+        // Messages the robot must answer: pushed, and in a group only when they mention it.
+        let single = conversation.conversation.kind == ConversationKind::Single;
+        let pushed = conversation
+            .conversation
+            .messages
+            .iter()
+            .filter(|m| matches!(m, ChatEntry::User { pushed: true, at_bot, .. } if *at_bot || single))
+            .count();
+        let cards = &conversation.cards;
+        assert!(cards.len() <= pushed, "more cards than messages in {}: {cards:#?}", conversation.conversation.conversation_id);
+        if cards.len() < pushed || cards.iter().any(|c| c.status != CardStatus::Finished) {
+            return None;
+        }
+        for card in cards {
+            let finals = card.updates.iter().filter(|u| u.is_finalize == Some(true)).count();
+            assert_eq!(finals, 1, "card {} finalized {finals} times", card.out_track_id);
+            assert!(!card.text.trim().is_empty(), "card {} is empty", card.out_track_id);
+        }
+        cards_total += cards.len();
+    }
+    Some(cards_total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_in_groups_and_chats_gets_exactly_one_finalized_card() {
+    // Unmentioned group messages are pushed too, so the connector's own mention rule is what is tested.
+    let dingtalk = emulator(|c| c.deliver_unmentioned_group_messages = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")), shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+
+    let mut posted = vec![
+        say(&dingtalk, ConversationKind::Single, None, "alice", "What is the capital of France?", false),
+        say(&dingtalk, ConversationKind::Single, None, "bob", "Say hello.", false),
+        say(&dingtalk, ConversationKind::Group, Some("cidTeamA"), "carol", "Name a color.", true),
+        say(&dingtalk, ConversationKind::Group, Some("cidTeamA"), "dave", "Name a fruit.", true),
+        say(&dingtalk, ConversationKind::Group, Some("cidTeamB"), "erin", "Count to three.", true),
+        say(&dingtalk, ConversationKind::Single, None, "alice", "And of Italy?", false),
+    ];
+    let quiet = say(&dingtalk, ConversationKind::Group, Some("cidTeamA"), "frank", "no mention here", false);
+    assert!(quiet.pushed);
+    let cards = dingtalk.wait_for(PATIENCE, all_answered).await.unwrap();
+    assert_eq!(cards, posted.len());
+    // Shutdown waits for the answer tasks, which record the outcome right after the final card frame.
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    for message in posted.drain(..) {
+        assert_eq!(outbox.state(&message.msg_id).await.unwrap().as_deref(), Some("answered"));
+    }
+    assert_eq!(outbox.state(&quiet.msg_id).await.unwrap().as_deref(), Some("ignored"));
+    assert_eq!(dingtalk.inspect(|w| w.stats().unacked), 0, "every push was ACKed");
+    dingtalk.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cards_survive_disconnect_notices_zombie_sockets_and_429_storms() {
+    let dingtalk = emulator(|c| {
+        c.redelivery_after = Duration::from_millis(800);
+        c.max_redeliveries = 50;
+        c.disconnect_grace = Duration::from_millis(500);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DingTalkConfig { idle_timeout_secs: 1, ..connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")) };
+    let connector = DingTalkConnector::start(config, shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+
+    // A fifth of card updates fail with 429.
+    dingtalk.fault(FaultCommand::CardUpdateFailures { fraction: 0.2, status: 429 }).unwrap();
+    let mut expected = 0;
+    for (i, user) in ["u1", "u2", "u3", "u4"].iter().enumerate() {
+        let group = format!("cidStorm{}", i % 2);
+        say(&dingtalk, ConversationKind::Group, Some(&group), user, "Tell me a short fact.", true);
+        expected += 1;
+    }
+    assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), expected);
+    let rejected: u32 = dingtalk.inspect(|w| w.conversation_ids().iter().flat_map(|id| w.cards_in(id)).map(|c| c.rejected_calls).sum());
+    assert!(rejected > 0, "the 429 storm hit some card calls");
+
+    // A disconnect notice: the connector opens a new connection and keeps answering.
+    assert_eq!(dingtalk.fault(FaultCommand::Disconnect { connection: None, reason: None }).unwrap(), 1);
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().connections_opened >= 2 && w.stats().live_connections == 1).then_some(())).await.unwrap();
+    say(&dingtalk, ConversationKind::Single, None, "after-disconnect", "Hello again.", false);
+    expected += 1;
+    assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), expected);
+
+    // A zombie socket: pushes vanish; the connector notices the silence, reconnects, and the platform
+    // redelivers the un-ACKed push.
+    let opened = dingtalk.inspect(|w| w.stats().connections_opened);
+    assert_eq!(dingtalk.fault(FaultCommand::Zombie { connection: None }).unwrap(), 1);
+    say(&dingtalk, ConversationKind::Single, None, "during-zombie", "Are you there?", false);
+    say(&dingtalk, ConversationKind::Group, Some("cidZombie"), "z2", "Still there?", true);
+    expected += 2;
+    assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), expected);
+    assert!(dingtalk.inspect(|w| w.stats().connections_opened) > opened, "the zombie was replaced");
+    assert!(dingtalk.inspect(|w| w.stats().redeliveries) >= 1, "the lost pushes were redelivered");
+
+    connector.shutdown(Duration::from_secs(5)).await;
+    dingtalk.shutdown().await.unwrap();
+}
+
+/// `hearth serve` with the connector, as a child process.
+fn spawn_hearth(dingtalk: &DingTalkEmulator, db: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["serve", "--port", "0", "--ctx-size", "1024", "--model"])
+        .arg(model_path())
+        .args(["--dingtalk-app-key", DEFAULT_CLIENT_ID, "--dingtalk-app-secret", DEFAULT_CLIENT_SECRET])
+        .args(["--dingtalk-card-template-id", TEMPLATE, "--dingtalk-api-base-url", &dingtalk.base_url()])
+        .arg("--dingtalk-database")
+        .arg(db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the hearth binary starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_every_accepted_message_is_finished_exactly_once() {
+    let dingtalk = emulator(|c| c.redelivery_after = Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.sqlite3");
+    let mut first = spawn_hearth(&dingtalk, &db);
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+
+    // Slow card calls, so the answers are mid-flight when the process dies.
+    dingtalk.fault(FaultCommand::Slow { millis: 400 }).unwrap();
+    let posted = [
+        say(&dingtalk, ConversationKind::Single, None, "kim", "Write a sentence about the sea.", false),
+        say(&dingtalk, ConversationKind::Single, None, "lee", "Write a sentence about the sky.", false),
+        say(&dingtalk, ConversationKind::Group, Some("cidCrash"), "max", "Write a sentence about trees.", true),
+    ];
+    dingtalk
+        .wait_for(PATIENCE, |w| {
+            let cards: Vec<_> = w.conversation_ids().iter().flat_map(|id| w.cards_in(id)).collect();
+            let acked = w.stats().callbacks_acked == posted.len() as u64;
+            (acked && !cards.is_empty()).then_some(())
+        })
+        .await
+        .unwrap();
+    let finished_before = dingtalk.inspect(|w| w.conversation_ids().iter().flat_map(|id| w.cards_in(id)).filter(|c| c.status == CardStatus::Finished).count());
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    assert!(finished_before < posted.len(), "the process died with answers in flight");
+
+    dingtalk.fault(FaultCommand::Clear).unwrap();
+    let mut second = spawn_hearth(&dingtalk, &db);
+    let cards = dingtalk.wait_for(PATIENCE, all_answered).await;
+    let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
+    let status = second.wait().unwrap();
+    assert_eq!(cards.unwrap(), posted.len());
+    assert!(status.success(), "hearth serve exits cleanly on SIGTERM: {status:?}");
+    dingtalk.shutdown().await.unwrap();
+}
+
+/// The text of every robot message sent into `conversation` through `via` (`sessionWebhook` or `robotApi`).
+fn robot_messages(world: &World, conversation: &str, via_wanted: &str) -> Vec<String> {
+    world
+        .conversation(conversation)
+        .map(|c| {
+            c.messages
+                .iter()
+                .filter_map(|m| match m {
+                    ChatEntry::Robot { via, text, .. } if via == via_wanted => Some(text.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_card_permissions_fall_back_to_markdown_once() {
+    // Streaming refused (Card.Streaming.Write): the answer goes out through the sessionWebhook. The tokens
+    // are expired too, so the first call also exercises refresh-and-retry.
+    let dingtalk = emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("a.sqlite3")), shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    // One normal answer first, so the connector holds a token when they expire.
+    say(&dingtalk, ConversationKind::Single, None, "warmup", "Hi.", false);
+    dingtalk.wait_for(PATIENCE, all_answered).await.unwrap();
+    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_STREAMING.to_owned() }).unwrap();
+    dingtalk.fault(FaultCommand::ExpireTokens).unwrap();
+    let asked = say(&dingtalk, ConversationKind::Single, None, "nina", "What is two plus two?", false);
+    let sent = dingtalk
+        .wait_for(PATIENCE, |w| Some(robot_messages(w, &asked.conversation_id, "sessionWebhook")).filter(|m| !m.is_empty()))
+        .await
+        .unwrap();
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].trim().is_empty());
+    assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
+    assert!(dingtalk.inspect(|w| w.stats().tokens_issued) >= 2, "the expired token was replaced");
+    dingtalk.shutdown().await.unwrap();
+
+    // Card creation refused (Card.Instance.Write) and the sessionWebhook about to expire: the robot send API.
+    let dingtalk = emulator(|c| c.session_webhook_ttl = Duration::from_secs(1)).await;
+    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("b.sqlite3")), shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_INSTANCE.to_owned() }).unwrap();
+    let asked = say(&dingtalk, ConversationKind::Group, Some("cidNoCards"), "omar", "Name a planet.", true);
+    let sent = dingtalk
+        .wait_for(PATIENCE, |w| Some(robot_messages(w, "cidNoCards", "robotApi")).filter(|m| !m.is_empty()))
+        .await
+        .unwrap();
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
+    assert!(dingtalk.inspect(|w| w.cards_in("cidNoCards").is_empty()));
+    dingtalk.shutdown().await.unwrap();
+}
+
+/// The shared engine behind a router, as `hearth serve` hands it to the connector.
+fn shared_models() -> std::sync::Arc<gateway::routing::ModelRouter> {
+    std::sync::Arc::new(gateway::routing::ModelRouter::single(crate::support::MODEL_NAME, shared_engine()))
+}
