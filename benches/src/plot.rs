@@ -42,6 +42,15 @@ fn x_range(levels: impl Iterator<Item = usize>) -> std::ops::Range<f64> {
     lo - 0.5..hi + 0.5
 }
 
+/// A millisecond label rounded to two significant digits (the log axis's ticks fall on 10^(k/5)).
+fn ms_label(ms: f64) -> String {
+    if !(ms.is_finite() && ms > 0.0) {
+        return String::new();
+    }
+    let step = 10f64.powi(ms.log10().floor() as i32 - 1).max(1.0);
+    format!("{:.0}", (ms / step).round() * step)
+}
+
 /// A log-scale axis range around `values` (positive ones), with some margin; (1, 10) when there are none.
 fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values
@@ -122,7 +131,7 @@ pub fn svg(info: &RunInfo, results: &[EngineResults]) -> Result<String> {
             .x_label_formatter(&x_label)
             .light_line_style(TRANSPARENT)
             .y_labels(12)
-            .y_label_formatter(&|y| format!("{:.0}", 10f64.powf(*y)))
+            .y_label_formatter(&|y| ms_label(10f64.powf(*y)))
             .draw()
             .map_err(plot_error)?;
         for r in results.iter().filter(|r| !r.levels.is_empty()) {
@@ -193,5 +202,14 @@ mod tests {
         assert_eq!(x_label(&4.0), "16");
         assert_eq!(x_label(&0.5), "");
         assert_eq!(x_range([1, 4, 16].into_iter()), -0.5..4.5);
+    }
+
+    #[test]
+    fn ms_labels_have_two_significant_digits() {
+        assert_eq!(ms_label(39810.7), "40000");
+        assert_eq!(ms_label(1584.9), "1600");
+        assert_eq!(ms_label(63.1), "63");
+        assert_eq!(ms_label(2.512), "3");
+        assert_eq!(ms_label(0.0), "");
     }
 }
