@@ -3,7 +3,8 @@
 //!
 //! Checks: CPU features the binary was built for, GPU (when `nvidia-smi` exists), each model file (whole,
 //! checksum when known, supported architecture, fits in memory with its KV cache), config file
-//! permissions, the listening port, and the data directory.
+//! permissions, the listening port, the data directory, and the IM app's credentials (the platform must
+//! issue an access token for them).
 
 use std::fmt;
 use std::fs::{self, File};
@@ -13,7 +14,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::Duration;
+
 use crate::config::Config;
+use crate::dingtalk::{DingTalkConfig, OpenApi};
 use crate::model_path;
 
 /// CPU flags the default (x86-64-v3) build executes; without any of them it dies with SIGILL.
@@ -98,6 +102,7 @@ pub fn run(inputs: &Inputs) -> Report {
     check_config_file(&mut report, inputs.config_path.as_deref());
     check_port(&mut report, &inputs.host, inputs.port);
     check_data_dir(&mut report, &inputs.config.data.dir);
+    check_dingtalk(&mut report, inputs.config.dingtalk.as_ref());
     report
 }
 
@@ -273,6 +278,29 @@ fn check_data_dir(report: &mut Report, dir: &Path) {
             Status::Fail,
             format!("{} is not writable ({}: {err}); fix its owner or set data.dir", dir.display(), existing.display()),
         ),
+    }
+}
+
+/// The DingTalk app: settings complete, and the platform issues an access token for its key and secret.
+fn check_dingtalk(report: &mut Report, config: Option<&DingTalkConfig>) {
+    let Some(config) = config else {
+        return report.push("im", Status::Note, "no IM platform configured ([dingtalk] is absent)");
+    };
+    if let Err(err) = config.validate() {
+        return report.push("im", Status::Fail, format!("{err} (in the [dingtalk] section)"));
+    }
+    let checked = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string()).and_then(|runtime| {
+        runtime.block_on(async {
+            let api = OpenApi::new(config.clone()).map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(15), api.check_credentials()).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer from {} within 15 s", config.api_base_url)),
+            }
+        })
+    });
+    match checked {
+        Ok(()) => report.push("im", Status::Ok, format!("DingTalk accepts app {} at {} (access token issued)", config.app_key, config.api_base_url)),
+        Err(err) => report.push("im", Status::Fail, format!("DingTalk app {}: {err}; check app_key/app_secret and the network path to {}", config.app_key, config.api_base_url)),
     }
 }
 

@@ -108,6 +108,11 @@ impl OpenApi {
         }
     }
 
+    /// Ask the platform for an access token: `Ok` means it accepts the app's key and secret.
+    pub async fn check_credentials(&self) -> Result<(), DingTalkError> {
+        self.token().await.map(drop)
+    }
+
     /// The cached access token, refreshed when it is within the margin of expiring.
     async fn token(&self) -> Result<String, DingTalkError> {
         const API: &str = "oauth2/accessToken";

@@ -92,3 +92,36 @@ fn a_port_in_use_fails() {
     assert_eq!(output.status.code(), Some(1), "{report}");
     assert!(report.contains(&format!("127.0.0.1:{port} is already in use")), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn im_credentials_are_checked_with_the_platform() {
+    use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
+    let dingtalk = DingTalkEmulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_path();
+    for (secret, accepted) in [(DEFAULT_CLIENT_SECRET, true), ("a-wrong-secret", false)] {
+        let config = dir.path().join("hearth.toml");
+        let text = format!(
+            "[data]\ndir = {:?}\n[dingtalk]\napp_key = {DEFAULT_CLIENT_ID:?}\napp_secret = {secret:?}\ncard_template_id = \"t\"\napi_base_url = {:?}\n",
+            dir.path().join("data"),
+            dingtalk.base_url()
+        );
+        fs::write(&config, text).unwrap();
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+        let args = ["doctor".to_owned(), "--model".to_owned(), model.to_str().unwrap().to_owned(), "--port".to_owned(), free_port()];
+        // The emulator answers on the runtime's other thread while this one waits for the process.
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_hearth")).arg("--config").arg(&config).args(args).env_remove("HEARTH_MODEL").output().unwrap()
+        })
+        .await
+        .unwrap();
+        let report = stdout(&output);
+        if accepted {
+            assert!(output.status.success(), "{report}");
+            assert!(report.contains("ok    im       DingTalk accepts app"), "{report}");
+        } else {
+            assert_eq!(output.status.code(), Some(1), "{report}");
+            assert!(report.contains("FAIL  im       DingTalk app"), "{report}");
+        }
+    }
+}
