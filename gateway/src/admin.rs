@@ -3,7 +3,6 @@
 //! the active model without dropping a connection (see [`crate::routing`]).
 
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiJson, ErrorKind};
 use crate::routing::SwitchError;
-use crate::server::{constant_time_eq, AppState};
+use crate::server::{bearer_token, constant_time_eq, AppState};
 
 /// `Authorization: Bearer <admin token>`; without a configured token the admin routes do not exist.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -20,13 +19,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
             .with_code("admin_api_off")
             .into_response();
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
+    match bearer_token(&req) {
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(req).await,
         _ => ApiError::new(ErrorKind::Authentication, "Missing or incorrect admin token: send `Authorization: Bearer <admin_token>`.")
             .with_code("invalid_admin_token")

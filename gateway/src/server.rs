@@ -269,13 +269,7 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
     if state.api_keys.is_empty() {
         return next.run(req).await;
     }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
+    match bearer_token(&req) {
         // Compare with every key, so the timing does not tell which one (or whether any) matched early.
         Some(key) if state.api_keys.iter().fold(false, |hit, k| constant_time_eq(key.as_bytes(), k.as_bytes()) | hit) => {
             next.run(req).await
@@ -284,6 +278,15 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
             .with_code("invalid_api_key")
             .into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if the request has one.
+pub(crate) fn bearer_token(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// Compare keys without an early exit, so response timing does not reveal a matching prefix.
