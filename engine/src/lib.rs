@@ -11,6 +11,7 @@ mod detokenizer;
 mod error;
 mod handle;
 mod kv_cache;
+mod perplexity;
 mod request;
 mod sampler;
 mod scheduler;
@@ -23,6 +24,7 @@ pub mod tokenizer;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::Detokenizer;
 pub use error::EngineError;
+pub use perplexity::{perplexity, PerplexityConfig, PerplexityReport};
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};
 pub use request::{
     validate, Completion, Event, FinishReason, GenerateRequest, SamplingParams, StopParams, Timings,

@@ -1,8 +1,10 @@
 //! `hearth`: run a 4-bit LLM in-process and serve it (`serve`), or use it from the terminal
-//! (`generate`, `chat`). Arguments are parsed in [`cli`], the subcommands live in [`commands`].
+//! (`generate`, `chat`), and make model files (`quantize`, `synth`, `export`, `perplexity`). Arguments are
+//! parsed in [`cli`]; the subcommands live in [`commands`] and [`model_tools`].
 
 mod cli;
 mod commands;
+mod model_tools;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -33,6 +35,10 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Serve(args) => commands::serve(args),
         cli::Command::Generate(args) => commands::generate(args),
         cli::Command::Chat(args) => commands::chat(args),
+        cli::Command::Quantize(args) => model_tools::quantize(args),
+        cli::Command::Synth(args) => model_tools::synth(args),
+        cli::Command::Export(args) => model_tools::export(args),
+        cli::Command::Perplexity(args) => model_tools::perplexity(args),
     }
 }
 

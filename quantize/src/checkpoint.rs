@@ -132,8 +132,8 @@ pub fn config_json(hp: &Hyperparams, bos: Option<u32>, eos: Option<u32>) -> Json
         "num_key_value_heads": hp.head_count_kv,
         "head_dim": hp.head_dim,
         "max_position_embeddings": hp.context_length,
-        "rms_norm_eps": hp.rms_norm_eps,
-        "rope_theta": hp.rope_theta,
+        "rms_norm_eps": short_float(hp.rms_norm_eps),
+        "rope_theta": short_float(hp.rope_theta),
         "vocab_size": hp.vocab_size,
         "tie_word_embeddings": hp.tied_embeddings,
         "attention_bias": hp.architecture == Architecture::Qwen2,
@@ -141,6 +141,11 @@ pub fn config_json(hp: &Hyperparams, bos: Option<u32>, eos: Option<u32>) -> Json
         "eos_token_id": eos,
         "torch_dtype": "float16",
     })
+}
+
+/// An f32 as the shortest decimal that reads back as it (`1e-5`, not `9.999999747378752e-6`).
+fn short_float(x: f32) -> Json {
+    x.to_string().parse::<f64>().map(Json::from).unwrap_or(Json::Null)
 }
 
 /// One GGUF tensor and where its data comes from in the checkpoint.
