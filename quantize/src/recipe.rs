@@ -143,7 +143,7 @@ fn fallback(wanted: GgmlDType, cols: usize) -> GgmlDType {
 mod tests {
     use super::*;
 
-    /// Types llama-quantize b11434 chose for Qwen2.5-Coder-1.5B (28 layers) in the published Q4_K_M file.
+    /// The layers `use_more_bits` of llama.cpp b11434 picks for a 28-layer model (Qwen2.5-Coder-1.5B), worked out by hand.
     #[test]
     fn q4_k_m_matches_llama_cpp_layer_choice() {
         let r = Recipe { quant: QuantType::Q4KM, n_layers: 28, tied_embeddings: true };

@@ -203,9 +203,10 @@ pub fn hf_from_gguf(path: &Path, md: &HashMap<String, Value>) -> Result<(Json, J
     for (i, (t, k)) in tokens.iter().zip(types).enumerate() {
         let text = t.to_string().map_err(|_| err(format!("token {i} is not a string")))?.clone();
         let kind = k.to_i32().map_err(|_| err(format!("token type {i} is not an i32")))?;
-        if kind == NORMAL {
-            vocab.insert(text.clone(), json!(i));
-        } else {
+        // Every token goes in the BPE vocabulary (as SmolLM2's own tokenizer.json has it): transformers'
+        // `get_vocab`, which llama.cpp's converter reads, misses added tokens absent from it.
+        vocab.insert(text.clone(), json!(i));
+        if kind != NORMAL {
             added.push(json!({
                 "id": i, "content": text, "single_word": false, "lstrip": false, "rstrip": false,
                 "normalized": kind != CONTROL, "special": kind == CONTROL
