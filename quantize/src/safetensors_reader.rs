@@ -153,11 +153,22 @@ impl ShardSet {
             expected: vec![rows.end, cols],
             actual: e.shape.clone(),
         })?;
-        Ok(match e.dtype {
+        let values = match e.dtype {
             Dtype::F32 => chunk.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => chunk.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             _ => chunk.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        })
+        };
+        // Drop the pages just read from our resident set: each byte is read once, and a 15 GB checkpoint
+        // would otherwise stay mapped in, counting against the memory budget.
+        let page = 4096;
+        let from = (e.start + rows.start * cols * elem) / page * page;
+        let to = e.start + rows.end * cols * elem;
+        // SAFETY: the map is read-only and file-backed; MADV_DONTNEED only drops clean pages, which the kernel
+        // reads back from the file if touched again. No slice into this range outlives this call.
+        if let Err(err) = unsafe { self.maps[e.shard].unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) } {
+            tracing::debug!(%err, "madvise(DONTNEED) failed; pages stay cached");
+        }
+        Ok(values)
     }
 }
 
