@@ -12,6 +12,7 @@ mod error;
 mod handle;
 mod inspect;
 mod kv_cache;
+mod perplexity;
 mod request;
 mod sampler;
 mod scheduler;
@@ -24,6 +25,7 @@ pub mod tokenizer;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::Detokenizer;
 pub use error::EngineError;
+pub use perplexity::{perplexity, PerplexityConfig, PerplexityReport};
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};
 pub use inspect::{inspect_model, ModelSummary};
 pub use request::{

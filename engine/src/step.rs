@@ -245,6 +245,7 @@ impl EngineLoop {
                 block_table: &seq.blocks,
                 prompt_len: seq.prompt_len,
                 want_logits: s.completes,
+                all_logits: false,
             });
         }
         let span = tracing::debug_span!("step", tokens = tokens.len(), seqs = seqs.len());

@@ -163,6 +163,11 @@ impl Tokenizer {
         &self.eos_token_ids
     }
 
+    /// Whether `encode(text, true)` starts with BOS (`tokenizer.ggml.add_bos_token`, or the model type's default).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
     /// The BOS id (`tokenizer.ggml.bos_token_id`), if the file has one.
     pub fn bos_token_id(&self) -> Option<u32> {
         self.bos_token_id

@@ -42,6 +42,14 @@ pub enum Command {
     Pull(PullArgs),
     /// Run a local emulator of an IM platform on loopback (wire protocol, simulated users, faults, a page).
     Emulate(EmulateArgs),
+    /// Convert a Hugging Face checkpoint directory, or requantize a GGUF file, into a quantized GGUF file.
+    Quantize(QuantizeArgs),
+    /// Write a 7B-shaped GGUF with random valid weights and a real tokenizer (for speed measurements).
+    Synth(SynthArgs),
+    /// Write a GGUF model back out as an f16 safetensors Hugging Face checkpoint.
+    Export(ExportArgs),
+    /// Perplexity of a model on a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(PerplexityArgs),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +188,65 @@ impl DingTalkEmulatorArgs {
             ..emulator::dingtalk::EmulatorConfig::default()
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// A checkpoint directory (config.json, *.safetensors, tokenizer.json) or a .gguf file.
+    #[arg(long, short = 'i', value_name = "DIR|FILE.gguf")]
+    pub input: PathBuf,
+    /// Target type: q4_k_m, q4_0, q8_0 or f16.
+    #[arg(long = "type", short = 't', value_name = "TYPE", default_value = "q4_k_m")]
+    pub quant: quantize::QuantType,
+    /// The GGUF file to write.
+    #[arg(long, short = 'o', value_name = "OUT.gguf")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Model shape: qwen2.5-7b, llama2-7b, mistral-7b, or tiny (2 layers, for tests).
+    #[arg(long, value_name = "NAME")]
+    pub preset: String,
+    /// Tensor type recipe: q4_k_m, q4_0, q8_0 or f16.
+    #[arg(long = "type", short = 't', value_name = "TYPE", default_value = "q4_k_m")]
+    pub quant: quantize::QuantType,
+    /// The GGUF file to write.
+    #[arg(long, short = 'o', value_name = "OUT.gguf")]
+    pub output: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// GGUF whose tokenizer is copied. Default: the Qwen2.5-Coder GGUF in the models folder for qwen2.5-7b,
+    /// llama.cpp's ggml-vocab-llama-spm.gguf (32000 tokens) for llama2-7b and mistral-7b, SmolLM2 for tiny.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub tokenizer_from: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The GGUF model to export.
+    #[arg(long, short = 'm', value_name = "FILE.gguf")]
+    pub model: PathBuf,
+    /// The checkpoint directory to write.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    /// The GGUF model.
+    #[arg(long, short = 'm', value_name = "FILE.gguf")]
+    pub model: PathBuf,
+    /// The text to score (UTF-8).
+    #[arg(long, value_name = "FILE")]
+    pub text: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = positive)]
+    pub ctx: usize,
+    /// Score at most N chunks (default: all).
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub chunks: Option<usize>,
 }
 
 /// Which model to load and how much work the engine takes on.

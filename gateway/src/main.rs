@@ -1,8 +1,10 @@
 //! `hearth`: run a 4-bit LLM in-process and serve it (`serve`), or use it from the terminal
-//! (`generate`, `chat`). Arguments are parsed in [`cli`], the subcommands live in [`commands`].
+//! (`generate`, `chat`), and make model files (`quantize`, `synth`, `export`, `perplexity`). Arguments are
+//! parsed in [`cli`]; the subcommands live in [`commands`] and [`model_tools`].
 
 mod cli;
 mod commands;
+mod model_tools;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -36,6 +38,10 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Chat(args) => commands::chat(args, &config),
         cli::Command::Doctor(args) => commands::doctor(args, config, cli.config),
         cli::Command::Pull(args) => commands::pull(args),
+        cli::Command::Quantize(args) => model_tools::quantize(args),
+        cli::Command::Synth(args) => model_tools::synth(args),
+        cli::Command::Export(args) => model_tools::export(args),
+        cli::Command::Perplexity(args) => model_tools::perplexity(args),
         cli::Command::Emulate(cli::EmulateArgs { platform: cli::EmulatePlatform::Dingtalk(args) }) => commands::emulate_dingtalk(args),
         cli::Command::Config(_) => unreachable!("handled before the configuration is loaded"),
     }

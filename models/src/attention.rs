@@ -393,7 +393,7 @@ mod tests {
         // Prefill the first 6 positions in one step, then the remaining 5 in a second step.
         for (start, n) in [(0usize, 6usize), (6, 5)] {
             let tokens = vec![0u32; n];
-            let seqs = [SeqInput { num_computed: start, num_new: n, block_table: &table, prompt_len: len, want_logits: true }];
+            let seqs = [SeqInput { num_computed: start, num_new: n, block_table: &table, prompt_len: len, want_logits: true, all_logits: false }];
             let batch = Batch { tokens: &tokens, seqs: &seqs };
             let ks = &k[start * kv_heads * dim..(start + n) * kv_heads * dim];
             let vs = &v[start * kv_heads * dim..(start + n) * kv_heads * dim];

@@ -30,6 +30,9 @@ pub struct SeqInput<'a> {
     pub prompt_len: usize,
     /// Whether to return logits for this sequence's last new token (false for a partial prefill chunk).
     pub want_logits: bool,
+    /// Return logits for every new token of this sequence instead (perplexity scoring), in token order.
+    /// The output projection then runs these rows as the decode path does, one rounding per row.
+    pub all_logits: bool,
 }
 
 impl Batch<'_> {
@@ -42,12 +45,15 @@ impl Batch<'_> {
         positions
     }
 
-    /// Indices into `tokens` of the last new token of each sequence that wants logits.
+    /// Indices into `tokens` of the last new token of each sequence that wants logits, or of all its new
+    /// tokens with `all_logits`.
     pub fn logit_rows(&self) -> Vec<u32> {
         let mut rows = Vec::new();
         let mut start = 0;
         for seq in self.seqs {
-            if seq.want_logits && seq.num_new > 0 {
+            if seq.all_logits {
+                rows.extend((start..start + seq.num_new).map(|r| r as u32));
+            } else if seq.want_logits && seq.num_new > 0 {
                 rows.push((start + seq.num_new - 1) as u32);
             }
             start += seq.num_new;

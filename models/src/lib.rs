@@ -100,7 +100,8 @@ pub trait CausalLm: Send {
 
     /// Run one step: embed `batch.tokens`, write their keys/values into `cache` at the slots given by each
     /// sequence's block table, attend over everything cached so far, and return logits of shape
-    /// `[n, vocab_size]` for the last new token of each sequence with `want_logits`, in batch order.
+    /// `[n, vocab_size]` for the last new token of each sequence with `want_logits` (every new token of a
+    /// sequence with `all_logits`), in batch order.
     fn forward(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Tensor, ModelError>;
 }
 
