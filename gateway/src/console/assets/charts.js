@@ -16,7 +16,9 @@ export class Sparkline {
     if (this.points.length > this.capacity) this.points.shift();
     const top = max ?? Math.max(1, ...this.points);
     const step = 240 / (this.capacity - 1);
-    const coords = this.points.map((v, i) => `${(i * step).toFixed(1)},${(58 - (v / top) * 56).toFixed(1)}`);
+    // The newest point sits at the right edge; older ones scroll off to the left.
+    const offset = this.capacity - this.points.length;
+    const coords = this.points.map((v, i) => `${((offset + i) * step).toFixed(1)},${(58 - (v / top) * 56).toFixed(1)}`);
     this.line.setAttribute("points", coords.join(" "));
     this.svg.dataset.points = String(this.points.length);
   }
