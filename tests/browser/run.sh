@@ -75,7 +75,7 @@ wait_ready "http://127.0.0.1:$PORT/health" "$SERVER_PID" "hearth serve" "$WORK/s
 mkdir -p "$SHOTS"
 status=0
 (cd "$HERE" && HEARTH_BASE_URL="http://127.0.0.1:$PORT" EMULATOR_URL="$EMULATOR_URL" ADMIN_TOKEN=$ADMIN_TOKEN \
-    SCREENSHOT_DIR="$SHOTS" CHROMIUM="$CHROMIUM" node --test --test-concurrency=1 console.test.js) || status=$?
+    SCREENSHOT_DIR="$SHOTS" CHROMIUM="$CHROMIUM" node --test --test-concurrency=1 markdown.test.js console.test.js) || status=$?
 
 # Graceful shutdown: SIGTERM must stop hearth serve with exit status 0.
 kill -TERM "$SERVER_PID"
