@@ -9,6 +9,11 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v curl >/dev/null || missing+=(curl)
 command -v unshare >/dev/null || missing+=(util-linux)
+# The web console's browser tests: Chromium driven by playwright-core under node, CJK fonts for the screenshots.
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+[[ -d /usr/share/fonts/opentype/noto ]] || missing+=(fonts-noto-cjk)
 if ((${#missing[@]})); then
     echo "== apt-get install ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -31,6 +36,9 @@ tests/python/run.sh
 
 echo "== the official DingTalk Stream SDK against hearth emulate dingtalk"
 tests/python/run-dingtalk.sh
+
+echo "== the web console in headless Chromium against hearth serve and hearth emulate dingtalk"
+tests/browser/run.sh
 
 echo "== air-gapped install: bundle, install from it with no network, serve a chat completion"
 tests/install/airgap.sh

@@ -322,6 +322,10 @@ pub struct ServeArgs {
     /// [default: the config's server.shutdown_timeout_secs, else 30].
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
+    /// A DingTalk emulator (`hearth emulate dingtalk`) at http://HOST:PORT whose conversations and cards
+    /// the web console's IM page shows; the console proxies its control API, so browsers need only hearth.
+    #[arg(long, value_name = "URL", env = "HEARTH_EMULATOR_URL")]
+    pub emulator_url: Option<String>,
     #[command(flatten)]
     pub dingtalk: DingTalkArgs,
 }
@@ -404,6 +408,8 @@ impl ServeArgs {
             admin_token: server.admin_token.as_ref().map(|t| t.expose().to_owned()),
             max_body_bytes: server.max_body_bytes,
             drain_timeout: Duration::from_secs(self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs)),
+            emulator_url: self.emulator_url.clone(),
+            platforms: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, StopParams};
 use gateway::config::{self, Config};
+use gateway::console::PlatformInfo;
 use gateway::dingtalk::DingTalkConnector;
 use gateway::doctor;
 use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
@@ -21,8 +22,11 @@ use crate::cli::{ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, Gene
 
 /// `hearth serve`.
 pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    let gateway_config = args.gateway_config(config);
+    let mut gateway_config = args.gateway_config(config);
     let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
+    if let Some(dingtalk) = &dingtalk_config {
+        gateway_config.platforms.push(PlatformInfo { name: "dingtalk".to_owned(), api_base_url: dingtalk.api_base_url.to_string() });
+    }
     let engine_config = args.engine.engine_config(config)?;
     let engine = load_engine(engine_config.clone())?;
     let name = gateway_config.served_model_name.clone().unwrap_or_else(|| engine.info().name.clone());

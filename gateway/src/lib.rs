@@ -9,6 +9,7 @@
 //! - [`admin`]: the admin API (bearer token): list models, switch the active one.
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
 //! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
+//! - [`console`]: the web console at `/` (chat, IM preview, status, admin), its assets embedded.
 //! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
 //! - [`model_path`]: which GGUF to load when `--model` is absent, and fetching the default one.
 //! - [`config`]: the TOML configuration file with its `HEARTH_<SECTION>__<KEY>` environment overrides.
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod completions;
 pub mod config;
+pub mod console;
 pub mod dingtalk;
 pub mod doctor;
 pub mod error;

@@ -5,7 +5,7 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models` (behind the optional API
 //! keys); `GET /health` (engine load as JSON), `/healthz` (liveness), `/readyz` (readiness) and `/metrics`
-//! (Prometheus) are always open, for probes and scrapers. Anything else is a 404 or 405 in OpenAI's error shape.
+//! (Prometheus) are always open, for probes and scrapers; so is the web console at `/` (see [`crate::console`]). Anything else is a 404 or 405 in OpenAI's error shape.
 //! Every request runs in a `request` span carrying its id (also returned as `x-request-id`) and route.
 
 use std::future::{Future, IntoFuture};
@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::console::{self, ConsoleState, PlatformInfo};
 use crate::{admin, completions};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
@@ -48,6 +49,10 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
     pub drain_timeout: Duration,
+    /// A DingTalk emulator (`http://HOST:PORT`) whose conversations the console's IM page shows.
+    pub emulator_url: Option<String>,
+    /// IM connectors running beside the server, listed on the console's status page.
+    pub platforms: Vec<PlatformInfo>,
 }
 
 impl Default for GatewayConfig {
@@ -60,6 +65,8 @@ impl Default for GatewayConfig {
             admin_token: None,
             max_body_bytes: 4 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
+            emulator_url: None,
+            platforms: Vec::new(),
         }
     }
 }
@@ -79,6 +86,8 @@ pub struct AppState {
     pub started_at: u64,
     /// False once shutdown has begun: `/readyz` answers 503 so load balancers stop sending requests.
     pub ready: Arc<AtomicBool>,
+    /// The web console's emulator link and platform list.
+    pub console: Arc<ConsoleState>,
 }
 
 impl AppState {
@@ -105,6 +114,7 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             started_at,
             ready: Arc::new(AtomicBool::new(true)),
+            console: Arc::new(ConsoleState::new(config.emulator_url.clone(), config.platforms.clone())),
         }
     }
 }
@@ -127,6 +137,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .merge(admin)
+        .merge(console::routes())
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -96,7 +96,16 @@ impl Replier {
         let msg_id = job.message.msg_id.clone();
         let (outcome, detail) = self.deliver(&job).await;
         match self.outbox.finish(&msg_id, outcome, &detail).await {
-            Ok(true) => tracing::info!(outcome = ?outcome, detail, "message finished"),
+            Ok(true) => {
+                tracing::info!(outcome = ?outcome, detail, "message finished");
+                let label = match outcome {
+                    Outcome::Answered => "finalized",
+                    Outcome::AnsweredMarkdown => "fallback",
+                    Outcome::Failed => "failed",
+                    Outcome::Ignored => "ignored",
+                };
+                crate::metrics::im_delivery("dingtalk", label);
+            }
             Ok(false) => tracing::warn!("message was already finished"),
             Err(err) => tracing::error!(cause = %err, "cannot record the message's end; it will be retried after a restart"),
         }

@@ -6,6 +6,7 @@
 
 mod chat;
 mod completions;
+mod console;
 mod dingtalk;
 mod disconnect;
 mod doctor;

@@ -56,7 +56,7 @@ async fn health_reports_engine_load() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_json() {
-    for (method, path) in [("GET", "/v1/nope"), ("POST", "/v1/engines/x/completions"), ("GET", "/")] {
+    for (method, path) in [("GET", "/v1/nope"), ("POST", "/v1/engines/x/completions"), ("GET", "/nope")] {
         let response = send(shared_app(), method, path, None, Body::empty()).await;
         let status = response.status();
         let body = body_json(response).await;

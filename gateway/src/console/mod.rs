@@ -1,0 +1,242 @@
+//! The web console, served at `/`: a chat page, an IM preview of the DingTalk emulator, a status page
+//! with live charts, and admin actions. Every asset is compiled into the binary (`include_str!`), so the
+//! console works air-gapped; the pages are plain ES modules with no build step and no third-party code.
+//!
+//! Routes (all unauthenticated, like `/health`; the chat page sends the API key and the admin actions the
+//! admin token the user types in):
+//!
+//! | Route | What |
+//! |---|---|
+//! | `GET /` | the single-page console (`assets/index.html`) |
+//! | `GET /console/assets/{file}` | its scripts and stylesheet, from [`ASSETS`] |
+//! | `GET /console/api/status` | [`StatusView`]: model, engine load, IM deliveries, for the status page |
+//! | `GET`/`POST /console/api/im/{*path}` | proxied to the emulator's `/_emulator/api/{path}` (`--emulator-url`) |
+//!
+//! The IM proxy is server-side, so the browser only ever talks to hearth: the emulator may listen on a
+//! port the browser cannot reach, and the page needs no CORS.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics;
+use crate::server::AppState;
+
+/// One embedded file: its name under `/console/assets/`, its content type and its bytes.
+pub struct Asset {
+    pub name: &'static str,
+    pub content_type: &'static str,
+    pub body: &'static str,
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The page shell, served at `/`.
+pub const INDEX_HTML: &str = include_str!("assets/index.html");
+
+/// Every file under `/console/assets/`.
+pub const ASSETS: &[Asset] = &[
+    Asset { name: "style.css", content_type: "text/css; charset=utf-8", body: include_str!("assets/style.css") },
+    Asset { name: "app.js", content_type: JS, body: include_str!("assets/app.js") },
+    Asset { name: "markdown.js", content_type: JS, body: include_str!("assets/markdown.js") },
+    Asset { name: "chat.js", content_type: JS, body: include_str!("assets/chat.js") },
+    Asset { name: "im.js", content_type: JS, body: include_str!("assets/im.js") },
+    Asset { name: "status.js", content_type: JS, body: include_str!("assets/status.js") },
+    Asset { name: "admin.js", content_type: JS, body: include_str!("assets/admin.js") },
+    Asset { name: "charts.js", content_type: JS, body: include_str!("assets/charts.js") },
+];
+
+/// What the console needs besides the engine: where the emulator is, which IM connectors run.
+#[derive(Debug, Default)]
+pub struct ConsoleState {
+    /// Base URL of a DingTalk emulator (`http://127.0.0.1:PORT`) whose control API the IM page shows.
+    pub emulator_url: Option<String>,
+    /// IM platforms with a connector running in this process, e.g. `dingtalk`.
+    pub platforms: Vec<PlatformInfo>,
+    /// Client of the IM proxy.
+    pub http: reqwest::Client,
+}
+
+/// An IM connector running in this process.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformInfo {
+    pub name: String,
+    /// The platform API it talks to.
+    pub api_base_url: String,
+}
+
+impl ConsoleState {
+    /// Console state for `emulator_url` and `platforms`.
+    pub fn new(emulator_url: Option<String>, platforms: Vec<PlatformInfo>) -> Self {
+        let emulator_url = emulator_url.map(|u| u.trim_end_matches('/').to_owned());
+        // The change feed long-polls for up to 60 s; leave room above that.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(75)).build().unwrap_or_default();
+        Self { emulator_url, platforms, http }
+    }
+}
+
+/// The console's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/console/assets/{file}", get(asset))
+        .route("/console/api/status", get(status))
+        .route("/console/api/im/{*path}", get(im_proxy).post(im_proxy))
+}
+
+async fn index() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], INDEX_HTML).into_response()
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|a| a.name == file) {
+        Some(a) => ([(header::CONTENT_TYPE, a.content_type), (header::CACHE_CONTROL, "no-cache")], a.body).into_response(),
+        None => ApiError::new(ErrorKind::NotFound, format!("No console asset named {file:?}.")).with_code("unknown_url").into_response(),
+    }
+}
+
+/// `GET /console/api/status`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    /// Server clock, Unix milliseconds: the page computes rates between two polls with it.
+    pub now_ms: u64,
+    pub model: ModelView,
+    /// Where the model runs (the engine runs on the CPU).
+    pub device: &'static str,
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub requests_total: u64,
+    pub requests_finished: u64,
+    pub requests_cancelled: u64,
+    pub requests_failed: u64,
+    pub prompt_tokens_total: u64,
+    pub generated_tokens_total: u64,
+    pub platforms: Vec<PlatformInfo>,
+    /// IM delivery outcomes so far, from the metrics recorder (there is no audit log yet).
+    pub im_deliveries: Vec<DeliveryCount>,
+    pub emulator: bool,
+    pub admin_api: bool,
+}
+
+/// The active model.
+#[derive(Debug, Serialize)]
+pub struct ModelView {
+    pub name: String,
+    pub architecture: String,
+    pub quantization: String,
+    pub context_length: usize,
+    pub file: String,
+}
+
+/// One `hearth_im_deliveries_total{platform,outcome}` series.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct DeliveryCount {
+    pub platform: String,
+    pub outcome: String,
+    pub count: u64,
+}
+
+async fn status(State(state): State<AppState>) -> Json<StatusView> {
+    let active = state.models.active();
+    let stats = active.engine.stats();
+    let info = active.engine.info();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let im_deliveries = metrics::handle().map(|h| parse_deliveries(&h.render())).unwrap_or_default();
+    Json(StatusView {
+        now_ms,
+        model: ModelView {
+            name: active.name.to_string(),
+            architecture: info.architecture.clone(),
+            quantization: info.quantization.clone(),
+            context_length: info.context_length,
+            file: info.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        },
+        device: "cpu",
+        running: stats.running,
+        waiting: stats.waiting,
+        kv_blocks_used: stats.kv_blocks_used,
+        kv_blocks_total: stats.kv_blocks_total,
+        requests_total: stats.requests_total,
+        requests_finished: stats.requests_finished,
+        requests_cancelled: stats.requests_cancelled,
+        requests_failed: stats.requests_failed,
+        prompt_tokens_total: stats.prompt_tokens_total,
+        generated_tokens_total: stats.generated_tokens_total,
+        platforms: state.console.platforms.clone(),
+        im_deliveries,
+        emulator: state.console.emulator_url.is_some(),
+        admin_api: state.admin_token.is_some(),
+    })
+}
+
+/// The `hearth_im_deliveries_total` lines of a Prometheus text page.
+fn parse_deliveries(page: &str) -> Vec<DeliveryCount> {
+    page.lines()
+        .filter_map(|line| line.strip_prefix("hearth_im_deliveries_total{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            let label = |name: &str| {
+                labels.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\"")?.strip_suffix('"').map(str::to_owned))
+            };
+            Some(DeliveryCount { platform: label("platform")?, outcome: label("outcome")?, count: value.trim().parse::<f64>().ok()? as u64 })
+        })
+        .collect()
+}
+
+/// `GET`/`POST /console/api/im/{*path}` → the emulator's `/_emulator/api/{path}`, status and JSON body as is.
+async fn im_proxy(State(state): State<AppState>, method: Method, Path(path): Path<String>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let Some(base) = state.console.emulator_url.as_deref() else {
+        return ApiError::new(ErrorKind::NotFound, "No emulator is attached: start `hearth serve` with --emulator-url http://HOST:PORT.")
+            .with_code("emulator_off")
+            .into_response();
+    };
+    let mut url = format!("{base}/_emulator/api/{path}");
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(&query);
+    }
+    let request = match method {
+        Method::POST => state.console.http.post(&url).header(header::CONTENT_TYPE, "application/json").body(body),
+        _ => state.console.http.get(&url),
+    };
+    match request.send().await {
+        Ok(answer) => {
+            let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            match answer.bytes().await {
+                Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+                Err(err) => bad_gateway(&url, &err),
+            }
+        }
+        Err(err) => bad_gateway(&url, &err),
+    }
+}
+
+fn bad_gateway(url: &str, err: &reqwest::Error) -> Response {
+    tracing::warn!(%url, cause = %err, "the emulator did not answer");
+    (StatusCode::BAD_GATEWAY, Json(serde_json::json!({"error": format!("the emulator at {url} did not answer: {err}")}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_are_read_from_the_metrics_page() {
+        let page = "# TYPE hearth_im_deliveries_total counter\n\
+                    hearth_im_deliveries_total{platform=\"dingtalk\",outcome=\"finalized\"} 3\n\
+                    hearth_im_card_update_failures_total{platform=\"dingtalk\"} 1\n";
+        assert_eq!(
+            parse_deliveries(page),
+            vec![DeliveryCount { platform: "dingtalk".into(), outcome: "finalized".into(), count: 3 }]
+        );
+    }
+}
