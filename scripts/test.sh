@@ -37,8 +37,9 @@ tests/python/run.sh
 echo "== the official DingTalk Stream SDK against hearth emulate dingtalk"
 tests/python/run-dingtalk.sh
 
-echo "== the web console in headless Chromium against hearth serve and hearth emulate dingtalk"
-tests/browser/run.sh
+echo "== the web console in headless Chromium against hearth serve and hearth emulate dingtalk, with no network"
+tests/browser/run.sh --prepare
+unshare -n bash -c 'ip link set lo up && exec tests/browser/run.sh'
 
 echo "== air-gapped install: bundle, install from it with no network, serve a chat completion"
 tests/install/airgap.sh

@@ -3,6 +3,10 @@
 # `hearth serve` with the SmolLM2 model and its DingTalk connector talking to a real `hearth emulate dingtalk`.
 #
 # Usage: tests/browser/run.sh [MODEL.gguf]
+#        tests/browser/run.sh --prepare     only install playwright-core (needs the npm registry), then exit;
+#                                          scripts/test.sh prepares, then runs the tests in a network
+#                                          namespace with only loopback (unshare -n), so no asset can come
+#                                          from outside.
 # Needs target/release/hearth (cargo build --release -p gateway), the SmolLM2 model
 # (default: ${HEARTH_MODELS_DIR:-~/.cache/hearth/models}/SmolLM2-135M-Instruct.Q4_1.gguf), node (20+), npm and
 # Chromium (/usr/bin/chromium, or $CHROMIUM). playwright-core is installed, pinned by package-lock.json,
@@ -10,6 +14,8 @@
 # Both servers run on free ports and are stopped with SIGTERM at the end; hearth serve must exit cleanly.
 set -euo pipefail
 
+PREPARE=0
+if [[ ${1:-} == --prepare ]]; then PREPARE=1; shift; fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 HEARTH=${HEARTH_BIN:-$ROOT/target/release/hearth}
@@ -28,6 +34,7 @@ if [[ ! -f $HERE/node_modules/playwright-core/package.json ]] \
     echo "run.sh: installing playwright-core into $HERE/node_modules" >&2
     (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+((PREPARE)) && exit 0
 
 free_port() { node -e 'const s = require("net").createServer(); s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'; }
 WORK=$(mktemp -d -t hearth-browser.XXXXXX)
