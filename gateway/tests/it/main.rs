@@ -7,6 +7,7 @@
 mod chat;
 mod completions;
 mod dingtalk;
+mod dingtalk_conversations;
 mod disconnect;
 mod doctor;
 mod errors;
