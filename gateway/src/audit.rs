@@ -94,6 +94,8 @@ pub struct AuditRecord {
 pub struct AuditLog {
     conn: SharedConnection,
     masker: Masker,
+    /// Records written by this handle and its clones, so callers can await one.
+    written: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 const COLUMNS: &str = "at_ms, platform, conversation_id, session, sender_id, sender_nick, handler, question, answer, first_visible_ms,
@@ -126,7 +128,7 @@ impl AuditLog {
     /// The log in `conn`'s database (table created if missing), masking with `masker`.
     pub fn open(conn: SharedConnection, masker: Masker) -> Result<Self, AuditError> {
         create(&conn.lock().unwrap_or_else(|p| p.into_inner())).map_err(DbError::from)?;
-        Ok(Self { conn, masker })
+        Ok(Self { conn, masker, written: std::sync::Arc::new(tokio::sync::watch::channel(0).0) })
     }
 
     /// Store `record`, its question and answer masked.
@@ -156,7 +158,21 @@ impl AuditLog {
             .map(drop)
         })
         .await?;
+        self.written.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// The number of records written through this log; changes after each one.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
+    }
+
+    /// Wait until at least `count` records were written through this log, then return every record.
+    pub async fn wait_for_records(&self, count: u64) -> Result<Vec<AuditRecord>, AuditError> {
+        let mut written = self.subscribe();
+        // The sender lives as long as `self`, so this only ends when the count is reached.
+        let _ = written.wait_for(|n| *n >= count).await;
+        self.records(0).await
     }
 
     /// Every record since `since_ms`, oldest first.

@@ -220,7 +220,8 @@ impl Replier {
             });
             let (draft_tx, draft_rx) = watch::channel(Draft::default());
             let max_tokens = self.api.config().max_answer_tokens;
-            let generation = tokio::spawn(generate(model, history, question.clone(), max_tokens, draft_tx));
+            let turn = Some((self.sessions.clone(), session.clone()));
+            let generation = tokio::spawn(generate(model, history, question.clone(), max_tokens, draft_tx, turn));
             let (delivered, generated) = self.deliver_generated(&job, draft_rx, generation).await;
             match generated {
                 Some(Ok(generated)) => {
@@ -228,11 +229,6 @@ impl Replier {
                     record.prompt_tokens = generated.prompt_tokens as i64;
                     record.completion_tokens = generated.completion_tokens as i64;
                     record.context_turns = generated.context_turns as i64;
-                    if delivered.outcome != Outcome::Failed {
-                        if let Err(err) = self.sessions.append(&session, &question, &generated.text).await {
-                            tracing::warn!(cause = %err, "cannot store the turn in the session");
-                        }
-                    }
                 }
                 Some(Err(failure)) if failure.busy => {
                     record.answer = BUSY.to_owned();
@@ -457,8 +453,17 @@ fn build_prompt(
 }
 
 /// Generate the answer to `question` after the session's `history` with the chat template, publishing the
-/// text as it grows. Returns the whole text with its counts, or why it failed.
-async fn generate(model: Arc<Loaded>, history: Vec<ChatMessage>, question: String, max_tokens: usize, draft: watch::Sender<Draft>) -> Result<Generated, Failure> {
+/// text as it grows. A finished answer is stored in the session `turn` names before the draft ends, so the
+/// turn is in the history by the time the user sees the final card. Returns the whole text with its
+/// counts, or why it failed.
+async fn generate(
+    model: Arc<Loaded>,
+    history: Vec<ChatMessage>,
+    question: String,
+    max_tokens: usize,
+    draft: watch::Sender<Draft>,
+    turn: Option<(SessionStore, String)>,
+) -> Result<Generated, Failure> {
     let engine = &model.engine;
     let fail = |draft: &watch::Sender<Draft>, failure: Failure| {
         draft.send_modify(|d| d.end = Some(Err(failure.clone())));
@@ -468,7 +473,8 @@ async fn generate(model: Arc<Loaded>, history: Vec<ChatMessage>, question: Strin
     let handle = engine.clone();
     let context_length = engine.info().context_length;
     let reserve = max_tokens.min(context_length / 2);
-    let prompt = tokio::task::spawn_blocking(move || build_prompt(handle.tokenizer(), history, question, context_length, reserve))
+    let asked = question.clone();
+    let prompt = tokio::task::spawn_blocking(move || build_prompt(handle.tokenizer(), history, asked, context_length, reserve))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e: EngineError| e.to_string()));
@@ -494,6 +500,11 @@ async fn generate(model: Arc<Loaded>, history: Vec<ChatMessage>, question: Strin
                 draft.send_modify(|d| d.text = snapshot);
             }
             Some(Event::Finished(done)) => {
+                if let Some((sessions, key)) = &turn {
+                    if let Err(err) = sessions.append(key, &question, &text).await {
+                        tracing::warn!(cause = %err, "cannot store the turn in the session");
+                    }
+                }
                 draft.send_modify(|d| d.end = Some(Ok(())));
                 return Ok(Generated { text, prompt_tokens: done.usage.prompt_tokens, completion_tokens: done.usage.completion_tokens, context_turns });
             }

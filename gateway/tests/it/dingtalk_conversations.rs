@@ -41,6 +41,11 @@ fn finished_texts(world: &World, conversation: &str) -> Option<Vec<String>> {
     cards.iter().all(|c| c.status == CardStatus::Finished).then(|| cards.iter().map(|c| c.text.clone()).collect())
 }
 
+/// The audit records once at least `count` were written (a record follows its card's final frame).
+async fn audit(connector: &DingTalkConnector, count: u64) -> Vec<AuditRecord> {
+    tokio::time::timeout(PATIENCE, connector.audit().wait_for_records(count)).await.expect("the audit records were written").unwrap()
+}
+
 /// Post `text` as `user` in their 1:1 chat and return the text of the card that answers it.
 async fn ask(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> String {
     let before = dingtalk.inspect(|w| {
@@ -89,7 +94,7 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
     for msg_id in &msg_ids {
         assert_eq!(connector.outbox().state(msg_id).await.unwrap().as_deref(), Some("answered"));
     }
-    let records = connector.audit().records(0).await.unwrap();
+    let records = audit(&connector, 100).await;
     assert_eq!(records.len(), 100);
     assert!(records.iter().all(|r| r.handler == format!("model:{MODEL_NAME}") && r.outcome == "answered" && r.first_visible_ms.is_some()));
     assert!(records.iter().all(|r| r.completion_tokens >= 1 && r.prompt_tokens > 0));
@@ -98,7 +103,7 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
     let first = ask(&dingtalk, "zed", "My name is Zed. Say hi.").await;
     let second = ask(&dingtalk, "zed", "What is my name?").await;
     assert!(!first.is_empty() && !second.is_empty());
-    let records = connector.audit().records(0).await.unwrap();
+    let records = audit(&connector, 102).await;
     let zed: Vec<&AuditRecord> = records.iter().filter(|r| r.sender_id == "zed").collect();
     assert_eq!(zed.len(), 2);
     assert_eq!((zed[0].context_turns, zed[1].context_turns), (0, 2), "the second prompt holds the first question and answer");
@@ -181,7 +186,7 @@ async fn dingtalk_skills_score_reset_escalate_and_reload() {
     assert_eq!(ask(&dingtalk, "sam", "ping").await, "pong, reloaded");
     watcher.abort();
 
-    let handlers: Vec<String> = connector.audit().records(0).await.unwrap().into_iter().map(|r| r.handler).collect();
+    let handlers: Vec<String> = audit(&connector, 11).await.into_iter().map(|r| r.handler).collect();
     for expected in ["skill:ping", "skill:weather", "skill:echo", "skill:high", "skill:help", "skill:status", "skill:new", "skill:escalate"] {
         assert!(handlers.iter().any(|h| h == expected), "{expected} in {handlers:?}");
     }
@@ -206,7 +211,7 @@ async fn dingtalk_rate_limited_users_are_told_to_slow_down_and_a_full_engine_ans
     assert_eq!((slowed, texts.iter().filter(|t| *t == "pong").count()), (2, 1), "{texts:?}");
     let calm = dingtalk.wait_for(PATIENCE, |w| finished_texts(w, &calm.conversation_id).filter(|t| t.len() == 1)).await.unwrap();
     assert_eq!(calm, ["pong"]);
-    let records = connector.audit().records(0).await.unwrap();
+    let records = audit(&connector, 4).await;
     assert_eq!(records.iter().filter(|r| r.handler == "rate_limited").count(), 2);
     connector.shutdown(Duration::from_secs(30)).await;
 
@@ -225,7 +230,7 @@ async fn dingtalk_rate_limited_users_are_told_to_slow_down_and_a_full_engine_ans
     let busy = texts.iter().filter(|t| *t == BUSY).count();
     assert!(busy >= 1 && busy <= 4, "at most two are taken, some are refused: {texts:?}");
     assert!(texts.iter().filter(|t| *t != BUSY).all(|t| !t.trim().is_empty()));
-    let records = connector.audit().records(0).await.unwrap();
+    let records = audit(&connector, 6).await;
     assert_eq!(records.iter().filter(|r| r.outcome == "busy").count(), busy);
     connector.shutdown(Duration::from_secs(30)).await;
     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
