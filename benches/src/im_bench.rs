@@ -137,7 +137,7 @@ async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>>
     let dingtalk = DingTalkEmulator::start(EmulatorConfig { qps_per_api: 0, ..EmulatorConfig::default() }, "127.0.0.1:0".parse()?).await?;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &dingtalk, args.max_answer_tokens, false)?;
-    let _server = start(hearth, model, &config, &dingtalk).await?;
+    let server = start(hearth, model, &config, &dingtalk).await?;
     let questions = ["Name a color.", "Tell me a short fact about the sea.", "What is two plus two?", "Say hello."];
     let started = Instant::now();
     for round in 0..args.rounds {
@@ -149,6 +149,7 @@ async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>>
         eprintln!("round {} of {} done after {:.1} s", round + 1, args.rounds, started.elapsed().as_secs_f64());
     }
     let latencies = dingtalk.inspect(first_visible_latencies);
+    drop(server);
     dingtalk.shutdown().await?;
     Ok(latencies)
 }
@@ -177,13 +178,14 @@ async fn echo_run(args: &Args, hearth: &Path, model: &Path) -> Result<f64> {
     let dingtalk = DingTalkEmulator::start(EmulatorConfig { qps_per_api: 0, ..EmulatorConfig::default() }, "127.0.0.1:0".parse()?).await?;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &dingtalk, args.max_answer_tokens, true)?;
-    let _server = start(hearth, model, &config, &dingtalk).await?;
+    let server = start(hearth, model, &config, &dingtalk).await?;
     let started = Instant::now();
     for i in 0..args.echo_messages {
         post(&dingtalk, &format!("echo{:03}", i % args.conversations), &format!("message {i}"))?;
     }
     dingtalk.wait_for(Duration::from_secs(args.timeout_secs), |w| (finished(w) >= args.echo_messages).then_some(())).await?;
     let rate = args.echo_messages as f64 / started.elapsed().as_secs_f64();
+    drop(server);
     dingtalk.shutdown().await?;
     Ok(rate)
 }
