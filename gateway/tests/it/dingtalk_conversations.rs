@@ -113,6 +113,21 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
     assert_eq!(history.len(), 4);
     assert_eq!(history[0].content, "My name is Zed. Say hi.");
     assert_eq!(history[1].content.trim(), first.trim());
+
+    // A history longer than the context is trimmed by tokens, oldest turns first, newest kept.
+    ask(&dingtalk, "long", "Say hi.").await;
+    let conversation = dingtalk.inspect(|w| w.conversation_ids().into_iter().find(|id| w.conversation(id).unwrap().user_id.as_deref() == Some("long")).unwrap());
+    let key = format!("dingtalk:{DEFAULT_CLIENT_ID}:{conversation}");
+    for turn in 0..6 {
+        let filler = format!("turn {turn}: {}", "lorem ipsum dolor sit amet ".repeat(40));
+        connector.sessions().append(&key, &filler, &filler).await.unwrap();
+    }
+    assert_eq!(connector.sessions().history(&key).await.unwrap().len(), 14);
+    ask(&dingtalk, "long", "What did I say last?").await;
+    let records = audit(&connector, 104).await;
+    let last = records.iter().rev().find(|r| r.sender_id == "long").unwrap();
+    assert!(last.context_turns > 0 && last.context_turns < 14 && last.context_turns % 2 == 0, "kept {} turns", last.context_turns);
+    assert!(last.prompt_tokens as usize + 8 <= crate::support::SHARED_CONTEXT, "{} prompt tokens", last.prompt_tokens);
     connector.shutdown(Duration::from_secs(30)).await;
     dingtalk.shutdown().await.unwrap();
 }
