@@ -50,6 +50,31 @@ pub enum Command {
     Export(ExportArgs),
     /// Perplexity of a model on a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(PerplexityArgs),
+    /// The IM audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Write the audit records (masked as stored) to a file as JSON lines or CSV.
+    Export(AuditExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditExportArgs {
+    /// `jsonl` (one JSON object per line) or `csv` (with a header row).
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: gateway::audit::ExportFormat,
+    /// Only records since this time: Unix milliseconds, or an age such as 30m, 24h or 7d.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// The output file.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    /// The connector's SQLite database (default: the config's `[dingtalk] database`).
+    #[arg(long, value_name = "FILE")]
+    pub database: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -14,19 +14,21 @@ use gateway::config::{self, Config};
 use gateway::console::PlatformInfo;
 use gateway::dingtalk::DingTalkConnector;
 use gateway::doctor;
+use gateway::skills::SkillSet;
 use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
-use crate::cli::{ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, PullArgs, SamplingArgs, ServeArgs};
+use crate::cli::{AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, PullArgs, SamplingArgs, ServeArgs};
 
 /// `hearth serve`.
-pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
+pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut gateway_config = args.gateway_config(config);
     let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
     if let Some(dingtalk) = &dingtalk_config {
         gateway_config.platforms.push(PlatformInfo { name: "dingtalk".to_owned(), api_base_url: dingtalk.api_base_url.to_string() });
     }
+    let skills_config = config.skills.clone();
     let engine_config = args.engine.engine_config(config)?;
     let engine = load_engine(engine_config.clone())?;
     let name = gateway_config.served_model_name.clone().unwrap_or_else(|| engine.info().name.clone());
@@ -58,7 +60,15 @@ pub fn serve(args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
         let connector = match dingtalk_config {
             Some(config) => {
                 let base = config.api_base_url.clone();
-                let connector = DingTalkConnector::start(config, router.clone()).await.context("cannot start the DingTalk connector")?;
+                let skills = match &config_file {
+                    Some(file) => SkillSet::with_file(&skills_config, file.clone()),
+                    None => SkillSet::new(&skills_config),
+                };
+                let skills = Arc::new(skills.context("invalid [skills]")?);
+                // Reload [skills] when the config file changes; the task ends with the process.
+                let _watcher = skills.watch(Duration::from_secs(2));
+                let connector =
+                    DingTalkConnector::start_with_skills(config, router.clone(), skills).await.context("cannot start the DingTalk connector")?;
                 tracing::info!(api = %base, "DingTalk connector started");
                 Some(connector)
             }
@@ -336,4 +346,24 @@ fn load_engine(config: EngineConfig) -> anyhow::Result<EngineHandle> {
         "model loaded"
     );
     Ok(engine)
+}
+
+/// `hearth audit export`: the audit log of the DingTalk database as JSON lines or CSV.
+pub fn audit_export(args: AuditExportArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let database = args
+        .database
+        .clone()
+        .or_else(|| config.dingtalk.as_ref().map(|d| d.database.clone()))
+        .context("no database: pass --database or configure [dingtalk] database")?;
+    if !database.is_file() {
+        anyhow::bail!("the audit database {} does not exist", database.display());
+    }
+    let since = match &args.since {
+        Some(since) => gateway::audit::parse_since(since, gateway::sessions::now_ms()).map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        None => 0,
+    };
+    let file = std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+    let count = gateway::audit::export(&database, args.format, since, io::BufWriter::new(file))?;
+    tracing::info!(records = count, output = %args.output.display(), "audit log exported");
+    Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::dingtalk::DingTalkConfig;
+use crate::skills::SkillsConfig;
 
 /// The commented example configuration, with every key at its default.
 pub const EXAMPLE: &str = include_str!("../hearth.example.toml");
@@ -35,6 +36,8 @@ pub struct Config {
     /// `[dingtalk]`: the DingTalk connector; absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dingtalk: Option<DingTalkConfig>,
+    /// `[skills]`: answers without the model, for every IM connector.
+    pub skills: SkillsConfig,
 }
 
 /// `[server]`: where and how the HTTP API listens.
@@ -212,6 +215,7 @@ impl Config {
             ConfigError::Invalid { key, origin, reason: err.kind.to_string() }
         })?;
         config.validate()?;
+        config.skills.validate().map_err(|e| ConfigError::Value { key: "skills".to_owned(), problem: e.to_string() })?;
         Ok(config)
     }
 
@@ -303,6 +307,7 @@ mod tests {
         let config = Config::load_with_env(Some(file.path()), []).unwrap();
         assert_eq!(config.server, ServerSection::default());
         assert_eq!(config.engine, EngineSection::default());
+        assert_eq!(config.skills, SkillsConfig::default());
         // Every key of every section appears in the example, commented out or not.
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, value) in &defaults {

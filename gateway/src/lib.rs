@@ -15,6 +15,8 @@
 //! - [`config`]: the TOML configuration file with its `HEARTH_<SECTION>__<KEY>` environment overrides.
 //! - [`doctor`]: `hearth doctor`'s checks of the machine, the model files and the configuration.
 //! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
+//! - [`sessions`], [`skills`], [`audit`]: what IM connectors share: conversation history in SQLite,
+//!   answers without the model, and the audit log with its export.
 //!
 //! The binary (`src/main.rs` with its `cli` and `commands` modules) parses arguments, loads the engine and
 //! runs `serve`, `generate` or `chat`.
@@ -23,6 +25,7 @@
 //! to the engine through `EngineHandle`, `GenerateRequest` and the `Event` stream only.
 
 pub mod admin;
+pub mod audit;
 pub mod completions;
 pub mod config;
 pub mod console;
@@ -33,6 +36,8 @@ pub mod metrics;
 pub mod model_path;
 pub mod openai;
 pub mod routing;
+pub mod sessions;
+pub mod skills;
 pub mod server;
 pub mod validation;
 

@@ -33,7 +33,8 @@ fn run() -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     init_logging(cli.log_format.unwrap_or(config.log.format), &config.log.level);
     match cli.command {
-        cli::Command::Serve(args) => commands::serve(args, &config),
+        cli::Command::Serve(args) => commands::serve(args, &config, cli.config.clone()),
+        cli::Command::Audit(cli::AuditCommand::Export(args)) => commands::audit_export(args, &config),
         cli::Command::Generate(args) => commands::generate(args, &config),
         cli::Command::Chat(args) => commands::chat(args, &config),
         cli::Command::Doctor(args) => commands::doctor(args, config, cli.config),

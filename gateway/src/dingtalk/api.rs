@@ -248,6 +248,13 @@ impl OpenApi {
         }
     }
 
+    /// Markdown to one person through the robot's 1:1 batchSend (escalations).
+    pub async fn robot_markdown_to(&self, user_id: &str, title: &str, text: &str) -> Result<(), DingTalkError> {
+        let msg_param = json!({"title": title, "text": text}).to_string();
+        let body = json!({"robotCode": self.config.robot(), "userIds": [user_id], "msgKey": "sampleMarkdown", "msgParam": msg_param});
+        self.call("robot/oToMessages/batchSend", Method::POST, "/v1.0/robot/oToMessages/batchSend", &body, PERM_ROBOT_SEND).await.map(drop)
+    }
+
     /// Markdown through the robot send API (1:1 batchSend or group send).
     pub async fn robot_markdown(&self, message: &BotMessage, title: &str, text: &str) -> Result<(), DingTalkError> {
         let msg_param = json!({"title": title, "text": text}).to_string();

@@ -51,6 +51,25 @@ pub struct DingTalkConfig {
     pub max_answer_tokens: usize,
     /// HTTP timeout of one OpenAPI call.
     pub http_timeout_secs: u64,
+    /// Whose history a group message continues: the whole group's or the sender's own within the group.
+    /// A 1:1 chat is always its own session.
+    pub group_sessions: GroupSessions,
+    /// A session idle for this long starts over.
+    pub session_idle_secs: u64,
+    /// Messages per second each user may send (token bucket, burst of the same size); 0: no limit.
+    pub user_requests_per_second: u32,
+    /// Regexes masked in the audit log's question and answer text.
+    pub audit_mask_patterns: Vec<String>,
+}
+
+/// Whose history a group message continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupSessions {
+    /// One session per group.
+    Group,
+    /// One session per group and user.
+    GroupUser,
 }
 
 impl Default for DingTalkConfig {
@@ -74,6 +93,10 @@ impl Default for DingTalkConfig {
             card_call_attempts: 6,
             max_answer_tokens: 256,
             http_timeout_secs: 10,
+            group_sessions: GroupSessions::Group,
+            session_idle_secs: 30 * 60,
+            user_requests_per_second: 10,
+            audit_mask_patterns: crate::audit::default_mask_patterns(),
         }
     }
 }
@@ -120,6 +143,10 @@ impl DingTalkConfig {
                 field: "card_updates_per_second/card_call_attempts/max_answer_tokens",
                 rule: "at least 1",
             });
+        }
+        if let Err(err) = crate::audit::Masker::new(&self.audit_mask_patterns) {
+            tracing::error!(cause = %err, "invalid DingTalk audit_mask_patterns");
+            return Err(ConfigError::Invalid { field: "audit_mask_patterns", rule: "valid regexes" });
         }
         Ok(())
     }

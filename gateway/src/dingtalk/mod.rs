@@ -7,6 +7,10 @@
 //! the card is finalized; if the card fails, it is marked failed and the answer goes out as markdown. On
 //! start, messages left unfinished by a crash or shutdown are answered first.
 //!
+//! Around the model: a per-user token bucket (`governor`) answers floods with "slow down"; [`SkillSet`]
+//! skills answer what they claim; the model sees the conversation's history from the [`SessionStore`]
+//! (same SQLite file); every message ends with one [`AuditLog`] record.
+//!
 //! - `config`: [`DingTalkConfig`], a serde struct with defaults, read from TOML.
 //! - `api`: [`OpenApi`], the platform calls and their typed errors ([`DingTalkError`]).
 //! - `message`: frames parsed into `Inbound`, and the robot message.
@@ -20,20 +24,27 @@ mod reply;
 pub mod store;
 mod stream;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::audit::{AuditLog, Masker};
 use crate::routing::ModelRouter;
+use crate::sessions::SessionStore;
+use crate::skills::{SkillContext, SkillSet, SkillsConfig};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub use api::{DingTalkError, OpenApi};
-pub use config::{ConfigError, DingTalkConfig};
+pub use config::{ConfigError, DingTalkConfig, GroupSessions};
+pub use reply::{BUSY, SLOW_DOWN};
 pub use store::{Outbox, StoreError};
 
 use message::{BotMessage, ConversationType};
-use reply::{DeliveryBudget, Replier};
+use reply::{DeliveryBudget, Replier, Route};
 use store::Job;
 
 /// Why the connector could not start.
@@ -45,6 +56,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Api(#[from] DingTalkError),
+    #[error(transparent)]
+    Db(#[from] crate::sessions::DbError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Shared by the Stream client and the answer tasks.
@@ -54,6 +69,8 @@ pub(crate) struct Connector {
     answers: std::sync::Mutex<JoinSet<()>>,
     /// Bounds concurrent answers; the engine's own queue bounds the rest.
     answer_slots: Arc<Semaphore>,
+    /// Per-sender token buckets; `None`: no limit.
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 /// Most answers generated at once.
@@ -66,14 +83,31 @@ impl Connector {
         let config = self.replier.api.config();
         let ignore = config.require_mention_in_groups && message.conversation_type == ConversationType::Group && !message.is_in_at_list;
         match self.replier.outbox.accept(message_id, &message, ignore).await? {
-            Some(job) => self.spawn_answer(job),
+            Some(job) => {
+                let route = match &self.limiter {
+                    Some(limiter) => {
+                        if limiter.len() > 100_000 {
+                            limiter.retain_recent();
+                        }
+                        let key = if message.sender_staff_id.is_empty() { message.conversation_id.clone() } else { message.sender_staff_id.clone() };
+                        if limiter.check_key(&key).is_ok() {
+                            Route::Normal
+                        } else {
+                            tracing::info!(sender = key, "sender over their rate; answering slow down");
+                            Route::RateLimited
+                        }
+                    }
+                    None => Route::Normal,
+                };
+                self.spawn_answer(job, route)
+            }
             None if ignore => tracing::debug!(msg_id = %message.msg_id, "group message without a mention; not answering"),
             None => tracing::info!(msg_id = %message.msg_id, "duplicate push of a known message; ACKing only"),
         }
         Ok(())
     }
 
-    fn spawn_answer(&self, job: Job) {
+    fn spawn_answer(&self, job: Job, route: Route) {
         let span = tracing::info_span!(
             "dingtalk_message",
             platform = "dingtalk",
@@ -88,7 +122,7 @@ impl Connector {
         answers.spawn(
             async move {
                 let Ok(_slot) = slots.acquire_owned().await else { return };
-                replier.answer(job).await;
+                replier.answer(job, route).await;
             }
             .instrument(span),
         );
@@ -104,9 +138,15 @@ pub struct DingTalkConnector {
 }
 
 impl DingTalkConnector {
-    /// Validate `config`, open the outbox, resume unfinished messages and connect. Answers come from the
-    /// model `models` routes each message to.
+    /// [`start_with_skills`](Self::start_with_skills) with the default skills.
     pub async fn start(config: DingTalkConfig, models: Arc<ModelRouter>) -> Result<Self, StartError> {
+        let skills = SkillSet::new(&SkillsConfig::default()).map_err(|_| ConfigError::Invalid { field: "skills", rule: "valid" })?;
+        Self::start_with_skills(config, models, Arc::new(skills)).await
+    }
+
+    /// Validate `config`, open the outbox (with the sessions and the audit log), resume unfinished messages
+    /// and connect. Answers come from `skills`, else from the model `models` routes each message to.
+    pub async fn start_with_skills(config: DingTalkConfig, models: Arc<ModelRouter>, skills: Arc<SkillSet>) -> Result<Self, StartError> {
         config.validate()?;
         let path = config.database.clone();
         let robot = config.robot().to_owned();
@@ -114,19 +154,24 @@ impl DingTalkConnector {
             .await
             .map_err(|e| StoreError::Join(e.to_string()))??;
         let budget = DeliveryBudget::new(config.card_updates_per_second, Duration::from_millis(config.throttle_backoff_ms));
+        let sessions = SessionStore::open(outbox.connection(), Duration::from_secs(config.session_idle_secs))?;
+        let audit = AuditLog::open(outbox.connection(), Masker::new(&config.audit_mask_patterns)?)?;
+        let limiter = NonZeroU32::new(config.user_requests_per_second).map(|rate| RateLimiter::keyed(Quota::per_second(rate)));
         let api = OpenApi::new(config)?;
-        let replier = Arc::new(Replier { api, models, outbox: outbox.clone(), budget });
+        let skill_context = SkillContext { models: models.clone(), started: Instant::now() };
+        let replier = Arc::new(Replier { api, models, outbox: outbox.clone(), budget, sessions, skills, skill_context, audit });
         let connector = Arc::new(Connector {
             replier,
             answers: std::sync::Mutex::new(JoinSet::new()),
             answer_slots: Arc::new(Semaphore::new(CONCURRENT_ANSWERS)),
+            limiter,
         });
         let unfinished = outbox.resume().await?;
         if !unfinished.is_empty() {
             tracing::info!(count = unfinished.len(), "answering DingTalk messages left unfinished by the last run");
         }
         for job in unfinished {
-            connector.spawn_answer(job);
+            connector.spawn_answer(job, Route::Normal);
         }
         let (shutdown, rx) = watch::channel(false);
         let stream = tokio::spawn(stream::run(connector.clone(), rx).instrument(tracing::info_span!("dingtalk_stream")));
@@ -136,6 +181,21 @@ impl DingTalkConnector {
     /// The outbox (for diagnostics and tests).
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.connector.replier.audit
+    }
+
+    /// The conversation histories.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.connector.replier.sessions
+    }
+
+    /// The live skills (reload them through [`SkillSet::reload`]).
+    pub fn skills(&self) -> &Arc<SkillSet> {
+        &self.connector.replier.skills
     }
 
     /// Stop taking messages (the Stream connection closes, so nothing new is ACKed), then give answers in

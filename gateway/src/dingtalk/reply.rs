@@ -8,19 +8,29 @@
 //! `{outTrackId}-final` (or `-error`), so a finalize retried after a crash is applied once by the platform.
 //! When the card cannot be completed the card is marked failed (`isError`) and the answer goes out as
 //! markdown through the sessionWebhook, or the robot send API once the webhook has expired.
+//!
+//! Before the model: a rate-limited sender gets a short "slow down" card, and a message a skill claims gets
+//! the skill's answer as a finalized card. The model gets the conversation's session history (trimmed to
+//! its context, newest turns kept) plus the question; a full engine queue gets a "busy" card. Every
+//! message ends with one audit record and one delivery metric.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engine::{ChatMessage, EngineError, Event, GenerateRequest};
-
-use std::sync::Arc;
-
-use crate::routing::{Loaded, ModelRouter};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::audit::{AuditLog, AuditRecord};
+use crate::metrics;
+use crate::routing::{Loaded, ModelRouter};
+use crate::sessions::SessionStore;
+use crate::skills::{SkillAction, SkillContext, SkillInput, SkillSet};
+
 use super::api::{DingTalkError, OpenApi};
+use super::config::GroupSessions;
+use super::message::{BotMessage, ConversationType};
 use super::store::{Job, Outbox, Outcome};
 
 /// Paces card calls: at most `per_second` shared by every card, and a pause after throttling.
@@ -73,6 +83,11 @@ impl DeliveryBudget {
     }
 }
 
+/// The answer a rate-limited user gets.
+pub const SLOW_DOWN: &str = "You are sending messages too quickly; please wait a moment and try again.";
+/// The answer when the engine's queue is full.
+pub const BUSY: &str = "The assistant is busy right now; please try again in a moment.";
+
 /// What answering needs.
 pub struct Replier {
     pub api: OpenApi,
@@ -80,44 +95,191 @@ pub struct Replier {
     pub models: Arc<ModelRouter>,
     pub outbox: Outbox,
     pub budget: DeliveryBudget,
+    /// Conversation histories.
+    pub sessions: SessionStore,
+    /// Answers without the model; reloadable.
+    pub skills: Arc<SkillSet>,
+    /// What skills may look at.
+    pub skill_context: SkillContext,
+    pub audit: AuditLog,
+}
+
+/// How a job is to be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A skill or the model.
+    Normal,
+    /// The sender is over their rate: a short "slow down" answer.
+    RateLimited,
+}
+
+/// Why generation ended without an answer.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// The engine's queue was full (`EngineError::Overloaded`).
+    busy: bool,
+    reason: String,
 }
 
 /// The generated text so far, and whether generation ended (and how).
 #[derive(Debug, Clone, Default)]
 struct Draft {
     text: String,
-    end: Option<Result<(), String>>,
+    end: Option<Result<(), Failure>>,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, Default)]
+struct Generated {
+    text: String,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    /// Earlier session turns that fit the context and were sent.
+    context_turns: usize,
+}
+
+/// How delivery ended.
+struct Delivered {
+    outcome: Outcome,
+    detail: String,
+    /// When the user could first see text (first accepted card update, or the fallback message).
+    first_visible: Option<Instant>,
 }
 
 impl Replier {
+    /// The session `message` continues: its 1:1 chat, its group, or (configured) its group and sender.
+    pub fn session_key(&self, message: &BotMessage) -> String {
+        let config = self.api.config();
+        let base = format!("dingtalk:{}:{}", config.robot(), message.conversation_id);
+        match (message.conversation_type, config.group_sessions) {
+            (ConversationType::Group, GroupSessions::GroupUser) => format!("{base}:{}", message.sender_staff_id),
+            _ => base,
+        }
+    }
+
     /// Answer `job` and record how it ended. Never panics on platform or engine errors; they end the job
     /// with a fallback or a logged failure.
-    pub async fn answer(&self, job: Job) {
-        let msg_id = job.message.msg_id.clone();
-        let (outcome, detail) = self.deliver(&job).await;
-        match self.outbox.finish(&msg_id, outcome, &detail).await {
-            Ok(true) => {
-                tracing::info!(outcome = ?outcome, detail, "message finished");
-                let label = match outcome {
-                    Outcome::Answered => "finalized",
-                    Outcome::AnsweredMarkdown => "fallback",
-                    Outcome::Failed => "failed",
-                    Outcome::Ignored => "ignored",
-                };
-                crate::metrics::im_delivery("dingtalk", label);
+    pub async fn answer(&self, job: Job, route: Route) {
+        let started = Instant::now();
+        let message = &job.message;
+        let question = message.question();
+        let session = self.session_key(message);
+        let mut record = AuditRecord {
+            at_ms: crate::sessions::now_ms(),
+            platform: "dingtalk".to_owned(),
+            conversation_id: message.conversation_id.clone(),
+            session: session.clone(),
+            sender_id: message.sender_staff_id.clone(),
+            sender_nick: message.sender_nick.clone(),
+            handler: String::new(),
+            question: question.clone(),
+            answer: String::new(),
+            first_visible_ms: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            context_turns: 0,
+            outcome: String::new(),
+        };
+        let matched = match route {
+            Route::Normal => self.skills.find(&question),
+            Route::RateLimited => None,
+        };
+        let delivered = if route == Route::RateLimited {
+            record.handler = "rate_limited".to_owned();
+            record.answer = SLOW_DOWN.to_owned();
+            self.deliver_fixed(&job, SLOW_DOWN).await
+        } else if let Some(matched) = matched {
+            record.handler = format!("skill:{}", matched.skill.name());
+            let input = SkillInput { text: &question, args: &matched.args, sender_id: &message.sender_staff_id, sender_nick: &message.sender_nick };
+            let reply = matched.skill.answer(&input, &self.skill_context);
+            let mut text = reply.text;
+            for action in reply.actions {
+                match action {
+                    SkillAction::ResetSession => {
+                        if let Err(err) = self.sessions.reset(&session).await {
+                            tracing::warn!(cause = %err, "cannot reset the session");
+                        }
+                    }
+                    SkillAction::Escalate { to, summary } => match self.api.robot_markdown_to(&to, "Escalation", &summary).await {
+                        Ok(()) => tracing::info!(to, "conversation escalated to a person"),
+                        Err(err) => {
+                            tracing::warn!(to, cause = %err, "cannot reach the escalation contact");
+                            text = "Sorry, I could not reach a colleague just now; please try again later.".to_owned();
+                        }
+                    },
+                }
             }
+            record.answer = text.clone();
+            self.deliver_fixed(&job, &text).await
+        } else {
+            let model = self.models.route();
+            record.handler = format!("model:{}", model.name);
+            let history = self.sessions.history(&session).await.unwrap_or_else(|err| {
+                tracing::warn!(cause = %err, "cannot read the session; answering without history");
+                Vec::new()
+            });
+            let (draft_tx, draft_rx) = watch::channel(Draft::default());
+            let max_tokens = self.api.config().max_answer_tokens;
+            let turn = Some((self.sessions.clone(), session.clone()));
+            let generation = tokio::spawn(generate(model, history, question.clone(), max_tokens, draft_tx, turn));
+            let (delivered, generated) = self.deliver_generated(&job, draft_rx, generation).await;
+            match generated {
+                Some(Ok(generated)) => {
+                    record.answer = generated.text.clone();
+                    record.prompt_tokens = generated.prompt_tokens as i64;
+                    record.completion_tokens = generated.completion_tokens as i64;
+                    record.context_turns = generated.context_turns as i64;
+                }
+                Some(Err(failure)) if failure.busy => {
+                    record.answer = BUSY.to_owned();
+                    record.outcome = "busy".to_owned();
+                }
+                Some(Err(failure)) => record.answer = failure.reason,
+                None => {}
+            }
+            delivered
+        };
+        record.first_visible_ms = delivered.first_visible.map(|t| t.duration_since(started).as_millis() as i64);
+        if record.outcome.is_empty() {
+            record.outcome = delivered.outcome.as_str().to_owned();
+        }
+        metrics::im_delivery("dingtalk", delivered.outcome.as_str());
+        if let Err(err) = self.audit.record(record).await {
+            tracing::error!(cause = %err, "cannot write the audit record");
+        }
+        match self.outbox.finish(&message.msg_id, delivered.outcome, &delivered.detail).await {
+            Ok(true) => tracing::info!(outcome = ?delivered.outcome, detail = delivered.detail, "message finished"),
             Ok(false) => tracing::warn!("message was already finished"),
             Err(err) => tracing::error!(cause = %err, "cannot record the message's end; it will be retried after a restart"),
         }
     }
 
-    async fn deliver(&self, job: &Job) -> (Outcome, String) {
-        let (draft_tx, draft_rx) = watch::channel(Draft::default());
-        let generation = tokio::spawn(generate(self.models.route(), job.message.question(), self.api.config().max_answer_tokens, draft_tx));
-        let result = self.stream_card(job, draft_rx).await;
-        // Dropping the generation (if the card failed early) cancels it in the engine.
+    /// Deliver a fixed answer (a skill's, or "slow down") as a finalized card, or markdown if the card fails.
+    async fn deliver_fixed(&self, job: &Job, text: &str) -> Delivered {
+        let (_draft_tx, draft_rx) = watch::channel(Draft { text: text.to_owned(), end: Some(Ok(())) });
+        let mut first_visible = None;
+        match self.stream_card(job, draft_rx, &mut first_visible).await {
+            Ok(()) => Delivered { outcome: Outcome::Answered, detail: "card finalized".to_owned(), first_visible },
+            Err((err, _)) => {
+                tracing::warn!(cause = %err, "the AI card failed; falling back to markdown");
+                self.fallback(job, text).await
+            }
+        }
+    }
+
+    /// Stream the generation into a card (markdown if the card fails); returns how delivery ended and how
+    /// generation did (`None` if its task died).
+    async fn deliver_generated(
+        &self,
+        job: &Job,
+        draft_rx: watch::Receiver<Draft>,
+        generation: JoinHandle<Result<Generated, Failure>>,
+    ) -> (Delivered, Option<Result<Generated, Failure>>) {
+        let mut first_visible = None;
+        let result = self.stream_card(job, draft_rx, &mut first_visible).await;
         let draft = match result {
-            Ok(()) => return (Outcome::Answered, "card finalized".to_owned()),
+            // Generation ended before the final frame was sent, so this join is immediate.
+            Ok(()) => return (Delivered { outcome: Outcome::Answered, detail: "card finalized".to_owned(), first_visible }, generation.await.ok()),
             Err((err, draft)) => {
                 tracing::warn!(cause = %err, "the AI card failed; falling back to markdown");
                 if let DingTalkError::PermissionDenied { permission, .. } = &err {
@@ -127,17 +289,19 @@ impl Replier {
             }
         };
         // The card failed: let generation finish so the markdown carries the whole answer.
-        let text = match generation.await {
-            Ok(Ok(text)) => text,
-            Ok(Err(reason)) => format!("Sorry, I could not answer this message ({reason})."),
-            Err(_) => draft,
+        let generated = generation.await.ok();
+        let text = match &generated {
+            Some(Ok(generated)) => generated.text.clone(),
+            Some(Err(failure)) if failure.busy => BUSY.to_owned(),
+            Some(Err(failure)) => format!("Sorry, I could not answer this message ({}).", failure.reason),
+            None => draft,
         };
-        self.fallback(job, &text).await
+        (self.fallback(job, &text).await, generated)
     }
 
     /// Create the card, stream snapshots under the budget, finalize. On failure returns the error and the
-    /// text so far.
-    async fn stream_card(&self, job: &Job, mut draft: watch::Receiver<Draft>) -> Result<(), (DingTalkError, String)> {
+    /// text so far. `first_visible` is set when the platform first accepts text.
+    async fn stream_card(&self, job: &Job, mut draft: watch::Receiver<Draft>, first_visible: &mut Option<Instant>) -> Result<(), (DingTalkError, String)> {
         let config = self.api.config();
         let attempts = config.card_call_attempts;
         let interval = Duration::from_millis(config.card_update_interval_ms);
@@ -152,23 +316,26 @@ impl Replier {
         let mut n = 0u32;
         let mut last_update = Instant::now();
         loop {
-            // Wait for new text or the end, then let more accumulate until the card's interval has passed.
+            // Wait for new text or the end, then (after the first update) let more accumulate until the
+            // card's interval has passed.
             if draft.borrow_and_update().end.is_none() && draft.changed().await.is_err() {
                 break;
             }
-            tokio::time::sleep_until(last_update + interval).await;
+            if n > 0 {
+                tokio::time::sleep_until(last_update + interval).await;
+            }
             let snapshot = draft.borrow_and_update().clone();
             if let Some(end) = snapshot.end {
                 let (text, error) = match end {
                     Ok(()) if snapshot.text.trim().is_empty() => ("(no answer)".to_owned(), false),
                     Ok(()) => (snapshot.text, false),
-                    Err(reason) => (format!("{}\n\nSorry, I could not finish this answer ({reason}).", snapshot.text).trim().to_owned(), true),
+                    Err(failure) if failure.busy => (BUSY.to_owned(), false),
+                    Err(failure) => (format!("{}\n\nSorry, I could not finish this answer ({}).", snapshot.text, failure.reason).trim().to_owned(), true),
                 };
                 let guid = format!("{id}-final");
-                return self
-                    .with_retries(attempts, || self.api.stream(id, &guid, &text, true, error))
-                    .await
-                    .map_err(|e| (e, text.clone()));
+                self.with_retries(attempts, || self.api.stream(id, &guid, &text, true, error)).await.map_err(|e| (e, text.clone()))?;
+                first_visible.get_or_insert_with(Instant::now);
+                return Ok(());
             }
             if snapshot.text.trim().is_empty() || snapshot.text == sent {
                 continue;
@@ -179,11 +346,18 @@ impl Replier {
             match self.api.stream(id, &format!("{id}-{}-{n}", job.attempt), &snapshot.text, false, false).await {
                 Ok(()) => {
                     self.budget.succeeded();
+                    first_visible.get_or_insert_with(Instant::now);
                     sent = snapshot.text;
                 }
                 // A throttled snapshot is skipped: the next one carries the whole text anyway.
-                Err(err) if err.is_throttle() => self.budget.throttled(),
-                Err(err) => return Err((err, snapshot.text)),
+                Err(err) if err.is_throttle() => {
+                    metrics::im_card_update_failure("dingtalk");
+                    self.budget.throttled();
+                }
+                Err(err) => {
+                    metrics::im_card_update_failure("dingtalk");
+                    return Err((err, snapshot.text));
+                }
             }
         }
         Err((DingTalkError::Unexpected { api: "generation", detail: "the answer stream ended without a result".to_owned() }, sent))
@@ -203,14 +377,21 @@ impl Replier {
                     self.budget.succeeded();
                     return Ok(());
                 }
-                Err(err) if err.is_throttle() => self.budget.throttled(),
+                Err(err) if err.is_throttle() => {
+                    metrics::im_card_update_failure("dingtalk");
+                    self.budget.throttled();
+                }
                 Err(err @ (DingTalkError::Http { .. } | DingTalkError::Platform { status: 500..=599, .. })) => {
+                    metrics::im_card_update_failure("dingtalk");
                     tracing::info!(attempt, cause = %err, "card call failed; retrying");
                     tokio::time::sleep(self.budget.backoff * attempt).await;
                     last = Some(err);
                     continue;
                 }
-                Err(err) => return Err(err),
+                Err(err) => {
+                    metrics::im_card_update_failure("dingtalk");
+                    return Err(err);
+                }
             }
             last = None;
         }
@@ -219,7 +400,7 @@ impl Replier {
 
     /// Mark the card failed (best effort) and send `text` as markdown: sessionWebhook while valid, else
     /// the robot send API.
-    async fn fallback(&self, job: &Job, text: &str) -> (Outcome, String) {
+    async fn fallback(&self, job: &Job, text: &str) -> Delivered {
         let id = &job.out_track_id;
         if let Err(err) = self.api.stream(id, &format!("{id}-error"), "This answer could not be shown here; it was sent as a message.", true, true).await {
             tracing::info!(cause = %err, "cannot mark the card failed");
@@ -228,50 +409,87 @@ impl Replier {
         let title: String = message.question().chars().take(20).collect();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let webhook_valid = message.session_webhook_expired_time.is_some_and(|t| t > now_ms + 5_000);
+        let sent = |detail: &str| Delivered { outcome: Outcome::AnsweredMarkdown, detail: detail.to_owned(), first_visible: Some(Instant::now()) };
         if let (Some(webhook), true) = (&message.session_webhook, webhook_valid) {
             match self.api.webhook_markdown(webhook, &title, text, &message.sender_staff_id).await {
-                Ok(()) => return (Outcome::AnsweredMarkdown, "sessionWebhook".to_owned()),
+                Ok(()) => return sent("sessionWebhook"),
                 Err(err) => tracing::warn!(cause = %err, "sessionWebhook failed; trying the robot send API"),
             }
         }
         match self.api.robot_markdown(message, &title, text).await {
-            Ok(()) => (Outcome::AnsweredMarkdown, "robot send API".to_owned()),
+            Ok(()) => sent("robot send API"),
             Err(err) => {
                 if let DingTalkError::PermissionDenied { permission, .. } = &err {
                     tracing::error!(permission, "DingTalk refused the robot send API: grant the `{permission}` permission to the app");
                 }
                 tracing::error!(cause = %err, "the answer could not be delivered at all");
-                (Outcome::Failed, err.to_string())
+                Delivered { outcome: Outcome::Failed, detail: err.to_string(), first_visible: None }
             }
         }
     }
 }
 
-/// Generate the answer to `question` with the chat template, publishing the text as it grows. Returns the
-/// whole text, or the reason it failed.
-async fn generate(model: Arc<Loaded>, question: String, max_tokens: usize, draft: watch::Sender<Draft>) -> Result<String, String> {
+/// The prompt for `question` after `history`, with the oldest turns dropped until the prompt plus
+/// `reserve` answer tokens fits `context_length`. Returns the tokens and how many history turns were kept.
+fn build_prompt(
+    tokenizer: &engine::Tokenizer,
+    mut history: Vec<ChatMessage>,
+    question: String,
+    context_length: usize,
+    reserve: usize,
+) -> Result<(Vec<u32>, usize), EngineError> {
+    let question = ChatMessage { role: "user".to_owned(), content: question };
+    loop {
+        let mut messages = history.clone();
+        messages.push(question.clone());
+        let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)?;
+        if prompt.len() + reserve <= context_length || history.is_empty() {
+            return Ok((prompt, history.len()));
+        }
+        // Drop the oldest question and its answer together.
+        let oldest = if history.len() >= 2 && history[1].role == "assistant" { 2 } else { 1 };
+        history.drain(..oldest);
+    }
+}
+
+/// Generate the answer to `question` after the session's `history` with the chat template, publishing the
+/// text as it grows. A finished answer is stored in the session `turn` names before the draft ends, so the
+/// turn is in the history by the time the user sees the final card. Returns the whole text with its
+/// counts, or why it failed.
+async fn generate(
+    model: Arc<Loaded>,
+    history: Vec<ChatMessage>,
+    question: String,
+    max_tokens: usize,
+    draft: watch::Sender<Draft>,
+    turn: Option<(SessionStore, String)>,
+) -> Result<Generated, Failure> {
     let engine = &model.engine;
-    let finish = |draft: &watch::Sender<Draft>, end: Result<(), String>| {
-        draft.send_modify(|d| d.end = Some(end.clone()));
-        end
+    let fail = |draft: &watch::Sender<Draft>, failure: Failure| {
+        draft.send_modify(|d| d.end = Some(Err(failure.clone())));
+        Err(failure)
     };
+    let other = |reason: String| Failure { busy: false, reason };
     let handle = engine.clone();
-    let prompt = tokio::task::spawn_blocking(move || {
-        let tokenizer = handle.tokenizer();
-        let messages = [ChatMessage { role: "user".to_owned(), content: question }];
-        tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e: EngineError| e.to_string()));
-    let prompt = match prompt {
-        Ok(prompt) => prompt,
-        Err(reason) => return finish(&draft, Err(reason)).map(|()| String::new()),
+    let context_length = engine.info().context_length;
+    let reserve = max_tokens.min(context_length / 2);
+    let asked = question.clone();
+    let prompt = tokio::task::spawn_blocking(move || build_prompt(handle.tokenizer(), history, asked, context_length, reserve))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e: EngineError| e.to_string()));
+    let (prompt, context_turns) = match prompt {
+        Ok(built) => built,
+        Err(reason) => return fail(&draft, other(reason)),
     };
-    let room = engine.info().context_length.saturating_sub(prompt.len()).max(1);
+    let room = context_length.saturating_sub(prompt.len()).max(1);
     let mut events = match engine.submit(GenerateRequest::greedy(prompt, max_tokens.min(room))) {
         Ok(events) => events,
-        Err(err) => return finish(&draft, Err(err.to_string())).map(|()| String::new()),
+        Err(err @ EngineError::Overloaded { .. }) => {
+            tracing::info!(cause = %err, "the engine is overloaded; answering busy");
+            return fail(&draft, Failure { busy: true, reason: err.to_string() });
+        }
+        Err(err) => return fail(&draft, other(err.to_string())),
     };
     let mut text = String::new();
     loop {
@@ -281,9 +499,17 @@ async fn generate(model: Arc<Loaded>, question: String, max_tokens: usize, draft
                 let snapshot = text.clone();
                 draft.send_modify(|d| d.text = snapshot);
             }
-            Some(Event::Finished(_)) => return finish(&draft, Ok(())).map(|()| text),
-            Some(Event::Error(err)) => return finish(&draft, Err(err.to_string())).map(|()| text),
-            None => return finish(&draft, Err(EngineError::ShutDown.to_string())).map(|()| text),
+            Some(Event::Finished(done)) => {
+                if let Some((sessions, key)) = &turn {
+                    if let Err(err) = sessions.append(key, &question, &text).await {
+                        tracing::warn!(cause = %err, "cannot store the turn in the session");
+                    }
+                }
+                draft.send_modify(|d| d.end = Some(Ok(())));
+                return Ok(Generated { text, prompt_tokens: done.usage.prompt_tokens, completion_tokens: done.usage.completion_tokens, context_turns });
+            }
+            Some(Event::Error(err)) => return fail(&draft, other(err.to_string())),
+            None => return fail(&draft, other(EngineError::ShutDown.to_string())),
         }
     }
 }

@@ -39,7 +39,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// The state name stored in the outbox.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Answered => "answered",
             Self::AnsweredMarkdown => "answered_markdown",
@@ -102,6 +103,11 @@ impl Outbox {
              );",
         )?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), robot: robot.to_owned() })
+    }
+
+    /// The database connection, shared with the session store and the audit log.
+    pub(crate) fn connection(&self) -> crate::sessions::SharedConnection {
+        self.conn.clone()
     }
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce(&Connection, &str) -> Result<T, rusqlite::Error> + Send + 'static) -> Result<T, StoreError> {

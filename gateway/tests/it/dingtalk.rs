@@ -15,17 +15,17 @@ use gateway::dingtalk::{DingTalkConfig, DingTalkConnector};
 
 use crate::support::{model_path, shared_engine};
 
-const TEMPLATE: &str = "hearth-test-ai-card.schema";
+pub(crate) const TEMPLATE: &str = "hearth-test-ai-card.schema";
 /// Upper bound on awaited events (answers run on a CPU model).
-const PATIENCE: Duration = Duration::from_secs(120);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
 
-async fn emulator(tweak: impl FnOnce(&mut EmulatorConfig)) -> DingTalkEmulator {
+pub(crate) async fn emulator(tweak: impl FnOnce(&mut EmulatorConfig)) -> DingTalkEmulator {
     let mut config = EmulatorConfig { ping_interval: Some(Duration::from_millis(200)), ..EmulatorConfig::default() };
     tweak(&mut config);
     DingTalkEmulator::start(config, "127.0.0.1:0".parse().unwrap()).await.unwrap()
 }
 
-fn connector_config(dingtalk: &DingTalkEmulator, db: &Path) -> DingTalkConfig {
+pub(crate) fn connector_config(dingtalk: &DingTalkEmulator, db: &Path) -> DingTalkConfig {
     DingTalkConfig {
         app_key: DEFAULT_CLIENT_ID.to_owned(),
         app_secret: gateway::config::Secret(DEFAULT_CLIENT_SECRET.to_owned()),
@@ -41,7 +41,7 @@ fn connector_config(dingtalk: &DingTalkEmulator, db: &Path) -> DingTalkConfig {
     }
 }
 
-fn say(dingtalk: &DingTalkEmulator, kind: ConversationKind, conversation: Option<&str>, user: &str, text: &str, at_bot: bool) -> PostedMessage {
+pub(crate) fn say(dingtalk: &DingTalkEmulator, kind: ConversationKind, conversation: Option<&str>, user: &str, text: &str, at_bot: bool) -> PostedMessage {
     dingtalk
         .post_message(UserMessage {
             conversation_type: kind,
@@ -57,7 +57,7 @@ fn say(dingtalk: &DingTalkEmulator, kind: ConversationKind, conversation: Option
 
 /// `Some` once every conversation holds exactly one finished card per pushed user message, each card
 /// finalized by exactly one accepted update; `None` while any is missing. Panics on a duplicate card.
-fn all_answered(world: &World) -> Option<usize> {
+pub(crate) fn all_answered(world: &World) -> Option<usize> {
     let mut cards_total = 0;
     for conversation in &world.conversation_views() {
         // Messages the robot must answer: pushed, and in a group only when they mention it.
@@ -215,7 +215,7 @@ async fn after_kill_9_every_accepted_message_is_finished_exactly_once() {
 }
 
 /// The text of every robot message sent into `conversation` through `via` (`sessionWebhook` or `robotApi`).
-fn robot_messages(world: &World, conversation: &str, via_wanted: &str) -> Vec<String> {
+pub(crate) fn robot_messages(world: &World, conversation: &str, via_wanted: &str) -> Vec<String> {
     world
         .conversation(conversation)
         .map(|c| {
@@ -275,6 +275,6 @@ async fn refused_card_permissions_fall_back_to_markdown_once() {
 }
 
 /// The shared engine behind a router, as `hearth serve` hands it to the connector.
-fn shared_models() -> std::sync::Arc<gateway::routing::ModelRouter> {
+pub(crate) fn shared_models() -> std::sync::Arc<gateway::routing::ModelRouter> {
     std::sync::Arc::new(gateway::routing::ModelRouter::single(crate::support::MODEL_NAME, shared_engine()))
 }

@@ -8,6 +8,7 @@ mod chat;
 mod completions;
 mod console;
 mod dingtalk;
+mod dingtalk_conversations;
 mod disconnect;
 mod doctor;
 mod errors;

@@ -1,0 +1,202 @@
+//! `im-bench`: the DingTalk path end to end, through the emulator (`emulator::dingtalk`) and a real
+//! `hearth serve` child process on loopback.
+//!
+//! Two figures:
+//! - **message → first visible card token**, p50/p99, with `--conversations` 1:1 conversations talking at
+//!   once to the real model (each sends `--rounds` messages, one after the other's answer);
+//! - **gateway messages/s** with an `echo` skill answering every message (the model loaded, never asked),
+//!   `--echo-messages` messages posted at once across the same conversations.
+//!
+//! Latencies come from the emulator's own clock: when the user message was recorded, and when the first
+//! card update with text was accepted. It measures and never asserts; prints a markdown table.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use emulator::dingtalk::{CardStatus, ChatEntry, ConversationKind, DingTalkEmulator, EmulatorConfig, UserMessage, World, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
+
+/// Benchmark the DingTalk connector through the emulator.
+#[derive(Parser, Debug)]
+#[command(name = "im-bench", version)]
+struct Args {
+    /// The GGUF model file [default: ~/.cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf]
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// The `hearth` binary [default: next to this one]
+    #[arg(long, value_name = "FILE")]
+    hearth: Option<PathBuf>,
+    /// Concurrent conversations.
+    #[arg(long, default_value_t = 50)]
+    conversations: usize,
+    /// Messages per conversation in the model run.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Most answer tokens in the model run.
+    #[arg(long, default_value_t = 16)]
+    max_answer_tokens: usize,
+    /// Messages in the echo run.
+    #[arg(long, default_value_t = 1000)]
+    echo_messages: usize,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let model = match &args.model {
+        Some(model) => model.clone(),
+        None => PathBuf::from(std::env::var("HOME").context("HOME is not set")?).join(".cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    let hearth = match &args.hearth {
+        Some(hearth) => hearth.clone(),
+        None => std::env::current_exe()?.with_file_name("hearth"),
+    };
+    if !hearth.is_file() {
+        bail!("{} not found: build it with `cargo build --release -p gateway` or pass --hearth", hearth.display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (ttft, echo) = runtime.block_on(async {
+        let ttft = model_run(&args, &hearth, &model).await?;
+        let echo = echo_run(&args, &hearth, &model).await?;
+        anyhow::Ok((ttft, echo))
+    })?;
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| conversations | {} |", args.conversations);
+    println!("| message → first visible card token, p50 (model, {} messages) | {:.0} ms |", ttft.len(), percentile(&ttft, 0.50));
+    println!("| message → first visible card token, p99 (model) | {:.0} ms |", percentile(&ttft, 0.99));
+    println!("| gateway messages/s (echo skill, {} messages) | {:.1} |", args.echo_messages, echo);
+    Ok(())
+}
+
+/// The `hearth serve` config: the connector pointed at the emulator, limits out of the way.
+fn write_config(dir: &Path, dingtalk: &DingTalkEmulator, max_answer_tokens: usize, echo: bool) -> Result<PathBuf> {
+    let mut text = format!(
+        "[dingtalk]\napp_key = \"{DEFAULT_CLIENT_ID}\"\napp_secret = \"{DEFAULT_CLIENT_SECRET}\"\ncard_template_id = \"bench.schema\"\n\
+         api_base_url = \"{}\"\ndatabase = \"{}\"\ncard_update_interval_ms = 100\ncard_updates_per_second = 1000\n\
+         user_requests_per_second = 1000\nmax_answer_tokens = {max_answer_tokens}\n",
+        dingtalk.base_url(),
+        dir.join("dingtalk.sqlite3").display()
+    );
+    if echo {
+        text.push_str("[skills]\n[[skills.custom]]\nname = \"echo\"\ntrigger = \"regex\"\npatterns = [\"(?s).*\"]\nreply = \"{text}\"\n");
+    }
+    let path = dir.join("hearth.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start(hearth: &Path, model: &Path, config: &Path, dingtalk: &DingTalkEmulator) -> Result<Server> {
+    let child = Command::new(hearth)
+        .args(["serve", "--port", "0", "--ctx-size", "1024", "--model"])
+        .arg(model)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", hearth.display()))?;
+    let server = Server(child);
+    dingtalk.wait_for(Duration::from_secs(120), |w| (w.stats().live_connections == 1).then_some(())).await?;
+    Ok(server)
+}
+
+fn post(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> Result<()> {
+    dingtalk.post_message(UserMessage {
+        conversation_type: ConversationKind::Single,
+        conversation_id: None,
+        conversation_title: None,
+        user_id: user.to_owned(),
+        nick: None,
+        text: text.to_owned(),
+        at_bot: false,
+    })?;
+    Ok(())
+}
+
+/// Finished cards across every conversation.
+fn finished(world: &World) -> usize {
+    world.conversation_ids().iter().flat_map(|id| world.cards_in(id)).filter(|c| c.status == CardStatus::Finished).count()
+}
+
+async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>> {
+    let dingtalk = DingTalkEmulator::start(EmulatorConfig { qps_per_api: 0, ..EmulatorConfig::default() }, "127.0.0.1:0".parse()?).await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &dingtalk, args.max_answer_tokens, false)?;
+    let server = start(hearth, model, &config, &dingtalk).await?;
+    let questions = ["Name a color.", "Tell me a short fact about the sea.", "What is two plus two?", "Say hello."];
+    let started = Instant::now();
+    for round in 0..args.rounds {
+        for c in 0..args.conversations {
+            post(&dingtalk, &format!("bench{c:03}"), questions[(c + round) % questions.len()])?;
+        }
+        let want = (round + 1) * args.conversations;
+        dingtalk.wait_for(Duration::from_secs(args.timeout_secs), |w| (finished(w) >= want).then_some(())).await?;
+        eprintln!("round {} of {} done after {:.1} s", round + 1, args.rounds, started.elapsed().as_secs_f64());
+    }
+    let latencies = dingtalk.inspect(first_visible_latencies);
+    drop(server);
+    dingtalk.shutdown().await?;
+    Ok(latencies)
+}
+
+/// For every user message: milliseconds from the message to the first card update carrying text.
+fn first_visible_latencies(world: &World) -> Vec<f64> {
+    let mut latencies = Vec::new();
+    for id in world.conversation_ids() {
+        let Some(conversation) = world.conversation(&id) else { continue };
+        let cards = world.cards_in(&id);
+        let asked = conversation.messages.iter().filter_map(|m| match m {
+            ChatEntry::User { at_ms, .. } => Some(*at_ms),
+            _ => None,
+        });
+        for (at_ms, card) in asked.zip(cards.iter()) {
+            let shown = card.updates.iter().find(|u| u.content.as_deref().is_some_and(|c| !c.trim().is_empty())).map(|u| u.at_ms);
+            if let Some(shown) = shown {
+                latencies.push(shown.saturating_sub(at_ms) as f64);
+            }
+        }
+    }
+    latencies
+}
+
+async fn echo_run(args: &Args, hearth: &Path, model: &Path) -> Result<f64> {
+    let dingtalk = DingTalkEmulator::start(EmulatorConfig { qps_per_api: 0, ..EmulatorConfig::default() }, "127.0.0.1:0".parse()?).await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &dingtalk, args.max_answer_tokens, true)?;
+    let server = start(hearth, model, &config, &dingtalk).await?;
+    let started = Instant::now();
+    for i in 0..args.echo_messages {
+        post(&dingtalk, &format!("echo{:03}", i % args.conversations), &format!("message {i}"))?;
+    }
+    dingtalk.wait_for(Duration::from_secs(args.timeout_secs), |w| (finished(w) >= args.echo_messages).then_some(())).await?;
+    let rate = args.echo_messages as f64 / started.elapsed().as_secs_f64();
+    drop(server);
+    dingtalk.shutdown().await?;
+    Ok(rate)
+}
+
+/// The `q` quantile of `values` (nearest rank); 0 when empty.
+fn percentile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}

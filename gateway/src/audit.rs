@@ -1,0 +1,284 @@
+//! The audit log: one row per answered IM message (who asked, in which conversation, which skill or model
+//! answered, time to the first visible token, tokens, how delivery ended), in SQLite next to the outbox.
+//! Question and answer text pass through a [`Masker`] first, so configured sensitive patterns (phone
+//! numbers and Chinese ID numbers by default) never reach the disk. [`export`] writes the rows as JSON lines
+//! or CSV (`hearth audit export`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+
+use crate::sessions::{run, DbError, SharedConnection};
+
+/// The default sensitive patterns: mainland Chinese ID numbers (18 characters) first, then mobile numbers.
+pub fn default_mask_patterns() -> Vec<String> {
+    vec![r"\d{17}[\dXx]".to_owned(), r"\+?(?:86)?1[3-9]\d{9}".to_owned()]
+}
+
+/// What replaces a masked match.
+pub const MASK: &str = "[masked]";
+
+/// Replaces sensitive matches before anything is stored.
+#[derive(Debug, Clone)]
+pub struct Masker {
+    patterns: Vec<Regex>,
+}
+
+impl Masker {
+    /// A masker for `patterns` (regexes); a bad one is an error naming it.
+    pub fn new(patterns: &[String]) -> Result<Self, AuditError> {
+        let patterns = patterns
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| AuditError::Pattern { pattern: p.clone(), reason: e.to_string() }))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { patterns })
+    }
+
+    /// `text` with every match of every pattern replaced by [`MASK`], patterns applied in order.
+    pub fn mask(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for pattern in &self.patterns {
+            text = pattern.replace_all(&text, MASK).into_owned();
+        }
+        text
+    }
+}
+
+/// An audit failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("invalid sensitive pattern {pattern:?}: {reason}")]
+    Pattern { pattern: String, reason: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot open the audit database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot write the export: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("cannot write the CSV export: {0}")]
+    Csv(#[from] csv::Error),
+}
+
+/// One audited message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When the message was taken up (Unix ms).
+    pub at_ms: i64,
+    pub platform: String,
+    pub conversation_id: String,
+    /// The session the history came from.
+    pub session: String,
+    pub sender_id: String,
+    pub sender_nick: String,
+    /// `skill:NAME`, `model:NAME`, or `rate_limited`.
+    pub handler: String,
+    /// Masked.
+    pub question: String,
+    /// Masked.
+    pub answer: String,
+    /// From taking the message up to the first text the user could see; `None` when nothing was shown.
+    pub first_visible_ms: Option<i64>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Earlier turns of the session sent with the question.
+    pub context_turns: i64,
+    /// `answered`, `answered_markdown`, `busy` or `failed`.
+    pub outcome: String,
+}
+
+/// The audit log of one database.
+#[derive(Clone)]
+pub struct AuditLog {
+    conn: SharedConnection,
+    masker: Masker,
+    /// Records written by this handle and its clones, so callers can await one.
+    written: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+const COLUMNS: &str = "at_ms, platform, conversation_id, session, sender_id, sender_nick, handler, question, answer, first_visible_ms,
+                       prompt_tokens, completion_tokens, context_turns, outcome";
+
+fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS audit (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             at_ms INTEGER NOT NULL,
+             platform TEXT NOT NULL,
+             conversation_id TEXT NOT NULL,
+             session TEXT NOT NULL,
+             sender_id TEXT NOT NULL,
+             sender_nick TEXT NOT NULL,
+             handler TEXT NOT NULL,
+             question TEXT NOT NULL,
+             answer TEXT NOT NULL,
+             first_visible_ms INTEGER,
+             prompt_tokens INTEGER NOT NULL,
+             completion_tokens INTEGER NOT NULL,
+             context_turns INTEGER NOT NULL,
+             outcome TEXT NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);",
+    )
+}
+
+impl AuditLog {
+    /// The log in `conn`'s database (table created if missing), masking with `masker`.
+    pub fn open(conn: SharedConnection, masker: Masker) -> Result<Self, AuditError> {
+        create(&conn.lock().unwrap_or_else(|p| p.into_inner())).map_err(DbError::from)?;
+        Ok(Self { conn, masker, written: std::sync::Arc::new(tokio::sync::watch::channel(0).0) })
+    }
+
+    /// Store `record`, its question and answer masked.
+    pub async fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
+        record.question = self.masker.mask(&record.question);
+        record.answer = self.masker.mask(&record.answer);
+        run(&self.conn, move |conn| {
+            conn.execute(
+                &format!("INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                params![
+                    record.at_ms,
+                    record.platform,
+                    record.conversation_id,
+                    record.session,
+                    record.sender_id,
+                    record.sender_nick,
+                    record.handler,
+                    record.question,
+                    record.answer,
+                    record.first_visible_ms,
+                    record.prompt_tokens,
+                    record.completion_tokens,
+                    record.context_turns,
+                    record.outcome
+                ],
+            )
+            .map(drop)
+        })
+        .await?;
+        self.written.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// The number of records written through this log; changes after each one.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
+    }
+
+    /// Wait until at least `count` records were written through this log, then return every record.
+    pub async fn wait_for_records(&self, count: u64) -> Result<Vec<AuditRecord>, AuditError> {
+        let mut written = self.subscribe();
+        // The sender lives as long as `self`, so this only ends when the count is reached.
+        let _ = written.wait_for(|n| *n >= count).await;
+        self.records(0).await
+    }
+
+    /// Every record since `since_ms`, oldest first.
+    pub async fn records(&self, since_ms: i64) -> Result<Vec<AuditRecord>, AuditError> {
+        Ok(run(&self.conn, move |conn| select(conn, since_ms)).await?)
+    }
+}
+
+fn select(conn: &Connection, since_ms: i64) -> Result<Vec<AuditRecord>, rusqlite::Error> {
+    let mut statement = conn.prepare(&format!("SELECT {COLUMNS} FROM audit WHERE at_ms >= ?1 ORDER BY id"))?;
+    let rows = statement.query_map(params![since_ms], |row| {
+        Ok(AuditRecord {
+            at_ms: row.get(0)?,
+            platform: row.get(1)?,
+            conversation_id: row.get(2)?,
+            session: row.get(3)?,
+            sender_id: row.get(4)?,
+            sender_nick: row.get(5)?,
+            handler: row.get(6)?,
+            question: row.get(7)?,
+            answer: row.get(8)?,
+            first_visible_ms: row.get(9)?,
+            prompt_tokens: row.get(10)?,
+            completion_tokens: row.get(11)?,
+            context_turns: row.get(12)?,
+            outcome: row.get(13)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// An export format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// A header row, then one row per record.
+    Csv,
+}
+
+/// Write the records of the database at `database` since `since_ms` to `out`; returns how many.
+pub fn export(database: &Path, format: ExportFormat, since_ms: i64, out: impl Write) -> Result<usize, AuditError> {
+    let conn = Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|source| AuditError::Open { path: database.to_owned(), source })?;
+    create(&conn).map_err(DbError::from)?;
+    let records = select(&conn, since_ms).map_err(DbError::from)?;
+    write_records(&records, format, out)?;
+    Ok(records.len())
+}
+
+/// Write `records` to `out` as `format`.
+pub fn write_records(records: &[AuditRecord], format: ExportFormat, mut out: impl Write) -> Result<(), AuditError> {
+    match format {
+        ExportFormat::Jsonl => {
+            for record in records {
+                serde_json::to_writer(&mut out, record).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
+        ExportFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(out);
+            for record in records {
+                writer.serialize(record)?;
+            }
+            writer.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Parse `--since`: Unix milliseconds, or an age such as `90s`, `30m`, `24h`, `7d` counted back from now.
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{text}` is neither Unix milliseconds nor an age like 30m, 24h or 7d")),
+    };
+    let number: i64 = number.parse().map_err(|_| format!("`{text}` needs a number before `{unit}`"))?;
+    Ok(now_ms - number.saturating_mul(unit_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_phone_and_id_numbers() {
+        let masker = Masker::new(&default_mask_patterns()).unwrap();
+        assert_eq!(masker.mask("call 13812345678 now"), "call [masked] now");
+        assert_eq!(masker.mask("我的身份证号是11010519491231002X，电话+8613912345678"), "我的身份证号是[masked]，电话[masked]");
+        assert_eq!(masker.mask("order 12345"), "order 12345");
+        assert!(Masker::new(&["(".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn since_accepts_ms_and_ages() {
+        assert_eq!(parse_since("1700000000000", 0), Ok(1_700_000_000_000));
+        assert_eq!(parse_since("2h", 10_000_000), Ok(10_000_000 - 7_200_000));
+        assert!(parse_since("yesterday", 0).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! [`SkillsConfig`]: the `[skills]` section of the config file.
+
+use serde::{Deserialize, Serialize};
+
+use super::SkillError;
+
+/// `[skills]`: the built-in skills' settings and the configured ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SkillsConfig {
+    /// Off: every message goes to the model.
+    pub enabled: bool,
+    /// The first lines of the `help` answer.
+    pub help_text: String,
+    /// The platform user id (DingTalk staffId) escalations go to; empty: no escalation.
+    pub escalate_to: String,
+    /// Regexes that hand the conversation to [`escalate_to`](Self::escalate_to) (`/human` always does).
+    pub escalate_patterns: Vec<String>,
+    /// What the user is told when the conversation is handed over.
+    pub escalate_reply: String,
+    /// Skills answering a fixed template (`[[skills.custom]]`).
+    pub custom: Vec<CustomSkill>,
+}
+
+impl Default for SkillsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            help_text: "I am hearth, a private assistant. Ask me anything, or use:".to_owned(),
+            escalate_to: String::new(),
+            escalate_patterns: vec!["转人工".to_owned(), "(?i)\\b(human|agent|operator)\\b".to_owned()],
+            escalate_reply: "I have asked a colleague to take over; they will contact you here soon.".to_owned(),
+            custom: Vec::new(),
+        }
+    }
+}
+
+impl SkillsConfig {
+    /// Names must be unique and non-empty, and each skill needs a pattern.
+    pub fn validate(&self) -> Result<(), SkillError> {
+        const BUILT_IN: [&str; 4] = ["help", "new", "status", "escalate"];
+        for (i, skill) in self.custom.iter().enumerate() {
+            if skill.name.trim().is_empty() {
+                return Err(SkillError::Invalid(format!("custom[{i}].name must not be empty")));
+            }
+            if BUILT_IN.contains(&skill.name.as_str()) || self.custom[..i].iter().any(|s| s.name == skill.name) {
+                return Err(SkillError::Invalid(format!("custom[{i}].name repeats the name {:?}", skill.name)));
+            }
+            if skill.patterns.iter().all(|p| p.trim().is_empty()) {
+                return Err(SkillError::Invalid(format!("custom[{i}] ({}) needs at least one pattern", skill.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a configured skill's patterns are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    /// `/pattern`, then arguments.
+    Command,
+    /// The whole message equals the pattern (case-insensitive).
+    Keyword,
+    /// The regex matches somewhere in the message.
+    Regex,
+}
+
+/// One `[[skills.custom]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomSkill {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub trigger: TriggerKind,
+    /// Commands (without or with the `/`), keywords or regexes, per [`trigger`](Self::trigger).
+    pub patterns: Vec<String>,
+    /// The answer; `{text}` is the message, `{args}` a command's arguments.
+    pub reply: String,
+    /// Breaks ties between skills matched by the same kind of trigger; higher wins.
+    #[serde(default)]
+    pub priority: i32,
+}

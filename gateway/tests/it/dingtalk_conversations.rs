@@ -1,0 +1,301 @@
+//! Conversations, skills, limits and audit of the DingTalk connector, end to end: the real emulator, the
+//! real engine with SmolLM2, the sessions and the audit log in a real SQLite file.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use emulator::dingtalk::{CardStatus, ConversationKind, DingTalkEmulator, World, DEFAULT_CLIENT_ID};
+use gateway::audit::{AuditRecord, ExportFormat};
+use gateway::dingtalk::{DingTalkConfig, DingTalkConnector, BUSY, SLOW_DOWN};
+use gateway::routing::ModelRouter;
+use gateway::skills::{CustomSkill, SkillSet, SkillsConfig, TriggerKind};
+
+use crate::dingtalk::{all_answered, connector_config, emulator, say, shared_models, PATIENCE};
+use crate::support::{load_engine, Limits, MODEL_NAME};
+
+/// A connector config for many cards at once: the emulator's QPS limit is off in these tests.
+fn fast_config(dingtalk: &DingTalkEmulator, db: &Path) -> DingTalkConfig {
+    DingTalkConfig { card_updates_per_second: 200, max_answer_tokens: 8, ..connector_config(dingtalk, db) }
+}
+
+async fn fast_emulator() -> DingTalkEmulator {
+    emulator(|c| c.qps_per_api = 0).await
+}
+
+fn skill(name: &str, trigger: TriggerKind, patterns: &[&str], reply: &str, priority: i32) -> CustomSkill {
+    CustomSkill {
+        name: name.to_owned(),
+        description: format!("the {name} skill"),
+        trigger,
+        patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+        reply: reply.to_owned(),
+        priority,
+    }
+}
+
+/// Finished cards of `conversation`, in delivery order.
+fn finished_texts(world: &World, conversation: &str) -> Option<Vec<String>> {
+    let cards = world.cards_in(conversation);
+    cards.iter().all(|c| c.status == CardStatus::Finished).then(|| cards.iter().map(|c| c.text.clone()).collect())
+}
+
+/// The audit records once at least `count` were written (a record follows its card's final frame).
+async fn audit(connector: &DingTalkConnector, count: u64) -> Vec<AuditRecord> {
+    tokio::time::timeout(PATIENCE, connector.audit().wait_for_records(count)).await.expect("the audit records were written").unwrap()
+}
+
+/// Post `text` as `user` in their 1:1 chat and return the text of the card that answers it.
+async fn ask(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> String {
+    let before = dingtalk.inspect(|w| {
+        let ids = w.conversation_ids();
+        ids.iter().find(|id| w.conversation(id).is_some_and(|c| c.user_id.as_deref() == Some(user))).map_or(0, |id| w.cards_in(id).len())
+    });
+    let posted = say(dingtalk, ConversationKind::Single, None, user, text, false);
+    let texts = dingtalk
+        .wait_for(PATIENCE, |w| finished_texts(w, &posted.conversation_id).filter(|t| t.len() > before))
+        .await
+        .unwrap_or_else(|e| panic!("no answer to {text:?}: {e}"));
+    assert_eq!(texts.len(), before + 1, "one card per message");
+    texts[before].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carry_context() {
+    let dingtalk = fast_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let connector = DingTalkConnector::start(fast_config(&dingtalk, &dir.path().join("db.sqlite3")), shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+
+    // 20 users, 5 messages each: even ones in one of 5 groups (with a mention), odd ones in a 1:1 chat.
+    let topics = ["a color", "a fruit", "a city", "an animal", "a number"];
+    let mut msg_ids = HashSet::new();
+    for round in 0..5 {
+        for user in 0..20 {
+            let text = format!("Name {}.", topics[(user + round) % topics.len()]);
+            let (user, group) = (format!("user{user:02}"), format!("cidGroup{}", user % 5));
+            let posted = if round % 2 == 0 {
+                say(&dingtalk, ConversationKind::Group, Some(&group), &user, &text, true)
+            } else {
+                say(&dingtalk, ConversationKind::Single, None, &user, &text, false)
+            };
+            assert!(msg_ids.insert(posted.msg_id));
+        }
+    }
+    let cards = dingtalk.wait_for(Duration::from_secs(600), all_answered).await.unwrap();
+    assert_eq!(cards, 100, "exactly one finished card per message");
+    let (ids, texts): (HashSet<String>, Vec<String>) = dingtalk.inspect(|w| {
+        let cards: Vec<_> = w.conversation_ids().iter().flat_map(|id| w.cards_in(id)).collect();
+        (cards.iter().map(|c| c.out_track_id.clone()).collect(), cards.iter().map(|c| c.text.clone()).collect())
+    });
+    assert_eq!(ids.len(), 100, "no card is shared or duplicated");
+    assert!(texts.iter().all(|t| !t.trim().is_empty() && t != BUSY && t != SLOW_DOWN), "every card holds a model answer");
+    for msg_id in &msg_ids {
+        assert_eq!(connector.outbox().state(msg_id).await.unwrap().as_deref(), Some("answered"));
+    }
+    let records = audit(&connector, 100).await;
+    assert_eq!(records.len(), 100);
+    assert!(records.iter().all(|r| r.handler == format!("model:{MODEL_NAME}") && r.outcome == "answered" && r.first_visible_ms.is_some()));
+    assert!(records.iter().all(|r| r.completion_tokens >= 1 && r.prompt_tokens > 0));
+
+    // A session carries context: the second question is sent after the first turn.
+    let first = ask(&dingtalk, "zed", "My name is Zed. Say hi.").await;
+    let second = ask(&dingtalk, "zed", "What is my name?").await;
+    assert!(!first.is_empty() && !second.is_empty());
+    let records = audit(&connector, 102).await;
+    let zed: Vec<&AuditRecord> = records.iter().filter(|r| r.sender_id == "zed").collect();
+    assert_eq!(zed.len(), 2);
+    assert_eq!((zed[0].context_turns, zed[1].context_turns), (0, 2), "the second prompt holds the first question and answer");
+    assert!(zed[1].prompt_tokens > zed[0].prompt_tokens + 5, "{} vs {}", zed[1].prompt_tokens, zed[0].prompt_tokens);
+    let key = format!("dingtalk:{DEFAULT_CLIENT_ID}:{}", zed[0].conversation_id);
+    let history = connector.sessions().history(&key).await.unwrap();
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[0].content, "My name is Zed. Say hi.");
+    assert_eq!(history[1].content.trim(), first.trim());
+
+    // A history longer than the context is trimmed by tokens, oldest turns first, newest kept.
+    ask(&dingtalk, "long", "Say hi.").await;
+    let conversation = dingtalk.inspect(|w| w.conversation_ids().into_iter().find(|id| w.conversation(id).unwrap().user_id.as_deref() == Some("long")).unwrap());
+    let key = format!("dingtalk:{DEFAULT_CLIENT_ID}:{conversation}");
+    for turn in 0..6 {
+        let filler = format!("turn {turn}: {}", "lorem ipsum dolor sit amet ".repeat(40));
+        connector.sessions().append(&key, &filler, &filler).await.unwrap();
+    }
+    assert_eq!(connector.sessions().history(&key).await.unwrap().len(), 14);
+    ask(&dingtalk, "long", "What did I say last?").await;
+    let records = audit(&connector, 104).await;
+    let last = records.iter().rev().find(|r| r.sender_id == "long").unwrap();
+    assert!(last.context_turns > 0 && last.context_turns < 14 && last.context_turns % 2 == 0, "kept {} turns", last.context_turns);
+    assert!(last.prompt_tokens as usize + 8 <= crate::support::SHARED_CONTEXT, "{} prompt tokens", last.prompt_tokens);
+    connector.shutdown(Duration::from_secs(30)).await;
+    dingtalk.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dingtalk_skills_score_reset_escalate_and_reload() {
+    let dingtalk = fast_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let skills_config = |ping_reply: &str| SkillsConfig {
+        escalate_to: "boss".to_owned(),
+        custom: vec![
+            skill("ping", TriggerKind::Keyword, &["ping"], ping_reply, 0),
+            skill("weather", TriggerKind::Regex, &["(?i)weather", "(?i)^ping"], "Sunny, as always.", 0),
+            skill("echo", TriggerKind::Command, &["echo"], "{args}", 0),
+            skill("low", TriggerKind::Regex, &["tie"], "low wins", 1),
+            skill("high", TriggerKind::Regex, &["tie"], "high wins", 9),
+        ],
+        ..SkillsConfig::default()
+    };
+    let file = dir.path().join("hearth.toml");
+    let write_config = |ping_reply: &str| {
+        let section = toml::to_string(&gateway::config::Config { skills: skills_config(ping_reply), ..Default::default() }).unwrap();
+        std::fs::write(&file, section).unwrap();
+    };
+    write_config("pong");
+    let skills = Arc::new(SkillSet::with_file(&skills_config("pong"), file.clone()).unwrap());
+    let watcher = skills.watch(Duration::from_millis(50)).unwrap();
+    let config = fast_config(&dingtalk, &dir.path().join("db.sqlite3"));
+    let connector = DingTalkConnector::start_with_skills(config, shared_models(), skills.clone()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+
+    assert_eq!(ask(&dingtalk, "sam", "ping").await, "pong", "an exact keyword beats a regex");
+    assert_eq!(ask(&dingtalk, "sam", "ping me later").await, "Sunny, as always.");
+    assert_eq!(ask(&dingtalk, "sam", "/echo hello there").await, "hello there");
+    assert_eq!(ask(&dingtalk, "sam", "a tie!").await, "high wins", "ties go to the higher priority");
+    let help = ask(&dingtalk, "sam", "help").await;
+    assert!(help.contains("/new") && help.contains("echo"), "{help}");
+    let status = ask(&dingtalk, "sam", "/status").await;
+    assert!(status.contains(MODEL_NAME) && status.contains("queue depth") && status.contains("uptime"), "{status}");
+
+    // The model answers the rest, into the session; /new forgets it.
+    let answer = ask(&dingtalk, "sam", "Tell me a fact about the moon.").await;
+    assert!(!answer.is_empty());
+    let conversation = dingtalk.inspect(|w| w.conversation_ids().into_iter().find(|id| w.conversation(id).unwrap().user_id.as_deref() == Some("sam")).unwrap());
+    let key = format!("dingtalk:{DEFAULT_CLIENT_ID}:{conversation}");
+    assert_eq!(connector.sessions().history(&key).await.unwrap().len(), 2, "skill answers stay out of the session");
+    assert!(ask(&dingtalk, "sam", "/new").await.contains("new conversation"));
+    assert!(connector.sessions().history(&key).await.unwrap().is_empty());
+
+    // Escalation: the named person gets a robot message, the user is told.
+    let told = ask(&dingtalk, "sam", "I want to talk to a human").await;
+    assert_eq!(told, SkillsConfig::default().escalate_reply);
+    let to_boss = dingtalk
+        .wait_for(PATIENCE, |w| {
+            let boss = w.conversation_ids().into_iter().find(|id| w.conversation(id).unwrap().user_id.as_deref() == Some("boss"))?;
+            Some(crate::dingtalk::robot_messages(w, &boss, "robotApi")).filter(|m| !m.is_empty())
+        })
+        .await
+        .unwrap();
+    assert_eq!(to_boss.len(), 1);
+    assert!(to_boss[0].contains("sam") && to_boss[0].contains("I want to talk to a human"), "{}", to_boss[0]);
+
+    // Reload: the file changes, the watcher swaps the skills in.
+    let mut version = skills.subscribe();
+    write_config("pong, reloaded");
+    tokio::time::timeout(PATIENCE, version.changed()).await.expect("the change was noticed").unwrap();
+    assert_eq!(ask(&dingtalk, "sam", "ping").await, "pong, reloaded");
+    // A broken file keeps the previous skills.
+    std::fs::write(&file, "[skills]\ncustom = [{ name = \"bad\", trigger = \"regex\", patterns = [\"(\"], reply = \"x\" }]\n").unwrap();
+    assert!(skills.reload().is_err());
+    assert_eq!(ask(&dingtalk, "sam", "ping").await, "pong, reloaded");
+    watcher.abort();
+
+    let handlers: Vec<String> = audit(&connector, 11).await.into_iter().map(|r| r.handler).collect();
+    for expected in ["skill:ping", "skill:weather", "skill:echo", "skill:high", "skill:help", "skill:status", "skill:new", "skill:escalate"] {
+        assert!(handlers.iter().any(|h| h == expected), "{expected} in {handlers:?}");
+    }
+    assert_eq!(handlers.iter().filter(|h| h.starts_with("model:")).count(), 1);
+    connector.shutdown(Duration::from_secs(30)).await;
+    dingtalk.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dingtalk_rate_limited_users_are_told_to_slow_down_and_a_full_engine_answers_busy() {
+    let dingtalk = fast_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let skills = SkillsConfig { custom: vec![skill("ping", TriggerKind::Keyword, &["ping"], "pong", 0)], ..SkillsConfig::default() };
+    let config = DingTalkConfig { user_requests_per_second: 1, ..fast_config(&dingtalk, &dir.path().join("a.sqlite3")) };
+    let connector = DingTalkConnector::start_with_skills(config, shared_models(), Arc::new(SkillSet::new(&skills).unwrap())).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    // Three messages at once from one user with a budget of one per second; another user is unaffected.
+    let posted: Vec<_> = (0..3).map(|_| say(&dingtalk, ConversationKind::Single, None, "flood", "ping", false)).collect();
+    let calm = say(&dingtalk, ConversationKind::Single, None, "calm", "ping", false);
+    let texts = dingtalk.wait_for(PATIENCE, |w| finished_texts(w, &posted[0].conversation_id).filter(|t| t.len() == 3)).await.unwrap();
+    let slowed = texts.iter().filter(|t| *t == SLOW_DOWN).count();
+    assert_eq!((slowed, texts.iter().filter(|t| *t == "pong").count()), (2, 1), "{texts:?}");
+    let calm = dingtalk.wait_for(PATIENCE, |w| finished_texts(w, &calm.conversation_id).filter(|t| t.len() == 1)).await.unwrap();
+    assert_eq!(calm, ["pong"]);
+    let records = audit(&connector, 4).await;
+    assert_eq!(records.iter().filter(|r| r.handler == "rate_limited").count(), 2);
+    connector.shutdown(Duration::from_secs(30)).await;
+
+    // An engine that takes one request and queues one: the others get a finalized "busy" card.
+    let engine = load_engine(Limits { max_running: 1, max_waiting: 1, kv_cache_tokens: 1024, context_length: 512 });
+    let models = Arc::new(ModelRouter::single(MODEL_NAME, engine.clone()));
+    let config = DingTalkConfig { max_answer_tokens: 48, ..fast_config(&dingtalk, &dir.path().join("b.sqlite3")) };
+    let connector = DingTalkConnector::start(config, models).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    let posted: Vec<_> =
+        (0..6).map(|i| say(&dingtalk, ConversationKind::Single, None, &format!("busy{i}"), "Write a long story about a dragon.", false)).collect();
+    let texts: Vec<String> = dingtalk
+        .wait_for(PATIENCE, |w| posted.iter().map(|p| finished_texts(w, &p.conversation_id).filter(|t| t.len() == 1).map(|t| t[0].clone())).collect())
+        .await
+        .unwrap();
+    let busy = texts.iter().filter(|t| *t == BUSY).count();
+    assert!((1..=4).contains(&busy), "at most two are taken, some are refused: {texts:?}");
+    assert!(texts.iter().filter(|t| *t != BUSY).all(|t| !t.trim().is_empty()));
+    let records = audit(&connector, 6).await;
+    assert_eq!(records.iter().filter(|r| r.outcome == "busy").count(), busy);
+    connector.shutdown(Duration::from_secs(30)).await;
+    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    dingtalk.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dingtalk_audit_masks_sensitive_text_and_exports_jsonl_and_csv() {
+    let dingtalk = fast_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite3");
+    let skills = SkillsConfig { custom: vec![skill("echo", TriggerKind::Command, &["echo"], "you said: {args}", 0)], ..SkillsConfig::default() };
+    let connector = DingTalkConnector::start_with_skills(fast_config(&dingtalk, &db), shared_models(), Arc::new(SkillSet::new(&skills).unwrap())).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    let secret = "/echo call 13812345678, ID 11010519491231002X";
+    assert_eq!(ask(&dingtalk, "pat", secret).await, "you said: call 13812345678, ID 11010519491231002X");
+    assert!(!ask(&dingtalk, "pat", "Say one word.").await.is_empty());
+    connector.shutdown(Duration::from_secs(30)).await;
+
+    let mut jsonl = Vec::new();
+    assert_eq!(gateway::audit::export(&db, ExportFormat::Jsonl, 0, &mut jsonl).unwrap(), 2);
+    let text = String::from_utf8(jsonl).unwrap();
+    assert!(!text.contains("13812345678") && !text.contains("11010519491231002X"), "{text}");
+    let from_jsonl: Vec<AuditRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(from_jsonl[0].question, "/echo call [masked], ID [masked]");
+    assert_eq!(from_jsonl[0].answer, "you said: call [masked], ID [masked]");
+    assert_eq!((from_jsonl[0].handler.as_str(), from_jsonl[0].sender_id.as_str()), ("skill:echo", "pat"));
+    assert_eq!(from_jsonl[1].handler, format!("model:{MODEL_NAME}"));
+    assert!(from_jsonl.iter().all(|r| r.outcome == "answered" && r.first_visible_ms.is_some()));
+
+    // The CLI writes the same records as CSV.
+    let out = dir.path().join("audit.csv");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["audit", "export", "--format", "csv", "--since", "1d", "--database"])
+        .arg(&db)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let from_csv: Vec<AuditRecord> = csv::Reader::from_path(&out).unwrap().deserialize().map(Result::unwrap).collect();
+    assert_eq!(from_csv, from_jsonl);
+    let future = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["audit", "export", "--format", "jsonl", "--since", "99999999999999", "--database"])
+        .arg(&db)
+        .arg("-o")
+        .arg(dir.path().join("none.jsonl"))
+        .status()
+        .unwrap();
+    assert!(future.success());
+    assert_eq!(std::fs::read_to_string(dir.path().join("none.jsonl")).unwrap(), "");
+    dingtalk.shutdown().await.unwrap();
+}
