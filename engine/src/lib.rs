@@ -8,6 +8,7 @@
 //! The public API has no candle types: token ids are `u32`, text is `String`, logits never leave the crate.
 
 mod detokenizer;
+mod device;
 mod error;
 mod handle;
 mod kv_cache;
@@ -22,6 +23,7 @@ pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::Detokenizer;
+pub use device::{AttentionPath, Device, ParseDeviceError};
 pub use error::EngineError;
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};
 pub use request::{
