@@ -15,17 +15,18 @@ use crate::prompt::{Workload, WorkloadConfig};
 use crate::report::{median, ms, Figure, Metric};
 
 /// Load the model with room for the largest concurrency level of the run.
-pub fn load(model: &Path, workload: &WorkloadConfig) -> Result<EngineHandle> {
+pub fn load(model: &Path, workload: &WorkloadConfig, device: engine::Device) -> Result<EngineHandle> {
     let max_c = workload.concurrency.iter().copied().max().unwrap_or(1);
     let per_stream = workload.prompt_tokens + workload.gen_tokens;
     let mut config = EngineConfig::new(model);
     config.prefix_caching = false;
+    config.device = device;
     config.max_running = config.max_running.max(max_c);
     config.max_waiting = config.max_waiting.max(max_c);
     // Every stream's prompt and output, plus one block of slack per stream.
     config.kv_cache_tokens = config.kv_cache_tokens.max(max_c * (per_stream + config.block_size));
     eprintln!(
-        "hearth: loading {} (max_running {}, kv_cache_tokens {}, max_batch_tokens {}, prefix caching off)",
+        "hearth: loading {} on {device} (max_running {}, kv_cache_tokens {}, max_batch_tokens {}, prefix caching off)",
         model.display(),
         config.max_running,
         config.kv_cache_tokens,

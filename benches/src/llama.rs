@@ -26,6 +26,8 @@ pub struct ServerConfig<'a> {
     pub binary: &'a Path,
     pub model: &'a Path,
     pub threads: usize,
+    /// The GPU to offload every layer to (`-ngl 999 --split-mode none --main-gpu N`); `None` runs on the CPU.
+    pub gpu: Option<usize>,
     /// Number of slots (`-np`): the most requests it decodes at once.
     pub slots: usize,
     /// Context per slot; the server gets `slots × ctx_per_slot` in total (`-c`).
@@ -56,12 +58,17 @@ impl LlamaServer {
             .args(["-c", &ctx.to_string()])
             .args(["-np", &config.slots.to_string()])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--cache-ram", "0"])
+            .args(["--cache-ram", "0"]);
+        if let Some(gpu) = config.gpu {
+            command.args(["-ngl", "999", "--split-mode", "none", "--main-gpu", &gpu.to_string()]);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        let gpu = config.gpu.map_or(String::new(), |g| format!(" -ngl 999 --split-mode none --main-gpu {g}"));
         eprintln!(
-            "llama.cpp: starting {} -t {} -c {ctx} -np {} --cache-ram 0 on 127.0.0.1:{port} (log: {})",
+            "llama.cpp: starting {} -t {} -c {ctx} -np {} --cache-ram 0{gpu} on 127.0.0.1:{port} (log: {})",
             config.binary.display(),
             config.threads,
             config.slots,
@@ -198,6 +205,8 @@ pub struct LlamaConfig<'a> {
     pub binary: &'a Path,
     pub model: &'a Path,
     pub threads: usize,
+    /// The GPU llama.cpp offloads to (`--device cuda:N`); `None` on the CPU.
+    pub gpu: Option<usize>,
 }
 
 /// Measure llama.cpp on `workload`: single-stream figures on a one-slot server, then one server per
@@ -212,6 +221,7 @@ pub async fn measure(config: &LlamaConfig<'_>, workload: &Workload) -> Result<Ve
         binary: config.binary,
         model: config.model,
         threads: config.threads,
+        gpu: config.gpu,
         slots,
         ctx_per_slot,
     };

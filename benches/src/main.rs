@@ -25,7 +25,7 @@ use clap::Parser;
 use crate::prompt::{Workload, WorkloadConfig};
 use crate::report::{EngineKind, RunInfo};
 
-/// Benchmark hearth against llama.cpp on one GGUF model (CPU).
+/// Benchmark hearth against llama.cpp on one GGUF model (CPU or CUDA).
 #[derive(Parser, Debug)]
 #[command(name = "hearth-bench", version)]
 struct Args {
@@ -61,6 +61,11 @@ struct Args {
     /// CPU threads for both engines [default: $RAYON_NUM_THREADS, else all cores]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
+
+    /// Where both engines run the model: `cpu`, `cuda` or `cuda:N` (hearth needs a `--features cuda` build;
+    /// llama.cpp then offloads every layer to that GPU, so it must be a CUDA build of llama-server).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: engine::Device,
 
     /// Write the JSON lines to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
@@ -108,12 +113,13 @@ fn run(args: Args) -> Result<()> {
              makes the figures low and noisy"
         );
     }
-    let handle = hearth::load(&model, &workload_config)?;
+    let handle = hearth::load(&model, &workload_config, args.device)?;
     let workload = Workload::new(handle.tokenizer(), &workload_config)?;
     let mut info = RunInfo {
         git_rev: git_revision(),
         model: model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned()),
         quant: handle.info().quantization.clone(),
+        device: args.device.to_string(),
         threads,
         prompt_tokens: workload.prompt_tokens,
         gen_tokens: workload.gen_tokens,
@@ -141,7 +147,11 @@ fn run(args: Args) -> Result<()> {
             llama_server.display()
         );
     } else {
-        let config = llama::LlamaConfig { binary: &llama_server, model: &model, threads };
+        let gpu = match args.device {
+            engine::Device::Cpu => None,
+            engine::Device::Cuda(n) => Some(n),
+        };
+        let config = llama::LlamaConfig { binary: &llama_server, model: &model, threads, gpu };
         // On SIGINT/SIGTERM the measuring future is dropped, and with it the running llama-server (killed).
         match runtime.block_on(until_interrupted(llama::measure(&config, &workload))) {
             Ok(figures) => results.push((EngineKind::LlamaCpp, figures)),

@@ -71,6 +71,8 @@ pub struct RunInfo {
     pub git_rev: String,
     pub model: String,
     pub quant: String,
+    /// Where both engines ran the model: `cpu` or `cuda:N`.
+    pub device: String,
     pub threads: usize,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
@@ -89,7 +91,7 @@ struct Line<'a> {
     git_rev: &'a str,
     model: &'a str,
     quant: &'a str,
-    device: &'static str,
+    device: &'a str,
     threads: usize,
     engine: &'static str,
     metric: &'static str,
@@ -113,7 +115,7 @@ pub fn json_lines(info: &RunInfo, results: &[(EngineKind, Vec<Figure>)]) -> Stri
                 git_rev: &info.git_rev,
                 model: &info.model,
                 quant: &info.quant,
-                device: "cpu",
+                device: &info.device,
                 threads: info.threads,
                 engine: engine.name(),
                 metric: f.metric.name(),
@@ -162,8 +164,8 @@ pub fn markdown_table(info: &RunInfo, results: &[(EngineKind, Vec<Figure>)]) -> 
     };
     let _ = writeln!(
         t,
-        "{} ({}), cpu, {} threads, prompt {} tokens, generate {} tokens, median of {}, rev {}{load}",
-        info.model, info.quant, info.threads, info.prompt_tokens, info.gen_tokens, info.repeat, info.git_rev
+        "{} ({}), {}, {} threads, prompt {} tokens, generate {} tokens, median of {}, rev {}{load}",
+        info.model, info.quant, info.device, info.threads, info.prompt_tokens, info.gen_tokens, info.repeat, info.git_rev
     );
     let _ = writeln!(t);
     let _ = writeln!(t, "| metric | hearth | llama.cpp | hearth / llama.cpp |");
@@ -233,6 +235,7 @@ mod tests {
             git_rev: "abc1234".into(),
             model: "m.gguf".into(),
             quant: "Q4_1".into(),
+            device: "cuda:0".into(),
             threads: 2,
             prompt_tokens: 256,
             gen_tokens: 128,
@@ -254,6 +257,7 @@ mod tests {
         let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
         assert_eq!(first["engine"], "hearth");
         assert_eq!(first["metric"], "prefill_tok_per_s");
-        assert_eq!(first["device"], "cpu");
+        assert_eq!(first["device"], "cuda:0");
+        assert!(table.starts_with("m.gguf (Q4_1), cuda:0, 2 threads"), "{table}");
     }
 }
