@@ -43,3 +43,10 @@ unshare -n bash -c 'ip link set lo up && exec tests/browser/run.sh'
 
 echo "== air-gapped install: bundle, install from it with no network, serve a chat completion"
 tests/install/airgap.sh
+
+# Opt-in: candle's CUDA kernels need nvcc even for `cargo check`, and compiling them takes long on two cores,
+# so CI checks the `cuda` feature only when asked (docs/cuda.md). The toolchain is the pinned one from PyPI.
+if [[ "${HEARTH_CI_CUDA:-0}" == 1 ]]; then
+    echo "== the cuda feature compiles (HEARTH_CI_CUDA=1)"
+    scripts/build-cuda.sh --check
+fi

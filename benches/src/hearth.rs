@@ -30,10 +30,8 @@ pub fn load(model: &Path, device: Device, workload: &WorkloadConfig) -> Result<E
     config.max_waiting = config.max_waiting.max(max_c);
     // Every stream's prompt and output, plus one block of slack per stream.
     config.kv_cache_tokens = config.kv_cache_tokens.max(max_c * (per_stream + config.block_size));
-    // The one place the device reaches the engine; a CUDA arm sets the engine's device here.
-    match device {
-        Device::Cpu => {}
-    }
+    // The one place the device reaches the engine.
+    config.device = device.into();
     eprintln!(
         "hearth: loading {} (max_running {}, kv_cache_tokens {}, max_batch_tokens {}, prefix caching off)",
         model.display(),

@@ -63,21 +63,23 @@ impl LlamaServer {
             .args(["-c", &ctx.to_string()])
             .args(["-np", &config.slots.to_string()])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--cache-ram", "0"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+            .args(["--cache-ram", "0"]);
+        // The one place the device reaches llama-server: on a GPU, every layer is offloaded to it.
+        let gpu = match config.device {
+            Device::Cpu => String::new(),
+            Device::Cuda(n) => {
+                command.args(["-ngl", "999", "--split-mode", "none", "--main-gpu", &n.to_string()]);
+                format!(" -ngl 999 --split-mode none --main-gpu {n}")
+            }
+        };
+        command.stdin(Stdio::null()).stdout(log).stderr(log_err);
         eprintln!(
-            "llama.cpp: starting {} -t {} -c {ctx} -np {} --cache-ram 0 on 127.0.0.1:{port} (log: {})",
+            "llama.cpp: starting {} -t {} -c {ctx} -np {} --cache-ram 0{gpu} on 127.0.0.1:{port} (log: {})",
             config.binary.display(),
             config.threads,
             config.slots,
             log_path.display()
         );
-        // The one place the device reaches llama-server; a CUDA arm adds its GPU-offload flags here.
-        match config.device {
-            Device::Cpu => {}
-        }
         let child = command.spawn().with_context(|| format!("starting {}", config.binary.display()))?;
         let mut server = Self { child, base_url: format!("http://127.0.0.1:{port}"), log_path };
         server.wait_healthy(client).await?;

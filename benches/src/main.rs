@@ -79,6 +79,11 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
 
+    /// Where both engines run the model: `cpu`, `cuda` or `cuda:N` (hearth needs a `--features cuda` build;
+    /// llama.cpp then offloads every layer to that GPU, so it must be a CUDA build of llama-server).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: engine::Device,
+
     /// Write the JSON lines to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -134,7 +139,7 @@ fn run(args: Args) -> Result<()> {
         true
     };
     let threads = resolve_threads(args.threads);
-    let device = Device::Cpu;
+    let device = Device::from(args.device);
 
     let mut concurrency: Vec<usize> = args.concurrency.iter().map(|&c| c as usize).collect();
     concurrency.sort_unstable();

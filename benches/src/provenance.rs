@@ -7,11 +7,32 @@
 use std::path::Path;
 use std::process::Command;
 
-/// Where hearth runs its model. llama.cpp is started to match (its build decides its backend).
+/// Where both engines run the model: hearth on this device, llama.cpp offloading every layer to the same GPU
+/// (which needs a CUDA build of llama-server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
     /// The CPU, with `threads` compute threads.
     Cpu,
+    /// CUDA device N (hearth needs a `--features cuda` build).
+    Cuda(usize),
+}
+
+impl From<engine::Device> for Device {
+    fn from(device: engine::Device) -> Self {
+        match device {
+            engine::Device::Cpu => Device::Cpu,
+            engine::Device::Cuda(n) => Device::Cuda(n),
+        }
+    }
+}
+
+impl From<Device> for engine::Device {
+    fn from(device: Device) -> Self {
+        match device {
+            Device::Cpu => engine::Device::Cpu,
+            Device::Cuda(n) => engine::Device::Cuda(n),
+        }
+    }
 }
 
 impl Device {
@@ -22,6 +43,7 @@ impl Device {
                 let name = cpu_model_name().unwrap_or_else(|| std::env::consts::ARCH.to_string());
                 format!("cpu: {name} ({threads} threads)")
             }
+            Device::Cuda(n) => format!("cuda:{n}"),
         }
     }
 }

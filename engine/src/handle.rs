@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::step::{Command, EngineLoop, NewRequest};
-use crate::{validate, EngineError, Event, GenerateRequest, Tokenizer};
+use crate::{validate, AttentionPath, Device, EngineError, Event, GenerateRequest, Tokenizer};
 
 /// Engine settings. Defaults are documented on [`EngineConfig::new`].
 #[derive(Debug, Clone)]
@@ -32,11 +32,16 @@ pub struct EngineConfig {
     pub context_length: Option<usize>,
     /// Reuse KV blocks of identical prompt prefixes across requests.
     pub prefix_caching: bool,
+    /// Where the model runs.
+    pub device: Device,
+    /// How attention reads the KV cache; `None` takes [`AttentionPath::default_for`] the device.
+    /// [`AttentionPath::Kernel`] on CUDA is refused (the kernel reads host memory).
+    pub attention: Option<AttentionPath>,
 }
 
 impl EngineConfig {
     /// Defaults: 512 tokens per step, 64 running, 256 waiting, a 16 384-position KV cache in blocks of 32,
-    /// context capped at 8 192 positions, prefix caching on.
+    /// context capped at 8 192 positions, prefix caching on, on the CPU with its default attention path.
     pub fn new(model_path: impl Into<PathBuf>) -> Self {
         Self {
             model_path: model_path.into(),
@@ -47,6 +52,8 @@ impl EngineConfig {
             block_size: 32,
             context_length: Some(8192),
             prefix_caching: true,
+            device: Device::Cpu,
+            attention: None,
         }
     }
 }
@@ -66,6 +73,10 @@ pub struct ModelInfo {
     pub quantization: String,
     /// Where it was loaded from.
     pub path: PathBuf,
+    /// Where it runs.
+    pub device: Device,
+    /// How its attention reads the KV cache.
+    pub attention: AttentionPath,
 }
 
 /// Counters and gauges of the engine, updated every step.
@@ -138,12 +149,28 @@ impl Engine {
                 return Err(EngineError::InvalidParameter { name, value: "0".into(), expected: "at least 1" });
             }
         }
+        let attention = config.attention.unwrap_or(AttentionPath::default_for(config.device));
+        if attention == AttentionPath::Kernel && config.device != Device::Cpu {
+            return Err(EngineError::InvalidParameter {
+                name: "attention",
+                value: format!("Kernel on {}", config.device),
+                expected: "TensorOps on CUDA (the kernel reads host memory)",
+            });
+        }
         let tokenizer = Tokenizer::from_gguf(&path)?;
-        let device = candle_core::Device::Cpu;
+        let device = crate::device::open(config.device, &path.display().to_string())?;
         let model = models::load(&path, &device).map_err(|e| load_err(e.to_string()))?;
         let spec = model.spec().clone();
         let num_blocks = config.kv_cache_tokens.div_ceil(config.block_size);
-        let cache = models::KvCache::new(spec.kv_layout(), num_blocks, config.block_size).map_err(|e| load_err(e.to_string()))?;
+        let cache = match attention {
+            AttentionPath::Kernel => models::KvCache::new(spec.kv_layout(), num_blocks, config.block_size),
+            AttentionPath::TensorOps => {
+                // f16 halves the cache on the GPU; the CPU twin keeps f32 so it can be compared tightly.
+                let dtype = if device.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::F16 };
+                models::KvCache::new_tensors(spec.kv_layout(), num_blocks, config.block_size, &device, dtype)
+            }
+        }
+        .map_err(|e| load_err(format!("cannot allocate the KV cache on {}: {e}", config.device)))?;
         let context_length = spec
             .context_length
             .min(config.context_length.unwrap_or(usize::MAX))
@@ -155,12 +182,16 @@ impl Engine {
             vocab_size: spec.vocab_size,
             quantization: spec.quantization.clone(),
             path: path.clone(),
+            device: config.device,
+            attention,
         };
         tracing::info!(
             model = %info.name,
             context = context_length,
             kv_blocks = num_blocks,
-            kv_mib = spec.kv_layout().bytes_per_token() * num_blocks * config.block_size >> 20,
+            device = %config.device,
+            attention = ?attention,
+            kv_mib = cache.bytes() >> 20,
             "engine ready"
         );
         let (tx, rx) = mpsc::channel();

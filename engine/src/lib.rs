@@ -8,6 +8,7 @@
 //! The public API has no candle types: token ids are `u32`, text is `String`, logits never leave the crate.
 
 mod detokenizer;
+mod device;
 mod error;
 mod handle;
 mod inspect;
@@ -24,6 +25,7 @@ pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::Detokenizer;
+pub use device::{AttentionPath, Device, ParseDeviceError};
 pub use error::EngineError;
 pub use perplexity::{perplexity, PerplexityConfig, PerplexityReport};
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};

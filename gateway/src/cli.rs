@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use engine::{EngineConfig, SamplingParams};
+use engine::{Device, EngineConfig, SamplingParams};
 use gateway::config::{Config, LogFormat, Secret};
 use gateway::dingtalk::{ConfigError, DingTalkConfig};
 use gateway::model_path::{self, ModelPathError};
@@ -297,6 +297,10 @@ pub struct EngineArgs {
     /// Context window per request, in tokens (default: the model's, capped by the engine).
     #[arg(long, value_name = "N", value_parser = positive)]
     pub ctx_size: Option<usize>,
+    /// Where the model runs: `cpu`, `cuda` (GPU 0) or `cuda:N`. CUDA needs a hearth built with
+    /// `--features cuda` (scripts/build-cuda.sh).
+    #[arg(long, value_name = "DEVICE", env = "HEARTH_DEVICE", default_value = "cpu")]
+    pub device: Device,
 }
 
 impl EngineArgs {
@@ -323,6 +327,7 @@ impl EngineArgs {
         if let Some(n) = self.ctx_size.or(section.ctx_size) {
             config.context_length = Some(n);
         }
+        config.device = self.device;
         Ok(config)
     }
 }

@@ -27,6 +27,9 @@ use crate::{Batch, KvCache, ModelError};
 ///
 /// `k` and `v` are `[tokens][num_kv_heads][head_dim]`, tokens in batch order.
 pub fn write_kv(cache: &mut KvCache, layer: usize, k: &[f32], v: &[f32], batch: &Batch<'_>) -> Result<(), ModelError> {
+    if cache.is_tensors() {
+        return Err(ModelError::InvalidBatch("write_kv needs a host KV cache; a tensor cache is written by attention_ops".into()));
+    }
     let layout = cache.layout();
     let (heads, dim, bs) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
     let expected = batch.tokens.len() * heads * dim;
@@ -324,7 +327,8 @@ fn candle_vec_sum(xs: &[f32], row_len: usize) -> f32 {
 }
 
 /// One attention call of a layer: write the new (already rotated) keys and values into the cache, attend,
-/// and return `[tokens, num_heads * head_dim]`.
+/// and return `[tokens, num_heads * head_dim]`. A host cache runs the CPU kernel of this module; a tensor
+/// cache ([`KvCache::new_tensors`]) runs [`crate::attention_ops::attend_tensors`].
 ///
 /// `q`: `[tokens, num_heads, 1, head_dim]`, `k`: `[tokens, num_kv_heads, 1, head_dim]` (as returned by
 /// [`crate::nn::Rotary::apply`]), `v`: `[tokens, num_kv_heads * head_dim]`.
@@ -337,6 +341,10 @@ pub fn attend(
     batch: &Batch<'_>,
     num_heads: usize,
 ) -> Result<candle_core::Tensor, ModelError> {
+    if cache.is_tensors() {
+        // A tensor cache (CUDA, or its CPU twin in tests) is attended with candle ops.
+        return crate::attention_ops::attend_tensors(q, k, v, cache, layer, batch, num_heads);
+    }
     let _enter = tracing::trace_span!("paged_attention").entered();
     let tokens = batch.tokens.len();
     let q_device = q.device();

@@ -11,6 +11,15 @@
 //! ```
 //! One head's block is contiguous either way. Keys are transposed so that the attention kernel computes the
 //! scores of a whole block's positions at once, one dimension at a time (see `attention.rs`).
+//!
+//! A cache made with [`KvCache::new_tensors`] keeps each layer as two candle tensors on any device instead
+//! (the layout on CUDA, f16 there), one row per slot, `slot = block * block_size + offset`:
+//! ```text
+//! keys, values:   [num_blocks * block_size, num_kv_heads * head_dim]
+//! ```
+//! Such a cache is read by `attention_ops.rs` (attention from candle ops), never by the CPU kernel.
+
+use candle_core::{DType, Device, Tensor};
 
 use crate::ModelError;
 
@@ -41,13 +50,33 @@ pub struct LayerKv {
     pub v: Vec<f32>,
 }
 
+/// Keys and values of one layer of a tensor cache ([`KvCache::new_tensors`]).
+#[derive(Debug)]
+pub struct TensorLayerKv {
+    /// `[num_blocks * block_size, num_kv_heads * head_dim]`, one row per slot.
+    pub k: Tensor,
+    /// `[num_blocks * block_size, num_kv_heads * head_dim]`, one row per slot.
+    pub v: Tensor,
+}
+
+/// The layers of a tensor cache, plus the gather plan of the step in flight (built by the first layer's
+/// attention call and reused by the others, so index and mask tensors go to the device once per step).
+#[derive(Debug)]
+pub(crate) struct TensorKv {
+    pub(crate) layers: Vec<TensorLayerKv>,
+    pub(crate) plan: Option<crate::attention_ops::StepPlan>,
+}
+
 /// Paged key/value storage for all layers.
 #[derive(Debug)]
 pub struct KvCache {
     layout: KvLayout,
     block_size: usize,
     num_blocks: usize,
+    /// Host storage for the CPU kernel; empty for a tensor cache.
     layers: Vec<LayerKv>,
+    /// Tensor storage for attention from candle ops; `None` for a host cache.
+    tensors: Option<TensorKv>,
 }
 
 impl KvCache {
@@ -60,7 +89,45 @@ impl KvCache {
         }
         let per_layer = num_blocks * layout.num_kv_heads * block_size * layout.head_dim;
         let layers = (0..layout.num_layers).map(|_| LayerKv { k: vec![0.0; per_layer], v: vec![0.0; per_layer] }).collect();
-        Ok(Self { layout, block_size, num_blocks, layers })
+        Ok(Self { layout, block_size, num_blocks, layers, tensors: None })
+    }
+
+    /// Allocate `num_blocks` blocks of `block_size` positions for every layer as tensors of `dtype` (f16 or
+    /// f32) on `device`. Models run attention over such a cache with candle ops (`attention_ops.rs`): the
+    /// path for CUDA, and on the CPU a testable twin of it (the CPU kernel needs [`KvCache::new`]).
+    pub fn new_tensors(layout: KvLayout, num_blocks: usize, block_size: usize, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        if block_size == 0 || num_blocks == 0 {
+            return Err(ModelError::InvalidBatch(format!(
+                "a KV cache needs at least one block of at least one position (got {num_blocks} blocks of {block_size})"
+            )));
+        }
+        if !matches!(dtype, DType::F16 | DType::F32) {
+            return Err(ModelError::InvalidBatch(format!("a tensor KV cache holds f16 or f32, not {dtype:?}")));
+        }
+        let shape = (num_blocks * block_size, layout.num_kv_heads * layout.head_dim);
+        let layers = (0..layout.num_layers)
+            .map(|_| Ok(TensorLayerKv { k: Tensor::zeros(shape, dtype, device)?, v: Tensor::zeros(shape, dtype, device)? }))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Self { layout, block_size, num_blocks, layers: Vec::new(), tensors: Some(TensorKv { layers, plan: None }) })
+    }
+
+    /// Whether this cache holds tensors ([`KvCache::new_tensors`]) rather than host vectors.
+    pub fn is_tensors(&self) -> bool {
+        self.tensors.is_some()
+    }
+
+    /// Bytes the cache holds over all layers.
+    pub fn bytes(&self) -> usize {
+        let per_value = match &self.tensors {
+            Some(t) => t.layers.first().map_or(4, |l| l.k.dtype().size_in_bytes()),
+            None => std::mem::size_of::<f32>(),
+        };
+        self.layout.bytes_per_token() / std::mem::size_of::<f32>() * per_value * self.num_blocks * self.block_size
+    }
+
+    /// The tensor storage, for attention from candle ops; `None` for a host cache.
+    pub(crate) fn tensors_mut(&mut self) -> Option<&mut TensorKv> {
+        self.tensors.as_mut()
     }
 
     /// Positions per block.
@@ -78,14 +145,17 @@ impl KvCache {
         self.layout
     }
 
-    /// Keys and values of layer `i`.
+    /// Keys and values of layer `i` of a host cache ([`KvCache::new`]).
+    ///
+    /// # Panics
+    /// On a tensor cache, which has no host layers (`attention::attend` never asks one for them).
     pub fn layer(&self, i: usize) -> &LayerKv {
-        &self.layers[i]
+        self.layers.get(i).expect("host KV layer: a tensor cache is read by attention_ops, never by the CPU kernel")
     }
 
-    /// Mutable keys and values of layer `i`.
+    /// Mutable keys and values of layer `i` of a host cache; panics like [`KvCache::layer`].
     pub fn layer_mut(&mut self, i: usize) -> &mut LayerKv {
-        &mut self.layers[i]
+        self.layers.get_mut(i).expect("host KV layer: a tensor cache is written by attention_ops, never by the CPU kernel")
     }
 
     /// Offset of one head's block in a layer's `k` or `v` (both hold `block_size * head_dim` values there).
@@ -96,11 +166,21 @@ impl KvCache {
 
     /// Copy all positions of block `src` into block `dst` in every layer (copy-on-write of a shared,
     /// partially filled block).
-    pub fn copy_block(&mut self, src: usize, dst: usize) {
+    pub fn copy_block(&mut self, src: usize, dst: usize) -> Result<(), ModelError> {
+        if let Some(tensors) = &self.tensors {
+            let bs = self.block_size;
+            for layer in &tensors.layers {
+                for t in [&layer.k, &layer.v] {
+                    t.slice_set(&t.narrow(0, src * bs, bs)?.copy()?, 0, dst * bs)?;
+                }
+            }
+            return Ok(());
+        }
         let len = self.layout.num_kv_heads * self.block_size * self.layout.head_dim;
         for layer in &mut self.layers {
             layer.k.copy_within(src * len..(src + 1) * len, dst * len);
             layer.v.copy_within(src * len..(src + 1) * len, dst * len);
         }
+        Ok(())
     }
 }

@@ -7,11 +7,14 @@
 //!
 //! One file per architecture ([`llama`], [`qwen2`], [`qwen3`]), readable top to bottom; pieces that are truly
 //! identical live in [`nn`] (linear layers, norms, rotary embedding, MLP) and [`attention`] (the paged kernel).
+//! [`attention_ops`] attends over a tensor cache with candle ops instead: the path on CUDA (feature `cuda`),
+//! also runnable on the CPU so tests cover it.
 //!
 //! This crate knows nothing of HTTP, tokenizers, scheduling or async runtimes. It is the only crate whose
 //! public API uses candle types.
 
 pub mod attention;
+pub mod attention_ops;
 mod batch;
 mod error;
 mod gguf;
@@ -28,7 +31,7 @@ pub use batch::{Batch, SeqInput};
 pub use candle_core::{Device, Tensor};
 pub use error::ModelError;
 pub use gguf::{Gguf, SUPPORTED_TENSOR_TYPES};
-pub use kv_cache::{KvCache, KvLayout};
+pub use kv_cache::{KvCache, KvLayout, TensorLayerKv};
 
 /// The architectures hearth runs, chosen from the GGUF's `general.architecture`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -64,7 +64,8 @@ impl Linear {
             }
         }
         let y = match (rows, &self.weight) {
-            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == candle_core::quantized::GgmlDType::Q6K && rows.mixed() => {
+            // Only the CPU reference rounds by row count; other devices run one plain matmul.
+            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == candle_core::quantized::GgmlDType::Q6K && rows.mixed() && x.device().is_cpu() => {
                 // Decode rows: one-row rounding, batched by our kernel when it applies, else row by row.
                 let decode = |x: &Tensor| match crate::kernels::q6k_matmul_rows(x, t)? {
                     Some(y) => Ok(y),

@@ -1,6 +1,8 @@
-//! Integration tests of the models crate: loading real and broken GGUF files. (Output fidelity against the
+//! Integration tests of the models crate: loading real and broken GGUF files, and the tensor-ops attention
+//! path against the CPU kernel. (Output fidelity against the
 //! reference runs through the whole engine, in `engine/tests/it/fidelity.rs`.)
 
+mod attention_ops;
 mod loading;
 
 use std::path::PathBuf;
