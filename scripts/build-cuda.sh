@@ -11,7 +11,7 @@
 #   --check        `cargo check` the feature only (what CI runs with HEARTH_CI_CUDA=1); no binaries.
 #
 # The GPU architecture is $CUDA_COMPUTE_CAP (default 90: H100/H200). The build goes to target-cuda/ (not
-# target/), so it never invalidates the CPU build. Compiling candle's CUDA kernels takes a while on few cores.
+# target/, so it never invalidates the CPU build), or to $HEARTH_CUDA_TARGET_DIR. Compiling candle's CUDA kernels takes a while on few cores.
 # The binaries are target-cuda/release/hearth and target-cuda/release/hearth-bench; they load the CUDA
 # driver (libcuda.so.1) and libcudart.so.13, libcublas.so.13, libcurand.so.10 at run time, so
 # LD_LIBRARY_PATH must reach those on the GPU machine (see docs/cuda.md).
@@ -55,7 +55,7 @@ else
     export CUDA_COMPUTE_CAP="$compute_cap"
 fi
 
-target_dir="$PWD/target-cuda"
+target_dir="${HEARTH_CUDA_TARGET_DIR:-$PWD/target-cuda}"
 if [[ $check -eq 1 ]]; then
     log "cargo check --features cuda (compute capability $CUDA_COMPUTE_CAP) into $target_dir"
     cargo check --release -p models -p engine -p gateway -p benches --all-targets --features cuda --target-dir "$target_dir"

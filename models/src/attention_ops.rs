@@ -270,7 +270,7 @@ mod tests {
             for (which, s) in step.iter().enumerate() {
                 if let Some((computed, new)) = *s {
                     let table: &[u32] = if which == 0 { &table_a } else { &table_b };
-                    seqs.push(SeqInput { num_computed: computed, num_new: new, block_table: table, prompt_len: 40, want_logits: true });
+                    seqs.push(SeqInput { num_computed: computed, num_new: new, block_table: table, prompt_len: 40, want_logits: true, all_logits: false });
                 }
             }
             let tokens = vec![0u32; seqs.iter().map(|s| s.num_new).sum()];
@@ -302,10 +302,10 @@ mod tests {
         let mut seqs: Vec<SeqInput> = lens
             .iter()
             .zip(&tables)
-            .map(|(&len, t)| SeqInput { num_computed: len - 1, num_new: 1, block_table: t, prompt_len: 1, want_logits: true })
+            .map(|(&len, t)| SeqInput { num_computed: len - 1, num_new: 1, block_table: t, prompt_len: 1, want_logits: true, all_logits: false })
             .collect();
         let prefill = [11u32];
-        seqs.push(SeqInput { num_computed: 0, num_new: 6, block_table: &prefill, prompt_len: 6, want_logits: true });
+        seqs.push(SeqInput { num_computed: 0, num_new: 6, block_table: &prefill, prompt_len: 6, want_logits: true, all_logits: false });
         let tokens = vec![0u32; 11];
         let batch = Batch { tokens: &tokens, seqs: &seqs };
         let kv_width = 8;

@@ -40,7 +40,7 @@ fn generate(model: &dyn CausalLm, cache: &mut KvCache, decode_steps: usize, forc
         for (s, part) in step.iter().enumerate() {
             let Some((from, n, want)) = *part else { continue };
             ids.extend_from_slice(&tokens[s][from..from + n]);
-            seqs.push(SeqInput { num_computed: from, num_new: n, block_table: &tables[s], prompt_len: prompt_len[s], want_logits: want });
+            seqs.push(SeqInput { num_computed: from, num_new: n, block_table: &tables[s], prompt_len: prompt_len[s], want_logits: want, all_logits: false });
             if want {
                 wanting.push(s);
             }
