@@ -119,8 +119,8 @@ build() {
     BUILT_CUDA=""
     if ((CUDA)); then
         [[ -x $ROOT/scripts/build-cuda.sh ]] || die "--cuda: scripts/build-cuda.sh is missing from this checkout"
-        "$ROOT/scripts/build-cuda.sh" >&2
-        BUILT_CUDA="$ROOT/target-cuda/release/hearth"
+        # Its stdout names the binaries (hearth first); everything else goes to stderr.
+        BUILT_CUDA=$("$ROOT/scripts/build-cuda.sh" | sed -n 1p)
         [[ -x $BUILT_CUDA ]] || die "--cuda: the CUDA build did not produce $BUILT_CUDA"
     fi
 }
