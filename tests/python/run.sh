@@ -64,7 +64,7 @@ fi
 
 status=0
 HEARTH_BASE_URL="http://127.0.0.1:$PORT" PYTHONDONTWRITEBYTECODE=1 \
-    "$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/python/test_openai.py" || status=$?
+    "$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/python/test_openai.py" "$ROOT/tests/python/test_metrics.py" || status=$?
 
 # Graceful shutdown: SIGTERM must stop the server with exit status 0.
 kill -TERM "$SERVER"
