@@ -94,7 +94,7 @@ pub fn generation_ended(outcome: &'static str) {
     counter!("hearth_generations_total", "reason" => outcome).increment(1);
 }
 
-/// Record one IM reply's delivery outcome (`finalized`, `fallback`, `failed`, …).
+/// Record one IM reply's delivery outcome (`answered`, `answered_markdown`, `failed`, `busy`, …).
 pub fn im_delivery(platform: &'static str, outcome: &'static str) {
     counter!("hearth_im_deliveries_total", "platform" => platform, "outcome" => outcome).increment(1);
 }

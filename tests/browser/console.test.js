@@ -173,7 +173,7 @@ test("status: live figures and charts, polled every second, move with the load",
   await page.waitForFunction(() => Number(document.getElementById("chart-tps").dataset.points) >= 3, null, { polling: 100 });
   assert.match(await page.locator("#st-kv").textContent(), /^\d+\.\d % \(\d+\/\d+ blocks\)$/);
   assert.match(await page.locator("#st-requests").textContent(), /^\d+ total/);
-  await page.locator("#st-deliveries td").filter({ hasText: "finalized" }).waitFor();
+  await page.locator("#st-deliveries td").filter({ hasText: "answered" }).waitFor();
   await page.screenshot({ path: join(SHOTS, "status.png"), fullPage: true });
 });
 
