@@ -108,8 +108,8 @@ pub struct StatusView {
     /// Server clock, Unix milliseconds: the page computes rates between two polls with it.
     pub now_ms: u64,
     pub model: ModelView,
-    /// Where the model runs (the engine runs on the CPU).
-    pub device: &'static str,
+    /// Where the model runs: `cpu` or `cuda:N`.
+    pub device: String,
     pub running: usize,
     pub waiting: usize,
     pub kv_blocks_used: usize,
@@ -160,7 +160,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
             context_length: info.context_length,
             file: info.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         },
-        device: "cpu",
+        device: info.device.to_string(),
         running: stats.running,
         waiting: stats.waiting,
         kv_blocks_used: stats.kv_blocks_used,
