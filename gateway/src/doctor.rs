@@ -143,7 +143,12 @@ fn check_gpu(report: &mut Report) {
             for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
                 let fields: Vec<&str> = line.split(',').map(str::trim).collect();
                 if let [name, driver, free, total] = fields[..] {
-                    report.push("gpu", Status::Note, format!("{name}, driver {driver}, {free} MiB free of {total} MiB; this build runs on the CPU"));
+                    let build = if engine::Device::CUDA_BUILT {
+                        "this build has CUDA: serve with --device cuda"
+                    } else {
+                        "this build is CPU-only: ./install.sh --cuda builds the CUDA one"
+                    };
+                    report.push("gpu", Status::Note, format!("{name}, driver {driver}, {free} MiB free of {total} MiB; {build}"));
                 }
             }
         }
