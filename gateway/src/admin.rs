@@ -1,6 +1,7 @@
 //! The admin API, behind `Authorization: Bearer <server.admin_token>` (off when no token is configured):
 //! `GET /admin/models` lists the configured models; `POST /admin/models/active {"model": NAME}` switches
-//! the active model without dropping a connection (see [`crate::routing`]).
+//! the active model without dropping a connection (see [`crate::routing`]); `POST /admin/skills/reload`
+//! re-reads the `[skills]` section of the config file for every IM connector.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -84,4 +85,36 @@ pub async fn switch_model(State(state): State<AppState>, ApiJson(body): ApiJson<
             Err(ApiError::new(ErrorKind::Internal, err.to_string()).with_code("model_load_failed"))
         }
     }
+}
+
+/// `POST /admin/skills/reload` answer.
+#[derive(Debug, Serialize)]
+pub struct ReloadResponse {
+    /// The skills now live, by connector platform.
+    pub platforms: Vec<ReloadedSkills>,
+}
+
+/// The skills of one connector after a reload.
+#[derive(Debug, Serialize)]
+pub struct ReloadedSkills {
+    pub platform: String,
+    pub skills: Vec<String>,
+}
+
+/// `POST /admin/skills/reload`: re-read `[skills]` from the config file. A section that does not parse
+/// or validate is refused with its error, and the skills in use stay.
+pub async fn reload_skills(State(state): State<AppState>) -> Result<Json<ReloadResponse>, ApiError> {
+    if state.console.platforms.is_empty() {
+        return Err(ApiError::new(ErrorKind::NotFound, "No IM connector runs in this process, so there are no skills to reload.").with_code("no_skills"));
+    }
+    let mut platforms = Vec::new();
+    for link in &state.console.platforms {
+        let platform = link.health.view().name;
+        if let Err(err) = link.skills.reload() {
+            tracing::warn!(platform, cause = %err, "skills reload refused; the skills in use stay");
+            return Err(ApiError::new(ErrorKind::InvalidRequest, format!("The skills were not reloaded: {err}")).with_code("invalid_skills"));
+        }
+        platforms.push(ReloadedSkills { platform, skills: link.skills.registry().names() });
+    }
+    Ok(Json(ReloadResponse { platforms }))
 }

@@ -179,11 +179,22 @@ impl AuditLog {
     pub async fn records(&self, since_ms: i64) -> Result<Vec<AuditRecord>, AuditError> {
         Ok(run(&self.conn, move |conn| select(conn, since_ms)).await?)
     }
+
+    /// The `limit` newest records, newest first.
+    pub async fn recent(&self, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(run(&self.conn, move |conn| query(conn, &format!("SELECT {COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"), limit)).await?)
+    }
 }
 
 fn select(conn: &Connection, since_ms: i64) -> Result<Vec<AuditRecord>, rusqlite::Error> {
-    let mut statement = conn.prepare(&format!("SELECT {COLUMNS} FROM audit WHERE at_ms >= ?1 ORDER BY id"))?;
-    let rows = statement.query_map(params![since_ms], |row| {
+    query(conn, &format!("SELECT {COLUMNS} FROM audit WHERE at_ms >= ?1 ORDER BY id"), since_ms)
+}
+
+/// Run `sql` (selecting [`COLUMNS`], with one integer parameter) into records.
+fn query(conn: &Connection, sql: &str, parameter: i64) -> Result<Vec<AuditRecord>, rusqlite::Error> {
+    let mut statement = conn.prepare(sql)?;
+    let rows = statement.query_map(params![parameter], |row| {
         Ok(AuditRecord {
             at_ms: row.get(0)?,
             platform: row.get(1)?,

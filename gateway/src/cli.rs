@@ -439,7 +439,6 @@ impl ServeArgs {
             max_body_bytes: server.max_body_bytes,
             drain_timeout: Duration::from_secs(self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs)),
             emulator_url: self.emulator_url.clone(),
-            platforms: Vec::new(),
         }
     }
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, StopParams};
 use gateway::config::{self, Config};
-use gateway::console::PlatformInfo;
 use gateway::dingtalk::DingTalkConnector;
 use gateway::doctor;
 use gateway::skills::SkillSet;
@@ -23,11 +22,8 @@ use crate::cli::{AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs,
 
 /// `hearth serve`.
 pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let mut gateway_config = args.gateway_config(config);
+    let gateway_config = args.gateway_config(config);
     let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
-    if let Some(dingtalk) = &dingtalk_config {
-        gateway_config.platforms.push(PlatformInfo { name: "dingtalk".to_owned(), api_base_url: dingtalk.api_base_url.to_string() });
-    }
     let skills_config = config.skills.clone();
     let engine_config = args.engine.engine_config(config)?;
     let engine = load_engine(engine_config.clone())?;
@@ -49,14 +45,6 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
         let listener = server::bind(&gateway_config)
             .await
             .with_context(|| format!("cannot listen on {}:{}", gateway_config.host, gateway_config.port))?;
-        let state = AppState::with_shared_router(router.clone(), &gateway_config);
-        let addr = listener.local_addr().context("cannot read the listening address")?;
-        tracing::info!(
-            %addr,
-            model = %state.models.active().name,
-            api_keys = gateway_config.api_keys.len(),
-            "listening: OpenAI-compatible API at http://{addr}/v1"
-        );
         let connector = match dingtalk_config {
             Some(config) => {
                 let base = config.api_base_url.clone();
@@ -74,6 +62,15 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             }
             None => None,
         };
+        let platforms = connector.iter().map(DingTalkConnector::link).collect();
+        let state = AppState::with_shared_router(router.clone(), &gateway_config).with_platforms(platforms);
+        let addr = listener.local_addr().context("cannot read the listening address")?;
+        tracing::info!(
+            %addr,
+            model = %state.models.active().name,
+            api_keys = gateway_config.api_keys.len(),
+            "listening: OpenAI-compatible API at http://{addr}/v1"
+        );
         let drain = gateway_config.drain_timeout;
         // On SIGINT/SIGTERM the connector stops taking messages and drains its answers first, then HTTP drains.
         let shutdown = async move {

@@ -286,7 +286,8 @@ fn check_data_dir(report: &mut Report, dir: &Path) {
     }
 }
 
-/// The DingTalk app: settings complete, and the platform issues an access token for its key and secret.
+/// The DingTalk app: settings complete, the platform issues an access token for its key and secret, and
+/// it grants the permission scopes the connector needs (each probed with a call that changes nothing).
 fn check_dingtalk(report: &mut Report, config: Option<&DingTalkConfig>) {
     let Some(config) = config else {
         return report.push("im", Status::Note, "no IM platform configured ([dingtalk] is absent)");
@@ -297,15 +298,32 @@ fn check_dingtalk(report: &mut Report, config: Option<&DingTalkConfig>) {
     let checked = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string()).and_then(|runtime| {
         runtime.block_on(async {
             let api = OpenApi::new(config.clone()).map_err(|e| e.to_string())?;
+            let within = |what| format!("no answer from {} within 15 s ({what})", config.api_base_url);
             match tokio::time::timeout(Duration::from_secs(15), api.check_credentials()).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer from {} within 15 s", config.api_base_url)),
+                Ok(result) => result.map_err(|e| e.to_string())?,
+                Err(_) => return Err(within("access token")),
             }
+            tokio::time::timeout(Duration::from_secs(15), api.probe_permissions()).await.map_err(|_| within("permission probes"))
         })
     });
-    match checked {
-        Ok(()) => report.push("im", Status::Ok, format!("DingTalk accepts app {} at {} (access token issued)", config.app_key, config.api_base_url)),
-        Err(err) => report.push("im", Status::Fail, format!("DingTalk app {}: {err}; check app_key/app_secret and the network path to {}", config.app_key, config.api_base_url)),
+    let verdicts = match checked {
+        Ok(verdicts) => verdicts,
+        Err(err) => {
+            let hint = format!("check app_key/app_secret and the network path to {}", config.api_base_url);
+            return report.push("im", Status::Fail, format!("DingTalk app {}: {err}; {hint}", config.app_key));
+        }
+    };
+    report.push("im", Status::Ok, format!("DingTalk accepts app {} at {} (access token issued)", config.app_key, config.api_base_url));
+    for (permission, verdict) in verdicts {
+        match verdict {
+            Ok(true) => report.push("im", Status::Ok, format!("DingTalk grants the `{permission}` permission")),
+            Ok(false) => report.push(
+                "im",
+                Status::Fail,
+                format!("DingTalk refuses the `{permission}` permission: grant it to app {} in the DingTalk developer console", config.app_key),
+            ),
+            Err(err) => report.push("im", Status::Note, format!("cannot tell whether DingTalk grants `{permission}`: {err}")),
+        }
     }
 }
 

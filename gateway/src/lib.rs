@@ -35,6 +35,7 @@ pub mod error;
 pub mod metrics;
 pub mod model_path;
 pub mod openai;
+pub mod platform;
 pub mod routing;
 pub mod sessions;
 pub mod skills;

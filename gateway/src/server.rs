@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::console::{self, ConsoleState, PlatformInfo};
+use crate::console::{self, ConsoleState, ImLink};
 use crate::{admin, completions};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
@@ -51,8 +51,6 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// A DingTalk emulator (`http://HOST:PORT`) whose conversations the console's IM page shows.
     pub emulator_url: Option<String>,
-    /// IM connectors running beside the server, listed on the console's status page.
-    pub platforms: Vec<PlatformInfo>,
 }
 
 impl Default for GatewayConfig {
@@ -66,7 +64,6 @@ impl Default for GatewayConfig {
             max_body_bytes: 4 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
             emulator_url: None,
-            platforms: Vec::new(),
         }
     }
 }
@@ -114,8 +111,14 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             started_at,
             ready: Arc::new(AtomicBool::new(true)),
-            console: Arc::new(ConsoleState::new(config.emulator_url.clone(), config.platforms.clone())),
+            console: Arc::new(ConsoleState::new(config.emulator_url.clone(), Vec::new())),
         }
+    }
+
+    /// This state with the IM connectors `platforms` shown by the console and reached by the admin API.
+    pub fn with_platforms(self, platforms: Vec<ImLink>) -> Self {
+        let console = ConsoleState::new(self.console.emulator_url.clone(), platforms);
+        Self { console: Arc::new(console), ..self }
     }
 }
 
@@ -133,6 +136,7 @@ pub fn app(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/models", get(admin::list_models))
         .route("/admin/models/active", post(admin::switch_model))
+        .route("/admin/skills/reload", post(admin::reload_skills))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_token));
     Router::new()
         .merge(v1)

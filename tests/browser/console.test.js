@@ -133,7 +133,8 @@ test("IM preview: a simulated DingTalk user's message gets an AI card that fills
   await page.locator("#im-version").filter({ hasText: "robot connection" }).waitFor();
   await page.fill("#im-user", "console-test-user");
   await page.fill("#im-nick", "测试用户");
-  await page.fill("#im-text", "Hello! What is the capital of France?");
+  // The phone number must reach the status page's audit table masked.
+  await page.fill("#im-text", "Hello! What is the capital of France? Call me at 13812345678.");
   await page.click("#im-send");
   await page.locator("#im-posted").filter({ hasText: "pushed to the robot" }).waitFor();
   const conversation = page.locator(".conv").filter({ hasText: "Hello! What is the capital of France?" });
@@ -173,11 +174,17 @@ test("status: live figures and charts, polled every second, move with the load",
   await page.waitForFunction(() => Number(document.getElementById("chart-tps").dataset.points) >= 3, null, { polling: 100 });
   assert.match(await page.locator("#st-kv").textContent(), /^\d+\.\d % \(\d+\/\d+ blocks\)$/);
   assert.match(await page.locator("#st-requests").textContent(), /^\d+ total/);
-  await page.locator("#st-deliveries td").filter({ hasText: "answered" }).waitFor();
+  // The DingTalk connector's health, and the IM message of the preview test in the audit table, masked.
+  await page.locator("#st-platforms td[data-state=ok]").filter({ hasText: "ok" }).waitFor();
+  await page.locator("#st-platforms td").filter({ hasText: "connected since" }).waitFor();
+  const audited = page.locator("#st-audit tr").filter({ hasText: "capital of France" });
+  await audited.locator("td").filter({ hasText: "answered" }).waitFor();
+  assert.match(await audited.textContent(), /Call me at \[masked\]/);
+  assert.doesNotMatch(await page.locator("#page-status").textContent(), /13812345678/);
   await page.screenshot({ path: join(SHOTS, "status.png"), fullPage: true });
 });
 
-test("admin: the token unlocks the model list; skills reload is marked unavailable", async () => {
+test("admin: the token unlocks the model list and reloads the skills", async () => {
   await page.goto(`${BASE}/#admin`);
   await page.fill("#admin-token", "wrong-token-wrong-token");
   await page.click("#admin-login button");
@@ -187,6 +194,8 @@ test("admin: the token unlocks the model list; skills reload is marked unavailab
   const model = (await health()).model;
   await page.locator("#admin-models td").filter({ hasText: `${model} (active)` }).waitFor();
   assert.equal(await page.locator("#admin-error").isHidden(), true);
-  assert.equal(await page.locator("#reload-skills").isDisabled(), true);
+  await page.click("#reload-skills");
+  await page.locator("#skills-result").filter({ hasText: /^dingtalk: .*help/ }).waitFor();
+  assert.equal(await page.locator("#admin-error").isHidden(), true);
   await page.screenshot({ path: join(SHOTS, "admin.png"), fullPage: true });
 });

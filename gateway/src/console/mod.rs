@@ -9,12 +9,13 @@
 //! |---|---|
 //! | `GET /` | the single-page console (`assets/index.html`) |
 //! | `GET /console/assets/{file}` | its scripts and stylesheet, from [`ASSETS`] |
-//! | `GET /console/api/status` | [`StatusView`]: model, engine load, IM deliveries, for the status page |
+//! | `GET /console/api/status` | [`StatusView`]: model, engine load, IM health, deliveries and audit, for the status page |
 //! | `GET`/`POST /console/api/im/{*path}` | proxied to the emulator's `/_emulator/api/{path}` (`--emulator-url`) |
 //!
 //! The IM proxy is server-side, so the browser only ever talks to hearth: the emulator may listen on a
 //! port the browser cannot reach, and the page needs no CORS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -25,9 +26,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::audit::{AuditLog, AuditRecord};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
+use crate::platform::{HealthView, PlatformHealth};
 use crate::server::AppState;
+use crate::skills::SkillSet;
 
 /// One embedded file: its name under `/console/assets/`, its content type and its bytes.
 pub struct Asset {
@@ -54,27 +58,30 @@ pub const ASSETS: &[Asset] = &[
 ];
 
 /// What the console needs besides the engine: where the emulator is, which IM connectors run.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ConsoleState {
     /// Base URL of a DingTalk emulator (`http://127.0.0.1:PORT`) whose control API the IM page shows.
     pub emulator_url: Option<String>,
-    /// IM platforms with a connector running in this process, e.g. `dingtalk`.
-    pub platforms: Vec<PlatformInfo>,
+    /// IM connectors running in this process.
+    pub platforms: Vec<ImLink>,
     /// Client of the IM proxy.
     pub http: reqwest::Client,
 }
 
-/// An IM connector running in this process.
-#[derive(Debug, Clone, Serialize)]
-pub struct PlatformInfo {
-    pub name: String,
-    /// The platform API it talks to.
-    pub api_base_url: String,
+/// An IM connector running in this process, as the console and the admin API see it.
+#[derive(Clone)]
+pub struct ImLink {
+    /// Its connection and permission health.
+    pub health: Arc<PlatformHealth>,
+    /// Its audit log (questions and answers stored masked).
+    pub audit: AuditLog,
+    /// Its live skills, reloaded by `POST /admin/skills/reload`.
+    pub skills: Arc<SkillSet>,
 }
 
 impl ConsoleState {
-    /// Console state for `emulator_url` and `platforms`.
-    pub fn new(emulator_url: Option<String>, platforms: Vec<PlatformInfo>) -> Self {
+    /// Console state for `emulator_url` and the connectors `platforms`.
+    pub fn new(emulator_url: Option<String>, platforms: Vec<ImLink>) -> Self {
         let emulator_url = emulator_url.map(|u| u.trim_end_matches('/').to_owned());
         // The change feed long-polls for up to 60 s; leave room above that.
         let http = reqwest::Client::builder().timeout(Duration::from_secs(75)).build().unwrap_or_default();
@@ -120,9 +127,13 @@ pub struct StatusView {
     pub requests_failed: u64,
     pub prompt_tokens_total: u64,
     pub generated_tokens_total: u64,
-    pub platforms: Vec<PlatformInfo>,
-    /// IM delivery outcomes so far, from the metrics recorder (there is no audit log yet).
+    /// The IM connectors' health.
+    pub platforms: Vec<HealthView>,
+    /// IM delivery outcomes so far, from the metrics recorder.
     pub im_deliveries: Vec<DeliveryCount>,
+    /// The newest audit records of every connector, newest first, questions and answers masked and
+    /// shortened to [`AUDIT_TEXT_CHARS`].
+    pub audit: Vec<AuditRecord>,
     pub emulator: bool,
     pub admin_api: bool,
 }
@@ -171,11 +182,42 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
         requests_failed: stats.requests_failed,
         prompt_tokens_total: stats.prompt_tokens_total,
         generated_tokens_total: stats.generated_tokens_total,
-        platforms: state.console.platforms.clone(),
+        platforms: state.console.platforms.iter().map(|p| p.health.view()).collect(),
         im_deliveries,
+        audit: recent_audit(&state.console.platforms).await,
         emulator: state.console.emulator_url.is_some(),
         admin_api: state.admin_token.is_some(),
     })
+}
+
+/// Audit records on the status page.
+pub const AUDIT_ROWS: usize = 10;
+/// Longest question or answer shown on the status page, in characters.
+pub const AUDIT_TEXT_CHARS: usize = 160;
+
+/// The [`AUDIT_ROWS`] newest records across `platforms`, newest first, texts shortened.
+async fn recent_audit(platforms: &[ImLink]) -> Vec<AuditRecord> {
+    let mut records = Vec::new();
+    for link in platforms {
+        match link.audit.recent(AUDIT_ROWS).await {
+            Ok(mut more) => records.append(&mut more),
+            Err(err) => tracing::warn!(cause = %err, "cannot read the audit log for the status page"),
+        }
+    }
+    records.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
+    records.truncate(AUDIT_ROWS);
+    for record in &mut records {
+        shorten(&mut record.question);
+        shorten(&mut record.answer);
+    }
+    records
+}
+
+fn shorten(text: &mut String) {
+    if let Some((cut, _)) = text.char_indices().nth(AUDIT_TEXT_CHARS) {
+        text.truncate(cut);
+        text.push('…');
+    }
 }
 
 /// The `hearth_im_deliveries_total` lines of a Prometheus text page.

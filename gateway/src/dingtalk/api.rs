@@ -5,6 +5,7 @@
 //! The access token is cached and refreshed `token_refresh_margin_secs` before it expires; a call answered
 //! with 400 `InvalidAuthentication` or 401 drops the cache and is retried once with a fresh token.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -13,6 +14,7 @@ use tokio::sync::Mutex;
 
 use super::config::DingTalkConfig;
 use super::message::{BotMessage, ConversationType};
+use crate::platform::PlatformHealth;
 
 /// Permission scope needed by the card create/deliver calls.
 pub const PERM_CARD_INSTANCE: &str = "Card.Instance.Write";
@@ -20,6 +22,8 @@ pub const PERM_CARD_INSTANCE: &str = "Card.Instance.Write";
 pub const PERM_CARD_STREAMING: &str = "Card.Streaming.Write";
 /// Permission scope needed by the robot send APIs.
 pub const PERM_ROBOT_SEND: &str = "qyapi_robot_sendmsg";
+/// Every permission scope the connector needs.
+pub const PERMISSIONS: [&str; 3] = [PERM_CARD_INSTANCE, PERM_CARD_STREAMING, PERM_ROBOT_SEND];
 
 /// A failed platform call.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,8 @@ pub struct OpenApi {
     /// The cached token and when to stop using it (expiry minus the refresh margin). A tokio mutex, held
     /// across the refresh call on purpose: one refresh at a time.
     token: Mutex<Option<(String, Instant)>>,
+    /// What the status page shows: refused permissions are recorded here by every call.
+    health: Arc<PlatformHealth>,
 }
 
 impl OpenApi {
@@ -80,7 +86,13 @@ impl OpenApi {
             .timeout(Duration::from_secs(config.http_timeout_secs.max(1)))
             .build()
             .map_err(|source| DingTalkError::Http { api: "client", source })?;
-        Ok(Self { http, config, token: Mutex::new(None) })
+        let health = Arc::new(PlatformHealth::new("dingtalk", config.api_base_url.clone()));
+        Ok(Self { http, config, token: Mutex::new(None), health })
+    }
+
+    /// The connector's health, which this client keeps up to date with refused and granted permissions.
+    pub fn health(&self) -> &Arc<PlatformHealth> {
+        &self.health
     }
 
     /// The settings this client uses.
@@ -111,6 +123,33 @@ impl OpenApi {
     /// Ask the platform for an access token: `Ok` means it accepts the app's key and secret.
     pub async fn check_credentials(&self) -> Result<(), DingTalkError> {
         self.token().await.map(drop)
+    }
+
+    /// Ask for each permission scope the connector needs ([`PERMISSIONS`]) with a call that changes
+    /// nothing: it names a card or a user list that does not exist, so the platform answers a granted scope
+    /// with a parameter error and a missing one with 403 `AccessTokenPermissionDenied`. **[UNCONFIRMED]**:
+    /// this relies on the platform checking the scope before the parameters, as its gateway does for the
+    /// token (and as the emulator does). `Ok(true)`: granted; `Ok(false)`: refused; `Err`: no verdict.
+    pub async fn probe_permissions(&self) -> Vec<(&'static str, Result<bool, DingTalkError>)> {
+        let probe_id = format!("hearth-permission-probe-{}", std::process::id());
+        let instance = json!({"outTrackId": probe_id, "cardData": {"cardParamMap": {"probe": "1"}}});
+        let streaming = json!({"outTrackId": probe_id, "guid": probe_id, "key": self.config.card_content_key, "content": "probe", "isFull": true, "isFinalize": false, "isError": false});
+        let robot = json!({"robotCode": self.config.robot(), "userIds": [], "msgKey": "sampleText", "msgParam": "{\"content\":\"probe\"}"});
+        let probes = [
+            (PERM_CARD_INSTANCE, "card/instances", Method::PUT, "/v1.0/card/instances", instance),
+            (PERM_CARD_STREAMING, "card/streaming", Method::PUT, "/v1.0/card/streaming", streaming),
+            (PERM_ROBOT_SEND, "robot/oToMessages/batchSend", Method::POST, "/v1.0/robot/oToMessages/batchSend", robot),
+        ];
+        let mut verdicts = Vec::new();
+        for (permission, api, method, path, body) in probes {
+            let verdict = match self.call(api, method, path, &body, permission).await {
+                Ok(_) | Err(DingTalkError::Platform { status: 400..=404, .. }) => Ok(true),
+                Err(DingTalkError::PermissionDenied { .. }) => Ok(false),
+                Err(err) => Err(err),
+            };
+            verdicts.push((permission, verdict));
+        }
+        verdicts
     }
 
     /// The cached access token, refreshed when it is within the margin of expiring.
@@ -148,7 +187,17 @@ impl OpenApi {
                     *self.token.lock().await = None;
                     refreshed = true;
                 }
-                other => return other,
+                Ok(value) => {
+                    self.health.permission_granted(permission);
+                    return Ok(value);
+                }
+                Err(err) => {
+                    if let DingTalkError::PermissionDenied { permission, .. } = &err {
+                        tracing::error!(api, permission, "DingTalk refused a call: grant the `{permission}` permission to the app");
+                        self.health.permission_refused(permission, api, err.to_string());
+                    }
+                    return Err(err);
+                }
             }
         }
     }

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::audit::{AuditLog, Masker};
+use crate::console::ImLink;
+use crate::platform::PlatformHealth;
 use crate::routing::ModelRouter;
 use crate::sessions::SessionStore;
 use crate::skills::{SkillContext, SkillSet, SkillsConfig};
@@ -196,6 +198,16 @@ impl DingTalkConnector {
     /// The live skills (reload them through [`SkillSet::reload`]).
     pub fn skills(&self) -> &Arc<SkillSet> {
         &self.connector.replier.skills
+    }
+
+    /// The connection's health and the permissions the platform refused, for the status page.
+    pub fn health(&self) -> &Arc<PlatformHealth> {
+        self.connector.replier.api.health()
+    }
+
+    /// What the console and the admin API need of this connector.
+    pub fn link(&self) -> ImLink {
+        ImLink { health: self.health().clone(), audit: self.audit().clone(), skills: self.skills().clone() }
     }
 
     /// Stop taking messages (the Stream connection closes, so nothing new is ACKed), then give answers in

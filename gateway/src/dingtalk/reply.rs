@@ -423,6 +423,7 @@ impl Replier {
                     tracing::error!(permission, "DingTalk refused the robot send API: grant the `{permission}` permission to the app");
                 }
                 tracing::error!(cause = %err, "the answer could not be delivered at all");
+                self.api.health().problem(format!("an answer could not be delivered: {err}"));
                 Delivered { outcome: Outcome::Failed, detail: err.to_string(), first_visible: None }
             }
         }

@@ -60,6 +60,7 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
         let socket = match socket {
             Ok(socket) => socket,
             Err(err) => {
+                connector.replier.api.health().disconnected(format!("cannot open a Stream connection: {err}"));
                 failures += 1;
                 let base = config.backoff_initial_ms.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(config.backoff_max_ms);
                 let delay = Duration::from_millis(base + rand::rng().random_range(0..=base));
@@ -71,10 +72,18 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
             }
         };
         tracing::info!("DingTalk Stream connected");
+        let health = connector.replier.api.health();
+        health.connected();
         match session(&connector, socket, &mut shutdown, &mut failures, config.idle_timeout()).await {
             SessionEnd::Notice(old) => retiring = Some(old),
-            SessionEnd::Dead(reason) => tracing::warn!(reason, "DingTalk Stream connection lost; reconnecting"),
-            SessionEnd::Shutdown => return,
+            SessionEnd::Dead(reason) => {
+                tracing::warn!(reason, "DingTalk Stream connection lost; reconnecting");
+                health.disconnected(format!("Stream connection lost: {reason}"));
+            }
+            SessionEnd::Shutdown => {
+                health.disconnected("stopped");
+                return;
+            }
         }
     }
 }
@@ -100,6 +109,7 @@ async fn session(connector: &Connector, mut socket: Socket, shutdown: &mut watch
             Ok(Some(Ok(_))) => continue,
         };
         *failures = 0;
+        connector.replier.api.health().heard();
         let inbound = match Inbound::parse(text.as_str()) {
             Ok(inbound) => inbound,
             Err(err) => {

@@ -248,6 +248,11 @@ async fn refused_card_permissions_fall_back_to_markdown_once() {
         .wait_for(PATIENCE, |w| Some(robot_messages(w, &asked.conversation_id, "sessionWebhook")).filter(|m| !m.is_empty()))
         .await
         .unwrap();
+    // The status page names the refused permission.
+    let health = connector.health().view();
+    let missing: Vec<&str> = health.missing_permissions.iter().map(|m| m.permission.as_str()).collect();
+    assert_eq!((health.status, missing), ("degraded", vec!["Card.Streaming.Write"]));
+    assert!(health.last_problem.unwrap().message.contains("lacks the `Card.Streaming.Write` permission"));
     let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
     assert_eq!(sent.len(), 1);

@@ -94,12 +94,16 @@ fn a_port_in_use_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn im_credentials_are_checked_with_the_platform() {
-    use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
+async fn im_credentials_and_permissions_are_checked_with_the_platform() {
+    use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig, FaultCommand, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
     let dingtalk = DingTalkEmulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let model = model_path();
-    for (secret, accepted) in [(DEFAULT_CLIENT_SECRET, true), ("a-wrong-secret", false)] {
+    // Accepted; refused; accepted but without the streaming permission.
+    for (secret, accepted, revoke) in [(DEFAULT_CLIENT_SECRET, true, false), ("a-wrong-secret", false, false), (DEFAULT_CLIENT_SECRET, false, true)] {
+        if revoke {
+            dingtalk.fault(FaultCommand::RevokePermission { permission: "Card.Streaming.Write".to_owned() }).unwrap();
+        }
         let config = dir.path().join("hearth.toml");
         let text = format!(
             "[data]\ndir = {:?}\n[dingtalk]\napp_key = {DEFAULT_CLIENT_ID:?}\napp_secret = {secret:?}\ncard_template_id = \"t\"\napi_base_url = {:?}\n",
@@ -119,6 +123,13 @@ async fn im_credentials_are_checked_with_the_platform() {
         if accepted {
             assert!(output.status.success(), "{report}");
             assert!(report.contains("ok    im       DingTalk accepts app"), "{report}");
+            for permission in ["Card.Instance.Write", "Card.Streaming.Write", "qyapi_robot_sendmsg"] {
+                assert!(report.contains(&format!("ok    im       DingTalk grants the `{permission}` permission")), "{report}");
+            }
+        } else if revoke {
+            assert_eq!(output.status.code(), Some(1), "{report}");
+            assert!(report.contains("FAIL  im       DingTalk refuses the `Card.Streaming.Write` permission: grant it to app"), "{report}");
+            assert!(report.contains("ok    im       DingTalk grants the `Card.Instance.Write` permission"), "{report}");
         } else {
             assert_eq!(output.status.code(), Some(1), "{report}");
             assert!(report.contains("FAIL  im       DingTalk app"), "{report}");

@@ -1,6 +1,5 @@
 // Admin actions, behind the admin token the user types in (kept for this tab only, in sessionStorage):
-// list the configured models and switch the active one. Reloading skills is shown as not available
-// because this build has no skills endpoint.
+// list the configured models and switch the active one; reload the IM connectors' skills.
 
 const $ = (id) => document.getElementById(id);
 
@@ -12,7 +11,21 @@ export function init() {
     sessionStorage.setItem("hearth.admin", $("admin-token").value);
     load();
   });
+  $("reload-skills").addEventListener("click", reloadSkills);
   if (saved) load();
+}
+
+async function reloadSkills() {
+  $("admin-error").hidden = true;
+  $("reload-skills").disabled = true;
+  try {
+    const answer = await admin("/admin/skills/reload", { method: "POST" });
+    $("skills-result").textContent = answer.platforms.map((p) => `${p.platform}: ${p.skills.join(", ")}`).join("; ");
+  } catch (err) {
+    $("skills-result").textContent = "";
+    fail(err);
+  }
+  $("reload-skills").disabled = false;
 }
 
 async function admin(path, options = {}) {

@@ -1,5 +1,6 @@
 // The status page: polls /console/api/status every second while shown, computes tokens/s between polls
-// from the server's own clock, and draws small live charts.
+// from the server's own clock, draws small live charts, and lists the IM connectors' health and the
+// latest (masked) audit records.
 import { Sparkline } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -21,18 +22,55 @@ export function hide() {
   timer = null;
 }
 
-/** Fill a `<tbody>` with rows of cells (text only). */
+/** Fill a `<tbody>` with rows of cells (text only); a cell may be `{ text, state }` to mark it. */
 function rows(tbody, data, empty) {
+  const columns = tbody.closest("table").querySelectorAll("th").length;
   tbody.replaceChildren(...(data.length ? data : [[empty]]).map((cells) => {
     const tr = document.createElement("tr");
     for (const cell of cells) {
       const td = document.createElement("td");
-      td.textContent = cell;
-      if (cells.length === 1) td.colSpan = 3;
+      td.textContent = typeof cell === "object" ? cell.text : cell;
+      if (typeof cell === "object") td.dataset.state = cell.state;
+      if (cells.length === 1) td.colSpan = columns;
       tr.append(td);
     }
     return tr;
   }));
+}
+
+const clock = (ms) => (ms ? new Date(ms).toLocaleTimeString() : "–");
+
+/** One row of the platforms table. */
+function platformRow(p, deliveries) {
+  const mine = deliveries.filter((d) => d.platform === p.name);
+  const total = mine.reduce((n, d) => n + d.count, 0);
+  const failed = mine.filter((d) => d.outcome === "failed").reduce((n, d) => n + d.count, 0);
+  const missing = p.missing_permissions.map((m) => m.permission);
+  const health = p.status === "degraded" ? `degraded: missing permission ${missing.join(", ")}` : p.status;
+  const connection = p.connected
+    ? `connected since ${clock(p.since_ms)} · last frame ${clock(p.last_event_ms)} · ${p.connections} connection(s)`
+    : `disconnected since ${clock(p.since_ms)}`;
+  const problem = p.last_problem ? `${clock(p.last_problem.at_ms)}: ${p.last_problem.message}` : "none";
+  return [
+    `${p.name} (${p.api_base_url})`,
+    { text: health, state: p.status },
+    connection,
+    failed ? `${failed} of ${total} failed` : `${total} delivered`,
+    problem,
+  ];
+}
+
+/** One row of the audit table. */
+function auditRow(r) {
+  return [
+    clock(r.at_ms),
+    r.sender_nick || r.sender_id,
+    r.handler,
+    r.question,
+    r.answer,
+    r.first_visible_ms == null ? "–" : `${r.first_visible_ms} ms`,
+    { text: r.outcome, state: r.outcome === "failed" ? "down" : "ok" },
+  ];
 }
 
 async function poll() {
@@ -60,13 +98,8 @@ async function poll() {
   charts.tps.push(tps);
   charts.queue.push(s.waiting);
   charts.kv.push(kvRatio * 100, 100);
-  const delivered = (platform) => s.im_deliveries.filter((d) => d.platform === platform).reduce((n, d) => n + d.count, 0);
-  const failed = (platform) => s.im_deliveries.filter((d) => d.platform === platform && d.outcome === "failed").reduce((n, d) => n + d.count, 0);
-  rows($("st-platforms"), s.platforms.map((p) => [
-    p.name, p.api_base_url,
-    failed(p.name) ? `${failed(p.name)} of ${delivered(p.name)} deliveries failed` : `running · ${delivered(p.name)} delivered`,
-  ]), "no IM connector runs in this server");
-  rows($("st-deliveries"), s.im_deliveries.map((d) => [d.platform, d.outcome, String(d.count)]), "no IM deliveries yet");
+  rows($("st-platforms"), s.platforms.map((p) => platformRow(p, s.im_deliveries)), "no IM connector runs in this server");
+  rows($("st-audit"), s.audit.map(auditRow), "no IM messages yet");
   $("st-updated").textContent = `Last update ${new Date(s.now_ms).toLocaleTimeString()}.`;
   document.getElementById("page-status").dataset.polls = String(Number(document.getElementById("page-status").dataset.polls ?? 0) + 1);
 }
