@@ -57,6 +57,15 @@ impl DingTalkError {
     }
 }
 
+/// What `createAndDeliver` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardCreation {
+    /// The card is new and delivered.
+    Created,
+    /// A card with this `outTrackId` already existed: an earlier run created it.
+    AlreadyExisted,
+}
+
 /// The platform's answer to the connection-open call.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -182,8 +191,8 @@ impl OpenApi {
     }
 
     /// Create an AI card with empty content and deliver it where `message` came from. A card that already
-    /// exists (a retry after a restart) counts as created.
-    pub async fn create_and_deliver(&self, out_track_id: &str, message: &BotMessage) -> Result<(), DingTalkError> {
+    /// exists (`param.cardAlreadyExist`: a retry after a restart) counts as created, and says so.
+    pub async fn create_and_deliver(&self, out_track_id: &str, message: &BotMessage) -> Result<CardCreation, DingTalkError> {
         const API: &str = "card/instances/createAndDeliver";
         let key = &self.config.card_content_key;
         let mut body = json!({
@@ -206,7 +215,7 @@ impl OpenApi {
             }
         }
         let answer = match self.call(API, Method::POST, "/v1.0/card/instances/createAndDeliver", &body, PERM_CARD_INSTANCE).await {
-            Err(err) if err.code() == Some("param.cardAlreadyExist") => return Ok(()),
+            Err(err) if err.code() == Some("param.cardAlreadyExist") => return Ok(CardCreation::AlreadyExisted),
             other => other?,
         };
         let results = answer.pointer("/result/deliverResults").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -216,7 +225,7 @@ impl OpenApi {
                 reason: failed.get("errorMsg").and_then(Value::as_str).unwrap_or("no reason given").to_owned(),
             }),
             None if results.is_empty() => Err(DingTalkError::Delivery { out_track_id: out_track_id.to_owned(), reason: "no deliverResults".to_owned() }),
-            None => Ok(()),
+            None => Ok(CardCreation::Created),
         }
     }
 

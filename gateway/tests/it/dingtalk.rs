@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use emulator::dingtalk::{
-    CardStatus, ChatEntry, ConversationKind, DingTalkEmulator, EmulatorConfig, FaultCommand, PostedMessage, UserMessage, World,
+    Card, CardStatus, ChatEntry, ConversationKind, DingTalkEmulator, EmulatorConfig, FaultCommand, PostedMessage, UserMessage, World,
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
 };
 use gateway::dingtalk::{DingTalkConfig, DingTalkConnector};
@@ -55,10 +55,29 @@ pub(crate) fn say(dingtalk: &DingTalkEmulator, kind: ConversationKind, conversat
         .unwrap()
 }
 
-/// `Some` once every conversation holds exactly one finished card per pushed user message, each card
-/// finalized by exactly one accepted update; `None` while any is missing. Panics on a duplicate card.
+/// The cards of each answered message, in delivery order: a first card, then its continuation cards
+/// (`{outTrackId}-p2`, `-p3`, …) when the answer was long.
+pub(crate) fn answers(cards: &[Card]) -> Vec<Vec<Card>> {
+    let mut answers: Vec<Vec<Card>> = Vec::new();
+    for card in cards {
+        let first = match card.out_track_id.rsplit_once("-p") {
+            Some((first, part)) if part.parse::<u32>().is_ok() => first,
+            _ => card.out_track_id.as_str(),
+        };
+        match answers.iter_mut().find(|a| a[0].out_track_id == first) {
+            Some(answer) => answer.push(card.clone()),
+            None => answers.push(vec![card.clone()]),
+        }
+    }
+    answers
+}
+
+/// `Some(answered messages)` once every conversation holds exactly one answer (a finished card and any
+/// continuation cards) per pushed user message, each card finalized by exactly one accepted update;
+/// `None` while any is missing. Panics on a duplicate answer. An answer whose next continuation card is
+/// not created yet looks complete: tests of long answers await the audit record instead.
 pub(crate) fn all_answered(world: &World) -> Option<usize> {
-    let mut cards_total = 0;
+    let mut answered = 0;
     for conversation in &world.conversation_views() {
         // Messages the robot must answer: pushed, and in a group only when they mention it.
         let single = conversation.conversation.kind == ConversationKind::Single;
@@ -69,8 +88,9 @@ pub(crate) fn all_answered(world: &World) -> Option<usize> {
             .filter(|m| matches!(m, ChatEntry::User { pushed: true, at_bot, .. } if *at_bot || single))
             .count();
         let cards = &conversation.cards;
-        assert!(cards.len() <= pushed, "more cards than messages in {}: {cards:#?}", conversation.conversation.conversation_id);
-        if cards.len() < pushed || cards.iter().any(|c| c.status != CardStatus::Finished) {
+        let answers = answers(cards).len();
+        assert!(answers <= pushed, "more answers than messages in {}: {cards:#?}", conversation.conversation.conversation_id);
+        if answers < pushed || cards.iter().any(|c| c.status != CardStatus::Finished) {
             return None;
         }
         for card in cards {
@@ -78,9 +98,9 @@ pub(crate) fn all_answered(world: &World) -> Option<usize> {
             assert_eq!(finals, 1, "card {} finalized {finals} times", card.out_track_id);
             assert!(!card.text.trim().is_empty(), "card {} is empty", card.out_track_id);
         }
-        cards_total += cards.len();
+        answered += answers;
     }
-    Some(cards_total)
+    Some(answered)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
