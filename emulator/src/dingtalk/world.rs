@@ -125,6 +125,8 @@ pub struct Stats {
     pub tickets_refused: u64,
     pub callbacks_pushed: u64,
     pub redeliveries: u64,
+    /// Pushes sent a second time at once by the duplicate-push fault (counted in `callbacks_pushed` too).
+    pub duplicate_pushes: u64,
     pub callbacks_acked: u64,
     pub callbacks_abandoned: u64,
     pub pings_sent: u64,
@@ -259,7 +261,8 @@ pub(crate) struct Webhook {
 #[serde(rename_all = "camelCase")]
 pub struct FractionFault {
     pub fraction: f64,
-    /// 429 (`system.busy`) or 403 (`Forbidden.AccessDenied.QpsLimitForAppkeyAndApi`).
+    /// 429 (`system.busy`) or 403 (`Forbidden.AccessDenied.QpsLimitForAppkeyAndApi`) for card updates;
+    /// 200 for faults that refuse no call (failed deliveries, duplicate pushes).
     pub status: u16,
     #[serde(skip)]
     pub acc: f64,
@@ -286,6 +289,9 @@ pub struct Faults {
     pub card_update_failures: Option<FractionFault>,
     /// Answers a fraction of deliveries with `deliverResults[].success = false` (HTTP 200).
     pub delivery_failures: Option<FractionFault>,
+    /// Pushes a fraction of CALLBACKs twice at once (same `messageId` and `data`), the second copy on
+    /// another live connection when there is one, as the platform's redelivery can.
+    pub duplicate_pushes: Option<FractionFault>,
     /// Every OpenAPI answer waits this long first.
     pub slow_ms: u64,
     /// Permissions the app no longer has (403 `AccessTokenPermissionDenied`).
@@ -405,14 +411,23 @@ impl World {
                 // Waits for a connection; opening one wakes the dispatcher.
                 continue;
             }
-            let target = targets[rand::rng().random_range(0..targets.len())];
+            let pick = rand::rng().random_range(0..targets.len());
             let text = serde_json::to_string(&pending.frame).expect("frames serialize");
-            if target.tx.send(Outbound::Text(text)).is_err() {
+            if targets[pick].tx.send(Outbound::Text(text.clone())).is_err() {
                 continue;
             }
             pending.attempts += 1;
             pending.due = now + config.redelivery_after;
             self.stats.callbacks_pushed += 1;
+            if self.faults.duplicate_pushes.as_mut().is_some_and(|f| f.hit()) {
+                // The copy goes to the next live connection, which is the same one when it is alone.
+                let copy = targets[(pick + 1) % targets.len()];
+                if copy.tx.send(Outbound::Text(text)).is_ok() {
+                    self.stats.callbacks_pushed += 1;
+                    self.stats.duplicate_pushes += 1;
+                    tracing::info!(message_id = %id, "pushing a callback twice (injected duplicate)");
+                }
+            }
             if pending.attempts > 1 {
                 self.stats.redeliveries += 1;
                 tracing::info!(message_id = %id, attempt = pending.attempts, "redelivering an un-ACKed callback");

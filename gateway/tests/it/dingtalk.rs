@@ -181,6 +181,44 @@ async fn cards_survive_disconnect_notices_zombie_sockets_and_429_storms() {
     dingtalk.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_push_delivered_twice_is_answered_once_on_one_or_two_connections() {
+    let dingtalk = emulator(|c| c.qps_per_api = 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = connector_config(&dingtalk, &dir.path().join("outbox.sqlite3"));
+    // Two connectors on one outbox, as two processes of one app would run: each push and its copy land
+    // on different connections, and the outbox's dedupe decides which answers.
+    let first = DingTalkConnector::start(config.clone(), shared_models()).await.unwrap();
+    let second = DingTalkConnector::start(config, shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 2).then_some(())).await.unwrap();
+    dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.0 }).unwrap();
+    let mut posted = vec![
+        say(&dingtalk, ConversationKind::Single, None, "dup1", "Say one word.", false),
+        say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup2", "Name a color.", true),
+        say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup3", "Name a fruit.", true),
+    ];
+    assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), 3);
+    second.shutdown(Duration::from_secs(30)).await;
+
+    // One connection: both copies arrive on it.
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    posted.push(say(&dingtalk, ConversationKind::Single, None, "dup1", "Say another word.", false));
+    posted.push(say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup4", "Name a city.", true));
+    assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), 5);
+    let outbox = first.outbox().clone();
+    let audit = first.audit().clone();
+    first.shutdown(Duration::from_secs(30)).await;
+
+    assert_eq!(dingtalk.inspect(all_answered), Some(5), "no late second answer");
+    let stats = dingtalk.inspect(|w| w.stats());
+    assert!(stats.duplicate_pushes >= 5, "every message was pushed twice: {stats:?}");
+    for message in &posted {
+        assert_eq!(outbox.state(&message.msg_id).await.unwrap().as_deref(), Some("answered"));
+    }
+    assert_eq!(audit.records(0).await.unwrap().len(), 5, "one answer each, across both connectors");
+    dingtalk.shutdown().await.unwrap();
+}
+
 /// `hearth serve` with the connector, as a child process.
 fn spawn_hearth(dingtalk: &DingTalkEmulator, db: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hearth"))
