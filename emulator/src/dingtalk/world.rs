@@ -3,7 +3,7 @@
 //! ever held across an `.await`, and every change bumps a `watch` version so observers await changes
 //! instead of polling.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -134,6 +134,8 @@ pub struct Stats {
     pub bad_ping_acks: u64,
     pub disconnects_sent: u64,
     pub tokens_issued: u64,
+    /// sessionWebhook messages refused because the robot was over its per-minute limit.
+    pub webhooks_throttled: u64,
     pub openapi_rejections: u64,
     pub unacked: usize,
 }
@@ -314,6 +316,10 @@ pub struct World {
     pub(crate) stats: Stats,
     /// Calls per (API, epoch second), for the QPS limit.
     pub(crate) qps: HashMap<&'static str, (u64, u32)>,
+    /// When the robot's sessionWebhook messages of the last minute were sent, for the per-minute limit.
+    pub(crate) webhook_sends: VecDeque<Instant>,
+    /// The robot is throttled on sessionWebhooks until then.
+    pub(crate) webhook_throttled_until: Option<Instant>,
 }
 
 impl World {
@@ -373,6 +379,31 @@ impl World {
         stats.live_connections = self.connections.len();
         stats.unacked = self.pending.len();
         stats
+    }
+
+    /// Count one robot message sent through a sessionWebhook at `now` against the per-minute limit;
+    /// `false` when the robot is (now) throttled and the message is refused.
+    pub(crate) fn admit_webhook_message(&mut self, config: &EmulatorConfig, now: Instant) -> bool {
+        let limit = config.webhook_messages_per_minute as usize;
+        if limit == 0 {
+            return true;
+        }
+        let throttled = self.webhook_throttled_until.is_some_and(|until| until > now);
+        if !throttled {
+            let window_start = now.checked_sub(Duration::from_secs(60));
+            while self.webhook_sends.front().is_some_and(|sent| window_start.is_some_and(|start| *sent <= start)) {
+                self.webhook_sends.pop_front();
+            }
+            if self.webhook_sends.len() < limit {
+                self.webhook_sends.push_back(now);
+                return true;
+            }
+            self.webhook_sends.clear();
+            self.webhook_throttled_until = Some(now + config.webhook_throttle);
+            tracing::info!(limit, throttle_secs = config.webhook_throttle.as_secs(), "robot over its sessionWebhook limit; throttled");
+        }
+        self.stats.webhooks_throttled += 1;
+        false
     }
 
     /// The card `out_track_id`.

@@ -21,6 +21,10 @@ pub const PERM_CARD_STREAMING: &str = "Card.Streaming.Write";
 /// Permission scope needed by the robot send APIs.
 pub const PERM_ROBOT_SEND: &str = "qyapi_robot_sendmsg";
 
+/// The sessionWebhook's errcode for a robot over its message rate ("send too fast, exceed 20 times per
+/// minute"; the robot then stays throttled for minutes).
+const WEBHOOK_TOO_FAST: i64 = 130_101;
+
 /// A failed platform call.
 #[derive(Debug, thiserror::Error)]
 pub enum DingTalkError {
@@ -243,13 +247,15 @@ impl OpenApi {
         self.call("card/streaming", Method::PUT, "/v1.0/card/streaming", &body, PERM_CARD_STREAMING).await.map(drop)
     }
 
-    /// Markdown through the message's sessionWebhook (no token).
+    /// Markdown through the message's sessionWebhook (no token). Errcode 130101 (the robot sends too fast)
+    /// is a [`DingTalkError::Throttled`].
     pub async fn webhook_markdown(&self, webhook: &str, title: &str, text: &str, at_user: &str) -> Result<(), DingTalkError> {
         const API: &str = "sessionWebhook";
         let body = json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}, "at": {"atUserIds": [at_user], "isAtAll": false}});
         let answer = self.send(API, Method::POST, webhook, &body, None, None).await?;
         match answer.get("errcode").and_then(Value::as_i64) {
             Some(0) | None => Ok(()),
+            Some(WEBHOOK_TOO_FAST) => Err(DingTalkError::Throttled { api: API, status: 200, code: WEBHOOK_TOO_FAST.to_string() }),
             Some(errcode) => Err(DingTalkError::Webhook {
                 errcode,
                 errmsg: answer.get("errmsg").and_then(Value::as_str).unwrap_or_default().to_owned(),
@@ -285,7 +291,9 @@ fn classify(api: &'static str, status: StatusCode, body: &Value, permission: Opt
     let code = body.get("code").and_then(Value::as_str).unwrap_or_default().to_owned();
     let message = body.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
     let status = status.as_u16();
-    if status == 429 || (status == 403 && code.contains("Limit")) {
+    // Robot send APIs refuse a robot that sends too fast with 400 `send.too.fast` or `send.byToken.tooFast`.
+    let too_fast = status == 400 && (code == "send.too.fast" || code == "send.byToken.tooFast");
+    if status == 429 || (status == 403 && code.contains("Limit")) || too_fast {
         return DingTalkError::Throttled { api, status, code };
     }
     if status == 401 || code == "InvalidAuthentication" {
@@ -297,4 +305,20 @@ fn classify(api: &'static str, status: StatusCode, body: &Value, permission: Opt
         return DingTalkError::PermissionDenied { api, permission, code };
     }
     DingTalkError::Platform { api, status, code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttles_are_recognised_in_every_shape_the_platform_sends() {
+        let error = |status: u16, code: &str| classify("api", StatusCode::from_u16(status).unwrap(), &json!({"code": code}), None);
+        assert!(error(429, "system.busy").is_throttle());
+        assert!(error(403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi").is_throttle());
+        assert!(error(400, "send.too.fast").is_throttle());
+        assert!(error(400, "send.byToken.tooFast").is_throttle());
+        assert!(!error(400, "invalidParameter.msgKey.invalid").is_throttle());
+        assert!(matches!(error(403, "Forbidden.AccessDenied.AccessTokenPermissionDenied"), DingTalkError::PermissionDenied { .. }));
+    }
 }

@@ -13,7 +13,8 @@
 //! (`split`) and the answer continues in a new card, `{outTrackId}-p2`, `-p3`, … — ids a resumed answer
 //! finds again (`param.cardAlreadyExist` counts as created). When a card cannot be completed it is marked
 //! failed (`isError`) and the rest of the answer (what no earlier card finalized) goes out as markdown
-//! through the sessionWebhook, or the robot send API once the webhook has expired.
+//! through the sessionWebhook, or the robot send API once the webhook has expired or while the platform
+//! throttles the robot's webhook messages (errcode 130101: then webhooks are left alone for minutes).
 //!
 //! Before the model: a rate-limited sender gets a short "slow down" card, and a message a skill claims gets
 //! the skill's answer as a finalized card. The model gets the conversation's session history (trimmed to
@@ -90,6 +91,29 @@ impl DeliveryBudget {
     }
 }
 
+/// How long sessionWebhooks are left alone after the platform throttled the robot on them: it allows 20
+/// messages a minute and then refuses for 10 minutes (protocol notes §7.1). The robot send API carries
+/// the fallback meanwhile.
+pub const WEBHOOK_PAUSE: Duration = Duration::from_secs(10 * 60);
+
+/// Whether the robot's sessionWebhook messages are throttled, as last seen.
+#[derive(Default)]
+pub struct WebhookPause {
+    until: Mutex<Option<Instant>>,
+}
+
+impl WebhookPause {
+    /// The platform throttled a sessionWebhook message: leave them alone for [`WEBHOOK_PAUSE`].
+    pub fn start(&self) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + WEBHOOK_PAUSE);
+    }
+
+    /// Whether sessionWebhooks are still being left alone.
+    pub fn active(&self) -> bool {
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| Instant::now() < until)
+    }
+}
+
 /// The answer a rate-limited user gets.
 pub const SLOW_DOWN: &str = "You are sending messages too quickly; please wait a moment and try again.";
 /// The answer when the engine's queue is full.
@@ -102,6 +126,8 @@ pub struct Replier {
     pub models: Arc<ModelRouter>,
     pub outbox: Outbox,
     pub budget: DeliveryBudget,
+    /// Set while the platform throttles the robot's sessionWebhook messages.
+    pub webhook_pause: WebhookPause,
     /// Conversation histories.
     pub sessions: SessionStore,
     /// Answers without the model; reloadable.
@@ -370,7 +396,8 @@ impl Replier {
         Err(cards.failure(DingTalkError::Unexpected { api: "generation", detail: "the answer stream ended without a result".to_owned() }, sent))
     }
 
-    /// Run a card call under the budget, retrying throttles and transient failures up to `attempts` times.
+    /// Run a card call (or a fallback robot send) under the budget, retrying throttles and transient
+    /// failures up to `attempts` times.
     async fn with_retries<T, F, Fut>(&self, attempts: u32, mut call: F) -> Result<T, DingTalkError>
     where
         F: FnMut() -> Fut,
@@ -405,8 +432,8 @@ impl Replier {
         Err(last.unwrap_or(DingTalkError::Throttled { api: "card", status: 429, code: "retries exhausted".to_owned() }))
     }
 
-    /// Mark `card` failed (best effort) and send `text` as markdown: sessionWebhook while valid, else the
-    /// robot send API.
+    /// Mark `card` failed (best effort) and send `text` as markdown: sessionWebhook while valid and not
+    /// throttled, else the robot send API (throttles retried under the budget).
     async fn fallback(&self, job: &Job, card: &str, text: &str) -> Delivered {
         if let Err(err) = self.api.stream(card, &format!("{card}-error"), "This answer could not be shown here; it was sent as a message.", true, true).await {
             tracing::info!(cause = %err, "cannot mark the card failed");
@@ -417,12 +444,21 @@ impl Replier {
         let webhook_valid = message.session_webhook_expired_time.is_some_and(|t| t > now_ms + 5_000);
         let sent = |detail: &str| Delivered { outcome: Outcome::AnsweredMarkdown, detail: detail.to_owned(), first_visible: Some(Instant::now()) };
         if let (Some(webhook), true) = (&message.session_webhook, webhook_valid) {
-            match self.api.webhook_markdown(webhook, &title, text, &message.sender_staff_id).await {
-                Ok(()) => return sent("sessionWebhook"),
-                Err(err) => tracing::warn!(cause = %err, "sessionWebhook failed; trying the robot send API"),
+            if self.webhook_pause.active() {
+                tracing::info!("the robot's sessionWebhook messages are throttled; using the robot send API");
+            } else {
+                match self.api.webhook_markdown(webhook, &title, text, &message.sender_staff_id).await {
+                    Ok(()) => return sent("sessionWebhook"),
+                    Err(err) if err.is_throttle() => {
+                        self.webhook_pause.start();
+                        tracing::warn!(cause = %err, pause_secs = WEBHOOK_PAUSE.as_secs(), "the platform throttles the robot's sessionWebhook messages; using the robot send API meanwhile");
+                    }
+                    Err(err) => tracing::warn!(cause = %err, "sessionWebhook failed; trying the robot send API"),
+                }
             }
         }
-        match self.api.robot_markdown(message, &title, text).await {
+        let attempts = self.api.config().card_call_attempts;
+        match self.with_retries(attempts, || self.api.robot_markdown(message, &title, text)).await {
             Ok(()) => sent("robot send API"),
             Err(err) => {
                 if let DingTalkError::PermissionDenied { permission, .. } = &err {

@@ -463,6 +463,40 @@ async fn refused_card_permissions_fall_back_to_markdown_once() {
     dingtalk.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_session_webhook_hands_the_fallback_to_the_robot_send_api() {
+    // Two webhook messages a minute per robot; card creation refused, so every answer is a fallback.
+    let dingtalk = emulator(|c| c.webhook_messages_per_minute = 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")), shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_INSTANCE.to_owned() }).unwrap();
+    let mut posted = Vec::new();
+    let mut routes = Vec::new();
+    for user in ["w1", "w2", "w3", "w4"] {
+        // `help` is a built-in skill: a fixed answer, no model.
+        let asked = say(&dingtalk, ConversationKind::Single, None, user, "help", false);
+        let via = |w: &World| {
+            w.conversation(&asked.conversation_id)?.messages.iter().find_map(|m| match m {
+                ChatEntry::Robot { via, .. } => Some(via.clone()),
+                _ => None,
+            })
+        };
+        routes.push(dingtalk.wait_for(PATIENCE, via).await.unwrap());
+        posted.push(asked);
+    }
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(routes, ["sessionWebhook", "sessionWebhook", "robotApi", "robotApi"]);
+    assert_eq!(dingtalk.inspect(|w| w.stats().webhooks_throttled), 1, "once throttled, the connector leaves the webhooks alone");
+    for asked in &posted {
+        let replies = dingtalk.inspect(|w| [robot_messages(w, &asked.conversation_id, "sessionWebhook"), robot_messages(w, &asked.conversation_id, "robotApi")].concat());
+        assert_eq!(replies.len(), 1, "one reply each");
+        assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
+    }
+    dingtalk.shutdown().await.unwrap();
+}
+
 /// The shared engine behind a router, as `hearth serve` hands it to the connector.
 pub(crate) fn shared_models() -> std::sync::Arc<gateway::routing::ModelRouter> {
     std::sync::Arc::new(gateway::routing::ModelRouter::single(crate::support::MODEL_NAME, shared_engine()))
