@@ -409,8 +409,10 @@ async fn dingtalk_a_long_answer_cut_off_mid_way_resumes_into_the_same_cards() {
     let cards = only_answer(&dingtalk, &posted.conversation_id);
     assert_split_answer(&cards, &long_reply(), SMALL_CARD);
     assert_eq!(cards[0].text, first_text, "the finished card was not written again");
-    assert_eq!(connector.outbox().state(&posted.msg_id).await.unwrap().as_deref(), Some("answered"));
+    // The outcome is recorded right after the audit record; shutdown waits for it.
+    let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(outbox.state(&posted.msg_id).await.unwrap().as_deref(), Some("answered"));
     dingtalk.shutdown().await.unwrap();
 }
 
