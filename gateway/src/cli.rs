@@ -180,6 +180,12 @@ pub struct DingTalkEmulatorArgs {
     /// Most userIds in one oToMessages/batchSend.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub max_oto_user_ids: usize,
+    /// Messages per minute the robot may send through sessionWebhooks before errcode 130101 (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub webhook_per_minute: u32,
+    /// Seconds a robot over that limit stays throttled.
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    pub webhook_throttle_secs: u64,
     /// HTTP status of an expired sessionWebhook's 300001 answer.
     #[arg(long, value_name = "STATUS", default_value_t = 200)]
     pub webhook_error_status: u16,
@@ -203,6 +209,8 @@ impl DingTalkEmulatorArgs {
             connection_lifetime: (self.connection_lifetime_secs > 0).then(|| secs(self.connection_lifetime_secs)),
             qps_per_api: self.qps,
             session_webhook_ttl: secs(self.webhook_ttl_secs),
+            webhook_messages_per_minute: self.webhook_per_minute,
+            webhook_throttle: secs(self.webhook_throttle_secs),
             session_webhook_error_status: self.webhook_error_status,
             ticket_refusal_status: self.ticket_refusal_status,
             accept_empty_stream_content: self.accept_empty_stream_content,
@@ -517,5 +525,7 @@ mod tests {
         assert_eq!(config.redelivery_after, Duration::from_secs(5));
         assert_eq!(config.ping_interval, None);
         assert_eq!(config.client_id, emulator::dingtalk::DEFAULT_CLIENT_ID);
+        let defaults = emulator::dingtalk::EmulatorConfig::default();
+        assert_eq!((config.webhook_messages_per_minute, config.webhook_throttle), (defaults.webhook_messages_per_minute, defaults.webhook_throttle));
     }
 }

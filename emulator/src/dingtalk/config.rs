@@ -40,6 +40,15 @@ pub struct EmulatorConfig {
     pub qps_per_api: u32,
     /// Lifetime of a `sessionWebhook` (doc samples imply about 90 minutes).
     pub session_webhook_ttl: Duration,
+    /// Messages per minute one robot may send through sessionWebhooks; the next one is refused with
+    /// errcode 130101 (`send too fast, exceed 20 times per minute`, as field reports show it) and the robot
+    /// stays throttled for [`webhook_throttle`](Self::webhook_throttle). 0 disables the limit. Documented as
+    /// 20 per minute for custom group robots; whether it applies to sessionWebhooks is **[UNCONFIRMED]**;
+    /// default 20.
+    pub webhook_messages_per_minute: u32,
+    /// How long a robot over [`webhook_messages_per_minute`](Self::webhook_messages_per_minute) stays
+    /// throttled (documented: 10 minutes).
+    pub webhook_throttle: Duration,
     /// HTTP status of the sessionWebhook's `300001 session 不存在` answer. **[UNCONFIRMED]**; default 200
     /// (the legacy `errcode` envelope is normally sent with 200).
     pub session_webhook_error_status: u16,
@@ -81,6 +90,8 @@ impl Default for EmulatorConfig {
             connection_lifetime: None,
             qps_per_api: 20,
             session_webhook_ttl: Duration::from_secs(90 * 60),
+            webhook_messages_per_minute: 20,
+            webhook_throttle: Duration::from_secs(10 * 60),
             session_webhook_error_status: 200,
             ticket_refusal_status: 401,
             accept_empty_stream_content: false,

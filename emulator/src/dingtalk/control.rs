@@ -86,6 +86,9 @@ pub enum FaultCommand {
     CardUpdateFailures { fraction: f64, #[serde(default = "default_busy")] status: u16 },
     /// Answer `fraction` of card deliveries with `success: false` in an HTTP 200.
     DeliveryFailures { fraction: f64 },
+    /// Push `fraction` of CALLBACKs twice at once, with the same `headers.messageId` and `data` (the
+    /// second copy on another live connection when there is one). A fraction of 0 switches it off.
+    DuplicatePushes { fraction: f64 },
     /// Expire every access token now.
     ExpireTokens,
     /// Delay every OpenAPI answer by `millis`.
@@ -286,6 +289,13 @@ impl Shared {
                     return Err(EmulatorError::InvalidRequest("`fraction` must be in 0..=1".to_owned()));
                 }
                 world.faults.delivery_failures = (fraction > 0.0).then_some(FractionFault { fraction, status: 200, acc: 0.0 });
+                Ok(1)
+            }
+            FaultCommand::DuplicatePushes { fraction } => {
+                if !fraction_ok(fraction) {
+                    return Err(EmulatorError::InvalidRequest("`fraction` must be in 0..=1".to_owned()));
+                }
+                world.faults.duplicate_pushes = (fraction > 0.0).then_some(FractionFault { fraction, status: 200, acc: 0.0 });
                 Ok(1)
             }
             FaultCommand::ExpireTokens => {

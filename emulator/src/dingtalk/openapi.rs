@@ -582,7 +582,8 @@ pub struct SessionQuery {
     session: String,
 }
 
-/// `POST /robot/sendBySession?session=…`: no token, legacy `errcode`/`errmsg` envelope.
+/// `POST /robot/sendBySession?session=…`: no token, legacy `errcode`/`errmsg` envelope; a robot over its
+/// per-minute message limit gets errcode 130101 until its throttle ends.
 pub async fn session_webhook(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<SessionQuery>,
@@ -597,7 +598,7 @@ pub async fn session_webhook(
         return legacy(200, 400_001, "body is not valid JSON");
     };
     let error_status = shared.config.session_webhook_error_status;
-    shared.with(|world, _| {
+    shared.with(|world, config| {
         let conversation_id = match world.webhooks.get(&query.session) {
             Some(hook) if hook.expires_ms > now_ms() => hook.conversation_id.clone(),
             _ => return legacy(error_status, 300_001, "session 不存在"),
@@ -609,6 +610,10 @@ pub async fn session_webhook(
             "link" | "actionCard" | "feedCard" => robot_entry("sessionWebhook", &msgtype, message.get(&msgtype).unwrap_or(&Value::Null)),
             _ => return legacy(200, 40_035, "不合法的参数: msgtype"),
         };
+        if !world.admit_webhook_message(config, Instant::now()) {
+            let limit = config.webhook_messages_per_minute;
+            return legacy(200, 130_101, &format!("send too fast, exceed {limit} times per minute"));
+        }
         if let Some(conversation) = world.conversation_mut(&conversation_id) {
             conversation.messages.push(entry);
         }

@@ -3,7 +3,7 @@
 //! ever held across an `.await`, and every change bumps a `watch` version so observers await changes
 //! instead of polling.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -125,6 +125,8 @@ pub struct Stats {
     pub tickets_refused: u64,
     pub callbacks_pushed: u64,
     pub redeliveries: u64,
+    /// Pushes sent a second time at once by the duplicate-push fault (counted in `callbacks_pushed` too).
+    pub duplicate_pushes: u64,
     pub callbacks_acked: u64,
     pub callbacks_abandoned: u64,
     pub pings_sent: u64,
@@ -132,6 +134,8 @@ pub struct Stats {
     pub bad_ping_acks: u64,
     pub disconnects_sent: u64,
     pub tokens_issued: u64,
+    /// sessionWebhook messages refused because the robot was over its per-minute limit.
+    pub webhooks_throttled: u64,
     pub openapi_rejections: u64,
     pub unacked: usize,
 }
@@ -259,7 +263,8 @@ pub(crate) struct Webhook {
 #[serde(rename_all = "camelCase")]
 pub struct FractionFault {
     pub fraction: f64,
-    /// 429 (`system.busy`) or 403 (`Forbidden.AccessDenied.QpsLimitForAppkeyAndApi`).
+    /// 429 (`system.busy`) or 403 (`Forbidden.AccessDenied.QpsLimitForAppkeyAndApi`) for card updates;
+    /// 200 for faults that refuse no call (failed deliveries, duplicate pushes).
     pub status: u16,
     #[serde(skip)]
     pub acc: f64,
@@ -286,6 +291,9 @@ pub struct Faults {
     pub card_update_failures: Option<FractionFault>,
     /// Answers a fraction of deliveries with `deliverResults[].success = false` (HTTP 200).
     pub delivery_failures: Option<FractionFault>,
+    /// Pushes a fraction of CALLBACKs twice at once (same `messageId` and `data`), the second copy on
+    /// another live connection when there is one, as the platform's redelivery can.
+    pub duplicate_pushes: Option<FractionFault>,
     /// Every OpenAPI answer waits this long first.
     pub slow_ms: u64,
     /// Permissions the app no longer has (403 `AccessTokenPermissionDenied`).
@@ -308,6 +316,10 @@ pub struct World {
     pub(crate) stats: Stats,
     /// Calls per (API, epoch second), for the QPS limit.
     pub(crate) qps: HashMap<&'static str, (u64, u32)>,
+    /// When the robot's sessionWebhook messages of the last minute were sent, for the per-minute limit.
+    pub(crate) webhook_sends: VecDeque<Instant>,
+    /// The robot is throttled on sessionWebhooks until then.
+    pub(crate) webhook_throttled_until: Option<Instant>,
 }
 
 impl World {
@@ -369,6 +381,31 @@ impl World {
         stats
     }
 
+    /// Count one robot message sent through a sessionWebhook at `now` against the per-minute limit;
+    /// `false` when the robot is (now) throttled and the message is refused.
+    pub(crate) fn admit_webhook_message(&mut self, config: &EmulatorConfig, now: Instant) -> bool {
+        let limit = config.webhook_messages_per_minute as usize;
+        if limit == 0 {
+            return true;
+        }
+        let throttled = self.webhook_throttled_until.is_some_and(|until| until > now);
+        if !throttled {
+            let window_start = now.checked_sub(Duration::from_secs(60));
+            while self.webhook_sends.front().is_some_and(|sent| window_start.is_some_and(|start| *sent <= start)) {
+                self.webhook_sends.pop_front();
+            }
+            if self.webhook_sends.len() < limit {
+                self.webhook_sends.push_back(now);
+                return true;
+            }
+            self.webhook_sends.clear();
+            self.webhook_throttled_until = Some(now + config.webhook_throttle);
+            tracing::info!(limit, throttle_secs = config.webhook_throttle.as_secs(), "robot over its sessionWebhook limit; throttled");
+        }
+        self.stats.webhooks_throttled += 1;
+        false
+    }
+
     /// The card `out_track_id`.
     pub fn card(&self, out_track_id: &str) -> Option<&Card> {
         self.cards.get(out_track_id)
@@ -405,14 +442,23 @@ impl World {
                 // Waits for a connection; opening one wakes the dispatcher.
                 continue;
             }
-            let target = targets[rand::rng().random_range(0..targets.len())];
+            let pick = rand::rng().random_range(0..targets.len());
             let text = serde_json::to_string(&pending.frame).expect("frames serialize");
-            if target.tx.send(Outbound::Text(text)).is_err() {
+            if targets[pick].tx.send(Outbound::Text(text.clone())).is_err() {
                 continue;
             }
             pending.attempts += 1;
             pending.due = now + config.redelivery_after;
             self.stats.callbacks_pushed += 1;
+            if self.faults.duplicate_pushes.as_mut().is_some_and(|f| f.hit()) {
+                // The copy goes to the next live connection, which is the same one when it is alone.
+                let copy = targets[(pick + 1) % targets.len()];
+                if copy.tx.send(Outbound::Text(text)).is_ok() {
+                    self.stats.callbacks_pushed += 1;
+                    self.stats.duplicate_pushes += 1;
+                    tracing::info!(message_id = %id, "pushing a callback twice (injected duplicate)");
+                }
+            }
             if pending.attempts > 1 {
                 self.stats.redeliveries += 1;
                 tracing::info!(message_id = %id, attempt = pending.attempts, "redelivering an un-ACKed callback");

@@ -237,3 +237,33 @@ async fn session_webhook_and_robot_send_apis() {
     assert_eq!(texts, ["sessionWebhook:# answer", "robotApi:fallback"]);
     dingtalk.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_robot_over_its_webhook_limit_is_throttled_with_130101() {
+    let dingtalk = start(|c| c.webhook_messages_per_minute = 2).await;
+    let mut ws = crate::connect(&dingtalk).await;
+    let mut hooks = Vec::new();
+    for user in ["ivy", "jon"] {
+        crate::single(&dingtalk, user, "hi");
+        let frame = crate::next_frame(&mut ws).await;
+        let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        hooks.push(data["sessionWebhook"].as_str().unwrap().to_owned());
+    }
+    let text = |content: &str| json!({"msgtype": "text", "text": {"content": content}});
+    // The limit is per robot, across sessions: two messages pass, the third is refused and so is every
+    // message during the throttle, whichever session it uses.
+    for (hook, content) in [(&hooks[0], "one"), (&hooks[1], "two")] {
+        assert_eq!(post(hook, text(content), None).await, (200, json!({"errcode": 0, "errmsg": "ok"})));
+    }
+    for hook in [&hooks[0], &hooks[1]] {
+        let (status, body) = post(hook, text("too many"), None).await;
+        assert_eq!((status, body["errcode"].as_i64()), (200, Some(130_101)), "{body}");
+        assert_eq!(body["errmsg"], "send too fast, exceed 2 times per minute");
+    }
+    let (sent, throttled) = dingtalk.inspect(|w| {
+        let sent = w.conversation_ids().iter().flat_map(|id| w.conversation(id).unwrap().messages.clone()).filter(|m| matches!(m, emulator::dingtalk::ChatEntry::Robot { .. })).count();
+        (sent, w.stats().webhooks_throttled)
+    });
+    assert_eq!((sent, throttled), (2, 2), "refused messages are not shown");
+    dingtalk.shutdown().await.unwrap();
+}

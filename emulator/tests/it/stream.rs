@@ -169,3 +169,40 @@ async fn zombie_sockets_answer_pings_but_deliver_nothing() {
     }
     dingtalk.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn duplicate_pushes_repeat_the_frame_on_another_connection_and_one_ack_settles_both() {
+    let dingtalk = start(|_| {}).await;
+    let mut first = connect(&dingtalk).await;
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    assert!(dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.5 }).is_err(), "a fraction above 1 is refused");
+    assert_eq!(dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.0 }).unwrap(), 1);
+
+    // One connection: both copies arrive on it, identical.
+    let posted = single(&dingtalk, "erin", "twice?");
+    let (a, b) = (next_frame(&mut first).await, next_frame(&mut first).await);
+    assert_eq!(a, b, "the copy is the same frame");
+    assert_eq!(a["headers"]["messageId"], posted.message_id.as_str());
+    ack(&mut first, &a, json!("")).await;
+    ack(&mut first, &b, json!("")).await;
+
+    // Two connections: one copy on each.
+    let mut second = connect(&dingtalk).await;
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 2).then_some(())).await.unwrap();
+    let posted = single(&dingtalk, "erin", "twice again?");
+    let (a, b) = (next_frame(&mut first).await, next_frame(&mut second).await);
+    assert_eq!(a, b);
+    let data: Value = serde_json::from_str(a["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["msgId"], posted.msg_id.as_str());
+    ack(&mut second, &b, json!("")).await;
+    ack(&mut first, &a, json!("")).await;
+    let stats = dingtalk.wait_for(PATIENCE, |w| (w.stats().callbacks_acked == 2).then(|| w.stats())).await.unwrap();
+    assert_eq!((stats.callbacks_pushed, stats.duplicate_pushes, stats.redeliveries, stats.unacked), (4, 2, 0, 0));
+
+    // Switched off: one push per message.
+    dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 0.0 }).unwrap();
+    single(&dingtalk, "erin", "once");
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().callbacks_pushed == 5).then_some(())).await.unwrap();
+    assert_eq!(dingtalk.inspect(|w| w.stats().duplicate_pushes), 2);
+    dingtalk.shutdown().await.unwrap();
+}

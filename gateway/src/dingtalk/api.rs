@@ -25,6 +25,10 @@ pub const PERM_ROBOT_SEND: &str = "qyapi_robot_sendmsg";
 /// Every permission scope the connector needs.
 pub const PERMISSIONS: [&str; 3] = [PERM_CARD_INSTANCE, PERM_CARD_STREAMING, PERM_ROBOT_SEND];
 
+/// The sessionWebhook's errcode for a robot over its message rate ("send too fast, exceed 20 times per
+/// minute"; the robot then stays throttled for minutes).
+const WEBHOOK_TOO_FAST: i64 = 130_101;
+
 /// A failed platform call.
 #[derive(Debug, thiserror::Error)]
 pub enum DingTalkError {
@@ -59,6 +63,15 @@ impl DingTalkError {
             _ => None,
         }
     }
+}
+
+/// What `createAndDeliver` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardCreation {
+    /// The card is new and delivered.
+    Created,
+    /// A card with this `outTrackId` already existed: an earlier run created it.
+    AlreadyExisted,
 }
 
 /// The platform's answer to the connection-open call.
@@ -231,8 +244,8 @@ impl OpenApi {
     }
 
     /// Create an AI card with empty content and deliver it where `message` came from. A card that already
-    /// exists (a retry after a restart) counts as created.
-    pub async fn create_and_deliver(&self, out_track_id: &str, message: &BotMessage) -> Result<(), DingTalkError> {
+    /// exists (`param.cardAlreadyExist`: a retry after a restart) counts as created, and says so.
+    pub async fn create_and_deliver(&self, out_track_id: &str, message: &BotMessage) -> Result<CardCreation, DingTalkError> {
         const API: &str = "card/instances/createAndDeliver";
         let key = &self.config.card_content_key;
         let mut body = json!({
@@ -255,7 +268,7 @@ impl OpenApi {
             }
         }
         let answer = match self.call(API, Method::POST, "/v1.0/card/instances/createAndDeliver", &body, PERM_CARD_INSTANCE).await {
-            Err(err) if err.code() == Some("param.cardAlreadyExist") => return Ok(()),
+            Err(err) if err.code() == Some("param.cardAlreadyExist") => return Ok(CardCreation::AlreadyExisted),
             other => other?,
         };
         let results = answer.pointer("/result/deliverResults").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -265,7 +278,7 @@ impl OpenApi {
                 reason: failed.get("errorMsg").and_then(Value::as_str).unwrap_or("no reason given").to_owned(),
             }),
             None if results.is_empty() => Err(DingTalkError::Delivery { out_track_id: out_track_id.to_owned(), reason: "no deliverResults".to_owned() }),
-            None => Ok(()),
+            None => Ok(CardCreation::Created),
         }
     }
 
@@ -283,13 +296,15 @@ impl OpenApi {
         self.call("card/streaming", Method::PUT, "/v1.0/card/streaming", &body, PERM_CARD_STREAMING).await.map(drop)
     }
 
-    /// Markdown through the message's sessionWebhook (no token).
+    /// Markdown through the message's sessionWebhook (no token). Errcode 130101 (the robot sends too fast)
+    /// is a [`DingTalkError::Throttled`].
     pub async fn webhook_markdown(&self, webhook: &str, title: &str, text: &str, at_user: &str) -> Result<(), DingTalkError> {
         const API: &str = "sessionWebhook";
         let body = json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}, "at": {"atUserIds": [at_user], "isAtAll": false}});
         let answer = self.send(API, Method::POST, webhook, &body, None, None).await?;
         match answer.get("errcode").and_then(Value::as_i64) {
             Some(0) | None => Ok(()),
+            Some(WEBHOOK_TOO_FAST) => Err(DingTalkError::Throttled { api: API, status: 200, code: WEBHOOK_TOO_FAST.to_string() }),
             Some(errcode) => Err(DingTalkError::Webhook {
                 errcode,
                 errmsg: answer.get("errmsg").and_then(Value::as_str).unwrap_or_default().to_owned(),
@@ -325,7 +340,9 @@ fn classify(api: &'static str, status: StatusCode, body: &Value, permission: Opt
     let code = body.get("code").and_then(Value::as_str).unwrap_or_default().to_owned();
     let message = body.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
     let status = status.as_u16();
-    if status == 429 || (status == 403 && code.contains("Limit")) {
+    // Robot send APIs refuse a robot that sends too fast with 400 `send.too.fast` or `send.byToken.tooFast`.
+    let too_fast = status == 400 && (code == "send.too.fast" || code == "send.byToken.tooFast");
+    if status == 429 || (status == 403 && code.contains("Limit")) || too_fast {
         return DingTalkError::Throttled { api, status, code };
     }
     if status == 401 || code == "InvalidAuthentication" {
@@ -337,4 +354,20 @@ fn classify(api: &'static str, status: StatusCode, body: &Value, permission: Opt
         return DingTalkError::PermissionDenied { api, permission, code };
     }
     DingTalkError::Platform { api, status, code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttles_are_recognised_in_every_shape_the_platform_sends() {
+        let error = |status: u16, code: &str| classify("api", StatusCode::from_u16(status).unwrap(), &json!({"code": code}), None);
+        assert!(error(429, "system.busy").is_throttle());
+        assert!(error(403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi").is_throttle());
+        assert!(error(400, "send.too.fast").is_throttle());
+        assert!(error(400, "send.byToken.tooFast").is_throttle());
+        assert!(!error(400, "invalidParameter.msgKey.invalid").is_throttle());
+        assert!(matches!(error(403, "Forbidden.AccessDenied.AccessTokenPermissionDenied"), DingTalkError::PermissionDenied { .. }));
+    }
 }

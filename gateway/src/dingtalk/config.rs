@@ -47,6 +47,11 @@ pub struct DingTalkConfig {
     pub throttle_backoff_ms: u64,
     /// Attempts per card call before the card is given up and the answer is sent as markdown.
     pub card_call_attempts: u32,
+    /// Most bytes of answer text in one AI card; a longer answer is cut (at a line or word break near the
+    /// limit, never inside a character) and continues in a new card. The platform refuses or blanks cards
+    /// well before large answers fit (about 3 000 CJK characters, protocol notes §6.4). At least
+    /// [`MIN_CARD_BYTES`].
+    pub card_max_bytes: usize,
     /// Most tokens of one answer.
     pub max_answer_tokens: usize,
     /// HTTP timeout of one OpenAPI call.
@@ -91,6 +96,7 @@ impl Default for DingTalkConfig {
             card_updates_per_second: 10,
             throttle_backoff_ms: 1_000,
             card_call_attempts: 6,
+            card_max_bytes: 8_000,
             max_answer_tokens: 256,
             http_timeout_secs: 10,
             group_sessions: GroupSessions::Group,
@@ -100,6 +106,9 @@ impl Default for DingTalkConfig {
         }
     }
 }
+
+/// The smallest [`DingTalkConfig::card_max_bytes`]: below it an answer would scatter over many cards.
+pub const MIN_CARD_BYTES: usize = 256;
 
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +153,9 @@ impl DingTalkConfig {
                 rule: "at least 1",
             });
         }
+        if self.card_max_bytes < MIN_CARD_BYTES {
+            return Err(ConfigError::Invalid { field: "card_max_bytes", rule: "at least 256" });
+        }
         if let Err(err) = crate::audit::Masker::new(&self.audit_mask_patterns) {
             tracing::error!(cause = %err, "invalid DingTalk audit_mask_patterns");
             return Err(ConfigError::Invalid { field: "audit_mask_patterns", rule: "valid regexes" });
@@ -181,5 +193,7 @@ mod tests {
         config.validate().unwrap();
         assert!(toml::from_str::<DingTalkConfig>("app_kee = \"k\"").unwrap_err().to_string().contains("app_kee"));
         assert!(matches!(DingTalkConfig::default().validate(), Err(ConfigError::Missing("app_key"))));
+        let small = DingTalkConfig { card_max_bytes: 100, ..config };
+        assert!(matches!(small.validate(), Err(ConfigError::Invalid { field: "card_max_bytes", .. })));
     }
 }

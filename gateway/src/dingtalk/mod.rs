@@ -21,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod message;
 mod reply;
+mod split;
 pub mod store;
 mod stream;
 
@@ -46,7 +47,7 @@ pub use reply::{BUSY, SLOW_DOWN};
 pub use store::{Outbox, StoreError};
 
 use message::{BotMessage, ConversationType};
-use reply::{DeliveryBudget, Replier, Route};
+use reply::{DeliveryBudget, Replier, Route, WebhookPause};
 use store::Job;
 
 /// Why the connector could not start.
@@ -161,7 +162,8 @@ impl DingTalkConnector {
         let limiter = NonZeroU32::new(config.user_requests_per_second).map(|rate| RateLimiter::keyed(Quota::per_second(rate)));
         let api = OpenApi::new(config)?;
         let skill_context = SkillContext { models: models.clone(), started: Instant::now() };
-        let replier = Arc::new(Replier { api, models, outbox: outbox.clone(), budget, sessions, skills, skill_context, audit });
+        let webhook_pause = WebhookPause::default();
+        let replier = Arc::new(Replier { api, models, outbox: outbox.clone(), budget, webhook_pause, sessions, skills, skill_context, audit });
         let connector = Arc::new(Connector {
             replier,
             answers: std::sync::Mutex::new(JoinSet::new()),

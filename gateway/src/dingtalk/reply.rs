@@ -6,8 +6,15 @@
 //!
 //! Guids: intermediate updates use `{outTrackId}-{attempt}-{n}`; the final frame always uses
 //! `{outTrackId}-final` (or `-error`), so a finalize retried after a crash is applied once by the platform.
-//! When the card cannot be completed the card is marked failed (`isError`) and the answer goes out as
-//! markdown through the sessionWebhook, or the robot send API once the webhook has expired.
+//! A card that an earlier run created (a resumed answer) gets no intermediate updates, only that final
+//! frame, so text it already finished is never overwritten by a snapshot.
+//!
+//! A card holds at most `card_max_bytes`: past that the card is finalized at a line or word break
+//! (`split`) and the answer continues in a new card, `{outTrackId}-p2`, `-p3`, … — ids a resumed answer
+//! finds again (`param.cardAlreadyExist` counts as created). When a card cannot be completed it is marked
+//! failed (`isError`) and the rest of the answer (what no earlier card finalized) goes out as markdown
+//! through the sessionWebhook, or the robot send API once the webhook has expired or while the platform
+//! throttles the robot's webhook messages (errcode 130101: then webhooks are left alone for minutes).
 //!
 //! Before the model: a rate-limited sender gets a short "slow down" card, and a message a skill claims gets
 //! the skill's answer as a finalized card. The model gets the conversation's session history (trimmed to
@@ -28,9 +35,10 @@ use crate::routing::{Loaded, ModelRouter};
 use crate::sessions::SessionStore;
 use crate::skills::{SkillAction, SkillContext, SkillInput, SkillSet};
 
-use super::api::{DingTalkError, OpenApi};
+use super::api::{CardCreation, DingTalkError, OpenApi};
 use super::config::GroupSessions;
 use super::message::{BotMessage, ConversationType};
+use super::split;
 use super::store::{Job, Outbox, Outcome};
 
 /// Paces card calls: at most `per_second` shared by every card, and a pause after throttling.
@@ -83,6 +91,29 @@ impl DeliveryBudget {
     }
 }
 
+/// How long sessionWebhooks are left alone after the platform throttled the robot on them: it allows 20
+/// messages a minute and then refuses for 10 minutes (protocol notes §7.1). The robot send API carries
+/// the fallback meanwhile.
+pub const WEBHOOK_PAUSE: Duration = Duration::from_secs(10 * 60);
+
+/// Whether the robot's sessionWebhook messages are throttled, as last seen.
+#[derive(Default)]
+pub struct WebhookPause {
+    until: Mutex<Option<Instant>>,
+}
+
+impl WebhookPause {
+    /// The platform throttled a sessionWebhook message: leave them alone for [`WEBHOOK_PAUSE`].
+    pub fn start(&self) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + WEBHOOK_PAUSE);
+    }
+
+    /// Whether sessionWebhooks are still being left alone.
+    pub fn active(&self) -> bool {
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| Instant::now() < until)
+    }
+}
+
 /// The answer a rate-limited user gets.
 pub const SLOW_DOWN: &str = "You are sending messages too quickly; please wait a moment and try again.";
 /// The answer when the engine's queue is full.
@@ -95,6 +126,8 @@ pub struct Replier {
     pub models: Arc<ModelRouter>,
     pub outbox: Outbox,
     pub budget: DeliveryBudget,
+    /// Set while the platform throttles the robot's sessionWebhook messages.
+    pub webhook_pause: WebhookPause,
     /// Conversation histories.
     pub sessions: SessionStore,
     /// Answers without the model; reloadable.
@@ -254,20 +287,20 @@ impl Replier {
         }
     }
 
-    /// Deliver a fixed answer (a skill's, or "slow down") as a finalized card, or markdown if the card fails.
+    /// Deliver a fixed answer (a skill's, or "slow down") as finalized cards, or markdown if a card fails.
     async fn deliver_fixed(&self, job: &Job, text: &str) -> Delivered {
         let (_draft_tx, draft_rx) = watch::channel(Draft { text: text.to_owned(), end: Some(Ok(())) });
         let mut first_visible = None;
         match self.stream_card(job, draft_rx, &mut first_visible).await {
             Ok(()) => Delivered { outcome: Outcome::Answered, detail: "card finalized".to_owned(), first_visible },
-            Err((err, _)) => {
-                tracing::warn!(cause = %err, "the AI card failed; falling back to markdown");
-                self.fallback(job, text).await
+            Err(failure) => {
+                tracing::warn!(cause = %failure.cause, card = failure.card, "the AI card failed; falling back to markdown");
+                self.fallback(job, &failure.card, unsent(text, failure.shown)).await
             }
         }
     }
 
-    /// Stream the generation into a card (markdown if the card fails); returns how delivery ended and how
+    /// Stream the generation into cards (markdown if a card fails); returns how delivery ended and how
     /// generation did (`None` if its task died).
     async fn deliver_generated(
         &self,
@@ -277,40 +310,39 @@ impl Replier {
     ) -> (Delivered, Option<Result<Generated, Failure>>) {
         let mut first_visible = None;
         let result = self.stream_card(job, draft_rx, &mut first_visible).await;
-        let draft = match result {
+        let failure = match result {
             // Generation ended before the final frame was sent, so this join is immediate.
             Ok(()) => return (Delivered { outcome: Outcome::Answered, detail: "card finalized".to_owned(), first_visible }, generation.await.ok()),
-            Err((err, draft)) => {
-                tracing::warn!(cause = %err, "the AI card failed; falling back to markdown");
-                if let DingTalkError::PermissionDenied { permission, .. } = &err {
+            Err(failure) => {
+                tracing::warn!(cause = %failure.cause, card = failure.card, "the AI card failed; falling back to markdown");
+                if let DingTalkError::PermissionDenied { permission, .. } = &failure.cause {
                     tracing::error!(permission, "DingTalk refused a card call: grant the `{permission}` permission to the app");
                 }
-                draft
+                failure
             }
         };
-        // The card failed: let generation finish so the markdown carries the whole answer.
+        // The card failed: let generation finish so the markdown carries the rest of the answer (what
+        // earlier cards finalized is not sent again).
         let generated = generation.await.ok();
+        let shown = failure.shown;
         let text = match &generated {
-            Some(Ok(generated)) => generated.text.clone(),
-            Some(Err(failure)) if failure.busy => BUSY.to_owned(),
-            Some(Err(failure)) => format!("Sorry, I could not answer this message ({}).", failure.reason),
-            None => draft,
+            Some(Ok(generated)) => unsent(&generated.text, shown).to_owned(),
+            Some(Err(f)) if f.busy => BUSY.to_owned(),
+            Some(Err(f)) if shown > 0 => format!("{}\n\nSorry, I could not finish this answer ({}).", unsent(&failure.draft, shown), f.reason),
+            Some(Err(f)) => format!("Sorry, I could not answer this message ({}).", f.reason),
+            None => unsent(&failure.draft, shown).to_owned(),
         };
-        (self.fallback(job, &text).await, generated)
+        (self.fallback(job, &failure.card, &text).await, generated)
     }
 
-    /// Create the card, stream snapshots under the budget, finalize. On failure returns the error and the
-    /// text so far. `first_visible` is set when the platform first accepts text.
-    async fn stream_card(&self, job: &Job, mut draft: watch::Receiver<Draft>, first_visible: &mut Option<Instant>) -> Result<(), (DingTalkError, String)> {
-        let config = self.api.config();
-        let attempts = config.card_call_attempts;
-        let interval = Duration::from_millis(config.card_update_interval_ms);
-        let id = &job.out_track_id;
-        if !job.card_created {
-            self.with_retries(attempts, || self.api.create_and_deliver(id, &job.message)).await.map_err(|e| (e, String::new()))?;
-            if let Err(err) = self.outbox.card_created(&job.message.msg_id).await {
-                tracing::warn!(cause = %err, "cannot record the card's creation");
-            }
+    /// Stream the answer into its card under the budget and finalize it; text past `card_max_bytes`
+    /// rolls over into continuation cards. On failure returns what the fallback needs. `first_visible` is
+    /// set when the platform first accepts text.
+    async fn stream_card(&self, job: &Job, mut draft: watch::Receiver<Draft>, first_visible: &mut Option<Instant>) -> Result<(), CardFailure> {
+        let interval = Duration::from_millis(self.api.config().card_update_interval_ms);
+        let mut cards = Cards { replier: self, job, card: CardPart::first(job), first_visible };
+        if !cards.card.created {
+            cards.open().await.map_err(|cause| cards.failure(cause, String::new()))?;
         }
         let mut sent = String::new();
         let mut n = 0u32;
@@ -326,27 +358,28 @@ impl Replier {
             }
             let snapshot = draft.borrow_and_update().clone();
             if let Some(end) = snapshot.end {
-                let (text, error) = match end {
-                    Ok(()) if snapshot.text.trim().is_empty() => ("(no answer)".to_owned(), false),
-                    Ok(()) => (snapshot.text, false),
-                    Err(failure) if failure.busy => (BUSY.to_owned(), false),
-                    Err(failure) => (format!("{}\n\nSorry, I could not finish this answer ({}).", snapshot.text, failure.reason).trim().to_owned(), true),
-                };
-                let guid = format!("{id}-final");
-                self.with_retries(attempts, || self.api.stream(id, &guid, &text, true, error)).await.map_err(|e| (e, text.clone()))?;
-                first_visible.get_or_insert_with(Instant::now);
-                return Ok(());
+                let (text, error) = final_text(snapshot.text, end);
+                return cards.finish(&text, error).await.map_err(|cause| cards.failure(cause, text));
             }
-            if snapshot.text.trim().is_empty() || snapshot.text == sent {
+            cards.roll_over(&snapshot.text).await.map_err(|cause| cards.failure(cause, snapshot.text.clone()))?;
+            let rest = unsent(&snapshot.text, cards.card.start);
+            if rest.trim().is_empty() || snapshot.text == sent {
+                continue;
+            }
+            if !cards.card.created {
+                cards.open().await.map_err(|cause| cards.failure(cause, snapshot.text.clone()))?;
+            }
+            if !cards.card.live {
                 continue;
             }
             n += 1;
             self.budget.acquire().await;
             last_update = Instant::now();
-            match self.api.stream(id, &format!("{id}-{}-{n}", job.attempt), &snapshot.text, false, false).await {
+            let card = &cards.card.id;
+            match self.api.stream(card, &format!("{card}-{}-{n}", job.attempt), rest, false, false).await {
                 Ok(()) => {
                     self.budget.succeeded();
-                    first_visible.get_or_insert_with(Instant::now);
+                    cards.first_visible.get_or_insert_with(Instant::now);
                     sent = snapshot.text;
                 }
                 // A throttled snapshot is skipped: the next one carries the whole text anyway.
@@ -356,26 +389,27 @@ impl Replier {
                 }
                 Err(err) => {
                     metrics::im_card_update_failure("dingtalk");
-                    return Err((err, snapshot.text));
+                    return Err(cards.failure(err, snapshot.text));
                 }
             }
         }
-        Err((DingTalkError::Unexpected { api: "generation", detail: "the answer stream ended without a result".to_owned() }, sent))
+        Err(cards.failure(DingTalkError::Unexpected { api: "generation", detail: "the answer stream ended without a result".to_owned() }, sent))
     }
 
-    /// Run a card call under the budget, retrying throttles and transient failures up to `attempts` times.
-    async fn with_retries<F, Fut>(&self, attempts: u32, mut call: F) -> Result<(), DingTalkError>
+    /// Run a card call (or a fallback robot send) under the budget, retrying throttles and transient
+    /// failures up to `attempts` times.
+    async fn with_retries<T, F, Fut>(&self, attempts: u32, mut call: F) -> Result<T, DingTalkError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), DingTalkError>>,
+        Fut: std::future::Future<Output = Result<T, DingTalkError>>,
     {
         let mut last = None;
         for attempt in 1..=attempts {
             self.budget.acquire().await;
             match call().await {
-                Ok(()) => {
+                Ok(value) => {
                     self.budget.succeeded();
-                    return Ok(());
+                    return Ok(value);
                 }
                 Err(err) if err.is_throttle() => {
                     metrics::im_card_update_failure("dingtalk");
@@ -398,11 +432,10 @@ impl Replier {
         Err(last.unwrap_or(DingTalkError::Throttled { api: "card", status: 429, code: "retries exhausted".to_owned() }))
     }
 
-    /// Mark the card failed (best effort) and send `text` as markdown: sessionWebhook while valid, else
-    /// the robot send API.
-    async fn fallback(&self, job: &Job, text: &str) -> Delivered {
-        let id = &job.out_track_id;
-        if let Err(err) = self.api.stream(id, &format!("{id}-error"), "This answer could not be shown here; it was sent as a message.", true, true).await {
+    /// Mark `card` failed (best effort) and send `text` as markdown: sessionWebhook while valid and not
+    /// throttled, else the robot send API (throttles retried under the budget).
+    async fn fallback(&self, job: &Job, card: &str, text: &str) -> Delivered {
+        if let Err(err) = self.api.stream(card, &format!("{card}-error"), "This answer could not be shown here; it was sent as a message.", true, true).await {
             tracing::info!(cause = %err, "cannot mark the card failed");
         }
         let message = &job.message;
@@ -411,12 +444,21 @@ impl Replier {
         let webhook_valid = message.session_webhook_expired_time.is_some_and(|t| t > now_ms + 5_000);
         let sent = |detail: &str| Delivered { outcome: Outcome::AnsweredMarkdown, detail: detail.to_owned(), first_visible: Some(Instant::now()) };
         if let (Some(webhook), true) = (&message.session_webhook, webhook_valid) {
-            match self.api.webhook_markdown(webhook, &title, text, &message.sender_staff_id).await {
-                Ok(()) => return sent("sessionWebhook"),
-                Err(err) => tracing::warn!(cause = %err, "sessionWebhook failed; trying the robot send API"),
+            if self.webhook_pause.active() {
+                tracing::info!("the robot's sessionWebhook messages are throttled; using the robot send API");
+            } else {
+                match self.api.webhook_markdown(webhook, &title, text, &message.sender_staff_id).await {
+                    Ok(()) => return sent("sessionWebhook"),
+                    Err(err) if err.is_throttle() => {
+                        self.webhook_pause.start();
+                        tracing::warn!(cause = %err, pause_secs = WEBHOOK_PAUSE.as_secs(), "the platform throttles the robot's sessionWebhook messages; using the robot send API meanwhile");
+                    }
+                    Err(err) => tracing::warn!(cause = %err, "sessionWebhook failed; trying the robot send API"),
+                }
             }
         }
-        match self.api.robot_markdown(message, &title, text).await {
+        let attempts = self.api.config().card_call_attempts;
+        match self.with_retries(attempts, || self.api.robot_markdown(message, &title, text)).await {
             Ok(()) => sent("robot send API"),
             Err(err) => {
                 if let DingTalkError::PermissionDenied { permission, .. } = &err {
@@ -428,6 +470,134 @@ impl Replier {
             }
         }
     }
+}
+
+/// One card of an answer. A long answer continues in further cards whose ids follow from the first's
+/// (`{outTrackId}-p2`, `-p3`, …), so an answer resumed after a crash finds the same cards again.
+struct CardPart {
+    /// The card's `outTrackId`.
+    id: String,
+    /// 1 for the message's first card.
+    number: u32,
+    /// Where this card's text starts in the answer, in bytes.
+    start: usize,
+    /// The card exists on the platform.
+    created: bool,
+    /// This run created the card, so it may show the answer as it grows. A card an earlier run created
+    /// may already be finalized, and an intermediate snapshot would overwrite its finished text: it gets
+    /// only its final frame, whose fixed guid the platform applies once.
+    live: bool,
+}
+
+impl CardPart {
+    /// The first card of `job`'s answer.
+    fn first(job: &Job) -> Self {
+        Self { id: job.out_track_id.clone(), number: 1, start: 0, created: job.card_created, live: false }
+    }
+
+    /// The card after this one, holding the answer from byte `start`.
+    fn next(&self, job: &Job, start: usize) -> Self {
+        let number = self.number + 1;
+        Self { id: format!("{}-p{number}", job.out_track_id), number, start, created: false, live: false }
+    }
+}
+
+/// Why streaming an answer's cards stopped, with what the markdown fallback needs.
+struct CardFailure {
+    cause: DingTalkError,
+    /// The card that failed; the fallback marks it failed.
+    card: String,
+    /// The answer as far as it was known.
+    draft: String,
+    /// Bytes of the answer finalized in earlier cards; the fallback sends only the rest.
+    shown: usize,
+}
+
+/// The cards of one answer while it streams: the card being written, and when text first showed.
+struct Cards<'a> {
+    replier: &'a Replier,
+    job: &'a Job,
+    card: CardPart,
+    first_visible: &'a mut Option<Instant>,
+}
+
+impl Cards<'_> {
+    /// Create and deliver the current card; one that already exists is taken as it is.
+    async fn open(&mut self) -> Result<(), DingTalkError> {
+        let (replier, job, id) = (self.replier, self.job, &self.card.id);
+        let attempts = replier.api.config().card_call_attempts;
+        let creation = replier.with_retries(attempts, || replier.api.create_and_deliver(id, &job.message)).await?;
+        self.card.created = true;
+        self.card.live = creation == CardCreation::Created;
+        if creation == CardCreation::AlreadyExisted {
+            tracing::info!(card = %self.card.id, "the card exists from an earlier run; only its final text is sent");
+        }
+        if self.card.number == 1 {
+            if let Err(err) = replier.outbox.card_created(&job.message.msg_id).await {
+                tracing::warn!(cause = %err, "cannot record the card's creation");
+            }
+        }
+        Ok(())
+    }
+
+    /// While the current card's share of `text` is over the limit, finalize it with the text up to a cut
+    /// point and move on to the next card (created when it has text to show).
+    async fn roll_over(&mut self, text: &str) -> Result<(), DingTalkError> {
+        let max = self.replier.api.config().card_max_bytes;
+        while let Some(part) = text.get(self.card.start..).filter(|part| part.len() > max) {
+            let cut = split::cut_point(part, max);
+            tracing::info!(card = %self.card.id, bytes = cut, "the answer continues in a new card");
+            self.finalize(&part[..cut], false).await?;
+            self.card = self.card.next(self.job, self.card.start + cut);
+        }
+        Ok(())
+    }
+
+    /// The whole answer is `text`: finalize every card, the last one failed if `error`.
+    async fn finish(&mut self, text: &str, error: bool) -> Result<(), DingTalkError> {
+        self.roll_over(text).await?;
+        let rest = unsent(text, self.card.start);
+        if self.card.number > 1 && !self.card.created && rest.trim().is_empty() {
+            // The last cut left only whitespace: no card for it.
+            return Ok(());
+        }
+        self.finalize(rest, error).await
+    }
+
+    /// Send `content` as the current card's final frame (creating the card first if needed).
+    async fn finalize(&mut self, content: &str, error: bool) -> Result<(), DingTalkError> {
+        if !self.card.created {
+            self.open().await?;
+        }
+        let (replier, id) = (self.replier, &self.card.id);
+        let guid = format!("{id}-final");
+        let attempts = replier.api.config().card_call_attempts;
+        replier.with_retries(attempts, || replier.api.stream(id, &guid, content, true, error)).await?;
+        self.first_visible.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// The failure `cause` on the current card, with the answer so far.
+    fn failure(&self, cause: DingTalkError, draft: String) -> CardFailure {
+        CardFailure { cause, card: self.card.id.clone(), draft, shown: self.card.start }
+    }
+}
+
+/// The text an answer's last card ends with, and whether that card ends failed.
+fn final_text(text: String, end: Result<(), Failure>) -> (String, bool) {
+    match end {
+        Ok(()) if text.trim().is_empty() => ("(no answer)".to_owned(), false),
+        Ok(()) => (text, false),
+        Err(failure) if failure.busy => (BUSY.to_owned(), false),
+        Err(failure) if text.trim().is_empty() => (format!("Sorry, I could not finish this answer ({}).", failure.reason), true),
+        Err(failure) => (format!("{text}\n\nSorry, I could not finish this answer ({}).", failure.reason), true),
+    }
+}
+
+/// What of `text` earlier cards have not finalized, from byte `shown`; all of it if `shown` does not fall
+/// on a character boundary of `text` (an answer that changed), since a repeat beats a loss.
+fn unsent(text: &str, shown: usize) -> &str {
+    text.get(shown..).unwrap_or(text)
 }
 
 /// The prompt for `question` after `history`, with the oldest turns dropped until the prompt plus

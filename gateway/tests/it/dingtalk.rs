@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use emulator::dingtalk::{
-    CardStatus, ChatEntry, ConversationKind, DingTalkEmulator, EmulatorConfig, FaultCommand, PostedMessage, UserMessage, World,
+    Card, CardStatus, ChatEntry, Conversation, ConversationKind, DingTalkEmulator, EmulatorConfig, FaultCommand, PostedMessage, UserMessage, World,
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
 };
 use gateway::dingtalk::{DingTalkConfig, DingTalkConnector};
@@ -55,22 +55,41 @@ pub(crate) fn say(dingtalk: &DingTalkEmulator, kind: ConversationKind, conversat
         .unwrap()
 }
 
-/// `Some` once every conversation holds exactly one finished card per pushed user message, each card
-/// finalized by exactly one accepted update; `None` while any is missing. Panics on a duplicate card.
+/// The cards of each answered message, in delivery order: a first card, then its continuation cards
+/// (`{outTrackId}-p2`, `-p3`, …) when the answer was long.
+pub(crate) fn answers(cards: &[Card]) -> Vec<Vec<Card>> {
+    let mut answers: Vec<Vec<Card>> = Vec::new();
+    for card in cards {
+        let first = match card.out_track_id.rsplit_once("-p") {
+            Some((first, part)) if part.parse::<u32>().is_ok() => first,
+            _ => card.out_track_id.as_str(),
+        };
+        match answers.iter_mut().find(|a| a[0].out_track_id == first) {
+            Some(answer) => answer.push(card.clone()),
+            None => answers.push(vec![card.clone()]),
+        }
+    }
+    answers
+}
+
+/// Messages the robot must answer in `conversation`: pushed, and in a group only when they mention it.
+fn to_answer(conversation: &Conversation) -> usize {
+    let single = conversation.kind == ConversationKind::Single;
+    conversation.messages.iter().filter(|m| matches!(m, ChatEntry::User { pushed: true, at_bot, .. } if *at_bot || single)).count()
+}
+
+/// `Some(answered messages)` once every conversation holds exactly one answer (a finished card and any
+/// continuation cards) per pushed user message, each card finalized by exactly one accepted update;
+/// `None` while any is missing. Panics on a duplicate answer. An answer whose next continuation card is
+/// not created yet looks complete: tests of long answers await the audit record instead.
 pub(crate) fn all_answered(world: &World) -> Option<usize> {
-    let mut cards_total = 0;
+    let mut answered = 0;
     for conversation in &world.conversation_views() {
-        // Messages the robot must answer: pushed, and in a group only when they mention it.
-        let single = conversation.conversation.kind == ConversationKind::Single;
-        let pushed = conversation
-            .conversation
-            .messages
-            .iter()
-            .filter(|m| matches!(m, ChatEntry::User { pushed: true, at_bot, .. } if *at_bot || single))
-            .count();
+        let pushed = to_answer(&conversation.conversation);
         let cards = &conversation.cards;
-        assert!(cards.len() <= pushed, "more cards than messages in {}: {cards:#?}", conversation.conversation.conversation_id);
-        if cards.len() < pushed || cards.iter().any(|c| c.status != CardStatus::Finished) {
+        let answers = answers(cards).len();
+        assert!(answers <= pushed, "more answers than messages in {}: {cards:#?}", conversation.conversation.conversation_id);
+        if answers < pushed || cards.iter().any(|c| c.status != CardStatus::Finished) {
             return None;
         }
         for card in cards {
@@ -78,9 +97,35 @@ pub(crate) fn all_answered(world: &World) -> Option<usize> {
             assert_eq!(finals, 1, "card {} finalized {finals} times", card.out_track_id);
             assert!(!card.text.trim().is_empty(), "card {} is empty", card.out_track_id);
         }
-        cards_total += cards.len();
+        answered += answers;
     }
-    Some(cards_total)
+    Some(answered)
+}
+
+/// `Some(settled messages)` once every message the robot must answer has exactly one outcome: an answer
+/// whose cards are all finished (each finalized once), or one plain reply sent after its card failed (or
+/// could not be created); `None` while a card is still open or a message has no outcome. Panics when a
+/// conversation holds more outcomes than messages.
+pub(crate) fn all_settled(world: &World) -> Option<usize> {
+    let mut settled = 0;
+    for conversation in &world.conversation_views() {
+        let pushed = to_answer(&conversation.conversation);
+        let cards = &conversation.cards;
+        let finished = answers(cards).iter().filter(|a| a.iter().all(|c| c.status == CardStatus::Finished)).count();
+        let replies = conversation.conversation.messages.iter().filter(|m| matches!(m, ChatEntry::Robot { .. })).count();
+        let id = &conversation.conversation.conversation_id;
+        assert!(finished + replies <= pushed, "{finished} finished answers and {replies} replies to {pushed} messages in {id}: {cards:#?}");
+        let open = cards.iter().any(|c| !matches!(c.status, CardStatus::Finished | CardStatus::Failed));
+        if open || finished + replies < pushed {
+            return None;
+        }
+        for card in cards.iter().filter(|c| c.status == CardStatus::Finished) {
+            let finals = card.updates.iter().filter(|u| u.is_finalize == Some(true)).count();
+            assert_eq!(finals, 1, "card {} finalized {finals} times", card.out_track_id);
+        }
+        settled += pushed;
+    }
+    Some(settled)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,19 +206,75 @@ async fn cards_survive_disconnect_notices_zombie_sockets_and_429_storms() {
     dingtalk.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_push_delivered_twice_is_answered_once_on_one_or_two_connections() {
+    let dingtalk = emulator(|c| c.qps_per_api = 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = connector_config(&dingtalk, &dir.path().join("outbox.sqlite3"));
+    // Two connectors on one outbox, as two processes of one app would run: each push and its copy land
+    // on different connections, and the outbox's dedupe decides which answers.
+    let first = DingTalkConnector::start(config.clone(), shared_models()).await.unwrap();
+    let second = DingTalkConnector::start(config, shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 2).then_some(())).await.unwrap();
+    dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.0 }).unwrap();
+    let mut posted = vec![
+        say(&dingtalk, ConversationKind::Single, None, "dup1", "Say one word.", false),
+        say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup2", "Name a color.", true),
+        say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup3", "Name a fruit.", true),
+    ];
+    assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), 3);
+    second.shutdown(Duration::from_secs(30)).await;
+
+    // One connection: both copies arrive on it.
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    posted.push(say(&dingtalk, ConversationKind::Single, None, "dup1", "Say another word.", false));
+    posted.push(say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup4", "Name a city.", true));
+    assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), 5);
+    let outbox = first.outbox().clone();
+    let audit = first.audit().clone();
+    first.shutdown(Duration::from_secs(30)).await;
+
+    assert_eq!(dingtalk.inspect(all_answered), Some(5), "no late second answer");
+    let stats = dingtalk.inspect(|w| w.stats());
+    assert!(stats.duplicate_pushes >= 5, "every message was pushed twice: {stats:?}");
+    for message in &posted {
+        assert_eq!(outbox.state(&message.msg_id).await.unwrap().as_deref(), Some("answered"));
+    }
+    assert_eq!(audit.records(0).await.unwrap().len(), 5, "one answer each, across both connectors");
+    dingtalk.shutdown().await.unwrap();
+}
+
 /// `hearth serve` with the connector, as a child process.
 fn spawn_hearth(dingtalk: &DingTalkEmulator, db: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(["serve", "--port", "0", "--ctx-size", "1024", "--model"])
-        .arg(model_path())
-        .args(["--dingtalk-app-key", DEFAULT_CLIENT_ID, "--dingtalk-app-secret", DEFAULT_CLIENT_SECRET])
-        .args(["--dingtalk-card-template-id", TEMPLATE, "--dingtalk-api-base-url", &dingtalk.base_url()])
-        .arg("--dingtalk-database")
-        .arg(db)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the hearth binary starts")
+    serve(Stdio::null(), |command| {
+        command
+            .args(["--dingtalk-app-key", DEFAULT_CLIENT_ID, "--dingtalk-app-secret", DEFAULT_CLIENT_SECRET])
+            .args(["--dingtalk-card-template-id", TEMPLATE, "--dingtalk-api-base-url", &dingtalk.base_url()])
+            .arg("--dingtalk-database")
+            .arg(db)
+    })
+}
+
+/// `hearth serve` with the connector configured by `config` (written to `dir`), logging to `log`.
+fn spawn_hearth_configured(config: &DingTalkConfig, dir: &Path, log: &Path) -> Child {
+    let file = dir.join("dingtalk.toml");
+    std::fs::write(&file, toml::to_string(config).expect("the config serializes")).unwrap();
+    let log = std::fs::File::create(log).expect("the log file opens");
+    serve(log.into(), |command| command.arg("--dingtalk-config").arg(&file))
+}
+
+fn serve(stderr: Stdio, dingtalk: impl FnOnce(&mut Command) -> &mut Command) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    command.args(["serve", "--port", "0", "--ctx-size", "1024", "--model"]).arg(model_path());
+    dingtalk(&mut command);
+    command.stdout(Stdio::null()).stderr(stderr).spawn().expect("the hearth binary starts")
+}
+
+/// The last lines of a child's log, for failure messages.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,6 +312,94 @@ async fn after_kill_9_every_accepted_message_is_finished_exactly_once() {
     let status = second.wait().unwrap();
     assert_eq!(cards.unwrap(), posted.len());
     assert!(status.success(), "hearth serve exits cleanly on SIGTERM: {status:?}");
+    dingtalk.shutdown().await.unwrap();
+}
+
+/// Every card the platform holds.
+fn all_cards(world: &World) -> Vec<Card> {
+    world.conversation_ids().iter().flat_map(|id| world.cards_in(id)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_exactly_once() {
+    let dingtalk = emulator(|c| {
+        c.redelivery_after = Duration::from_millis(800);
+        c.max_redeliveries = 50;
+        c.disconnect_grace = Duration::from_millis(500);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.sqlite3");
+    let config = DingTalkConfig { idle_timeout_secs: 1, ..connector_config(&dingtalk, &db) };
+    let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let mut hearth = spawn_hearth_configured(&config, dir.path(), &first_log);
+    let expect_first = |what: &str| format!("{what}; first hearth's log:\n{}", log_tail(&first_log));
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.expect(&expect_first("connected"));
+
+    // A fifth of card updates fail with 429 for the whole run.
+    let storm = FaultCommand::CardUpdateFailures { fraction: 0.2, status: 429 };
+    dingtalk.fault(storm.clone()).unwrap();
+    let mut posted = Vec::new();
+    for (i, user) in ["s1", "s2", "s3"].iter().enumerate() {
+        posted.push(if i == 0 {
+            say(&dingtalk, ConversationKind::Single, None, user, "Name a color.", false)
+        } else {
+            say(&dingtalk, ConversationKind::Group, Some("cidRun"), user, "Name a fruit.", true)
+        });
+    }
+    // A disconnect notice while those are answered: the connector moves to a new connection.
+    assert_eq!(dingtalk.fault(FaultCommand::Disconnect { connection: None, reason: None }).unwrap(), 1);
+    let moved = |w: &World| (w.stats().connections_opened >= 2 && w.stats().live_connections == 1).then_some(());
+    dingtalk.wait_for(PATIENCE, moved).await.expect(&expect_first("reconnected after the disconnect notice"));
+
+    // A zombie swallows the next pushes until the connector notices the silence and reconnects; the
+    // platform redelivers them.
+    assert_eq!(dingtalk.fault(FaultCommand::Zombie { connection: None }).unwrap(), 1);
+    posted.push(say(&dingtalk, ConversationKind::Single, None, "z1", "Say hello.", false));
+    posted.push(say(&dingtalk, ConversationKind::Group, Some("cidRun"), "z2", "Name an animal.", true));
+    let count = posted.len() as u64;
+    let replaced = |w: &World| (w.stats().connections_opened >= 3 && w.stats().callbacks_acked == count).then_some(());
+    dingtalk.wait_for(PATIENCE, replaced).await.expect(&expect_first("the zombie was replaced"));
+
+    // Slow card calls keep the next answers in flight: SIGKILL once every push is ACKed and a card is open.
+    dingtalk.fault(FaultCommand::Slow { millis: 400 }).unwrap();
+    posted.push(say(&dingtalk, ConversationKind::Single, None, "k1", "Write a sentence about the sea.", false));
+    posted.push(say(&dingtalk, ConversationKind::Group, Some("cidCrash"), "k2", "Write a sentence about trees.", true));
+    let count = posted.len() as u64;
+    let in_flight = |w: &World| {
+        let open = all_cards(w).iter().any(|c| !matches!(c.status, CardStatus::Finished | CardStatus::Failed));
+        (w.stats().callbacks_acked == count && open).then_some(())
+    };
+    dingtalk.wait_for(PATIENCE, in_flight).await.expect(&expect_first("answers in flight"));
+    hearth.kill().expect("SIGKILL");
+    hearth.wait().unwrap();
+    let finished = dingtalk.inspect(|w| all_cards(w).iter().filter(|c| c.status == CardStatus::Finished).count());
+    assert!(finished < posted.len(), "the process died with answers in flight");
+
+    // The restarted process resumes what it had ACKed, under the same 429 storm, and answers new messages.
+    dingtalk.fault(FaultCommand::Clear).unwrap();
+    dingtalk.fault(storm).unwrap();
+    let opened = dingtalk.inspect(|w| w.stats().connections_opened);
+    let mut hearth = spawn_hearth_configured(&config, dir.path(), &second_log);
+    let expect_second = |what: &str| format!("{what}; second hearth's log:\n{}", log_tail(&second_log));
+    let back = |w: &World| (w.stats().connections_opened > opened && w.stats().live_connections == 1).then_some(());
+    dingtalk.wait_for(PATIENCE, back).await.expect(&expect_second("reconnected after the restart"));
+    posted.push(say(&dingtalk, ConversationKind::Single, None, "s1", "Name a number.", false));
+    let settled = dingtalk.wait_for(PATIENCE, all_settled).await;
+    let _ = Command::new("kill").args(["-TERM", &hearth.id().to_string()]).status();
+    let status = hearth.wait().unwrap();
+    assert_eq!(settled.expect(&expect_second("every message settled")), posted.len());
+    assert!(status.success(), "hearth serve exits cleanly on SIGTERM: {status:?}");
+
+    assert_eq!(dingtalk.inspect(all_settled), Some(posted.len()), "nothing was answered twice afterwards");
+    let (stats, rejected) = dingtalk.inspect(|w| (w.stats(), all_cards(w).iter().map(|c| c.rejected_calls).sum::<u32>()));
+    assert!(rejected > 0, "the 429 storm hit some card calls");
+    assert!(stats.disconnects_sent >= 1 && stats.redeliveries >= 1, "{stats:?}");
+    let outbox = gateway::dingtalk::Outbox::open(&db, DEFAULT_CLIENT_ID).unwrap();
+    for message in &posted {
+        let state = outbox.state(&message.msg_id).await.unwrap();
+        assert!(matches!(state.as_deref(), Some("answered" | "answered_markdown")), "{}: {state:?}", message.msg_id);
+    }
     dingtalk.shutdown().await.unwrap();
 }
 
@@ -276,6 +465,40 @@ async fn refused_card_permissions_fall_back_to_markdown_once() {
     assert_eq!(sent.len(), 1);
     assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
     assert!(dingtalk.inspect(|w| w.cards_in("cidNoCards").is_empty()));
+    dingtalk.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_session_webhook_hands_the_fallback_to_the_robot_send_api() {
+    // Two webhook messages a minute per robot; card creation refused, so every answer is a fallback.
+    let dingtalk = emulator(|c| c.webhook_messages_per_minute = 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")), shared_models()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_INSTANCE.to_owned() }).unwrap();
+    let mut posted = Vec::new();
+    let mut routes = Vec::new();
+    for user in ["w1", "w2", "w3", "w4"] {
+        // `help` is a built-in skill: a fixed answer, no model.
+        let asked = say(&dingtalk, ConversationKind::Single, None, user, "help", false);
+        let via = |w: &World| {
+            w.conversation(&asked.conversation_id)?.messages.iter().find_map(|m| match m {
+                ChatEntry::Robot { via, .. } => Some(via.clone()),
+                _ => None,
+            })
+        };
+        routes.push(dingtalk.wait_for(PATIENCE, via).await.unwrap());
+        posted.push(asked);
+    }
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(routes, ["sessionWebhook", "sessionWebhook", "robotApi", "robotApi"]);
+    assert_eq!(dingtalk.inspect(|w| w.stats().webhooks_throttled), 1, "once throttled, the connector leaves the webhooks alone");
+    for asked in &posted {
+        let replies = dingtalk.inspect(|w| [robot_messages(w, &asked.conversation_id, "sessionWebhook"), robot_messages(w, &asked.conversation_id, "robotApi")].concat());
+        assert_eq!(replies.len(), 1, "one reply each");
+        assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
+    }
     dingtalk.shutdown().await.unwrap();
 }
 

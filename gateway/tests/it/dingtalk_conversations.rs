@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emulator::dingtalk::{CardStatus, ConversationKind, DingTalkEmulator, World, DEFAULT_CLIENT_ID};
+use emulator::dingtalk::{CardStatus, ConversationKind, DingTalkEmulator, FaultCommand, World, DEFAULT_CLIENT_ID};
 use gateway::audit::{AuditRecord, ExportFormat};
 use gateway::dingtalk::{DingTalkConfig, DingTalkConnector, BUSY, SLOW_DOWN};
 use gateway::routing::ModelRouter;
@@ -298,4 +298,126 @@ async fn dingtalk_audit_masks_sensitive_text_and_exports_jsonl_and_csv() {
     assert!(future.success());
     assert_eq!(std::fs::read_to_string(dir.path().join("none.jsonl")).unwrap(), "");
     dingtalk.shutdown().await.unwrap();
+}
+
+/// A card limit small enough for a short answer to need several cards (the connector's minimum).
+const SMALL_CARD: usize = 256;
+
+/// An emulator whose platform refuses streaming content over [`SMALL_CARD`] bytes.
+async fn small_card_emulator() -> DingTalkEmulator {
+    emulator(|c| {
+        c.qps_per_api = 0;
+        c.max_stream_content_bytes = SMALL_CARD;
+    })
+    .await
+}
+
+/// About 1.6 KB for a `/long` skill: English lines, a long run of Chinese with no break in it, Chinese
+/// clauses, emoji sequences.
+fn long_reply() -> String {
+    let mut text: String = (1..=6).map(|i| format!("Line {i}: the quick brown fox jumps over the lazy dog, again.\n")).collect();
+    text.push_str(&"今天天气很好我们去公园散步吧".repeat(14));
+    text.push_str("然后回家吃饭。晚上看书，早点睡觉！\n");
+    text.push_str(&"\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\u{1F44D}\u{1F3FD}".repeat(12));
+    text
+}
+
+/// Skills with the `/long` command answering [`long_reply`].
+fn long_skill() -> Arc<SkillSet> {
+    let skills = SkillsConfig { custom: vec![skill("long", TriggerKind::Command, &["long"], &long_reply(), 0)], ..SkillsConfig::default() };
+    Arc::new(SkillSet::new(&skills).unwrap())
+}
+
+/// Check that `cards` are one answer split over at least two finalized cards, `{first}`, `{first}-p2`, …,
+/// each within `max` bytes in every update, whose texts concatenate to `whole`.
+fn assert_split_answer(cards: &[emulator::dingtalk::Card], whole: &str, max: usize) {
+    assert!(cards.len() >= 2, "a long answer takes several cards: {cards:#?}");
+    let first = &cards[0].out_track_id;
+    for (i, card) in cards.iter().enumerate() {
+        if i > 0 {
+            assert_eq!(card.out_track_id, format!("{first}-p{}", i + 1));
+        }
+        assert_eq!(card.status, CardStatus::Finished, "{} is not finished", card.out_track_id);
+        assert_eq!(card.updates.iter().filter(|u| u.is_finalize == Some(true)).count(), 1, "{} finalized once", card.out_track_id);
+        let largest = card.updates.iter().filter_map(|u| u.content.as_ref()).map(String::len).max().unwrap_or(0);
+        assert!(largest <= max, "{} carried {largest} bytes", card.out_track_id);
+        assert!(!card.text.trim().is_empty() && card.text.len() <= max);
+    }
+    assert_eq!(cards.iter().map(|c| c.text.as_str()).collect::<String>(), whole, "the cards hold the whole answer, in order");
+}
+
+/// The cards answering the one message in `conversation`.
+fn only_answer(dingtalk: &DingTalkEmulator, conversation: &str) -> Vec<emulator::dingtalk::Card> {
+    let mut answers = dingtalk.inspect(|w| crate::dingtalk::answers(&w.cards_in(conversation)));
+    assert_eq!(answers.len(), 1, "one answer in {conversation}");
+    answers.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dingtalk_long_answers_continue_in_new_cards_cut_on_character_boundaries() {
+    let dingtalk = small_card_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DingTalkConfig { card_max_bytes: SMALL_CARD, max_answer_tokens: 160, ..fast_config(&dingtalk, &dir.path().join("db.sqlite3")) };
+    let connector = DingTalkConnector::start_with_skills(config, shared_models(), long_skill()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+
+    // A fixed answer in a chat and in a group; the model's answer streams, so its continuation cards
+    // are created and updated while it generates.
+    let chat = say(&dingtalk, ConversationKind::Single, None, "lin", "/long", false);
+    let group = say(&dingtalk, ConversationKind::Group, Some("cidLong"), "mei", "/long", true);
+    let story = say(&dingtalk, ConversationKind::Single, None, "kai", "Write a long story about a dragon who learns to fly.", false);
+    let records = audit(&connector, 3).await;
+
+    let reply = long_reply();
+    for posted in [&chat, &group] {
+        let cards = only_answer(&dingtalk, &posted.conversation_id);
+        assert_split_answer(&cards, &reply, SMALL_CARD);
+        let cut_in_chinese = cards[..cards.len() - 1].iter().any(|c| c.text.ends_with(|ch: char| ('\u{4E00}'..='\u{9FFF}').contains(&ch)));
+        assert!(cut_in_chinese, "a card ends inside the unbroken Chinese run, on a character boundary");
+        assert!(cards.iter().all(|c| !c.text.starts_with(['\u{200D}', '\u{1F3FD}'])), "emoji sequences stay whole");
+    }
+    let generated = &records.iter().find(|r| r.sender_id == "kai").unwrap().answer;
+    let cards = only_answer(&dingtalk, &story.conversation_id);
+    assert_split_answer(&cards, generated, SMALL_CARD);
+    let streamed = cards[1..].iter().any(|c| c.updates.iter().any(|u| u.is_finalize == Some(false)));
+    assert!(streamed, "continuation cards show the answer as it grows");
+    assert!(records.iter().all(|r| r.outcome == "answered"));
+    connector.shutdown(Duration::from_secs(30)).await;
+    dingtalk.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dingtalk_a_long_answer_cut_off_mid_way_resumes_into_the_same_cards() {
+    let dingtalk = small_card_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DingTalkConfig { card_max_bytes: SMALL_CARD, ..fast_config(&dingtalk, &dir.path().join("db.sqlite3")) };
+    let connector = DingTalkConnector::start_with_skills(config.clone(), shared_models(), long_skill()).await.unwrap();
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+
+    // Slow card calls; the connector stops without draining once the first card is finished, which
+    // leaves the answer half-delivered, as a crash would.
+    dingtalk.fault(FaultCommand::Slow { millis: 200 }).unwrap();
+    let posted = say(&dingtalk, ConversationKind::Single, None, "ren", "/long", false);
+    let first_done = |w: &World| w.cards_in(&posted.conversation_id).first().filter(|c| c.status == CardStatus::Finished).map(|c| c.text.clone());
+    let first_text = dingtalk.wait_for(PATIENCE, first_done).await.unwrap();
+    connector.shutdown(Duration::ZERO).await;
+    assert_eq!(connector_state(&config, &posted.msg_id).await.as_deref(), Some("accepted"), "the answer was cut off");
+
+    dingtalk.fault(FaultCommand::Clear).unwrap();
+    let connector = DingTalkConnector::start_with_skills(config, shared_models(), long_skill()).await.unwrap();
+    audit(&connector, 1).await;
+    let cards = only_answer(&dingtalk, &posted.conversation_id);
+    assert_split_answer(&cards, &long_reply(), SMALL_CARD);
+    assert_eq!(cards[0].text, first_text, "the finished card was not written again");
+    // The outcome is recorded right after the audit record; shutdown waits for it.
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(outbox.state(&posted.msg_id).await.unwrap().as_deref(), Some("answered"));
+    dingtalk.shutdown().await.unwrap();
+}
+
+/// The outbox state of `msg_id` in `config`'s database, read with a fresh handle.
+async fn connector_state(config: &DingTalkConfig, msg_id: &str) -> Option<String> {
+    let outbox = gateway::dingtalk::Outbox::open(&config.database, config.robot()).unwrap();
+    outbox.state(msg_id).await.unwrap()
 }
