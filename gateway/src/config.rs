@@ -317,6 +317,11 @@ mod tests {
                 assert!(EXAMPLE.contains(&format!("{key} =")), "{section}.{key} is not in the example");
             }
         }
+        // [dingtalk] is absent by default, so its keys are checked from the connector's own defaults.
+        let dingtalk = toml::Table::try_from(crate::dingtalk::DingTalkConfig::default()).unwrap();
+        for key in dingtalk.keys() {
+            assert!(EXAMPLE.contains(&format!("# {key} =")), "dingtalk.{key} is not in the example");
+        }
         for key in ["served_model_name", "api_keys", "admin_token", "max_batch_tokens", "ctx_size", "[[models]]", "sha256", "fallback ="] {
             assert!(EXAMPLE.contains(key), "{key} is not in the example");
         }

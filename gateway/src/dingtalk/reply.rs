@@ -315,9 +315,6 @@ impl Replier {
             Ok(()) => return (Delivered { outcome: Outcome::Answered, detail: "card finalized".to_owned(), first_visible }, generation.await.ok()),
             Err(failure) => {
                 tracing::warn!(cause = %failure.cause, card = failure.card, "the AI card failed; falling back to markdown");
-                if let DingTalkError::PermissionDenied { permission, .. } = &failure.cause {
-                    tracing::error!(permission, "DingTalk refused a card call: grant the `{permission}` permission to the app");
-                }
                 failure
             }
         };
@@ -461,9 +458,6 @@ impl Replier {
         match self.with_retries(attempts, || self.api.robot_markdown(message, &title, text)).await {
             Ok(()) => sent("robot send API"),
             Err(err) => {
-                if let DingTalkError::PermissionDenied { permission, .. } = &err {
-                    tracing::error!(permission, "DingTalk refused the robot send API: grant the `{permission}` permission to the app");
-                }
                 tracing::error!(cause = %err, "the answer could not be delivered at all");
                 self.api.health().problem(format!("an answer could not be delivered: {err}"));
                 Delivered { outcome: Outcome::Failed, detail: err.to_string(), first_visible: None }

@@ -91,9 +91,6 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
     });
     assert_eq!(ids.len(), 100, "no card is shared or duplicated");
     assert!(texts.iter().all(|t| !t.trim().is_empty() && t != BUSY && t != SLOW_DOWN), "every card holds a model answer");
-    for msg_id in &msg_ids {
-        assert_eq!(connector.outbox().state(msg_id).await.unwrap().as_deref(), Some("answered"));
-    }
     let records = audit(&connector, 100).await;
     assert_eq!(records.len(), 100);
     assert!(records.iter().all(|r| r.handler == format!("model:{MODEL_NAME}") && r.outcome == "answered" && r.first_visible_ms.is_some()));
@@ -128,7 +125,12 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
     let last = records.iter().rev().find(|r| r.sender_id == "long").unwrap();
     assert!(last.context_turns > 0 && last.context_turns < 14 && last.context_turns % 2 == 0, "kept {} turns", last.context_turns);
     assert!(last.prompt_tokens as usize + 8 <= crate::support::SHARED_CONTEXT, "{} prompt tokens", last.prompt_tokens);
+    // Shutdown waits for the answer tasks, which record each outcome right after its audit record.
+    let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
+    for msg_id in &msg_ids {
+        assert_eq!(outbox.state(msg_id).await.unwrap().as_deref(), Some("answered"));
+    }
     dingtalk.shutdown().await.unwrap();
 }
 
