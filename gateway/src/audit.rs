@@ -180,6 +180,11 @@ impl AuditLog {
         Ok(run(&self.conn, move |conn| select(conn, since_ms)).await?)
     }
 
+    /// Delete the records taken up before `before_ms`; returns how many went.
+    pub async fn prune(&self, before_ms: i64) -> Result<usize, AuditError> {
+        Ok(run(&self.conn, move |conn| conn.execute("DELETE FROM audit WHERE at_ms < ?1", params![before_ms])).await?)
+    }
+
     /// The `limit` newest records, newest first.
     pub async fn recent(&self, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

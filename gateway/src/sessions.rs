@@ -108,6 +108,19 @@ impl SessionStore {
         .await
     }
 
+    /// Delete every session idle past the expiry (they would start over anyway); returns how many went.
+    pub async fn prune_idle(&self) -> Result<usize, DbError> {
+        let cutoff = now_ms() - self.idle_ms;
+        run(&self.conn, move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute("DELETE FROM session_turns WHERE key IN (SELECT key FROM sessions WHERE last_ms < ?1)", params![cutoff])?;
+            let removed = tx.execute("DELETE FROM sessions WHERE last_ms < ?1", params![cutoff])?;
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
     /// Forget `key`'s session.
     pub async fn reset(&self, key: &str) -> Result<(), DbError> {
         let key = key.to_owned();
@@ -141,6 +154,11 @@ mod tests {
         assert_eq!(store.history("b").await.unwrap().len(), 2);
         // Idle past the limit: the session starts over.
         conn.lock().unwrap().execute("UPDATE sessions SET last_ms = last_ms - 61000 WHERE key = 'b'", []).unwrap();
+        store.append("c", "fresh", "x").await.unwrap();
+        assert_eq!(store.prune_idle().await.unwrap(), 1, "only b was idle");
+        let turns: i64 = conn.lock().unwrap().query_row("SELECT COUNT(*) FROM session_turns WHERE key = 'b'", [], |r| r.get(0)).unwrap();
+        assert_eq!(turns, 0);
         assert!(store.history("b").await.unwrap().is_empty());
+        assert_eq!(store.history("c").await.unwrap().len(), 2);
     }
 }

@@ -65,6 +65,9 @@ pub struct DingTalkConfig {
     pub user_requests_per_second: u32,
     /// Regexes masked in the audit log's question and answer text.
     pub audit_mask_patterns: Vec<String>,
+    /// Days settled messages and audit records are kept; older ones are deleted (hourly). 0 keeps them
+    /// forever. Export the audit log first (`hearth audit export`) where it must be kept longer.
+    pub retention_days: u32,
 }
 
 /// Whose history a group message continues.
@@ -103,6 +106,7 @@ impl Default for DingTalkConfig {
             session_idle_secs: 30 * 60,
             user_requests_per_second: 10,
             audit_mask_patterns: crate::audit::default_mask_patterns(),
+            retention_days: 90,
         }
     }
 }

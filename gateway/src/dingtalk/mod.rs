@@ -65,6 +65,30 @@ pub enum StartError {
     Audit(#[from] crate::audit::AuditError),
 }
 
+/// Why pruning old rows failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] crate::sessions::DbError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// Rows deleted by one [`DingTalkConnector::prune`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Settled messages of the outbox.
+    pub messages: usize,
+    pub audit_records: usize,
+    /// Sessions idle past their expiry, with their turns.
+    pub sessions: usize,
+}
+
+/// How often the connector deletes rows past `retention_days` and expired sessions.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Shared by the Stream client and the answer tasks.
 pub(crate) struct Connector {
     replier: Arc<Replier>,
@@ -110,6 +134,35 @@ impl Connector {
         Ok(())
     }
 
+    /// Delete settled messages and audit records from before `before_ms` (none when `None`), and idle
+    /// sessions.
+    async fn prune(&self, before_ms: Option<i64>) -> Result<Pruned, PruneError> {
+        let replier = &self.replier;
+        let mut pruned = Pruned { sessions: replier.sessions.prune_idle().await?, ..Pruned::default() };
+        if let Some(before_ms) = before_ms {
+            pruned.messages = replier.outbox.prune(before_ms).await?;
+            pruned.audit_records = replier.audit.prune(before_ms).await?;
+        }
+        Ok(pruned)
+    }
+
+    /// Prune now and every [`PRUNE_EVERY`] until `shutdown` turns true.
+    async fn prune_periodically(&self, mut shutdown: watch::Receiver<bool>) {
+        let retention = Duration::from_secs(u64::from(self.replier.api.config().retention_days) * 86_400);
+        loop {
+            let before_ms = (!retention.is_zero()).then(|| crate::sessions::now_ms() - retention.as_millis() as i64);
+            match self.prune(before_ms).await {
+                Ok(pruned) if pruned != Pruned::default() => tracing::info!(?pruned, "old DingTalk rows deleted"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(cause = %err, "cannot delete old DingTalk rows; trying again later"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(PRUNE_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     fn spawn_answer(&self, job: Job, route: Route) {
         let span = tracing::info_span!(
             "dingtalk_message",
@@ -137,6 +190,8 @@ pub struct DingTalkConnector {
     connector: Arc<Connector>,
     shutdown: watch::Sender<bool>,
     stream: tokio::task::JoinHandle<()>,
+    /// Deletes rows past `retention_days` and expired sessions, hourly.
+    pruning: tokio::task::JoinHandle<()>,
     outbox: Outbox,
 }
 
@@ -178,8 +233,10 @@ impl DingTalkConnector {
             connector.spawn_answer(job, Route::Normal);
         }
         let (shutdown, rx) = watch::channel(false);
-        let stream = tokio::spawn(stream::run(connector.clone(), rx).instrument(tracing::info_span!("dingtalk_stream")));
-        Ok(Self { connector, shutdown, stream, outbox })
+        let stream = tokio::spawn(stream::run(connector.clone(), rx.clone()).instrument(tracing::info_span!("dingtalk_stream")));
+        let pruner = connector.clone();
+        let pruning = tokio::spawn(async move { pruner.prune_periodically(rx).await }.instrument(tracing::info_span!("dingtalk_prune")));
+        Ok(Self { connector, shutdown, stream, pruning, outbox })
     }
 
     /// The outbox (for diagnostics and tests).
@@ -202,6 +259,12 @@ impl DingTalkConnector {
         &self.connector.replier.skills
     }
 
+    /// Delete settled messages and audit records received before `before_ms`, and idle sessions, now
+    /// (the connector also does it hourly, keeping `retention_days`).
+    pub async fn prune(&self, before_ms: i64) -> Result<Pruned, PruneError> {
+        self.connector.prune(Some(before_ms)).await
+    }
+
     /// The connection's health and the permissions the platform refused, for the status page.
     pub fn health(&self) -> &Arc<PlatformHealth> {
         self.connector.replier.api.health()
@@ -217,6 +280,7 @@ impl DingTalkConnector {
     pub async fn shutdown(self, drain: Duration) {
         let _ = self.shutdown.send(true);
         let _ = self.stream.await;
+        let _ = self.pruning.await;
         let mut answers = std::mem::take(&mut *self.connector.answers.lock().unwrap_or_else(|p| p.into_inner()));
         let drained = tokio::time::timeout(drain, async { while answers.join_next().await.is_some() {} }).await;
         if drained.is_err() {

@@ -216,6 +216,18 @@ impl Outbox {
         .await
     }
 
+    /// Delete the settled messages (answered, failed or ignored) received before `before_ms`; a message
+    /// still `accepted` stays whatever its age. Returns how many rows went.
+    pub async fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.run(move |conn, robot| {
+            conn.execute(
+                "DELETE FROM inbound WHERE platform = ?1 AND robot = ?2 AND state != 'accepted' AND received_ms < ?3",
+                params![PLATFORM, robot, before_ms],
+            )
+        })
+        .await
+    }
+
     /// The state of `msg_id`, if recorded (for tests and diagnostics).
     pub async fn state(&self, msg_id: &str) -> Result<Option<String>, StoreError> {
         let msg_id = msg_id.to_owned();

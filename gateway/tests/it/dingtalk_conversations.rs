@@ -299,6 +299,14 @@ async fn dingtalk_audit_masks_sensitive_text_and_exports_jsonl_and_csv() {
         .unwrap();
     assert!(future.success());
     assert_eq!(std::fs::read_to_string(dir.path().join("none.jsonl")).unwrap(), "");
+
+    // Retention: settled messages and audit records before the cutoff go; the model turn's session,
+    // not idle yet, stays.
+    let connector = DingTalkConnector::start(fast_config(&dingtalk, &db), shared_models()).await.unwrap();
+    let pruned = connector.prune(gateway::sessions::now_ms() + 1).await.unwrap();
+    assert_eq!((pruned.messages, pruned.audit_records, pruned.sessions), (2, 2, 0));
+    assert_eq!(gateway::audit::export(&db, ExportFormat::Jsonl, 0, Vec::new()).unwrap(), 0);
+    connector.shutdown(Duration::from_secs(5)).await;
     dingtalk.shutdown().await.unwrap();
 }
 
