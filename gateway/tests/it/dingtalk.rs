@@ -159,14 +159,19 @@ async fn every_message_in_groups_and_chats_gets_exactly_one_finalized_card() {
     dingtalk.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cards_survive_disconnect_notices_zombie_sockets_and_429_storms() {
-    let dingtalk = emulator(|c| {
+/// An emulator for the fault tests: quick redelivery (often), a short grace after a disconnect notice.
+async fn faulty_emulator() -> DingTalkEmulator {
+    emulator(|c| {
         c.redelivery_after = Duration::from_millis(800);
         c.max_redeliveries = 50;
         c.disconnect_grace = Duration::from_millis(500);
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cards_survive_disconnect_notices_zombie_sockets_and_429_storms() {
+    let dingtalk = faulty_emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let config = DingTalkConfig { idle_timeout_secs: 1, ..connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")) };
     let connector = DingTalkConnector::start(config, shared_models()).await.unwrap();
@@ -322,12 +327,7 @@ fn all_cards(world: &World) -> Vec<Card> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_exactly_once() {
-    let dingtalk = emulator(|c| {
-        c.redelivery_after = Duration::from_millis(800);
-        c.max_redeliveries = 50;
-        c.disconnect_grace = Duration::from_millis(500);
-    })
-    .await;
+    let dingtalk = faulty_emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("outbox.sqlite3");
     let config = DingTalkConfig { idle_timeout_secs: 1, ..connector_config(&dingtalk, &db) };
