@@ -456,7 +456,7 @@ pub async fn streaming(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
             return Err(reject(world, Some(&out_track_id), PlatformError::bad("param.stream.content", "content is too large")));
         }
         let is_full = request.is_full.unwrap_or(false);
-        if !is_full && config.markdown_keys.iter().any(|k| *k == key) {
+        if !is_full && config.markdown_keys.contains(&key) {
             return Err(PlatformError::bad("param.stream.isFull", "isFull is null"));
         }
         if !world.cards.contains_key(&out_track_id) {

@@ -334,7 +334,7 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
     let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
     let mut hearth = spawn_hearth_configured(&config, dir.path(), &first_log);
     let expect_first = |what: &str| format!("{what}; first hearth's log:\n{}", log_tail(&first_log));
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.expect(&expect_first("connected"));
+    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap_or_else(|e| panic!("{e}: {}", expect_first("connected")));
 
     // A fifth of card updates fail with 429 for the whole run.
     let storm = FaultCommand::CardUpdateFailures { fraction: 0.2, status: 429 };
@@ -350,7 +350,7 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
     // A disconnect notice while those are answered: the connector moves to a new connection.
     assert_eq!(dingtalk.fault(FaultCommand::Disconnect { connection: None, reason: None }).unwrap(), 1);
     let moved = |w: &World| (w.stats().connections_opened >= 2 && w.stats().live_connections == 1).then_some(());
-    dingtalk.wait_for(PATIENCE, moved).await.expect(&expect_first("reconnected after the disconnect notice"));
+    dingtalk.wait_for(PATIENCE, moved).await.unwrap_or_else(|e| panic!("{e}: {}", expect_first("reconnected after the disconnect notice")));
 
     // A zombie swallows the next pushes until the connector notices the silence and reconnects; the
     // platform redelivers them.
@@ -359,7 +359,7 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
     posted.push(say(&dingtalk, ConversationKind::Group, Some("cidRun"), "z2", "Name an animal.", true));
     let count = posted.len() as u64;
     let replaced = |w: &World| (w.stats().connections_opened >= 3 && w.stats().callbacks_acked == count).then_some(());
-    dingtalk.wait_for(PATIENCE, replaced).await.expect(&expect_first("the zombie was replaced"));
+    dingtalk.wait_for(PATIENCE, replaced).await.unwrap_or_else(|e| panic!("{e}: {}", expect_first("the zombie was replaced")));
 
     // Slow card calls keep the next answers in flight: SIGKILL once every push is ACKed and a card is open.
     dingtalk.fault(FaultCommand::Slow { millis: 400 }).unwrap();
@@ -370,7 +370,7 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
         let open = all_cards(w).iter().any(|c| !matches!(c.status, CardStatus::Finished | CardStatus::Failed));
         (w.stats().callbacks_acked == count && open).then_some(())
     };
-    dingtalk.wait_for(PATIENCE, in_flight).await.expect(&expect_first("answers in flight"));
+    dingtalk.wait_for(PATIENCE, in_flight).await.unwrap_or_else(|e| panic!("{e}: {}", expect_first("answers in flight")));
     hearth.kill().expect("SIGKILL");
     hearth.wait().unwrap();
     let finished = dingtalk.inspect(|w| all_cards(w).iter().filter(|c| c.status == CardStatus::Finished).count());
@@ -383,12 +383,12 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
     let mut hearth = spawn_hearth_configured(&config, dir.path(), &second_log);
     let expect_second = |what: &str| format!("{what}; second hearth's log:\n{}", log_tail(&second_log));
     let back = |w: &World| (w.stats().connections_opened > opened && w.stats().live_connections == 1).then_some(());
-    dingtalk.wait_for(PATIENCE, back).await.expect(&expect_second("reconnected after the restart"));
+    dingtalk.wait_for(PATIENCE, back).await.unwrap_or_else(|e| panic!("{e}: {}", expect_second("reconnected after the restart")));
     posted.push(say(&dingtalk, ConversationKind::Single, None, "s1", "Name a number.", false));
     let settled = dingtalk.wait_for(PATIENCE, all_settled).await;
     let _ = Command::new("kill").args(["-TERM", &hearth.id().to_string()]).status();
     let status = hearth.wait().unwrap();
-    assert_eq!(settled.expect(&expect_second("every message settled")), posted.len());
+    assert_eq!(settled.unwrap_or_else(|e| panic!("{e}: {}", expect_second("every message settled"))), posted.len());
     assert!(status.success(), "hearth serve exits cleanly on SIGTERM: {status:?}");
 
     assert_eq!(dingtalk.inspect(all_settled), Some(posted.len()), "nothing was answered twice afterwards");
