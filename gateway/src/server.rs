@@ -329,6 +329,13 @@ async fn models(State(state): State<AppState>) -> Json<ModelList> {
 pub struct Health {
     pub status: &'static str,
     pub model: String,
+    #[serde(flatten)]
+    pub load: EngineLoad,
+}
+
+/// The engine's load as `/health` and the console's status report it (flattened into both).
+#[derive(Debug, Serialize)]
+pub struct EngineLoad {
     pub running: usize,
     pub waiting: usize,
     pub kv_blocks_used: usize,
@@ -343,25 +350,28 @@ pub struct Health {
     pub preemptions_total: u64,
 }
 
+impl From<&engine::EngineStats> for EngineLoad {
+    fn from(stats: &engine::EngineStats) -> Self {
+        Self {
+            running: stats.running,
+            waiting: stats.waiting,
+            kv_blocks_used: stats.kv_blocks_used,
+            kv_blocks_total: stats.kv_blocks_total,
+            requests_total: stats.requests_total,
+            requests_finished: stats.requests_finished,
+            requests_cancelled: stats.requests_cancelled,
+            requests_failed: stats.requests_failed,
+            prompt_tokens_total: stats.prompt_tokens_total,
+            generated_tokens_total: stats.generated_tokens_total,
+            prefix_cache_hit_tokens: stats.prefix_cache_hit_tokens,
+            preemptions_total: stats.preemptions_total,
+        }
+    }
+}
+
 async fn health(State(state): State<AppState>) -> Json<Health> {
     let active = state.models.active();
-    let stats = active.engine.stats();
-    Json(Health {
-        status: "ok",
-        model: active.name.to_string(),
-        running: stats.running,
-        waiting: stats.waiting,
-        kv_blocks_used: stats.kv_blocks_used,
-        kv_blocks_total: stats.kv_blocks_total,
-        requests_total: stats.requests_total,
-        requests_finished: stats.requests_finished,
-        requests_cancelled: stats.requests_cancelled,
-        requests_failed: stats.requests_failed,
-        prompt_tokens_total: stats.prompt_tokens_total,
-        generated_tokens_total: stats.generated_tokens_total,
-        prefix_cache_hit_tokens: stats.prefix_cache_hit_tokens,
-        preemptions_total: stats.preemptions_total,
-    })
+    Json(Health { status: "ok", model: active.name.to_string(), load: EngineLoad::from(&active.engine.stats()) })
 }
 
 /// `GET /healthz`: liveness. The process is up and its HTTP server answers.

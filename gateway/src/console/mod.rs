@@ -30,7 +30,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
 use crate::platform::{HealthView, PlatformHealth};
-use crate::server::AppState;
+use crate::server::{AppState, EngineLoad};
 use crate::skills::SkillSet;
 
 /// One embedded file: its name under `/console/assets/`, its content type and its bytes.
@@ -117,16 +117,8 @@ pub struct StatusView {
     pub model: ModelView,
     /// Where the model runs: `cpu` or `cuda:N`.
     pub device: String,
-    pub running: usize,
-    pub waiting: usize,
-    pub kv_blocks_used: usize,
-    pub kv_blocks_total: usize,
-    pub requests_total: u64,
-    pub requests_finished: u64,
-    pub requests_cancelled: u64,
-    pub requests_failed: u64,
-    pub prompt_tokens_total: u64,
-    pub generated_tokens_total: u64,
+    #[serde(flatten)]
+    pub load: EngineLoad,
     /// The IM connectors' health.
     pub platforms: Vec<HealthView>,
     /// IM delivery outcomes so far, from the metrics recorder.
@@ -158,7 +150,6 @@ pub struct DeliveryCount {
 
 async fn status(State(state): State<AppState>) -> Json<StatusView> {
     let active = state.models.active();
-    let stats = active.engine.stats();
     let info = active.engine.info();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let im_deliveries = metrics::handle().map(|h| parse_deliveries(&h.render())).unwrap_or_default();
@@ -172,16 +163,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
             file: info.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         },
         device: info.device.to_string(),
-        running: stats.running,
-        waiting: stats.waiting,
-        kv_blocks_used: stats.kv_blocks_used,
-        kv_blocks_total: stats.kv_blocks_total,
-        requests_total: stats.requests_total,
-        requests_finished: stats.requests_finished,
-        requests_cancelled: stats.requests_cancelled,
-        requests_failed: stats.requests_failed,
-        prompt_tokens_total: stats.prompt_tokens_total,
-        generated_tokens_total: stats.generated_tokens_total,
+        load: EngineLoad::from(&active.engine.stats()),
         platforms: state.console.platforms.iter().map(|p| p.health.view()).collect(),
         im_deliveries,
         audit: recent_audit(&state.console.platforms).await,
