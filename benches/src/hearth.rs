@@ -16,7 +16,7 @@ use indicatif::ProgressBar;
 use crate::prompt::{Workload, WorkloadConfig};
 use crate::provenance::Device;
 use crate::report::{EngineKind, EngineResults, SingleStream};
-use crate::stats::{gaps, median, ms, LevelRun, StreamTrace};
+use crate::stats::{gaps, ms, LevelRun, StreamTrace};
 use crate::sweep::{self, note, progress_bar, LevelPlan};
 
 /// Load the model on `device` with room for the largest concurrency level of the run: that many running
@@ -139,16 +139,7 @@ pub async fn measure(
         decode.push(run.completion.timings.decode_tokens_per_second(n));
     }
     bar.finish_and_clear();
-    let single = SingleStream {
-        prefill_tok_per_s: median(&prefill),
-        decode_tok_per_s: median(&decode),
-        ttft_ms: median(&ttft),
-    };
-    results.single = Some(single);
-    eprintln!(
-        "hearth: prefill {:.1} tok/s, TTFT {:.1} ms, decode {:.1} tok/s",
-        single.prefill_tok_per_s, single.ttft_ms, single.decode_tok_per_s
-    );
+    results.single = Some(SingleStream::from_runs(EngineKind::Hearth, &prefill, &decode, &ttft));
 
     let mut over_budget = false;
     for (c, runs) in &workload.aggregate {

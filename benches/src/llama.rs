@@ -21,7 +21,7 @@ use indicatif::ProgressBar;
 use crate::prompt::Workload;
 use crate::provenance::Device;
 use crate::report::{EngineKind, EngineResults, SingleStream};
-use crate::stats::{gaps, median, ms, LevelRun, StreamTrace};
+use crate::stats::{gaps, ms, LevelRun, StreamTrace};
 use crate::sweep::{self, note, progress_bar, LevelPlan};
 
 /// How long a server may take to load the model and answer `/health`.
@@ -287,16 +287,7 @@ pub async fn measure(
             decode.push(run.timings.predicted_per_second);
         }
         bar.finish_and_clear();
-        let single = SingleStream {
-            prefill_tok_per_s: median(&prefill),
-            decode_tok_per_s: median(&decode),
-            ttft_ms: median(&ttft),
-        };
-        results.single = Some(single);
-        eprintln!(
-            "llama.cpp: prefill {:.1} tok/s, TTFT {:.1} ms, decode {:.1} tok/s",
-            single.prefill_tok_per_s, single.ttft_ms, single.decode_tok_per_s
-        );
+        results.single = Some(SingleStream::from_runs(EngineKind::LlamaCpp, &prefill, &decode, &ttft));
     }
 
     let mut single = Some(single);

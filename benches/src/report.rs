@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use crate::provenance::LlamaBuild;
-use crate::stats::Level;
+use crate::stats::{median, Level};
 
 /// Version of the JSON document's layout; bump it when a field changes meaning or goes away.
 pub const SCHEMA: &str = "hearth-bench/2";
@@ -99,6 +99,21 @@ pub struct SingleStream {
     pub decode_tok_per_s: f64,
     /// Client-side time to first token of the prefill runs (median), milliseconds.
     pub ttft_ms: f64,
+}
+
+impl SingleStream {
+    /// The medians of `engine`'s single-stream runs, also printed to stderr.
+    pub fn from_runs(engine: EngineKind, prefill: &[f64], decode: &[f64], ttft: &[f64]) -> Self {
+        let single = Self { prefill_tok_per_s: median(prefill), decode_tok_per_s: median(decode), ttft_ms: median(ttft) };
+        eprintln!(
+            "{}: prefill {:.1} tok/s, TTFT {:.1} ms, decode {:.1} tok/s",
+            engine.name(),
+            single.prefill_tok_per_s,
+            single.ttft_ms,
+            single.decode_tok_per_s
+        );
+        single
+    }
 }
 
 /// Everything one engine produced; partial when the run was interrupted or failed part-way.
