@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use emulator::dingtalk::{CardStatus, ChatEntry, ConversationKind, DingTalkEmulator, EmulatorConfig, UserMessage, World, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
+use emulator::dingtalk::{CardStatus, ChatEntry, DingTalkEmulator, EmulatorConfig, UserMessage, World, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
 
 /// Benchmark the DingTalk connector through the emulator.
 #[derive(Parser, Debug)]
@@ -116,15 +116,7 @@ async fn start(hearth: &Path, model: &Path, config: &Path, dingtalk: &DingTalkEm
 }
 
 fn post(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> Result<()> {
-    dingtalk.post_message(UserMessage {
-        conversation_type: ConversationKind::Single,
-        conversation_id: None,
-        conversation_title: None,
-        user_id: user.to_owned(),
-        nick: None,
-        text: text.to_owned(),
-        at_bot: false,
-    })?;
+    dingtalk.post_message(UserMessage::single(user, text))?;
     Ok(())
 }
 

@@ -51,6 +51,26 @@ pub struct UserMessage {
     pub at_bot: bool,
 }
 
+impl UserMessage {
+    /// `text` from `user` in their 1:1 chat with the robot.
+    pub fn single(user: &str, text: &str) -> Self {
+        Self {
+            conversation_type: ConversationKind::Single,
+            conversation_id: None,
+            conversation_title: None,
+            user_id: user.to_owned(),
+            nick: None,
+            text: text.to_owned(),
+            at_bot: false,
+        }
+    }
+
+    /// `text` from `user` in the group `group`, @-mentioning the robot when `at_bot`.
+    pub fn group(group: &str, user: &str, text: &str, at_bot: bool) -> Self {
+        Self { conversation_type: ConversationKind::Group, conversation_id: Some(group.to_owned()), at_bot, ..Self::single(user, text) }
+    }
+}
+
 /// What happened to a posted message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

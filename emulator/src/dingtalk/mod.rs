@@ -13,14 +13,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), emulator::dingtalk::EmulatorError> {
-//! use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig, UserMessage, ConversationKind};
+//! use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig, UserMessage};
 //! let dingtalk = DingTalkEmulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap()).await?;
 //! // Point a client at dingtalk.base_url(); then, as a user:
-//! dingtalk.post_message(UserMessage {
-//!     conversation_type: ConversationKind::Single,
-//!     conversation_id: None, conversation_title: None,
-//!     user_id: "alice".into(), nick: None, text: "hello".into(), at_bot: false,
-//! })?;
+//! dingtalk.post_message(UserMessage::single("alice", "hello"))?;
 //! # Ok(()) }
 //! ```
 

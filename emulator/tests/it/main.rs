@@ -6,7 +6,7 @@ mod stream;
 
 use std::time::Duration;
 
-use emulator::dingtalk::{ConversationKind, DingTalkEmulator, EmulatorConfig, PostedMessage, UserMessage, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
+use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig, PostedMessage, UserMessage, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -96,30 +96,16 @@ pub async fn ack(ws: &mut Ws, frame: &Value, data: Value) {
 
 /// A 1:1 message from `user`.
 pub fn single(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> PostedMessage {
-    dingtalk
-        .post_message(UserMessage {
-            conversation_type: ConversationKind::Single,
-            conversation_id: None,
-            conversation_title: None,
-            user_id: user.to_owned(),
-            nick: None,
-            text: text.to_owned(),
-            at_bot: false,
-        })
-        .expect("the message is posted")
+    dingtalk.post_message(UserMessage::single(user, text)).expect("the message is posted")
 }
 
 /// A group message from `user` in `group`.
 pub fn group(dingtalk: &DingTalkEmulator, group: &str, user: &str, text: &str, at_bot: bool) -> PostedMessage {
     dingtalk
         .post_message(UserMessage {
-            conversation_type: ConversationKind::Group,
-            conversation_id: Some(group.to_owned()),
             conversation_title: Some(format!("Group {group}")),
-            user_id: user.to_owned(),
             nick: Some(format!("Nick {user}")),
-            text: text.to_owned(),
-            at_bot,
+            ..UserMessage::group(group, user, text, at_bot)
         })
         .expect("the message is posted")
 }
