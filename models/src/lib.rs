@@ -126,3 +126,17 @@ pub fn load(path: &Path, device: &Device) -> Result<Box<dyn CausalLm>, ModelErro
     );
     Ok(model)
 }
+
+/// Run `f` (the engine's step loop) on a worker of a thread pool of its own (`RAYON_NUM_THREADS` threads,
+/// else one per core, as rayon's global pool), so that the kernels' parallel loops start on that worker and
+/// its peers steal their share: no job is injected from outside, and the step loop does not sleep and wake
+/// once per matmul.
+pub fn run_in_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new().thread_name(|i| format!("hearth-compute-{i}")).build() {
+        Ok(pool) => pool.install(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the compute pool; using rayon's global pool");
+            f()
+        }
+    }
+}
