@@ -12,7 +12,9 @@ fn main() -> candle_core::Result<()> {
     for (name, n, k) in [("gate 1536x576", 1536usize, 576usize), ("down 576x1536", 576, 1536)] {
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, GgmlDType::Q4_1)?;
+        let t = Instant::now();
         let w = models::kernels::Q4_1x8::new(&w)?;
+        println!("{name}  repack at load: {:.0} µs", t.elapsed().as_secs_f64() * 1e6);
         for m in [1usize, 8] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
             let x = Tensor::from_vec(x, (m, k), &dev)?;
