@@ -1,14 +1,18 @@
 //! CPU matmul kernels of our own for weight types whose candle kernel is slow on x86.
 //!
 //! candle 0.11 has no SIMD dot product for Q4_1 on x86: it runs `vec_dot_unopt`, a scalar loop, once per
-//! (row, column), reading the whole weight matrix again for every row. [`q4_1_matmul`] computes the same
-//! numbers bit for bit: each block's integer sum is exact (AVX2 `maddubs`/`madd`), and the floats are
-//! combined in candle's order, `sumf += sumi·dx·dy + mx·sy`, block after block. Each weight block is unpacked
-//! once and used for every row of the batch, so a batch of decode rows costs little more than one row.
+//! (row, column), reading the whole weight matrix again for every row. [`Q4_1x8`] repacks a Q4_1 matrix once,
+//! at load, interleaving eight output columns block by block, so that one AVX2 register holds four consecutive
+//! quants of each of the eight columns. [`Q4_1x8::matmul`] then needs no horizontal sums: per block, eight
+//! `maddubs` against broadcast activations and one `madd` leave each column's exact integer sum in its own
+//! lane, and candle's float expression, `sumf += sumi·dx·dy + mx·sy`, block after block, runs lane by lane.
+//! So it computes candle's numbers bit for bit, and each row rounds the same whatever else is in the batch.
+//! Each weight block is read once per step and unpacked once for up to four rows.
 //!
 //! [`q8_0_matmul`] does the same for Q8_0 matrices where candle uses its row-by-row AVX path (shapes its
-//! repacked kernel does not take, such as SmolLM2's tied 49152 × 576 output projection): the same per-block
-//! `fma` into eight float lanes and the same final horizontal sum, with the weights read once per step.
+//! repacked kernel does not take, such as SmolLM2's tied 49152 × 576 output projection), bit for bit: the same
+//! per-block `fma` into eight float lanes and the same final horizontal sum, with the weights read once per
+//! step.
 //!
 //! [`q6k_matmul_rows`] reproduces candle's one-row Q6_K path (`vec_dot_q6k_q8k`, AVX2) for several rows at
 //! once: the reference decodes one row at a time, so decode rows must round that way, but reading the weights
@@ -20,14 +24,6 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-/// candle's `BlockQ4_1`, mirrored: both are `repr(C)` with these fields in this order (20 bytes).
-#[repr(C)]
-struct Q4_1 {
-    d: f16,
-    m: f16,
-    qs: [u8; 16],
-}
-
 /// candle's `BlockQ8_1`, mirrored (36 bytes).
 #[repr(C)]
 struct Q8_1 {
@@ -36,7 +32,7 @@ struct Q8_1 {
     qs: [i8; 32],
 }
 
-const _: () = assert!(std::mem::size_of::<Q4_1>() == 20 && std::mem::size_of::<Q8_1>() == 36);
+const _: () = assert!(std::mem::size_of::<Q8_1>() == 36);
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 
 /// candle's `BlockQ8_0`, mirrored (34 bytes).
@@ -304,258 +300,235 @@ fn q8_0_dot(_: &[Q8_0], _: &[Q8_0], _: &[f32]) -> f32 {
     unreachable!("q8_0_matmul declines without AVX2 and FMA")
 }
 
-/// `x` (`[m, k]`, f32, CPU) times the transpose of the Q4_1 matrix `w` (`[n, k]`) → `[m, n]`.
-/// `None` when this kernel does not apply (other type or device, odd sizes); the caller then uses candle.
-pub fn q4_1_matmul(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Tensor>> {
-    if w.dtype() != GgmlDType::Q4_1 || !matches!(w.device(), Device::Cpu) || !matches!(x.device(), Device::Cpu) {
-        return Ok(None);
-    }
-    let (n, k) = w.shape().dims2()?;
-    let (m, xk) = x.dims2()?;
-    if xk != k || k % 32 != 0 || m == 0 {
-        return Ok(None);
-    }
-    let nb = k / 32;
-    let data = w.data()?;
-    if data.len() != n * nb * 20 || data.as_ptr() as usize % std::mem::align_of::<Q4_1>() != 0 {
-        return Ok(None);
-    }
-    // SAFETY: the bytes are candle's `Vec<BlockQ4_1>` storage: `n * nb` blocks of the same `repr(C)` layout,
-    // aligned as checked above, alive as long as `w`.
-    let weights: &[Q4_1] = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const Q4_1, n * nb) };
+/// A Q4_1 weight matrix (`[n, k]`, one row per output column) repacked for the CPU: eight output columns
+/// interleaved block by block (llama.cpp's "8x8 interleave"), built once at load by [`Q4_1x8::new`] and used
+/// instead of the `QTensor` by [`Q4_1x8::matmul`].
+///
+/// Columns `8g..8g + 8` form group `g`; entry `g * nb + b` of `blocks` holds block `b` (values
+/// `32b..32b + 32`) of those eight columns, padded with zero columns past `n`. It takes the same 20 bytes per
+/// 32 weights as the `QTensor`.
+pub struct Q4_1x8 {
+    /// Output columns (rows of the weight matrix).
+    n: usize,
+    /// Input features, a multiple of 32.
+    k: usize,
+    /// `n.div_ceil(8) * (k / 32)` interleaved blocks, group-major.
+    blocks: Vec<Block8>,
+}
 
-    // Quantize the activations exactly as candle does (`BlockQ8_1::from_float`, row by row).
-    let x = x.contiguous()?;
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let mut lhs = vec![BlockQ8_1::zeros(); m * nb];
-    for (row, blocks) in xs.chunks_exact(k).zip(lhs.chunks_exact_mut(nb)) {
-        BlockQ8_1::from_float(row, blocks);
-    }
-    // SAFETY: same `repr(C)` layout and size, checked at compile time above.
-    let blocks: &[Q8_1] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8_1, m * nb) };
-    let lhs = Lhs { blocks, d: blocks.iter().map(|b| b.d.to_f32()).collect(), s: blocks.iter().map(|b| b.s.to_f32()).collect() };
+/// One 32-value block of eight columns: their scales and minimums as f16 (eight at once convert to one f32
+/// vector), and their quants arranged so that 32 consecutive bytes hold four consecutive quants of each column,
+/// column `c` in 32-bit lane `c`. Byte `32i + 4c + j` is byte `4i + j` of column `c`'s Q4_1 `qs`: its low
+/// nibble is the column's value `4i + j`, its high nibble value `16 + 4i + j`.
+#[repr(C, align(32))]
+#[derive(Clone, Copy)]
+struct Block8 {
+    d: [f16; 8],
+    m: [f16; 8],
+    qs: [u8; 128],
+}
 
-    // Eight output columns (all rows) per work item, the last group possibly fewer; written transposed, then
-    // flipped.
-    let mut out_t = vec![0f32; n * m];
-    out_t.par_chunks_mut(8 * m).enumerate().with_min_len(2).for_each_init(ColumnScratch::default, |scratch, (group, out)| {
-        let cols = out.len() / m;
-        let w = &weights[group * 8 * nb..(group * 8 + cols) * nb];
-        if cols == 8 && columns8(w, &lhs, nb, m, scratch, out) {
-            return;
+const _: () = assert!(std::mem::size_of::<Block8>() == 160);
+
+impl Block8 {
+    const ZERO: Self = Self { d: [f16::ZERO; 8], m: [f16::ZERO; 8], qs: [0; 128] };
+}
+
+impl std::fmt::Debug for Q4_1x8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Q4_1x8").field("n", &self.n).field("k", &self.k).finish_non_exhaustive()
+    }
+}
+
+impl Q4_1x8 {
+    /// Repack a Q4_1 `QTensor` of shape `[n, k]`; an error for any other type or rank.
+    pub fn new(w: &QTensor) -> candle_core::Result<Self> {
+        if w.dtype() != GgmlDType::Q4_1 {
+            candle_core::bail!("Q4_1x8::new: a {:?} tensor, not Q4_1", w.dtype());
         }
-        for (i, out) in out.chunks_mut(4 * m).enumerate() {
-            let c = out.len() / m;
-            columns(&w[i * 4 * nb..(i * 4 + c) * nb], &lhs, nb, m, scratch, out);
+        let (n, k) = w.shape().dims2()?;
+        let nb = k / 32;
+        let data = w.data()?;
+        if k == 0 || k % 32 != 0 || data.len() != n * nb * 20 {
+            candle_core::bail!("Q4_1x8::new: {} bytes for a [{n}, {k}] Q4_1 matrix", data.len());
         }
-    });
-    let out = Tensor::from_vec(out_t, (n, m), &Device::Cpu)?.t()?.contiguous()?;
-    Ok(Some(out))
+        let mut blocks = vec![Block8::ZERO; n.div_ceil(8) * nb];
+        // candle's `BlockQ4_1` is `repr(C)`: d (f16), m (f16), qs ([u8; 16]); 20 bytes, little-endian.
+        for (col, column) in data.chunks_exact(nb * 20).enumerate() {
+            let (g, c) = (col / 8, col % 8);
+            for (b, src) in column.chunks_exact(20).enumerate() {
+                let dst = &mut blocks[g * nb + b];
+                dst.d[c] = f16::from_le_bytes([src[0], src[1]]);
+                dst.m[c] = f16::from_le_bytes([src[2], src[3]]);
+                for i in 0..4 {
+                    dst.qs[32 * i + 4 * c..32 * i + 4 * c + 4].copy_from_slice(&src[4 + 4 * i..8 + 4 * i]);
+                }
+            }
+        }
+        Ok(Self { n, k, blocks })
+    }
+
+    /// The weight's shape, `(n, k)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`.
+    ///
+    /// Bit-identical to candle's `QMatMul::forward`: the activations are quantized to Q8_1 by candle's own
+    /// `BlockQ8_1::from_float`, each block's integer sum is exact, and the floats are combined in candle's
+    /// order. Each row's arithmetic is the same whatever the other rows and their number.
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, k, nb) = (self.n, self.k, self.k / 32);
+        let (m, xk) = x.dims2()?;
+        if xk != k || !matches!(x.device(), Device::Cpu) {
+            candle_core::bail!("Q4_1x8::matmul: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU", x.device());
+        }
+        if m == 0 {
+            return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
+        }
+        let lhs = Lhs::quantize(&x.contiguous()?.flatten_all()?.to_vec1::<f32>()?, k);
+        // One group of eight columns (all rows) per work item: `lanes[g * m + r]` holds row `r` of columns
+        // `8g..8g + 8`, padding included; then gathered row by row.
+        let mut lanes = vec![[0f32; 8]; self.blocks.len() / nb * m];
+        lanes.par_chunks_mut(m).zip(self.blocks.par_chunks(nb)).for_each(|(out, w)| group(w, &lhs, out));
+        let mut y = Vec::with_capacity(m * n);
+        for r in 0..m {
+            for (g, group) in lanes.chunks_exact(m).enumerate() {
+                y.extend_from_slice(&group[r][..(n - 8 * g).min(8)]);
+            }
+        }
+        Tensor::from_vec(y, (m, n), &Device::Cpu)
+    }
 }
 
 /// Activations quantized to Q8_1, with their scales widened to f32 once.
-struct Lhs<'a> {
-    blocks: &'a [Q8_1],
+struct Lhs {
+    /// `m * nb` blocks, row-major.
+    blocks: Vec<BlockQ8_1>,
+    /// Blocks per row.
+    nb: usize,
+    /// Each block's `d`.
     d: Vec<f32>,
+    /// Each block's `s` (`d` times the sum of its quants).
     s: Vec<f32>,
 }
 
-/// Per-thread buffers for a group of weight columns, reused across groups.
-#[derive(Default)]
-struct ColumnScratch {
-    unpacked: Vec<Unpacked>,
-    dx: Vec<f32>,
-    mx: Vec<f32>,
+impl Lhs {
+    /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle does, row by row.
+    fn quantize(xs: &[f32], k: usize) -> Self {
+        let nb = k / 32;
+        let mut blocks = vec![BlockQ8_1::zeros(); xs.len() / 32];
+        for (row, blocks) in xs.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
+            BlockQ8_1::from_float(row, blocks);
+        }
+        let mut lhs = Self { blocks, nb, d: Vec::new(), s: Vec::new() };
+        lhs.d = lhs.q8().iter().map(|b| b.d.to_f32()).collect();
+        lhs.s = lhs.q8().iter().map(|b| b.s.to_f32()).collect();
+        lhs
+    }
+
+    /// The blocks through our mirror of their layout.
+    fn q8(&self) -> &[Q8_1] {
+        // SAFETY: same `repr(C)` layout and size (checked at compile time above), so the same alignment.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const Q8_1, self.blocks.len()) }
+    }
 }
 
-/// Dot `w.len() / nb` (at most 4) weight columns with every activation row; `out[c * m + r]` gets column `c`,
-/// row `r`. Each output is one chain over its blocks in candle's order; the columns' chains run side by side.
-fn columns(w: &[Q4_1], lhs: &Lhs<'_>, nb: usize, m: usize, scratch: &mut ColumnScratch, out: &mut [f32]) {
-    let cols = w.len() / nb;
-    let ColumnScratch { unpacked, dx, mx } = scratch;
-    unpacked.clear();
-    unpacked.extend(w.iter().map(|b| Unpacked::new(&b.qs)));
-    dx.clear();
-    dx.extend(w.iter().map(|b| b.d.to_f32()));
-    mx.clear();
-    mx.extend(w.iter().map(|b| b.m.to_f32()));
-    for r in 0..m {
-        let ys = &lhs.blocks[r * nb..(r + 1) * nb];
-        let (dy, sy) = (&lhs.d[r * nb..(r + 1) * nb], &lhs.s[r * nb..(r + 1) * nb]);
-        let mut sumf = [0f32; 4];
-        let mut b = 0;
-        while b + 4 <= nb {
-            let mut sumi = [[0i32; 4]; 4];
-            for c in 0..cols {
-                sumi[c] = Unpacked::dot4(&unpacked[c * nb + b..c * nb + b + 4], &ys[b..b + 4]);
+/// Rows handled together per pass over a group's blocks: each block is unpacked once per pass.
+const ROW_TILE: usize = 4;
+
+/// One group of eight columns (`w`: its `nb` blocks) against every row: `out[r]` gets row `r`'s eight lanes.
+fn group(w: &[Block8], lhs: &Lhs, out: &mut [[f32; 8]]) {
+    for (t, out) in out.chunks_mut(ROW_TILE).enumerate() {
+        let r0 = t * ROW_TILE;
+        match out.len() {
+            4 => tile::<4>(w, lhs, r0, out),
+            3 => tile::<3>(w, lhs, r0, out),
+            2 => tile::<2>(w, lhs, r0, out),
+            _ => tile::<1>(w, lhs, r0, out),
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[inline(always)]
+fn tile<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
+    tile_avx2::<R>(w, lhs, r0, out)
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+#[inline(always)]
+fn tile<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
+    tile_portable::<R>(w, lhs, r0, out)
+}
+
+/// Rows `r0..r0 + R` against one group (into `out[..R]`), the eight columns in the eight lanes of a vector.
+/// Per block, eight `maddubs` of the unpacked quants with four broadcast activations each give every column's
+/// partial sums in its own lane; they add up in i16 without overflow (each `maddubs` lane is at most
+/// 2·15·128 = 3840 in magnitude, eight of them 30720 < 32767) and one `madd` with ones yields each column's
+/// exact block sum. The floats then follow candle's `vec_dot_unopt` per lane, unfused.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[inline(always)]
+fn tile_avx2<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
+    use std::arch::x86_64::*;
+    let nb = lhs.nb;
+    // SAFETY: AVX2, FMA and F16C at compile time (cfg above); each load reads within one `Block8` (16 bytes
+    // of `d` or `m`, 32 of `qs`) or one Q8_1 block's 32 quants (4 bytes at offsets 0..28), each store writes
+    // one `[f32; 8]`.
+    unsafe {
+        let (low4, ones) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1));
+        let mut sumf = [_mm256_setzero_ps(); R];
+        for (b, blk) in w.iter().enumerate() {
+            let dx = _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr() as *const __m128i));
+            let mx = _mm256_cvtph_ps(_mm_loadu_si128(blk.m.as_ptr() as *const __m128i));
+            // q[2i]: values 4i..4i + 4 of each column; q[2i + 1]: values 16 + 4i..16 + 4i + 4.
+            let q: [__m256i; 8] = std::array::from_fn(|j| {
+                let packed = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * (j / 2)) as *const __m256i);
+                if j % 2 == 0 { _mm256_and_si256(packed, low4) } else { _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4) }
+            });
+            for r in 0..R {
+                let i = (r0 + r) * nb + b;
+                let y = lhs.q8()[i].qs.as_ptr() as *const i32;
+                let act = |j: usize| _mm256_set1_epi32(y.add(j / 2 + 4 * (j % 2)).read_unaligned());
+                let mut s = _mm256_maddubs_epi16(q[0], act(0));
+                for (j, &q) in q.iter().enumerate().skip(1) {
+                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(q, act(j)));
+                }
+                // candle's `sumf += sumi·dx·dy + mx·sy`, lane by lane, unfused.
+                let sumi = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+                let scaled = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), _mm256_set1_ps(lhs.d[i]));
+                let v = _mm256_add_ps(scaled, _mm256_mul_ps(mx, _mm256_set1_ps(lhs.s[i])));
+                sumf[r] = _mm256_add_ps(sumf[r], v);
             }
-            // candle's per-block float expression, sumi·dx·dy + mx·sy, added to each column's running sum in
-            // block order (each column's chain rounds exactly as candle's scalar loop).
-            for i in 0..4 {
-                for c in 0..4 {
-                    let k = c * nb + b + i;
-                    if c < cols {
-                        sumf[c] += sumi[c][i] as f32 * dx[k] * dy[b + i] + mx[k] * sy[b + i];
+        }
+        for (out, sumf) in out[..R].iter_mut().zip(sumf) {
+            _mm256_storeu_ps(out.as_mut_ptr(), sumf);
+        }
+    }
+}
+
+/// [`tile_avx2`] without SIMD, bit for bit: candle's `vec_dot_unopt` for each of the eight columns.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"), allow(dead_code))]
+fn tile_portable<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
+    let nb = lhs.nb;
+    for (r, out) in out[..R].iter_mut().enumerate() {
+        let mut sumf = [0f32; 8];
+        for (b, blk) in w.iter().enumerate() {
+            let i = (r0 + r) * nb + b;
+            let y = &lhs.q8()[i].qs;
+            for c in 0..8 {
+                let mut sumi = 0i32;
+                for i4 in 0..4 {
+                    for j in 0..4 {
+                        let q = blk.qs[32 * i4 + 4 * c + j];
+                        sumi += (q & 0x0F) as i32 * y[4 * i4 + j] as i32 + (q >> 4) as i32 * y[16 + 4 * i4 + j] as i32;
                     }
                 }
-            }
-            b += 4;
-        }
-        while b < nb {
-            for c in 0..cols {
-                let k = c * nb + b;
-                let sumi = unpacked[k].dot(&ys[b].qs);
-                sumf[c] += sumi as f32 * dx[k] * dy[b] + mx[k] * sy[b];
-            }
-            b += 1;
-        }
-        for c in 0..cols {
-            out[c * m + r] = sumf[c];
-        }
-    }
-}
-
-/// Eight weight columns against every row, the columns in the eight lanes of one vector: per block the eight
-/// exact integer sums are reduced together, and candle's float expression `sumi·dx·dy + mx·sy` and the running
-/// sum are evaluated lane by lane, which rounds each column exactly as candle's scalar loop. False when the
-/// vector path is not compiled in.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn columns8(w: &[Q4_1], lhs: &Lhs<'_>, nb: usize, m: usize, scratch: &mut ColumnScratch, out: &mut [f32]) -> bool {
-    use std::arch::x86_64::*;
-    // Block-major: entry `b * 8 + c` is column `c`'s block `b`. Unpacking once pays off from three rows on;
-    // for one or two rows the blocks are unpacked as they are used.
-    let ColumnScratch { unpacked, dx, mx } = scratch;
-    let cache = m > 2;
-    unpacked.clear();
-    if cache {
-        unpacked.extend((0..nb * 8).map(|i| Unpacked::new(&w[(i % 8) * nb + i / 8].qs)));
-    }
-    dx.clear();
-    dx.extend((0..nb * 8).map(|i| w[(i % 8) * nb + i / 8].d.to_f32()));
-    mx.clear();
-    mx.extend((0..nb * 8).map(|i| w[(i % 8) * nb + i / 8].m.to_f32()));
-    // SAFETY: AVX2 at compile time; loads and stores touch exactly the eight lanes of local arrays.
-    unsafe {
-        let reduce4 = |q: [__m256i; 4]| {
-            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
-            _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
-        };
-        for r in 0..m {
-            let mut sumf = _mm256_setzero_ps();
-            for b in 0..nb {
-                let y = &lhs.blocks[r * nb + b].qs;
-                let u: [Unpacked; 8] = if cache {
-                    std::array::from_fn(|c| unpacked[b * 8 + c])
-                } else {
-                    std::array::from_fn(|c| Unpacked::new(&w[c * nb + b].qs))
-                };
-                let lo = reduce4([u[0].partial(y), u[1].partial(y), u[2].partial(y), u[3].partial(y)]);
-                let hi = reduce4([u[4].partial(y), u[5].partial(y), u[6].partial(y), u[7].partial(y)]);
-                let sumi = _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo));
-                let dy = _mm256_set1_ps(lhs.d[r * nb + b]);
-                let sy = _mm256_set1_ps(lhs.s[r * nb + b]);
-                let scaled = _mm256_mul_ps(_mm256_mul_ps(sumi, _mm256_loadu_ps(dx[b * 8..].as_ptr())), dy);
-                let v = _mm256_add_ps(scaled, _mm256_mul_ps(_mm256_loadu_ps(mx[b * 8..].as_ptr()), sy));
-                sumf = _mm256_add_ps(sumf, v);
-            }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), sumf);
-            for (c, v) in lanes.into_iter().enumerate() {
-                out[c * m + r] = v;
+                sumf[c] += sumi as f32 * blk.d[c].to_f32() * lhs.d[i] + blk.m[c].to_f32() * lhs.s[i];
             }
         }
-    }
-    true
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn columns8(_: &[Q4_1], _: &Lhs<'_>, _: usize, _: usize, _: &mut ColumnScratch, _: &mut [f32]) -> bool {
-    false
-}
-
-/// A Q4_1 block's 32 quants as bytes: the low nibbles (pairing with activations 0..16), then the high ones.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[derive(Clone, Copy)]
-struct Unpacked(std::arch::x86_64::__m256i);
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-impl Unpacked {
-    #[inline(always)]
-    fn new(qs: &[u8; 16]) -> Self {
-        use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled at compile time (cfg above); the load reads exactly 16 bytes.
-        unsafe {
-            let packed = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
-            let lo = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
-            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F));
-            Self(_mm256_set_m128i(hi, lo))
-        }
-    }
-
-    /// Eight partial sums of the products with 32 signed activations. `maddubs` cannot saturate here: two
-    /// products of at most 15 × 128 fit an i16.
-    #[inline(always)]
-    fn partial(&self, ys: &[i8; 32]) -> std::arch::x86_64::__m256i {
-        use std::arch::x86_64::*;
-        // SAFETY: AVX2 at compile time; the load reads exactly 32 bytes.
-        unsafe {
-            let y = _mm256_loadu_si256(ys.as_ptr() as *const __m256i);
-            _mm256_madd_epi16(_mm256_maddubs_epi16(self.0, y), _mm256_set1_epi16(1))
-        }
-    }
-
-    /// Exact integer dot product with 32 signed activations.
-    #[inline(always)]
-    fn dot(&self, ys: &[i8; 32]) -> i32 {
-        use std::arch::x86_64::*;
-        let q = self.partial(ys);
-        // SAFETY: AVX2 at compile time.
-        unsafe {
-            let s = _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-            _mm_cvtsi128_si32(s)
-        }
-    }
-
-    /// Exact integer dot products of four blocks with their activations, reduced together.
-    #[inline(always)]
-    fn dot4(w: &[Unpacked], ys: &[Q8_1]) -> [i32; 4] {
-        use std::arch::x86_64::*;
-        let (q0, q1, q2, q3) = (w[0].partial(&ys[0].qs), w[1].partial(&ys[1].qs), w[2].partial(&ys[2].qs), w[3].partial(&ys[3].qs));
-        // SAFETY: AVX2 at compile time; the store writes exactly four i32.
-        unsafe {
-            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(q0, q1), _mm256_hadd_epi32(q2, q3));
-            let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-            let mut out = [0i32; 4];
-            _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
-            out
-        }
-    }
-}
-
-/// Portable fallback with the same (exact) integer results.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-#[derive(Clone, Copy)]
-struct Unpacked([u8; 32]);
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-impl Unpacked {
-    fn new(qs: &[u8; 16]) -> Self {
-        let mut v = [0u8; 32];
-        for j in 0..16 {
-            v[j] = qs[j] & 0x0F;
-            v[j + 16] = qs[j] >> 4;
-        }
-        Self(v)
-    }
-
-    fn dot(&self, ys: &[i8; 32]) -> i32 {
-        self.0.iter().zip(ys).map(|(&a, &b)| a as i32 * b as i32).sum()
-    }
-
-    fn dot4(w: &[Unpacked], ys: &[Q8_1]) -> [i32; 4] {
-        std::array::from_fn(|i| w[i].dot(&ys[i].qs))
+        *out = sumf;
     }
 }
 
@@ -599,19 +572,67 @@ mod tests {
         }
     }
 
-    #[test]
-    fn q4_1_matmul_is_bit_identical_to_candle() {
+    /// A Q4_1 matrix of `n` columns and `k` inputs, and `m` activation rows, from fixed patterns.
+    fn q4_1_case(n: usize, k: usize, m: usize) -> (QTensor, Tensor) {
         let dev = Device::Cpu;
-        let (n, k) = (53, 288);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q4_1).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+        (w, Tensor::from_vec(x, (m, k), &dev).unwrap())
+    }
+
+    fn to_vec(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn q4_1_matmul_is_bit_identical_to_candle() {
+        // 53 columns: six full groups of eight and a tail of five. Ten blocks per column (candle's Q4_1 dot
+        // product asserts an even count in debug builds).
+        let (n, k) = (53, 320);
         for m in [1usize, 3, 8, 33] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
-            let x = Tensor::from_vec(x, (m, k), &dev).unwrap();
-            let ours = q4_1_matmul(&x, &w).unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let qm = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w.dequantize(&dev).unwrap(), GgmlDType::Q4_1).unwrap()).unwrap();
-            let theirs = qm.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (w, x) = q4_1_case(n, k, m);
+            let w = std::sync::Arc::new(w);
+            let ours = to_vec(&Q4_1x8::new(&w).unwrap().matmul(&x).unwrap());
+            let theirs = to_vec(&candle_core::quantized::QMatMul::from_arc(w).unwrap().forward(&x).unwrap());
             assert!(ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "m = {m}");
+        }
+    }
+
+    #[test]
+    fn q4_1_matmul_rows_round_alike_in_any_batch() {
+        let (n, k, m) = (53, 320, 33);
+        let (w, x) = q4_1_case(n, k, m);
+        let w = Q4_1x8::new(&w).unwrap();
+        let all = to_vec(&w.matmul(&x).unwrap());
+        // The same rows in reverse order: each lands at another place in the row tiles.
+        let reversed = Tensor::from_vec((0..m as u32).rev().collect::<Vec<_>>(), m, &Device::Cpu).unwrap();
+        let rev = to_vec(&w.matmul(&x.index_select(&reversed, 0).unwrap()).unwrap());
+        for r in 0..m {
+            let alone = to_vec(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap());
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&all[r * n..(r + 1) * n]), bits(&alone), "row {r} of {m}");
+            assert_eq!(bits(&rev[(m - 1 - r) * n..(m - r) * n]), bits(&alone), "row {r}, reversed");
+        }
+    }
+
+    /// The portable path is what runs without AVX2; it must round exactly as the vector path.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[test]
+    fn q4_1_portable_path_is_bit_identical_to_the_vector_path() {
+        let (n, k, m) = (53, 320, 6);
+        let (w, x) = q4_1_case(n, k, m);
+        let w = Q4_1x8::new(&w).unwrap();
+        let lhs = Lhs::quantize(&to_vec(&x), k);
+        let nb = k / 32;
+        for g in 0..n.div_ceil(8) {
+            let blocks = &w.blocks[g * nb..(g + 1) * nb];
+            let (mut simd, mut portable) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
+            for r0 in [0, 2] {
+                tile_avx2::<4>(blocks, &lhs, r0, &mut simd);
+                tile_portable::<4>(blocks, &lhs, r0, &mut portable);
+                assert_eq!(simd.map(|l| l.map(f32::to_bits)), portable.map(|l| l.map(f32::to_bits)), "group {g}, rows {r0}..");
+            }
         }
     }
 }

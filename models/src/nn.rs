@@ -1,7 +1,7 @@
 //! Building blocks shared by the architecture files: traced linear layers, RMS norm, rotary embedding with
 //! per-token positions, and the SwiGLU MLP. Like candle's `with_tracing.rs`, each forward enters a TRACE span.
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::{Gguf, ModelError};
@@ -9,9 +9,17 @@ use crate::{Gguf, ModelError};
 /// A quantized linear layer `y = x Wᵀ (+ b)`, with a TRACE span per call.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
     span: tracing::Span,
+}
+
+/// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU is repacked once, at load, for our kernel (and
+/// the `QTensor` dropped, unless something else shares it); everything else stays candle's.
+#[derive(Debug, Clone)]
+enum Weight {
+    Candle(QMatMul),
+    Q4_1(std::sync::Arc<crate::kernels::Q4_1x8>),
 }
 
 impl Linear {
@@ -22,9 +30,18 @@ impl Linear {
         Ok(Self::new(weight, bias, name))
     }
 
-    /// Wrap an already-loaded weight (the tied output projection reuses the embedding).
+    /// Wrap an already-loaded weight (the tied output projection reuses the embedding). A Q4_1 weight on the
+    /// CPU is repacked here for [`crate::kernels::Q4_1x8`]; a tied Q4_1 table is then held twice (the
+    /// embedding keeps the `QTensor` for its row lookups).
     pub fn new(weight: QMatMul, bias: Option<Tensor>, name: &str) -> Self {
         let span = tracing::trace_span!("linear", name = name.to_string());
+        let weight = match &weight {
+            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4_1 && t.device().is_cpu() => match crate::kernels::Q4_1x8::new(t) {
+                Ok(w) => Weight::Q4_1(std::sync::Arc::new(w)),
+                Err(_) => Weight::Candle(weight),
+            },
+            _ => Weight::Candle(weight),
+        };
         Self { weight, bias, span }
     }
 
@@ -35,8 +52,9 @@ impl Linear {
 
     fn weight_shape(&self) -> (usize, usize) {
         match &self.weight {
-            QMatMul::QTensor(t) => t.shape().dims2().unwrap_or((0, 0)),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2().unwrap_or((0, 0)),
+            Weight::Candle(QMatMul::QTensor(t)) => t.shape().dims2().unwrap_or((0, 0)),
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims2().unwrap_or((0, 0)),
+            Weight::Q4_1(w) => w.shape(),
         }
     }
 
@@ -51,33 +69,34 @@ impl Linear {
     /// whatever else is in the batch.
     pub fn forward_rows(&self, x: &Tensor, rows: Option<&RowKinds>) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        if let QMatMul::QTensor(t) = &self.weight {
-            let ours = match crate::kernels::q4_1_matmul(x, t)? {
-                Some(y) => Some(y),
-                None => crate::kernels::q8_0_matmul(x, t)?,
-            };
-            if let Some(y) = ours {
-                return match &self.bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                };
+        let weight = match &self.weight {
+            Weight::Q4_1(w) => return self.add_bias(w.matmul(x)?),
+            Weight::Candle(weight) => weight,
+        };
+        if let QMatMul::QTensor(t) = weight {
+            if let Some(y) = crate::kernels::q8_0_matmul(x, t)? {
+                return self.add_bias(y);
             }
         }
-        let y = match (rows, &self.weight) {
+        let y = match (rows, weight) {
             // Only the CPU reference rounds by row count; other devices run one plain matmul.
-            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == candle_core::quantized::GgmlDType::Q6K && rows.mixed() && x.device().is_cpu() => {
+            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == GgmlDType::Q6K && rows.mixed() && x.device().is_cpu() => {
                 // Decode rows: one-row rounding, batched by our kernel when it applies, else row by row.
                 let decode = |x: &Tensor| match crate::kernels::q6k_matmul_rows(x, t)? {
                     Some(y) => Ok(y),
                     None => {
-                        let rows = (0..x.dim(0)?).map(|r| self.weight.forward(&x.narrow(0, r, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+                        let rows = (0..x.dim(0)?).map(|r| weight.forward(&x.narrow(0, r, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
                         Tensor::cat(&rows, 0)
                     }
                 };
-                rows.apply(x, |x| self.weight.forward(x), decode)?
+                rows.apply(x, |x| weight.forward(x), decode)?
             }
-            _ => self.weight.forward(x)?,
+            _ => weight.forward(x)?,
         };
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor) -> candle_core::Result<Tensor> {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
