@@ -17,7 +17,7 @@ fn requests(engine: &engine::EngineHandle) -> Vec<GenerateRequest> {
         .collect()
 }
 
-fn concurrent(engine: &engine::EngineHandle, reqs: &[GenerateRequest]) -> Vec<Vec<u32>> {
+pub(crate) fn concurrent(engine: &engine::EngineHandle, reqs: &[GenerateRequest]) -> Vec<Vec<u32>> {
     let streams: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).unwrap()).collect();
     streams
         .into_iter()

@@ -1,8 +1,9 @@
 //! The tensor-ops attention path (what CUDA runs), on the CPU through the whole engine: concurrent requests
 //! with chunked prefills mixed into decode steps give (nearly) the greedy tokens of the CPU kernel's solo runs.
 
-use engine::{AttentionPath, Device, Event, GenerateRequest};
+use engine::{AttentionPath, Device, GenerateRequest};
 
+use crate::batching::concurrent;
 use crate::{chat_prompts, chat_tokens, collect, engine, SMOLLM2};
 
 #[test]
@@ -19,20 +20,7 @@ fn tensor_ops_engine_matches_the_kernel_on_concurrent_chats() {
         c.max_batch_tokens = 48;
     });
     assert_eq!((ops.info().device, ops.info().attention), (Device::Cpu, AttentionPath::TensorOps));
-    let streams: Vec<_> = reqs.iter().map(|r| ops.submit(r.clone()).unwrap()).collect();
-    let batched: Vec<Vec<u32>> = streams
-        .into_iter()
-        .map(|mut s| {
-            let mut ids = Vec::new();
-            loop {
-                match s.blocking_next().unwrap() {
-                    Event::Token(t) => ids.push(t.token_id),
-                    Event::Finished(_) => return ids,
-                    Event::Error(e) => panic!("{e}"),
-                }
-            }
-        })
-        .collect();
+    let batched = concurrent(&ops, &reqs);
     // Not bit-identical (see models/tests/it/attention_ops.rs): SmolLM2's greedy output parts at the first
     // near-tie. Here 5 of the 8 answers agree in full and every one in its first 7 tokens.
     let prefixes: Vec<usize> = batched.iter().zip(&solo).map(|(b, s)| b.iter().zip(s).take_while(|(x, y)| x == y).count()).collect();
