@@ -9,20 +9,24 @@
 //! So it computes candle's numbers bit for bit, and each row rounds the same whatever else is in the batch.
 //! Each weight block is read once per step and unpacked once for up to four rows.
 //!
-//! [`q8_0_matmul`] does the same for Q8_0 matrices where candle uses its row-by-row AVX path (shapes its
+//! [`Q8_0x8`] does the same for Q8_0 matrices where candle uses its row-by-row AVX path (shapes its
 //! repacked kernel does not take, such as SmolLM2's tied 49152 × 576 output projection), bit for bit: the same
-//! per-block `fma` into eight float lanes and the same final horizontal sum, with the weights read once per
-//! step.
+//! per-block `fma` into eight float lanes per column and the same final horizontal sum, with the weights read
+//! once per step.
 //!
 //! [`q6k_matmul_rows`] reproduces candle's one-row Q6_K path (`vec_dot_q6k_q8k`, AVX2) for several rows at
 //! once: the reference decodes one row at a time, so decode rows must round that way, but reading the weights
 //! once for all of them is what makes a batch cheap.
 
-use candle_core::quantized::k_quants::{BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ8K, BlockQ8_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
+
+mod q8_0;
+
+pub use q8_0::Q8_0x8;
 
 /// candle's `BlockQ8_1`, mirrored (36 bytes).
 #[repr(C)]
@@ -34,65 +38,6 @@ struct Q8_1 {
 
 const _: () = assert!(std::mem::size_of::<Q8_1>() == 36);
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
-
-/// candle's `BlockQ8_0`, mirrored (34 bytes).
-#[repr(C)]
-struct Q8_0 {
-    d: f16,
-    qs: [i8; 32],
-}
-
-const _: () = assert!(std::mem::size_of::<Q8_0>() == 34 && std::mem::size_of::<BlockQ8_0>() == 34);
-
-/// `x` (`[m, k]`) times the transpose of the Q8_0 matrix `w` (`[n, k]`), where candle would take its
-/// row-by-row AVX path; `None` otherwise (candle's repacked kernel, which rounds differently, then runs).
-pub fn q8_0_matmul(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Tensor>> {
-    if w.dtype() != GgmlDType::Q8_0 || !matches!(w.device(), Device::Cpu) || !matches!(x.device(), Device::Cpu) {
-        return Ok(None);
-    }
-    let (n, k) = w.shape().dims2()?;
-    let (m, xk) = x.dims2()?;
-    // candle repacks Q8_0 when k is a multiple of 256 and n of 16 (on CPUs with VNNI); leave those to it.
-    if xk != k || k % 32 != 0 || m == 0 || (k % 256 == 0 && n % 16 == 0) || !cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")) {
-        return Ok(None);
-    }
-    let nb = k / 32;
-    let data = w.data()?;
-    if data.len() != n * nb * 34 || data.as_ptr() as usize % std::mem::align_of::<Q8_0>() != 0 {
-        return Ok(None);
-    }
-    // SAFETY: candle's `Vec<BlockQ8_0>` storage, same `repr(C)` layout, alignment checked above.
-    let weights: &[Q8_0] = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const Q8_0, n * nb) };
-    let x = x.contiguous()?;
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let mut lhs = vec![BlockQ8_0::zeros(); m * nb];
-    for (row, blocks) in xs.chunks_exact(k).zip(lhs.chunks_exact_mut(nb)) {
-        BlockQ8_0::from_float(row, blocks);
-    }
-    // SAFETY: same layout and size.
-    let lhs: &[Q8_0] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8_0, m * nb) };
-    let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
-    let mut out_t = vec![0f32; n * m];
-    out_t.par_chunks_mut(4 * m).enumerate().with_min_len(4).for_each(|(group, out)| {
-        let cols = out.len() / m;
-        let w = &weights[group * 4 * nb..(group * 4 + cols) * nb];
-        for r in 0..m {
-            let (ys, yd) = (&lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
-            let mut c = 0;
-            while c + 4 <= cols {
-                let d = q8_0_dot4(&w[c * nb..(c + 4) * nb], nb, ys, yd);
-                for i in 0..4 {
-                    out[(c + i) * m + r] = d[i];
-                }
-                c += 4;
-            }
-            for c in c..cols {
-                out[c * m + r] = q8_0_dot(&w[c * nb..(c + 1) * nb], ys, yd);
-            }
-        }
-    });
-    Ok(Some(Tensor::from_vec(out_t, (n, m), &Device::Cpu)?.t()?.contiguous()?))
-}
 
 /// candle's `BlockQ6K`, mirrored (210 bytes).
 #[repr(C)]
@@ -242,62 +187,6 @@ fn hsum_float_8(x: std::arch::x86_64::__m256) -> f32 {
         let res = _mm_add_ss(res, _mm_movehdup_ps(res));
         _mm_cvtss_f32(res)
     }
-}
-
-/// candle's `vec_dot_q8_0_q8_0` (AVX2), operation for operation.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-#[inline(always)]
-fn q8_0_dot(xs: &[Q8_0], ys: &[Q8_0], yd: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX2 and FMA at compile time; each load reads exactly one block's 32 quants.
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for ((x, y), &dy) in xs.iter().zip(ys).zip(yd) {
-            let d = _mm256_set1_ps(x.d.to_f32() * dy);
-            let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            let ax = _mm256_sign_epi8(bx, bx);
-            let sy = _mm256_sign_epi8(by, bx);
-            let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy)));
-            acc = _mm256_fmadd_ps(d, q, acc);
-        }
-        hsum_float_8(acc)
-    }
-}
-
-/// [`q8_0_dot`] of four consecutive columns (`xs`: four runs of `nb` blocks) with one row, their chains
-/// interleaved; each column's result is bit-identical to `q8_0_dot` alone.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-#[inline(always)]
-fn q8_0_dot4(xs: &[Q8_0], nb: usize, ys: &[Q8_0], yd: &[f32]) -> [f32; 4] {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX2 and FMA at compile time; each load reads exactly one block's 32 quants.
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (b, (y, &dy)) in ys.iter().zip(yd).enumerate() {
-            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            for (c, acc) in acc.iter_mut().enumerate() {
-                let x = &xs[c * nb + b];
-                let d = _mm256_set1_ps(x.d.to_f32() * dy);
-                let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-                let ax = _mm256_sign_epi8(bx, bx);
-                let sy = _mm256_sign_epi8(by, bx);
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy)));
-                *acc = _mm256_fmadd_ps(d, q, *acc);
-            }
-        }
-        acc.map(hsum_float_8)
-    }
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn q8_0_dot4(_: &[Q8_0], _: usize, _: &[Q8_0], _: &[f32]) -> [f32; 4] {
-    unreachable!("q8_0_matmul declines without AVX2 and FMA")
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn q8_0_dot(_: &[Q8_0], _: &[Q8_0], _: &[f32]) -> f32 {
-    unreachable!("q8_0_matmul declines without AVX2 and FMA")
 }
 
 /// A Q4_1 weight matrix (`[n, k]`, one row per output column) repacked for the CPU: eight output columns
@@ -553,22 +442,6 @@ mod tests {
             let theirs = qm.forward(&x.narrow(0, r, 1).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mine = ours.narrow(0, r, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(mine.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "row {r}");
-        }
-    }
-
-    #[test]
-    fn q8_0_matmul_is_bit_identical_to_candle() {
-        let dev = Device::Cpu;
-        let (n, k) = (51, 288);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
-        let w = std::sync::Arc::new(QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q8_0).unwrap());
-        let qm = candle_core::quantized::QMatMul::from_arc(w.clone()).unwrap();
-        for m in [1usize, 3, 8] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
-            let x = Tensor::from_vec(x, (m, k), &dev).unwrap();
-            let ours = q8_0_matmul(&x, &w).unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let theirs = qm.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "m = {m}");
         }
     }
 

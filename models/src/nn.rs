@@ -14,12 +14,14 @@ pub struct Linear {
     span: tracing::Span,
 }
 
-/// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU is repacked once, at load, for our kernel (and
-/// the `QTensor` dropped, unless something else shares it); everything else stays candle's.
+/// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU, and a Q8_0 one of a shape candle does not
+/// repack, is repacked once, at load, for our kernels (and the `QTensor` dropped, unless something else shares
+/// it); everything else stays candle's.
 #[derive(Debug, Clone)]
 enum Weight {
     Candle(QMatMul),
     Q4_1(std::sync::Arc<crate::kernels::Q4_1x8>),
+    Q8_0(std::sync::Arc<crate::kernels::Q8_0x8>),
 }
 
 impl Linear {
@@ -31,13 +33,18 @@ impl Linear {
     }
 
     /// Wrap an already-loaded weight (the tied output projection reuses the embedding). A Q4_1 weight on the
-    /// CPU is repacked here for [`crate::kernels::Q4_1x8`]; a tied Q4_1 table is then held twice (the
-    /// embedding keeps the `QTensor` for its row lookups).
+    /// CPU is repacked here for [`crate::kernels::Q4_1x8`], a Q8_0 one for [`crate::kernels::Q8_0x8`] where
+    /// that applies; a tied table repacked so is then held twice (the embedding keeps the `QTensor` for its
+    /// row lookups).
     pub fn new(weight: QMatMul, bias: Option<Tensor>, name: &str) -> Self {
         let span = tracing::trace_span!("linear", name = name.to_string());
         let weight = match &weight {
             QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4_1 && t.device().is_cpu() => match crate::kernels::Q4_1x8::new(t) {
                 Ok(w) => Weight::Q4_1(std::sync::Arc::new(w)),
+                Err(_) => Weight::Candle(weight),
+            },
+            QMatMul::QTensor(t) if crate::kernels::Q8_0x8::takes(t) => match crate::kernels::Q8_0x8::new(t) {
+                Ok(w) => Weight::Q8_0(std::sync::Arc::new(w)),
                 Err(_) => Weight::Candle(weight),
             },
             _ => Weight::Candle(weight),
@@ -55,6 +62,7 @@ impl Linear {
             Weight::Candle(QMatMul::QTensor(t)) => t.shape().dims2().unwrap_or((0, 0)),
             Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims2().unwrap_or((0, 0)),
             Weight::Q4_1(w) => w.shape(),
+            Weight::Q8_0(w) => w.shape(),
         }
     }
 
@@ -71,13 +79,9 @@ impl Linear {
         let _enter = self.span.enter();
         let weight = match &self.weight {
             Weight::Q4_1(w) => return self.add_bias(w.matmul(x)?),
+            Weight::Q8_0(w) => return self.add_bias(w.matmul(x)?),
             Weight::Candle(weight) => weight,
         };
-        if let QMatMul::QTensor(t) = weight {
-            if let Some(y) = crate::kernels::q8_0_matmul(x, t)? {
-                return self.add_bias(y);
-            }
-        }
         let y = match (rows, weight) {
             // Only the CPU reference rounds by row count; other devices run one plain matmul.
             (Some(rows), QMatMul::QTensor(t)) if t.dtype() == GgmlDType::Q6K && rows.mixed() && x.device().is_cpu() => {

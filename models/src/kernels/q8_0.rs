@@ -1,0 +1,223 @@
+//! [`Q8_0x8`]: a Q8_0 matrix repacked at load, eight output columns per block group, for the shapes where
+//! candle runs its row-by-row AVX dot product (`vec_dot_q8_0_q8_0`), such as SmolLM2's tied 49152 × 576 output
+//! projection.
+//!
+//! candle's dot product keeps eight float lanes per column, one `fma` per block, `acc += (dx·dy) · sumi`,
+//! where lane `l` of `sumi` is the exact integer sum of quants `4l..4l + 4`, and adds the lanes up at the end.
+//! That shape cannot change without changing the result's last bits, so the gain comes from around it: the
+//! eight columns' f16 scales convert with one instruction and multiply with `dy` as one vector, each column's
+//! scale is then one lane permute away, and every quant load is 32-byte aligned.
+
+use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+/// A Q8_0 weight matrix (`[n, k]`, one row per output column) repacked for the CPU, built once at load by
+/// [`Q8_0x8::new`] and used instead of the `QTensor` by [`Q8_0x8::matmul`].
+///
+/// Columns `8g..8g + 8` form group `g`; entry `g * nb + b` of `d` and `qs` holds block `b` (values
+/// `32b..32b + 32`) of those eight columns, padded with zero columns past `n`. It takes the same 34 bytes per
+/// 32 weights as the `QTensor`.
+pub struct Q8_0x8 {
+    /// Output columns (rows of the weight matrix).
+    n: usize,
+    /// Input features, a multiple of 32.
+    k: usize,
+    /// The eight columns' block scales.
+    d: Vec<[f16; 8]>,
+    /// The eight columns' 32 quants each, column after column.
+    qs: Vec<Quants8>,
+}
+
+/// candle's `BlockQ8_0` (its fields are private), mirrored: 34 bytes.
+#[repr(C)]
+struct Q8_0 {
+    d: f16,
+    qs: [i8; 32],
+}
+
+const _: () = assert!(std::mem::size_of::<Q8_0>() == 34 && std::mem::size_of::<BlockQ8_0>() == 34);
+
+/// Block `b` of eight columns: column `c`'s 32 quants at bytes `32c..32c + 32`.
+#[repr(C, align(32))]
+#[derive(Clone, Copy)]
+struct Quants8([[i8; 32]; 8]);
+
+impl std::fmt::Debug for Q8_0x8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Q8_0x8").field("n", &self.n).field("k", &self.k).finish_non_exhaustive()
+    }
+}
+
+impl Q8_0x8 {
+    /// Whether candle's own matmul for a Q8_0 `[n, k]` matrix is the row-by-row dot product this type
+    /// reproduces: candle repacks Q8_0 when `k` is a multiple of 256 and `n` of 16 on CPUs with VNNI, and
+    /// rounds differently there, so those shapes are left to it (on CPUs without VNNI that costs speed only).
+    pub fn takes(w: &QTensor) -> bool {
+        match w.shape().dims2() {
+            Ok((n, k)) => {
+                w.dtype() == GgmlDType::Q8_0 && w.device().is_cpu() && k > 0 && k % 32 == 0 && !(k % 256 == 0 && n % 16 == 0) && KERNEL
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Repack a Q8_0 `QTensor` of shape `[n, k]`; an error for any other type or rank.
+    pub fn new(w: &QTensor) -> candle_core::Result<Self> {
+        if w.dtype() != GgmlDType::Q8_0 {
+            candle_core::bail!("Q8_0x8::new: a {:?} tensor, not Q8_0", w.dtype());
+        }
+        let (n, k) = w.shape().dims2()?;
+        let nb = k / 32;
+        let data = w.data()?;
+        if k == 0 || k % 32 != 0 || data.len() != n * nb * 34 {
+            candle_core::bail!("Q8_0x8::new: {} bytes for a [{n}, {k}] Q8_0 matrix", data.len());
+        }
+        let groups = n.div_ceil(8);
+        let mut d = vec![[f16::ZERO; 8]; groups * nb];
+        let mut qs = vec![Quants8([[0; 32]; 8]); groups * nb];
+        // candle's `BlockQ8_0` is `repr(C)`: d (f16), qs ([i8; 32]); 34 bytes, little-endian.
+        for (col, column) in data.chunks_exact(nb * 34).enumerate() {
+            let (g, c) = (col / 8, col % 8);
+            for (b, src) in column.chunks_exact(34).enumerate() {
+                d[g * nb + b][c] = f16::from_le_bytes([src[0], src[1]]);
+                for (q, &byte) in qs[g * nb + b].0[c].iter_mut().zip(&src[2..]) {
+                    *q = byte as i8;
+                }
+            }
+        }
+        Ok(Self { n, k, d, qs })
+    }
+
+    /// The weight's shape, `(n, k)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`, bit-identical to candle's
+    /// row-by-row path: the activations are quantized by candle's `BlockQ8_0::from_float`, and each row's
+    /// arithmetic is the same whatever the other rows and their number.
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, k, nb) = (self.n, self.k, self.k / 32);
+        let (m, xk) = x.dims2()?;
+        if xk != k || !matches!(x.device(), Device::Cpu) {
+            candle_core::bail!("Q8_0x8::matmul: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU", x.device());
+        }
+        if m == 0 {
+            return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
+        }
+        let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut lhs = vec![BlockQ8_0::zeros(); m * nb];
+        for (row, blocks) in xs.chunks_exact(k).zip(lhs.chunks_exact_mut(nb)) {
+            BlockQ8_0::from_float(row, blocks);
+        }
+        // SAFETY: the same `repr(C)` layout and size, checked at compile time above, so the same alignment.
+        let lhs: &[Q8_0] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8_0, lhs.len()) };
+        let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
+        // One group of eight columns (all rows) per work item, `lanes[g * m + r]`, then gathered row by row.
+        let mut lanes = vec![[0f32; 8]; self.d.len() / nb * m];
+        lanes.par_chunks_mut(m).zip(self.d.par_chunks(nb).zip(self.qs.par_chunks(nb))).with_min_len(8).for_each(
+            |(out, (d, qs))| {
+                for (r, out) in out.iter_mut().enumerate() {
+                    *out = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
+                }
+            },
+        );
+        let mut y = Vec::with_capacity(m * n);
+        for r in 0..m {
+            for (g, group) in lanes.chunks_exact(m).enumerate() {
+                y.extend_from_slice(&group[r][..(n - 8 * g).min(8)]);
+            }
+        }
+        Tensor::from_vec(y, (m, n), &Device::Cpu)
+    }
+}
+
+/// Whether [`group`] has its vector body in this build.
+const KERNEL: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
+
+/// One row (`ys`, its blocks' scales `yd`) against one group of eight columns: candle's `vec_dot_q8_0_q8_0`
+/// for each column, operation for operation.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[inline(always)]
+fn group(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32]) -> [f32; 8] {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2, FMA and F16C at compile time (cfg above); each load reads 16 bytes of one `[f16; 8]`, 32
+    // aligned bytes of one `Quants8` column or one Q8_0 block's 32 quants.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for ((d, qs), (y, &dy)) in d.iter().zip(qs).zip(ys.iter().zip(yd)) {
+            // Lane c: column c's `dx·dy`, the product candle broadcasts.
+            let scales = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i)), _mm256_set1_ps(dy));
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let bx = _mm256_load_si256(qs.0[c].as_ptr() as *const __m256i);
+                let ax = _mm256_sign_epi8(bx, bx);
+                let sy = _mm256_sign_epi8(by, bx);
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
+                let scale = _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(c as i32));
+                *acc = _mm256_fmadd_ps(scale, q, *acc);
+            }
+        }
+        acc.map(super::hsum_float_8)
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+fn group(_: &[[f16; 8]], _: &[Quants8], _: &[Q8_0], _: &[f32]) -> [f32; 8] {
+    unreachable!("Q8_0x8::takes declines without AVX2, FMA and F16C")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Module;
+
+    fn case(n: usize, k: usize, m: usize) -> (std::sync::Arc<QTensor>, Tensor) {
+        let dev = Device::Cpu;
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+        let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q8_0).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+        (std::sync::Arc::new(w), Tensor::from_vec(x, (m, k), &dev).unwrap())
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect()
+    }
+
+    #[test]
+    fn matmul_is_bit_identical_to_candle() {
+        // 51 columns: six full groups and a tail of three.
+        let (n, k) = (51, 288);
+        for m in [1usize, 3, 8] {
+            let (w, x) = case(n, k, m);
+            assert!(Q8_0x8::takes(&w));
+            let ours = Q8_0x8::new(&w).unwrap().matmul(&x).unwrap();
+            let theirs = candle_core::quantized::QMatMul::from_arc(w).unwrap().forward(&x).unwrap();
+            assert_eq!(bits(&ours), bits(&theirs), "m = {m}");
+        }
+    }
+
+    #[test]
+    fn rows_round_alike_in_any_batch() {
+        let (n, k, m) = (51, 288, 9);
+        let (w, x) = case(n, k, m);
+        let w = Q8_0x8::new(&w).unwrap();
+        let all = bits(&w.matmul(&x).unwrap());
+        for r in 0..m {
+            assert_eq!(all[r * n..(r + 1) * n], bits(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap()), "row {r}");
+        }
+    }
+
+    #[test]
+    fn declines_what_candle_repacks_and_other_types() {
+        let (w, _) = case(32, 512, 1);
+        assert!(!Q8_0x8::takes(&w));
+        let q4 = QTensor::quantize(&Tensor::zeros((8, 64), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q4_0).unwrap();
+        assert!(!Q8_0x8::takes(&q4));
+        assert!(Q8_0x8::new(&q4).is_err());
+    }
+}
