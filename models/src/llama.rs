@@ -137,10 +137,10 @@ impl Model {
             None
         };
         let rotary = Rotary::new(cfg.head_dim, cfg.rope_freq_base, cfg.context_length, RopeStyle::Interleaved, freq_factors.as_deref(), gguf.device())?;
-        let embedding = Embedding::load(gguf, vocab, hidden)?;
+        let mut embedding = Embedding::load(gguf, vocab, hidden)?;
         let blocks = (0..cfg.block_count).map(|i| Block::load(gguf, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
         let output_norm = RmsNorm::load(gguf, "output_norm", hidden, cfg.rms_norm_eps)?;
-        let output = output_projection(gguf, &embedding, vocab, hidden)?;
+        let output = output_projection(gguf, &mut embedding, vocab, hidden)?;
         let spec = ModelSpec {
             architecture: Architecture::Llama,
             architecture_name: arch,

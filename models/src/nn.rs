@@ -306,26 +306,35 @@ impl Mlp {
 /// The token embedding table, kept quantized; rows are dequantized on lookup.
 #[derive(Debug)]
 pub struct Embedding {
-    table: std::sync::Arc<QTensor>,
+    table: Table,
     span: tracing::Span,
+}
+
+/// Where the embedding rows come from: the loaded `QTensor`, or the tied output projection's Q8_0 repack (the
+/// `QTensor` is then dropped, so the table is held once).
+#[derive(Debug)]
+enum Table {
+    Candle(std::sync::Arc<QTensor>),
+    Q8_0(std::sync::Arc<crate::kernels::Q8_0x8>),
 }
 
 impl Embedding {
     /// Load `token_embd.weight` of shape `[vocab, hidden]`.
     pub fn load(gguf: &mut Gguf, vocab: usize, hidden: usize) -> Result<Self, ModelError> {
         let table = gguf.tensor("token_embd.weight", Some(&[vocab, hidden]))?;
-        Ok(Self { table: std::sync::Arc::new(table), span: tracing::trace_span!("embedding") })
-    }
-
-    /// The quantized table, shared with a tied output projection.
-    pub fn table(&self) -> std::sync::Arc<QTensor> {
-        self.table.clone()
+        Ok(Self { table: Table::Candle(std::sync::Arc::new(table)), span: tracing::trace_span!("embedding") })
     }
 
     /// `ids`: `[tokens]` u32 → `[tokens, hidden]` f32.
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        self.table.embedding(ids)
+        match &self.table {
+            Table::Candle(t) => t.embedding(ids),
+            Table::Q8_0(w) => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                Tensor::from_vec(w.rows(&ids)?, (ids.len(), w.shape().1), &candle_core::Device::Cpu)
+            }
+        }
     }
 }
 
@@ -338,13 +347,22 @@ pub fn embedding_shape(gguf: &Gguf) -> Result<(usize, usize), ModelError> {
 }
 
 /// The output projection: `output.weight` when present, else the embedding table (tied embeddings, as in
-/// SmolLM2 and the small Qwen models).
-pub fn output_projection(gguf: &mut Gguf, embedding: &Embedding, vocab: usize, hidden: usize) -> Result<Linear, ModelError> {
+/// SmolLM2 and the small Qwen models). A tied table that the projection repacks (Q8_0) then serves the
+/// embedding's lookups too.
+pub fn output_projection(gguf: &mut Gguf, embedding: &mut Embedding, vocab: usize, hidden: usize) -> Result<Linear, ModelError> {
     if gguf.has_tensor("output.weight") {
-        Linear::load(gguf, "output", vocab, hidden, false)
-    } else {
-        Ok(Linear::new(QMatMul::from_arc(embedding.table())?, None, "output(tied)"))
+        return Linear::load(gguf, "output", vocab, hidden, false);
     }
+    let name = "output(tied)";
+    let table = match &embedding.table {
+        Table::Candle(table) => table.clone(),
+        Table::Q8_0(w) => return Ok(Linear { weight: Weight::Q8_0(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
+    };
+    let output = Linear::new(QMatMul::from_arc(table)?, None, name);
+    if let Weight::Q8_0(w) = &output.weight {
+        embedding.table = Table::Q8_0(w.clone());
+    }
+    Ok(output)
 }
 
 /// Per-step tensors every architecture needs: token ids, rotary tables at each token's position, and the

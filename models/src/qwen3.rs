@@ -88,10 +88,10 @@ impl Model {
             return Err(ModelError::Shape { name: "token_embd.weight".into(), expected: vec![vocab, cfg.embedding_length], actual: vec![vocab, hidden] });
         }
         let rotary = Rotary::new(cfg.head_dim, cfg.rope_freq_base, cfg.context_length, RopeStyle::Neox, None, gguf.device())?;
-        let embedding = Embedding::load(gguf, vocab, hidden)?;
+        let mut embedding = Embedding::load(gguf, vocab, hidden)?;
         let blocks = (0..cfg.block_count).map(|i| Block::load(gguf, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
         let output_norm = RmsNorm::load(gguf, "output_norm", hidden, cfg.rms_norm_eps)?;
-        let output = output_projection(gguf, &embedding, vocab, hidden)?;
+        let output = output_projection(gguf, &mut embedding, vocab, hidden)?;
         let spec = ModelSpec {
             architecture: Architecture::Qwen3,
             architecture_name: "qwen3".into(),

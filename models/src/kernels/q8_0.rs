@@ -96,6 +96,25 @@ impl Q8_0x8 {
         (self.n, self.k)
     }
 
+    /// Columns `ids` of the matrix, dequantized (`[ids.len(), k]`, row-major), as candle's Q8_0 embedding lookup
+    /// computes them: each quant times its block's scale. An id past `n` is an error.
+    pub fn rows(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let nb = self.k / 32;
+        let mut out = Vec::with_capacity(ids.len() * self.k);
+        for &id in ids {
+            let col = id as usize;
+            if col >= self.n {
+                candle_core::bail!("Q8_0x8::rows: id {id} past the {} rows of the table", self.n);
+            }
+            let (g, c) = (col / 8, col % 8);
+            for b in 0..nb {
+                let d = self.d[g * nb + b][c].to_f32();
+                out.extend(self.qs[g * nb + b].0[c].iter().map(|&q| q as f32 * d));
+            }
+        }
+        Ok(out)
+    }
+
     /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`, bit-identical to candle's
     /// row-by-row path: the activations are quantized by candle's `BlockQ8_0::from_float`, and each row's
     /// arithmetic is the same whatever the other rows and their number.
@@ -210,6 +229,16 @@ mod tests {
         for r in 0..m {
             assert_eq!(all[r * n..(r + 1) * n], bits(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap()), "row {r}");
         }
+    }
+
+    #[test]
+    fn rows_are_candles_embedding_lookup() {
+        let (w, _) = case(51, 288, 1);
+        let ids = [0u32, 50, 7, 8, 7];
+        let theirs = w.embedding(&Tensor::new(&ids, &Device::Cpu).unwrap()).unwrap();
+        let ours = Q8_0x8::new(&w).unwrap().rows(&ids).unwrap();
+        assert_eq!(ours.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), bits(&theirs));
+        assert!(Q8_0x8::new(&w).unwrap().rows(&[51]).is_err());
     }
 
     #[test]
