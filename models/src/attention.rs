@@ -108,18 +108,16 @@ pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'
         for e in scores.iter_mut() {
             *e /= sum;
         }
-        // Output: one sequential FMA chain over positions per dimension, 32 dimensions at a time in registers.
+        // Output: one sequential FMA chain over positions per dimension, 64 (or 32) dimensions at a time in
+        // registers, so that eight (or four) independent vector chains hide the FMA latency.
+        let value_at = |j: usize, d0: usize| cache.block_offset(table[j / bs] as usize, kvh) + (j % bs) * dim + d0;
         let mut d0 = 0;
+        while d0 + 64 <= dim {
+            out[d0..d0 + 64].copy_from_slice(&weighted_values::<64>(scores, &kv.v, |j| value_at(j, d0)));
+            d0 += 64;
+        }
         while d0 + 32 <= dim {
-            let mut o = [0f32; 32];
-            for (j, &w) in scores.iter().enumerate() {
-                let at = cache.block_offset(table[j / bs] as usize, kvh) + (j % bs) * dim + d0;
-                let values: &[f32; 32] = kv.v[at..at + 32].try_into().expect("32 values");
-                for i in 0..32 {
-                    o[i] = w.mul_add(values[i], o[i]);
-                }
-            }
-            out[d0..d0 + 32].copy_from_slice(&o);
+            out[d0..d0 + 32].copy_from_slice(&weighted_values::<32>(scores, &kv.v, |j| value_at(j, d0)));
             d0 += 32;
         }
         for d in d0..dim {
@@ -131,6 +129,21 @@ pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'
         }
     });
     out
+}
+
+/// `Σ_j w_j v_j` over `W` consecutive dimensions, each one sequential FMA chain over positions `j` (as gemm
+/// runs `weights × values`); `at(j)` is where position `j`'s first value of these dimensions sits in `values`.
+#[inline(always)]
+fn weighted_values<const W: usize>(weights: &[f32], values: &[f32], at: impl Fn(usize) -> usize) -> [f32; W] {
+    let mut o = [0f32; W];
+    for (j, &w) in weights.iter().enumerate() {
+        let at = at(j);
+        let v: &[f32; W] = values[at..at + W].try_into().expect("W values");
+        for i in 0..W {
+            o[i] = w.mul_add(v[i], o[i]);
+        }
+    }
+    o
 }
 
 /// Per-thread buffers of the attention kernel.

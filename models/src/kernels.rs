@@ -308,8 +308,16 @@ impl Lhs {
     fn quantize(xs: &[f32], k: usize) -> Self {
         let nb = k / 32;
         let mut blocks = vec![BlockQ8_1::zeros(); xs.len() / 32];
-        for (row, blocks) in xs.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
-            BlockQ8_1::from_float(row, blocks);
+        if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")) {
+            // SAFETY: same `repr(C)` layout and size (checked at compile time above), so the same alignment.
+            let q8: &mut [Q8_1] = unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut Q8_1, blocks.len()) };
+            for (x, y) in xs.chunks_exact(32).zip(q8) {
+                quantize_q8_1(x.try_into().expect("32 values"), y);
+            }
+        } else {
+            for (row, blocks) in xs.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
+                BlockQ8_1::from_float(row, blocks);
+            }
         }
         let mut lhs = Self { blocks, nb, d: Vec::new(), s: Vec::new() };
         lhs.d = lhs.q8().iter().map(|b| b.d.to_f32()).collect();
@@ -322,6 +330,56 @@ impl Lhs {
         // SAFETY: same `repr(C)` layout and size (checked at compile time above), so the same alignment.
         unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const Q8_1, self.blocks.len()) }
     }
+}
+
+/// candle's `BlockQ8_1::from_float` for one block, bit for bit, in AVX2: `d = amax / 127`, each quant
+/// `round(x · (1 / d))` with ties away from zero (as `f32::round`; a NaN product gives 0, as `as i8` does),
+/// `s = f16(Σ q) · d` in f16 arithmetic.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[inline(always)]
+fn quantize_q8_1(xs: &[f32; 32], y: &mut Q8_1) {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 at compile time (cfg above); the loads read the 32 values of `xs`, the store writes the 32
+    // bytes of `y.qs`.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xs.as_ptr().add(8 * i)));
+        // `max_ps(a, b)` returns `b` when `a` is NaN, as `f32::max` skips a NaN.
+        let mut m = _mm256_setzero_ps();
+        for v in v {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        y.d = f16::from_f32(d);
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let q: [__m256i; 4] = std::array::from_fn(|i| {
+            let p = _mm256_mul_ps(v[i], id);
+            let t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            // |p - trunc(p)| is exact; at 0.5 or more, step one away from zero.
+            let away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half, _CMP_GE_OQ);
+            let r = _mm256_add_ps(t, _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(p, sign), one)));
+            let r = _mm256_andnot_ps(_mm256_cmp_ps(p, p, _CMP_UNORD_Q), r);
+            _mm256_cvttps_epi32(r)
+        });
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        let sum = _mm_add_epi32(sum, _mm_unpackhi_epi64(sum, sum));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 1)));
+        // Values are within ±127, so the saturating packs are exact; the permute undoes their lane interleave.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(y.qs.as_mut_ptr() as *mut __m256i, bytes);
+        y.s = f16::from_f32(sum as f32) * y.d;
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+fn quantize_q8_1(_: &[f32; 32], _: &mut Q8_1) {
+    unreachable!("Lhs::quantize takes candle's path without AVX2")
 }
 
 /// Rows handled together per pass over a group's blocks: each block is unpacked once per pass.
@@ -486,6 +544,27 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&all[r * n..(r + 1) * n]), bits(&alone), "row {r} of {m}");
             assert_eq!(bits(&rev[(m - 1 - r) * n..(m - r) * n]), bits(&alone), "row {r}, reversed");
+        }
+    }
+
+    #[test]
+    fn q8_1_quantization_is_candles() {
+        // Ties (x · id lands on k + 0.5), zeros, a zero block, signs, a NaN and an infinity, large and tiny values.
+        let mut xs: Vec<f32> = (0..32 * 64).map(|i| ((i * 104729 % 9973) as f32 / 9973.0 - 0.5) * 10f32.powi((i % 7) as i32 - 3)).collect();
+        for (i, x) in xs[..32].iter_mut().enumerate() {
+            // amax 127 makes `id` exactly 1, so every other value is a tie.
+            *x = if i == 31 { 127.0 } else { i as f32 - 15.5 };
+        }
+        xs[64..96].fill(0.0);
+        xs[100] = f32::NAN;
+        xs[140] = f32::INFINITY;
+        xs[170] = -0.0;
+        let mut theirs = vec![BlockQ8_1::zeros(); xs.len() / 32];
+        BlockQ8_1::from_float(&xs, &mut theirs);
+        let ours = Lhs::quantize(&xs, 64);
+        let bytes = |b: &[BlockQ8_1]| unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, b.len() * 36).to_vec() };
+        for (i, (a, b)) in bytes(&ours.blocks).chunks(36).zip(bytes(&theirs).chunks(36)).enumerate() {
+            assert_eq!(a, b, "block {i}");
         }
     }
 
