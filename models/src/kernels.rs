@@ -24,6 +24,9 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+mod q4k;
+pub use q4k::Q4Kx16;
+
 /// candle's `BlockQ8_1`, mirrored (36 bytes).
 #[repr(C)]
 struct Q8_1 {

@@ -1,0 +1,615 @@
+//! Q4_K matmul over a compact repacked layout, bit-identical to candle's x86 repacked kernel.
+//!
+//! candle 0.11 repacks a Q4_K matrix into `TileQ4K`s that store each subblock's scale and minimum as f32:
+//! 192 bytes per 256 weights of a column instead of the GGUF block's 144, and decode (one row, memory-bound)
+//! reads all of them every step. [`Q4Kx16`] keeps the GGUF bytes (144 per column and superblock: f16 `d` and
+//! `dmin`, the twelve packed 6-bit scale bytes, 128 bytes of nibbles), only rearranged so that sixteen output
+//! columns sit side by side, one per 32-bit lane of a 512-bit register (or eight per 256-bit half). The
+//! 6-bit scales are unpacked in registers, sixteen columns at a time, and each column's float arithmetic is
+//! candle's, in candle's order, so the results are the same bits.
+
+use std::sync::OnceLock;
+
+use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+use super::Q8K;
+
+/// Output columns per repacked block: candle's `TILE_N`, and the lanes of a 512-bit register.
+const COLS: usize = 16;
+
+/// Values per superblock (`QK_K`).
+const QK: usize = 256;
+
+/// Bytes of one GGUF `BlockQ4K`: `d`, `dmin` (f16), 12 scale bytes, 128 quant bytes.
+const GGUF_BLOCK: usize = 144;
+
+/// A Q4_K weight matrix (`[n, k]`, one row per output column) repacked for the CPU, built once at load by
+/// [`Q4Kx16::new`] and used instead of the `QTensor` by [`Q4Kx16::matmul`].
+///
+/// Columns `16j..16j + 16` form column block `j`; entry `j * nb + b` of `blocks` holds superblock `b`
+/// (values `256b..256b + 256`) of those sixteen columns. It takes the same 144 bytes per 256 weights of a
+/// column as the `QTensor`.
+pub struct Q4Kx16 {
+    /// Output columns (rows of the weight matrix), a multiple of 16.
+    n: usize,
+    /// Input features, a multiple of 256.
+    k: usize,
+    /// `n / 16 * (k / 256)` blocks, column-block-major.
+    blocks: Vec<Block>,
+}
+
+/// One superblock of sixteen columns, each field laid out so that one load covers all sixteen columns with
+/// column `c` in 32-bit lane `c` (or, for `d` and `dmin`, in f16 `c`).
+///
+/// - `scales[64i + 4c + j]` is byte `4i + j` of column `c`'s twelve packed 6-bit scale bytes (`i` in 0..3).
+/// - `qs[64(4s + t) + 4c + j]`, for subblock `s` (0..8), `t` in 0..4 and `j` in 0..4, holds column `c`'s
+///   value `32s + 4t + j` in its low nibble and value `32s + 16 + 4t + j` in its high nibble, so that the
+///   low nibbles of one 64-byte load meet four consecutive activations and the high nibbles the four
+///   sixteen places further on, all in subblock `s`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Block {
+    d: [f16; COLS],
+    dmin: [f16; COLS],
+    scales: [u8; 12 * COLS],
+    qs: [u8; QK / 2 * COLS],
+}
+
+const _: () = assert!(std::mem::size_of::<Block>() == GGUF_BLOCK * COLS);
+
+impl Block {
+    const ZERO: Self = Self { d: [f16::ZERO; COLS], dmin: [f16::ZERO; COLS], scales: [0; 12 * COLS], qs: [0; QK / 2 * COLS] };
+}
+
+impl std::fmt::Debug for Q4Kx16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Q4Kx16").field("n", &self.n).field("k", &self.k).finish_non_exhaustive()
+    }
+}
+
+impl Q4Kx16 {
+    /// Repack a Q4_K `QTensor` of shape `[n, k]` where candle would run its x86 repacked kernel (`n` a
+    /// multiple of 16, `k` of 256, a CPU with AVX2 and FMA); `None` elsewhere, where candle runs another
+    /// kernel that rounds differently. An error for any other type or rank, or a storage of the wrong size.
+    pub fn new(w: &QTensor) -> candle_core::Result<Option<Self>> {
+        if w.dtype() != GgmlDType::Q4K {
+            candle_core::bail!("Q4Kx16::new: a {:?} tensor, not Q4_K", w.dtype());
+        }
+        let (n, k) = w.shape().dims2()?;
+        if !matches!(w.device(), Device::Cpu) || k == 0 || k % QK != 0 || n % COLS != 0 || tier().is_none() {
+            return Ok(None);
+        }
+        let nb = k / QK;
+        let data = w.data()?;
+        if data.len() != n * nb * GGUF_BLOCK {
+            candle_core::bail!("Q4Kx16::new: {} bytes for a [{n}, {k}] Q4_K matrix", data.len());
+        }
+        let mut blocks = vec![Block::ZERO; n / COLS * nb];
+        for (col, column) in data.chunks_exact(nb * GGUF_BLOCK).enumerate() {
+            let (j, c) = (col / COLS, col % COLS);
+            for (b, src) in column.chunks_exact(GGUF_BLOCK).enumerate() {
+                repack_column(src, c, &mut blocks[j * nb + b]);
+            }
+        }
+        Ok(Some(Self { n, k, blocks }))
+    }
+
+    /// The weight's shape, `(n, k)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`.
+    ///
+    /// Bit-identical to candle's `QMatMul::forward`: the activations are quantized to Q8_K by candle's own
+    /// `BlockQ8K::from_float`, each subblock's integer sum is exact, and every column accumulates candle's
+    /// float terms in candle's order. Each row's arithmetic is the same whatever the other rows and their
+    /// number.
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, k) = (self.n, self.k);
+        let (m, xk) = x.dims2()?;
+        if xk != k || !matches!(x.device(), Device::Cpu) {
+            candle_core::bail!("Q4Kx16::matmul: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU", x.device());
+        }
+        let Some(tier) = tier() else { candle_core::bail!("Q4Kx16::matmul: this CPU lacks AVX2, FMA or F16C") };
+        if m == 0 {
+            return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
+        }
+        let lhs = Lhs::quantize(&x.contiguous()?.flatten_all()?.to_vec1::<f32>()?, k);
+        let y = self.matmul_lhs(&lhs, tier);
+        Tensor::from_vec(y, (m, n), &Device::Cpu)
+    }
+
+    /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
+    fn matmul_lhs(&self, lhs: &Lhs, tier: Tier) -> Vec<f32> {
+        let (n, nb, m) = (self.n, self.k / QK, lhs.rows);
+        let mut y = vec![0f32; m * n];
+        let out = Out { ptr: y.as_mut_ptr(), n };
+        // Column blocks handled together per work item: with few rows, two blocks give the float
+        // accumulation chains (one per row and block, in candle's fixed order) company.
+        let g = if m <= 2 { 2 } else { 1 };
+        self.blocks.par_chunks(g * nb).enumerate().for_each(|(item, w)| {
+            let col0 = item * g * COLS;
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(tier.max_rows());
+                // SAFETY: `tier()` detected this tier's CPU features; `w` holds whole column blocks of `nb`
+                // superblocks each, `lhs` has rows `r0..r0 + rows`, and the kernel writes only rows
+                // `r0..r0 + rows`, columns `col0..col0 + 16 * blocks` of `y`, which no other item touches.
+                unsafe { tier.run(w, nb, lhs, r0, rows, &out, col0) };
+                r0 += rows;
+            }
+        });
+        y
+    }
+}
+
+/// Copy one GGUF `BlockQ4K` (`src`, 144 bytes) into lane `c` of `dst`.
+fn repack_column(src: &[u8], c: usize, dst: &mut Block) {
+    dst.d[c] = f16::from_le_bytes([src[0], src[1]]);
+    dst.dmin[c] = f16::from_le_bytes([src[2], src[3]]);
+    let (scales, qs) = (&src[4..16], &src[16..144]);
+    for i in 0..3 {
+        dst.scales[64 * i + 4 * c..64 * i + 4 * c + 4].copy_from_slice(&scales[4 * i..4 * i + 4]);
+    }
+    // GGUF: byte 32h + j holds value 64h + j (low nibble) and value 64h + 32 + j (high nibble).
+    let value = |v: usize| {
+        let byte = qs[32 * (v / 64) + v % 32];
+        if v % 64 < 32 { byte & 0x0F } else { byte >> 4 }
+    };
+    for s in 0..8 {
+        for t in 0..4 {
+            for j in 0..4 {
+                let v = 32 * s + 4 * t + j;
+                dst.qs[64 * (4 * s + t) + 4 * c + j] = value(v) | (value(v + 16) << 4);
+            }
+        }
+    }
+}
+
+/// Where the kernels write: `[m, n]` row-major f32.
+struct Out {
+    ptr: *mut f32,
+    n: usize,
+}
+
+// SAFETY: the work items write disjoint parts of the buffer (their own columns), which outlives them.
+unsafe impl Sync for Out {}
+
+/// Activations quantized to Q8_K, with each subblock's minimum factor precomputed.
+struct Lhs {
+    /// `rows * nb` blocks, row-major.
+    blocks: Vec<BlockQ8K>,
+    /// Rows.
+    rows: usize,
+    /// Per block, per subblock `s`: `d * (bsums[2s] + bsums[2s + 1])`, the factor of the weight's minimum,
+    /// rounded as candle rounds it.
+    dbs: Vec<[f32; 8]>,
+}
+
+impl Lhs {
+    /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle does, row by row.
+    fn quantize(xs: &[f32], k: usize) -> Self {
+        let nb = k / QK;
+        let rows = xs.len() / k;
+        let mut blocks = vec![BlockQ8K::zeros(); rows * nb];
+        if rows == 1 {
+            BlockQ8K::from_float(xs, &mut blocks);
+        } else {
+            blocks.par_chunks_mut(nb).zip(xs.par_chunks(k)).for_each(|(blocks, row)| BlockQ8K::from_float(row, blocks));
+        }
+        let mut lhs = Self { blocks, rows, dbs: Vec::new() };
+        lhs.dbs = lhs
+            .q8()
+            .iter()
+            .map(|b| std::array::from_fn(|s| b.d * (b.bsums[2 * s] as i32 + b.bsums[2 * s + 1] as i32) as f32))
+            .collect();
+        lhs
+    }
+
+    /// The blocks through our mirror of their layout.
+    fn q8(&self) -> &[Q8K] {
+        // SAFETY: same `repr(C)` layout and size (checked at compile time in `kernels`), so the same alignment.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const Q8K, self.blocks.len()) }
+    }
+}
+
+/// The instruction sets our kernels come in. All compute the same bits; they differ in how the exact
+/// integer sums are formed and in register width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    /// 512-bit registers (sixteen columns each) and `vpdpbusd`.
+    Avx512Vnni,
+    /// 256-bit registers (eight columns each) and the VEX `vpdpbusd`.
+    AvxVnni,
+    /// 256-bit registers, `vpmaddubsw` then `vpmaddwd`.
+    Avx2,
+}
+
+/// The best tier this CPU runs, detected once; `None` without AVX2, FMA and F16C (then candle's repacked
+/// kernel does not run either, and [`Q4Kx16::new`] declines).
+fn tier() -> Option<Tier> {
+    static TIER: OnceLock<Option<Tier>> = OnceLock::new();
+    *TIER.get_or_init(|| available_tiers().first().copied())
+}
+
+/// Every tier this CPU runs, best first.
+fn available_tiers() -> Vec<Tier> {
+    let mut tiers = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                tiers.push(Tier::Avx512Vnni);
+            }
+            if has!("avxvnni") {
+                tiers.push(Tier::AvxVnni);
+            }
+            tiers.push(Tier::Avx2);
+        }
+    }
+    tiers
+}
+
+impl Tier {
+    /// Rows per kernel call: each weight block is loaded and unpacked once for that many rows.
+    fn max_rows(self) -> usize {
+        match self {
+            Tier::Avx512Vnni => 4,
+            Tier::AvxVnni | Tier::Avx2 => 2,
+        }
+    }
+
+    /// Rows `r0..r0 + rows` (at most [`Self::max_rows`]) against the column blocks in `w` (one or two, `nb`
+    /// superblocks each), written to columns `col0..` of `out`.
+    ///
+    /// # Safety
+    /// The CPU must have this tier's features, and the rows and columns must lie within `lhs` and `out`.
+    #[allow(unused_variables)]
+    unsafe fn run(self, w: &[Block], nb: usize, lhs: &Lhs, r0: usize, rows: usize, out: &Out, col0: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            macro_rules! dispatch {
+                ($kernel:ident, $($r:literal)*) => {
+                    match (rows, w.len() / nb) {
+                        $( ($r, 1) => x86::$kernel::<$r, 1>(w, nb, lhs, r0, out, col0), ($r, 2) => x86::$kernel::<$r, 2>(w, nb, lhs, r0, out, col0), )*
+                        _ => unreachable!("{rows} rows and {} blocks", w.len() / nb),
+                    }
+                };
+            }
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                match self {
+                    Tier::Avx512Vnni => dispatch!(tile_avx512, 1 2 3 4),
+                    Tier::AvxVnni => dispatch!(tile_avxvnni, 1 2),
+                    Tier::Avx2 => dispatch!(tile_avx2, 1 2),
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("no Q4_K kernel tier off x86-64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The kernels proper. Per column, they all run candle's sequence: for each superblock and subblock `s`,
+    //! `acc = fma(float(isum), scale · d_act, acc)` then `acc = -(min · d_act·bsum) + acc` (one rounding),
+    //! with `scale = d · sc` and `min = dmin · mn` exact in f32.
+
+    use super::{Block, Lhs, Out, COLS};
+    use std::arch::x86_64::*;
+
+    /// The four 32-bit lanes' worth of 6-bit fields in a column's twelve packed scale bytes `A | B | C`
+    /// (as dwords): byte `j` of `sc_lo` is subblock `j`'s scale, of `sc_hi` subblock `4 + j`'s, and likewise
+    /// for the minimums (ggml's `get_scale_min_k4`, four subblocks per dword).
+    macro_rules! unpack_scales {
+        ($and:ident, $or:ident, $srli:ident, $set1:ident, $a:expr, $b:expr, $c:expr) => {{
+            let (a, b, c) = ($a, $b, $c);
+            let (m3f, m0f, m30) = ($set1(0x3F3F_3F3F), $set1(0x0F0F_0F0F), $set1(0x3030_3030));
+            let sc_lo = $and(a, m3f);
+            let mn_lo = $and(b, m3f);
+            let sc_hi = $or($and(c, m0f), $and($srli::<2>(a), m30));
+            let mn_hi = $or($and($srli::<4>(c), m0f), $and($srli::<2>(b), m30));
+            ([sc_lo, sc_hi], [mn_lo, mn_hi])
+        }};
+    }
+
+    /// Byte `j` (0..4) of each 32-bit lane, as a 32-bit integer.
+    macro_rules! byte_lane {
+        ($and:ident, $srli:ident, $set1:ident, $v:expr, $j:expr) => {{
+            let v = $v;
+            match $j {
+                0 => $and(v, $set1(0xFF)),
+                1 => $and($srli::<8>(v), $set1(0xFF)),
+                2 => $and($srli::<16>(v), $set1(0xFF)),
+                _ => $srli::<24>(v),
+            }
+        }};
+    }
+
+    /// Broadcast the four activation bytes at `p` to every 32-bit lane.
+    #[inline(always)]
+    unsafe fn act4(p: *const i8) -> i32 {
+        // SAFETY: the caller points within a Q8_K block's 256 quants, four bytes before its end at most.
+        unsafe { (p as *const i32).read_unaligned() }
+    }
+
+    /// Rows `r0..r0 + R` against `G` column blocks (`w`: `G * nb` superblocks), sixteen columns per 512-bit
+    /// register. Two integer accumulators per row and block (low and high nibbles) keep the `vpdpbusd`
+    /// chains short for decode.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile_avx512<const R: usize, const G: usize>(
+        w: &[Block],
+        nb: usize,
+        lhs: &Lhs,
+        r0: usize,
+        out: &Out,
+        col0: usize,
+    ) {
+        let q8 = lhs.q8();
+        let low4 = _mm512_set1_epi8(0x0F);
+        let mut acc = [[_mm512_setzero_ps(); G]; R];
+        for b in 0..nb {
+            let blk: [&Block; G] = std::array::from_fn(|g| &w[g * nb + b]);
+            let row = |r: usize| (r0 + r) * nb + b;
+            let dy: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(q8[row(r)].d));
+            let mut d = [_mm512_setzero_ps(); G];
+            let mut dmin = [_mm512_setzero_ps(); G];
+            let mut sc = [[_mm512_setzero_si512(); 2]; G];
+            let mut mn = [[_mm512_setzero_si512(); 2]; G];
+            for g in 0..G {
+                // SAFETY (loads): each reads within one `Block` field of the right size.
+                d[g] = _mm512_cvtph_ps(_mm256_loadu_si256(blk[g].d.as_ptr() as *const __m256i));
+                dmin[g] = _mm512_cvtph_ps(_mm256_loadu_si256(blk[g].dmin.as_ptr() as *const __m256i));
+                let s = blk[g].scales.as_ptr() as *const __m512i;
+                (sc[g], mn[g]) = unpack_scales!(
+                    _mm512_and_si512,
+                    _mm512_or_si512,
+                    _mm512_srli_epi32,
+                    _mm512_set1_epi32,
+                    _mm512_loadu_si512(s),
+                    _mm512_loadu_si512(s.add(1)),
+                    _mm512_loadu_si512(s.add(2))
+                );
+            }
+            for s in 0..8 {
+                let mut lo = [[_mm512_setzero_si512(); G]; R];
+                let mut hi = [[_mm512_setzero_si512(); G]; R];
+                for t in 0..4 {
+                    for g in 0..G {
+                        let q = _mm512_loadu_si512(blk[g].qs.as_ptr().add(64 * (4 * s + t)) as *const __m512i);
+                        let (ql, qh) = (_mm512_and_si512(q, low4), _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4));
+                        for r in 0..R {
+                            let a = q8[row(r)].qs.as_ptr().add(32 * s + 4 * t);
+                            lo[r][g] = _mm512_dpbusd_epi32(lo[r][g], ql, _mm512_set1_epi32(act4(a)));
+                            hi[r][g] = _mm512_dpbusd_epi32(hi[r][g], qh, _mm512_set1_epi32(act4(a.add(16))));
+                        }
+                    }
+                }
+                for g in 0..G {
+                    let scb = byte_lane!(_mm512_and_si512, _mm512_srli_epi32, _mm512_set1_epi32, sc[g][s / 4], s % 4);
+                    let mnb = byte_lane!(_mm512_and_si512, _mm512_srli_epi32, _mm512_set1_epi32, mn[g][s / 4], s % 4);
+                    let scale = _mm512_mul_ps(d[g], _mm512_cvtepi32_ps(scb));
+                    let min = _mm512_mul_ps(dmin[g], _mm512_cvtepi32_ps(mnb));
+                    for r in 0..R {
+                        let f = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r][g], hi[r][g]));
+                        acc[r][g] = _mm512_fmadd_ps(f, _mm512_mul_ps(scale, dy[r]), acc[r][g]);
+                        acc[r][g] = _mm512_fnmadd_ps(min, _mm512_set1_ps(lhs.dbs[row(r)][s]), acc[r][g]);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (g, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.ptr.add((r0 + r) * out.n + col0 + COLS * g), *acc);
+            }
+        }
+    }
+
+    /// The 256-bit kernels: each column block as two halves of eight columns, one integer accumulator per
+    /// row and half, filled by `$step` and turned into exact i32 sums by `$finish`.
+    macro_rules! tile_256 {
+        ($name:ident, $features:literal, $step:ident, $finish:ident) => {
+            /// Rows `r0..r0 + R` against `G` column blocks, eight columns per 256-bit register.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const R: usize, const G: usize>(
+                w: &[Block],
+                nb: usize,
+                lhs: &Lhs,
+                r0: usize,
+                out: &Out,
+                col0: usize,
+            ) {
+                let q8 = lhs.q8();
+                let low4 = _mm256_set1_epi8(0x0F);
+                let mut acc = [[[_mm256_setzero_ps(); 2]; G]; R];
+                for b in 0..nb {
+                    let blk: [&Block; G] = std::array::from_fn(|g| &w[g * nb + b]);
+                    let row = |r: usize| (r0 + r) * nb + b;
+                    for g in 0..G {
+                        for h in 0..2 {
+                            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[g].d.as_ptr().add(8 * h) as *const __m128i));
+                            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk[g].dmin.as_ptr().add(8 * h) as *const __m128i));
+                            let s = blk[g].scales.as_ptr().add(32 * h);
+                            let (sc, mn) = unpack_scales!(
+                                _mm256_and_si256,
+                                _mm256_or_si256,
+                                _mm256_srli_epi32,
+                                _mm256_set1_epi32,
+                                _mm256_loadu_si256(s as *const __m256i),
+                                _mm256_loadu_si256(s.add(64) as *const __m256i),
+                                _mm256_loadu_si256(s.add(128) as *const __m256i)
+                            );
+                            for s in 0..8 {
+                                let mut isum = [_mm256_setzero_si256(); R];
+                                for t in 0..4 {
+                                    let p = blk[g].qs.as_ptr().add(64 * (4 * s + t) + 32 * h);
+                                    let q = _mm256_loadu_si256(p as *const __m256i);
+                                    let (ql, qh) = (_mm256_and_si256(q, low4), _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4));
+                                    for r in 0..R {
+                                        let a = q8[row(r)].qs.as_ptr().add(32 * s + 4 * t);
+                                        let (al, ah) = (_mm256_set1_epi32(act4(a)), _mm256_set1_epi32(act4(a.add(16))));
+                                        isum[r] = $step(isum[r], ql, qh, al, ah);
+                                    }
+                                }
+                                let scb = byte_lane!(_mm256_and_si256, _mm256_srli_epi32, _mm256_set1_epi32, sc[s / 4], s % 4);
+                                let mnb = byte_lane!(_mm256_and_si256, _mm256_srli_epi32, _mm256_set1_epi32, mn[s / 4], s % 4);
+                                let scale = _mm256_mul_ps(d, _mm256_cvtepi32_ps(scb));
+                                let min = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mnb));
+                                for r in 0..R {
+                                    let f = _mm256_cvtepi32_ps($finish(isum[r]));
+                                    let a = &mut acc[r][g][h];
+                                    *a = _mm256_fmadd_ps(f, _mm256_mul_ps(scale, _mm256_set1_ps(q8[row(r)].d)), *a);
+                                    *a = _mm256_fnmadd_ps(min, _mm256_set1_ps(lhs.dbs[row(r)][s]), *a);
+                                }
+                            }
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    for (g, acc) in acc.iter().enumerate() {
+                        for (h, acc) in acc.iter().enumerate() {
+                            _mm256_storeu_ps(out.ptr.add((r0 + r) * out.n + col0 + COLS * g + 8 * h), *acc);
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    /// `isum += ql·al + qh·ah` per 32-bit lane, with the VEX `vpdpbusd`.
+    #[target_feature(enable = "avx2,avxvnni")]
+    #[inline]
+    unsafe fn step_avxvnni(isum: __m256i, ql: __m256i, qh: __m256i, al: __m256i, ah: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(isum, ql, al), qh, ah)
+    }
+
+    #[inline(always)]
+    fn finish_i32(isum: __m256i) -> __m256i {
+        isum
+    }
+
+    /// `isum += ql·al + qh·ah` per 16-bit pair. Each `maddubs` lane is at most 2·15·128 = 3840 in magnitude,
+    /// and a subblock adds eight of them (30720 < 32767), so the 16-bit sums are exact.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn step_avx2(isum: __m256i, ql: __m256i, qh: __m256i, al: __m256i, ah: __m256i) -> __m256i {
+        _mm256_add_epi16(isum, _mm256_add_epi16(_mm256_maddubs_epi16(ql, al), _mm256_maddubs_epi16(qh, ah)))
+    }
+
+    /// The 16-bit pair sums of [`step_avx2`] added into 32-bit lanes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn finish_avx2(isum: __m256i) -> __m256i {
+        _mm256_madd_epi16(isum, _mm256_set1_epi16(1))
+    }
+
+    tile_256!(tile_avxvnni, "avx2,fma,f16c,avxvnni", step_avxvnni, finish_i32);
+    tile_256!(tile_avx2, "avx2,fma,f16c", step_avx2, finish_avx2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::Module;
+
+    /// A Q4_K matrix of `n` columns and `k` inputs, and `m` activation rows, from fixed patterns.
+    fn case(n: usize, k: usize, m: usize) -> (QTensor, Tensor) {
+        let dev = Device::Cpu;
+        // Column-dependent ranges, so that the columns' scales and minimums differ.
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.3) * (0.05 + (i / k % 7) as f32 * 0.03))
+            .collect();
+        let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q4K).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * (1.0 + (i % 13) as f32)).collect();
+        (w, Tensor::from_vec(x, (m, k), &dev).unwrap())
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+    }
+
+    #[test]
+    fn q4k_matmul_is_bit_identical_to_candle() {
+        for (n, k) in [(16, 256), (48, 512), (1536, 1536), (256, 1536)] {
+            let (w, _) = case(n, k, 1);
+            let w = std::sync::Arc::new(w);
+            let ours = Q4Kx16::new(&w).unwrap().expect("candle repacks this shape");
+            let theirs = QMatMul::from_arc(w).unwrap();
+            for m in [1usize, 2, 3, 5, 8, 17] {
+                let (_, x) = case(n, k, m);
+                assert_eq!(bits(&ours.matmul(&x).unwrap()), bits(&theirs.forward(&x).unwrap()), "[{n}, {k}], m = {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn q4k_matmul_is_bit_identical_to_candle_on_a_wide_matrix() {
+        let (n, k) = (8960, 1536);
+        let (w, _) = case(n, k, 1);
+        let w = std::sync::Arc::new(w);
+        let ours = Q4Kx16::new(&w).unwrap().unwrap();
+        let theirs = QMatMul::from_arc(w).unwrap();
+        for m in [1usize, 3, 8] {
+            let (_, x) = case(n, k, m);
+            assert_eq!(bits(&ours.matmul(&x).unwrap()), bits(&theirs.forward(&x).unwrap()), "m = {m}");
+        }
+    }
+
+    #[test]
+    fn q4k_rows_round_alike_in_any_batch() {
+        let (n, k, m) = (48, 512, 17);
+        let (w, x) = case(n, k, m);
+        let w = Q4Kx16::new(&w).unwrap().unwrap();
+        let all = bits(&w.matmul(&x).unwrap());
+        // The same rows in reverse order: each lands at another place in the row tiles.
+        let reversed = Tensor::from_vec((0..m as u32).rev().collect::<Vec<_>>(), m, &Device::Cpu).unwrap();
+        let rev = bits(&w.matmul(&x.index_select(&reversed, 0).unwrap()).unwrap());
+        for r in 0..m {
+            let alone = bits(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap());
+            assert_eq!(all[r * n..(r + 1) * n], alone, "row {r} of {m}");
+            assert_eq!(rev[(m - 1 - r) * n..(m - r) * n], alone, "row {r}, reversed");
+        }
+    }
+
+    #[test]
+    fn q4k_every_tier_computes_the_same_bits() {
+        let (n, k) = (64, 768);
+        let (w, _) = case(n, k, 1);
+        let w = Q4Kx16::new(&w).unwrap().unwrap();
+        let tiers = available_tiers();
+        for m in [1usize, 2, 3, 4, 5, 9] {
+            let (_, x) = case(n, k, m);
+            let lhs = Lhs::quantize(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k);
+            let results: Vec<Vec<u32>> = tiers.iter().map(|&t| w.matmul_lhs(&lhs, t).into_iter().map(f32::to_bits).collect()).collect();
+            for (t, r) in tiers.iter().zip(&results) {
+                assert_eq!(r, &results[0], "{t:?} against {:?}, m = {m}", tiers[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn q4k_declines_shapes_candle_does_not_repack() {
+        for (n, k) in [(40, 256), (16, 288)] {
+            let dev = Device::Cpu;
+            let w: Vec<f32> = (0..n * k).map(|i| (i % 17) as f32 * 0.01).collect();
+            let Ok(w) = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q4K) else {
+                continue; // k not a multiple of 256: not even a Q4_K matrix.
+            };
+            assert!(Q4Kx16::new(&w).unwrap().is_none(), "[{n}, {k}]");
+        }
+    }
+
+    #[test]
+    fn q4k_rejects_other_types() {
+        let w = QTensor::quantize(&Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
+        assert!(Q4Kx16::new(&w).is_err());
+    }
+}
