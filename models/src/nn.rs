@@ -14,12 +14,14 @@ pub struct Linear {
     span: tracing::Span,
 }
 
-/// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU is repacked once, at load, for our kernel (and
-/// the `QTensor` dropped, unless something else shares it); everything else stays candle's.
+/// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU, and a Q4_K one of a shape candle repacks,
+/// are repacked once, at load, for our kernels (and the `QTensor` dropped, unless something else shares it);
+/// everything else stays candle's.
 #[derive(Debug, Clone)]
 enum Weight {
     Candle(QMatMul),
     Q4_1(std::sync::Arc<crate::kernels::Q4_1x8>),
+    Q4K(std::sync::Arc<crate::kernels::Q4Kx16>),
 }
 
 impl Linear {
@@ -31,7 +33,8 @@ impl Linear {
     }
 
     /// Wrap an already-loaded weight (the tied output projection reuses the embedding). A Q4_1 weight on the
-    /// CPU is repacked here for [`crate::kernels::Q4_1x8`]; a tied Q4_1 table is then held twice (the
+    /// CPU is repacked here for [`crate::kernels::Q4_1x8`], a Q4_K one for [`crate::kernels::Q4Kx16`] where
+    /// candle would repack it too (its shape and the CPU permitting); a tied table is then held twice (the
     /// embedding keeps the `QTensor` for its row lookups).
     pub fn new(weight: QMatMul, bias: Option<Tensor>, name: &str) -> Self {
         let span = tracing::trace_span!("linear", name = name.to_string());
@@ -39,6 +42,10 @@ impl Linear {
             QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4_1 && t.device().is_cpu() => match crate::kernels::Q4_1x8::new(t) {
                 Ok(w) => Weight::Q4_1(std::sync::Arc::new(w)),
                 Err(_) => Weight::Candle(weight),
+            },
+            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4K && t.device().is_cpu() => match crate::kernels::Q4Kx16::new(t) {
+                Ok(Some(w)) => Weight::Q4K(std::sync::Arc::new(w)),
+                Ok(None) | Err(_) => Weight::Candle(weight),
             },
             _ => Weight::Candle(weight),
         };
@@ -55,6 +62,7 @@ impl Linear {
             Weight::Candle(QMatMul::QTensor(t)) => t.shape().dims2().unwrap_or((0, 0)),
             Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims2().unwrap_or((0, 0)),
             Weight::Q4_1(w) => w.shape(),
+            Weight::Q4K(w) => w.shape(),
         }
     }
 
@@ -71,6 +79,8 @@ impl Linear {
         let _enter = self.span.enter();
         let weight = match &self.weight {
             Weight::Q4_1(w) => return self.add_bias(w.matmul(x)?),
+            // Each row rounds the same in any batch: no row grouping to follow.
+            Weight::Q4K(w) => return self.add_bias(w.matmul(x)?),
             Weight::Candle(weight) => weight,
         };
         if let QMatMul::QTensor(t) = weight {
