@@ -135,8 +135,8 @@ impl Q4Kx16 {
         // With one pass over the weights (decode), they stream from memory: fetch ahead. With several, the
         // later passes find them in cache, and prefetching only costs instructions.
         let prefetch = m <= max_rows;
-        self.blocks.par_chunks(nb).enumerate().for_each(|(j, w)| {
-            let item = Item { w, lhs, out: &out, col0: COLS * j, prefetch };
+        let column_block = |j: usize| {
+            let item = Item { w: &self.blocks[j * nb..(j + 1) * nb], lhs, out: &out, col0: COLS * j, prefetch };
             let mut r0 = 0;
             while r0 < m {
                 let rows = (m - r0).min(max_rows);
@@ -146,7 +146,12 @@ impl Q4Kx16 {
                 unsafe { tier.run(&item, r0, rows) };
                 r0 += rows;
             }
-        });
+        };
+        // On candle's worker pool, where its other quantized matmuls (Q6_K, the output projection) run. Its
+        // workers spin for a while after each job: a rayon loop right after a candle matmul would share a
+        // core with a spinning thread, and rayon's workers, asleep by the next decode matmul, are slow to
+        // wake.
+        candle_core::utils::barrier_pool().execute_chunked(n / COLS, |blocks| blocks.for_each(column_block));
         y
     }
 }
@@ -171,6 +176,19 @@ fn repack_column(src: &[u8], c: usize, dst: &mut Block) {
                 dst.qs[64 * (4 * s + t) + 4 * c + j] = value(v) | (value(v + 16) << 4);
             }
         }
+    }
+}
+
+/// A pointer that parallel work items share, each using its own part of what it points to.
+struct SyncPtr<T>(*mut T);
+
+// SAFETY: only used where each work item reads or writes a part of the buffer no other item touches.
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `SyncPtr`, not its field).
+    fn get(&self) -> *mut T {
+        self.0
     }
 }
 
@@ -211,25 +229,32 @@ impl Lhs {
     /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle does: `from_float` treats
     /// each 256 values on their own, so quantizing a row a superblock at a time gives the same blocks.
     fn quantize(xs: &[f32], k: usize) -> Self {
-        let rows = xs.len() / k;
-        let mut blocks = vec![BlockQ8K::zeros(); xs.len() / QK];
-        let quantize = |(b, blocks): (usize, &mut [BlockQ8K])| {
-            for (r, block) in blocks.iter_mut().enumerate() {
+        let (rows, nb) = (xs.len() / k, k / QK);
+        let mut blocks = vec![BlockQ8K::zeros(); rows * nb];
+        let mut dbs = vec![[0f32; 8]; rows * nb];
+        let (blocks_ptr, dbs_ptr) = (SyncPtr(blocks.as_mut_ptr()), SyncPtr(dbs.as_mut_ptr()));
+        let superblock = |b: usize| {
+            // SAFETY: superblock `b` owns entries `b * rows..(b + 1) * rows` of both vectors, which outlive
+            // this call; no other `b` touches them.
+            let (blocks, dbs) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(blocks_ptr.get().add(b * rows), rows),
+                    std::slice::from_raw_parts_mut(dbs_ptr.get().add(b * rows), rows),
+                )
+            };
+            for (r, (block, dbs)) in blocks.iter_mut().zip(dbs).enumerate() {
                 BlockQ8K::from_float(&xs[r * k + QK * b..r * k + QK * (b + 1)], std::slice::from_mut(block));
+                // SAFETY: `Q8K` mirrors `BlockQ8K` (same `repr(C)` layout, checked in `kernels`).
+                let q8 = unsafe { &*(block as *const BlockQ8K as *const Q8K) };
+                *dbs = std::array::from_fn(|s| q8.d * (q8.bsums[2 * s] as i32 + q8.bsums[2 * s + 1] as i32) as f32);
             }
         };
         if rows == 1 {
-            blocks.chunks_mut(rows).enumerate().for_each(quantize);
+            (0..nb).for_each(superblock);
         } else {
-            blocks.par_chunks_mut(rows).enumerate().for_each(quantize);
+            candle_core::utils::barrier_pool().execute_chunked(nb, |range| range.for_each(superblock));
         }
-        let mut lhs = Self { blocks, rows, dbs: Vec::new() };
-        lhs.dbs = lhs
-            .q8()
-            .iter()
-            .map(|b| std::array::from_fn(|s| b.d * (b.bsums[2 * s] as i32 + b.bsums[2 * s + 1] as i32) as f32))
-            .collect();
-        lhs
+        Self { blocks, rows, dbs }
     }
 
     /// The blocks through our mirror of their layout.
