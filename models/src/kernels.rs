@@ -30,6 +30,7 @@ use half::f16;
 use rayon::prelude::*;
 
 mod q4k;
+mod q8k;
 pub use q4k::Q4Kx16;
 
 /// candle's `BlockQ8_1`, mirrored (36 bytes).

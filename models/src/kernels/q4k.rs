@@ -121,7 +121,12 @@ impl Q4Kx16 {
         if m == 0 {
             return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
         }
-        let lhs = Lhs::quantize(&x.contiguous()?.flatten_all()?.to_vec1::<f32>()?, k);
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let (candle_core::Storage::Cpu(storage), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("Q4Kx16::matmul: x is not a contiguous CPU tensor");
+        };
+        let lhs = Lhs::quantize(&storage.as_slice::<f32>()?[start..end], k);
         let y = self.matmul_lhs(&lhs, tier);
         Tensor::from_vec(y, (m, n), &Device::Cpu)
     }
@@ -129,7 +134,8 @@ impl Q4Kx16 {
     /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
     fn matmul_lhs(&self, lhs: &Lhs, tier: Tier) -> Vec<f32> {
         let (n, nb, m) = (self.n, self.k / QK, lhs.rows);
-        let mut y = vec![0f32; m * n];
+        // Not zeroed first: the column blocks together write every element (`n` is a multiple of 16).
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
         let out = Out { ptr: y.as_mut_ptr(), n };
         let max_rows = tier.max_rows();
         // With one pass over the weights (decode), they stream from memory: fetch ahead. With several, the
@@ -152,6 +158,9 @@ impl Q4Kx16 {
         // core with a spinning thread, and rayon's workers, asleep by the next decode matmul, are slow to
         // wake.
         candle_core::utils::barrier_pool().execute_chunked(n / COLS, |blocks| blocks.for_each(column_block));
+        // SAFETY: every column block has run (`execute_chunked` returns when all items are done; a panic
+        // propagates from it), each writing all `m` rows of its 16 columns: all `m * n` elements.
+        unsafe { y.set_len(m * n) };
         y
     }
 }
@@ -226,8 +235,8 @@ struct Lhs {
 }
 
 impl Lhs {
-    /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle does: `from_float` treats
-    /// each 256 values on their own, so quantizing a row a superblock at a time gives the same blocks.
+    /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle's `from_float` does; it
+    /// treats each 256 values on their own, so quantizing a row a superblock at a time gives the same blocks.
     fn quantize(xs: &[f32], k: usize) -> Self {
         let (rows, nb) = (xs.len() / k, k / QK);
         let mut blocks = vec![BlockQ8K::zeros(); rows * nb];
@@ -243,7 +252,7 @@ impl Lhs {
                 )
             };
             for (r, (block, dbs)) in blocks.iter_mut().zip(dbs).enumerate() {
-                BlockQ8K::from_float(&xs[r * k + QK * b..r * k + QK * (b + 1)], std::slice::from_mut(block));
+                super::q8k::quantize_block(&xs[r * k + QK * b..r * k + QK * (b + 1)], block);
                 // SAFETY: `Q8K` mirrors `BlockQ8K` (same `repr(C)` layout, checked in `kernels`).
                 let q8 = unsafe { &*(block as *const BlockQ8K as *const Q8K) };
                 *dbs = std::array::from_fn(|s| q8.d * (q8.bsums[2 * s] as i32 + q8.bsums[2 * s + 1] as i32) as f32);
