@@ -7,6 +7,10 @@
 //! columns sit side by side, one per 32-bit lane of a 512-bit register (or eight per 256-bit half). The
 //! 6-bit scales are unpacked in registers, sixteen columns at a time, and each column's float arithmetic is
 //! candle's, in candle's order, so the results are the same bits.
+//!
+//! Rows go eight at a time through each weight block, so a batch of decode rows reads the weights once. The
+//! work runs on candle's worker pool, like candle's other quantized matmuls, and the activations are
+//! quantized by [`super::q8k`], a vector copy of candle's quantizer.
 
 use std::sync::OnceLock;
 
@@ -73,7 +77,7 @@ impl std::fmt::Debug for Q4Kx16 {
 
 impl Q4Kx16 {
     /// Repack a Q4_K `QTensor` of shape `[n, k]` where candle would run its x86 repacked kernel (`n` a
-    /// multiple of 16, `k` of 256, a CPU with AVX2 and FMA); `None` elsewhere, where candle runs another
+    /// multiple of 16, `k` of 256, a CPU with AVX2, FMA and F16C); `None` elsewhere, where candle runs another
     /// kernel that rounds differently. An error for any other type or rank, or a storage of the wrong size.
     pub fn new(w: &QTensor) -> candle_core::Result<Option<Self>> {
         if w.dtype() != GgmlDType::Q4K {
@@ -107,9 +111,9 @@ impl Q4Kx16 {
 
     /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`.
     ///
-    /// Bit-identical to candle's `QMatMul::forward`: the activations are quantized to Q8_K by candle's own
-    /// `BlockQ8K::from_float`, each subblock's integer sum is exact, and every column accumulates candle's
-    /// float terms in candle's order. Each row's arithmetic is the same whatever the other rows and their
+    /// Bit-identical to candle's `QMatMul::forward`: the activations are quantized to Q8_K exactly as
+    /// candle's `BlockQ8K::from_float` does, each subblock's integer sum is exact, and every column
+    /// accumulates candle's float terms in candle's order. Each row's arithmetic is the same whatever the other rows and their
     /// number.
     pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, k) = (self.n, self.k);
@@ -620,7 +624,9 @@ mod tests {
         let (w, _) = case(n, k, 1);
         let w = Q4Kx16::new(&w).unwrap().unwrap();
         let tiers = available_tiers();
-        for m in [1usize, 2, 3, 4, 5, 9] {
+        assert!(!tiers.is_empty() || !cfg!(target_arch = "x86_64"), "an x86-64-v3 build runs on AVX2 at least");
+        // Every tile height of every tier, and tiles after a full one.
+        for m in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 15] {
             let (_, x) = case(n, k, m);
             let lhs = Lhs::quantize(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k);
             let results: Vec<Vec<u32>> = tiers.iter().map(|&t| w.matmul_lhs(&lhs, t).into_iter().map(f32::to_bits).collect()).collect();
