@@ -14,6 +14,11 @@
 //! per-block `fma` into eight float lanes per column and the same final horizontal sum, with the weights read
 //! once per step.
 //!
+//! [`Q4Kx16`] replaces candle's x86 repacked Q4_K kernel, bit for bit, over a compact layout: candle's tiles
+//! widen each subblock's scale and minimum to f32 (192 bytes per 256 weights of a column), ours keep the
+//! GGUF block's 144 bytes, sixteen columns interleaved, so decode reads a quarter fewer bytes; rows are tiled
+//! eight at a time, so a batch reads the weights once.
+//!
 //! [`q6k_matmul_rows`] reproduces candle's one-row Q6_K path (`vec_dot_q6k_q8k`, AVX2) for several rows at
 //! once: the reference decodes one row at a time, so decode rows must round that way, but reading the weights
 //! once for all of them is what makes a batch cheap.
@@ -24,8 +29,11 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+mod q4k;
 mod q8_0;
+mod q8k;
 
+pub use q4k::Q4Kx16;
 pub use q8_0::Q8_0x8;
 
 /// candle's `BlockQ8_1`, mirrored (36 bytes).

@@ -14,14 +14,15 @@ pub struct Linear {
     span: tracing::Span,
 }
 
-/// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU, and a Q8_0 one of a shape candle does not
-/// repack, is repacked once, at load, for our kernels (and the `QTensor` dropped, unless something else shares
-/// it); everything else stays candle's.
+/// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU, a Q8_0 one of a shape candle does not repack,
+/// and a Q4_K one of a shape candle repacks, are repacked once, at load, for our kernels (and the `QTensor`
+/// dropped, unless something else shares it); everything else stays candle's.
 #[derive(Debug, Clone)]
 enum Weight {
     Candle(QMatMul),
     Q4_1(std::sync::Arc<crate::kernels::Q4_1x8>),
     Q8_0(std::sync::Arc<crate::kernels::Q8_0x8>),
+    Q4K(std::sync::Arc<crate::kernels::Q4Kx16>),
 }
 
 impl Linear {
@@ -33,9 +34,9 @@ impl Linear {
     }
 
     /// Wrap an already-loaded weight (the tied output projection reuses the embedding). A Q4_1 weight on the
-    /// CPU is repacked here for [`crate::kernels::Q4_1x8`], a Q8_0 one for [`crate::kernels::Q8_0x8`] where
-    /// that applies; a tied table repacked so is then held twice (the embedding keeps the `QTensor` for its
-    /// row lookups).
+    /// CPU is repacked here for [`crate::kernels::Q4_1x8`], a Q8_0 one for [`crate::kernels::Q8_0x8`] and a
+    /// Q4_K one for [`crate::kernels::Q4Kx16`] where those apply; a tied Q4_1 or Q4_K table is then held twice
+    /// (the embedding keeps the `QTensor` for its row lookups; a tied Q8_0 table serves both).
     pub fn new(weight: QMatMul, bias: Option<Tensor>, name: &str) -> Self {
         let span = tracing::trace_span!("linear", name = name.to_string());
         let weight = match &weight {
@@ -46,6 +47,10 @@ impl Linear {
             QMatMul::QTensor(t) if crate::kernels::Q8_0x8::takes(t) => match crate::kernels::Q8_0x8::new(t) {
                 Ok(w) => Weight::Q8_0(std::sync::Arc::new(w)),
                 Err(_) => Weight::Candle(weight),
+            },
+            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4K && t.device().is_cpu() => match crate::kernels::Q4Kx16::new(t) {
+                Ok(Some(w)) => Weight::Q4K(std::sync::Arc::new(w)),
+                Ok(None) | Err(_) => Weight::Candle(weight),
             },
             _ => Weight::Candle(weight),
         };
@@ -63,6 +68,7 @@ impl Linear {
             Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims2().unwrap_or((0, 0)),
             Weight::Q4_1(w) => w.shape(),
             Weight::Q8_0(w) => w.shape(),
+            Weight::Q4K(w) => w.shape(),
         }
     }
 
@@ -80,6 +86,8 @@ impl Linear {
         let weight = match &self.weight {
             Weight::Q4_1(w) => return self.add_bias(w.matmul(x)?),
             Weight::Q8_0(w) => return self.add_bias(w.matmul(x)?),
+            // Each row rounds the same in any batch: no row grouping to follow.
+            Weight::Q4K(w) => return self.add_bias(w.matmul(x)?),
             Weight::Candle(weight) => weight,
         };
         let y = match (rows, weight) {
