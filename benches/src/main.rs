@@ -95,6 +95,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    engine::tune_cpu_threads();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

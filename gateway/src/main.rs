@@ -14,6 +14,7 @@ use gateway::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    engine::tune_cpu_threads();
     match run() {
         Ok(code) => code,
         // `hearth generate … | head` closes our stdout early; that is not an error.
