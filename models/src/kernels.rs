@@ -36,6 +36,51 @@ mod q8k;
 pub use q4k::Q4Kx16;
 pub use q8_0::Q8_0x8;
 
+/// The data of a `[n, k]` matrix `w` of `dtype`, whose blocks hold 32 values in `block_bytes` bytes, for a
+/// repack by `who`: `(n, k, data)`, or an error for another type or rank, a `k` that is not a multiple of 32,
+/// or a storage of the wrong size.
+fn repack_source<'a>(
+    w: &'a QTensor,
+    dtype: GgmlDType,
+    block_bytes: usize,
+    who: &str,
+) -> candle_core::Result<(usize, usize, std::borrow::Cow<'a, [u8]>)> {
+    if w.dtype() != dtype {
+        candle_core::bail!("{who}: a {:?} tensor, not {dtype:?}", w.dtype());
+    }
+    let (n, k) = w.shape().dims2()?;
+    let data = w.data()?;
+    if k == 0 || k % 32 != 0 || data.len() != n * (k / 32) * block_bytes {
+        candle_core::bail!("{who}: {} bytes for a [{n}, {k}] {dtype:?} matrix", data.len());
+    }
+    Ok((n, k, data))
+}
+
+/// The rows of `x` (`[m, k]`, f32, CPU) for `who`'s `[n, k]` weight, row-major with their count; `None` when
+/// there are none (the product is then `[0, n]`). An error for another shape or device.
+fn activation_rows(x: &Tensor, n: usize, k: usize, who: &str) -> candle_core::Result<Option<(usize, Vec<f32>)>> {
+    let (m, xk) = x.dims2()?;
+    if xk != k || !matches!(x.device(), Device::Cpu) {
+        candle_core::bail!("{who}: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU", x.device());
+    }
+    if m == 0 {
+        return Ok(None);
+    }
+    Ok(Some((m, x.contiguous()?.flatten_all()?.to_vec1::<f32>()?)))
+}
+
+/// The `[m, n]` product from per-group lanes: `lanes[g * m + r]` holds row `r` of columns `8g..8g + 8`, the
+/// lanes past `n` being padding. `m` is at least 1.
+fn gather_groups(lanes: &[[f32; 8]], m: usize, n: usize) -> candle_core::Result<Tensor> {
+    let mut y = Vec::with_capacity(m * n);
+    for r in 0..m {
+        for (g, group) in lanes.chunks_exact(m).enumerate() {
+            y.extend_from_slice(&group[r][..(n - 8 * g).min(8)]);
+        }
+    }
+    Tensor::from_vec(y, (m, n), &Device::Cpu)
+}
+
 /// candle's `BlockQ8_1`, mirrored (36 bytes).
 #[repr(C)]
 struct Q8_1 {
@@ -240,15 +285,8 @@ impl std::fmt::Debug for Q4_1x8 {
 impl Q4_1x8 {
     /// Repack a Q4_1 `QTensor` of shape `[n, k]`; an error for any other type or rank.
     pub fn new(w: &QTensor) -> candle_core::Result<Self> {
-        if w.dtype() != GgmlDType::Q4_1 {
-            candle_core::bail!("Q4_1x8::new: a {:?} tensor, not Q4_1", w.dtype());
-        }
-        let (n, k) = w.shape().dims2()?;
+        let (n, k, data) = repack_source(w, GgmlDType::Q4_1, 20, "Q4_1x8::new")?;
         let nb = k / 32;
-        let data = w.data()?;
-        if k == 0 || k % 32 != 0 || data.len() != n * nb * 20 {
-            candle_core::bail!("Q4_1x8::new: {} bytes for a [{n}, {k}] Q4_1 matrix", data.len());
-        }
         let mut blocks = vec![Block8::ZERO; n.div_ceil(8) * nb];
         // candle's `BlockQ4_1` is `repr(C)`: d (f16), m (f16), qs ([u8; 16]); 20 bytes, little-endian.
         for (col, column) in data.chunks_exact(nb * 20).enumerate() {
@@ -277,25 +315,15 @@ impl Q4_1x8 {
     /// order. Each row's arithmetic is the same whatever the other rows and their number.
     pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, k, nb) = (self.n, self.k, self.k / 32);
-        let (m, xk) = x.dims2()?;
-        if xk != k || !matches!(x.device(), Device::Cpu) {
-            candle_core::bail!("Q4_1x8::matmul: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU", x.device());
-        }
-        if m == 0 {
+        let Some((m, xs)) = activation_rows(x, n, k, "Q4_1x8::matmul")? else {
             return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
-        }
-        let lhs = Lhs::quantize(&x.contiguous()?.flatten_all()?.to_vec1::<f32>()?, k);
+        };
+        let lhs = Lhs::quantize(&xs, k);
         // One group of eight columns (all rows) per work item: `lanes[g * m + r]` holds row `r` of columns
-        // `8g..8g + 8`, padding included; then gathered row by row.
+        // `8g..8g + 8`, padding included.
         let mut lanes = vec![[0f32; 8]; self.blocks.len() / nb * m];
         lanes.par_chunks_mut(m).zip(self.blocks.par_chunks(nb)).for_each(|(out, w)| group(w, &lhs, out));
-        let mut y = Vec::with_capacity(m * n);
-        for r in 0..m {
-            for (g, group) in lanes.chunks_exact(m).enumerate() {
-                y.extend_from_slice(&group[r][..(n - 8 * g).min(8)]);
-            }
-        }
-        Tensor::from_vec(y, (m, n), &Device::Cpu)
+        gather_groups(&lanes, m, n)
     }
 }
 

@@ -66,15 +66,8 @@ impl Q8_0x8 {
 
     /// Repack a Q8_0 `QTensor` of shape `[n, k]`; an error for any other type or rank.
     pub fn new(w: &QTensor) -> candle_core::Result<Self> {
-        if w.dtype() != GgmlDType::Q8_0 {
-            candle_core::bail!("Q8_0x8::new: a {:?} tensor, not Q8_0", w.dtype());
-        }
-        let (n, k) = w.shape().dims2()?;
+        let (n, k, data) = super::repack_source(w, GgmlDType::Q8_0, 34, "Q8_0x8::new")?;
         let nb = k / 32;
-        let data = w.data()?;
-        if k == 0 || k % 32 != 0 || data.len() != n * nb * 34 {
-            candle_core::bail!("Q8_0x8::new: {} bytes for a [{n}, {k}] Q8_0 matrix", data.len());
-        }
         let groups = n.div_ceil(8);
         let mut d = vec![[f16::ZERO; 8]; groups * nb];
         let mut qs = vec![Quants8([[0; 32]; 8]); groups * nb];
@@ -120,14 +113,9 @@ impl Q8_0x8 {
     /// arithmetic is the same whatever the other rows and their number.
     pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, k, nb) = (self.n, self.k, self.k / 32);
-        let (m, xk) = x.dims2()?;
-        if xk != k || !matches!(x.device(), Device::Cpu) {
-            candle_core::bail!("Q8_0x8::matmul: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU", x.device());
-        }
-        if m == 0 {
+        let Some((m, xs)) = super::activation_rows(x, n, k, "Q8_0x8::matmul")? else {
             return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
-        }
-        let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        };
         let mut lhs = vec![BlockQ8_0::zeros(); m * nb];
         for (row, blocks) in xs.chunks_exact(k).zip(lhs.chunks_exact_mut(nb)) {
             BlockQ8_0::from_float(row, blocks);
@@ -135,7 +123,7 @@ impl Q8_0x8 {
         // SAFETY: the same `repr(C)` layout and size, checked at compile time above, so the same alignment.
         let lhs: &[Q8_0] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8_0, lhs.len()) };
         let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
-        // One group of eight columns (all rows) per work item, `lanes[g * m + r]`, then gathered row by row.
+        // One group of eight columns (all rows) per work item, `lanes[g * m + r]`.
         let mut lanes = vec![[0f32; 8]; self.d.len() / nb * m];
         lanes.par_chunks_mut(m).zip(self.d.par_chunks(nb).zip(self.qs.par_chunks(nb))).with_min_len(8).for_each(
             |(out, (d, qs))| {
@@ -144,13 +132,7 @@ impl Q8_0x8 {
                 }
             },
         );
-        let mut y = Vec::with_capacity(m * n);
-        for r in 0..m {
-            for (g, group) in lanes.chunks_exact(m).enumerate() {
-                y.extend_from_slice(&group[r][..(n - 8 * g).min(8)]);
-            }
-        }
-        Tensor::from_vec(y, (m, n), &Device::Cpu)
+        super::gather_groups(&lanes, m, n)
     }
 }
 
