@@ -1,39 +1,64 @@
-//! Times the Q4_1 kernel ([`models::kernels::Q4_1x8`]) on SmolLM2-135M's MLP shapes (gate/up 1536 × 576, down 576 × 1536) at 1 and 8 rows.
+//! Times the SmolLM2-135M kernels on its shapes at 1 and 8 rows: [`models::kernels::Q4_1x8`] on the attention
+//! and MLP projections, [`models::kernels::Q8_0x8`] on the tied 49152 × 576 output projection. µs per call,
+//! median of 15 batches, the calls starting on a worker of the compute pool as in the engine.
 //!
-//! `cargo run --release -p models --example q41bench`
+//! `cargo run --release -p models --example q41bench`; with `HEARTH_NO_AVX512=1` the AVX2 kernels run.
 
 use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-fn main() -> candle_core::Result<()> {
-    let dev = Device::Cpu;
-    for (name, n, k) in [("gate 1536x576", 1536usize, 576usize), ("down 576x1536", 576, 1536)] {
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
-        let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, GgmlDType::Q4_1)?;
+/// Median and minimum µs per call of `run`, over 15 batches of `per_batch` calls after a warm-up.
+fn time(per_batch: usize, mut run: impl FnMut() -> candle_core::Result<Tensor>) -> candle_core::Result<(f64, f64)> {
+    for _ in 0..per_batch / 4 + 1 {
+        run()?;
+    }
+    let mut per_call = Vec::new();
+    for _ in 0..15 {
         let t = Instant::now();
-        let w = models::kernels::Q4_1x8::new(&w)?;
+        for _ in 0..per_batch {
+            run()?;
+        }
+        per_call.push(t.elapsed().as_secs_f64() / per_batch as f64 * 1e6);
+    }
+    per_call.sort_by(f64::total_cmp);
+    Ok((per_call[7], per_call[0]))
+}
+
+fn main() -> candle_core::Result<()> {
+    models::run_in_compute_pool(bench)
+}
+
+fn bench() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let shapes = [
+        ("q/o 576x576", GgmlDType::Q4_1, 576usize, 576usize),
+        ("gate/up 1536x576", GgmlDType::Q4_1, 1536, 576),
+        ("down 576x1536", GgmlDType::Q4_1, 576, 1536),
+        ("output 49152x576", GgmlDType::Q8_0, 49152, 576),
+    ];
+    for (name, dtype, n, k) in shapes {
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+        let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, dtype)?;
+        let t = Instant::now();
+        let matmul: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>> = match dtype {
+            GgmlDType::Q4_1 => {
+                let w = models::kernels::Q4_1x8::new(&w)?;
+                Box::new(move |x| w.matmul(x))
+            }
+            _ => {
+                let w = models::kernels::Q8_0x8::new(&w)?;
+                Box::new(move |x| w.matmul(x))
+            }
+        };
         println!("{name}  repack at load: {:.0} µs", t.elapsed().as_secs_f64() * 1e6);
         for m in [1usize, 8] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
             let x = Tensor::from_vec(x, (m, k), &dev)?;
-            let run = || w.matmul(&x);
-            for _ in 0..50 {
-                run()?;
-            }
-            // Median of 15 batches of 200 calls.
-            let mut per_call: Vec<f64> = (0..15)
-                .map(|_| {
-                    let t = Instant::now();
-                    for _ in 0..200 {
-                        run().unwrap();
-                    }
-                    t.elapsed().as_secs_f64() / 200.0 * 1e6
-                })
-                .collect();
-            per_call.sort_by(f64::total_cmp);
-            println!("{name}  m = {m}: {:8.1} µs/call (median), min {:.1}", per_call[7], per_call[0]);
+            let per_batch = (2_000_000 / (n * k * m.min(4))).max(2);
+            let (median, min) = time(per_batch, || matmul(&x))?;
+            println!("{name}  m = {m}: {median:8.1} µs/call (median), min {min:.1}");
         }
     }
     Ok(())

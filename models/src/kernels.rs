@@ -38,6 +38,26 @@ pub use q4_1::Q4_1x8;
 pub use q4k::Q4Kx16;
 pub use q8_0::Q8_0x8;
 
+/// Whether the 512-bit kernels run: the CPU has AVX-512 F, BW, VL and VNNI, besides AVX2, FMA and F16C, and
+/// `HEARTH_NO_AVX512` is not set. Decided once. Those kernels compute the same bits as the AVX2 ones, so the
+/// choice only changes speed (the variable is there to compare the two).
+fn avx512_vnni() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        if std::env::var_os("HEARTH_NO_AVX512").is_some() {
+            return false;
+        }
+        // The 512-bit kernels finish with the AVX2 kernels' helpers, compiled in only for such a build.
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni")
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        false
+    })
+}
+
 /// The data of a `[n, k]` matrix `w` of `dtype`, whose blocks hold 32 values in `block_bytes` bytes, for a
 /// repack by `who`: `(n, k, data)`, or an error for another type or rank, a `k` that is not a multiple of 32,
 /// or a storage of the wrong size.

@@ -100,7 +100,20 @@ impl Q4_1x8 {
         // One group of eight columns (all rows) per work item: `lanes[g * m + r]` holds row `r` of columns
         // `8g..8g + 8`, padding included.
         let mut lanes = vec![[0f32; 8]; self.blocks.len() / nb * m];
-        lanes.par_chunks_mut(m).zip(self.blocks.par_chunks(nb)).for_each(|(out, w)| group(w, &lhs, out));
+        if super::avx512_vnni() {
+            // Two groups per work item, sixteen columns per 512-bit register; a last odd group alone.
+            lanes.par_chunks_mut(2 * m).zip(self.blocks.par_chunks(2 * nb)).for_each(|(out, w)| {
+                if w.len() == 2 * nb {
+                    // SAFETY: the CPU has the features (checked just above); two groups of `nb` blocks, and the
+                    // lanes of all `m` rows of both.
+                    unsafe { pair(w, &lhs, out) }
+                } else {
+                    group(w, &lhs, out)
+                }
+            });
+        } else {
+            lanes.par_chunks_mut(m).zip(self.blocks.par_chunks(nb)).for_each(|(out, w)| group(w, &lhs, out));
+        }
         gather_groups(&lanes, m, n)
     }
 }
@@ -269,6 +282,98 @@ fn tile_avx2<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32
     }
 }
 
+/// Rows per pass of [`x86::pair_avx512`] over two groups' blocks.
+const PAIR_ROWS: usize = 8;
+
+/// Two groups of eight columns (`w`: group `a`'s `nb` blocks, then group `b`'s) against every row: `out[r]`
+/// gets row `r`'s lanes of group `a`, `out[m + r]` those of group `b`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C ([`super::avx512_vnni`]).
+unsafe fn pair(w: &[Block8], lhs: &Lhs, out: &mut [[f32; 8]]) {
+    let m = out.len() / 2;
+    let (a, b) = w.split_at(w.len() / 2);
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = (m - r0).min(PAIR_ROWS);
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        // SAFETY: forwarded from the caller; rows `r0..r0 + rows` are within `lhs` and `out`.
+        unsafe {
+            match rows {
+                8 => x86::pair_avx512::<8>(a, b, lhs, r0, out),
+                7 => x86::pair_avx512::<7>(a, b, lhs, r0, out),
+                6 => x86::pair_avx512::<6>(a, b, lhs, r0, out),
+                5 => x86::pair_avx512::<5>(a, b, lhs, r0, out),
+                4 => x86::pair_avx512::<4>(a, b, lhs, r0, out),
+                3 => x86::pair_avx512::<3>(a, b, lhs, r0, out),
+                2 => x86::pair_avx512::<2>(a, b, lhs, r0, out),
+                _ => x86::pair_avx512::<1>(a, b, lhs, r0, out),
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        unreachable!("the 512-bit kernels need a build with AVX2, FMA and F16C");
+        r0 += rows;
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+mod x86 {
+    use super::{Block8, Lhs};
+    use std::arch::x86_64::*;
+
+    /// Rows `r0..r0 + R` against two groups (`a`, `b`: their blocks), group `a`'s eight columns in the low
+    /// half of each 512-bit register and group `b`'s in the high half. `vpdpbusd` adds four products of an
+    /// unsigned nibble and a signed activation byte into each 32-bit lane, exactly, so each lane ends a block
+    /// with the same integer sum as [`super::tile_avx2`]'s, and the floats follow the same unfused sequence:
+    /// the same bits.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C; `a` and `b` of `lhs.nb` blocks each; rows `r0..r0 + R`
+    /// within `lhs`; `out` holds `2m` lanes for `m >= r0 + R` rows.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn pair_avx512<const R: usize>(a: &[Block8], b: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
+        let (nb, m) = (lhs.nb, out.len() / 2);
+        let low4 = _mm512_set1_epi8(0x0F);
+        let both = |x: *const u8, y: *const u8| {
+            // SAFETY: each pointer is to 32 bytes of a `Block8`'s `qs`.
+            unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_load_si256(x as *const __m256i)), _mm256_load_si256(y as *const __m256i)) }
+        };
+        let halves = |x: &[half::f16; 8], y: &[half::f16; 8]| {
+            // SAFETY: each pointer is to the eight f16 of a `Block8` field.
+            unsafe { _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_loadu_si128(x.as_ptr() as *const __m128i)), _mm_loadu_si128(y.as_ptr() as *const __m128i))) }
+        };
+        let mut sumf = [_mm512_setzero_ps(); R];
+        for (i, (ba, bb)) in a.iter().zip(b).enumerate() {
+            let (dx, mx) = (halves(&ba.d, &bb.d), halves(&ba.m, &bb.m));
+            // q[2j]: values 4j..4j + 4 of each column; q[2j + 1]: values 16 + 4j..16 + 4j + 4.
+            let q: [__m512i; 8] = std::array::from_fn(|j| {
+                let packed = both(ba.qs.as_ptr().add(32 * (j / 2)), bb.qs.as_ptr().add(32 * (j / 2)));
+                if j % 2 == 0 { _mm512_and_si512(packed, low4) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4) }
+            });
+            for (r, sumf) in sumf.iter_mut().enumerate() {
+                let idx = (r0 + r) * nb + i;
+                let y = lhs.q8()[idx].qs.as_ptr() as *const i32;
+                let act = |j: usize| _mm512_set1_epi32(y.add(j / 2 + 4 * (j % 2)).read_unaligned());
+                // Two chains, so that each `vpdpbusd` waits on one two steps back.
+                let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for j in (0..8).step_by(2) {
+                    s0 = _mm512_dpbusd_epi32(s0, q[j], act(j));
+                    s1 = _mm512_dpbusd_epi32(s1, q[j + 1], act(j + 1));
+                }
+                // candle's `sumf += sumi·dx·dy + mx·sy`, lane by lane, unfused.
+                let sumi = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                let scaled = _mm512_mul_ps(_mm512_mul_ps(sumi, dx), _mm512_set1_ps(lhs.d[idx]));
+                let v = _mm512_add_ps(scaled, _mm512_mul_ps(mx, _mm512_set1_ps(lhs.s[idx])));
+                *sumf = _mm512_add_ps(*sumf, v);
+            }
+        }
+        for (r, sumf) in sumf.iter().enumerate() {
+            _mm256_storeu_ps(out[r0 + r].as_mut_ptr(), _mm512_castps512_ps256(*sumf));
+            _mm256_storeu_ps(out[m + r0 + r].as_mut_ptr(), _mm256_castsi256_ps(_mm512_extracti64x4_epi64::<1>(_mm512_castps_si512(*sumf))));
+        }
+    }
+}
+
 /// [`tile_avx2`] without SIMD, bit for bit: candle's `vec_dot_unopt` for each of the eight columns.
 #[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"), allow(dead_code))]
 fn tile_portable<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
@@ -360,6 +465,39 @@ mod tests {
         let bytes = |b: &[BlockQ8_1]| unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, b.len() * 36).to_vec() };
         for (i, (a, b)) in bytes(&ours.blocks).chunks(36).zip(bytes(&theirs).chunks(36)).enumerate() {
             assert_eq!(a, b, "block {i}");
+        }
+    }
+
+    /// The 512-bit path, where the CPU has it, computes the AVX2 path's bits for any row count and for both
+    /// groups of a pair.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[test]
+    fn q4_1_512_bit_pairs_are_bit_identical_to_the_avx2_groups() {
+        if !crate::kernels::avx512_vnni() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let (n, k) = (48, 320);
+        let nb = k / 32;
+        for m in [1usize, 2, 5, 8, 9, 17] {
+            let (w, x) = q4_1_case(n, k, m);
+            let w = Q4_1x8::new(&w).unwrap();
+            let lhs = Lhs::quantize(&to_vec(&x), k);
+            for g in [0, 2, 4] {
+                let blocks = &w.blocks[g * nb..(g + 2) * nb];
+                let mut paired = vec![[0f32; 8]; 2 * m];
+                // SAFETY: the CPU has the features (checked above); two groups and 2m lanes.
+                unsafe { pair(blocks, &lhs, &mut paired) };
+                let mut single = vec![[0f32; 8]; 2 * m];
+                group(&blocks[..nb], &lhs, &mut single[..m]);
+                group(&blocks[nb..], &lhs, &mut single[m..]);
+                assert_eq!(
+                    paired.iter().flatten().map(|f| f.to_bits()).collect::<Vec<_>>(),
+                    single.iter().flatten().map(|f| f.to_bits()).collect::<Vec<_>>(),
+                    "m = {m}, groups {g} and {}",
+                    g + 1
+                );
+            }
         }
     }
 

@@ -303,7 +303,7 @@ fn available_tiers() -> Vec<Tier> {
     {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx2") && has!("fma") && has!("f16c") {
-            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+            if super::avx512_vnni() {
                 tiers.push(Tier::Avx512Vnni);
             }
             if has!("avxvnni") {

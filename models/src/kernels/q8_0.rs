@@ -125,10 +125,16 @@ impl Q8_0x8 {
         let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
         // One group of eight columns (all rows) per work item, `lanes[g * m + r]`.
         let mut lanes = vec![[0f32; 8]; self.d.len() / nb * m];
+        let wide = super::avx512_vnni();
         lanes.par_chunks_mut(m).zip(self.d.par_chunks(nb).zip(self.qs.par_chunks(nb))).with_min_len(8).for_each(
             |(out, (d, qs))| {
-                for (r, out) in out.iter_mut().enumerate() {
-                    *out = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
+                if wide {
+                    // SAFETY: the CPU has the features (checked above); one group's `nb` blocks and `m` rows.
+                    unsafe { group_512(d, qs, lhs, &lhs_d, out) }
+                } else {
+                    for (r, out) in out.iter_mut().enumerate() {
+                        *out = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
+                    }
                 }
             },
         );
@@ -164,6 +170,93 @@ fn group(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32]) -> [f32; 8] {
             }
         }
         acc.map(super::hsum_float_8)
+    }
+}
+
+/// Rows per pass of [`x86::group_avx512`] over a group's blocks.
+const ROWS_512: usize = 4;
+
+/// One group of eight columns against every row (`ys`, `yd`: all rows' blocks and scales, row-major), with the
+/// 512-bit kernel: `out[r]` gets row `r`'s eight results.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C ([`super::avx512_vnni`]).
+unsafe fn group_512(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32], out: &mut [[f32; 8]]) {
+    for (t, out) in out.chunks_mut(ROWS_512).enumerate() {
+        let r0 = t * ROWS_512;
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        // SAFETY: forwarded from the caller; rows `r0..r0 + out.len()` are within `ys` and `yd`.
+        unsafe {
+            match out.len() {
+                4 => x86::group_avx512::<4>(d, qs, ys, yd, r0, out),
+                3 => x86::group_avx512::<3>(d, qs, ys, yd, r0, out),
+                2 => x86::group_avx512::<2>(d, qs, ys, yd, r0, out),
+                _ => x86::group_avx512::<1>(d, qs, ys, yd, r0, out),
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        unreachable!("the 512-bit kernels need a build with AVX2, FMA and F16C");
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+mod x86 {
+    use super::{Q8_0, Quants8};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// Rows `r0..r0 + R` against one group, two columns per 512-bit register (column `2p` in the low half,
+    /// `2p + 1` in the high half), each block's quants loaded and made unsigned once for the `R` rows.
+    ///
+    /// candle's `maddubs` of `|x|` and `y`·sign(x), then `madd` with ones, gives lane `l` the exact sum of
+    /// products `4l..4l + 4` (no pair reaches the i16 limit: `|x| ≤ 128`, and `|x| = 128` only with
+    /// `|y·sign(x)| ≤ 127` or a product of −16384); `vpdpbusd` adds the same four products into the lane
+    /// exactly. So each lane holds candle's integer, and the `fma` into it and the final horizontal sum are
+    /// candle's: the same bits.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C; `d` and `qs` of `nb` blocks, rows `r0..r0 + R` within `ys`
+    /// and `yd` (`nb` blocks each), `out` of `R` entries.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group_avx512<const R: usize>(
+        d: &[[f16; 8]],
+        qs: &[Quants8],
+        ys: &[Q8_0],
+        yd: &[f32],
+        r0: usize,
+        out: &mut [[f32; 8]],
+    ) {
+        let nb = d.len();
+        // Lanes 0..8 take column 2p's scale, lanes 8..16 column 2p + 1's.
+        let pick: [__m512i; 4] = std::array::from_fn(|p| {
+            _mm512_inserti64x4::<1>(_mm512_set1_epi32(2 * p as i32), _mm256_set1_epi32(2 * p as i32 + 1))
+        });
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for b in 0..nb {
+            let dx = _mm512_zextps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(d[b].as_ptr() as *const __m128i)));
+            let x: [__m512i; 4] = std::array::from_fn(|p| _mm512_loadu_si512(qs[b].0[2 * p].as_ptr() as *const __m512i));
+            let ax = x.map(|x| _mm512_abs_epi8(x));
+            let neg = x.map(|x| _mm512_movepi8_mask(x));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let i = (r0 + r) * nb + b;
+                let by = _mm512_broadcast_i64x4(_mm256_loadu_si256(ys[i].qs.as_ptr() as *const __m256i));
+                // Lane c: column c's `dx·dy`, the product candle broadcasts.
+                let scales = _mm512_mul_ps(dx, _mm512_set1_ps(yd[i]));
+                for p in 0..4 {
+                    let sy = _mm512_mask_sub_epi8(by, neg[p], zero, by);
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, ax[p], sy));
+                    acc[p] = _mm512_fmadd_ps(_mm512_permutexvar_ps(pick[p], scales), q, acc[p]);
+                }
+            }
+        }
+        for (acc, out) in acc.iter().zip(&mut out[..R]) {
+            for (p, acc) in acc.iter().enumerate() {
+                let high = _mm256_castsi256_ps(_mm512_extracti64x4_epi64::<1>(_mm512_castps_si512(*acc)));
+                out[2 * p] = super::super::hsum_float_8(_mm512_castps512_ps256(*acc));
+                out[2 * p + 1] = super::super::hsum_float_8(high);
+            }
+        }
     }
 }
 
@@ -210,6 +303,36 @@ mod tests {
         let all = bits(&w.matmul(&x).unwrap());
         for r in 0..m {
             assert_eq!(all[r * n..(r + 1) * n], bits(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap()), "row {r}");
+        }
+    }
+
+    #[test]
+    fn the_512_bit_kernel_computes_the_avx2_bits() {
+        if !crate::kernels::avx512_vnni() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let (n, k) = (51, 288);
+        let nb = k / 32;
+        for m in [1usize, 3, 4, 9] {
+            let (w, x) = case(n, k, m);
+            let w = Q8_0x8::new(&w).unwrap();
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut lhs = vec![BlockQ8_0::zeros(); m * nb];
+            BlockQ8_0::from_float(&xs, &mut lhs);
+            // SAFETY: the same layout, as in `matmul`.
+            let lhs: &[Q8_0] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8_0, lhs.len()) };
+            let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
+            for g in 0..n.div_ceil(8) {
+                let (d, qs) = (&w.d[g * nb..(g + 1) * nb], &w.qs[g * nb..(g + 1) * nb]);
+                let mut wide = vec![[0f32; 8]; m];
+                // SAFETY: the CPU has the features (checked above).
+                unsafe { group_512(d, qs, lhs, &lhs_d, &mut wide) };
+                for (r, wide) in wide.iter().enumerate() {
+                    let narrow = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
+                    assert_eq!(wide.map(f32::to_bits), narrow.map(f32::to_bits), "m = {m}, group {g}, row {r}");
+                }
+            }
         }
     }
 
