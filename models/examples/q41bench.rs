@@ -2,7 +2,8 @@
 //! and MLP projections, [`models::kernels::Q8_0x8`] on the tied 49152 × 576 output projection. µs per call,
 //! median of 15 batches, the calls starting on a worker of the compute pool as in the engine.
 //!
-//! `cargo run --release -p models --example q41bench`; with `HEARTH_NO_AVX512=1` the AVX2 kernels run.
+//! `cargo run --release -p models --example q41bench [-- FILTER]` (FILTER: a substring of the shape names); with
+//! `HEARTH_NO_AVX512=1` the AVX2 kernels run.
 
 use std::time::Instant;
 
@@ -31,6 +32,7 @@ fn main() -> candle_core::Result<()> {
 }
 
 fn bench() -> candle_core::Result<()> {
+    let filter = std::env::args().nth(1).unwrap_or_default();
     let dev = Device::Cpu;
     let shapes = [
         ("q/o 576x576", GgmlDType::Q4_1, 576usize, 576usize),
@@ -39,6 +41,9 @@ fn bench() -> candle_core::Result<()> {
         ("output 49152x576", GgmlDType::Q8_0, 49152, 576),
     ];
     for (name, dtype, n, k) in shapes {
+        if !name.contains(&filter) {
+            continue;
+        }
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, dtype)?;
         let t = Instant::now();

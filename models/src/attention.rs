@@ -183,6 +183,10 @@ impl ScoreOrder {
 
 /// Append the scores of one block's `bs` positions (`keys`: `[head_dim][bs]`) against `q` to `out`.
 fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, acc: &mut Vec<f32>, out: &mut Vec<f32>) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    if x86::block_scores(order, q, keys, bs, out) {
+        return;
+    }
     let dim = q.len();
     let key = |d: usize| &keys[d * bs..(d + 1) * bs];
     // `acc[r * bs + s]`: accumulator `r` of position `s`.
@@ -197,69 +201,6 @@ fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, acc: &mut
         }
     };
     match order {
-        // The two common orders work on eight positions at a time with their accumulators in registers.
-        ScoreOrder::Sequential if bs % 8 == 0 => {
-            for c in (0..bs).step_by(8) {
-                let mut a = [0f32; 8];
-                for (d, &qd) in q.iter().enumerate() {
-                    let k = &keys[d * bs + c..d * bs + c + 8];
-                    for s in 0..8 {
-                        a[s] = qd.mul_add(k[s], a[s]);
-                    }
-                }
-                out.extend_from_slice(&a);
-            }
-        }
-        ScoreOrder::Tree8 if bs % 8 == 0 && dim % 8 == 0 => {
-            for c in (0..bs).step_by(8) {
-                // lanes[l][s]: the chain of dimensions d ≡ l (mod 8) for position c + s.
-                let mut lanes = [[0f32; 8]; 8];
-                for d0 in (0..dim).step_by(8) {
-                    for (l, lane) in lanes.iter_mut().enumerate() {
-                        let qd = q[d0 + l];
-                        let k = &keys[(d0 + l) * bs + c..(d0 + l) * bs + c + 8];
-                        for s in 0..8 {
-                            lane[s] = qd.mul_add(k[s], lane[s]);
-                        }
-                    }
-                }
-                for w in [4, 2, 1] {
-                    for l in 0..w {
-                        for s in 0..8 {
-                            lanes[l][s] += lanes[l + w][s];
-                        }
-                    }
-                }
-                out.extend_from_slice(&lanes[0]);
-            }
-        }
-        ScoreOrder::Gemv8 if bs % 8 == 0 && dim % 64 == 0 && dim <= 128 => {
-            // Accumulator (chunk i, lane l) holds dimension 8i + l, plus 64 + 8i + l when dim is 128. The
-            // pairwise tree over chunks runs per lane, and the lanes are then summed in order, as gemv does.
-            for c in (0..bs).step_by(8) {
-                let k8 = |d: usize| -> &[f32] { &keys[d * bs + c..d * bs + c + 8] };
-                let mut total = [0f32; 8];
-                for l in 0..8 {
-                    let chunk = |i: usize| -> [f32; 8] {
-                        let d = 8 * i + l;
-                        let mut p = [0f32; 8];
-                        for s in 0..8 {
-                            p[s] = q[d].mul_add(k8(d)[s], 0.0);
-                            if dim == 128 {
-                                p[s] = q[d + 64].mul_add(k8(d + 64)[s], p[s]);
-                            }
-                        }
-                        p
-                    };
-                    let add = |a: [f32; 8], b: [f32; 8]| -> [f32; 8] { std::array::from_fn(|s| a[s] + b[s]) };
-                    let t = add(add(add(chunk(0), chunk(1)), add(chunk(2), chunk(3))), add(add(chunk(4), chunk(5)), add(chunk(6), chunk(7))));
-                    for s in 0..8 {
-                        total[s] = if l == 0 { t[s] } else { total[s] + t[s] };
-                    }
-                }
-                out.extend_from_slice(&total);
-            }
-        }
         ScoreOrder::Sequential => {
             acc.clear();
             acc.resize(bs, 0.0);
@@ -308,6 +249,99 @@ fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, acc: &mut
             }
             out.extend_from_slice(&acc[..bs]);
         }
+    }
+}
+
+/// The common score shapes in AVX2 registers, eight positions per vector; the same operations, lane by lane,
+/// as the portable code of [`block_scores`] (the compiler does not keep that code's accumulators in registers
+/// everywhere).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod x86 {
+    use super::ScoreOrder;
+    use std::arch::x86_64::*;
+
+    /// Append the scores of one block (`keys`: `[head_dim][bs]`) to `out` and return true, or return false
+    /// (having done nothing) for a shape these kernels do not take.
+    pub(super) fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, out: &mut Vec<f32>) -> bool {
+        let dim = q.len();
+        let taken = bs % 8 == 0
+            && keys.len() == dim * bs
+            && match order {
+                ScoreOrder::Sequential => true,
+                ScoreOrder::Tree8 => dim % 8 == 0,
+                ScoreOrder::Gemv8 => dim == 64 || dim == 128,
+            };
+        if !taken {
+            return false;
+        }
+        if order == ScoreOrder::Sequential && bs % 32 == 0 {
+            // Four blocks of eight positions side by side: four independent chains hide the FMA latency.
+            for c in (0..bs).step_by(32) {
+                // SAFETY: as below, with `c + 32 <= bs`.
+                unsafe {
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for (d, &qd) in q.iter().enumerate() {
+                        let (qd, k) = (_mm256_set1_ps(qd), keys.as_ptr().add(d * bs + c));
+                        for (j, acc) in acc.iter_mut().enumerate() {
+                            *acc = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k.add(8 * j)), *acc);
+                        }
+                    }
+                    let mut lanes = [0f32; 32];
+                    for (j, acc) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * j), *acc);
+                    }
+                    out.extend_from_slice(&lanes);
+                }
+            }
+            return true;
+        }
+        for c in (0..bs).step_by(8) {
+            // SAFETY: AVX2 and FMA at compile time (cfg above); `d < dim` and `c + 8 <= bs`, so each load reads
+            // eight values within `keys` (`dim * bs` long, checked above).
+            unsafe {
+                let k8 = |d: usize| _mm256_loadu_ps(keys.as_ptr().add(d * bs + c));
+                let fma = |d: usize, acc: __m256| _mm256_fmadd_ps(_mm256_set1_ps(q[d]), k8(d), acc);
+                let zero = _mm256_setzero_ps();
+                let scores = match order {
+                    // One FMA chain over the dimensions per position.
+                    ScoreOrder::Sequential => (0..dim).fold(zero, |acc, d| fma(d, acc)),
+                    // Lane l chains dimensions d ≡ l (mod 8), then a halving tree over the lanes.
+                    ScoreOrder::Tree8 => {
+                        let mut lanes = [zero; 8];
+                        for d0 in (0..dim).step_by(8) {
+                            for (l, lane) in lanes.iter_mut().enumerate() {
+                                *lane = fma(d0 + l, *lane);
+                            }
+                        }
+                        for w in [4, 2, 1] {
+                            for l in 0..w {
+                                lanes[l] = _mm256_add_ps(lanes[l], lanes[l + w]);
+                            }
+                        }
+                        lanes[0]
+                    }
+                    // Accumulator (chunk i, lane l): dimension 8i + l (then 64 + 8i + l), a pairwise tree over
+                    // the chunks per lane, then the lanes summed in order.
+                    ScoreOrder::Gemv8 => {
+                        let mut total = zero;
+                        for l in 0..8 {
+                            let p: [__m256; 8] = std::array::from_fn(|i| {
+                                let p = fma(8 * i + l, zero);
+                                if dim == 128 { fma(64 + 8 * i + l, p) } else { p }
+                            });
+                            let add = |a, b| _mm256_add_ps(a, b);
+                            let t = add(add(add(p[0], p[1]), add(p[2], p[3])), add(add(p[4], p[5]), add(p[6], p[7])));
+                            total = if l == 0 { t } else { add(total, t) };
+                        }
+                        total
+                    }
+                };
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), scores);
+                out.extend_from_slice(&lanes);
+            }
+        }
+        true
     }
 }
 

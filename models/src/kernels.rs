@@ -153,32 +153,42 @@ pub fn q6k_matmul_rows(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Te
     // SAFETY: same layout and size.
     let lhs: &[Q8K] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8K, m * nb) };
     let mut out_t = vec![0f32; n * m];
+    let wide = avx512_vnni();
     out_t.par_chunks_mut(m).enumerate().with_min_len(8).for_each_init(Vec::new, |acc, (col, out)| {
-        q6k_column(&weights[col * nb..(col + 1) * nb], lhs, nb, acc, out);
+        let w = &weights[col * nb..(col + 1) * nb];
+        if wide {
+            // SAFETY: the CPU has the features (checked above).
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            unsafe {
+                x86::q6k_column_512(w, lhs, nb, acc, out)
+            }
+        } else {
+            q6k_column(w, lhs, nb, acc, out);
+        }
     });
     Ok(Some(Tensor::from_vec(out_t, (n, m), &Device::Cpu)?.t()?.contiguous()?))
 }
+
+/// candle's `get_scale_shuffle` table for Q6_K: shuffle `i` repeats scale byte 2i eight times, then 2i + 1.
+const SHUFFLE: [[u8; 16]; 8] = {
+    let mut t = [[0u8; 16]; 8];
+    let mut i = 0;
+    while i < 8 {
+        let mut j = 0;
+        while j < 16 {
+            t[i][j] = (2 * i + j / 8) as u8;
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// One Q6_K column against every row: candle's `vec_dot_q6k_q8k`, with each weight block unpacked once and
 /// the rows' accumulators kept in `acc`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 fn q6k_column(w: &[Q6K], lhs: &[Q8K], nb: usize, acc: &mut Vec<std::arch::x86_64::__m256>, out: &mut [f32]) {
     use std::arch::x86_64::*;
-    // candle's `get_scale_shuffle` table: shuffle `i` repeats scale byte 2i eight times, then 2i + 1.
-    const fn shuffle_table() -> [[u8; 16]; 8] {
-        let mut t = [[0u8; 16]; 8];
-        let mut i = 0;
-        while i < 8 {
-            let mut j = 0;
-            while j < 16 {
-                t[i][j] = (2 * i + j / 8) as u8;
-                j += 1;
-            }
-            i += 1;
-        }
-        t
-    }
-    const SHUFFLE: [[u8; 16]; 8] = shuffle_table();
     let m = out.len();
     // SAFETY: AVX2 and FMA at compile time; every load reads within one block's arrays.
     unsafe {
@@ -239,6 +249,67 @@ fn q6k_column(_: &[Q6K], _: &[Q8K], _: usize, _: &mut Vec<f32>, _: &mut [f32]) {
     unreachable!("q6k_matmul_rows declines without AVX2 and FMA")
 }
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod x86 {
+    use super::{Q6K, Q8K, SHUFFLE};
+    use std::arch::x86_64::*;
+
+    /// [`super::q6k_column`] with 512-bit registers, the same bits: each register holds two of a block's
+    /// 32-value chunks, chunk `2i` in the low half and `2i + 1` in the high half, so the integer work halves.
+    /// Each 32-bit lane collects the same products, scaled by the same 16-bit scales, as candle's 256-bit lane
+    /// of that position does over the chunks, all exactly; the two halves are added (exactly) before candle's
+    /// per-block `fma`.
+    ///
+    /// # Safety
+    /// AVX-512 F and BW, AVX2 and FMA; `w` and each row of `lhs` of `nb` blocks, `lhs` of `out.len()` rows.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
+    pub(super) unsafe fn q6k_column_512(w: &[Q6K], lhs: &[Q8K], nb: usize, acc: &mut Vec<__m256>, out: &mut [f32]) {
+        let m = out.len();
+        acc.clear();
+        acc.resize(m, _mm256_setzero_ps());
+        let (m4, m2, m32s) = (_mm512_set1_epi8(0xF), _mm512_set1_epi8(3), _mm512_set1_epi8(32));
+        // Per 16-bit lane, the shift that brings chunk `i`'s two high bits down: 0 and 2 for chunks 0 and 1,
+        // 4 and 6 for chunks 2 and 3.
+        let shift01 = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+        let shift23 = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6));
+        let both = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        for (b, x) in w.iter().enumerate() {
+            let xd = x.d.to_f32();
+            let scales = _mm_loadu_si128(x.scales.as_ptr() as *const __m128i);
+            let scale = |t: usize| _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, _mm_loadu_si128(SHUFFLE[t].as_ptr() as *const __m128i)));
+            // q4[2j + h], sc[2j + h]: chunks 2h and 2h + 1 of half `j`, as candle builds them.
+            let mut q4 = [_mm512_setzero_si512(); 4];
+            let mut sc = [_mm512_setzero_si512(); 4];
+            for j in 0..2 {
+                let ql = _mm512_loadu_si512(x.ql.as_ptr().add(j * 64) as *const __m512i);
+                let qh = _mm256_loadu_si256(x.qh.as_ptr().add(j * 32) as *const __m256i);
+                let qh = both(qh, qh);
+                let high = |shift: __m512i| _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srlv_epi16(qh, shift), m2));
+                q4[2 * j] = _mm512_or_si512(_mm512_and_si512(ql, m4), high(shift01));
+                q4[2 * j + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4), high(shift23));
+                sc[2 * j] = both(scale(4 * j), scale(4 * j + 1));
+                sc[2 * j + 1] = both(scale(4 * j + 2), scale(4 * j + 3));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let y = &lhs[r * nb + b];
+                let d = y.d * xd;
+                let mut sumi = _mm512_setzero_si512();
+                for (t, (&q4, &sc)) in q4.iter().zip(&sc).enumerate() {
+                    let q8 = _mm512_loadu_si512(y.qs.as_ptr().add(64 * t) as *const __m512i);
+                    let p16 = _mm512_sub_epi16(_mm512_maddubs_epi16(q4, q8), _mm512_maddubs_epi16(m32s, q8));
+                    sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(sc, p16));
+                }
+                let high = _mm512_extracti64x4_epi64::<1>(sumi);
+                let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sumi), high);
+                *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), *acc);
+            }
+        }
+        for (o, &acc) in out.iter_mut().zip(acc.iter()) {
+            *o = super::hsum_float_8(acc);
+        }
+    }
+}
+
 /// candle's `hsum_float_8`: the eight lanes summed in its fixed order.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline(always)]
@@ -257,6 +328,38 @@ fn hsum_float_8(x: std::arch::x86_64::__m256) -> f32 {
 mod tests {
     use super::*;
     use candle_core::Module;
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[test]
+    fn q6k_512_bit_columns_are_bit_identical_to_the_avx2_columns() {
+        if !avx512_vnni() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (n, k) = (5, 768);
+        let nb = k / 256;
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+        let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q6K).unwrap();
+        let data = w.data().unwrap();
+        // SAFETY: candle's `Vec<BlockQ6K>` storage, as in `q6k_matmul_rows`.
+        let weights: &[Q6K] = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const Q6K, n * nb) };
+        for m in [1usize, 3, 8] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+            let mut lhs = vec![BlockQ8K::zeros(); m * nb];
+            BlockQ8K::from_float(&x, &mut lhs);
+            // SAFETY: the same layout and size.
+            let lhs: &[Q8K] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8K, m * nb) };
+            for col in 0..n {
+                let w = &weights[col * nb..(col + 1) * nb];
+                let (mut narrow, mut wide) = (vec![0f32; m], vec![0f32; m]);
+                q6k_column(w, lhs, nb, &mut Vec::new(), &mut narrow);
+                // SAFETY: the CPU has the features (checked above).
+                unsafe { x86::q6k_column_512(w, lhs, nb, &mut Vec::new(), &mut wide) };
+                assert_eq!(narrow.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), wide.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), "m = {m}, column {col}");
+            }
+        }
+    }
 
     #[test]
     fn q6k_rows_are_bit_identical_to_candles_one_row_path() {
