@@ -94,6 +94,11 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+/// mimalloc keeps freed pages for reuse: a decode step allocates and frees the same buffers every few
+/// milliseconds, and glibc's allocator hands them back to the kernel and faults them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     engine::tune_cpu_threads();
     match run(Args::parse()) {

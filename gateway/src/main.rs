@@ -13,6 +13,11 @@ use clap::Parser;
 use gateway::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc keeps freed pages for reuse: a decode step allocates and frees the same buffers every few
+/// milliseconds, and glibc's allocator hands them back to the kernel and faults them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     engine::tune_cpu_threads();
     match run() {
