@@ -105,6 +105,16 @@ async fn drain(stream: &mut engine::RequestStream, start: Instant, bar: &Progres
     bail!("a hearth request stream ended without a Finished event")
 }
 
+/// One single-stream run of `g` tokens after `prompt`: the engine's decode tok/s.
+pub async fn decode_run(handle: &EngineHandle, prompt: &[u32], g: usize, bar: &ProgressBar) -> Result<f64> {
+    let run = complete(handle, prompt, g, bar).await?;
+    let n = run.completion.usage.completion_tokens;
+    if n != g {
+        note(bar, &format!("hearth: warning: generated {n} of {g} tokens ({:?})", run.completion.reason));
+    }
+    Ok(run.completion.timings.decode_tokens_per_second(n))
+}
+
 /// Measure hearth on `workload` into `results`: single-stream prefill and decode, then each concurrency level.
 /// What was measured before an error (or an interrupt, which drops this future) stays in `results`.
 pub async fn measure(
@@ -131,12 +141,7 @@ pub async fn measure(
     bar.set_message("decode");
     let mut decode = Vec::new();
     for prompt in &workload.decode {
-        let run = complete(handle, prompt, g, &bar).await?;
-        let n = run.completion.usage.completion_tokens;
-        if n != g {
-            note(&bar, &format!("hearth: warning: generated {n} of {g} tokens ({:?})", run.completion.reason));
-        }
-        decode.push(run.completion.timings.decode_tokens_per_second(n));
+        decode.push(decode_run(handle, prompt, g, &bar).await?);
     }
     bar.finish_and_clear();
     results.single = Some(SingleStream::from_runs(EngineKind::Hearth, &prefill, &decode, &ttft));

@@ -112,6 +112,15 @@ impl LlamaServer {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// One single-stream run of `g` tokens after `prompt`: the server's decode tok/s.
+    pub async fn decode_run(&self, client: &reqwest::Client, prompt: &[u32], g: usize, bar: &ProgressBar) -> Result<f64> {
+        let run = self.complete(client, prompt, g, bar).await?;
+        if run.timings.predicted_n != g {
+            note(bar, &format!("llama.cpp: warning: generated {} of {g} tokens", run.timings.predicted_n));
+        }
+        Ok(run.timings.predicted_per_second)
+    }
+
     /// One streamed `/completion` request; `bar` advances by one per streamed token.
     async fn complete(
         &self,
@@ -228,6 +237,21 @@ pub struct LlamaConfig<'a> {
     pub threads: usize,
 }
 
+impl<'a> LlamaConfig<'a> {
+    /// The server for `workload` with `slots` slots: room per slot for the prompt, the generated tokens and a
+    /// little slack.
+    pub fn server(&self, workload: &Workload, slots: usize) -> ServerConfig<'a> {
+        ServerConfig {
+            binary: self.binary,
+            model: self.model,
+            device: self.device,
+            threads: self.threads,
+            slots,
+            ctx_per_slot: (workload.prompt_tokens + workload.gen_tokens + 64).next_multiple_of(256),
+        }
+    }
+}
+
 /// Measure llama.cpp on `workload` into `results`: single-stream figures on a one-slot server, then one
 /// server per concurrency level with that many slots. What was measured before an error (or an interrupt,
 /// which drops this future and kills the server) stays in `results`.
@@ -238,18 +262,8 @@ pub async fn measure(
     results: &mut EngineResults,
 ) -> Result<()> {
     let client = reqwest::Client::builder().build().context("building the HTTP client")?;
-    let n = workload.prompt_tokens;
     let g = workload.gen_tokens;
-    // Room for the prompt, the generated tokens and a little slack, per slot; the server gets slots × this.
-    let ctx_per_slot = (n + g + 64).next_multiple_of(256);
-    let server_config = |slots| ServerConfig {
-        binary: config.binary,
-        model: config.model,
-        device: config.device,
-        threads: config.threads,
-        slots,
-        ctx_per_slot,
-    };
+    let server_config = |slots| config.server(workload, slots);
     let hidden = ProgressBar::hidden();
 
     let single = LlamaServer::start(&server_config(1), &client).await?;
@@ -280,11 +294,7 @@ pub async fn measure(
         bar.set_message("decode");
         let mut decode = Vec::new();
         for prompt in &workload.decode {
-            let run = server.complete(&client, prompt, g, &bar).await?;
-            if run.timings.predicted_n != g {
-                note(&bar, &format!("llama.cpp: warning: generated {} of {g} tokens", run.timings.predicted_n));
-            }
-            decode.push(run.timings.predicted_per_second);
+            decode.push(server.decode_run(&client, prompt, g, &bar).await?);
         }
         bar.finish_and_clear();
         results.single = Some(SingleStream::from_runs(EngineKind::LlamaCpp, &prefill, &decode, &ttft));

@@ -14,6 +14,7 @@
 
 mod hearth;
 mod llama;
+mod paired;
 mod plot;
 mod prompt;
 mod provenance;
@@ -83,6 +84,12 @@ struct Args {
     /// llama.cpp then offloads every layer to that GPU, so it must be a CUDA build of llama-server).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: engine::Device,
+
+    /// Measure only single-stream decode, hearth and llama.cpp taking turns on the same prompt, `--repeat`
+    /// pairs; reports every pair and the median of the per-pair ratios (bench-paired.md/.json with --out).
+    /// For bandwidth-bound models on machines whose memory bandwidth drifts.
+    #[arg(long)]
+    paired_decode: bool,
 
     /// Write the JSON lines to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
@@ -185,6 +192,23 @@ fn run(args: Args) -> Result<()> {
 
     // One thread drives the requests; the compute threads belong to the engines.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if args.paired_decode {
+        if !measure_llama {
+            bail!("--paired-decode needs llama.cpp (see above)");
+        }
+        let config = llama::LlamaConfig { binary: &llama_server, model: &model, device, threads };
+        let mut paired = paired::PairedDecode::default();
+        let measured = runtime.block_on(until_interrupted(paired::measure(&handle, &config, &workload, &mut paired)));
+        handle.shutdown();
+        info.load_avg_1m_end = load_average();
+        let table = paired.markdown(&info);
+        print!("{table}");
+        if let Some(dir) = &args.out {
+            write_file(&dir.join("bench-paired.md"), &table)?;
+            write_file(&dir.join("bench-paired.json"), &format!("{:#}\n", paired.json(&info)))?;
+        }
+        return measured.context("paired decode");
+    }
     // Figures measured before an error or an interrupt are still reported; the error comes after.
     let mut failure = None;
     let mut hearth_results = EngineResults::new(EngineKind::Hearth);
