@@ -151,6 +151,9 @@ fn run(args: Args) -> Result<()> {
     } else {
         true
     };
+    if args.paired_decode && !measure_llama {
+        bail!("--paired-decode needs llama.cpp (see above)");
+    }
     let threads = resolve_threads(args.threads);
     let device = Device::from(args.device);
 
@@ -193,9 +196,6 @@ fn run(args: Args) -> Result<()> {
     // One thread drives the requests; the compute threads belong to the engines.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if args.paired_decode {
-        if !measure_llama {
-            bail!("--paired-decode needs llama.cpp (see above)");
-        }
         let config = llama::LlamaConfig { binary: &llama_server, model: &model, device, threads };
         let mut paired = paired::PairedDecode::default();
         let measured = runtime.block_on(until_interrupted(paired::measure(&handle, &config, &workload, &mut paired)));
