@@ -75,9 +75,17 @@ test("chat: a typed message streams its answer token by token, rendered as Markd
   assert.equal(await page.locator("#model-name").textContent(), model);
   await page.fill("#max-tokens", "48");
   await page.fill("#temperature", "0");
+  // SmolLM2 writes a token every few milliseconds, faster than the page's reads on a fast machine: the whole
+  // answer can then land in one read and one render, and nothing would tell streaming from a single JSON
+  // reply. A slow client link (Chromium's own network throttling, as in DevTools) delivers the SSE events
+  // in 1460-byte packets a third of a second apart, whatever the engine's speed; the 48-token answer takes
+  // about eight of them.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Network.enable");
+  await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: 4096, uploadThroughput: -1 });
   await watchStreaming();
   const response = page.waitForResponse((r) => r.url().endsWith("/v1/chat/completions"));
-  await page.fill("#prompt", "Write a short list of three fruits.");
+  await page.fill("#prompt", "Write a short list of three fruits, with one sentence about each.");
   await page.click("#send");
   assert.match((await response).headers()["content-type"], /^text\/event-stream/);
   await page.locator("#stop:not([disabled])").waitFor();
@@ -87,8 +95,11 @@ test("chat: a typed message streams its answer token by token, rendered as Markd
   const distinct = new Set(growth.filter((n) => n > 0));
   assert.ok(distinct.size >= 3, `the answer arrived in pieces while streaming, saw lengths ${JSON.stringify(growth)}`);
   assert.ok((await answer.locator(".body").textContent()).trim().length > 0);
+  assert.ok((await answer.locator(".body ol > li").count()) >= 2, "the numbered list is rendered as <ol>");
   assert.match(await answer.locator(".meta").textContent(), /finish: (stop|length)/);
   assert.equal(await page.locator("#send").isDisabled(), false);
+
+  await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
 
   // A second turn carries the first: user, assistant, user.
   const second = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
