@@ -1,6 +1,7 @@
 //! Times the batched one-row-rounding Q6_K kernel ([`models::kernels::q6k_matmul_rows`], the decode rows of a
 //! batched step) on Qwen2.5-1.5B's Q6_K shapes (the tied output projection, and `ffn_down` of half the
-//! layers) and Qwen2.5-7B's `ffn_down`, at 1 and 8 rows; µs per call, median of 9 batches.
+//! layers) and Qwen2.5-7B's `ffn_down`, at 1 and 8 rows, and candle's own one-row call (what a single-stream
+//! decode step runs) next to it at 1 row; µs per call, median of 9 batches, the two taking turns.
 //!
 //! Each call uses the next of several copies of the weight, at least 128 MB in all, so that the weights come
 //! from memory as in a real decode step.
@@ -10,7 +11,35 @@
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Module, Tensor};
+
+/// Median µs per call of each of `runs`, in alternating batches of about 50 ms, 9 batches each after a
+/// warm-up.
+fn time<const N: usize>(mut runs: [&mut dyn FnMut(usize) -> candle_core::Result<()>; N]) -> candle_core::Result<[f64; N]> {
+    let mut per_batch = [1usize; N];
+    for (run, per_batch) in runs.iter_mut().zip(&mut per_batch) {
+        let (t, mut calls) = (Instant::now(), 0);
+        while t.elapsed() < Duration::from_millis(200) || calls < 2 {
+            run(calls)?;
+            calls += 1;
+        }
+        *per_batch = ((0.05 / (t.elapsed().as_secs_f64() / calls as f64)) as usize).max(1);
+    }
+    let mut per_call = [(); N].map(|_| Vec::new());
+    for _ in 0..9 {
+        for (i, run) in runs.iter_mut().enumerate() {
+            let t = Instant::now();
+            for c in 0..per_batch[i] {
+                run(c)?;
+            }
+            per_call[i].push(t.elapsed().as_secs_f64() / per_batch[i] as f64 * 1e6);
+        }
+    }
+    Ok(per_call.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }))
+}
 
 fn main() -> candle_core::Result<()> {
     // As in the engine: the calls start on a worker of the engine's compute pool.
@@ -25,8 +54,8 @@ fn bench() -> candle_core::Result<()> {
     };
     let dev = Device::Cpu;
     let shapes = [("1.5B output 151936x1536", 151936usize, 1536usize), ("1.5B down 1536x8960", 1536, 8960), ("7B down 3584x18944", 3584, 18944)];
-    println!("| shape | m | µs per call | GB/s of weights |");
-    println!("|---|---:|---:|---:|");
+    println!("| shape | m | ours µs | ours GB/s of weights | candle µs |");
+    println!("|---|---:|---:|---:|---:|");
     for (name, n, k) in shapes {
         if !name.contains(&filter) {
             continue;
@@ -36,35 +65,26 @@ fn bench() -> candle_core::Result<()> {
         let weights = (0..copies)
             .map(|c| {
                 let w: Vec<f32> = (0..n * k).map(|i| (((i + c) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
-                QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, GgmlDType::Q6K)
+                Ok(std::sync::Arc::new(QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, GgmlDType::Q6K)?))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         for &m in &rows {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let mut calls = 0usize;
-            let mut run = || -> candle_core::Result<()> {
-                models::kernels::q6k_matmul_rows(&x, &weights[calls % copies])?.expect("the kernel applies");
+            let mut ours = |_: usize| -> candle_core::Result<()> {
                 calls += 1;
+                models::kernels::q6k_matmul_rows(&x, &weights[calls % copies])?.expect("the kernel applies");
                 Ok(())
             };
-            let t = Instant::now();
-            let mut warm = 0;
-            while t.elapsed() < Duration::from_millis(200) || warm < 2 {
-                run()?;
-                warm += 1;
-            }
-            let per_batch = ((0.05 / (t.elapsed().as_secs_f64() / warm as f64)) as usize).max(1);
-            let mut per_call = Vec::new();
-            for _ in 0..9 {
-                let t = Instant::now();
-                for _ in 0..per_batch {
-                    run()?;
-                }
-                per_call.push(t.elapsed().as_secs_f64() / per_batch as f64 * 1e6);
-            }
-            per_call.sort_by(f64::total_cmp);
-            let us = per_call[4];
-            println!("| {name} | {m} | {us:.0} | {:.1} |", bytes as f64 / us / 1e3);
+            let candles: Vec<_> = weights.iter().map(|w| candle_core::quantized::QMatMul::from_arc(w.clone())).collect::<candle_core::Result<_>>()?;
+            let mut candle_calls = 0usize;
+            let mut theirs = |_: usize| -> candle_core::Result<()> {
+                candle_calls += 1;
+                candles[candle_calls % copies].forward(&x)?;
+                Ok(())
+            };
+            let [us, candle_us] = if m == 1 { time([&mut ours, &mut theirs])? } else { [time([&mut ours])?[0], f64::NAN] };
+            println!("| {name} | {m} | {us:.0} | {:.1} | {candle_us:.0} |", bytes as f64 / us / 1e3);
         }
     }
     Ok(())

@@ -92,8 +92,9 @@ impl Linear {
         };
         let y = match (rows, weight) {
             // Only the CPU reference rounds by row count; other devices run one plain matmul.
-            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == GgmlDType::Q6K && rows.mixed() && x.device().is_cpu() => {
-                // Decode rows: one-row rounding, batched by our kernel when it applies, else row by row.
+            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == GgmlDType::Q6K && x.device().is_cpu() && (rows.mixed() || rows.prompt.is_empty()) => {
+                // Decode rows: one-row rounding, by our kernel when it applies (it also beats candle's one-row
+                // call on a single row), else row by row.
                 let decode = |x: &Tensor| match crate::kernels::q6k_matmul_rows(x, t)? {
                     Some(y) => Ok(y),
                     None => {
@@ -101,7 +102,7 @@ impl Linear {
                         Tensor::cat(&rows, 0)
                     }
                 };
-                rows.apply(x, |x| weight.forward(x), decode)?
+                if rows.prompt.is_empty() { decode(x)? } else { rows.apply(x, |x| weight.forward(x), decode)? }
             }
             _ => weight.forward(x)?,
         };
