@@ -103,6 +103,19 @@ fn gather_groups(lanes: &[[f32; 8]], m: usize, n: usize) -> candle_core::Result<
     Tensor::from_vec(y, (m, n), &Device::Cpu)
 }
 
+/// A pointer that parallel work items share, each using its own part of what it points to.
+struct SyncPtr<T>(*mut T);
+
+// SAFETY: only used where each work item reads or writes a part of the buffer no other item touches.
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `SyncPtr`, not its field).
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 /// candle's `BlockQ8K`, mirrored (292 bytes).
 #[repr(C)]
 struct Q8K {

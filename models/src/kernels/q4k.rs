@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-use super::Q8K;
+use super::{SyncPtr, Q8K};
 
 /// Output columns per repacked block: candle's `TILE_N`, and the lanes of a 512-bit register.
 const COLS: usize = 16;
@@ -189,19 +189,6 @@ fn repack_column(src: &[u8], c: usize, dst: &mut Block) {
                 dst.qs[64 * (4 * s + t) + 4 * c + j] = value(v) | (value(v + 16) << 4);
             }
         }
-    }
-}
-
-/// A pointer that parallel work items share, each using its own part of what it points to.
-struct SyncPtr<T>(*mut T);
-
-// SAFETY: only used where each work item reads or writes a part of the buffer no other item touches.
-unsafe impl<T> Sync for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// The pointer (a method, so that closures capture the whole `SyncPtr`, not its field).
-    fn get(&self) -> *mut T {
-        self.0
     }
 }
 

@@ -12,9 +12,8 @@ use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
-use rayon::prelude::*;
 
-use super::Q8K;
+use super::{SyncPtr, Q8K};
 
 /// Columns per work item, when the activations do not fit in [`L1_BYTES`].
 const TILE: usize = 8;
@@ -61,18 +60,28 @@ pub fn q6k_matmul_rows(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Te
     let wide = super::avx512_vnni();
     // Activations that fit in L1 stay there anyway: columns one at a time then read the weights in order.
     let tile = if m * nb * std::mem::size_of::<Q8K>() <= L1_BYTES { 1 } else { TILE };
-    let (out_tiles, w_tiles) = (out_t.par_chunks_mut(tile * m), weights.par_chunks(tile * nb));
-    out_tiles.zip(w_tiles).with_min_len(8 / tile).for_each_init(Vec::new, |acc, (out, w)| {
-        if wide {
-            // SAFETY: the CPU has the features (checked above); `w` holds `out.len() / m` columns of `nb` blocks.
-            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-            unsafe {
-                x86::columns_512(w, &lhs, acc, out)
+    let out = SyncPtr(out_t.as_mut_ptr());
+    let tiles = |range: std::ops::Range<usize>| {
+        let mut acc = Vec::new();
+        for j in range {
+            let (c0, cols) = (j * tile, tile.min(n - j * tile));
+            // SAFETY: tile `j` alone writes columns `c0..c0 + cols` of `out_t`, which outlives the call.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(c0 * m), cols * m) };
+            let w = &weights[c0 * nb..(c0 + cols) * nb];
+            if wide {
+                // SAFETY: the CPU has the features (checked above); `w` holds `cols` columns of `nb` blocks.
+                #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+                unsafe {
+                    x86::columns_512(w, &lhs, &mut acc, out)
+                }
+            } else {
+                columns(w, &lhs, &mut acc, out);
             }
-        } else {
-            columns(w, &lhs, acc, out);
         }
-    });
+    };
+    // On candle's worker pool, as `Q4Kx16` and candle's own matmuls: a decode step that moved between that
+    // pool and rayon's for every other matmul would wait for sleeping workers to wake.
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(tile), tiles);
     Ok(Some(Tensor::from_vec(out_t, (n, m), &Device::Cpu)?.t()?.contiguous()?))
 }
 
