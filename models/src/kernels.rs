@@ -21,7 +21,7 @@
 //!
 //! [`q6k_matmul_rows`] reproduces candle's one-row Q6_K path (`vec_dot_q6k_q8k`, AVX2) for several rows at
 //! once: the reference decodes one row at a time, so decode rows must round that way, but reading the weights
-//! once for all of them, eight columns at a time, is what makes a batch cheap.
+//! once for all of them is what makes a batch cheap (`kernels/q6k.rs`).
 
 use candle_core::quantized::k_quants::BlockQ8K;
 use candle_core::quantized::{GgmlDType, QTensor};

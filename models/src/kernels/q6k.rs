@@ -1,4 +1,6 @@
-//! Q6_K decode rows: candle's one-row path (`vec_dot_q6k_q8k`, AVX2) for several rows at once.
+//! Q6_K decode rows: candle's one-row path (`vec_dot_q6k_q8k`, AVX2) for any number of rows at once, a single
+//! row included (it reads the weights faster than candle's own call). It runs on candle's worker pool, as
+//! `Q4Kx16` does.
 //!
 //! The reference decodes one row at a time, so a decode row must round as candle's one-row kernel rounds it;
 //! what makes a batch cheap is that the weights are read, and each block unpacked, once for all the rows.
