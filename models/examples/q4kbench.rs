@@ -9,43 +9,12 @@
 //! `cargo run --release -p models --example q4kbench [-- FILTER [ROWS]]` (FILTER: a substring of the shape
 //! names; ROWS: a comma-separated list of row counts, 1,8,256 by default).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-/// Median µs per call of each of `runs` (given the call's index), in alternating batches of about 20 ms,
-/// 9 batches each after a warm-up.
-fn time<const N: usize>(mut runs: [&mut dyn FnMut(usize) -> candle_core::Result<Tensor>; N]) -> candle_core::Result<[f64; N]> {
-    let mut per_batch = [1usize; N];
-    let mut calls = 0;
-    for (run, per_batch) in runs.iter_mut().zip(&mut per_batch) {
-        let (t, start) = (Instant::now(), calls);
-        while t.elapsed() < Duration::from_millis(100) || calls - start < 2 {
-            run(calls)?;
-            calls += 1;
-        }
-        *per_batch = ((0.02 / (t.elapsed().as_secs_f64() / (calls - start) as f64)) as usize).max(1);
-    }
-    let mut per_call = [(); N].map(|_| Vec::new());
-    for _ in 0..9 {
-        for (i, run) in runs.iter_mut().enumerate() {
-            // One call first, so that the previous kernel's last batch does not spill over.
-            run(calls)?;
-            calls += 1;
-            let t = Instant::now();
-            for _ in 0..per_batch[i] {
-                run(calls)?;
-                calls += 1;
-            }
-            per_call[i].push(t.elapsed().as_secs_f64() / per_batch[i] as f64 * 1e6);
-        }
-    }
-    Ok(per_call.map(|mut v| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }))
-}
+mod timing;
 
 fn main() -> candle_core::Result<()> {
     // As in the engine: the calls start on a worker of the engine's compute pool.
@@ -88,7 +57,7 @@ fn bench() -> candle_core::Result<()> {
         for m in rows.iter().copied() {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
             let x = Tensor::from_vec(x, (m, k), &dev)?;
-            let [a, b] = time([&mut |i| ours[i % copies].matmul(&x), &mut |i| theirs[i % copies].forward(&x)])?;
+            let [a, b] = timing::alternating([&mut |i| ours[i % copies].matmul(&x), &mut |i| theirs[i % copies].forward(&x)])?;
             println!("| {name} | {m} | {a:.1} | {b:.1} | {:.2} |", b / a);
         }
     }

@@ -1,45 +1,17 @@
 //! Times the batched one-row-rounding Q6_K kernel ([`models::kernels::q6k_matmul_rows`], the decode rows of a
 //! batched step) on Qwen2.5-1.5B's Q6_K shapes (the tied output projection, and `ffn_down` of half the
-//! layers) and Qwen2.5-7B's `ffn_down`, at 1 and 8 rows, and candle's own one-row call (what a single-stream
-//! decode step runs) next to it at 1 row; µs per call, median of 9 batches, the two taking turns.
+//! layers) and Qwen2.5-7B's `ffn_down`, at 1 and 8 rows, and candle's own one-row call (which this kernel
+//! replaces in decode) next to it at 1 row; µs per call, median of 9 batches, the two taking turns.
 //!
 //! Each call uses the next of several copies of the weight, at least 128 MB in all, so that the weights come
 //! from memory as in a real decode step.
 //!
 //! `cargo run --release -p models --example q6kbench [-- FILTER [ROWS]]`
 
-use std::time::{Duration, Instant};
-
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-/// Median µs per call of each of `runs`, in alternating batches of about 50 ms, 9 batches each after a
-/// warm-up.
-fn time<const N: usize>(mut runs: [&mut dyn FnMut(usize) -> candle_core::Result<()>; N]) -> candle_core::Result<[f64; N]> {
-    let mut per_batch = [1usize; N];
-    for (run, per_batch) in runs.iter_mut().zip(&mut per_batch) {
-        let (t, mut calls) = (Instant::now(), 0);
-        while t.elapsed() < Duration::from_millis(200) || calls < 2 {
-            run(calls)?;
-            calls += 1;
-        }
-        *per_batch = ((0.05 / (t.elapsed().as_secs_f64() / calls as f64)) as usize).max(1);
-    }
-    let mut per_call = [(); N].map(|_| Vec::new());
-    for _ in 0..9 {
-        for (i, run) in runs.iter_mut().enumerate() {
-            let t = Instant::now();
-            for c in 0..per_batch[i] {
-                run(c)?;
-            }
-            per_call[i].push(t.elapsed().as_secs_f64() / per_batch[i] as f64 * 1e6);
-        }
-    }
-    Ok(per_call.map(|mut v| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }))
-}
+mod timing;
 
 fn main() -> candle_core::Result<()> {
     // As in the engine: the calls start on a worker of the engine's compute pool.
@@ -83,8 +55,13 @@ fn bench() -> candle_core::Result<()> {
                 candles[candle_calls % copies].forward(&x)?;
                 Ok(())
             };
-            let [us, candle_us] = if m == 1 { time([&mut ours, &mut theirs])? } else { [time([&mut ours])?[0], f64::NAN] };
-            println!("| {name} | {m} | {us:.0} | {:.1} | {candle_us:.0} |", bytes as f64 / us / 1e3);
+            let (us, candle) = if m == 1 {
+                let [us, candle_us] = timing::alternating([&mut ours, &mut theirs])?;
+                (us, format!("{candle_us:.0}"))
+            } else {
+                (timing::alternating([&mut ours])?[0], "–".to_string())
+            };
+            println!("| {name} | {m} | {us:.0} | {:.1} | {candle} |", bytes as f64 / us / 1e3);
         }
     }
     Ok(())
