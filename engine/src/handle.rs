@@ -208,7 +208,7 @@ impl Engine {
         let engine_loop = EngineLoop::new(model, cache, &config, shared.clone(), rx);
         let thread = std::thread::Builder::new()
             .name("hearth-engine".into())
-            .spawn(move || models::run_in_compute_pool(move || engine_loop.run()))
+            .spawn(move || models::run_pinned(move || engine_loop.run()))
             .map_err(|e| load_err(format!("cannot start the engine thread: {e}")))?;
         *shared.thread.lock().expect("engine thread slot") = Some(thread);
         Ok(EngineHandle { shared })

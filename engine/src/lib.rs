@@ -35,9 +35,3 @@ pub use request::{
     TokenChunk, TokenLogprob, Usage,
 };
 pub use tokenizer::Tokenizer;
-
-/// Tune the CPU kernels' worker threads for this process (see `models::shorten_candle_pool_spin`). Call it
-/// first thing in `main`, before any other thread exists.
-pub fn tune_cpu_threads() {
-    models::shorten_candle_pool_spin();
-}

@@ -19,7 +19,6 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    engine::tune_cpu_threads();
     match run() {
         Ok(code) => code,
         // `hearth generate … | head` closes our stdout early; that is not an error.

@@ -1,6 +1,6 @@
 //! Times the SmolLM2-135M kernels on its shapes at 1 and 8 rows: [`models::kernels::Q4_1x8`] on the attention
 //! and MLP projections, [`models::kernels::Q8_0x8`] on the tied 49152 × 576 output projection. µs per call,
-//! median of 15 batches, the calls starting on a worker of the compute pool as in the engine.
+//! median of 15 batches, on the pinned compute threads as in the engine.
 //!
 //! `cargo run --release -p models --example q41bench [-- FILTER]` (FILTER: a substring of the shape names); with
 //! `HEARTH_NO_AVX512=1` the AVX2 kernels run.
@@ -28,7 +28,7 @@ fn time(per_batch: usize, mut run: impl FnMut() -> candle_core::Result<Tensor>) 
 }
 
 fn main() -> candle_core::Result<()> {
-    models::run_in_compute_pool(bench)
+    models::run_pinned(bench)
 }
 
 fn bench() -> candle_core::Result<()> {

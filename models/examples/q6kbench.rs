@@ -14,8 +14,8 @@ use candle_core::{Device, Module, Tensor};
 mod timing;
 
 fn main() -> candle_core::Result<()> {
-    // As in the engine: the calls start on a worker of the engine's compute pool.
-    models::run_in_compute_pool(bench)
+    // As in the engine: on the pinned step-loop thread, with candle's barrier pool.
+    models::run_pinned(bench)
 }
 
 fn bench() -> candle_core::Result<()> {

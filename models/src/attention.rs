@@ -7,7 +7,7 @@
 //! w       = softmax(score)
 //! out_t,h = Σ_j w_j v_j
 //! ```
-//! Work items are (token, head) pairs, spread over rayon's pool. Each item's result depends only on its own
+//! Work items are (token, head) pairs, spread over candle's barrier pool. Each item's result depends only on its own
 //! query and the cached keys/values, never on what else is in the batch or how a prompt was chunked, so
 //! batching and preemption do not change outputs.
 //!
@@ -19,7 +19,6 @@
 //! kernel stays batch-invariant. The softmax denominator is summed in candle's `vec_sum` order and the output
 //! is one sequential FMA chain over positions, as gemm does for `weights × values`.
 
-use rayon::prelude::*;
 
 use crate::{Batch, KvCache, ModelError};
 
@@ -74,7 +73,7 @@ pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'
     }
 
     let mut out = vec![0f32; q.len()];
-    out.par_chunks_mut(dim).enumerate().for_each_init(Scratch::default, |scratch: &mut Scratch, (item, out)| {
+    crate::kernels::for_each_chunk_init(&mut out, dim, Scratch::default, |scratch: &mut Scratch, item, out| {
         let (t, h) = (item / num_heads, item % num_heads);
         let (s, pos) = token_seq[t];
         let table = batch.seqs[s].block_table;

@@ -103,6 +103,35 @@ fn gather_groups(lanes: &[[f32; 8]], m: usize, n: usize) -> candle_core::Result<
     Tensor::from_vec(y, (m, n), &Device::Cpu)
 }
 
+/// `f(i, chunk)` for each `size`-element chunk of `data` (the last one may be shorter), on candle's barrier
+/// pool, where candle's own quantized matmuls and CPU ops run too: a step's parallel loops all run on one set
+/// of threads, whose workers spin between them instead of sleeping (see `threads.rs`).
+pub(crate) fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    for_each_chunk_init(data, size, || (), |_, i, chunk| f(i, chunk));
+}
+
+/// [`for_each_chunk`] with a scratch state made by `init` for each run of consecutive chunks that one thread
+/// takes, and handed to `f` with each of them.
+pub(crate) fn for_each_chunk_init<T: Send, S>(
+    data: &mut [T],
+    size: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut [T]) + Sync,
+) {
+    let (len, size) = (data.len(), size.max(1));
+    let ptr = SyncPtr(data.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(len.div_ceil(size), |items| {
+        let mut state = init();
+        for i in items {
+            let start = i * size;
+            // SAFETY: chunk `i` is `data[start..start + size]` cut at the end, and no other item touches it;
+            // `data` is borrowed mutably for the whole call, which returns when every item has run.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(start), size.min(len - start)) };
+            f(&mut state, i, chunk);
+        }
+    });
+}
+
 /// A pointer that parallel work items share, each using its own part of what it points to.
 struct SyncPtr<T>(*mut T);
 

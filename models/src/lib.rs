@@ -24,6 +24,7 @@ pub mod llama;
 pub mod nn;
 pub mod qwen2;
 pub mod qwen3;
+mod threads;
 
 use std::path::Path;
 
@@ -32,6 +33,7 @@ pub use candle_core::{Device, Tensor};
 pub use error::ModelError;
 pub use gguf::{Gguf, SUPPORTED_TENSOR_TYPES};
 pub use kv_cache::{KvCache, KvLayout, TensorLayerKv};
+pub use threads::{pin_compute_threads, run_pinned, PIN_VAR};
 
 /// The architectures hearth runs, chosen from the GGUF's `general.architecture`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,36 +127,4 @@ pub fn load(path: &Path, device: &Device) -> Result<Box<dyn CausalLm>, ModelErro
         "model loaded"
     );
     Ok(model)
-}
-
-/// The environment variable candle reads, once, for how long its barrier-pool workers spin after a job.
-pub const CANDLE_SPIN_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-
-/// Shorten candle's barrier-pool spin (25 000 iterations by default, about 0.6 ms) to 500, unless the user set
-/// [`CANDLE_SPIN_VAR`]. Some of our kernels run on candle's pool (Q4_K, candle's own matmuls), the others on
-/// the engine's rayon pool; on a machine with few cores, candle's workers spinning after their job take the
-/// cores from the rayon workers that run next. Measured on 2 cores, Qwen2.5-Coder-1.5B Q4_K_M, 8 streams:
-/// 67.8 and 70.9 tok/s with the default, 79.8 and 83.6 with 500, single-stream decode unchanged within noise
-/// (0 makes decode a quarter slower: every matmul then wakes sleeping workers).
-///
-/// Call it first thing in `main`, before any other thread exists (setting the environment is not
-/// thread-safe).
-pub fn shorten_candle_pool_spin() {
-    if std::env::var_os(CANDLE_SPIN_VAR).is_none() {
-        std::env::set_var(CANDLE_SPIN_VAR, "500");
-    }
-}
-
-/// Run `f` (the engine's step loop) on a worker of a thread pool of its own (`RAYON_NUM_THREADS` threads,
-/// else one per core, as rayon's global pool), so that the kernels' parallel loops start on that worker and
-/// its peers steal their share: no job is injected from outside, and the step loop does not sleep and wake
-/// once per matmul.
-pub fn run_in_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    match rayon::ThreadPoolBuilder::new().thread_name(|i| format!("hearth-compute-{i}")).build() {
-        Ok(pool) => pool.install(f),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot build the compute pool; using rayon's global pool");
-            f()
-        }
-    }
 }

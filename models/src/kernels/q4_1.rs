@@ -5,9 +5,8 @@ use candle_core::quantized::k_quants::{BlockQ8_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
-use rayon::prelude::*;
 
-use super::{activation_rows, gather_groups, repack_source};
+use super::{activation_rows, for_each_chunk, gather_groups, repack_source};
 
 /// candle's `BlockQ8_1`, mirrored (36 bytes).
 #[repr(C)]
@@ -100,9 +99,11 @@ impl Q4_1x8 {
         // One group of eight columns (all rows) per work item: `lanes[g * m + r]` holds row `r` of columns
         // `8g..8g + 8`, padding included.
         let mut lanes = vec![[0f32; 8]; self.blocks.len() / nb * m];
+        let blocks = &self.blocks;
         if super::avx512_vnni() {
             // Two groups per work item, sixteen columns per 512-bit register; a last odd group alone.
-            lanes.par_chunks_mut(2 * m).zip(self.blocks.par_chunks(2 * nb)).for_each(|(out, w)| {
+            for_each_chunk(&mut lanes, 2 * m, |i, out| {
+                let w = &blocks[2 * nb * i..(2 * nb * (i + 1)).min(blocks.len())];
                 if w.len() == 2 * nb {
                     // SAFETY: the CPU has the features (checked just above); two groups of `nb` blocks, and the
                     // lanes of all `m` rows of both.
@@ -112,7 +113,7 @@ impl Q4_1x8 {
                 }
             });
         } else {
-            lanes.par_chunks_mut(m).zip(self.blocks.par_chunks(nb)).for_each(|(out, w)| group(w, &lhs, out));
+            for_each_chunk(&mut lanes, m, |i, out| group(&blocks[nb * i..nb * (i + 1)], &lhs, out));
         }
         gather_groups(&lanes, m, n)
     }

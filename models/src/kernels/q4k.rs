@@ -157,10 +157,7 @@ impl Q4Kx16 {
                 r0 += rows;
             }
         };
-        // On candle's worker pool, where its other quantized matmuls (Q6_K, the output projection) run. Its
-        // workers spin for a while after each job: a rayon loop right after a candle matmul would share a
-        // core with a spinning thread, and rayon's workers, asleep by the next decode matmul, are slow to
-        // wake.
+        // On candle's worker pool, where every parallel loop of a step runs (see `threads.rs`).
         candle_core::utils::barrier_pool().execute_chunked(n / COLS, |blocks| blocks.for_each(column_block));
         // SAFETY: every column block has run (`execute_chunked` returns when all items are done; a panic
         // propagates from it), each writing all `m` rows of its 16 columns: all `m * n` elements.

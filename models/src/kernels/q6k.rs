@@ -81,8 +81,7 @@ pub fn q6k_matmul_rows(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Te
             }
         }
     };
-    // On candle's worker pool, as `Q4Kx16` and candle's own matmuls: a decode step that moved between that
-    // pool and rayon's for every other matmul would wait for sleeping workers to wake.
+    // On candle's worker pool, where every parallel loop of a step runs (see `threads.rs`).
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(tile), tiles);
     Ok(Some(Tensor::from_vec(out_t, (n, m), &Device::Cpu)?.t()?.contiguous()?))
 }

@@ -12,7 +12,6 @@ use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
-use rayon::prelude::*;
 
 /// A Q8_0 weight matrix (`[n, k]`, one row per output column) repacked for the CPU, built once at load by
 /// [`Q8_0x8::new`] and used instead of the `QTensor` by [`Q8_0x8::matmul`].
@@ -126,18 +125,18 @@ impl Q8_0x8 {
         // One group of eight columns (all rows) per work item, `lanes[g * m + r]`.
         let mut lanes = vec![[0f32; 8]; self.d.len() / nb * m];
         let wide = super::avx512_vnni();
-        lanes.par_chunks_mut(m).zip(self.d.par_chunks(nb).zip(self.qs.par_chunks(nb))).with_min_len(8).for_each(
-            |(out, (d, qs))| {
-                if wide {
-                    // SAFETY: the CPU has the features (checked above); one group's `nb` blocks and `m` rows.
-                    unsafe { group_512(d, qs, lhs, &lhs_d, out) }
-                } else {
-                    for (r, out) in out.iter_mut().enumerate() {
-                        *out = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
-                    }
+        let (wd, wq) = (&self.d, &self.qs);
+        super::for_each_chunk(&mut lanes, m, |g, out| {
+            let (d, qs) = (&wd[g * nb..(g + 1) * nb], &wq[g * nb..(g + 1) * nb]);
+            if wide {
+                // SAFETY: the CPU has the features (checked above); one group's `nb` blocks and `m` rows.
+                unsafe { group_512(d, qs, lhs, &lhs_d, out) }
+            } else {
+                for (r, out) in out.iter_mut().enumerate() {
+                    *out = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
                 }
-            },
-        );
+            }
+        });
         super::gather_groups(&lanes, m, n)
     }
 }
