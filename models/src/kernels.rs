@@ -119,8 +119,13 @@ pub(crate) fn for_each_chunk_init<T: Send, S>(
     f: impl Fn(&mut S, usize, &mut [T]) + Sync,
 ) {
     let (len, size) = (data.len(), size.max(1));
+    if len <= size {
+        // One chunk: no other thread to wake.
+        f(&mut init(), 0, data);
+        return;
+    }
     let ptr = SyncPtr(data.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(len.div_ceil(size), |items| {
+    parallel_ranges(len.div_ceil(size), |items| {
         let mut state = init();
         for i in items {
             let start = i * size;
@@ -129,6 +134,46 @@ pub(crate) fn for_each_chunk_init<T: Send, S>(
             let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(start), size.min(len - start)) };
             f(&mut state, i, chunk);
         }
+    });
+}
+
+/// `f` over ranges that together cover `0..n_items` once, on candle's barrier pool, the caller taking its
+/// share. Threads take ranges from a shared cursor, each a half of its share of what is left (guided
+/// scheduling): long ranges first, which stream the weights in long runs, then shorter ones, so that the
+/// threads end within about one item of each other. candle's `execute_chunked` takes sixteen equal ranges,
+/// and a thread that finished early waited on average half of one, about 3 % of each decode matmul.
+pub(crate) fn parallel_ranges(n_items: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    thread_local! {
+        /// Set while this thread runs a share: a nested call runs inline (the pool takes one call at a time).
+        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let pool = candle_core::utils::barrier_pool();
+    let threads = pool.n_workers() + 1;
+    if n_items <= 1 || threads == 1 || INSIDE.with(|i| i.get()) {
+        f(0..n_items);
+        return;
+    }
+    let cursor = AtomicUsize::new(0);
+    let next = || {
+        let mut start = cursor.load(Ordering::Relaxed);
+        loop {
+            if start >= n_items {
+                return None;
+            }
+            let size = ((n_items - start) / (2 * threads)).max(1);
+            match cursor.compare_exchange_weak(start, start + size, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(start..start + size),
+                Err(now) => start = now,
+            }
+        }
+    };
+    pool.execute(|_| {
+        let outer = INSIDE.with(|i| i.replace(true));
+        while let Some(range) = next() {
+            f(range);
+        }
+        INSIDE.with(|i| i.set(outer));
     });
 }
 

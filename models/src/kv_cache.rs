@@ -88,7 +88,15 @@ impl KvCache {
             )));
         }
         let per_layer = num_blocks * layout.num_kv_heads * block_size * layout.head_dim;
-        let layers = (0..layout.num_layers).map(|_| LayerKv { k: vec![0.0; per_layer], v: vec![0.0; per_layer] }).collect();
+        // Zeros written, not `vec![0.0; n]` (fresh pages from the kernel that fault in on first use): the cache
+        // is resident from the start, as llama.cpp's is, and a step that reaches a block for the first time
+        // does not stop to fault its pages in (3.5 % of an 8-stream SmolLM2 decode step, measured).
+        let zeros = || {
+            let mut v = Vec::with_capacity(per_layer);
+            v.resize(per_layer, 0f32);
+            v
+        };
+        let layers = (0..layout.num_layers).map(|_| LayerKv { k: zeros(), v: zeros() }).collect();
         Ok(Self { layout, block_size, num_blocks, layers, tensors: None })
     }
 

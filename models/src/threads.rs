@@ -51,12 +51,14 @@ mod linux {
         }
     }
 
-    /// Pin thread `tid` of this process (0: the caller) to `cpu`.
-    fn set_affinity(tid: libc::pid_t, cpu: usize) -> bool {
+    /// Let thread `tid` of this process (0: the caller) run on `cpus` only.
+    fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> bool {
         // SAFETY: as above.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
+            for &cpu in cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
             libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
         }
     }
@@ -84,17 +86,21 @@ mod linux {
         }
         let call = CALLS.fetch_add(1, Ordering::Relaxed);
         let home = call % cpus.len();
-        let mut failed = usize::from(!set_affinity(0, cpus[home]));
+        let mut failed = 0;
         if call == 0 {
-            // Start candle's barrier pool now, so that its workers exist to be pinned.
-            let workers = candle_core::utils::barrier_pool().n_workers();
             let others: Vec<usize> = (1..cpus.len()).map(|k| cpus[(home + k) % cpus.len()]).collect();
+            // Workers started now inherit this thread's CPUs, and set their names only once they run: start
+            // candle's pool (if nothing has yet) while this thread may use only the others, then pin each
+            // worker found by name to one of them.
+            failed += usize::from(!set_affinity(0, &others));
+            let workers = candle_core::utils::barrier_pool().n_workers();
             let tids = threads_named("candle-bp-");
             for (k, &tid) in tids.iter().enumerate() {
-                failed += usize::from(!set_affinity(tid, others[k % others.len()]));
+                failed += usize::from(!set_affinity(tid, &others[k % others.len()..][..1]));
             }
             tracing::debug!(cpu = cpus[home], workers, found = tids.len(), "step loop and barrier workers pinned");
         }
+        failed += usize::from(!set_affinity(0, &cpus[home..home + 1]));
         if failed > 0 {
             tracing::warn!(failed, "some compute threads could not be pinned to a CPU");
         }

@@ -158,8 +158,8 @@ impl Q4Kx16 {
             }
         };
         // On candle's worker pool, where every parallel loop of a step runs (see `threads.rs`).
-        candle_core::utils::barrier_pool().execute_chunked(n / COLS, |blocks| blocks.for_each(column_block));
-        // SAFETY: every column block has run (`execute_chunked` returns when all items are done; a panic
+        super::parallel_ranges(n / COLS, |blocks| blocks.for_each(column_block));
+        // SAFETY: every column block has run (`parallel_ranges` returns when all items are done; a panic
         // propagates from it), each writing all `m` rows of its 16 columns: all `m * n` elements.
         unsafe { y.set_len(m * n) };
         y
@@ -249,7 +249,7 @@ impl Lhs {
         if rows == 1 {
             (0..nb).for_each(superblock);
         } else {
-            candle_core::utils::barrier_pool().execute_chunked(nb, |range| range.for_each(superblock));
+            super::parallel_ranges(nb, |range| range.for_each(superblock));
         }
         Self { blocks, rows, dbs }
     }

@@ -82,7 +82,7 @@ pub fn q6k_matmul_rows(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Te
         }
     };
     // On candle's worker pool, where every parallel loop of a step runs (see `threads.rs`).
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(tile), tiles);
+    super::parallel_ranges(n.div_ceil(tile), tiles);
     Ok(Some(Tensor::from_vec(out_t, (n, m), &Device::Cpu)?.t()?.contiguous()?))
 }
 
