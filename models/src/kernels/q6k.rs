@@ -23,6 +23,9 @@ const TILE: usize = 8;
 /// The activations' size up to which columns go one at a time: well within any x86 L1 data cache.
 const L1_BYTES: usize = 24 << 10;
 
+/// Blocks ahead of the one in use that [`tile_columns`] asks the memory for.
+const AHEAD: usize = 16;
+
 /// candle's `BlockQ6K`, mirrored (210 bytes).
 #[repr(C)]
 struct Q6K {
@@ -134,7 +137,16 @@ fn tile_columns(
     for b in 0..nb {
         let y = lhs.block(b);
         for (c, acc) in acc.chunks_exact_mut(rows).enumerate() {
-            body(&w[c * nb + b], y, acc);
+            let block = &w[c * nb + b];
+            // The block AHEAD places on in this column, hence in the weights' order when columns go one at a
+            // time: the hardware prefetcher alone left the 7B shape's ffn_down at 19-22 GB/s, this at 26-29
+            // (q6kbench, one row; 0, 16 and 32 alternated).
+            let next = (block as *const Q6K as *const i8).wrapping_add(AHEAD * std::mem::size_of::<Q6K>());
+            for line in 0..4 {
+                // SAFETY: a prefetch does not fault, whatever the address; SSE is part of x86-64.
+                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.wrapping_add(64 * line)) };
+            }
+            body(block, y, acc);
         }
     }
     for (o, &acc) in out.iter_mut().zip(acc.iter()) {
