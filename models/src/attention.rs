@@ -7,9 +7,9 @@
 //! w       = softmax(score)
 //! out_t,h = Σ_j w_j v_j
 //! ```
-//! Work items are (token, head) pairs, spread over candle's barrier pool. Each item's result depends only on its own
-//! query and the cached keys/values, never on what else is in the batch or how a prompt was chunked, so
-//! batching and preemption do not change outputs.
+//! Work items are (token, head) pairs, spread over candle's barrier pool. Each item's result depends only on
+//! its own query and the cached keys/values, never on what else is in the batch or how a prompt was chunked,
+//! so batching and preemption do not change outputs.
 //!
 //! The arithmetic reproduces candle's CPU ops as candle-transformers' reference models use them (a single
 //! full-prompt prefill, then one token per step), so greedy outputs agree with the reference to the last bit
@@ -18,7 +18,6 @@
 //! from the token's own position and its prompt length only — never from the batch or the chunking — so the
 //! kernel stays batch-invariant. The softmax denominator is summed in candle's `vec_sum` order and the output
 //! is one sequential FMA chain over positions, as gemm does for `weights × values`.
-
 
 use crate::{Batch, KvCache, ModelError};
 
