@@ -7,10 +7,12 @@
 //! the engine's own besides candle's pool, and the two pools' idle workers spun or slept on the cores the
 //! other pool needed next.
 //!
-//! [`run_pinned`] also pins the threads: left to the kernel's scheduler, a worker woken while the other core
-//! was busy could be placed on the step loop's core, and the two then took turns on it for the rest of the
-//! request while the other core idled (2 cores, Qwen2.5-Coder-1.5B decode sat at either ~30 or ~45 tok/s, a
-//! state that lasted a whole request).
+//! [`run_pinned`] also pins the threads. Left to the kernel's scheduler, a worker woken while the other core
+//! looks busy may be placed on the step loop's own core, and the two then take turns on it while the other
+//! core idles; a state like that is the likeliest reading of an earlier observation on 2 cores, where
+//! Qwen2.5-Coder-1.5B decode sat at either ~30 or ~45 tok/s for a whole request. Pinned, the step loop and
+//! each worker have a core of their own. Threads that the pinned step loop starts later inherit its one CPU;
+//! it starts none (rayon's global pool, used only at load, is started by the loading thread).
 
 /// The environment variable that turns pinning off (`0`); on by default.
 pub const PIN_VAR: &str = "HEARTH_PIN_THREADS";
