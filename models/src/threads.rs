@@ -11,8 +11,8 @@
 //! looks busy may be placed on the step loop's own core, and the two then take turns on it while the other
 //! core idles; a state like that is the likeliest reading of an earlier observation on 2 cores, where
 //! Qwen2.5-Coder-1.5B decode sat at either ~30 or ~45 tok/s for a whole request. Pinned, the step loop and
-//! each worker have a core of their own. Threads that the pinned step loop starts later inherit its one CPU;
-//! it starts none (rayon's global pool, used only at load, is started by the loading thread).
+//! each worker have a core of their own. A thread that the pinned step loop started would inherit its one CPU;
+//! the step loop starts none itself (the models' only rayon loops run at load, on the loading thread).
 
 /// The environment variable that turns pinning off (`0`); on by default.
 pub const PIN_VAR: &str = "HEARTH_PIN_THREADS";
