@@ -67,8 +67,8 @@ mod linux {
 
     /// This process's threads named `{prefix}{i}`, in the order of `i`.
     fn threads_named(prefix: &str) -> Vec<libc::pid_t> {
-        let mut found = Vec::new();
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+        let mut found = Vec::new();
         for task in tasks.flatten() {
             let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else { continue };
             let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else { continue };

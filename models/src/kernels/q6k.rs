@@ -138,9 +138,9 @@ fn tile_columns(
         let y = lhs.block(b);
         for (c, acc) in acc.chunks_exact_mut(rows).enumerate() {
             let block = &w[c * nb + b];
-            // The block AHEAD places on in this column, hence in the weights' order when columns go one at a
-            // time: the hardware prefetcher alone left the 7B shape's ffn_down at 19-22 GB/s, this at 26-29
-            // (q6kbench, one row; 0, 16 and 32 alternated).
+            // Ask for the block AHEAD places further on in this column (in the weights' order, when columns go
+            // one at a time): the hardware prefetcher alone left the 7B shape's ffn_down at 19-22 GB/s, this
+            // at 24-28 (q6kbench, one row; 0, 16 and 32 alternated).
             let next = (block as *const Q6K as *const i8).wrapping_add(AHEAD * std::mem::size_of::<Q6K>());
             for line in 0..4 {
                 // SAFETY: a prefetch does not fault, whatever the address; SSE is part of x86-64.
