@@ -33,7 +33,7 @@ pub use candle_core::{Device, Tensor};
 pub use error::ModelError;
 pub use gguf::{Gguf, SUPPORTED_TENSOR_TYPES};
 pub use kv_cache::{KvCache, KvLayout, TensorLayerKv};
-pub use threads::{pin_compute_threads, run_pinned, PIN_VAR};
+pub use threads::{run_pinned, PIN_VAR};
 
 /// The architectures hearth runs, chosen from the GGUF's `general.architecture`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -319,15 +319,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if !gate.device().is_cpu() || gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.shape() != up.shape() {
         return candle_nn::ops::silu(gate)? * up;
     }
-    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
-    let (g_storage, g_layout) = gate.storage_and_layout();
-    let (u_storage, u_layout) = up.storage_and_layout();
-    let (candle_core::Storage::Cpu(g_cpu), candle_core::Storage::Cpu(u_cpu), Some((g0, g1)), Some((u0, u1))) =
-        (&*g_storage, &*u_storage, g_layout.contiguous_offsets(), u_layout.contiguous_offsets())
-    else {
-        candle_core::bail!("silu_mul: gate and up are not contiguous CPU tensors");
-    };
-    let (g, u) = (&g_cpu.as_slice::<f32>()?[g0..g1], &u_cpu.as_slice::<f32>()?[u0..u1]);
+    let (g, u) = (gate.flatten_all()?.to_vec1::<f32>()?, up.flatten_all()?.to_vec1::<f32>()?);
     const CHUNK: usize = 2048;
     let mut out = vec![0f32; g.len()];
     crate::kernels::for_each_chunk(&mut out, CHUNK, |i, out| {

@@ -12,13 +12,14 @@
 //! core idles; a state like that is the likeliest reading of an earlier observation on 2 cores, where
 //! Qwen2.5-Coder-1.5B decode sat at either ~30 or ~45 tok/s for a whole request. Pinned, the step loop and
 //! each worker have a core of their own. A thread that the pinned step loop started would inherit its one CPU;
-//! the step loop starts none itself (the models' only rayon loops run at load, on the loading thread).
+//! it starts none (models runs no rayon loops: every parallel loop, the repacks at load too, is on candle's pool).
 
 /// The environment variable that turns pinning off (`0`); on by default.
 pub const PIN_VAR: &str = "HEARTH_PIN_THREADS";
 
 /// Run `f` (the engine's step loop, or a kernel benchmark) on this thread after pinning it to one allowed
-/// CPU and candle's barrier workers to the others, round robin ([`pin_compute_threads`]).
+/// CPU and candle's barrier workers to the others, round robin ([`pin_compute_threads`]). Repacking weights
+/// after this call still uses every core: it runs on candle's pool too.
 pub fn run_pinned<R>(f: impl FnOnce() -> R) -> R {
     pin_compute_threads();
     f()
@@ -29,7 +30,7 @@ pub fn run_pinned<R>(f: impl FnOnce() -> R) -> R {
 /// engines in one process start on different CPUs; the barrier workers, which all engines share, are pinned
 /// once, away from the first. Does nothing when [`PIN_VAR`] is `0`, on one CPU, or off Linux; a thread that
 /// cannot be pinned keeps running where the kernel puts it.
-pub fn pin_compute_threads() {
+fn pin_compute_threads() {
     if std::env::var(PIN_VAR).is_ok_and(|v| v == "0") {
         return;
     }

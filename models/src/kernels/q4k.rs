@@ -18,7 +18,6 @@ use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
-use rayon::prelude::*;
 
 use super::{SyncPtr, Q8K};
 
@@ -94,7 +93,9 @@ impl Q4Kx16 {
         }
         let mut blocks = vec![Block::ZERO; n / COLS * nb];
         // Column block `j` takes columns `16j..16j + 16`, which are contiguous in the GGUF data.
-        blocks.par_chunks_mut(nb).zip(data.par_chunks(COLS * nb * GGUF_BLOCK)).for_each(|(blocks, columns)| {
+        let column_bytes = COLS * nb * GGUF_BLOCK;
+        super::for_each_chunk(&mut blocks, nb, |j, blocks| {
+            let columns = &data[j * column_bytes..(j + 1) * column_bytes];
             for (c, column) in columns.chunks_exact(nb * GGUF_BLOCK).enumerate() {
                 for (dst, src) in blocks.iter_mut().zip(column.chunks_exact(GGUF_BLOCK)) {
                     repack_column(src, c, dst);
