@@ -121,15 +121,28 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value; the first one on ties (as the reference harness does).
+/// Index of the largest value; the first one on ties (as the reference harness does). NaNs are never the
+/// largest; with no value above -inf the answer is 0.
+///
+/// Two passes the compiler vectorizes (a running maximum in 16 lanes, then the first chunk holding it),
+/// rather than one scalar loop whose every step waits on the previous comparison: a greedy step of 8 streams
+/// over SmolLM2's 49 152 logits spent 1.8 % of its time here.
 pub(crate) fn argmax(xs: &[f32]) -> u32 {
-    let mut best = (0usize, f32::NEG_INFINITY);
-    for (i, &x) in xs.iter().enumerate() {
-        if x > best.1 {
-            best = (i, x);
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = if x > *l { x } else { *l };
         }
     }
-    best.0 as u32
+    let max = lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    let first = xs.chunks(LANES).position(|c| c.iter().fold(false, |any, &x| any | (x == max))).unwrap_or(0) * LANES;
+    (first + xs[first..].iter().position(|&x| x == max).unwrap_or(0)) as u32
 }
 
 fn log_softmax(xs: &[f32]) -> Vec<f32> {
@@ -162,6 +175,38 @@ mod tests {
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(SamplingParams::greedy(), &[], None);
         assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0]).0, 1);
+    }
+
+    #[test]
+    fn argmax_matches_the_scalar_first_maximum() {
+        // The one-pass definition the vector passes replace.
+        let scalar = |xs: &[f32]| {
+            let mut best = (0usize, f32::NEG_INFINITY);
+            for (i, &x) in xs.iter().enumerate() {
+                if x > best.1 {
+                    best = (i, x);
+                }
+            }
+            best.0 as u32
+        };
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![nan, nan],
+            vec![-inf, -inf, -inf],
+            vec![nan, -inf, 2.0, nan],
+            vec![1.0; 40],
+            vec![-0.0, 0.0],
+            (0..37).map(|i| if i == 36 { inf } else { i as f32 }).collect(),
+        ];
+        // Ties spread over chunk boundaries and tails, NaNs sprinkled in.
+        for len in [15usize, 16, 17, 33, 49_152] {
+            let xs: Vec<f32> = (0..len).map(|i| if i % 11 == 3 { nan } else { ((i * 7919) % 97) as f32 }).collect();
+            cases.push(xs);
+        }
+        for xs in &cases {
+            assert_eq!(argmax(xs), scalar(xs), "{xs:?}");
+        }
     }
 
     #[test]

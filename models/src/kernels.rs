@@ -91,15 +91,45 @@ fn activation_rows(x: &Tensor, n: usize, k: usize, who: &str) -> candle_core::Re
     Ok(Some((m, x.contiguous()?.flatten_all()?.to_vec1::<f32>()?)))
 }
 
-/// The `[m, n]` product from per-group lanes: `lanes[g * m + r]` holds row `r` of columns `8g..8g + 8`, the
-/// lanes past `n` being padding. `m` is at least 1.
-fn gather_groups(lanes: &[[f32; 8]], m: usize, n: usize) -> candle_core::Result<Tensor> {
-    let mut y = Vec::with_capacity(m * n);
-    for r in 0..m {
-        for (g, group) in lanes.chunks_exact(m).enumerate() {
-            y.extend_from_slice(&group[r][..(n - 8 * g).min(8)]);
+/// Where a kernel's work items write: `[m, n]` row-major f32, each item its own columns.
+struct Out {
+    ptr: *mut f32,
+    n: usize,
+}
+
+// SAFETY: the work items write disjoint parts of the buffer (their own columns), which outlives them.
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Row `r` of columns `col0..col0 + 8` from `lanes[r]`, for every row of `lanes`; lanes at or past `n`
+    /// (a last group's padding) are dropped.
+    ///
+    /// # Safety
+    /// The buffer has `lanes.len()` rows of `n`, and no other work item writes these columns.
+    unsafe fn put_lanes(&self, lanes: &[[f32; 8]], col0: usize) {
+        let cols = self.n.saturating_sub(col0).min(8);
+        for (r, lane) in lanes.iter().enumerate() {
+            let at = r * self.n + col0;
+            // SAFETY: within row `r` (`col0 + cols <= n`), and the caller's columns. A whole group is one
+            // fixed-size copy (a variable-length one is a `memcpy` call per row).
+            unsafe {
+                if cols == 8 {
+                    self.ptr.add(at).cast::<[f32; 8]>().write_unaligned(*lane);
+                } else {
+                    std::ptr::copy_nonoverlapping(lane.as_ptr(), self.ptr.add(at), cols);
+                }
+            }
         }
     }
+}
+
+/// An `[m, n]` product that `fill` writes through an [`Out`], every element of it (each column by exactly
+/// one work item); the buffer is not zeroed first.
+fn product(m: usize, n: usize, fill: impl FnOnce(&Out)) -> candle_core::Result<Tensor> {
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    fill(&Out { ptr: y.as_mut_ptr(), n });
+    // SAFETY: `fill` has written all `m * n` elements (its contract); a panic in it propagates before this.
+    unsafe { y.set_len(m * n) };
     Tensor::from_vec(y, (m, n), &Device::Cpu)
 }
 

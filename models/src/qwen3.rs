@@ -54,11 +54,11 @@ impl Block {
     fn forward(&self, x: &Tensor, m: &Model, step: &StepInputs, cache: &mut KvCache, i: usize, batch: &Batch<'_>) -> Result<Tensor, ModelError> {
         let d = m.cfg.head_dim;
         let h = self.attn_norm.forward(x)?;
-        let q = Self::per_head_norm(&self.attn_q_norm, &self.attn_q.forward_rows(&h, Some(&step.rows))?, d)?;
-        let k = Self::per_head_norm(&self.attn_k_norm, &self.attn_k.forward_rows(&h, Some(&step.rows))?, d)?;
+        let [q, k, v] = Linear::forward_many([&self.attn_q, &self.attn_k, &self.attn_v], &h, Some(&step.rows))?;
+        let q = Self::per_head_norm(&self.attn_q_norm, &q, d)?;
+        let k = Self::per_head_norm(&self.attn_k_norm, &k, d)?;
         let q = m.rotary.apply(&q, m.cfg.head_count, &step.cos, &step.sin)?;
         let k = m.rotary.apply(&k, m.cfg.head_count_kv, &step.cos, &step.sin)?;
-        let v = self.attn_v.forward_rows(&h, Some(&step.rows))?;
         let attn = attend(&q, &k, &v, cache, i, batch, m.cfg.head_count)?;
         let x = (x + self.attn_output.forward_rows(&attn, Some(&step.rows))?)?;
         let h = self.ffn_norm.forward(&x)?;

@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
-use super::{activation_rows, for_each_chunk, gather_groups, repack_source};
+use super::{activation_rows, repack_source, Out};
 
 /// candle's `BlockQ8_1`, mirrored (36 bytes).
 #[repr(C)]
@@ -91,31 +91,65 @@ impl Q4_1x8 {
     /// `BlockQ8_1::from_float`, each block's integer sum is exact, and the floats are combined in candle's
     /// order. Each row's arithmetic is the same whatever the other rows and their number.
     pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, k, nb) = (self.n, self.k, self.k / 32);
-        let Some((m, xs)) = activation_rows(x, n, k, "Q4_1x8::matmul")? else {
-            return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
+        let mut y = Self::matmul_many(&[self], x)?;
+        Ok(y.remove(0))
+    }
+
+    /// [`Self::matmul`] of the same `x` by each of `ws` (which must share `k`), the activations quantized
+    /// once and all the products in one parallel loop: a layer's q/k/v, or gate and up, take one pass.
+    pub fn matmul_many(ws: &[&Self], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let Some(first) = ws.first() else { return Ok(Vec::new()) };
+        let k = first.k;
+        if let Some(w) = ws.iter().find(|w| w.k != k) {
+            candle_core::bail!("Q4_1x8::matmul_many: weights of {} and {} inputs", k, w.k);
+        }
+        let nb = k / 32;
+        let Some((m, xs)) = activation_rows(x, first.n, k, "Q4_1x8::matmul")? else {
+            return ws.iter().map(|w| Tensor::zeros((0, w.n), candle_core::DType::F32, &Device::Cpu)).collect();
         };
         let lhs = Lhs::quantize(&xs, k);
-        // One group of eight columns (all rows) per work item: `lanes[g * m + r]` holds row `r` of columns
-        // `8g..8g + 8`, padding included.
-        let mut lanes = vec![[0f32; 8]; self.blocks.len() / nb * m];
-        let blocks = &self.blocks;
-        if super::avx512_vnni() {
-            // Two groups per work item, sixteen columns per 512-bit register; a last odd group alone.
-            for_each_chunk(&mut lanes, 2 * m, |i, out| {
-                let w = &blocks[2 * nb * i..(2 * nb * (i + 1)).min(blocks.len())];
-                if w.len() == 2 * nb {
-                    // SAFETY: the CPU has the features (checked just above); two groups of `nb` blocks, and the
-                    // lanes of all `m` rows of both.
-                    unsafe { pair(w, &lhs, out) }
-                } else {
-                    group(w, &lhs, out)
-                }
-            });
-        } else {
-            for_each_chunk(&mut lanes, m, |i, out| group(&blocks[nb * i..nb * (i + 1)], &lhs, out));
+        // Work items: per weight, pairs of groups of eight columns with the 512-bit kernel (a last odd group
+        // alone), single groups otherwise; `starts[i]` is weight `i`'s first item.
+        let wide = super::avx512_vnni();
+        let per_item = if wide { 2 } else { 1 };
+        let mut starts = Vec::with_capacity(ws.len() + 1);
+        starts.push(0);
+        for w in ws {
+            starts.push(starts.last().copied().unwrap_or(0) + w.n.div_ceil(8).div_ceil(per_item));
         }
-        gather_groups(&lanes, m, n)
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n)).collect();
+        let targets: Vec<Out> = outs.iter_mut().zip(ws).map(|(y, w)| Out { ptr: y.as_mut_ptr(), n: w.n }).collect();
+        super::parallel_ranges(starts[ws.len()], |items| {
+            // Row `r`'s lanes of the item's first group at `r`, of its second at `m + r`.
+            let mut lanes = vec![[0f32; 8]; 2 * m];
+            for item in items {
+                let i = starts.partition_point(|&s| s <= item) - 1;
+                let (w, unit) = (ws[i], item - starts[i]);
+                let groups = &w.blocks[per_item * unit * nb..(per_item * (unit + 1) * nb).min(w.blocks.len())];
+                let col0 = 8 * per_item * unit;
+                if wide && groups.len() == 2 * nb {
+                    // SAFETY: the CPU has the features (checked by `avx512_vnni`); two groups of `nb` blocks,
+                    // and the lanes of all `m` rows of both.
+                    unsafe { pair(groups, &lhs, &mut lanes) };
+                } else {
+                    group(groups, &lhs, &mut lanes[..m]);
+                }
+                for (g, lanes) in lanes.chunks_exact(m).take(groups.len() / nb).enumerate() {
+                    // SAFETY: `outs[i]` has `m` rows of `w.n`; this item alone covers columns
+                    // `col0..col0 + 8 * per_item` of weight `i`.
+                    unsafe { targets[i].put_lanes(lanes, col0 + 8 * g) };
+                }
+            }
+        });
+        outs.into_iter()
+            .zip(ws)
+            .map(|(mut y, w)| {
+                // SAFETY: every item has run (`parallel_ranges` returns when all are done; a panic propagates
+                // from it), and together they write every column of every row.
+                unsafe { y.set_len(m * w.n) };
+                Tensor::from_vec(y, (m, w.n), &Device::Cpu)
+            })
+            .collect()
     }
 }
 

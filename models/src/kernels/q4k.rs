@@ -19,7 +19,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
-use super::{SyncPtr, Q8K};
+use super::{Out, SyncPtr, Q8K};
 
 /// Output columns per repacked block: candle's `TILE_N`, and the lanes of a 512-bit register.
 const COLS: usize = 16;
@@ -189,15 +189,6 @@ fn repack_column(src: &[u8], c: usize, dst: &mut Block) {
         }
     }
 }
-
-/// Where the kernels write: `[m, n]` row-major f32.
-struct Out {
-    ptr: *mut f32,
-    n: usize,
-}
-
-// SAFETY: the work items write disjoint parts of the buffer (their own columns), which outlives them.
-unsafe impl Sync for Out {}
 
 /// One work item: a column block against the quantized rows.
 struct Item<'a> {

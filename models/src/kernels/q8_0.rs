@@ -122,22 +122,27 @@ impl Q8_0x8 {
         // SAFETY: the same `repr(C)` layout and size, checked at compile time above, so the same alignment.
         let lhs: &[Q8_0] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8_0, lhs.len()) };
         let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
-        // One group of eight columns (all rows) per work item, `lanes[g * m + r]`.
-        let mut lanes = vec![[0f32; 8]; self.d.len() / nb * m];
         let wide = super::avx512_vnni();
         let (wd, wq) = (&self.d, &self.qs);
-        super::for_each_chunk(&mut lanes, m, |g, out| {
-            let (d, qs) = (&wd[g * nb..(g + 1) * nb], &wq[g * nb..(g + 1) * nb]);
-            if wide {
-                // SAFETY: the CPU has the features (checked above); one group's `nb` blocks and `m` rows.
-                unsafe { group_512(d, qs, lhs, &lhs_d, out) }
-            } else {
-                for (r, out) in out.iter_mut().enumerate() {
-                    *out = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
+        // One group of eight columns (all rows) per work item.
+        super::product(m, n, |out| {
+            super::parallel_ranges(self.d.len() / nb, |groups| {
+                let mut lanes = vec![[0f32; 8]; m];
+                for g in groups {
+                    let (d, qs) = (&wd[g * nb..(g + 1) * nb], &wq[g * nb..(g + 1) * nb]);
+                    if wide {
+                        // SAFETY: the CPU has the features (checked above); one group's `nb` blocks and `m` rows.
+                        unsafe { group_512(d, qs, lhs, &lhs_d, &mut lanes) }
+                    } else {
+                        for (r, out) in lanes.iter_mut().enumerate() {
+                            *out = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
+                        }
+                    }
+                    // SAFETY: `m` rows of `n`; group `g` alone writes columns `8g..8g + 8`.
+                    unsafe { out.put_lanes(&lanes, 8 * g) };
                 }
-            }
-        });
-        super::gather_groups(&lanes, m, n)
+            })
+        })
     }
 }
 
