@@ -232,7 +232,7 @@ impl RmsNorm {
         if !x.device().is_cpu() || x.dtype() != DType::F32 || n == 0 || x.dim(candle_core::D::Minus1)? != n {
             return candle_nn::ops::rms_norm(x, &self.weight, self.eps);
         }
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let xs = crate::kernels::f32_view(x)?;
         let mut out = vec![0f32; xs.len()];
         crate::kernels::for_each_chunk(&mut out, NORM_ROWS * n, |i, out| {
             let src = &xs[i * NORM_ROWS * n..][..out.len()];
@@ -387,7 +387,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if !gate.device().is_cpu() || gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.shape() != up.shape() {
         return candle_nn::ops::silu(gate)? * up;
     }
-    let (g, u) = (gate.flatten_all()?.to_vec1::<f32>()?, up.flatten_all()?.to_vec1::<f32>()?);
+    let (g, u) = (crate::kernels::f32_view(gate)?, crate::kernels::f32_view(up)?);
     const CHUNK: usize = 2048;
     let mut out = vec![0f32; g.len()];
     crate::kernels::for_each_chunk(&mut out, CHUNK, |i, out| {

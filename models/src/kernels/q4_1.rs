@@ -153,6 +153,9 @@ impl Q4_1x8 {
     }
 }
 
+/// Blocks per work item of the activations' quantization: a decode step's 8 rows of 576 values are two.
+const QUANTIZE_CHUNK: usize = 72;
+
 /// Activations quantized to Q8_1, with their scales widened to f32 once.
 struct Lhs {
     /// `m * nb` blocks, row-major.
@@ -173,9 +176,12 @@ impl Lhs {
         if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")) {
             // SAFETY: same `repr(C)` layout and size (checked at compile time above), so the same alignment.
             let q8: &mut [Q8_1] = unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut Q8_1, blocks.len()) };
-            for (x, y) in xs.chunks_exact(32).zip(q8) {
-                quantize_q8_1(x.try_into().expect("32 values"), y);
-            }
+            // Spread over the pool: the matmul's threads are idle until the activations are ready.
+            super::for_each_chunk(q8, QUANTIZE_CHUNK, |i, q8| {
+                for (x, y) in xs[32 * QUANTIZE_CHUNK * i..].chunks_exact(32).zip(q8) {
+                    quantize_q8_1(x.try_into().expect("32 values"), y);
+                }
+            });
         } else {
             for (row, blocks) in xs.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
                 BlockQ8_1::from_float(row, blocks);
