@@ -389,13 +389,15 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     }
     let (g, u) = (crate::kernels::f32_view(gate)?, crate::kernels::f32_view(up)?);
     const CHUNK: usize = 2048;
-    let mut out = vec![0f32; g.len()];
-    crate::kernels::for_each_chunk(&mut out, CHUNK, |i, out| {
+    let mut out = Vec::with_capacity(g.len());
+    crate::kernels::for_each_chunk(&mut out.spare_capacity_mut()[..g.len()], CHUNK, |i, out| {
         let (g, u) = (&g[i * CHUNK..][..out.len()], &u[i * CHUNK..][..out.len()]);
         for ((o, &v), &w) in out.iter_mut().zip(g).zip(u) {
-            *o = v / (1.0 + (-v).exp()) * w;
+            o.write(v / (1.0 + (-v).exp()) * w);
         }
     });
+    // SAFETY: the loop above wrote every element.
+    unsafe { out.set_len(g.len()) };
     Tensor::from_vec(out, gate.shape(), gate.device())
 }
 

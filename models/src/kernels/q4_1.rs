@@ -10,6 +10,7 @@ use super::{activation_rows, repack_source, Out};
 
 /// candle's `BlockQ8_1`, mirrored (36 bytes).
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Q8_1 {
     d: f16,
     s: f16,
@@ -159,44 +160,51 @@ const QUANTIZE_CHUNK: usize = 72;
 /// Activations quantized to Q8_1, with their scales widened to f32 once.
 struct Lhs {
     /// `m * nb` blocks, row-major.
-    blocks: Vec<BlockQ8_1>,
+    blocks: Vec<Wide>,
     /// Blocks per row.
     nb: usize,
-    /// Each block's `d`.
-    d: Vec<f32>,
-    /// Each block's `s` (`d` times the sum of its quants).
-    s: Vec<f32>,
+}
+
+/// One Q8_1 block with its `d` and `s` (`d` times the sum of its quants) as f32.
+#[derive(Clone, Copy)]
+struct Wide {
+    d: f32,
+    s: f32,
+    q: Q8_1,
+}
+
+impl Wide {
+    fn new(q: Q8_1) -> Self {
+        Self { d: q.d.to_f32(), s: q.s.to_f32(), q }
+    }
 }
 
 impl Lhs {
     /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle does, row by row.
     fn quantize(xs: &[f32], k: usize) -> Self {
-        let nb = k / 32;
-        let mut blocks = vec![BlockQ8_1::zeros(); xs.len() / 32];
+        let (nb, n) = (k / 32, xs.len() / 32);
+        let mut blocks: Vec<Wide> = Vec::with_capacity(n);
         if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")) {
-            // SAFETY: same `repr(C)` layout and size (checked at compile time above), so the same alignment.
-            let q8: &mut [Q8_1] = unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut Q8_1, blocks.len()) };
             // Spread over the pool: the matmul's threads are idle until the activations are ready.
-            super::for_each_chunk(q8, QUANTIZE_CHUNK, |i, q8| {
-                for (x, y) in xs[32 * QUANTIZE_CHUNK * i..].chunks_exact(32).zip(q8) {
-                    quantize_q8_1(x.try_into().expect("32 values"), y);
+            super::for_each_chunk(&mut blocks.spare_capacity_mut()[..n], QUANTIZE_CHUNK, |i, out| {
+                for (x, y) in xs[32 * QUANTIZE_CHUNK * i..].chunks_exact(32).zip(out) {
+                    let mut q = Q8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; 32] };
+                    quantize_q8_1(x.try_into().expect("32 values"), &mut q);
+                    y.write(Wide::new(q));
                 }
             });
+            // SAFETY: the loop above wrote all `n` blocks (`xs` has `32 n` values).
+            unsafe { blocks.set_len(n) };
         } else {
-            for (row, blocks) in xs.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
-                BlockQ8_1::from_float(row, blocks);
+            let mut row_blocks = vec![BlockQ8_1::zeros(); nb];
+            for row in xs.chunks_exact(k) {
+                BlockQ8_1::from_float(row, &mut row_blocks);
+                // SAFETY: candle's `BlockQ8_1` and our `Q8_1` have the same `repr(C)` layout and size (checked at
+                // compile time above).
+                blocks.extend(row_blocks.iter().map(|b| Wide::new(unsafe { std::mem::transmute_copy::<BlockQ8_1, Q8_1>(b) })));
             }
         }
-        let mut lhs = Self { blocks, nb, d: Vec::new(), s: Vec::new() };
-        lhs.d = lhs.q8().iter().map(|b| b.d.to_f32()).collect();
-        lhs.s = lhs.q8().iter().map(|b| b.s.to_f32()).collect();
-        lhs
-    }
-
-    /// The blocks through our mirror of their layout.
-    fn q8(&self) -> &[Q8_1] {
-        // SAFETY: same `repr(C)` layout and size (checked at compile time above), so the same alignment.
-        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const Q8_1, self.blocks.len()) }
+        Self { blocks, nb }
     }
 }
 
@@ -304,7 +312,7 @@ fn tile_avx2<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32
             });
             for r in 0..R {
                 let i = (r0 + r) * nb + b;
-                let y = lhs.q8()[i].qs.as_ptr() as *const i32;
+                let y = lhs.blocks[i].q.qs.as_ptr() as *const i32;
                 let act = |j: usize| _mm256_set1_epi32(y.add(j / 2 + 4 * (j % 2)).read_unaligned());
                 let mut s = _mm256_maddubs_epi16(q[0], act(0));
                 for (j, &q) in q.iter().enumerate().skip(1) {
@@ -312,8 +320,8 @@ fn tile_avx2<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32
                 }
                 // candle's `sumf += sumi·dx·dy + mx·sy`, lane by lane, unfused.
                 let sumi = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
-                let scaled = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), _mm256_set1_ps(lhs.d[i]));
-                let v = _mm256_add_ps(scaled, _mm256_mul_ps(mx, _mm256_set1_ps(lhs.s[i])));
+                let scaled = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), _mm256_set1_ps(lhs.blocks[i].d));
+                let v = _mm256_add_ps(scaled, _mm256_mul_ps(mx, _mm256_set1_ps(lhs.blocks[i].s)));
                 sumf[r] = _mm256_add_ps(sumf[r], v);
             }
         }
@@ -393,7 +401,7 @@ mod x86 {
             });
             for (r, sumf) in sumf.iter_mut().enumerate() {
                 let idx = (r0 + r) * nb + i;
-                let y = lhs.q8()[idx].qs.as_ptr() as *const i32;
+                let y = lhs.blocks[idx].q.qs.as_ptr() as *const i32;
                 let act = |j: usize| _mm512_set1_epi32(y.add(j / 2 + 4 * (j % 2)).read_unaligned());
                 // Two chains, so that each `vpdpbusd` waits on one two steps back.
                 let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
@@ -403,8 +411,8 @@ mod x86 {
                 }
                 // candle's `sumf += sumi·dx·dy + mx·sy`, lane by lane, unfused.
                 let sumi = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
-                let scaled = _mm512_mul_ps(_mm512_mul_ps(sumi, dx), _mm512_set1_ps(lhs.d[idx]));
-                let v = _mm512_add_ps(scaled, _mm512_mul_ps(mx, _mm512_set1_ps(lhs.s[idx])));
+                let scaled = _mm512_mul_ps(_mm512_mul_ps(sumi, dx), _mm512_set1_ps(lhs.blocks[idx].d));
+                let v = _mm512_add_ps(scaled, _mm512_mul_ps(mx, _mm512_set1_ps(lhs.blocks[idx].s)));
                 *sumf = _mm512_add_ps(*sumf, v);
             }
         }
@@ -423,7 +431,7 @@ fn tile_portable<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [
         let mut sumf = [0f32; 8];
         for (b, blk) in w.iter().enumerate() {
             let i = (r0 + r) * nb + b;
-            let y = &lhs.q8()[i].qs;
+            let y = &lhs.blocks[i].q.qs;
             for c in 0..8 {
                 let mut sumi = 0i32;
                 for i4 in 0..4 {
@@ -432,7 +440,7 @@ fn tile_portable<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [
                         sumi += (q & 0x0F) as i32 * y[4 * i4 + j] as i32 + (q >> 4) as i32 * y[16 + 4 * i4 + j] as i32;
                     }
                 }
-                sumf[c] += sumi as f32 * blk.d[c].to_f32() * lhs.d[i] + blk.m[c].to_f32() * lhs.s[i];
+                sumf[c] += sumi as f32 * blk.d[c].to_f32() * lhs.blocks[i].d + blk.m[c].to_f32() * lhs.blocks[i].s;
             }
         }
         *out = sumf;
@@ -503,9 +511,15 @@ mod tests {
         let mut theirs = vec![BlockQ8_1::zeros(); xs.len() / 32];
         BlockQ8_1::from_float(&xs, &mut theirs);
         let ours = Lhs::quantize(&xs, 64);
+        // SAFETY: `BlockQ8_1` and `Q8_1` are 36-byte `repr(C)` structs of bytes and f16s.
         let bytes = |b: &[BlockQ8_1]| unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, b.len() * 36).to_vec() };
-        for (i, (a, b)) in bytes(&ours.blocks).chunks(36).zip(bytes(&theirs).chunks(36)).enumerate() {
+        let ours_q: Vec<Q8_1> = ours.blocks.iter().map(|w| w.q).collect();
+        // SAFETY: as above.
+        let ours_bytes = unsafe { std::slice::from_raw_parts(ours_q.as_ptr() as *const u8, ours_q.len() * 36).to_vec() };
+        for (i, (a, b)) in ours_bytes.chunks(36).zip(bytes(&theirs).chunks(36)).enumerate() {
             assert_eq!(a, b, "block {i}");
+            let w = &ours.blocks[i];
+            assert_eq!((w.d.to_bits(), w.s.to_bits()), (w.q.d.to_f32().to_bits(), w.q.s.to_f32().to_bits()), "block {i}");
         }
     }
 
