@@ -123,6 +123,9 @@ impl Q8_0x8 {
         let lhs: &[Q8_0] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8_0, lhs.len()) };
         let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
         let wide = super::avx512_vnni();
+        // The 512-bit kernel's per-block offsets (see `x86::group_avx512`), computed once for all columns.
+        let offsets: Vec<Offsets> = if wide { lhs.iter().map(Offsets::new).collect() } else { Vec::new() };
+        let offsets = &offsets;
         let (wd, wq) = (&self.d, &self.qs);
         // One group of eight columns (all rows) per work item.
         super::product(m, n, |out| {
@@ -132,7 +135,7 @@ impl Q8_0x8 {
                     let (d, qs) = (&wd[g * nb..(g + 1) * nb], &wq[g * nb..(g + 1) * nb]);
                     if wide {
                         // SAFETY: the CPU has the features (checked above); one group's `nb` blocks and `m` rows.
-                        unsafe { group_512(d, qs, lhs, &lhs_d, &mut lanes) }
+                        unsafe { group_512(d, qs, lhs, &lhs_d, offsets, &mut lanes) }
                     } else {
                         for (r, out) in lanes.iter_mut().enumerate() {
                             *out = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
@@ -177,6 +180,19 @@ fn group(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32]) -> [f32; 8] {
     }
 }
 
+/// One activation block's `-128 · Σ` of each four consecutive quants, lanes 0..8, repeated in lanes 8..16:
+/// the 512-bit kernel multiplies `x + 128` (unsigned) by the quants, and starting each lane from this
+/// offset leaves it with the exact `Σ x·y` of candle's lane.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Offsets([i32; 16]);
+
+impl Offsets {
+    fn new(y: &Q8_0) -> Self {
+        Self(std::array::from_fn(|l| -128 * y.qs[4 * (l % 8)..4 * (l % 8) + 4].iter().map(|&q| i32::from(q)).sum::<i32>()))
+    }
+}
+
 /// Rows per pass of [`x86::group_avx512`] over a group's blocks.
 const ROWS_512: usize = 4;
 
@@ -185,17 +201,17 @@ const ROWS_512: usize = 4;
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C ([`super::avx512_vnni`]).
-unsafe fn group_512(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32], out: &mut [[f32; 8]]) {
+unsafe fn group_512(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32], offsets: &[Offsets], out: &mut [[f32; 8]]) {
     for (t, out) in out.chunks_mut(ROWS_512).enumerate() {
         let r0 = t * ROWS_512;
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
         // SAFETY: forwarded from the caller; rows `r0..r0 + out.len()` are within `ys` and `yd`.
         unsafe {
             match out.len() {
-                4 => x86::group_avx512::<4>(d, qs, ys, yd, r0, out),
-                3 => x86::group_avx512::<3>(d, qs, ys, yd, r0, out),
-                2 => x86::group_avx512::<2>(d, qs, ys, yd, r0, out),
-                _ => x86::group_avx512::<1>(d, qs, ys, yd, r0, out),
+                4 => x86::group_avx512::<4>(d, qs, ys, yd, offsets, r0, out),
+                3 => x86::group_avx512::<3>(d, qs, ys, yd, offsets, r0, out),
+                2 => x86::group_avx512::<2>(d, qs, ys, yd, offsets, r0, out),
+                _ => x86::group_avx512::<1>(d, qs, ys, yd, offsets, r0, out),
             }
         }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
@@ -214,8 +230,9 @@ mod x86 {
     ///
     /// candle's `maddubs` of `|x|` and `y`·sign(x), then `madd` with ones, gives lane `l` the exact sum of
     /// products `4l..4l + 4` (no pair reaches the i16 limit: `|x| ≤ 128`, and `|x| = 128` only with
-    /// `|y·sign(x)| ≤ 127` or a product of −16384); `vpdpbusd` adds the same four products into the lane
-    /// exactly. So each lane holds candle's integer, and the `fma` into it and the final horizontal sum are
+    /// `|y·sign(x)| ≤ 127` or a product of −16384). Here `vpdpbusd` adds the four products of `x + 128`
+    /// (`x ^ 0x80`, unsigned) and `y` to the row's [`super::Offsets`], `-128 · Σ y`: the same integer,
+    /// exactly, with no per-row sign fix. So the `fma` into each lane and the final horizontal sum are
     /// candle's: the same bits.
     ///
     /// # Safety
@@ -227,6 +244,7 @@ mod x86 {
         qs: &[Quants8],
         ys: &[Q8_0],
         yd: &[f32],
+        offsets: &[super::Offsets],
         r0: usize,
         out: &mut [[f32; 8]],
     ) {
@@ -235,21 +253,20 @@ mod x86 {
         let pick: [__m512i; 4] = std::array::from_fn(|p| {
             _mm512_inserti64x4::<1>(_mm512_set1_epi32(2 * p as i32), _mm256_set1_epi32(2 * p as i32 + 1))
         });
-        let zero = _mm512_setzero_si512();
+        let flip = _mm512_set1_epi8(-128);
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         for b in 0..nb {
             let dx = _mm512_zextps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(d[b].as_ptr() as *const __m128i)));
-            let x: [__m512i; 4] = std::array::from_fn(|p| _mm512_loadu_si512(qs[b].0[2 * p].as_ptr() as *const __m512i));
-            let ax = x.map(|x| _mm512_abs_epi8(x));
-            let neg = x.map(|x| _mm512_movepi8_mask(x));
+            // `x + 128` as unsigned bytes.
+            let ux: [__m512i; 4] = std::array::from_fn(|p| _mm512_xor_si512(_mm512_loadu_si512(qs[b].0[2 * p].as_ptr() as *const __m512i), flip));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let i = (r0 + r) * nb + b;
                 let by = _mm512_broadcast_i64x4(_mm256_loadu_si256(ys[i].qs.as_ptr() as *const __m256i));
+                let offset = _mm512_load_si512(offsets[i].0.as_ptr() as *const __m512i);
                 // Lane c: column c's `dx·dy`, the product candle broadcasts.
                 let scales = _mm512_mul_ps(dx, _mm512_set1_ps(yd[i]));
                 for p in 0..4 {
-                    let sy = _mm512_mask_sub_epi8(by, neg[p], zero, by);
-                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, ax[p], sy));
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(offset, ux[p], by));
                     acc[p] = _mm512_fmadd_ps(_mm512_permutexvar_ps(pick[p], scales), q, acc[p]);
                 }
             }
@@ -320,18 +337,23 @@ mod tests {
         let nb = k / 32;
         for m in [1usize, 3, 4, 9] {
             let (w, x) = case(n, k, m);
-            let w = Q8_0x8::new(&w).unwrap();
+            let mut w = Q8_0x8::new(&w).unwrap();
+            // The extremes a GGUF may hold, beyond what quantization makes: -128 and 127 quants.
+            for (i, q) in w.qs[0].0[1].iter_mut().enumerate() {
+                *q = if i % 2 == 0 { -128 } else { 127 };
+            }
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mut lhs = vec![BlockQ8_0::zeros(); m * nb];
             BlockQ8_0::from_float(&xs, &mut lhs);
             // SAFETY: the same layout, as in `matmul`.
             let lhs: &[Q8_0] = unsafe { std::slice::from_raw_parts(lhs.as_ptr() as *const Q8_0, lhs.len()) };
             let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
+            let offsets: Vec<Offsets> = lhs.iter().map(Offsets::new).collect();
             for g in 0..n.div_ceil(8) {
                 let (d, qs) = (&w.d[g * nb..(g + 1) * nb], &w.qs[g * nb..(g + 1) * nb]);
                 let mut wide = vec![[0f32; 8]; m];
                 // SAFETY: the CPU has the features (checked above).
-                unsafe { group_512(d, qs, lhs, &lhs_d, &mut wide) };
+                unsafe { group_512(d, qs, lhs, &lhs_d, &offsets, &mut wide) };
                 for (r, wide) in wide.iter().enumerate() {
                     let narrow = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
                     assert_eq!(wide.map(f32::to_bits), narrow.map(f32::to_bits), "m = {m}, group {g}, row {r}");
