@@ -19,6 +19,7 @@
 //! kernel stays batch-invariant. The softmax denominator is summed in candle's `vec_sum` order and the output
 //! is one sequential FMA chain over positions, as gemm does for `weights × values`.
 
+use crate::nn::Rotary;
 use crate::{Batch, KvCache, ModelError};
 
 /// Write the new keys and values of `batch` into layer `layer` of `cache`.
@@ -59,7 +60,7 @@ pub fn write_kv(cache: &mut KvCache, layer: usize, k: &[f32], v: &[f32], batch: 
 /// `q` is `[tokens][num_heads][head_dim]`; the result has the same shape.
 pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'_>, num_heads: usize) -> Vec<f32> {
     let layout = cache.layout();
-    let (kv_heads, dim, bs) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
+    let (kv_heads, dim) = (layout.num_kv_heads, layout.head_dim);
     let group = num_heads / kv_heads;
     // candle divides a tensor by a float as an affine map with the reciprocal.
     let inv_scale = (1.0 / (dim as f64).sqrt()) as f32;
@@ -71,24 +72,128 @@ pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'
         token_seq.extend((seq.num_computed..seq.num_computed + seq.num_new).map(|p| (s, p)));
     }
 
+    let regions = Regions::new(kv, cache);
     let mut out = vec![0f32; q.len()];
     crate::kernels::for_each_chunk_init(&mut out, dim, Scratch::default, |scratch: &mut Scratch, item, out| {
         let (t, h) = (item / num_heads, item % num_heads);
         let (s, pos) = token_seq[t];
-        let table = batch.seqs[s].block_table;
-        let kvh = h / group;
-        let q = &q[item * dim..(item + 1) * dim];
+        let head = Head { regions, cache, table: batch.seqs[s].block_table, kvh: h / group, pos, prompt_len: batch.seqs[s].prompt_len, inv_scale };
+        // SAFETY: nothing writes the cache during this call (`cache` is borrowed shared).
+        unsafe { head.attend(&mut scratch.scores, &mut scratch.acc, &q[item * dim..(item + 1) * dim], out) };
+    });
+    out
+}
+
+/// Raw access to one layer's keys and values, one (block, head) region at a time (`head_dim * block_size`
+/// values each), so that the fused kernel's work items can write a decode token's keys and values into the
+/// regions they alone read while other items read theirs.
+#[derive(Clone, Copy)]
+struct Regions {
+    k: *mut f32,
+    v: *mut f32,
+    /// Values in each of `k` and `v`.
+    len: usize,
+    /// Values per region.
+    region: usize,
+}
+
+// SAFETY: the pointers are only dereferenced through `keys`, `values` and `write`, whose callers promise
+// that no region is written while another thread reads it.
+unsafe impl Send for Regions {}
+unsafe impl Sync for Regions {}
+
+impl Regions {
+    /// Read-only access ([`Self::write`] must not be called on it).
+    fn new(kv: &crate::kv_cache::LayerKv, cache: &KvCache) -> Self {
+        let region = cache.block_size() * cache.layout().head_dim;
+        Self { k: kv.k.as_ptr() as *mut f32, v: kv.v.as_ptr() as *mut f32, len: kv.k.len().min(kv.v.len()), region }
+    }
+
+    /// Read and write access.
+    fn new_mut(kv: &mut crate::kv_cache::LayerKv, cache_block_size: usize, head_dim: usize) -> Self {
+        let len = kv.k.len().min(kv.v.len());
+        Self { k: kv.k.as_mut_ptr(), v: kv.v.as_mut_ptr(), len, region: cache_block_size * head_dim }
+    }
+
+    /// The region at `offset` (a [`KvCache::block_offset`]) of `base`.
+    ///
+    /// # Safety
+    /// No thread writes this region while the slice lives.
+    unsafe fn slice<'a>(&self, base: *mut f32, offset: usize) -> &'a [f32] {
+        assert!(offset + self.region <= self.len, "KV region {offset} past the layer's {} values", self.len);
+        // SAFETY: within the buffer (checked above); the caller rules out concurrent writes.
+        unsafe { std::slice::from_raw_parts(base.add(offset), self.region) }
+    }
+
+    /// The keys of the region at `offset`: `[head_dim][block_size]`.
+    ///
+    /// # Safety
+    /// As [`Self::slice`].
+    unsafe fn keys<'a>(&self, offset: usize) -> &'a [f32] {
+        // SAFETY: forwarded.
+        unsafe { self.slice(self.k, offset) }
+    }
+
+    /// The values of the region at `offset`: `[block_size][head_dim]`.
+    ///
+    /// # Safety
+    /// As [`Self::slice`].
+    unsafe fn values<'a>(&self, offset: usize) -> &'a [f32] {
+        // SAFETY: forwarded.
+        unsafe { self.slice(self.v, offset) }
+    }
+
+    /// Store one position's key `k` (dimension-major, at `slot`) and value `v` into the region at `offset`.
+    ///
+    /// # Safety
+    /// `self` comes from [`Self::new_mut`], and no other thread reads or writes this region meanwhile.
+    unsafe fn write(&self, offset: usize, slot: usize, k: &[f32], v: &[f32]) {
+        let (dim, bs) = (k.len(), self.region / k.len().max(1));
+        assert!(offset + self.region <= self.len && slot < bs && v.len() == dim, "KV write out of its region");
+        // SAFETY: within the region (checked above); the caller rules out other accesses to it.
+        unsafe {
+            for (d, &x) in k.iter().enumerate() {
+                *self.k.add(offset + d * bs + slot) = x;
+            }
+            std::ptr::copy_nonoverlapping(v.as_ptr(), self.v.add(offset + slot * dim), dim);
+        }
+    }
+}
+
+/// One query head of one token, attending over its sequence's cached keys and values.
+struct Head<'a> {
+    regions: Regions,
+    cache: &'a KvCache,
+    table: &'a [u32],
+    /// The key/value head.
+    kvh: usize,
+    /// The token's position: keys `0..=pos` are read.
+    pos: usize,
+    prompt_len: usize,
+    /// `1 / sqrt(head_dim)`, as candle computes it.
+    inv_scale: f32,
+}
+
+impl Head<'_> {
+    /// The head's output for query `q` (rotated) into `out`; `scores` and `acc` are scratch.
+    ///
+    /// # Safety
+    /// No thread writes the regions of the sequence's blocks `0..=pos / block_size` for this head meanwhile.
+    unsafe fn attend(&self, scores: &mut Vec<f32>, acc: &mut Vec<f32>, q: &[f32], out: &mut [f32]) {
+        let Self { regions, cache, table, kvh, pos, prompt_len, inv_scale } = *self;
+        let (dim, bs) = (q.len(), cache.block_size());
         let len = pos + 1;
+        let region = |j: usize| cache.block_offset(table[j / bs] as usize, kvh);
 
         // Scores, one block of positions at a time: a block's keys are stored dimension-major, so the
         // per-position accumulator chains run side by side in vector registers.
-        let order = ScoreOrder::for_token(pos, batch.seqs[s].prompt_len);
-        scratch.scores.clear();
+        let order = ScoreOrder::for_token(pos, prompt_len);
+        scores.clear();
         for b in 0..len.div_ceil(bs) {
-            let keys = &kv.k[cache.block_offset(table[b] as usize, kvh)..][..dim * bs];
-            block_scores(order, q, keys, bs, &mut scratch.acc, &mut scratch.scores);
+            // SAFETY: forwarded from the caller.
+            let keys = unsafe { regions.keys(region(b * bs)) };
+            block_scores(order, q, keys, bs, acc, scores);
         }
-        let scores = &mut scratch.scores;
         scores.truncate(len);
         let mut max = f32::NEG_INFINITY;
         for s in scores.iter_mut() {
@@ -100,7 +205,6 @@ pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'
         }
         // The reference sums a prompt row over the whole (masked) prompt, a decode row over `pos + 1` scores;
         // masked entries are zeros, which only matter for which accumulator each score lands in.
-        let prompt_len = batch.seqs[s].prompt_len;
         let row_len = if pos < prompt_len { prompt_len } else { len };
         let sum = candle_vec_sum(scores, row_len);
         for e in scores.iter_mut() {
@@ -108,35 +212,34 @@ pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'
         }
         // Output: one sequential FMA chain over positions per dimension, 64 (or 32) dimensions at a time in
         // registers, so that eight (or four) independent vector chains hide the FMA latency.
-        let value_at = |j: usize, d0: usize| cache.block_offset(table[j / bs] as usize, kvh) + (j % bs) * dim + d0;
+        // SAFETY: forwarded from the caller.
+        let value = |j: usize, d0: usize| unsafe { &regions.values(region(j))[(j % bs) * dim + d0..] };
         let mut d0 = 0;
         while d0 + 64 <= dim {
-            out[d0..d0 + 64].copy_from_slice(&weighted_values::<64>(scores, &kv.v, |j| value_at(j, d0)));
+            out[d0..d0 + 64].copy_from_slice(&weighted_values::<64>(scores, |j| value(j, d0)));
             d0 += 64;
         }
         while d0 + 32 <= dim {
-            out[d0..d0 + 32].copy_from_slice(&weighted_values::<32>(scores, &kv.v, |j| value_at(j, d0)));
+            out[d0..d0 + 32].copy_from_slice(&weighted_values::<32>(scores, |j| value(j, d0)));
             d0 += 32;
         }
         for d in d0..dim {
             let mut o = 0f32;
             for (j, &w) in scores.iter().enumerate() {
-                o = w.mul_add(kv.v[cache.block_offset(table[j / bs] as usize, kvh) + (j % bs) * dim + d], o);
+                o = w.mul_add(value(j, d)[0], o);
             }
             out[d] = o;
         }
-    });
-    out
+    }
 }
 
 /// `Σ_j w_j v_j` over `W` consecutive dimensions, each one sequential FMA chain over positions `j` (as gemm
-/// runs `weights × values`); `at(j)` is where position `j`'s first value of these dimensions sits in `values`.
+/// runs `weights × values`); `value(j)` starts at position `j`'s first value of these dimensions.
 #[inline(always)]
-fn weighted_values<const W: usize>(weights: &[f32], values: &[f32], at: impl Fn(usize) -> usize) -> [f32; W] {
+fn weighted_values<'v, const W: usize>(weights: &[f32], value: impl Fn(usize) -> &'v [f32]) -> [f32; W] {
     let mut o = [0f32; W];
     for (j, &w) in weights.iter().enumerate() {
-        let at = at(j);
-        let v: &[f32; W] = values[at..at + W].try_into().expect("W values");
+        let v: &[f32; W] = value(j)[..W].try_into().expect("W values");
         for i in 0..W {
             o[i] = w.mul_add(v[i], o[i]);
         }
@@ -149,6 +252,10 @@ fn weighted_values<const W: usize>(weights: &[f32], values: &[f32], at: impl Fn(
 struct Scratch {
     scores: Vec<f32>,
     acc: Vec<f32>,
+    /// A rotated query head.
+    q: Vec<f32>,
+    /// A rotated key head.
+    k: Vec<f32>,
 }
 
 /// The order in which one score's products are summed, mirroring the gemm path candle's matmul takes for the
@@ -371,6 +478,103 @@ fn candle_vec_sum(xs: &[f32], row_len: usize) -> f32 {
     sum
 }
 
+/// [`attend`] with the rotary embedding applied here: `q` (`[tokens, num_heads * head_dim]`) and `k`
+/// (`[tokens, num_kv_heads * head_dim]`) come straight from their projections, `cos` and `sin` are the step's
+/// tables (`[tokens, 1, head_dim / 2]`, [`Rotary::tables`]), `v` is `[tokens, num_kv_heads * head_dim]`.
+///
+/// On a host cache this is one parallel loop over (token, key/value head) items: each rotates its key and
+/// writes it with its value into the cache when the token is its sequence's only new one (a decode token;
+/// a prompt chunk's keys are written first, since its tokens attend to each other), then rotates and
+/// attends its group of query heads, reading that head's keys and values once for all of them. The same
+/// bits as rotating with [`Rotary::apply`] and calling [`attend`]: the rotation is candle's, per element,
+/// and the attention is [`paged_attention`]'s. A tensor cache takes exactly that route.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rope(
+    q: &candle_core::Tensor,
+    k: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    rotary: &Rotary,
+    cos: &candle_core::Tensor,
+    sin: &candle_core::Tensor,
+    cache: &mut KvCache,
+    layer: usize,
+    batch: &Batch<'_>,
+    num_heads: usize,
+) -> Result<candle_core::Tensor, ModelError> {
+    let layout = cache.layout();
+    let (kv_heads, dim, bs) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
+    if cache.is_tensors() || !q.device().is_cpu() {
+        let q = rotary.apply(q, num_heads, cos, sin)?;
+        let k = rotary.apply(k, kv_heads, cos, sin)?;
+        return attend(&q, &k, v, cache, layer, batch, num_heads);
+    }
+    let _enter = tracing::trace_span!("paged_attention").entered();
+    let (tokens, half) = (batch.tokens.len(), dim / 2);
+    let (qs, ks, vs) = (crate::kernels::f32_view(q)?, crate::kernels::f32_view(k)?, crate::kernels::f32_view(v)?);
+    let (cs, ss) = (crate::kernels::f32_view(cos)?, crate::kernels::f32_view(sin)?);
+    if qs.len() != tokens * num_heads * dim || ks.len() != tokens * kv_heads * dim || vs.len() != ks.len() || cs.len() != tokens * half || ss.len() != cs.len() {
+        return Err(ModelError::InvalidBatch(format!(
+            "attention inputs of {}, {}, {} and {} values for {tokens} tokens of {num_heads} heads ({kv_heads} kv) of {dim}",
+            qs.len(),
+            ks.len(),
+            vs.len(),
+            cs.len()
+        )));
+    }
+    let group = num_heads / kv_heads;
+    let style = rotary.style();
+    // Per token: (sequence index, position, whether it is its sequence's only new token).
+    let mut toks = Vec::with_capacity(tokens);
+    for (s, seq) in batch.seqs.iter().enumerate() {
+        toks.extend((seq.num_computed..seq.num_computed + seq.num_new).map(|p| (s, p, seq.num_new == 1)));
+    }
+    let head_of = |t: usize, h: usize, heads: usize| (t * heads + h) * dim..(t * heads + h + 1) * dim;
+    let rows = |t: usize| (&cs[t * half..(t + 1) * half], &ss[t * half..(t + 1) * half]);
+
+    let regions = Regions::new_mut(cache.layer_mut(layer), bs, dim);
+    let cache: &KvCache = cache;
+    // A prompt chunk's keys and values first: its tokens read each other's.
+    let mut rotated = vec![0f32; dim];
+    for (t, &(s, pos, alone)) in toks.iter().enumerate() {
+        if alone {
+            continue;
+        }
+        let (c, sn) = rows(t);
+        for h in 0..kv_heads {
+            style.rotate(&ks[head_of(t, h, kv_heads)], c, sn, &mut rotated);
+            let offset = cache.block_offset(batch.seqs[s].block_table[pos / bs] as usize, h);
+            // SAFETY: from `new_mut`; no other thread runs yet.
+            unsafe { regions.write(offset, pos % bs, &rotated, &vs[head_of(t, h, kv_heads)]) };
+        }
+    }
+    let inv_scale = (1.0 / (dim as f64).sqrt()) as f32;
+    let mut out = vec![0f32; qs.len()];
+    crate::kernels::for_each_chunk_init(&mut out, group * dim, Scratch::default, |scratch: &mut Scratch, item, out| {
+        let (t, kvh) = (item / kv_heads, item % kv_heads);
+        let (s, pos, alone) = toks[t];
+        let seq = &batch.seqs[s];
+        let (c, sn) = rows(t);
+        if alone {
+            scratch.k.resize(dim, 0.0);
+            style.rotate(&ks[head_of(t, kvh, kv_heads)], c, sn, &mut scratch.k);
+            let offset = cache.block_offset(seq.block_table[pos / bs] as usize, kvh);
+            // SAFETY: from `new_mut`. This item alone touches its sequence's regions of head `kvh`: its
+            // sequence has no other new token, other sequences never share a block being written
+            // (`KvCache::copy_block`), and other heads' regions are disjoint.
+            unsafe { regions.write(offset, pos % bs, &scratch.k, &vs[head_of(t, kvh, kv_heads)]) };
+        }
+        let head = Head { regions, cache, table: seq.block_table, kvh, pos, prompt_len: seq.prompt_len, inv_scale };
+        scratch.q.resize(dim, 0.0);
+        for (g, out) in out.chunks_exact_mut(dim).enumerate() {
+            style.rotate(&qs[head_of(t, kvh * group + g, num_heads)], c, sn, &mut scratch.q);
+            // SAFETY: the regions read are this sequence's for head `kvh`; only this item writes them (above,
+            // before reading), a prompt chunk's were written before the loop.
+            unsafe { head.attend(&mut scratch.scores, &mut scratch.acc, &scratch.q, out) };
+        }
+    });
+    Ok(candle_core::Tensor::from_vec(out, (tokens, num_heads * dim), q.device())?)
+}
+
 /// One attention call of a layer: write the new (already rotated) keys and values into the cache, attend,
 /// and return `[tokens, num_heads * head_dim]`. A host cache runs the CPU kernel of this module; a tensor
 /// cache ([`KvCache::new_tensors`]) runs [`crate::attention_ops::attend_tensors`].
@@ -456,6 +660,51 @@ mod tests {
             let want = reference(qs, &k, &v, heads, kv_heads, dim, start);
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+    use crate::nn::RopeStyle;
+    use crate::{KvLayout, SeqInput};
+    use candle_core::{Device, Tensor};
+
+    /// The fused kernel against candle's rotation followed by [`attend`]: the same outputs and the same cache,
+    /// bit for bit, over steps that mix prompt chunks, decode tokens and a one-token prompt.
+    #[test]
+    fn attend_rope_is_rotate_then_attend() {
+        let (heads, kv_heads, dim, bs) = (6, 2, 16, 4);
+        let layout = KvLayout { num_layers: 1, num_kv_heads: kv_heads, head_dim: dim };
+        let val = |i: usize, salt: usize| (((i + salt) * 7919) % 1000) as f32 / 500.0 - 1.0;
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let rotary = Rotary::new(dim, 10_000.0, 64, style, None, &Device::Cpu).unwrap();
+            let (mut plain, mut fused) = (KvCache::new(layout, 12, bs).unwrap(), KvCache::new(layout, 12, bs).unwrap());
+            let tables: [&[u32]; 3] = [&[3, 7], &[0, 5, 9], &[11]];
+            // (sequence, first position, new tokens, prompt length) per step.
+            let steps: [&[(usize, usize, usize, usize)]; 3] = [&[(0, 0, 5, 6), (1, 0, 3, 9)], &[(0, 5, 1, 6), (1, 3, 6, 9), (2, 0, 1, 1)], &[(0, 6, 1, 6), (1, 9, 1, 9), (2, 1, 1, 1)]];
+            for (n, step) in steps.iter().enumerate() {
+                let seqs: Vec<SeqInput> = step
+                    .iter()
+                    .map(|&(s, start, new, prompt)| SeqInput { num_computed: start, num_new: new, block_table: tables[s], prompt_len: prompt, want_logits: true, all_logits: false })
+                    .collect();
+                let tokens = vec![0u32; seqs.iter().map(|s| s.num_new).sum()];
+                let batch = Batch { tokens: &tokens, seqs: &seqs };
+                let t = tokens.len();
+                let q = Tensor::from_vec((0..t * heads * dim).map(|i| val(i, 100 * n)).collect::<Vec<_>>(), (t, heads * dim), &Device::Cpu).unwrap();
+                let k = Tensor::from_vec((0..t * kv_heads * dim).map(|i| val(i, 100 * n + 7)).collect::<Vec<_>>(), (t, kv_heads * dim), &Device::Cpu).unwrap();
+                let v = Tensor::from_vec((0..t * kv_heads * dim).map(|i| val(i, 100 * n + 13)).collect::<Vec<_>>(), (t, kv_heads * dim), &Device::Cpu).unwrap();
+                let positions = Tensor::from_vec(batch.positions(), t, &Device::Cpu).unwrap();
+                let (cos, sin) = rotary.tables(&positions).unwrap();
+                let (qr, kr) = (rotary.apply(&q, heads, &cos, &sin).unwrap(), rotary.apply(&k, kv_heads, &cos, &sin).unwrap());
+                let want = attend(&qr, &kr, &v, &mut plain, 0, &batch, heads).unwrap();
+                let got = attend_rope(&q, &k, &v, &rotary, &cos, &sin, &mut fused, 0, &batch, heads).unwrap();
+                let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{style:?}, step {n}");
+                let (a, b) = (plain.layer(0), fused.layer(0));
+                assert!(a.k.iter().zip(&b.k).chain(a.v.iter().zip(&b.v)).all(|(x, y)| x.to_bits() == y.to_bits()), "{style:?}, step {n}: caches differ");
             }
         }
     }

@@ -10,7 +10,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::attention::attend;
+use crate::attention::attend_rope;
 use crate::nn::{embedding_shape, logits, output_projection, Embedding, Linear, Mlp, RmsNorm, RopeStyle, Rotary, StepInputs};
 use crate::{Architecture, Batch, CausalLm, Gguf, KvCache, ModelError, ModelSpec};
 
@@ -100,9 +100,7 @@ impl Block {
     fn forward(&self, x: &Tensor, m: &Model, step: &StepInputs, cache: &mut KvCache, i: usize, batch: &Batch<'_>) -> Result<Tensor, ModelError> {
         let h = self.attn_norm.forward(x)?;
         let [q, k, v] = Linear::forward_many([&self.attn_q, &self.attn_k, &self.attn_v], &h, Some(&step.rows))?;
-        let q = m.rotary.apply(&q, m.cfg.head_count, &step.cos, &step.sin)?;
-        let k = m.rotary.apply(&k, m.cfg.head_count_kv, &step.cos, &step.sin)?;
-        let attn = attend(&q, &k, &v, cache, i, batch, m.cfg.head_count)?;
+        let attn = attend_rope(&q, &k, &v, &m.rotary, &step.cos, &step.sin, cache, i, batch, m.cfg.head_count)?;
         let x = (x + self.attn_output.forward_rows(&attn, Some(&step.rows))?)?;
         let h = self.ffn_norm.forward(&x)?;
         Ok((&x + self.mlp.forward(&h, &step.rows)?)?)

@@ -281,6 +281,30 @@ pub enum RopeStyle {
     Neox,
 }
 
+impl RopeStyle {
+    /// Rotate one head `x` (`head_dim` values) by one token's `cos` and `sin` rows (`head_dim / 2` values)
+    /// into `out`, element for element as candle's `rope_i` (interleaved) and `rope` (NEOX) compute it.
+    pub(crate) fn rotate(self, x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+        let half = cos.len();
+        match self {
+            Self::Interleaved => {
+                for (i, (&c, &s)) in cos.iter().zip(sin).enumerate() {
+                    let (a, b) = (x[2 * i], x[2 * i + 1]);
+                    out[2 * i] = a * c - b * s;
+                    out[2 * i + 1] = a * s + b * c;
+                }
+            }
+            Self::Neox => {
+                for (i, (&c, &s)) in cos.iter().zip(sin).enumerate() {
+                    let (a, b) = (x[i], x[i + half]);
+                    out[i] = a * c - b * s;
+                    out[i + half] = a * s + b * c;
+                }
+            }
+        }
+    }
+}
+
 /// Rotary position embedding with precomputed cos/sin tables, applied at per-token positions so that one
 /// batch can hold sequences at different positions.
 #[derive(Debug, Clone)]
@@ -321,6 +345,11 @@ impl Rotary {
             .reshape((max_positions, 1))?
             .matmul(&theta.reshape((1, half))?)?;
         Ok(Self { cos: idx_theta.cos()?, sin: idx_theta.sin()?, style, span: tracing::trace_span!("rope") })
+    }
+
+    /// Which elements rotate together.
+    pub fn style(&self) -> RopeStyle {
+        self.style
     }
 
     /// Number of positions the tables cover.
