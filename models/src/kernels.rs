@@ -22,6 +22,10 @@
 //! [`q6k_matmul_rows`] reproduces candle's one-row Q6_K path (`vec_dot_q6k_q8k`, AVX2) for several rows at
 //! once: the reference decodes one row at a time, so decode rows must round that way, but reading the weights
 //! once for all of them is what makes a batch cheap (`kernels/q6k.rs`).
+//!
+//! [`Q6Kx16`] lays Q6_K matrices out as [`Q4Kx16`] does and keeps each column's block sum an exact integer, as
+//! llama.cpp does: not candle's rounding, so models run it for the output projection only, where a batch of
+//! eight decode rows costs less than half of what [`q6k_matmul_rows`] takes (`kernels/q6kx16.rs`).
 
 use candle_core::quantized::k_quants::BlockQ8K;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -30,12 +34,14 @@ use candle_core::{Device, Tensor};
 mod q4_1;
 mod q4k;
 mod q6k;
+mod q6kx16;
 mod q8_0;
 mod q8k;
 
 pub use q4_1::Q4_1x8;
 pub use q4k::Q4Kx16;
 pub use q6k::q6k_matmul_rows;
+pub use q6kx16::Q6Kx16;
 pub use q8_0::Q8_0x8;
 
 /// Whether the 512-bit kernels run: the CPU has AVX-512 F, BW, VL and VNNI, besides AVX2, FMA and F16C, and
@@ -170,6 +176,31 @@ fn product(m: usize, n: usize, fill: impl FnOnce(&Out)) -> candle_core::Result<T
     // SAFETY: `fill` has written all `m * n` elements (its contract); a panic in it propagates before this.
     unsafe { y.set_len(m * n) };
     Tensor::from_vec(y, (m, n), &Device::Cpu)
+}
+
+/// An `[m, n]` product (row-major) computed by blocks of `cols` columns (`n` a multiple of `cols`) on candle's
+/// pool: `tile(j, r0, rows, out)` must write rows `r0..r0 + rows` of columns `cols * j..cols * (j + 1)` of
+/// `out`, every one of them and nothing else; it is called for each column block with row tiles of at most
+/// `max_rows` rows, so that a tile's weights are unpacked once for its rows.
+fn column_blocks(m: usize, n: usize, cols: usize, max_rows: usize, tile: impl Fn(usize, usize, usize, &Out) + Sync) -> Vec<f32> {
+    debug_assert!(n % cols == 0 && max_rows > 0);
+    // Not zeroed first: the column blocks together write every element.
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let out = Out { ptr: y.as_mut_ptr(), n };
+    let column_block = |j: usize| {
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(max_rows);
+            tile(j, r0, rows, &out);
+            r0 += rows;
+        }
+    };
+    // On candle's worker pool, where every parallel loop of a step runs (see `threads.rs`).
+    parallel_ranges(n / cols, |blocks| blocks.for_each(column_block));
+    // SAFETY: every column block has run (`parallel_ranges` returns when all items are done; a panic
+    // propagates from it), each writing all `m` rows of its columns (`tile`'s contract): all `m * n` elements.
+    unsafe { y.set_len(m * n) };
+    y
 }
 
 /// `f(i, chunk)` for each `size`-element chunk of `data` (the last one may be shorter), on candle's barrier

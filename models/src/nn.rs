@@ -15,14 +15,16 @@ pub struct Linear {
 }
 
 /// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU, a Q8_0 one of a shape candle does not repack,
-/// and a Q4_K one of a shape candle repacks, are repacked once, at load, for our kernels (and the `QTensor`
-/// dropped, unless something else shares it); everything else stays candle's.
+/// a Q4_K one of a shape candle repacks, and a Q6_K output projection of sixteen-column multiples, are
+/// repacked once, at load, for our kernels (and the `QTensor` dropped, unless something else shares it);
+/// everything else stays candle's.
 #[derive(Debug, Clone)]
 enum Weight {
     Candle(QMatMul),
     Q4_1(std::sync::Arc<crate::kernels::Q4_1x8>),
     Q8_0(std::sync::Arc<crate::kernels::Q8_0x8>),
     Q4K(std::sync::Arc<crate::kernels::Q4Kx16>),
+    Q6K(std::sync::Arc<crate::kernels::Q6Kx16>),
 }
 
 impl Linear {
@@ -57,6 +59,23 @@ impl Linear {
         Self { weight, bias, span }
     }
 
+    /// [`Self::new`] for a model's output projection, where a Q6_K weight on the CPU also goes to
+    /// [`crate::kernels::Q6Kx16`] (a tied table is then held twice). That kernel rounds otherwise than candle
+    /// (`kernels/q6kx16.rs`), so only here: the logits feed no later layer, and the difference stays at
+    /// rounding level, while in a hidden layer it can move an activation across a Q8_K rounding step and grow
+    /// (with every Q6_K layer on it, Qwen2.5-Coder-1.5B left the reference's greedy tokens at a top-2 gap of
+    /// 0.033, over the fidelity test's 0.01).
+    fn new_output(weight: QMatMul, name: &str) -> Self {
+        if let QMatMul::QTensor(t) = &weight {
+            if t.dtype() == GgmlDType::Q6K && t.device().is_cpu() {
+                if let Ok(Some(w)) = crate::kernels::Q6Kx16::new(t) {
+                    return Self { weight: Weight::Q6K(std::sync::Arc::new(w)), bias: None, span: tracing::trace_span!("linear", name = name.to_string()) };
+                }
+            }
+        }
+        Self::new(weight, None, name)
+    }
+
     /// Rows of the weight: the output dimension.
     pub fn out_dim(&self) -> usize {
         self.weight_shape().0
@@ -69,6 +88,7 @@ impl Linear {
             Weight::Q4_1(w) => w.shape(),
             Weight::Q8_0(w) => w.shape(),
             Weight::Q4K(w) => w.shape(),
+            Weight::Q6K(w) => w.shape(),
         }
     }
 
@@ -88,6 +108,7 @@ impl Linear {
             Weight::Q8_0(w) => return self.add_bias(w.matmul(x)?),
             // Each row rounds the same in any batch: no row grouping to follow.
             Weight::Q4K(w) => return self.add_bias(w.matmul(x)?),
+            Weight::Q6K(w) => return self.add_bias(w.matmul(x)?),
             Weight::Candle(weight) => weight,
         };
         let y = match (rows, weight) {
@@ -478,14 +499,14 @@ pub fn embedding_shape(gguf: &Gguf) -> Result<(usize, usize), ModelError> {
 /// embedding's lookups too.
 pub fn output_projection(gguf: &mut Gguf, embedding: &mut Embedding, vocab: usize, hidden: usize) -> Result<Linear, ModelError> {
     if gguf.has_tensor("output.weight") {
-        return Linear::load(gguf, "output", vocab, hidden, false);
+        return Ok(Linear::new_output(gguf.qmatmul("output.weight", vocab, hidden)?, "output"));
     }
     let name = "output(tied)";
     let table = match &embedding.table {
         Table::Candle(table) => table.clone(),
         Table::Q8_0(w) => return Ok(Linear { weight: Weight::Q8_0(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
     };
-    let output = Linear::new(QMatMul::from_arc(table)?, None, name);
+    let output = Linear::new_output(QMatMul::from_arc(table)?, name);
     if let Weight::Q8_0(w) = &output.weight {
         embedding.table = Table::Q8_0(w.clone());
     }

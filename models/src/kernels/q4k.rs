@@ -14,12 +14,11 @@
 
 use std::sync::OnceLock;
 
-use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
-use super::{Out, SyncPtr, Q8K};
+use super::Out;
 
 /// Output columns per repacked block: candle's `TILE_N`, and the lanes of a 512-bit register.
 const COLS: usize = 16;
@@ -131,39 +130,24 @@ impl Q4Kx16 {
         let (candle_core::Storage::Cpu(storage), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
             candle_core::bail!("Q4Kx16::matmul: x is not a contiguous CPU tensor");
         };
-        let lhs = Lhs::quantize(&storage.as_slice::<f32>()?[start..end], k);
+        let lhs = Lhs::new(&storage.as_slice::<f32>()?[start..end], k);
         let y = self.matmul_lhs(&lhs, tier);
         Tensor::from_vec(y, (m, n), &Device::Cpu)
     }
 
     /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
     fn matmul_lhs(&self, lhs: &Lhs, tier: Tier) -> Vec<f32> {
-        let (n, nb, m) = (self.n, self.k / QK, lhs.rows);
-        // Not zeroed first: the column blocks together write every element (`n` is a multiple of 16).
-        let mut y: Vec<f32> = Vec::with_capacity(m * n);
-        let out = Out { ptr: y.as_mut_ptr(), n };
-        let max_rows = tier.max_rows();
+        let nb = self.k / QK;
         // No software prefetch: the weights stream in order, and the hardware prefetcher alone read them faster
         // (q4kbench, one row, alternating builds: 7B `ffn_gate` 1170-1330 µs with 36 lines asked for two
         // superblocks ahead, 740-1090 without; no shape at 1 or 8 rows got slower).
-        let column_block = |j: usize| {
-            let item = Item { w: &self.blocks[j * nb..(j + 1) * nb], lhs, out: &out, col0: COLS * j };
-            let mut r0 = 0;
-            while r0 < m {
-                let rows = (m - r0).min(max_rows);
-                // SAFETY: `tier()` detected this tier's CPU features; `w` is one column block of `nb`
-                // superblocks, `lhs` has rows `r0..r0 + rows`, and the kernel writes only rows
-                // `r0..r0 + rows`, columns `16j..16j + 16` of `y`, which no other item touches.
-                unsafe { tier.run(&item, r0, rows) };
-                r0 += rows;
-            }
-        };
-        // On candle's worker pool, where every parallel loop of a step runs (see `threads.rs`).
-        super::parallel_ranges(n / COLS, |blocks| blocks.for_each(column_block));
-        // SAFETY: every column block has run (`parallel_ranges` returns when all items are done; a panic
-        // propagates from it), each writing all `m` rows of its 16 columns: all `m * n` elements.
-        unsafe { y.set_len(m * n) };
-        y
+        super::column_blocks(lhs.rows, self.n, COLS, tier.max_rows(), |j, r0, rows, out| {
+            let item = Item { w: &self.blocks[j * nb..(j + 1) * nb], lhs, out, col0: COLS * j };
+            // SAFETY: `tier()` detected this tier's CPU features; `w` is one column block of `nb` superblocks,
+            // `lhs` has rows `r0..r0 + rows`, and the kernel writes only rows `r0..r0 + rows`, columns
+            // `16j..16j + 16` of `out` (`column_blocks`' contract).
+            unsafe { tier.run(&item, r0, rows) }
+        })
     }
 }
 
@@ -200,54 +184,14 @@ struct Item<'a> {
     col0: usize,
 }
 
-/// Activations quantized to Q8_K, superblock-major (`[nb][rows]`), so that the rows a kernel call takes
-/// for one superblock lie side by side.
-struct Lhs {
-    /// `nb * rows` blocks: entry `b * rows + r` is superblock `b` of row `r`.
-    blocks: Vec<BlockQ8K>,
-    /// Rows.
-    rows: usize,
-    /// Per block, per subblock `s`: `d * (bsums[2s] + bsums[2s + 1])`, the factor of the weight's minimum,
-    /// rounded as candle rounds it.
-    dbs: Vec<[f32; 8]>,
-}
+/// The activations, with per block and subblock `s` the factor of the weight's minimum,
+/// `d * (bsums[2s] + bsums[2s + 1])`, rounded as candle rounds it.
+type Lhs = super::q8k::Q8KRows<[f32; 8]>;
 
 impl Lhs {
-    /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle's `from_float` does; it
-    /// treats each 256 values on their own, so quantizing a row a superblock at a time gives the same blocks.
-    fn quantize(xs: &[f32], k: usize) -> Self {
-        let (rows, nb) = (xs.len() / k, k / QK);
-        let mut blocks = vec![BlockQ8K::zeros(); rows * nb];
-        let mut dbs = vec![[0f32; 8]; rows * nb];
-        let (blocks_ptr, dbs_ptr) = (SyncPtr(blocks.as_mut_ptr()), SyncPtr(dbs.as_mut_ptr()));
-        let superblock = |b: usize| {
-            // SAFETY: superblock `b` owns entries `b * rows..(b + 1) * rows` of both vectors, which outlive
-            // this call; no other `b` touches them.
-            let (blocks, dbs) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(blocks_ptr.get().add(b * rows), rows),
-                    std::slice::from_raw_parts_mut(dbs_ptr.get().add(b * rows), rows),
-                )
-            };
-            for (r, (block, dbs)) in blocks.iter_mut().zip(dbs).enumerate() {
-                super::q8k::quantize_block(&xs[r * k + QK * b..r * k + QK * (b + 1)], block);
-                // SAFETY: `Q8K` mirrors `BlockQ8K` (same `repr(C)` layout, checked in `kernels`).
-                let q8 = unsafe { &*(block as *const BlockQ8K as *const Q8K) };
-                *dbs = std::array::from_fn(|s| q8.d * (q8.bsums[2 * s] as i32 + q8.bsums[2 * s + 1] as i32) as f32);
-            }
-        };
-        if rows == 1 {
-            (0..nb).for_each(superblock);
-        } else {
-            super::parallel_ranges(nb, |range| range.for_each(superblock));
-        }
-        Self { blocks, rows, dbs }
-    }
-
-    /// The blocks through our mirror of their layout.
-    fn q8(&self) -> &[Q8K] {
-        // SAFETY: same `repr(C)` layout and size (checked at compile time in `kernels`), so the same alignment.
-        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const Q8K, self.blocks.len()) }
+    /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle's `from_float` does.
+    fn new(xs: &[f32], k: usize) -> Self {
+        Self::quantize(xs, k, |q8| std::array::from_fn(|s| q8.d * (q8.bsums[2 * s] as i32 + q8.bsums[2 * s + 1] as i32) as f32))
     }
 }
 
@@ -378,7 +322,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, blk) in w.iter().enumerate() {
             let ys = &lhs.q8()[b * lhs.rows + r0..][..R];
-            let dbs = &lhs.dbs[b * lhs.rows + r0..][..R];
+            let dbs = &lhs.extra[b * lhs.rows + r0..][..R];
             // SAFETY (loads): each reads within one `Block` field of that size.
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.d.as_ptr() as *const __m256i));
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.dmin.as_ptr() as *const __m256i));
@@ -431,7 +375,7 @@ mod x86 {
                 let mut acc = [[_mm256_setzero_ps(); 2]; R];
                 for (b, blk) in w.iter().enumerate() {
                     let ys = &lhs.q8()[b * lhs.rows + r0..][..R];
-                    let dbs = &lhs.dbs[b * lhs.rows + r0..][..R];
+                    let dbs = &lhs.extra[b * lhs.rows + r0..][..R];
                     for h in 0..2 {
                         let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr().add(8 * h) as *const __m128i));
                         let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.dmin.as_ptr().add(8 * h) as *const __m128i));
@@ -582,7 +526,7 @@ mod tests {
         // Every tile height of every tier, and tiles after a full one.
         for m in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 15] {
             let (_, x) = case(n, k, m);
-            let lhs = Lhs::quantize(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k);
+            let lhs = Lhs::new(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k);
             let results: Vec<Vec<u32>> = tiers.iter().map(|&t| w.matmul_lhs(&lhs, t).into_iter().map(f32::to_bits).collect()).collect();
             for (t, r) in tiers.iter().zip(&results) {
                 assert_eq!(r, &results[0], "{t:?} against {:?}, m = {m}", tiers[0]);

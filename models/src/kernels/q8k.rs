@@ -8,7 +8,58 @@
 
 use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
 
-use super::Q8K;
+use super::{SyncPtr, Q8K};
+
+/// Rows of activations quantized to Q8_K, superblock-major (`[nb][rows]`), so that the rows a kernel call
+/// takes for one superblock lie side by side; with each block, a value `E` that the kernel derives from it
+/// once per block instead of once per column block (the K-quant kernels' per-subblock terms).
+pub(super) struct Q8KRows<E> {
+    /// `nb * rows` blocks: entry `b * rows + r` is superblock `b` of row `r`.
+    blocks: Vec<BlockQ8K>,
+    /// `extra[b * rows + r]` belongs to `blocks[b * rows + r]`.
+    pub(super) extra: Vec<E>,
+    /// Rows.
+    pub(super) rows: usize,
+}
+
+impl<E: Copy + Default + Send> Q8KRows<E> {
+    /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle's `from_float` does (it treats
+    /// each 256 values on their own, so quantizing a row a superblock at a time gives the same blocks), and
+    /// derive each block's `extra`. Several rows quantize on candle's pool.
+    pub(super) fn quantize(xs: &[f32], k: usize, extra: impl Fn(&Q8K) -> E + Sync) -> Self {
+        let (rows, nb) = (xs.len() / k, k / 256);
+        let mut blocks = vec![BlockQ8K::zeros(); rows * nb];
+        let mut extras = vec![E::default(); rows * nb];
+        let (blocks_ptr, extras_ptr) = (SyncPtr(blocks.as_mut_ptr()), SyncPtr(extras.as_mut_ptr()));
+        let superblock = |b: usize| {
+            // SAFETY: superblock `b` owns entries `b * rows..(b + 1) * rows` of both vectors, which outlive
+            // this call; no other `b` touches them.
+            let (blocks, extras) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(blocks_ptr.get().add(b * rows), rows),
+                    std::slice::from_raw_parts_mut(extras_ptr.get().add(b * rows), rows),
+                )
+            };
+            for (r, (block, e)) in blocks.iter_mut().zip(extras).enumerate() {
+                quantize_block(&xs[r * k + 256 * b..r * k + 256 * (b + 1)], block);
+                // SAFETY: `Q8K` mirrors `BlockQ8K` (same `repr(C)` layout, checked in `kernels`).
+                *e = extra(unsafe { &*(block as *const BlockQ8K as *const Q8K) });
+            }
+        };
+        if rows == 1 {
+            (0..nb).for_each(superblock);
+        } else {
+            super::parallel_ranges(nb, |range| range.for_each(superblock));
+        }
+        Self { blocks, extra: extras, rows }
+    }
+
+    /// The blocks through our mirror of their layout.
+    pub(super) fn q8(&self) -> &[Q8K] {
+        // SAFETY: same `repr(C)` layout and size (checked at compile time in `kernels`), so the same alignment.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const Q8K, self.blocks.len()) }
+    }
+}
 
 /// Quantize 256 values into `y` exactly as `BlockQ8K::from_float` does.
 pub(super) fn quantize_block(xs: &[f32], y: &mut BlockQ8K) {
