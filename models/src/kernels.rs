@@ -183,7 +183,7 @@ fn product(m: usize, n: usize, fill: impl FnOnce(&Out)) -> candle_core::Result<T
 /// `out`, every one of them and nothing else; it is called for each column block with row tiles of at most
 /// `max_rows` rows, so that a tile's weights are unpacked once for its rows.
 fn column_blocks(m: usize, n: usize, cols: usize, max_rows: usize, tile: impl Fn(usize, usize, usize, &Out) + Sync) -> Vec<f32> {
-    debug_assert!(n % cols == 0 && max_rows > 0);
+    debug_assert!(n.is_multiple_of(cols) && max_rows > 0);
     // Not zeroed first: the column blocks together write every element.
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let out = Out { ptr: y.as_mut_ptr(), n };

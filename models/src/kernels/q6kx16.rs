@@ -283,6 +283,7 @@ mod x86 {
     /// is computed. It emits no instruction; it keeps the compiler from unpacking every subblock's weights at
     /// the top of the block, which it did, spilling them all to the stack (the 8-row kernel ran at half speed).
     #[inline(always)]
+    #[allow(clippy::pointers_in_nomem_asm_block)] // The template is empty: it never dereferences the pointer.
     unsafe fn behind(group: &Group, after: __m256i) -> *const Group {
         let mut group: *const Group = group;
         // SAFETY: an empty template; it reads and writes no memory and changes no flag.
