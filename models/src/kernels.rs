@@ -23,9 +23,10 @@
 //! once: the reference decodes one row at a time, so decode rows must round that way, but reading the weights
 //! once for all of them is what makes a batch cheap (`kernels/q6k.rs`).
 //!
-//! [`Q6Kx16`] lays Q6_K matrices out as [`Q4Kx16`] does and keeps each column's block sum an exact integer, as
-//! llama.cpp does: not candle's rounding, so models run it for the output projection only, where a batch of
-//! eight decode rows costs less than half of what [`q6k_matmul_rows`] takes (`kernels/q6kx16.rs`).
+//! [`Q6Kx16`] and [`Q8_0x16`] lay Q6_K and Q8_0 matrices out as [`Q4Kx16`] does and keep each column's block
+//! sum an exact integer, as llama.cpp does: not candle's rounding, so models run them for the output
+//! projection only, where a batch of eight decode rows costs less than half of what [`q6k_matmul_rows`] and
+//! [`Q8_0x8`] take (`kernels/q6kx16.rs`, `kernels/q8_0x16.rs`).
 
 use candle_core::quantized::k_quants::BlockQ8K;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -36,6 +37,7 @@ mod q4k;
 mod q6k;
 mod q6kx16;
 mod q8_0;
+mod q8_0x16;
 mod q8k;
 
 pub use q4_1::Q4_1x8;
@@ -43,6 +45,7 @@ pub use q4k::Q4Kx16;
 pub use q6k::q6k_matmul_rows;
 pub use q6kx16::Q6Kx16;
 pub use q8_0::Q8_0x8;
+pub use q8_0x16::Q8_0x16;
 
 /// Whether the 512-bit kernels run: the CPU has AVX-512 F, BW, VL and VNNI, besides AVX2, FMA and F16C, and
 /// `HEARTH_NO_AVX512` is not set. Decided once. Those kernels compute the same bits as the AVX2 ones, so the

@@ -15,7 +15,7 @@ pub struct Linear {
 }
 
 /// How a [`Linear`] holds its weight: a Q4_1 matrix on the CPU, a Q8_0 one of a shape candle does not repack,
-/// a Q4_K one of a shape candle repacks, and a Q6_K output projection of sixteen-column multiples, are
+/// a Q4_K one of a shape candle repacks, and a Q6_K or Q8_0 output projection of sixteen-column multiples, are
 /// repacked once, at load, for our kernels (and the `QTensor` dropped, unless something else shares it);
 /// everything else stays candle's.
 #[derive(Debug, Clone)]
@@ -25,6 +25,7 @@ enum Weight {
     Q8_0(std::sync::Arc<crate::kernels::Q8_0x8>),
     Q4K(std::sync::Arc<crate::kernels::Q4Kx16>),
     Q6K(std::sync::Arc<crate::kernels::Q6Kx16>),
+    Q8_0x16(std::sync::Arc<crate::kernels::Q8_0x16>),
 }
 
 impl Linear {
@@ -59,21 +60,27 @@ impl Linear {
         Self { weight, bias, span }
     }
 
-    /// [`Self::new`] for a model's output projection, where a Q6_K weight on the CPU also goes to
-    /// [`crate::kernels::Q6Kx16`] (a tied table is then held twice). That kernel rounds otherwise than candle
-    /// (`kernels/q6kx16.rs`), so only here: the logits feed no later layer, and the difference stays at
-    /// rounding level, while in a hidden layer it can move an activation across a Q8_K rounding step and grow
-    /// (with every Q6_K layer on it, Qwen2.5-Coder-1.5B left the reference's greedy tokens at a top-2 gap of
-    /// 0.033, over the fidelity test's 0.01).
+    /// [`Self::new`] for a model's output projection, where a Q6_K weight on the CPU goes to
+    /// [`crate::kernels::Q6Kx16`] (a tied table is then held twice) and a Q8_0 one to
+    /// [`crate::kernels::Q8_0x16`] where they apply. Those kernels round otherwise than candle (as llama.cpp
+    /// does), so only here: the logits feed no later layer, and the difference stays at rounding level, while
+    /// in a hidden layer it can move an activation across a Q8_K rounding step and grow (with every Q6_K layer
+    /// on `Q6Kx16`, Qwen2.5-Coder-1.5B left the reference's greedy tokens at a top-2 gap of 0.033, over the
+    /// fidelity test's 0.01).
     fn new_output(weight: QMatMul, name: &str) -> Self {
-        if let QMatMul::QTensor(t) = &weight {
-            if t.dtype() == GgmlDType::Q6K && t.device().is_cpu() {
-                if let Ok(Some(w)) = crate::kernels::Q6Kx16::new(t) {
-                    return Self { weight: Weight::Q6K(std::sync::Arc::new(w)), bias: None, span: tracing::trace_span!("linear", name = name.to_string()) };
-                }
+        let repacked = match &weight {
+            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q6K && t.device().is_cpu() => {
+                crate::kernels::Q6Kx16::new(t).ok().flatten().map(|w| Weight::Q6K(std::sync::Arc::new(w)))
             }
+            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q8_0 && t.device().is_cpu() => {
+                crate::kernels::Q8_0x16::new(t).ok().flatten().map(|w| Weight::Q8_0x16(std::sync::Arc::new(w)))
+            }
+            _ => None,
+        };
+        match repacked {
+            Some(weight) => Self { weight, bias: None, span: tracing::trace_span!("linear", name = name.to_string()) },
+            None => Self::new(weight, None, name),
         }
-        Self::new(weight, None, name)
     }
 
     /// Rows of the weight: the output dimension.
@@ -89,6 +96,7 @@ impl Linear {
             Weight::Q8_0(w) => w.shape(),
             Weight::Q4K(w) => w.shape(),
             Weight::Q6K(w) => w.shape(),
+            Weight::Q8_0x16(w) => w.shape(),
         }
     }
 
@@ -109,6 +117,7 @@ impl Linear {
             // Each row rounds the same in any batch: no row grouping to follow.
             Weight::Q4K(w) => return self.add_bias(w.matmul(x)?),
             Weight::Q6K(w) => return self.add_bias(w.matmul(x)?),
+            Weight::Q8_0x16(w) => return self.add_bias(w.matmul(x)?),
             Weight::Candle(weight) => weight,
         };
         let y = match (rows, weight) {
@@ -458,12 +467,13 @@ pub struct Embedding {
     span: tracing::Span,
 }
 
-/// Where the embedding rows come from: the loaded `QTensor`, or the tied output projection's Q8_0 repack (the
-/// `QTensor` is then dropped, so the table is held once).
+/// Where the embedding rows come from: the loaded `QTensor`, or the tied output projection's Q8_0 repack, either
+/// one (the `QTensor` is then dropped, so the table is held once).
 #[derive(Debug)]
 enum Table {
     Candle(std::sync::Arc<QTensor>),
     Q8_0(std::sync::Arc<crate::kernels::Q8_0x8>),
+    Q8_0x16(std::sync::Arc<crate::kernels::Q8_0x16>),
 }
 
 impl Embedding {
@@ -476,13 +486,19 @@ impl Embedding {
     /// `ids`: `[tokens]` u32 → `[tokens, hidden]` f32.
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        match &self.table {
-            Table::Candle(t) => t.embedding(ids),
+        let ids_vec = || ids.flatten_all()?.to_vec1::<u32>();
+        let (rows, n, hidden) = match &self.table {
+            Table::Candle(t) => return t.embedding(ids),
             Table::Q8_0(w) => {
-                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
-                Tensor::from_vec(w.rows(&ids)?, (ids.len(), w.shape().1), &candle_core::Device::Cpu)
+                let ids = ids_vec()?;
+                (w.rows(&ids)?, ids.len(), w.shape().1)
             }
-        }
+            Table::Q8_0x16(w) => {
+                let ids = ids_vec()?;
+                (w.rows(&ids)?, ids.len(), w.shape().1)
+            }
+        };
+        Tensor::from_vec(rows, (n, hidden), &candle_core::Device::Cpu)
     }
 }
 
@@ -505,10 +521,13 @@ pub fn output_projection(gguf: &mut Gguf, embedding: &mut Embedding, vocab: usiz
     let table = match &embedding.table {
         Table::Candle(table) => table.clone(),
         Table::Q8_0(w) => return Ok(Linear { weight: Weight::Q8_0(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
+        Table::Q8_0x16(w) => return Ok(Linear { weight: Weight::Q8_0x16(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
     };
     let output = Linear::new_output(QMatMul::from_arc(table)?, name);
-    if let Weight::Q8_0(w) = &output.weight {
-        embedding.table = Table::Q8_0(w.clone());
+    match &output.weight {
+        Weight::Q8_0(w) => embedding.table = Table::Q8_0(w.clone()),
+        Weight::Q8_0x16(w) => embedding.table = Table::Q8_0x16(w.clone()),
+        _ => {}
     }
     Ok(output)
 }
