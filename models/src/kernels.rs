@@ -32,6 +32,7 @@ use candle_core::quantized::k_quants::BlockQ8K;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+mod columns16;
 mod q4_1;
 mod q4k;
 mod q6k;

@@ -18,10 +18,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
-use super::Out;
-
-/// Output columns per repacked block: candle's `TILE_N`, and the lanes of a 512-bit register.
-const COLS: usize = 16;
+use super::columns16::COLS;
 
 /// Values per superblock (`QK_K`).
 const QK: usize = 256;
@@ -90,17 +87,7 @@ impl Q4Kx16 {
         if data.len() != n * nb * GGUF_BLOCK {
             candle_core::bail!("Q4Kx16::new: {} bytes for a [{n}, {k}] Q4_K matrix", data.len());
         }
-        let mut blocks = vec![Block::ZERO; n / COLS * nb];
-        // Column block `j` takes columns `16j..16j + 16`, which are contiguous in the GGUF data.
-        let column_bytes = COLS * nb * GGUF_BLOCK;
-        super::for_each_chunk(&mut blocks, nb, |j, blocks| {
-            let columns = &data[j * column_bytes..(j + 1) * column_bytes];
-            for (c, column) in columns.chunks_exact(nb * GGUF_BLOCK).enumerate() {
-                for (dst, src) in blocks.iter_mut().zip(column.chunks_exact(GGUF_BLOCK)) {
-                    repack_column(src, c, dst);
-                }
-            }
-        });
+        let blocks = super::columns16::repack(&data, n, nb, GGUF_BLOCK, Block::ZERO, repack_column);
         Ok(Some(Self { n, k, blocks }))
     }
 
@@ -175,14 +162,7 @@ fn repack_column(src: &[u8], c: usize, dst: &mut Block) {
 }
 
 /// One work item: a column block against the quantized rows.
-struct Item<'a> {
-    /// The column block's superblocks.
-    w: &'a [Block],
-    lhs: &'a Lhs,
-    out: &'a Out,
-    /// The block's first column.
-    col0: usize,
-}
+type Item<'a> = super::columns16::Item<'a, Block, Lhs>;
 
 /// The activations, with per block and subblock `s` the factor of the weight's minimum,
 /// `d * (bsums[2s] + bsums[2s + 1])`, rounded as candle rounds it.

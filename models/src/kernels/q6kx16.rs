@@ -18,10 +18,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
-use super::Out;
-
-/// Output columns per repacked block: the lanes of a 512-bit register.
-const COLS: usize = 16;
+use super::columns16::{Tier, COLS};
 
 /// Values per superblock (`QK_K`).
 const QK: usize = 256;
@@ -100,17 +97,7 @@ impl Q6Kx16 {
         if data.len() != n * nb * GGUF_BLOCK {
             candle_core::bail!("Q6Kx16::new: {} bytes for a [{n}, {k}] Q6_K matrix", data.len());
         }
-        let mut blocks = vec![Block::ZERO; n / COLS * nb];
-        // Column block `j` takes columns `16j..16j + 16`, which are contiguous in the GGUF data.
-        let column_bytes = COLS * nb * GGUF_BLOCK;
-        super::for_each_chunk(&mut blocks, nb, |j, blocks| {
-            let columns = &data[j * column_bytes..(j + 1) * column_bytes];
-            for (c, column) in columns.chunks_exact(nb * GGUF_BLOCK).enumerate() {
-                for (dst, src) in blocks.iter_mut().zip(column.chunks_exact(GGUF_BLOCK)) {
-                    repack_column(src, c, dst);
-                }
-            }
-        });
+        let blocks = super::columns16::repack(&data, n, nb, GGUF_BLOCK, Block::ZERO, repack_column);
         Ok(Some(Self { n, k, blocks }))
     }
 
@@ -130,20 +117,18 @@ impl Q6Kx16 {
             return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
         };
         let lhs = Lhs::new(&xs, k);
-        let y = self.matmul_lhs(&lhs, if super::avx512_vnni() { Tier::Avx512Vnni } else { Tier::Avx2 });
+        let y = self.matmul_lhs(&lhs, Tier::best());
         Tensor::from_vec(y, (m, n), &Device::Cpu)
     }
 
     /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
     fn matmul_lhs(&self, lhs: &Lhs, tier: Tier) -> Vec<f32> {
-        let nb = self.k / QK;
-        super::column_blocks(lhs.rows, self.n, COLS, tier.max_rows(), |j, r0, rows, out| {
-            let item = Item { w: &self.blocks[j * nb..(j + 1) * nb], lhs, out, col0: COLS * j };
-            // SAFETY: `matmul` picked a tier this CPU runs (AVX2, FMA and F16C at compile time, checked by
-            // `new`); `w` is one column block of `nb` superblocks, `lhs` has rows `r0..r0 + rows`, and the
-            // kernel writes only rows `r0..r0 + rows`, columns `16j..16j + 16` of `out`.
-            unsafe { tier.run(&item, r0, rows) }
-        })
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        // SAFETY: `Tier::best` (or a test) picked a tier this CPU runs; `new` repacked `n / 16` column blocks
+        // of `k / 256` blocks, and `lhs` has its rows of `k` values.
+        return unsafe { super::columns16::product(&self.blocks, self.k / QK, self.n, lhs.rows, lhs, tier, &x86::TILES) };
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        unreachable!("Q6Kx16::new declines without AVX2, FMA and F16C ({tier:?}, {} rows)", lhs.rows)
     }
 }
 
@@ -187,62 +172,7 @@ impl Lhs {
 }
 
 /// One work item: a column block against the quantized rows.
-struct Item<'a> {
-    /// The column block's superblocks.
-    w: &'a [Block],
-    lhs: &'a Lhs,
-    out: &'a Out,
-    /// The block's first column.
-    col0: usize,
-}
-
-/// The instruction sets the kernel comes in; both compute the same bits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tier {
-    /// 512-bit registers (sixteen columns each) and `vpdpbusd`.
-    Avx512Vnni,
-    /// 256-bit registers (eight columns each), `vpmaddubsw` then `vpmaddwd` with the scales.
-    Avx2,
-}
-
-impl Tier {
-    /// Rows per kernel call: each weight block is loaded and unpacked once for that many rows.
-    fn max_rows(self) -> usize {
-        match self {
-            Tier::Avx512Vnni => 8,
-            Tier::Avx2 => 4,
-        }
-    }
-
-    /// Rows `r0..r0 + rows` (at most [`Self::max_rows`]) against the item's column block.
-    ///
-    /// # Safety
-    /// The CPU must have this tier's features, and the rows and columns must lie within the item's `lhs`
-    /// and `out`.
-    #[allow(unused_variables)]
-    unsafe fn run(self, item: &Item<'_>, r0: usize, rows: usize) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
-        {
-            macro_rules! dispatch {
-                ($kernel:ident, $($r:literal)*) => {
-                    match rows {
-                        $( $r => x86::$kernel::<$r>(item, r0), )*
-                        _ => unreachable!("{rows} rows"),
-                    }
-                };
-            }
-            // SAFETY: forwarded from the caller.
-            unsafe {
-                match self {
-                    Tier::Avx512Vnni => dispatch!(tile_avx512, 1 2 3 4 5 6 7 8),
-                    Tier::Avx2 => dispatch!(tile_avx2, 1 2 3 4),
-                }
-            }
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
-        unreachable!("Q6Kx16::new declines without AVX2, FMA and F16C")
-    }
-}
+type Item<'a> = super::columns16::Item<'a, Block, Lhs>;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 mod x86 {
@@ -250,8 +180,15 @@ mod x86 {
     //! 32·bsum_s)` exactly in i32 (at most 16 · 128 · 16 · 64 · 128 < 2³¹ in magnitude), then
     //! `acc = fma(float(isum), d · d_x, acc)`.
 
-    use super::{Group, Item, COLS};
+    use super::super::columns16::Tiles;
+    use super::{Block, Group, Item, Lhs, COLS};
     use std::arch::x86_64::*;
+
+    /// The kernel's bodies by tile height.
+    pub(super) const TILES: Tiles<Block, Lhs> = Tiles {
+        wide: [tile_avx512::<1>, tile_avx512::<2>, tile_avx512::<3>, tile_avx512::<4>, tile_avx512::<5>, tile_avx512::<6>, tile_avx512::<7>, tile_avx512::<8>],
+        narrow: [tile_avx2::<1>, tile_avx2::<2>, tile_avx2::<3>, tile_avx2::<4>],
+    };
 
     /// The four activation bytes at `p`, as one integer to broadcast.
     #[inline(always)]

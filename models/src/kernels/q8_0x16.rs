@@ -14,10 +14,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
-use super::Out;
-
-/// Output columns per repacked block: the lanes of a 512-bit register.
-const COLS: usize = 16;
+use super::columns16::{Tier, COLS};
 
 /// Values per block.
 const QK: usize = 32;
@@ -69,18 +66,11 @@ impl Q8_0x16 {
             return Ok(None);
         }
         let nb = k / QK;
-        let mut blocks = vec![Block { qs: [0; QK * COLS], d: [f16::ZERO; COLS] }; n / COLS * nb];
-        // Column block `j` takes columns `16j..16j + 16`, which are contiguous in the GGUF data.
-        let column_bytes = COLS * nb * GGUF_BLOCK;
-        super::for_each_chunk(&mut blocks, nb, |j, blocks| {
-            let columns = &data[j * column_bytes..(j + 1) * column_bytes];
-            for (c, column) in columns.chunks_exact(nb * GGUF_BLOCK).enumerate() {
-                for (dst, src) in blocks.iter_mut().zip(column.chunks_exact(GGUF_BLOCK)) {
-                    dst.d[c] = f16::from_le_bytes([src[0], src[1]]);
-                    for (v, &q) in src[2..].iter().enumerate() {
-                        dst.qs[64 * (v / 4) + 4 * c + v % 4] = q ^ 0x80;
-                    }
-                }
+        let zero = Block { qs: [0; QK * COLS], d: [f16::ZERO; COLS] };
+        let blocks = super::columns16::repack(&data, n, nb, GGUF_BLOCK, zero, |src, c, dst| {
+            dst.d[c] = f16::from_le_bytes([src[0], src[1]]);
+            for (v, &q) in src[2..].iter().enumerate() {
+                dst.qs[64 * (v / 4) + 4 * c + v % 4] = q ^ 0x80;
             }
         });
         Ok(Some(Self { n, k, blocks }))
@@ -119,20 +109,18 @@ impl Q8_0x16 {
             return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
         };
         let lhs = Lhs::new(&xs, m, k);
-        let y = self.matmul_lhs(&lhs, if super::avx512_vnni() { Tier::Avx512Vnni } else { Tier::Avx2 });
+        let y = self.matmul_lhs(&lhs, Tier::best());
         Tensor::from_vec(y, (m, n), &Device::Cpu)
     }
 
     /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
     fn matmul_lhs(&self, lhs: &Lhs, tier: Tier) -> Vec<f32> {
-        let nb = self.k / QK;
-        super::column_blocks(lhs.rows, self.n, COLS, tier.max_rows(), |j, r0, rows, out| {
-            let item = Item { w: &self.blocks[j * nb..(j + 1) * nb], lhs, out, col0: COLS * j };
-            // SAFETY: `matmul` picked a tier this CPU runs (AVX2, FMA and F16C at compile time, checked by
-            // `new`); `w` is one column block of `nb` blocks, `lhs` has rows `r0..r0 + rows`, and the kernel
-            // writes only rows `r0..r0 + rows`, columns `16j..16j + 16` of `out`.
-            unsafe { tier.run(&item, r0, rows) }
-        })
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        // SAFETY: `Tier::best` (or a test) picked a tier this CPU runs; `new` repacked `n / 16` column blocks
+        // of `k / 32` blocks, and `lhs` has its rows of `k` values.
+        return unsafe { super::columns16::product(&self.blocks, self.k / QK, self.n, lhs.rows, lhs, tier, &x86::TILES) };
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        unreachable!("Q8_0x16::new declines without AVX2, FMA and F16C ({tier:?}, {} rows)", lhs.rows)
     }
 }
 
@@ -166,70 +154,22 @@ impl Lhs {
 }
 
 /// One work item: a column block against the quantized rows.
-struct Item<'a> {
-    /// The column block's blocks.
-    w: &'a [Block],
-    lhs: &'a Lhs,
-    out: &'a Out,
-    /// The block's first column.
-    col0: usize,
-}
-
-/// The instruction sets the kernel comes in; both compute the same bits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tier {
-    /// 512-bit registers (sixteen columns each) and `vpdpbusd`.
-    Avx512Vnni,
-    /// 256-bit registers (eight columns each), `vpsignb`, `vpmaddubsw` and `vpmaddwd`.
-    Avx2,
-}
-
-impl Tier {
-    /// Rows per kernel call: each weight block is loaded once for that many rows.
-    fn max_rows(self) -> usize {
-        match self {
-            Tier::Avx512Vnni => 8,
-            Tier::Avx2 => 4,
-        }
-    }
-
-    /// Rows `r0..r0 + rows` (at most [`Self::max_rows`]) against the item's column block.
-    ///
-    /// # Safety
-    /// The CPU must have this tier's features, and the rows and columns must lie within the item's `lhs`
-    /// and `out`.
-    #[allow(unused_variables)]
-    unsafe fn run(self, item: &Item<'_>, r0: usize, rows: usize) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
-        {
-            macro_rules! dispatch {
-                ($kernel:ident, $($r:literal)*) => {
-                    match rows {
-                        $( $r => x86::$kernel::<$r>(item, r0), )*
-                        _ => unreachable!("{rows} rows"),
-                    }
-                };
-            }
-            // SAFETY: forwarded from the caller.
-            unsafe {
-                match self {
-                    Tier::Avx512Vnni => dispatch!(tile_avx512, 1 2 3 4 5 6 7 8),
-                    Tier::Avx2 => dispatch!(tile_avx2, 1 2 3 4),
-                }
-            }
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
-        unreachable!("Q8_0x16::new declines without AVX2, FMA and F16C")
-    }
-}
+type Item<'a> = super::columns16::Item<'a, Block, Lhs>;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 mod x86 {
     //! The kernels proper. Per row and column: for each block, `isum = Σ x·y` exactly in i32 (at most
     //! 32 · 128 · 127 in magnitude), then `acc = fma(float(isum), d · d_y, acc)`.
 
-    use super::Item;
+    use super::super::columns16::Tiles;
+    use super::{Block, Item, Lhs};
     use std::arch::x86_64::*;
+
+    /// The kernel's bodies by tile height.
+    pub(super) const TILES: Tiles<Block, Lhs> = Tiles {
+        wide: [tile_avx512::<1>, tile_avx512::<2>, tile_avx512::<3>, tile_avx512::<4>, tile_avx512::<5>, tile_avx512::<6>, tile_avx512::<7>, tile_avx512::<8>],
+        narrow: [tile_avx2::<1>, tile_avx2::<2>, tile_avx2::<3>, tile_avx2::<4>],
+    };
 
     /// The four activation bytes at `p`, as one integer to broadcast.
     #[inline(always)]
