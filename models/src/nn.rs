@@ -61,7 +61,7 @@ impl Linear {
     }
 
     /// [`Self::new`] for a model's output projection, where a Q6_K weight on the CPU goes to
-    /// [`crate::kernels::Q6Kx16`] (a tied table is then held twice) and a Q8_0 one to
+    /// [`crate::kernels::Q6Kx16`] and a Q8_0 one to
     /// [`crate::kernels::Q8_0x16`] where they apply. Those kernels round otherwise than candle (as llama.cpp
     /// does), so only here: the logits feed no later layer, and the difference stays at rounding level, while
     /// in a hidden layer it can move an activation across a Q8_K rounding step and grow (with every Q6_K layer
@@ -467,13 +467,14 @@ pub struct Embedding {
     span: tracing::Span,
 }
 
-/// Where the embedding rows come from: the loaded `QTensor`, or the tied output projection's Q8_0 repack, either
-/// one (the `QTensor` is then dropped, so the table is held once).
+/// Where the embedding rows come from: the loaded `QTensor`, or the tied output projection's Q8_0 or Q6_K repack
+/// (the `QTensor` is then dropped, so the table is held once).
 #[derive(Debug)]
 enum Table {
     Candle(std::sync::Arc<QTensor>),
     Q8_0(std::sync::Arc<crate::kernels::Q8_0x8>),
     Q8_0x16(std::sync::Arc<crate::kernels::Q8_0x16>),
+    Q6K(std::sync::Arc<crate::kernels::Q6Kx16>),
 }
 
 impl Embedding {
@@ -497,6 +498,10 @@ impl Embedding {
                 let ids = ids_vec()?;
                 (w.rows(&ids)?, ids.len(), w.shape().1)
             }
+            Table::Q6K(w) => {
+                let ids = ids_vec()?;
+                (w.rows(&ids)?, ids.len(), w.shape().1)
+            }
         };
         Tensor::from_vec(rows, (n, hidden), &candle_core::Device::Cpu)
     }
@@ -511,7 +516,7 @@ pub fn embedding_shape(gguf: &Gguf) -> Result<(usize, usize), ModelError> {
 }
 
 /// The output projection: `output.weight` when present, else the embedding table (tied embeddings, as in
-/// SmolLM2 and the small Qwen models). A tied table that the projection repacks (Q8_0) then serves the
+/// SmolLM2 and the small Qwen models). A tied table that the projection repacks (Q8_0, Q6_K) then serves the
 /// embedding's lookups too.
 pub fn output_projection(gguf: &mut Gguf, embedding: &mut Embedding, vocab: usize, hidden: usize) -> Result<Linear, ModelError> {
     if gguf.has_tensor("output.weight") {
@@ -522,11 +527,13 @@ pub fn output_projection(gguf: &mut Gguf, embedding: &mut Embedding, vocab: usiz
         Table::Candle(table) => table.clone(),
         Table::Q8_0(w) => return Ok(Linear { weight: Weight::Q8_0(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
         Table::Q8_0x16(w) => return Ok(Linear { weight: Weight::Q8_0x16(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
+        Table::Q6K(w) => return Ok(Linear { weight: Weight::Q6K(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
     };
     let output = Linear::new_output(QMatMul::from_arc(table)?, name);
     match &output.weight {
         Weight::Q8_0(w) => embedding.table = Table::Q8_0(w.clone()),
         Weight::Q8_0x16(w) => embedding.table = Table::Q8_0x16(w.clone()),
+        Weight::Q6K(w) => embedding.table = Table::Q6K(w.clone()),
         _ => {}
     }
     Ok(output)

@@ -69,6 +69,16 @@ const _: () = assert!(std::mem::size_of::<Block>() == GGUF_BLOCK * COLS);
 
 impl Block {
     const ZERO: Self = Self { groups: [Group { ql: [0; 512], qh: [0; 256], scales: [0; 64] }; 4], d: [f16::ZERO; COLS] };
+
+    /// Column `c`'s value `v` (0..256): its subblock's scale and its six-bit value, read back from the layout
+    /// [`repack_column`] writes.
+    fn value(&self, c: usize, v: usize) -> (i8, u8) {
+        let (s, t, at) = (v / 16, v % 16 / 4, 4 * c + v % 4);
+        let (group, i) = (&self.groups[s / 4], s % 4);
+        let low = group.ql[64 * (4 * (i / 2) + t) + at] >> (4 * (i % 2)) & 0x0F;
+        let high = group.qh[64 * t + at] >> (2 * i) & 3;
+        (group.scales[16 * i + c], low | high << 4)
+    }
 }
 
 impl std::fmt::Debug for Q6Kx16 {
@@ -104,6 +114,29 @@ impl Q6Kx16 {
     /// The weight's shape, `(n, k)`.
     pub fn shape(&self) -> (usize, usize) {
         (self.n, self.k)
+    }
+
+    /// Columns `ids` of the matrix, dequantized (`[ids.len(), k]`, row-major), as candle's Q6_K embedding lookup
+    /// computes them: `d · scale · (value - 32)`, in that order. A tied table's embedding reads them here, so
+    /// the table is held once. An id past `n` is an error.
+    pub fn rows(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let nb = self.k / QK;
+        let mut out = Vec::with_capacity(ids.len() * self.k);
+        for &id in ids {
+            let col = id as usize;
+            if col >= self.n {
+                candle_core::bail!("Q6Kx16::rows: id {id} past the {} rows of the table", self.n);
+            }
+            let (j, c) = (col / COLS, col % COLS);
+            for block in &self.blocks[j * nb..(j + 1) * nb] {
+                let d = block.d[c].to_f32();
+                out.extend((0..QK).map(|v| {
+                    let (scale, value) = block.value(c, v);
+                    d * f32::from(scale) * f32::from(value as i8 - 32)
+                }));
+            }
+        }
+        Ok(out)
     }
 
     /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`.
@@ -420,6 +453,17 @@ mod tests {
             let alone = bits(&values(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap()));
             assert_eq!(all[r * n..(r + 1) * n], alone, "row {r} of {m}");
         }
+    }
+
+    #[test]
+    fn q6k_x16_rows_are_candles_embedding_lookup() {
+        let (n, k) = (32, 512);
+        let (w, _) = case(n, k, 1);
+        let ours = Q6Kx16::new(&w).unwrap().unwrap();
+        let ids = [0u32, 31, 7, 16, 7];
+        let want = w.embedding(&Tensor::new(&ids, &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(bits(&ours.rows(&ids).unwrap()), bits(&values(&want)));
+        assert!(ours.rows(&[32]).is_err());
     }
 
     #[test]
