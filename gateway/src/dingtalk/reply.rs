@@ -11,7 +11,8 @@
 //!
 //! A card holds at most `card_max_bytes`: past that the card is finalized at a line or word break
 //! (`split`) and the answer continues in a new card, `{outTrackId}-p2`, `-p3`, … — ids a resumed answer
-//! finds again (`param.cardAlreadyExist` counts as created). When a card cannot be completed it is marked
+//! finds again (`param.cardAlreadyExist` counts as created). A code block cut between two cards is closed
+//! in the first and opened again in the second. When a card cannot be completed it is marked
 //! failed (`isError`) and the rest of the answer (what no earlier card finalized) goes out as markdown
 //! through the sessionWebhook, or the robot send API once the webhook has expired or while the platform
 //! throttles the robot's webhook messages (errcode 130101: then webhooks are left alone for minutes).
@@ -295,7 +296,7 @@ impl Replier {
             Ok(()) => Delivered { outcome: Outcome::Answered, detail: "card finalized".to_owned(), first_visible },
             Err(failure) => {
                 tracing::warn!(cause = %failure.cause, card = failure.card, "the AI card failed; falling back to markdown");
-                self.fallback(job, &failure.card, unsent(text, failure.shown)).await
+                self.fallback(job, &failure.card, &unsent_markdown(text, failure.shown)).await
             }
         }
     }
@@ -323,11 +324,14 @@ impl Replier {
         let generated = generation.await.ok();
         let shown = failure.shown;
         let text = match &generated {
-            Some(Ok(generated)) => unsent(&generated.text, shown).to_owned(),
+            Some(Ok(generated)) => unsent_markdown(&generated.text, shown),
             Some(Err(f)) if f.busy => BUSY.to_owned(),
-            Some(Err(f)) if shown > 0 => format!("{}\n\nSorry, I could not finish this answer ({}).", unsent(&failure.draft, shown), f.reason),
+            Some(Err(f)) if shown > 0 => {
+                let draft = unsent_markdown(&failure.draft, shown);
+                format!("{draft}{}\n\nSorry, I could not finish this answer ({}).", split::closing(&draft), f.reason)
+            }
             Some(Err(f)) => format!("Sorry, I could not answer this message ({}).", f.reason),
-            None => unsent(&failure.draft, shown).to_owned(),
+            None => unsent_markdown(&failure.draft, shown),
         };
         (self.fallback(job, &failure.card, &text).await, generated)
     }
@@ -341,6 +345,7 @@ impl Replier {
         if !cards.card.created {
             cards.open().await.map_err(|cause| cards.failure(cause, String::new()))?;
         }
+        let max = self.api.config().card_max_bytes;
         let mut sent = String::new();
         let mut n = 0u32;
         let mut last_update = Instant::now();
@@ -373,7 +378,8 @@ impl Replier {
             self.budget.acquire().await;
             last_update = Instant::now();
             let card = &cards.card.id;
-            match self.api.stream(card, &format!("{card}-{}-{n}", job.attempt), rest, false, false).await {
+            let shown = split::card_text(&snapshot.text, cards.card.start, None, max);
+            match self.api.stream(card, &format!("{card}-{}-{n}", job.attempt), &shown, false, false).await {
                 Ok(()) => {
                     self.budget.succeeded();
                     cards.first_visible.get_or_insert_with(Instant::now);
@@ -538,11 +544,10 @@ impl Cards<'_> {
     /// point and move on to the next card (created when it has text to show).
     async fn roll_over(&mut self, text: &str) -> Result<(), DingTalkError> {
         let max = self.replier.api.config().card_max_bytes;
-        while let Some(part) = text.get(self.card.start..).filter(|part| part.len() > max) {
-            let cut = split::cut_point(part, max);
-            tracing::info!(card = %self.card.id, bytes = cut, "the answer continues in a new card");
-            self.finalize(&part[..cut], false).await?;
-            self.card = self.card.next(self.job, self.card.start + cut);
+        while let Some(end) = split::card_end(text, self.card.start, max) {
+            tracing::info!(card = %self.card.id, bytes = end - self.card.start, "the answer continues in a new card");
+            self.finalize(&split::card_text(text, self.card.start, Some(end), max), false).await?;
+            self.card = self.card.next(self.job, end);
         }
         Ok(())
     }
@@ -555,7 +560,8 @@ impl Cards<'_> {
             // The last cut left only whitespace: no card for it.
             return Ok(());
         }
-        self.finalize(rest, error).await
+        let max = self.replier.api.config().card_max_bytes;
+        self.finalize(&split::card_text(text, self.card.start, None, max), error).await
     }
 
     /// Send `content` as the current card's final frame (creating the card first if needed).
@@ -584,7 +590,7 @@ fn final_text(text: String, end: Result<(), Failure>) -> (String, bool) {
         Ok(()) => (text, false),
         Err(failure) if failure.busy => (BUSY.to_owned(), false),
         Err(failure) if text.trim().is_empty() => (format!("Sorry, I could not finish this answer ({}).", failure.reason), true),
-        Err(failure) => (format!("{text}\n\nSorry, I could not finish this answer ({}).", failure.reason), true),
+        Err(failure) => (format!("{text}{}\n\nSorry, I could not finish this answer ({}).", split::closing(&text), failure.reason), true),
     }
 }
 
@@ -592,6 +598,11 @@ fn final_text(text: String, end: Result<(), Failure>) -> (String, bool) {
 /// on a character boundary of `text` (an answer that changed), since a repeat beats a loss.
 fn unsent(text: &str, shown: usize) -> &str {
     text.get(shown..).unwrap_or(text)
+}
+
+/// [`unsent`] for the markdown fallback, with a code block open at `shown` reopened first.
+fn unsent_markdown(text: &str, shown: usize) -> String {
+    split::card_text(text, shown, None, usize::MAX)
 }
 
 /// The prompt for `question` after `history`, with the oldest turns dropped until the prompt plus

@@ -5,6 +5,14 @@
 //! line break near the limit, else after the last space or CJK sentence mark there, else at the last
 //! character boundary that does not split an emoji sequence. It depends only on the text up to the limit,
 //! so a cut chosen while the answer is still streaming is the cut the whole answer gets.
+//!
+//! A cut inside a fenced code block would leave one card's block unclosed and show the next card's code as
+//! prose. So [`card_end`] and [`card_text`] close the block at the end of the card it is cut in and open it
+//! again, with its fence line, at the top of the next; a markdown fallback that carries the rest of an
+//! answer reopens it too.
+
+/// A fence line longer than this reopens a block with its bare marker (its info string left out).
+const MAX_FENCE_LINE: usize = 32;
 
 /// Line and word breaks are looked for in the last `1 / BREAK_SEARCH_DIVISOR` of the window; further
 /// back, a break would waste too much of the card.
@@ -14,7 +22,7 @@ const BREAK_SEARCH_DIVISOR: usize = 4;
 /// when it all fits. Otherwise the cut is on a character boundary in `1..=max_bytes`, preferring, in the
 /// last quarter of the window, the end of a line, then the end of a word or CJK clause. A `max_bytes`
 /// smaller than the first character still cuts after that character, so callers always make progress.
-pub(crate) fn cut_point(text: &str, max_bytes: usize) -> usize {
+fn cut_point(text: &str, max_bytes: usize) -> usize {
     if text.len() <= max_bytes {
         return text.len();
     }
@@ -37,6 +45,114 @@ pub(crate) fn cut_point(text: &str, max_bytes: usize) -> usize {
         }
     }
     soft_break.unwrap_or_else(|| keep_sequences_whole(text, limit))
+}
+
+/// Where the card that shows `text` from byte `start` ends when the rest does not fit in `max_bytes`:
+/// `None` when it fits. The card's share is cut by [`cut_point`], with room left for the fence line that
+/// reopens a code block open at `start`, and, when the cut falls inside a code block, for the line that
+/// closes it (see [`card_text`]). Like `cut_point`, it depends only on the text up to `start + max_bytes`.
+pub(crate) fn card_end(text: &str, start: usize, max_bytes: usize) -> Option<usize> {
+    let part = text.get(start..)?;
+    let room = max_bytes.saturating_sub(head(text, start, max_bytes).len());
+    if part.len() <= room {
+        return None;
+    }
+    let cut = cut_point(part, room);
+    let cut = match fence_at(text, start + cut).and_then(|fence| fence.decoration(max_bytes)) {
+        Some((_, closing)) => cut_point(part, room.saturating_sub(closing.len() + 1)),
+        None => cut,
+    };
+    Some(start + cut)
+}
+
+/// What the card that shows `text` from byte `start` displays: its share (up to `end`, else to the end),
+/// with the fence line of a code block open at `start` first, and, when `end` falls inside a code block,
+/// a closing fence last, so that every card's markdown opens and closes its own blocks. Without them a
+/// cut inside a block would leave one card's block unclosed and show the next card's code as prose.
+pub(crate) fn card_text(text: &str, start: usize, end: Option<usize>, max_bytes: usize) -> String {
+    let share = match end {
+        Some(end) => text.get(start..end),
+        None => text.get(start..),
+    };
+    // A `start` off the text's character boundaries (an answer that changed) shows all of it.
+    let Some(share) = share else { return text.to_owned() };
+    let mut shown = head(text, start, max_bytes);
+    shown.push_str(share);
+    if let Some((_, closing)) = end.and_then(|end| fence_at(text, end)).and_then(|fence| fence.decoration(max_bytes)) {
+        if !shown.ends_with('\n') {
+            shown.push('\n');
+        }
+        shown.push_str(&closing);
+    }
+    shown
+}
+
+/// What closes a code block left open at the end of `text` (a newline and the fence), so that text added
+/// after it (an apology for an answer cut short) is not shown as code; empty if none is open.
+pub(crate) fn closing(text: &str) -> String {
+    match fence_at(text, text.len()) {
+        Some(fence) => format!("\n{}", fence.marker.to_string().repeat(fence.len)),
+        None => String::new(),
+    }
+}
+
+/// The line that reopens a code block open at `start`, with its newline; empty if none is open.
+fn head(text: &str, start: usize, max_bytes: usize) -> String {
+    match fence_at(text, start).and_then(|fence| fence.decoration(max_bytes)) {
+        Some((opening, _)) => opening + "\n",
+        None => String::new(),
+    }
+}
+
+/// A fenced code block's opening line, as CommonMark reads one: at most three spaces, then three or more
+/// backticks or tildes (backticks: no backtick in the info string after them).
+#[derive(Debug, PartialEq)]
+struct Fence<'a> {
+    /// The opening line, without its indentation and trailing whitespace.
+    line: &'a str,
+    /// '`' or '~'.
+    marker: char,
+    /// How many markers open the block; it closes on a line of at least as many.
+    len: usize,
+}
+
+impl<'a> Fence<'a> {
+    /// `line` as a fence line, if it is one.
+    fn parse(line: &'a str) -> Option<Self> {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let line = line[indent..].trim_end();
+        let marker = line.chars().next().filter(|c| *c == '`' || *c == '~')?;
+        let len = line.len() - line.trim_start_matches(marker).len();
+        let info = &line[len..];
+        (indent <= 3 && len >= 3 && !(marker == '`' && info.contains('`'))).then_some(Self { line, marker, len })
+    }
+
+    /// Whether `line` closes this block.
+    fn closed_by(&self, line: &str) -> bool {
+        Fence::parse(line).is_some_and(|f| f.marker == self.marker && f.len >= self.len && f.line.len() == f.len)
+    }
+
+    /// The lines that reopen and close the block at a cut, if they take no more than a quarter of a card
+    /// of `max_bytes` (a long info string is left out).
+    fn decoration(&self, max_bytes: usize) -> Option<(String, String)> {
+        let bare = self.marker.to_string().repeat(self.len);
+        let opening = if self.line.len() <= MAX_FENCE_LINE { self.line.to_owned() } else { bare.clone() };
+        (opening.len() + bare.len() + 2 <= max_bytes / 4).then_some((opening, bare))
+    }
+}
+
+/// The code block open at byte `at` of `text`, reading its lines from the start (the line `at` falls in
+/// counts as far as it goes).
+fn fence_at(text: &str, at: usize) -> Option<Fence<'_>> {
+    let mut open: Option<Fence<'_>> = None;
+    for line in text.get(..at)?.split('\n') {
+        match &open {
+            Some(fence) if fence.closed_by(line) => open = None,
+            Some(_) => {}
+            None => open = Fence::parse(line),
+        }
+    }
+    open
 }
 
 /// The largest character boundary of `text` at or below `at`.
@@ -169,6 +285,65 @@ mod tests {
         assert_eq!(&flags[..cut_point(flags, 13)], "x\u{1F1E8}\u{1F1F3}", "flags are pairs");
         let keycap = "ab1\u{FE0F}\u{20E3}z";
         assert_eq!(cut_point(keycap, 7), 2, "the keycap stays with its digit");
+    }
+
+    #[test]
+    fn fences_are_read_as_commonmark_reads_them() {
+        let code = "intro\n```rust\nfn main() {}\n```\nafter";
+        assert_eq!(fence_at(code, 6), None, "before the block");
+        assert_eq!(fence_at(code, 14).map(|f| f.line), Some("```rust"));
+        assert_eq!(fence_at(code, 27).map(|f| f.line), Some("```rust"), "inside");
+        assert_eq!(fence_at(code, 31), None, "after the closing line");
+        let nested = "````md\n```\ninner\n```\n````\nout";
+        assert_eq!(fence_at(nested, 20).map(|f| f.len), Some(4), "a shorter fence does not close a longer one");
+        assert_eq!(fence_at(nested, nested.len()), None);
+        assert_eq!(fence_at("~~~\nx\n```\ny", 11).map(|f| f.marker), Some('~'), "backticks do not close tildes");
+        assert_eq!(fence_at("    ```\ncode", 12), None, "four spaces make an indented code line, not a fence");
+        assert_eq!(fence_at("``inline``\nx", 12), None);
+        assert_eq!(fence_at("```a`b\nx", 8), None, "a backtick fence's info string has no backtick");
+        assert_eq!(fence_at("```\ncode\n``` not a close\nmore", 28).map(|f| f.len), Some(3));
+    }
+
+    #[test]
+    fn a_code_block_cut_between_cards_is_closed_and_reopened() {
+        let code: String = (0..12).map(|i| format!("    let x{i} = compute({i});\n")).collect();
+        let text = format!("Here is the code:\n```rust\nfn main() {{\n{code}}}\n```\nThat is all.");
+        for max in [64, 80, 100, 128, 200] {
+            let (mut start, mut cards, mut reopened) = (0, 0, 0);
+            loop {
+                let end = card_end(&text, start, max);
+                let card = card_text(&text, start, end, max);
+                let stop = end.unwrap_or(text.len());
+                assert!(card.len() <= max, "{max}: {} bytes in {card:?}", card.len());
+                let fences = card.lines().filter(|l| Fence::parse(l).is_some()).count();
+                assert_eq!(fences % 2, 0, "{max}: the card closes the blocks it opens: {card:?}");
+                // Without the fence lines added around it, the card holds its share of the answer.
+                let mut share = card.as_str();
+                if fence_at(&text, start).is_some() {
+                    share = share.strip_prefix("```rust\n").expect("a continuation reopens the block");
+                    reopened += 1;
+                }
+                if end.is_some() && fence_at(&text, stop).is_some() {
+                    share = share.strip_suffix("```").expect("a card that ends in a block closes it");
+                    if !text[start..stop].ends_with('\n') {
+                        share = share.strip_suffix('\n').unwrap();
+                    }
+                }
+                assert_eq!(share, &text[start..stop], "{max}");
+                cards += 1;
+                match end {
+                    Some(end) => start = end,
+                    None => break,
+                }
+            }
+            assert!(cards >= 2 && reopened >= 1, "{max}: {cards} cards, {reopened} reopened");
+        }
+        assert_eq!(card_end("no code here", 0, 100), None);
+        assert_eq!(card_text("no code here", 3, None, 100), "code here");
+        assert_eq!(card_text("```\nx\u{4E2D}", 6, None, 100), "```\nx\u{4E2D}", "a start off the text shows it all");
+        assert_eq!(card_text("```\ncode", 4, None, 12), "code", "no room for fence lines in so small a card");
+        assert_eq!(closing("text\n~~~~ sh\necho"), "\n~~~~");
+        assert_eq!(closing("```\nx\n```"), "");
     }
 
     #[test]

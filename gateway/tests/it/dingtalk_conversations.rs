@@ -325,7 +325,12 @@ async fn small_card_emulator() -> DingTalkEmulator {
 /// About 1.6 KB for a `/long` skill: English lines, a long run of Chinese with no break in it, Chinese
 /// clauses, emoji sequences.
 fn long_reply() -> String {
-    let mut text: String = (1..=6).map(|i| format!("Line {i}: the quick brown fox jumps over the lazy dog, again.\n")).collect();
+    let mut text: String = (1..=2).map(|i| format!("Line {i}: the quick brown fox jumps over the lazy dog, again.\n")).collect();
+    // A code block longer than a card's remaining room: it is cut inside.
+    text.push_str("```rust\nfn main() {\n");
+    text.extend((1..=8).map(|i| format!("    println!(\"step {i}\");\n")));
+    text.push_str("}\n```\n");
+    text.extend((3..=6).map(|i| format!("Line {i}: the quick brown fox jumps over the lazy dog, again.\n")));
     text.push_str(&"今天天气很好我们去公园散步吧".repeat(14));
     text.push_str("然后回家吃饭。晚上看书，早点睡觉！\n");
     text.push_str(&"\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\u{1F44D}\u{1F3FD}".repeat(12));
@@ -338,8 +343,15 @@ fn long_skill() -> Arc<SkillSet> {
     Arc::new(SkillSet::new(&skills).unwrap())
 }
 
+/// Whether byte `at` of `text` lies inside a code block (the answers here use plain ```` ``` ```` fences only).
+fn in_code(text: &str, at: usize) -> bool {
+    text[..at].split('\n').filter(|line| line.starts_with("```")).count() % 2 == 1
+}
+
 /// Check that `cards` are one answer split over at least two finalized cards, `{first}`, `{first}-p2`, …,
-/// each within `max` bytes in every update, whose texts concatenate to `whole`.
+/// each within `max` bytes in every update, whose texts concatenate to `whole` once the fence lines the
+/// connector adds are taken out: where a card is cut inside a code block, it closes the block and the next
+/// card opens it again, so each card's markdown stands alone.
 fn assert_split_answer(cards: &[emulator::dingtalk::Card], whole: &str, max: usize) {
     assert!(cards.len() >= 2, "a long answer takes several cards: {cards:#?}");
     let first = &cards[0].out_track_id;
@@ -352,8 +364,27 @@ fn assert_split_answer(cards: &[emulator::dingtalk::Card], whole: &str, max: usi
         let largest = card.updates.iter().filter_map(|u| u.content.as_ref()).map(String::len).max().unwrap_or(0);
         assert!(largest <= max, "{} carried {largest} bytes", card.out_track_id);
         assert!(!card.text.trim().is_empty() && card.text.len() <= max);
+        let fences = card.text.split('\n').filter(|line| line.starts_with("```")).count();
+        assert_eq!(fences % 2, 0, "{} closes every code block it opens: {:?}", card.out_track_id, card.text);
     }
-    assert_eq!(cards.iter().map(|c| c.text.as_str()).collect::<String>(), whole, "the cards hold the whole answer, in order");
+    let mut at = 0;
+    for (i, card) in cards.iter().enumerate() {
+        let mut share = card.text.as_str();
+        if in_code(whole, at) {
+            share = share.strip_prefix("```rust\n").unwrap_or_else(|| panic!("{} reopens the code block: {share:?}", card.out_track_id));
+        }
+        if i + 1 < cards.len() {
+            // A closing fence the connector added: its newline too, unless the answer had one there.
+            if let Some(body) = share.strip_suffix("```").filter(|body| whole[at..].starts_with(body) && in_code(whole, at + body.len())) {
+                share = body;
+            } else if let Some(body) = share.strip_suffix("\n```").filter(|body| whole[at..].starts_with(body) && in_code(whole, at + body.len())) {
+                share = body;
+            }
+        }
+        assert!(whole[at..].starts_with(share), "{} holds the answer from byte {at}: {share:?}", card.out_track_id);
+        at += share.len();
+    }
+    assert_eq!(at, whole.len(), "the cards hold the whole answer, in order");
 }
 
 /// The cards answering the one message in `conversation`.
