@@ -32,6 +32,32 @@ pub(super) fn repack<B: Clone + Send>(
     blocks
 }
 
+/// Columns `ids` of a matrix of `n` columns repacked by [`repack`] (`nb` blocks of `qk` values each), dequantized
+/// into `[ids.len(), nb * qk]`, row-major, for a tied table's embedding lookups: `values(block, c, out)`
+/// appends column `c`'s `qk` values of `block`. An id past `n` is an error naming `kernel`.
+pub(super) fn lookup<B>(
+    blocks: &[B],
+    n: usize,
+    nb: usize,
+    qk: usize,
+    ids: &[u32],
+    kernel: &str,
+    values: impl Fn(&B, usize, &mut Vec<f32>),
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(ids.len() * nb * qk);
+    for &id in ids {
+        let col = id as usize;
+        if col >= n {
+            candle_core::bail!("{kernel}::rows: id {id} past the {n} rows of the table");
+        }
+        let (j, c) = (col / COLS, col % COLS);
+        for block in &blocks[j * nb..(j + 1) * nb] {
+            values(block, c, &mut out);
+        }
+    }
+    Ok(out)
+}
+
 /// One work item of a tile kernel: a column block's blocks against the quantized rows, written to columns
 /// `col0..col0 + 16` of `out`.
 pub(super) struct Item<'a, B, L> {

@@ -120,23 +120,13 @@ impl Q6Kx16 {
     /// computes them: `d · scale · (value - 32)`, in that order. A tied table's embedding reads them here, so
     /// the table is held once. An id past `n` is an error.
     pub fn rows(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
-        let nb = self.k / QK;
-        let mut out = Vec::with_capacity(ids.len() * self.k);
-        for &id in ids {
-            let col = id as usize;
-            if col >= self.n {
-                candle_core::bail!("Q6Kx16::rows: id {id} past the {} rows of the table", self.n);
-            }
-            let (j, c) = (col / COLS, col % COLS);
-            for block in &self.blocks[j * nb..(j + 1) * nb] {
-                let d = block.d[c].to_f32();
-                out.extend((0..QK).map(|v| {
-                    let (scale, value) = block.value(c, v);
-                    d * f32::from(scale) * f32::from(value as i8 - 32)
-                }));
-            }
-        }
-        Ok(out)
+        super::columns16::lookup(&self.blocks, self.n, self.k / QK, QK, ids, "Q6Kx16", |block, c, out| {
+            let d = block.d[c].to_f32();
+            out.extend((0..QK).map(|v| {
+                let (scale, value) = block.value(c, v);
+                d * f32::from(scale) * f32::from(value as i8 - 32)
+            }));
+        })
     }
 
     /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`.

@@ -84,20 +84,10 @@ impl Q8_0x16 {
     /// Columns `ids` of the matrix, dequantized (`[ids.len(), k]`, row-major), as candle's Q8_0 embedding lookup
     /// computes them: each quant times its block's scale. An id past `n` is an error.
     pub fn rows(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
-        let nb = self.k / QK;
-        let mut out = Vec::with_capacity(ids.len() * self.k);
-        for &id in ids {
-            let col = id as usize;
-            if col >= self.n {
-                candle_core::bail!("Q8_0x16::rows: id {id} past the {} rows of the table", self.n);
-            }
-            let (j, c) = (col / COLS, col % COLS);
-            for block in &self.blocks[j * nb..(j + 1) * nb] {
-                let d = block.d[c].to_f32();
-                out.extend((0..QK).map(|v| f32::from((block.qs[64 * (v / 4) + 4 * c + v % 4] ^ 0x80) as i8) * d));
-            }
-        }
-        Ok(out)
+        super::columns16::lookup(&self.blocks, self.n, self.k / QK, QK, ids, "Q8_0x16", |block, c, out| {
+            let d = block.d[c].to_f32();
+            out.extend((0..QK).map(|v| f32::from((block.qs[64 * (v / 4) + 4 * c + v % 4] ^ 0x80) as i8) * d));
+        })
     }
 
     /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`. The activations are quantized
