@@ -487,24 +487,19 @@ impl Embedding {
     /// `ids`: `[tokens]` u32 → `[tokens, hidden]` f32.
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        let ids_vec = || ids.flatten_all()?.to_vec1::<u32>();
-        let (rows, n, hidden) = match &self.table {
-            Table::Candle(t) => return t.embedding(ids),
-            Table::Q8_0(w) => {
-                let ids = ids_vec()?;
-                (w.rows(&ids)?, ids.len(), w.shape().1)
-            }
-            Table::Q8_0x16(w) => {
-                let ids = ids_vec()?;
-                (w.rows(&ids)?, ids.len(), w.shape().1)
-            }
-            Table::Q6K(w) => {
-                let ids = ids_vec()?;
-                (w.rows(&ids)?, ids.len(), w.shape().1)
-            }
-        };
-        Tensor::from_vec(rows, (n, hidden), &candle_core::Device::Cpu)
+        match &self.table {
+            Table::Candle(t) => t.embedding(ids),
+            Table::Q8_0(w) => lookup(ids, w.shape().1, |ids| w.rows(ids)),
+            Table::Q8_0x16(w) => lookup(ids, w.shape().1, |ids| w.rows(ids)),
+            Table::Q6K(w) => lookup(ids, w.shape().1, |ids| w.rows(ids)),
+        }
     }
+}
+
+/// `ids` (`[tokens]` u32) looked up by a repacked table's `rows` → `[tokens, hidden]` f32.
+fn lookup(ids: &Tensor, hidden: usize, rows: impl FnOnce(&[u32]) -> candle_core::Result<Vec<f32>>) -> candle_core::Result<Tensor> {
+    let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+    Tensor::from_vec(rows(&ids)?, (ids.len(), hidden), &candle_core::Device::Cpu)
 }
 
 /// The vocabulary size and hidden size of `token_embd.weight`.
