@@ -6,6 +6,8 @@
 //! batch by batch (both run on candle's worker pool), so that a change in the machine's speed meanwhile (a
 //! neighbour's load, the memory bus) hits both alike.
 //!
+//! Then a layer's q/k/v and gate/up as `Q4Kx16::matmul_many` (one pass) against one `matmul` per weight.
+//!
 //! `cargo run --release -p models --example q4kbench [-- FILTER [ROWS]]` (FILTER: a substring of the shape
 //! names; ROWS: a comma-separated list of row counts, 1,8,256 by default).
 
@@ -58,6 +60,42 @@ fn bench() -> candle_core::Result<()> {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
             let x = Tensor::from_vec(x, (m, k), &dev)?;
             let [a, b] = timing::alternating([&mut |i| ours[i % copies].matmul(&x), &mut |i| theirs[i % copies].forward(&x)])?;
+            println!("| {name} | {m} | {a:.1} | {b:.1} | {:.2} |", b / a);
+        }
+    }
+    let layers: [(&str, &[usize], usize); 4] = [
+        ("1.5B q+k+v", &[1536, 256, 256], 1536),
+        ("1.5B gate+up", &[8960, 8960], 1536),
+        ("7B q+k+v", &[3584, 512, 512], 3584),
+        ("7B gate+up", &[18944, 18944], 3584),
+    ];
+    println!();
+    println!("| layer | m | one pass µs | one call per weight µs | per weight / one pass |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, ns, k) in layers {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let bytes: usize = ns.iter().map(|n| n * k / 256 * 144).sum();
+        let copies = (128 << 20) / bytes + 1;
+        let sets = (0..copies)
+            .map(|c| {
+                ns.iter()
+                    .map(|&n| {
+                        let w: Vec<f32> = (0..n * k).map(|i| (((i + c + n) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+                        let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, GgmlDType::Q4K)?;
+                        models::kernels::Q4Kx16::new(&w)?.ok_or_else(|| candle_core::Error::Msg(format!("{name}: declined")))
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for m in rows.iter().copied() {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+            let x = Tensor::from_vec(x, (m, k), &dev)?;
+            let [a, b] = timing::alternating([
+                &mut |i| models::kernels::Q4Kx16::matmul_many(&sets[i % copies].iter().collect::<Vec<_>>(), &x).map(drop),
+                &mut |i| sets[i % copies].iter().try_for_each(|w| w.matmul(&x).map(drop)),
+            ])?;
             println!("| {name} | {m} | {a:.1} | {b:.1} | {:.2} |", b / a);
         }
     }

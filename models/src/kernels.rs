@@ -187,24 +187,46 @@ fn product(m: usize, n: usize, fill: impl FnOnce(&Out)) -> candle_core::Result<T
 /// `out`, every one of them and nothing else; it is called for each column block with row tiles of at most
 /// `max_rows` rows, so that a tile's weights are unpacked once for its rows.
 fn column_blocks(m: usize, n: usize, cols: usize, max_rows: usize, tile: impl Fn(usize, usize, usize, &Out) + Sync) -> Vec<f32> {
-    debug_assert!(n.is_multiple_of(cols) && max_rows > 0);
+    let mut ys = column_blocks_many(m, &[n], cols, max_rows, |_, j, r0, rows, out| tile(j, r0, rows, out));
+    ys.pop().unwrap_or_default()
+}
+
+/// [`column_blocks`] for several products of the same `m` rows at once, `ns[i]` columns for product `i`, in
+/// one parallel loop over all their column blocks: `tile(i, j, r0, rows, out)` writes product `i`'s.
+fn column_blocks_many(
+    m: usize,
+    ns: &[usize],
+    cols: usize,
+    max_rows: usize,
+    tile: impl Fn(usize, usize, usize, usize, &Out) + Sync,
+) -> Vec<Vec<f32>> {
+    debug_assert!(ns.iter().all(|n| n.is_multiple_of(cols)) && max_rows > 0);
     // Not zeroed first: the column blocks together write every element.
-    let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let out = Out { ptr: y.as_mut_ptr(), n };
-    let column_block = |j: usize| {
+    let mut ys: Vec<Vec<f32>> = ns.iter().map(|&n| Vec::with_capacity(m * n)).collect();
+    let outs: Vec<Out> = ys.iter_mut().zip(ns).map(|(y, &n)| Out { ptr: y.as_mut_ptr(), n }).collect();
+    // `starts[i]`: the first of product `i`'s column blocks in the loop.
+    let starts: Vec<usize> = std::iter::once(0).chain(ns.iter().scan(0, |end, &n| {
+        *end += n / cols;
+        Some(*end)
+    })).collect();
+    let column_block = |item: usize| {
+        let i = starts.partition_point(|&s| s <= item) - 1;
         let mut r0 = 0;
         while r0 < m {
             let rows = (m - r0).min(max_rows);
-            tile(j, r0, rows, &out);
+            tile(i, item - starts[i], r0, rows, &outs[i]);
             r0 += rows;
         }
     };
     // On candle's worker pool, where every parallel loop of a step runs (see `threads.rs`).
-    parallel_ranges(n / cols, |blocks| blocks.for_each(column_block));
-    // SAFETY: every column block has run (`parallel_ranges` returns when all items are done; a panic
-    // propagates from it), each writing all `m` rows of its columns (`tile`'s contract): all `m * n` elements.
-    unsafe { y.set_len(m * n) };
-    y
+    parallel_ranges(starts[ns.len()], |blocks| blocks.for_each(column_block));
+    for (y, &n) in ys.iter_mut().zip(ns) {
+        // SAFETY: every column block has run (`parallel_ranges` returns when all items are done; a panic
+        // propagates from it), each writing all `m` rows of its columns (`tile`'s contract): all `m * n`
+        // elements.
+        unsafe { y.set_len(m * n) };
+    }
+    ys
 }
 
 /// `f(i, chunk)` for each `size`-element chunk of `data` (the last one may be shorter), on candle's barrier

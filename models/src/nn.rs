@@ -139,10 +139,12 @@ impl Linear {
         self.add_bias(y)
     }
 
-    /// [`Self::forward_rows`] of the same `x` by each of `layers`: a layer's q/k/v, or gate and up. When all
-    /// are repacked Q4_1 weights, the activations are quantized once and the products run as one parallel
-    /// loop; otherwise each layer runs on its own. The results are the same either way.
+    /// [`Self::forward_rows`] of the same `x` by each of `layers`: a layer's q/k/v, or gate and up. Repacked
+    /// Q4_1 weights (when all are) and repacked Q4_K weights (when two or more are) have the activations
+    /// quantized once and their products run as one parallel loop; the other layers run on their own. The
+    /// results are the same either way.
     pub fn forward_many<const N: usize>(layers: [&Linear; N], x: &Tensor, rows: Option<&RowKinds>) -> candle_core::Result<[Tensor; N]> {
+        let mut ys: [Option<Tensor>; N] = std::array::from_fn(|_| None);
         let q4_1: Vec<&crate::kernels::Q4_1x8> = layers
             .iter()
             .filter_map(|l| match &l.weight {
@@ -150,14 +152,36 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        let ys = if N > 1 && q4_1.len() == N && q4_1.iter().all(|w| w.shape().1 == q4_1[0].shape().1) {
+        let q4k: Vec<(usize, &crate::kernels::Q4Kx16)> = layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match &l.weight {
+                Weight::Q4K(w) => Some((i, &**w)),
+                _ => None,
+            })
+            .collect();
+        if N > 1 && q4_1.len() == N && q4_1.iter().all(|w| w.shape().1 == q4_1[0].shape().1) {
             let _enter = layers[0].span.enter();
-            let ys = crate::kernels::Q4_1x8::matmul_many(&q4_1, x)?;
-            layers.iter().zip(ys).map(|(l, y)| l.add_bias(y)).collect::<candle_core::Result<Vec<_>>>()?
-        } else {
-            layers.iter().map(|l| l.forward_rows(x, rows)).collect::<candle_core::Result<Vec<_>>>()?
-        };
-        Ok(ys.try_into().unwrap_or_else(|_| unreachable!("one product per layer")))
+            let products = crate::kernels::Q4_1x8::matmul_many(&q4_1, x)?;
+            for ((l, y), slot) in layers.iter().zip(products).zip(&mut ys) {
+                *slot = Some(l.add_bias(y)?);
+            }
+        } else if q4k.len() > 1 && q4k.iter().all(|(_, w)| w.shape().1 == q4k[0].1.shape().1) {
+            let _enter = layers[q4k[0].0].span.enter();
+            let ws: Vec<_> = q4k.iter().map(|&(_, w)| w).collect();
+            let products = crate::kernels::Q4Kx16::matmul_many(&ws, x)?;
+            for (&(i, _), y) in q4k.iter().zip(products) {
+                ys[i] = Some(layers[i].add_bias(y)?);
+            }
+        }
+        let mut out = Vec::with_capacity(N);
+        for (l, y) in layers.iter().zip(ys) {
+            out.push(match y {
+                Some(y) => y,
+                None => l.forward_rows(x, rows)?,
+            });
+        }
+        Ok(out.try_into().unwrap_or_else(|_| unreachable!("one product per layer")))
     }
 
     fn add_bias(&self, y: Tensor) -> candle_core::Result<Tensor> {

@@ -100,39 +100,49 @@ impl Q4Kx16 {
     ///
     /// Bit-identical to candle's `QMatMul::forward`: the activations are quantized to Q8_K exactly as
     /// candle's `BlockQ8K::from_float` does, each subblock's integer sum is exact, and every column
-    /// accumulates candle's float terms in candle's order. Each row's arithmetic is the same whatever the other rows and their
-    /// number.
+    /// accumulates candle's float terms in candle's order. Each row's arithmetic is the same whatever the other
+    /// rows and their number.
     pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, k) = (self.n, self.k);
-        let (m, xk) = x.dims2()?;
-        if xk != k || !matches!(x.device(), Device::Cpu) {
-            candle_core::bail!("Q4Kx16::matmul: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU", x.device());
+        let mut y = Self::matmul_many(&[self], x)?;
+        Ok(y.remove(0))
+    }
+
+    /// [`Self::matmul`] of the same `x` by each of `ws` (which must share `k`), the activations quantized
+    /// once and all the products in one parallel loop: a layer's q/k/v, or gate and up, take one pass. The
+    /// results are those of [`Self::matmul`], bit for bit.
+    pub fn matmul_many(ws: &[&Self], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let Some(first) = ws.first() else { return Ok(Vec::new()) };
+        let k = first.k;
+        if let Some(w) = ws.iter().find(|w| w.k != k) {
+            candle_core::bail!("Q4Kx16::matmul_many: weights of {} and {} inputs", k, w.k);
         }
         let Some(tier) = tier() else { candle_core::bail!("Q4Kx16::matmul: this CPU lacks AVX2, FMA or F16C") };
-        if m == 0 {
-            return Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu);
-        }
-        let x = x.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let (candle_core::Storage::Cpu(storage), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("Q4Kx16::matmul: x is not a contiguous CPU tensor");
+        let Some((m, xs)) = super::activation_rows(x, first.n, k, "Q4Kx16::matmul")? else {
+            return ws.iter().map(|w| Tensor::zeros((0, w.n), candle_core::DType::F32, &Device::Cpu)).collect();
         };
-        let lhs = Lhs::new(&storage.as_slice::<f32>()?[start..end], k);
-        let y = self.matmul_lhs(&lhs, tier);
-        Tensor::from_vec(y, (m, n), &Device::Cpu)
+        let lhs = Lhs::new(&xs, k);
+        let ys = Self::matmul_lhs_many(ws, &lhs, tier);
+        ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (m, w.n), &Device::Cpu)).collect()
     }
 
     /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
+    #[cfg(test)]
     fn matmul_lhs(&self, lhs: &Lhs, tier: Tier) -> Vec<f32> {
-        let nb = self.k / QK;
+        Self::matmul_lhs_many(&[self], lhs, tier).remove(0)
+    }
+
+    /// The products of `ws` (of one `k`) with quantized rows, on one kernel tier; each row-major `[m, n]`.
+    fn matmul_lhs_many(ws: &[&Self], lhs: &Lhs, tier: Tier) -> Vec<Vec<f32>> {
+        let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
         // No software prefetch: the weights stream in order, and the hardware prefetcher alone read them faster
         // (q4kbench, one row, alternating builds: 7B `ffn_gate` 1170-1330 µs with 36 lines asked for two
         // superblocks ahead, 740-1090 without; no shape at 1 or 8 rows got slower).
-        super::column_blocks(lhs.rows, self.n, COLS, tier.max_rows(), |j, r0, rows, out| {
-            let item = Item { w: &self.blocks[j * nb..(j + 1) * nb], lhs, out, col0: COLS * j };
+        super::column_blocks_many(lhs.rows, &ns, COLS, tier.max_rows(), |i, j, r0, rows, out| {
+            let nb = ws[i].k / QK;
+            let item = Item { w: &ws[i].blocks[j * nb..(j + 1) * nb], lhs, out, col0: COLS * j };
             // SAFETY: `tier()` detected this tier's CPU features; `w` is one column block of `nb` superblocks,
             // `lhs` has rows `r0..r0 + rows`, and the kernel writes only rows `r0..r0 + rows`, columns
-            // `16j..16j + 16` of `out` (`column_blocks`' contract).
+            // `16j..16j + 16` of `out` (`column_blocks_many`' contract).
             unsafe { tier.run(&item, r0, rows) }
         })
     }
@@ -494,6 +504,33 @@ mod tests {
             assert_eq!(all[r * n..(r + 1) * n], alone, "row {r} of {m}");
             assert_eq!(rev[(m - 1 - r) * n..(m - r) * n], alone, "row {r}, reversed");
         }
+    }
+
+    /// A layer's q/k/v in one pass: each product the bits of its own `matmul`, whatever its place in the list;
+    /// weights of different `k` are an error.
+    #[test]
+    fn q4k_matmul_many_is_each_matmul() {
+        let k = 512;
+        let ws: Vec<Q4Kx16> = [(64, 1), (16, 2), (32, 3)]
+            .into_iter()
+            .map(|(n, seed)| {
+                let w: Vec<f32> = (0..n * k).map(|i| (((i * 7919 + seed * 104729) % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+                let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(), GgmlDType::Q4K).unwrap();
+                Q4Kx16::new(&w).unwrap().unwrap()
+            })
+            .collect();
+        for m in [1usize, 8, 9] {
+            let (_, x) = case(64, k, m);
+            let many = Q4Kx16::matmul_many(&ws.iter().collect::<Vec<_>>(), &x).unwrap();
+            assert_eq!(many.len(), ws.len());
+            for (i, (w, y)) in ws.iter().zip(&many).enumerate() {
+                assert_eq!(bits(y), bits(&w.matmul(&x).unwrap()), "weight {i}, m = {m}");
+            }
+        }
+        let (other, _) = case(16, 256, 1);
+        let other = Q4Kx16::new(&other).unwrap().unwrap();
+        let (_, x) = case(16, k, 2);
+        assert!(Q4Kx16::matmul_many(&[&ws[0], &other], &x).is_err());
     }
 
     #[test]
