@@ -140,6 +140,16 @@ fn activation_rows<'a>(x: &'a Tensor, n: usize, k: usize, who: &str) -> candle_c
     Ok(Some((m, f32_view(x)?)))
 }
 
+/// The `k` that all of `ks` (the weights of one `matmul_many`) share, `None` for no weights; an error naming
+/// `who` when two differ.
+fn shared_k(mut ks: impl Iterator<Item = usize>, who: &str) -> candle_core::Result<Option<usize>> {
+    let Some(k) = ks.next() else { return Ok(None) };
+    match ks.find(|&other| other != k) {
+        Some(other) => candle_core::bail!("{who}: weights of {k} and {other} inputs"),
+        None => Ok(Some(k)),
+    }
+}
+
 /// Where a kernel's work items write: `[m, n]` row-major f32, each item its own columns.
 struct Out {
     ptr: *mut f32,

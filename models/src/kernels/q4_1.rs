@@ -99,13 +99,9 @@ impl Q4_1x8 {
     /// [`Self::matmul`] of the same `x` by each of `ws` (which must share `k`), the activations quantized
     /// once and all the products in one parallel loop: a layer's q/k/v, or gate and up, take one pass.
     pub fn matmul_many(ws: &[&Self], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let Some(first) = ws.first() else { return Ok(Vec::new()) };
-        let k = first.k;
-        if let Some(w) = ws.iter().find(|w| w.k != k) {
-            candle_core::bail!("Q4_1x8::matmul_many: weights of {} and {} inputs", k, w.k);
-        }
+        let Some(k) = super::shared_k(ws.iter().map(|w| w.k), "Q4_1x8::matmul_many")? else { return Ok(Vec::new()) };
         let nb = k / 32;
-        let Some((m, xs)) = activation_rows(x, first.n, k, "Q4_1x8::matmul")? else {
+        let Some((m, xs)) = activation_rows(x, ws[0].n, k, "Q4_1x8::matmul")? else {
             return ws.iter().map(|w| Tensor::zeros((0, w.n), candle_core::DType::F32, &Device::Cpu)).collect();
         };
         let lhs = Lhs::quantize(&xs, k);

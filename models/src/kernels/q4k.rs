@@ -111,13 +111,9 @@ impl Q4Kx16 {
     /// once and all the products in one parallel loop: a layer's q/k/v, or gate and up, take one pass. The
     /// results are those of [`Self::matmul`], bit for bit.
     pub fn matmul_many(ws: &[&Self], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let Some(first) = ws.first() else { return Ok(Vec::new()) };
-        let k = first.k;
-        if let Some(w) = ws.iter().find(|w| w.k != k) {
-            candle_core::bail!("Q4Kx16::matmul_many: weights of {} and {} inputs", k, w.k);
-        }
+        let Some(k) = super::shared_k(ws.iter().map(|w| w.k), "Q4Kx16::matmul_many")? else { return Ok(Vec::new()) };
         let Some(tier) = tier() else { candle_core::bail!("Q4Kx16::matmul: this CPU lacks AVX2, FMA or F16C") };
-        let Some((m, xs)) = super::activation_rows(x, first.n, k, "Q4Kx16::matmul")? else {
+        let Some((m, xs)) = super::activation_rows(x, ws[0].n, k, "Q4Kx16::matmul")? else {
             return ws.iter().map(|w| Tensor::zeros((0, w.n), candle_core::DType::F32, &Device::Cpu)).collect();
         };
         let lhs = Lhs::new(&xs, k);

@@ -214,19 +214,23 @@ fn tile_columns(
 }
 
 /// candle's `get_scale_shuffle` table for Q6_K: shuffle `i` repeats scale byte 2i eight times, then 2i + 1.
-const SHUFFLE: [[u8; 16]; 8] = {
-    let mut t = [[0u8; 16]; 8];
+const SHUFFLE: [[u8; 16]; 8] = scale_shuffles();
+
+/// Shuffles of `W` bytes that repeat each of `W / 8` consecutive scale bytes eight times: shuffle `i` starts at
+/// scale byte `W / 8 · i`.
+const fn scale_shuffles<const N: usize, const W: usize>() -> [[u8; W]; N] {
+    let mut table = [[0u8; W]; N];
     let mut i = 0;
-    while i < 8 {
+    while i < N {
         let mut j = 0;
-        while j < 16 {
-            t[i][j] = (2 * i + j / 8) as u8;
+        while j < W {
+            table[i][j] = (W / 8 * i + j / 8) as u8;
             j += 1;
         }
         i += 1;
     }
-    t
-};
+    table
+}
 
 /// [`tile_columns`] with candle's `vec_dot_q6k_q8k` as the block body, each weight block unpacked once for
 /// all rows.
@@ -296,19 +300,7 @@ mod x86 {
 
     /// Shuffle `t` repeats scale bytes `4t`, `4t + 1`, `4t + 2` and `4t + 3` eight times each: candle's
     /// `get_scale_shuffle` `2t` then `2t + 1`, the scales of one 512-bit register's two chunks.
-    const SCALES4: [[u8; 32]; 4] = {
-        let mut table = [[0u8; 32]; 4];
-        let mut t = 0;
-        while t < 4 {
-            let mut i = 0;
-            while i < 32 {
-                table[t][i] = (4 * t + i / 8) as u8;
-                i += 1;
-            }
-            t += 1;
-        }
-        table
-    };
+    const SCALES4: [[u8; 32]; 4] = super::scale_shuffles();
 
     /// [`super::columns`] with 512-bit registers, the same bits: each register holds two of a block's 32-value
     /// chunks, chunk `2i` in the low half and `2i + 1` in the high half, so the integer work halves, and
