@@ -321,6 +321,12 @@ mod x86 {
         let shift01 = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
         let shift23 = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6));
         let both = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        // A row's block: the two chains' exact sums, the register's halves added, then candle's `fma`.
+        let add_block = |acc: &mut __m256, d: f32, even: __m512i, odd: __m512i| {
+            let sumi = _mm512_add_epi32(even, odd);
+            let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64::<1>(sumi));
+            *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), *acc);
+        };
         let flipped = lhs.prep == Prep::Flipped;
         super::tile_columns(w, lhs, acc, out, |x, ys, _, acc| {
             let xd = x.d.to_f32();
@@ -359,10 +365,7 @@ mod x86 {
                     };
                     let even = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(minus_c, sc[0], p16(0)), sc[2], p16(2));
                     let odd = _mm512_dpwssd_epi32(_mm512_madd_epi16(sc[1], p16(1)), sc[3], p16(3));
-                    let sumi = _mm512_add_epi32(even, odd);
-                    let high = _mm512_extracti64x4_epi64::<1>(sumi);
-                    let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sumi), high);
-                    *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), *acc);
+                    add_block(acc, d, even, odd);
                 }
                 return;
             }
@@ -376,10 +379,7 @@ mod x86 {
                 // Two chains of two, so that the latency of one row's sum stays short.
                 let even = _mm512_dpwssd_epi32(_mm512_madd_epi16(sc[0], p16(0)), sc[2], p16(2));
                 let odd = _mm512_dpwssd_epi32(_mm512_madd_epi16(sc[1], p16(1)), sc[3], p16(3));
-                let sumi = _mm512_add_epi32(even, odd);
-                let high = _mm512_extracti64x4_epi64::<1>(sumi);
-                let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sumi), high);
-                *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), *acc);
+                add_block(acc, d, even, odd);
             }
         })
     }
