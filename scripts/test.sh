@@ -27,6 +27,9 @@ if grep -rnE "candle[_-]" gateway/src gateway/Cargo.toml; then
     exit 1
 fi
 
+echo "== formatting: cargo fmt --check (rustfmt.toml)"
+cargo fmt --all --check
+
 echo "== cargo test"
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 1

@@ -68,7 +68,9 @@ async fn complete(handle: &EngineHandle, prompt: &[u32], max_tokens: usize, bar:
 fn submit(handle: &EngineHandle, prompt: &[u32], max_tokens: usize) -> Result<engine::RequestStream> {
     let mut request = GenerateRequest::greedy(prompt.to_vec(), max_tokens);
     request.stop.ignore_eos = true;
-    handle.submit(request).map_err(|e| anyhow!(e).context("submitting a request to hearth"))
+    handle
+        .submit(request)
+        .map_err(|e| anyhow!(e).context("submitting a request to hearth"))
 }
 
 /// Read a stream to its end, noting when each token arrived; `bar` advances by one per token.
@@ -110,7 +112,13 @@ pub async fn decode_run(handle: &EngineHandle, prompt: &[u32], g: usize, bar: &P
     let run = complete(handle, prompt, g, bar).await?;
     let n = run.completion.usage.completion_tokens;
     if n != g {
-        note(bar, &format!("hearth: warning: generated {n} of {g} tokens ({:?})", run.completion.reason));
+        note(
+            bar,
+            &format!(
+                "hearth: warning: generated {n} of {g} tokens ({:?})",
+                run.completion.reason
+            ),
+        );
     }
     Ok(run.completion.timings.decode_tokens_per_second(n))
 }
@@ -125,7 +133,9 @@ pub async fn measure(
 ) -> Result<()> {
     let g = workload.gen_tokens;
     let hidden = ProgressBar::hidden();
-    complete(handle, &workload.warmup, 8, &hidden).await.context("warm-up request")?;
+    complete(handle, &workload.warmup, 8, &hidden)
+        .await
+        .context("warm-up request")?;
 
     let repeat = workload.prefill.len();
     let bar = progress_bar((repeat * (1 + g)) as u64, "hearth single stream".to_string());
@@ -180,5 +190,8 @@ async fn run_streams(handle: &EngineHandle, prompts: &[Vec<u32>], g: usize, bar:
     let results = futures::future::join_all(streams.iter_mut().map(|(t0, s)| drain(s, *t0, &bar))).await;
     let wall = start.elapsed();
     let runs = results.into_iter().collect::<Result<Vec<_>>>()?;
-    Ok(LevelRun { wall, streams: runs.into_iter().map(|r| r.trace).collect() })
+    Ok(LevelRun {
+        wall,
+        streams: runs.into_iter().map(|r| r.trace).collect(),
+    })
 }

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use emulator::dingtalk::{CardStatus, ChatEntry, DingTalkEmulator, EmulatorConfig, UserMessage, World, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
+use emulator::dingtalk::{
+    CardStatus, ChatEntry, DingTalkEmulator, EmulatorConfig, UserMessage, World, DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+};
 
 /// Benchmark the DingTalk connector through the emulator.
 #[derive(Parser, Debug)]
@@ -49,14 +52,18 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let model = match &args.model {
         Some(model) => model.clone(),
-        None => PathBuf::from(std::env::var("HOME").context("HOME is not set")?).join(".cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        None => PathBuf::from(std::env::var("HOME").context("HOME is not set")?)
+            .join(".cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
     };
     let hearth = match &args.hearth {
         Some(hearth) => hearth.clone(),
         None => std::env::current_exe()?.with_file_name("hearth"),
     };
     if !hearth.is_file() {
-        bail!("{} not found: build it with `cargo build --release -p gateway` or pass --hearth", hearth.display());
+        bail!(
+            "{} not found: build it with `cargo build --release -p gateway` or pass --hearth",
+            hearth.display()
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (ttft, echo) = runtime.block_on(async {
@@ -67,9 +74,19 @@ fn main() -> Result<()> {
     println!("| figure | value |");
     println!("|---|---|");
     println!("| conversations | {} |", args.conversations);
-    println!("| message → first visible card token, p50 (model, {} messages) | {:.0} ms |", ttft.len(), percentile(&ttft, 0.50));
-    println!("| message → first visible card token, p99 (model) | {:.0} ms |", percentile(&ttft, 0.99));
-    println!("| gateway messages/s (echo skill, {} messages) | {:.1} |", args.echo_messages, echo);
+    println!(
+        "| message → first visible card token, p50 (model, {} messages) | {:.0} ms |",
+        ttft.len(),
+        percentile(&ttft, 0.50)
+    );
+    println!(
+        "| message → first visible card token, p99 (model) | {:.0} ms |",
+        percentile(&ttft, 0.99)
+    );
+    println!(
+        "| gateway messages/s (echo skill, {} messages) | {:.1} |",
+        args.echo_messages, echo
+    );
     Ok(())
 }
 
@@ -111,7 +128,11 @@ async fn start(hearth: &Path, model: &Path, config: &Path, dingtalk: &DingTalkEm
         .spawn()
         .with_context(|| format!("cannot start {}", hearth.display()))?;
     let server = Server(child);
-    dingtalk.wait_for(Duration::from_secs(120), |w| (w.stats().live_connections == 1).then_some(())).await?;
+    dingtalk
+        .wait_for(Duration::from_secs(120), |w| {
+            (w.stats().live_connections == 1).then_some(())
+        })
+        .await?;
     Ok(server)
 }
 
@@ -122,23 +143,53 @@ fn post(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> Result<()> {
 
 /// Finished cards across every conversation.
 fn finished(world: &World) -> usize {
-    world.conversation_ids().iter().flat_map(|id| world.cards_in(id)).filter(|c| c.status == CardStatus::Finished).count()
+    world
+        .conversation_ids()
+        .iter()
+        .flat_map(|id| world.cards_in(id))
+        .filter(|c| c.status == CardStatus::Finished)
+        .count()
 }
 
 async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>> {
-    let dingtalk = DingTalkEmulator::start(EmulatorConfig { qps_per_api: 0, ..EmulatorConfig::default() }, "127.0.0.1:0".parse()?).await?;
+    let dingtalk = DingTalkEmulator::start(
+        EmulatorConfig {
+            qps_per_api: 0,
+            ..EmulatorConfig::default()
+        },
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &dingtalk, args.max_answer_tokens, false)?;
     let server = start(hearth, model, &config, &dingtalk).await?;
-    let questions = ["Name a color.", "Tell me a short fact about the sea.", "What is two plus two?", "Say hello."];
+    let questions = [
+        "Name a color.",
+        "Tell me a short fact about the sea.",
+        "What is two plus two?",
+        "Say hello.",
+    ];
     let started = Instant::now();
     for round in 0..args.rounds {
         for c in 0..args.conversations {
-            post(&dingtalk, &format!("bench{c:03}"), questions[(c + round) % questions.len()])?;
+            post(
+                &dingtalk,
+                &format!("bench{c:03}"),
+                questions[(c + round) % questions.len()],
+            )?;
         }
         let want = (round + 1) * args.conversations;
-        dingtalk.wait_for(Duration::from_secs(args.timeout_secs), |w| (finished(w) >= want).then_some(())).await?;
-        eprintln!("round {} of {} done after {:.1} s", round + 1, args.rounds, started.elapsed().as_secs_f64());
+        dingtalk
+            .wait_for(Duration::from_secs(args.timeout_secs), |w| {
+                (finished(w) >= want).then_some(())
+            })
+            .await?;
+        eprintln!(
+            "round {} of {} done after {:.1} s",
+            round + 1,
+            args.rounds,
+            started.elapsed().as_secs_f64()
+        );
     }
     let latencies = dingtalk.inspect(first_visible_latencies);
     drop(server);
@@ -150,14 +201,20 @@ async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>>
 fn first_visible_latencies(world: &World) -> Vec<f64> {
     let mut latencies = Vec::new();
     for id in world.conversation_ids() {
-        let Some(conversation) = world.conversation(&id) else { continue };
+        let Some(conversation) = world.conversation(&id) else {
+            continue;
+        };
         let cards = world.cards_in(&id);
         let asked = conversation.messages.iter().filter_map(|m| match m {
             ChatEntry::User { at_ms, .. } => Some(*at_ms),
             _ => None,
         });
         for (at_ms, card) in asked.zip(cards.iter()) {
-            let shown = card.updates.iter().find(|u| u.content.as_deref().is_some_and(|c| !c.trim().is_empty())).map(|u| u.at_ms);
+            let shown = card
+                .updates
+                .iter()
+                .find(|u| u.content.as_deref().is_some_and(|c| !c.trim().is_empty()))
+                .map(|u| u.at_ms);
             if let Some(shown) = shown {
                 latencies.push(shown.saturating_sub(at_ms) as f64);
             }
@@ -167,15 +224,30 @@ fn first_visible_latencies(world: &World) -> Vec<f64> {
 }
 
 async fn echo_run(args: &Args, hearth: &Path, model: &Path) -> Result<f64> {
-    let dingtalk = DingTalkEmulator::start(EmulatorConfig { qps_per_api: 0, ..EmulatorConfig::default() }, "127.0.0.1:0".parse()?).await?;
+    let dingtalk = DingTalkEmulator::start(
+        EmulatorConfig {
+            qps_per_api: 0,
+            ..EmulatorConfig::default()
+        },
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &dingtalk, args.max_answer_tokens, true)?;
     let server = start(hearth, model, &config, &dingtalk).await?;
     let started = Instant::now();
     for i in 0..args.echo_messages {
-        post(&dingtalk, &format!("echo{:03}", i % args.conversations), &format!("message {i}"))?;
+        post(
+            &dingtalk,
+            &format!("echo{:03}", i % args.conversations),
+            &format!("message {i}"),
+        )?;
     }
-    dingtalk.wait_for(Duration::from_secs(args.timeout_secs), |w| (finished(w) >= args.echo_messages).then_some(())).await?;
+    dingtalk
+        .wait_for(Duration::from_secs(args.timeout_secs), |w| {
+            (finished(w) >= args.echo_messages).then_some(())
+        })
+        .await?;
     let rate = args.echo_messages as f64 / started.elapsed().as_secs_f64();
     drop(server);
     dingtalk.shutdown().await?;

@@ -80,8 +80,14 @@ impl LlamaServer {
             config.slots,
             log_path.display()
         );
-        let child = command.spawn().with_context(|| format!("starting {}", config.binary.display()))?;
-        let mut server = Self { child, base_url: format!("http://127.0.0.1:{port}"), log_path };
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", config.binary.display()))?;
+        let mut server = Self {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            log_path,
+        };
         server.wait_healthy(client).await?;
         Ok(server)
     }
@@ -91,7 +97,10 @@ impl LlamaServer {
         let url = format!("{}/health", self.base_url);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("llama-server exited with {status} before it was ready; its log:\n{}", self.log_tail());
+                bail!(
+                    "llama-server exited with {status} before it was ready; its log:\n{}",
+                    self.log_tail()
+                );
             }
             if let Ok(resp) = client.get(&url).send().await {
                 if resp.status().is_success() {
@@ -99,7 +108,10 @@ impl LlamaServer {
                 }
             }
             if start.elapsed() > STARTUP_TIMEOUT {
-                bail!("llama-server did not become healthy within {STARTUP_TIMEOUT:?}; its log:\n{}", self.log_tail());
+                bail!(
+                    "llama-server did not become healthy within {STARTUP_TIMEOUT:?}; its log:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -113,10 +125,22 @@ impl LlamaServer {
     }
 
     /// One single-stream run of `g` tokens after `prompt`: the server's decode tok/s.
-    pub async fn decode_run(&self, client: &reqwest::Client, prompt: &[u32], g: usize, bar: &ProgressBar) -> Result<f64> {
+    pub async fn decode_run(
+        &self,
+        client: &reqwest::Client,
+        prompt: &[u32],
+        g: usize,
+        bar: &ProgressBar,
+    ) -> Result<f64> {
         let run = self.complete(client, prompt, g, bar).await?;
         if run.timings.predicted_n != g {
-            note(bar, &format!("llama.cpp: warning: generated {} of {g} tokens", run.timings.predicted_n));
+            note(
+                bar,
+                &format!(
+                    "llama.cpp: warning: generated {} of {g} tokens",
+                    run.timings.predicted_n
+                ),
+            );
         }
         Ok(run.timings.predicted_per_second)
     }
@@ -269,7 +293,10 @@ pub async fn measure(
     let single = LlamaServer::start(&server_config(1), &client).await?;
     {
         let server = &single;
-        server.complete(&client, &workload.warmup, 8, &hidden).await.context("warm-up request")?;
+        server
+            .complete(&client, &workload.warmup, 8, &hidden)
+            .await
+            .context("warm-up request")?;
 
         let repeat = workload.prefill.len();
         let bar = progress_bar((repeat * (1 + g)) as u64, "llama.cpp single stream".to_string());
@@ -316,7 +343,10 @@ pub async fn measure(
                 // of its iteration.
                 single = None;
                 fresh = LlamaServer::start(&server_config(*c), &client).await?;
-                fresh.complete(&client, &workload.warmup, 8, &hidden).await.context("warm-up request")?;
+                fresh
+                    .complete(&client, &workload.warmup, 8, &hidden)
+                    .await
+                    .context("warm-up request")?;
                 &fresh
             }
         };
@@ -352,9 +382,16 @@ async fn run_streams(
     let runs = results.into_iter().collect::<Result<Vec<_>>>()?;
     for (r, p) in runs.iter().zip(prompts) {
         if r.timings.prompt_n != p.len() {
-            let line = format!("llama.cpp: warning: processed {} of {} prompt tokens", r.timings.prompt_n, p.len());
+            let line = format!(
+                "llama.cpp: warning: processed {} of {} prompt tokens",
+                r.timings.prompt_n,
+                p.len()
+            );
             note(&bar, &line);
         }
     }
-    Ok(LevelRun { wall, streams: runs.into_iter().map(|r| r.trace).collect() })
+    Ok(LevelRun {
+        wall,
+        streams: runs.into_iter().map(|r| r.trace).collect(),
+    })
 }

@@ -117,7 +117,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     let model = args.model.clone().unwrap_or_else(|| {
         let dir = std::env::var_os("HEARTH_MODELS_DIR")
             .map(PathBuf::from)
@@ -125,18 +127,26 @@ fn run(args: Args) -> Result<()> {
         dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
     });
     if !model.is_file() {
-        bail!("model file {} not found (scripts/fetch-models.sh fetches the default ones)", model.display());
+        bail!(
+            "model file {} not found (scripts/fetch-models.sh fetches the default ones)",
+            model.display()
+        );
     }
     if !(args.max_seconds.is_finite() && args.max_seconds > 0.0) {
-        bail!("--max-seconds must be a positive number of seconds, got {}", args.max_seconds);
+        bail!(
+            "--max-seconds must be a positive number of seconds, got {}",
+            args.max_seconds
+        );
     }
     let max_seconds = Duration::from_secs_f64(args.max_seconds);
     // Fail on a bad output folder before minutes of measuring.
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating the output folder {}", dir.display()))?;
     }
-    let llama_server =
-        args.llama_server.clone().unwrap_or_else(|| home.join(".cache/hearth/llama.cpp/bin/llama-server"));
+    let llama_server = args
+        .llama_server
+        .clone()
+        .unwrap_or_else(|| home.join(".cache/hearth/llama.cpp/bin/llama-server"));
     let measure_llama = if args.skip_llama {
         eprintln!("llama.cpp: skipped (--skip-llama)");
         false
@@ -177,7 +187,9 @@ fn run(args: Args) -> Result<()> {
     let workload = Workload::new(handle.tokenizer(), &workload_config)?;
     let mut info = RunInfo {
         git_rev: git_revision(),
-        model: model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        model: model
+            .file_name()
+            .map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned()),
         quant: handle.info().quantization.clone(),
         device: device.describe(threads),
         threads,
@@ -195,9 +207,19 @@ fn run(args: Args) -> Result<()> {
     // One thread drives the requests; the compute threads belong to the engines.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if args.paired_decode {
-        let config = llama::LlamaConfig { binary: &llama_server, model: &model, device, threads };
+        let config = llama::LlamaConfig {
+            binary: &llama_server,
+            model: &model,
+            device,
+            threads,
+        };
         let mut paired = paired::PairedDecode::default();
-        let measured = runtime.block_on(until_interrupted(paired::measure(&handle, &config, &workload, &mut paired)));
+        let measured = runtime.block_on(until_interrupted(paired::measure(
+            &handle,
+            &config,
+            &workload,
+            &mut paired,
+        )));
         handle.shutdown();
         info.load_avg_1m_end = load_average();
         let table = paired.markdown(&info);
@@ -225,7 +247,12 @@ fn run(args: Args) -> Result<()> {
     }
 
     if measure_llama && failure.is_none() {
-        let config = llama::LlamaConfig { binary: &llama_server, model: &model, device, threads };
+        let config = llama::LlamaConfig {
+            binary: &llama_server,
+            model: &model,
+            device,
+            threads,
+        };
         let mut llama_results = EngineResults::new(EngineKind::LlamaCpp);
         // On SIGINT/SIGTERM the measuring future is dropped, and with it the running llama-server (killed).
         let measured = runtime.block_on(until_interrupted(llama::measure(

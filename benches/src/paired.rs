@@ -33,12 +33,22 @@ impl PairedDecode {
     /// The medians: hearth, llama.cpp and the per-pair ratio (`None` before the first pair).
     pub fn medians(&self) -> Option<(f64, f64, f64)> {
         let pairs = self.hearth.len().min(self.llama.len());
-        (pairs > 0).then(|| (median(&self.hearth[..pairs]), median(&self.llama[..pairs]), median(&self.ratios())))
+        (pairs > 0).then(|| {
+            (
+                median(&self.hearth[..pairs]),
+                median(&self.llama[..pairs]),
+                median(&self.ratios()),
+            )
+        })
     }
 
     /// The run's caption, every pair and the medians as a markdown table.
     pub fn markdown(&self, info: &RunInfo) -> String {
-        let mut t = format!("{}\n\n{} (paired decode: the engines take turns)\n\n", info.caption(), info.workload());
+        let mut t = format!(
+            "{}\n\n{} (paired decode: the engines take turns)\n\n",
+            info.caption(),
+            info.workload()
+        );
         t.push_str("| pair | hearth tok/s | llama.cpp tok/s | hearth / llama.cpp |\n|---:|---:|---:|---:|\n");
         for (i, ((h, l), r)) in self.hearth.iter().zip(&self.llama).zip(self.ratios()).enumerate() {
             t.push_str(&format!("| {} | {h:.1} | {l:.1} | {r:.2}× |\n", i + 1));
@@ -51,7 +61,9 @@ impl PairedDecode {
 
     /// The same as one JSON document.
     pub fn json(&self, info: &RunInfo) -> Value {
-        let medians = self.medians().map(|(h, l, r)| json!({ "hearth": h, "llama_cpp": l, "ratio": r }));
+        let medians = self
+            .medians()
+            .map(|(h, l, r)| json!({ "hearth": h, "llama_cpp": l, "ratio": r }));
         json!({
             "schema": "hearth-bench/paired-decode/1",
             "git_rev": info.git_rev,
@@ -72,12 +84,22 @@ impl PairedDecode {
 
 /// Warm both engines up, then run one pair per decode prompt of `workload` into `out`. What was measured
 /// before an error (or an interrupt, which drops this future and kills the server) stays in `out`.
-pub async fn measure(handle: &EngineHandle, llama: &LlamaConfig<'_>, workload: &Workload, out: &mut PairedDecode) -> Result<()> {
+pub async fn measure(
+    handle: &EngineHandle,
+    llama: &LlamaConfig<'_>,
+    workload: &Workload,
+    out: &mut PairedDecode,
+) -> Result<()> {
     let client = reqwest::Client::builder().build().context("building the HTTP client")?;
     let server = LlamaServer::start(&llama.server(workload, 1), &client).await?;
     let hidden = ProgressBar::hidden();
-    crate::hearth::decode_run(handle, &workload.warmup, 8, &hidden).await.context("hearth warm-up request")?;
-    server.decode_run(&client, &workload.warmup, 8, &hidden).await.context("llama.cpp warm-up request")?;
+    crate::hearth::decode_run(handle, &workload.warmup, 8, &hidden)
+        .await
+        .context("hearth warm-up request")?;
+    server
+        .decode_run(&client, &workload.warmup, 8, &hidden)
+        .await
+        .context("llama.cpp warm-up request")?;
     let g = workload.gen_tokens;
     let bar = progress_bar((2 * workload.decode.len() * g) as u64, "paired decode".to_string());
     for (i, prompt) in workload.decode.iter().enumerate() {
@@ -101,7 +123,10 @@ mod tests {
 
     #[test]
     fn medians_take_the_per_pair_ratio() {
-        let p = PairedDecode { hearth: vec![10.0, 40.0, 30.0], llama: vec![20.0, 10.0, 60.0] };
+        let p = PairedDecode {
+            hearth: vec![10.0, 40.0, 30.0],
+            llama: vec![20.0, 10.0, 60.0],
+        };
         assert_eq!(p.ratios(), vec![0.5, 4.0, 0.5]);
         // The median of the pairs' ratios, not the ratio of the medians (30 / 20).
         assert_eq!(p.medians(), Some((30.0, 20.0, 0.5)));

@@ -35,7 +35,9 @@ fn x_label(x: &f64) -> String {
 
 /// The x range around the measured levels, half a doubling of margin on each side.
 fn x_range(levels: impl Iterator<Item = usize>) -> std::ops::Range<f64> {
-    let (lo, hi) = levels.map(x_of).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let (lo, hi) = levels
+        .map(x_of)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
     if lo > hi {
         return -0.5..1.5;
     }
@@ -72,7 +74,10 @@ pub fn svg(info: &RunInfo, results: &[EngineResults]) -> Result<String> {
         let (left, right) = root.split_horizontally(SIZE.0 / 2);
         let levels = || results.iter().flat_map(|r| r.levels.iter());
         let x_range = x_range(levels().map(|l| l.concurrency));
-        let subtitle = format!("prompt {} tokens, {} generated per stream", info.prompt_tokens, info.gen_tokens);
+        let subtitle = format!(
+            "prompt {} tokens, {} generated per stream",
+            info.prompt_tokens, info.gen_tokens
+        );
 
         // Left: aggregate throughput.
         let top = levels().map(|l| l.aggregate_tok_per_s).fold(0.0f64, f64::max);
@@ -95,14 +100,19 @@ pub fn svg(info: &RunInfo, results: &[EngineResults]) -> Result<String> {
             .map_err(plot_error)?;
         for r in results.iter().filter(|r| !r.levels.is_empty()) {
             let c = color(r.engine);
-            let points: Vec<(f64, f64)> =
-                r.levels.iter().map(|l| (x_of(l.concurrency), l.aggregate_tok_per_s)).collect();
+            let points: Vec<(f64, f64)> = r
+                .levels
+                .iter()
+                .map(|l| (x_of(l.concurrency), l.aggregate_tok_per_s))
+                .collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
                 .map_err(plot_error)?
                 .label(r.engine.name())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(plot_error)?;
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                .map_err(plot_error)?;
         }
         chart
             .configure_series_labels()
@@ -144,13 +154,17 @@ pub fn svg(info: &RunInfo, results: &[EngineResults]) -> Result<String> {
                 .map_err(plot_error)?
                 .label(format!("{} p50", r.engine.name()))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            chart.draw_series(p50.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(plot_error)?;
+            chart
+                .draw_series(p50.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                .map_err(plot_error)?;
             chart
                 .draw_series(DashedLineSeries::new(p99.clone(), 6, 4, c.stroke_width(2)))
                 .map_err(plot_error)?
                 .label(format!("{} p99", r.engine.name()))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(2)));
-            chart.draw_series(p99.iter().map(|&p| TriangleMarker::new(p, 5, c.filled()))).map_err(plot_error)?;
+            chart
+                .draw_series(p99.iter().map(|&p| TriangleMarker::new(p, 5, c.filled())))
+                .map_err(plot_error)?;
         }
         chart
             .configure_series_labels()
@@ -178,7 +192,16 @@ mod tests {
     fn svg_names_the_run_and_both_engines() {
         let svg = svg(&info(), &results()).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
-        for text in ["abc1234", "m.gguf", "Q4_1", "Test CPU", "b11434", "aggregate tok/s", "hearth p99", "llama.cpp"] {
+        for text in [
+            "abc1234",
+            "m.gguf",
+            "Q4_1",
+            "Test CPU",
+            "b11434",
+            "aggregate tok/s",
+            "hearth p99",
+            "llama.cpp",
+        ] {
             assert!(svg.contains(text), "the SVG lacks {text:?}");
         }
         assert!(svg.trim_end().ends_with("</svg>"));

@@ -79,6 +79,13 @@ impl Workload {
                 .collect::<Result<_>>()?;
             aggregate.push((c, runs));
         }
-        Ok(Self { prompt_tokens: n, gen_tokens: config.gen_tokens, warmup, prefill, decode, aggregate })
+        Ok(Self {
+            prompt_tokens: n,
+            gen_tokens: config.gen_tokens,
+            warmup,
+            prefill,
+            decode,
+            aggregate,
+        })
     }
 }

@@ -116,9 +116,19 @@ impl LlamaBuild {
             .arg("--version")
             .output()
             .ok()
-            .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
             .and_then(|text| text.lines().find(|l| l.starts_with("version:")).map(str::to_string));
-        Self { label: version.clone().unwrap_or_else(|| "unknown".to_string()), version, cmake_flags: None }
+        Self {
+            label: version.clone().unwrap_or_else(|| "unknown".to_string()),
+            version,
+            cmake_flags: None,
+        }
     }
 
     /// Parse the `key: value` lines of BUILD_INFO.
@@ -132,13 +142,22 @@ impl LlamaBuild {
         let version = field("llama-server --version:");
         let tag = field("llama.cpp:").map(|t| t.trim_start_matches("tag ").to_string());
         let label = tag.or_else(|| version.clone()).unwrap_or_else(|| "unknown".to_string());
-        Self { label, version, cmake_flags: field("cmake flags:") }
+        Self {
+            label,
+            version,
+            cmake_flags: field("cmake flags:"),
+        }
     }
 }
 
 /// The 1-minute load average from /proc/loadavg; `None` where there is none.
 pub fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -160,7 +179,10 @@ mod tests {
                     cmake flags: -DGGML_NATIVE=OFF\n";
         let build = LlamaBuild::parse_build_info(text);
         assert_eq!(build.label, "b11434");
-        assert_eq!(build.version.as_deref(), Some("version: 0.6.0-dev (build 11434, commit b11434)"));
+        assert_eq!(
+            build.version.as_deref(),
+            Some("version: 0.6.0-dev (build 11434, commit b11434)")
+        );
         assert_eq!(build.cmake_flags.as_deref(), Some("-DGGML_NATIVE=OFF"));
         assert_eq!(LlamaBuild::parse_build_info("nothing useful\n").label, "unknown");
     }

@@ -104,7 +104,11 @@ pub struct SingleStream {
 impl SingleStream {
     /// The medians of `engine`'s single-stream runs, also printed to stderr.
     pub fn from_runs(engine: EngineKind, prefill: &[f64], decode: &[f64], ttft: &[f64]) -> Self {
-        let single = Self { prefill_tok_per_s: median(prefill), decode_tok_per_s: median(decode), ttft_ms: median(ttft) };
+        let single = Self {
+            prefill_tok_per_s: median(prefill),
+            decode_tok_per_s: median(decode),
+            ttft_ms: median(ttft),
+        };
         eprintln!(
             "{}: prefill {:.1} tok/s, TTFT {:.1} ms, decode {:.1} tok/s",
             engine.name(),
@@ -131,7 +135,12 @@ pub struct EngineResults {
 impl EngineResults {
     /// Nothing measured yet.
     pub fn new(engine: EngineKind) -> Self {
-        Self { engine, single: None, levels: Vec::new(), skipped: Vec::new() }
+        Self {
+            engine,
+            single: None,
+            levels: Vec::new(),
+            skipped: Vec::new(),
+        }
     }
 
     /// Every figure as (metric, concurrency, value), in the order measured.
@@ -184,8 +193,14 @@ pub struct RunInfo {
 impl RunInfo {
     /// One line naming the code, model, device and peer: the caption of every output.
     pub fn caption(&self) -> String {
-        let llama = self.llama_cpp.as_ref().map_or_else(String::new, |b| format!(", llama.cpp {}", b.label));
-        format!("hearth {} · {} ({}) · {}{llama}", self.git_rev, self.model, self.quant, self.device)
+        let llama = self
+            .llama_cpp
+            .as_ref()
+            .map_or_else(String::new, |b| format!(", llama.cpp {}", b.label));
+        format!(
+            "hearth {} · {} ({}) · {}{llama}",
+            self.git_rev, self.model, self.quant, self.device
+        )
     }
 
     /// One line describing the workload and the machine load.
@@ -275,12 +290,18 @@ pub fn json_document(info: &RunInfo, results: &[EngineResults]) -> Value {
     let metric_ratios = |c: usize, metrics: &[Metric]| {
         let mut m = serde_json::Map::new();
         for &metric in metrics {
-            m.insert(metric.name().to_string(), ratio(results, metric, c).map(round_ratio).into());
+            m.insert(
+                metric.name().to_string(),
+                ratio(results, metric, c).map(round_ratio).into(),
+            );
         }
         m
     };
     let single_ratios = metric_ratios(1, &[Metric::PrefillTokS, Metric::DecodeTokS, Metric::TtftMs]);
-    let mut levels: Vec<usize> = results.iter().flat_map(|r| r.levels.iter().map(|l| l.concurrency)).collect();
+    let mut levels: Vec<usize> = results
+        .iter()
+        .flat_map(|r| r.levels.iter().map(|l| l.concurrency))
+        .collect();
     levels.sort_unstable();
     levels.dedup();
     let sweep_ratios: Vec<Value> = levels
@@ -288,15 +309,22 @@ pub fn json_document(info: &RunInfo, results: &[EngineResults]) -> Value {
         .map(|&c| {
             let mut m = metric_ratios(
                 c,
-                &[Metric::AggregateTokS, Metric::TtftP50Ms, Metric::TtftP99Ms, Metric::ItlP50Ms, Metric::ItlP99Ms],
+                &[
+                    Metric::AggregateTokS,
+                    Metric::TtftP50Ms,
+                    Metric::TtftP99Ms,
+                    Metric::ItlP50Ms,
+                    Metric::ItlP99Ms,
+                ],
             );
             m.insert("concurrency".to_string(), c.into());
             Value::Object(m)
         })
         .collect();
-    let llama_cpp = info.llama_cpp.as_ref().map(|b| {
-        json!({ "build": b.label, "version": b.version, "cmake_flags": b.cmake_flags })
-    });
+    let llama_cpp = info
+        .llama_cpp
+        .as_ref()
+        .map(|b| json!({ "build": b.label, "version": b.version, "cmake_flags": b.cmake_flags }));
     json!({
         "schema": SCHEMA,
         "git_rev": info.git_rev,
@@ -395,7 +423,11 @@ pub(crate) mod tests {
             quant: "Q4_1".into(),
             device: "cpu: Test CPU (2 threads)".into(),
             threads: 2,
-            llama_cpp: Some(LlamaBuild { label: "b11434".into(), version: None, cmake_flags: None }),
+            llama_cpp: Some(LlamaBuild {
+                label: "b11434".into(),
+                version: None,
+                cmake_flags: None,
+            }),
             prompt_tokens: 256,
             gen_tokens: 128,
             repeat: 3,
@@ -411,7 +443,10 @@ pub(crate) mod tests {
             concurrency,
             runs: 3,
             aggregate_tok_per_s: tok_s,
-            ttft_ms: Percentiles { p50: ttft_p50, p99: ttft_p50 * 2.0 },
+            ttft_ms: Percentiles {
+                p50: ttft_p50,
+                p99: ttft_p50 * 2.0,
+            },
             itl_ms: Percentiles { p50: 10.0, p99: 20.0 },
             generated_tokens: concurrency * 128 * 3,
             wall_s: 1.0,
@@ -419,7 +454,13 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn results() -> Vec<EngineResults> {
-        let single = |p, d, t| Some(SingleStream { prefill_tok_per_s: p, decode_tok_per_s: d, ttft_ms: t });
+        let single = |p, d, t| {
+            Some(SingleStream {
+                prefill_tok_per_s: p,
+                decode_tok_per_s: d,
+                ttft_ms: t,
+            })
+        };
         vec![
             EngineResults {
                 engine: EngineKind::Hearth,

@@ -49,7 +49,10 @@ pub struct Percentiles {
 impl Percentiles {
     /// p50 and p99 of `values`; zeros when there are none.
     pub fn of(values: &[f64]) -> Self {
-        Self { p50: percentile(values, 50.0).unwrap_or(0.0), p99: percentile(values, 99.0).unwrap_or(0.0) }
+        Self {
+            p50: percentile(values, 50.0).unwrap_or(0.0),
+            p99: percentile(values, 99.0).unwrap_or(0.0),
+        }
     }
 }
 
@@ -114,7 +117,10 @@ pub fn ms(d: Duration) -> f64 {
 
 /// Gaps between consecutive instants, for [`StreamTrace::gaps`].
 pub fn gaps(arrivals: &[std::time::Instant]) -> Vec<Duration> {
-    arrivals.windows(2).map(|w| w[1].saturating_duration_since(w[0])).collect()
+    arrivals
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -159,9 +165,18 @@ mod tests {
         };
         let runs = [
             // 4 tokens in 1 s, 8 in 2 s, 30 in 1 s: the median run does 4 tok/s.
-            LevelRun { wall: d(1000), streams: vec![stream(100, &[10, 10, 10], 2), stream(300, &[], 2)] },
-            LevelRun { wall: d(2000), streams: vec![stream(200, &[20], 8)] },
-            LevelRun { wall: d(1000), streams: vec![stream(400, &[30, 40], 30)] },
+            LevelRun {
+                wall: d(1000),
+                streams: vec![stream(100, &[10, 10, 10], 2), stream(300, &[], 2)],
+            },
+            LevelRun {
+                wall: d(2000),
+                streams: vec![stream(200, &[20], 8)],
+            },
+            LevelRun {
+                wall: d(1000),
+                streams: vec![stream(400, &[30, 40], 30)],
+            },
         ];
         let level = summarize(2, &runs);
         assert_eq!(level.concurrency, 2);
@@ -178,7 +193,10 @@ mod tests {
     fn gaps_between_arrivals() {
         let t0 = std::time::Instant::now();
         let arrivals = [t0, t0 + Duration::from_millis(5), t0 + Duration::from_millis(12)];
-        assert_eq!(gaps(&arrivals), vec![Duration::from_millis(5), Duration::from_millis(7)]);
+        assert_eq!(
+            gaps(&arrivals),
+            vec![Duration::from_millis(5), Duration::from_millis(7)]
+        );
         assert!(gaps(&arrivals[..1]).is_empty());
     }
 }

@@ -56,7 +56,13 @@ where
     F: FnMut(usize, ProgressBar) -> Fut,
     Fut: Future<Output = Result<LevelRun>>,
 {
-    let LevelPlan { engine, concurrency, planned_runs, gen_tokens, max_seconds } = plan;
+    let LevelPlan {
+        engine,
+        concurrency,
+        planned_runs,
+        gen_tokens,
+        max_seconds,
+    } = plan;
     let tokens = (planned_runs * concurrency * gen_tokens) as u64;
     let bar = progress_bar(tokens, format!("{} ×{concurrency}", engine.name()));
     let start = Instant::now();
@@ -113,7 +119,11 @@ mod tests {
     fn runs_continue_until_done_or_out_of_time() {
         let s = Duration::from_secs;
         let check = |done, planned, elapsed, expected| {
-            assert_eq!(another_run(done, planned, s(elapsed), s(60)), expected, "{done}/{planned} after {elapsed}s");
+            assert_eq!(
+                another_run(done, planned, s(elapsed), s(60)),
+                expected,
+                "{done}/{planned} after {elapsed}s"
+            );
         };
         check(0, 3, 0, true);
         // The first run always happens, even on a budget already spent.

@@ -55,7 +55,11 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|err| EngineError::Template(format!("cannot compile the chat template: {err}")))?;
-        Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+        Ok(Self {
+            env,
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
     }
 
     /// Render `messages`; with `add_generation_prompt`, end with the text that opens the assistant's turn.
@@ -80,8 +84,13 @@ impl ChatTemplate {
         context.insert("tools", Value::from(()));
         context.insert("documents", Value::from(()));
 
-        let template = self.env.get_template(TEMPLATE_NAME).expect("the template was added in `new`");
-        template.render(Value::from_iter(context)).map_err(|err| EngineError::Template(describe(&err)))
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .expect("the template was added in `new`");
+        template
+            .render(Value::from_iter(context))
+            .map_err(|err| EngineError::Template(describe(&err)))
     }
 }
 
@@ -105,7 +114,9 @@ fn describe(err: &minijinja::Error) -> String {
 /// `strftime_now(format)`: the current time in UTC (we carry no time-zone database). Used by Llama 3.x and
 /// Mistral templates for the date in the system prompt.
 fn strftime_now(format: String) -> Result<Value, minijinja::Error> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     strftime(&format, now).map(Value::from)
 }
 
@@ -123,7 +134,15 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+const WEEKDAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
 
 /// Python's `strftime` for the directives chat templates use, at `unix_seconds` UTC. An unsupported directive
 /// is an error rather than a silently wrong date.
@@ -182,7 +201,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153; // March = 0
     let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -204,7 +227,10 @@ mod tests {
     use crate::tokenizer::tests::{qwen_05b, qwen_15b, smollm2};
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.to_string(), content: content.to_string() }
+        ChatMessage {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
     }
 
     #[test]
@@ -216,8 +242,12 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
              <|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
         );
-        let conversation =
-            [msg("system", "Be brief."), msg("user", "2+2?"), msg("assistant", "4"), msg("user", "Why?")];
+        let conversation = [
+            msg("system", "Be brief."),
+            msg("user", "2+2?"),
+            msg("assistant", "4"),
+            msg("user", "Why?"),
+        ];
         assert_eq!(
             smol.apply_chat_template(&conversation, false).unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n\
@@ -233,7 +263,11 @@ mod tests {
                 "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n\
                  <|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
             );
-            let conversation = [msg("system", "Answer in French."), msg("user", "Hi"), msg("assistant", "Salut")];
+            let conversation = [
+                msg("system", "Answer in French."),
+                msg("user", "Hi"),
+                msg("assistant", "Salut"),
+            ];
             assert_eq!(
                 qwen.apply_chat_template(&conversation, false).unwrap(),
                 "<|im_start|>system\nAnswer in French.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
@@ -248,7 +282,11 @@ mod tests {
         let text = qwen.apply_chat_template(&[msg("user", "Hi")], true).unwrap();
         let ids = qwen.encode(&text, false).unwrap();
         assert_eq!(ids[0], 151644, "<|im_start|> first");
-        assert_eq!(&ids[ids.len() - 3..], &[151644, 77091, 198], "ends with <|im_start|>assistant\\n");
+        assert_eq!(
+            &ids[ids.len() - 3..],
+            &[151644, 77091, 198],
+            "ends with <|im_start|>assistant\\n"
+        );
     }
 
     #[test]
@@ -258,7 +296,9 @@ mod tests {
         let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
         assert_eq!(template.render(&[msg("user", "ok")], false).unwrap(), "ok");
         let err = template.render(&[msg("tool", "x")], false).unwrap_err();
-        let EngineError::Template(message) = &err else { panic!("expected a template error, got {err:?}") };
+        let EngineError::Template(message) = &err else {
+            panic!("expected a template error, got {err:?}")
+        };
         assert!(message.starts_with("Tool messages are not supported"), "{message}");
     }
 
@@ -275,7 +315,9 @@ mod tests {
                       [{{ m.role | upper }}]{{ m.content.strip() }}\n  {% endif %}\n{% endfor %}\n\
                       {% if tools is not none %}TOOLS{% endif %}{% if add_generation_prompt %}>{% endif %}{{ eos_token }}";
         let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
-        let rendered = template.render(&[msg("user", "  # heading "), msg("user", "plain")], true).unwrap();
+        let rendered = template
+            .render(&[msg("user", "  # heading "), msg("user", "plain")], true)
+            .unwrap();
         assert_eq!(rendered, "<s>\n[USER]# heading\n></s>");
     }
 
@@ -285,7 +327,10 @@ mod tests {
         let t = 1_722_000_000 - 1_722_000_000 % 86_400 + 13 * 3600 + 5 * 60 + 9;
         assert_eq!(strftime("%d %b %Y", t).unwrap(), "26 Jul 2024");
         assert_eq!(strftime("%Y-%m-%d %H:%M:%S", t).unwrap(), "2024-07-26 13:05:09");
-        assert_eq!(strftime("%A %B %e, %I %p, day %j, 100%%", t).unwrap(), "Friday July 26, 01 PM, day 208, 100%");
+        assert_eq!(
+            strftime("%A %B %e, %I %p, day %j, 100%%", t).unwrap(),
+            "Friday July 26, 01 PM, day 208, 100%"
+        );
         assert_eq!(strftime("%y %a %h", 0).unwrap(), "70 Thu Jan");
         assert!(strftime("%Q", t).is_err());
         for days in [-800_000, -1, 0, 59, 11_016, 19_783, 2_932_896] {

@@ -40,14 +40,22 @@ pub struct Detokenizer {
 impl Detokenizer {
     /// A detokenizer for one stream; with `skip_special_tokens`, control tokens produce no text.
     pub fn new(skip_special_tokens: bool) -> Self {
-        Self { skip_special_tokens, ids: Vec::new(), read: 0, prefix_text: None }
+        Self {
+            skip_special_tokens,
+            ids: Vec::new(),
+            read: 0,
+            prefix_text: None,
+        }
     }
 
     /// Add one generated token; returns the text it completes, possibly empty (part of a character, a
     /// skipped special token, or a SentencePiece space waiting for its word).
     pub fn push(&mut self, tokenizer: &Tokenizer, token_id: u32) -> Result<String, EngineError> {
         if token_id as usize >= tokenizer.vocab_size() {
-            return Err(EngineError::InvalidToken { token_id, vocab_size: tokenizer.vocab_size() });
+            return Err(EngineError::InvalidToken {
+                token_id,
+                vocab_size: tokenizer.vocab_size(),
+            });
         }
         if self.skip_special_tokens && tokenizer.is_special(token_id) {
             // `decode` drops skipped tokens before its decoder runs, so leaving them out of the window changes
@@ -99,12 +107,19 @@ impl Detokenizer {
 
     /// The part of `text` after the window's prefix text.
     fn suffix(&self, mut text: String) -> String {
-        let prefix = self.prefix_text.as_deref().expect("computed before decoding the window");
+        let prefix = self
+            .prefix_text
+            .as_deref()
+            .expect("computed before decoding the window");
         if text.starts_with(prefix) {
             return text.split_off(prefix.len());
         }
         // Not expected from the decoders we build; emit from the first difference rather than panic.
-        let common = text.char_indices().zip(prefix.chars()).take_while(|((_, a), b)| a == b).count();
+        let common = text
+            .char_indices()
+            .zip(prefix.chars())
+            .take_while(|((_, a), b)| a == b)
+            .count();
         let start = text.char_indices().nth(common).map_or(text.len(), |(i, _)| i);
         tracing::debug!(prefix, text, "detokenizer window does not extend its prefix");
         text.split_off(start)
@@ -131,7 +146,11 @@ mod tests {
         for skip in [true, false] {
             let chunks = stream(tokenizer, &ids, skip);
             let expected = tokenizer.decode(&ids, skip).unwrap();
-            assert_eq!(chunks.concat(), expected, "stream of {text:?} (skip_special_tokens = {skip})");
+            assert_eq!(
+                chunks.concat(),
+                expected,
+                "stream of {text:?} (skip_special_tokens = {skip})"
+            );
             assert!(chunks.iter().all(|chunk| !chunk.contains('\u{FFFD}')), "{chunks:?}");
         }
     }
@@ -183,8 +202,15 @@ mod tests {
         let ids = qwen.encode(text, false).unwrap();
         let chunks = stream(qwen, &ids, true);
         assert_eq!(chunks.concat(), text);
-        assert!(chunks.iter().any(String::is_empty), "some token ends inside a character: {chunks:?}");
-        assert_eq!(chunks.last().map(String::as_str), Some(""), "nothing held back at the end");
+        assert!(
+            chunks.iter().any(String::is_empty),
+            "some token ends inside a character: {chunks:?}"
+        );
+        assert_eq!(
+            chunks.last().map(String::as_str),
+            Some(""),
+            "nothing held back at the end"
+        );
     }
 
     #[test]
@@ -209,7 +235,11 @@ mod tests {
         let mut out = String::new();
         for &id in &ids {
             out.push_str(&detokenizer.push(qwen, id).unwrap());
-            assert!(detokenizer.ids.len() <= 2 * MAX_PENDING_TOKENS, "window of {} ids", detokenizer.ids.len());
+            assert!(
+                detokenizer.ids.len() <= 2 * MAX_PENDING_TOKENS,
+                "window of {} ids",
+                detokenizer.ids.len()
+            );
         }
         out.push_str(&detokenizer.finish(qwen).unwrap());
         assert_eq!(out, text);
@@ -223,6 +253,9 @@ mod tests {
             assert_eq!(detokenizer.push(smol, 2).unwrap(), ""); // <|im_end|>
         }
         assert!(detokenizer.ids.is_empty());
-        assert!(detokenizer.push(smol, 1_000_000).is_err(), "out-of-range ids are errors");
+        assert!(
+            detokenizer.push(smol, 1_000_000).is_err(),
+            "out-of-range ids are errors"
+        );
     }
 }

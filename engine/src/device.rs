@@ -78,15 +78,21 @@ impl AttentionPath {
 
 /// The candle device for `device`, or a load error that says why it is not available.
 pub(crate) fn open(device: Device, model: &str) -> Result<candle_core::Device, EngineError> {
-    let unavailable = |reason: String| EngineError::Load { path: model.to_string(), reason };
+    let unavailable = |reason: String| EngineError::Load {
+        path: model.to_string(),
+        reason,
+    };
     match device {
         Device::Cpu => Ok(candle_core::Device::Cpu),
         Device::Cuda(_) if !Device::CUDA_BUILT => Err(unavailable(format!(
             "cannot use device {device}: this hearth was built without CUDA; build it with `--features cuda` \
              (scripts/build-cuda.sh) or use `--device cpu`"
         ))),
-        Device::Cuda(n) => candle_core::Device::new_cuda(n)
-            .map_err(|e| unavailable(format!("cannot open CUDA device {n} (is there an NVIDIA GPU and driver?): {e}"))),
+        Device::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| {
+            unavailable(format!(
+                "cannot open CUDA device {n} (is there an NVIDIA GPU and driver?): {e}"
+            ))
+        }),
     }
 }
 
@@ -96,7 +102,12 @@ mod tests {
 
     #[test]
     fn parses_device_names() {
-        for (text, want) in [("cpu", Device::Cpu), ("CPU", Device::Cpu), ("cuda", Device::Cuda(0)), ("cuda:1", Device::Cuda(1))] {
+        for (text, want) in [
+            ("cpu", Device::Cpu),
+            ("CPU", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("cuda:1", Device::Cuda(1)),
+        ] {
             assert_eq!(text.parse::<Device>(), Ok(want), "{text}");
         }
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {

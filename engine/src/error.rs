@@ -9,7 +9,10 @@ pub enum EngineError {
     Overloaded { waiting: usize, limit: usize },
     /// Prompt plus at least one generated token does not fit the context window (HTTP 400).
     #[error("the prompt has {prompt_tokens} tokens, but the context window is {context_length} tokens")]
-    ContextTooLong { prompt_tokens: usize, context_length: usize },
+    ContextTooLong {
+        prompt_tokens: usize,
+        context_length: usize,
+    },
     /// The prompt is empty.
     #[error("the prompt is empty")]
     EmptyPrompt,
@@ -18,7 +21,11 @@ pub enum EngineError {
     InvalidToken { token_id: u32, vocab_size: usize },
     /// A sampling or stop parameter is out of range (HTTP 400).
     #[error("invalid `{name}`: got {value}, expected {expected}")]
-    InvalidParameter { name: &'static str, value: String, expected: &'static str },
+    InvalidParameter {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// The engine thread has stopped (shutdown or crash).
     #[error("the engine is shut down")]
     ShutDown,

@@ -115,7 +115,9 @@ pub struct EngineStats {
 impl EngineStats {
     /// How long the longest-waiting unscheduled request has waited so far (zero when none waits).
     pub fn queue_wait(&self) -> Duration {
-        self.oldest_waiting_since.map(|since| since.elapsed()).unwrap_or_default()
+        self.oldest_waiting_since
+            .map(|since| since.elapsed())
+            .unwrap_or_default()
     }
 }
 
@@ -140,13 +142,28 @@ impl Engine {
     /// the step loop on a dedicated thread. Blocking; takes seconds for a large model.
     pub fn load(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         let path = config.model_path.clone();
-        let load_err = |reason: String| EngineError::Load { path: path.display().to_string(), reason };
+        let load_err = |reason: String| EngineError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
         if config.block_size == 0 || config.block_size % 32 != 0 {
-            return Err(EngineError::InvalidParameter { name: "block_size", value: config.block_size.to_string(), expected: "a positive multiple of 32" });
+            return Err(EngineError::InvalidParameter {
+                name: "block_size",
+                value: config.block_size.to_string(),
+                expected: "a positive multiple of 32",
+            });
         }
-        for (name, v) in [("max_batch_tokens", config.max_batch_tokens), ("max_running", config.max_running), ("kv_cache_tokens", config.kv_cache_tokens)] {
+        for (name, v) in [
+            ("max_batch_tokens", config.max_batch_tokens),
+            ("max_running", config.max_running),
+            ("kv_cache_tokens", config.kv_cache_tokens),
+        ] {
             if v == 0 {
-                return Err(EngineError::InvalidParameter { name, value: "0".into(), expected: "at least 1" });
+                return Err(EngineError::InvalidParameter {
+                    name,
+                    value: "0".into(),
+                    expected: "at least 1",
+                });
             }
         }
         let attention = config.attention.unwrap_or(AttentionPath::default_for(config.device));
@@ -166,7 +183,11 @@ impl Engine {
             AttentionPath::Kernel => models::KvCache::new(spec.kv_layout(), num_blocks, config.block_size),
             AttentionPath::TensorOps => {
                 // f16 halves the cache on the GPU; the CPU twin keeps f32 so it can be compared tightly.
-                let dtype = if device.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::F16 };
+                let dtype = if device.is_cpu() {
+                    candle_core::DType::F32
+                } else {
+                    candle_core::DType::F16
+                };
                 models::KvCache::new_tensors(spec.kv_layout(), num_blocks, config.block_size, &device, dtype)
             }
         }
@@ -176,7 +197,10 @@ impl Engine {
             .min(config.context_length.unwrap_or(usize::MAX))
             .min(num_blocks * config.block_size);
         let info = ModelInfo {
-            name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
             architecture: spec.architecture_name.clone(),
             context_length,
             vocab_size: spec.vocab_size,
@@ -198,7 +222,10 @@ impl Engine {
         let shared = Arc::new(Shared {
             info,
             tokenizer: Arc::new(tokenizer),
-            stats: Mutex::new(EngineStats { kv_blocks_total: num_blocks, ..EngineStats::default() }),
+            stats: Mutex::new(EngineStats {
+                kv_blocks_total: num_blocks,
+                ..EngineStats::default()
+            }),
             waiting: AtomicUsize::new(0),
             max_waiting: config.max_waiting,
             commands: Mutex::new(Some(tx)),
@@ -223,7 +250,9 @@ pub struct EngineHandle {
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle").field("model", &self.shared.info.name).finish()
+        f.debug_struct("EngineHandle")
+            .field("model", &self.shared.info.name)
+            .finish()
     }
 }
 
@@ -255,27 +284,52 @@ impl EngineHandle {
         }
         let info = &self.shared.info;
         if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= info.vocab_size) {
-            return Err(EngineError::InvalidToken { token_id: bad, vocab_size: info.vocab_size });
+            return Err(EngineError::InvalidToken {
+                token_id: bad,
+                vocab_size: info.vocab_size,
+            });
         }
         if req.prompt.len() >= info.context_length {
-            return Err(EngineError::ContextTooLong { prompt_tokens: req.prompt.len(), context_length: info.context_length });
+            return Err(EngineError::ContextTooLong {
+                prompt_tokens: req.prompt.len(),
+                context_length: info.context_length,
+            });
         }
         if let Some(n) = req.logprobs {
             if n > 20 {
-                return Err(EngineError::InvalidParameter { name: "top_logprobs", value: n.to_string(), expected: "at most 20" });
+                return Err(EngineError::InvalidParameter {
+                    name: "top_logprobs",
+                    value: n.to_string(),
+                    expected: "at most 20",
+                });
             }
         }
         // Admission: reserve a waiting slot or refuse now.
         let limit = self.shared.max_waiting;
-        let reserved = self.shared.waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| (w < limit).then_some(w + 1));
+        let reserved = self
+            .shared
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| (w < limit).then_some(w + 1));
         if let Err(waiting) = reserved {
             return Err(EngineError::Overloaded { waiting, limit });
         }
         // Unbounded is fine: `max_tokens` (at most the context length) bounds what one request can receive.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) as u64;
-        let cmd = Command::Add(Box::new(NewRequest { id, req, events: tx, submitted: Instant::now(), span: tracing::Span::current() }));
-        let sent = self.shared.commands.lock().expect("engine command sender").as_ref().map(|c| c.send(cmd).is_ok());
+        let cmd = Command::Add(Box::new(NewRequest {
+            id,
+            req,
+            events: tx,
+            submitted: Instant::now(),
+            span: tracing::Span::current(),
+        }));
+        let sent = self
+            .shared
+            .commands
+            .lock()
+            .expect("engine command sender")
+            .as_ref()
+            .map(|c| c.send(cmd).is_ok());
         if sent != Some(true) {
             self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(EngineError::ShutDown);
@@ -286,7 +340,13 @@ impl EngineHandle {
     /// Whether the engine takes requests: not shut down, and its thread has not exited (or panicked).
     pub fn is_running(&self) -> bool {
         let accepting = self.shared.commands.lock().expect("engine command sender").is_some();
-        let alive = self.shared.thread.lock().expect("engine thread slot").as_ref().is_some_and(|t| !t.is_finished());
+        let alive = self
+            .shared
+            .thread
+            .lock()
+            .expect("engine thread slot")
+            .as_ref()
+            .is_some_and(|t| !t.is_finished());
         accepting && alive
     }
 

@@ -26,18 +26,32 @@ pub struct ModelSummary {
 /// Check that `path` is a whole GGUF file (every tensor's data inside the file, every type supported) of
 /// a supported architecture with a usable tokenizer, and summarize it. Reads the header, not the weights.
 pub fn inspect_model(path: &Path) -> Result<ModelSummary, EngineError> {
-    let load_err = |reason: String| EngineError::Load { path: path.display().to_string(), reason };
+    let load_err = |reason: String| EngineError::Load {
+        path: path.display().to_string(),
+        reason,
+    };
     let gguf = models::Gguf::open(path, &candle_core::Device::Cpu).map_err(|e| load_err(e.to_string()))?;
-    let architecture = gguf.metadata_str("general.architecture").map_err(|e| load_err(e.to_string()))?.to_owned();
+    let architecture = gguf
+        .metadata_str("general.architecture")
+        .map_err(|e| load_err(e.to_string()))?
+        .to_owned();
     models::Architecture::from_gguf_name(&architecture).map_err(|e| load_err(e.to_string()))?;
     let key = |name: &str| format!("{architecture}.{name}");
     let usize_key = |name: &str| gguf.metadata_usize(&key(name)).map_err(|e| load_err(e.to_string()));
     let layers = usize_key("block_count")?;
     let heads = usize_key("attention.head_count")?;
     let hidden = usize_key("embedding_length")?;
-    let kv_heads = gguf.metadata_usize_or(&key("attention.head_count_kv"), heads).map_err(|e| load_err(e.to_string()))?;
-    let head_dim = gguf.metadata_usize_or(&key("attention.key_length"), hidden / heads.max(1)).map_err(|e| load_err(e.to_string()))?;
-    let layout = models::KvLayout { num_layers: layers, num_kv_heads: kv_heads, head_dim };
+    let kv_heads = gguf
+        .metadata_usize_or(&key("attention.head_count_kv"), heads)
+        .map_err(|e| load_err(e.to_string()))?;
+    let head_dim = gguf
+        .metadata_usize_or(&key("attention.key_length"), hidden / heads.max(1))
+        .map_err(|e| load_err(e.to_string()))?;
+    let layout = models::KvLayout {
+        num_layers: layers,
+        num_kv_heads: kv_heads,
+        head_dim,
+    };
     let tokenizer = Tokenizer::from_gguf_metadata(gguf.metadata_map())?;
     let file_bytes = std::fs::metadata(path).map_err(|e| load_err(e.to_string()))?.len();
     Ok(ModelSummary {

@@ -39,7 +39,10 @@ pub(crate) fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<(u64, Block
     tokens
         .chunks_exact(block_size)
         .map(|chunk| {
-            let key = BlockKey { parent, tokens: chunk.to_vec() };
+            let key = BlockKey {
+                parent,
+                tokens: chunk.to_vec(),
+            };
             let hash = key.hash_value();
             parent = hash;
             (hash, BlockKeyRef(key))
@@ -101,7 +104,9 @@ impl BlockManager {
     }
 
     fn take_free(&mut self, b: u32) {
-        let tick = self.free_tick[b as usize].take().expect("block taken from the free list is in it");
+        let tick = self.free_tick[b as usize]
+            .take()
+            .expect("block taken from the free list is in it");
         self.free.remove(&tick);
     }
 
@@ -156,10 +161,18 @@ impl BlockManager {
         let mut free = 0;
         for b in 0..self.num_blocks() {
             let in_free = self.free_tick[b].is_some();
-            assert_eq!(in_free, self.ref_counts[b] == 0, "block {b}: free list and ref count disagree");
+            assert_eq!(
+                in_free,
+                self.ref_counts[b] == 0,
+                "block {b}: free list and ref count disagree"
+            );
             free += usize::from(in_free);
             if let Some(key) = &self.registered[b] {
-                assert_eq!(self.prefix.get(key), Some(&(b as u32)), "block {b}: registration not in prefix map");
+                assert_eq!(
+                    self.prefix.get(key),
+                    Some(&(b as u32)),
+                    "block {b}: registration not in prefix map"
+                );
             }
         }
         assert_eq!(free, self.free.len());
@@ -179,7 +192,9 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut m = BlockManager::new(64, true);
         // Owners hold lists of blocks; a few fixed prompts make prefix hits likely.
-        let prompts: Vec<Vec<u32>> = (0..4).map(|p| (0..64).map(|i| (i % (5 + p)) as u32).collect()).collect();
+        let prompts: Vec<Vec<u32>> = (0..4)
+            .map(|p| (0..64).map(|i| (i % (5 + p)) as u32).collect())
+            .collect();
         let mut owners: Vec<Vec<u32>> = Vec::new();
         for _ in 0..100_000 {
             match rng.random_range(0..4) {
@@ -231,11 +246,14 @@ mod tests {
         let prompt: Vec<u32> = (0..40).collect();
         let keys = block_hashes(&prompt, 16);
         assert_eq!(keys.len(), 2, "only whole blocks are hashed");
-        let first: Vec<u32> = keys.iter().map(|(_, k)| {
-            let b = m.allocate().unwrap();
-            m.register(b, k);
-            b
-        }).collect();
+        let first: Vec<u32> = keys
+            .iter()
+            .map(|(_, k)| {
+                let b = m.allocate().unwrap();
+                m.register(b, k);
+                b
+            })
+            .collect();
         for &b in &first {
             m.release(b);
         }

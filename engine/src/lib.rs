@@ -27,11 +27,11 @@ pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::Detokenizer;
 pub use device::{AttentionPath, Device, ParseDeviceError};
 pub use error::EngineError;
-pub use perplexity::{perplexity, PerplexityConfig, PerplexityReport};
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};
 pub use inspect::{inspect_model, ModelSummary};
+pub use perplexity::{perplexity, PerplexityConfig, PerplexityReport};
 pub use request::{
-    validate, Completion, Event, FinishReason, GenerateRequest, SamplingParams, StopParams, Timings,
-    TokenChunk, TokenLogprob, Usage,
+    validate, Completion, Event, FinishReason, GenerateRequest, SamplingParams, StopParams, Timings, TokenChunk,
+    TokenLogprob, Usage,
 };
 pub use tokenizer::Tokenizer;

@@ -44,18 +44,32 @@ pub struct PerplexityReport {
 }
 
 /// Measure the perplexity of `config.model` on `text`; `on_chunk(i, running_ppl)` is called after each chunk.
-pub fn perplexity(config: &PerplexityConfig, text: &str, mut on_chunk: impl FnMut(usize, f64)) -> Result<PerplexityReport, EngineError> {
+pub fn perplexity(
+    config: &PerplexityConfig,
+    text: &str,
+    mut on_chunk: impl FnMut(usize, f64),
+) -> Result<PerplexityReport, EngineError> {
     let path = &config.model;
-    let load_err = |reason: String| EngineError::Load { path: path.display().to_string(), reason };
+    let load_err = |reason: String| EngineError::Load {
+        path: path.display().to_string(),
+        reason,
+    };
     let model_err = |e: models::ModelError| EngineError::Model(e.to_string());
     let ctx = config.ctx;
     if ctx < 4 {
-        return Err(EngineError::InvalidParameter { name: "ctx", value: ctx.to_string(), expected: "at least 4" });
+        return Err(EngineError::InvalidParameter {
+            name: "ctx",
+            value: ctx.to_string(),
+            expected: "at least 4",
+        });
     }
     let tokenizer = Tokenizer::from_gguf(path)?;
     let model = models::load(path, &Device::Cpu).map_err(|e| load_err(e.to_string()))?;
     if ctx > model.spec().context_length {
-        return Err(EngineError::ContextTooLong { prompt_tokens: ctx, context_length: model.spec().context_length });
+        return Err(EngineError::ContextTooLong {
+            prompt_tokens: ctx,
+            context_length: model.spec().context_length,
+        });
     }
     let tokens = tokenizer.encode(text, true)?;
     if tokens.len() < 2 * ctx {
@@ -77,8 +91,23 @@ pub fn perplexity(config: &PerplexityConfig, text: &str, mut on_chunk: impl FnMu
         if let Some(bos) = bos {
             input[0] = bos;
         }
-        let seqs = [SeqInput { num_computed: 0, num_new: ctx, block_table: &block_table, prompt_len: ctx, want_logits: true, all_logits: true }];
-        let logits = model.forward(&Batch { tokens: &input, seqs: &seqs }, &mut cache).map_err(model_err)?;
+        let seqs = [SeqInput {
+            num_computed: 0,
+            num_new: ctx,
+            block_table: &block_table,
+            prompt_len: ctx,
+            want_logits: true,
+            all_logits: true,
+        }];
+        let logits = model
+            .forward(
+                &Batch {
+                    tokens: &input,
+                    seqs: &seqs,
+                },
+                &mut cache,
+            )
+            .map_err(model_err)?;
         let logits = logits.to_vec2::<f32>().map_err(|e| EngineError::Model(e.to_string()))?;
         for j in first..ctx - 1 {
             let target = tokens[chunk * ctx + j + 1] as usize;
@@ -95,6 +124,16 @@ pub fn perplexity(config: &PerplexityConfig, text: &str, mut on_chunk: impl FnMu
     let mean = nll / count as f64;
     let var = nll2 / count as f64 - mean * mean;
     let ppl = mean.exp();
-    let std_error = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
-    Ok(PerplexityReport { text_tokens: tokens.len(), chunks: n_chunks, scored_tokens: count, perplexity: ppl, std_error })
+    let std_error = if var > 0.0 && count > 1 {
+        (var / (count - 1) as f64).sqrt() * ppl
+    } else {
+        0.0
+    };
+    Ok(PerplexityReport {
+        text_tokens: tokens.len(),
+        chunks: n_chunks,
+        scored_tokens: count,
+        perplexity: ppl,
+        std_error,
+    })
 }

@@ -26,7 +26,10 @@ impl GenerateRequest {
         Self {
             prompt,
             sampling: SamplingParams::greedy(),
-            stop: StopParams { max_tokens, ..StopParams::default() },
+            stop: StopParams {
+                max_tokens,
+                ..StopParams::default()
+            },
             logprobs: None,
         }
     }
@@ -73,7 +76,10 @@ impl SamplingParams {
 impl Default for SamplingParams {
     /// OpenAI's defaults: temperature 1, no truncation, no penalties.
     fn default() -> Self {
-        Self { temperature: 1.0, ..Self::greedy() }
+        Self {
+            temperature: 1.0,
+            ..Self::greedy()
+        }
     }
 }
 
@@ -92,7 +98,12 @@ pub struct StopParams {
 
 impl Default for StopParams {
     fn default() -> Self {
-        Self { max_tokens: 256, stop_strings: Vec::new(), stop_token_ids: Vec::new(), ignore_eos: false }
+        Self {
+            max_tokens: 256,
+            stop_strings: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -194,9 +205,24 @@ pub fn validate(sampling: &SamplingParams, stop: &StopParams) -> Result<(), Engi
         }
     }
     let s = sampling;
-    check(s.temperature.is_finite() && (0.0..=100.0).contains(&s.temperature), "temperature", s.temperature.to_string(), "a number in [0, 100]")?;
-    check(s.top_p.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0, "top_p", s.top_p.to_string(), "a number in (0, 1]")?;
-    check(s.min_p.is_finite() && (0.0..=1.0).contains(&s.min_p), "min_p", s.min_p.to_string(), "a number in [0, 1]")?;
+    check(
+        s.temperature.is_finite() && (0.0..=100.0).contains(&s.temperature),
+        "temperature",
+        s.temperature.to_string(),
+        "a number in [0, 100]",
+    )?;
+    check(
+        s.top_p.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0,
+        "top_p",
+        s.top_p.to_string(),
+        "a number in (0, 1]",
+    )?;
+    check(
+        s.min_p.is_finite() && (0.0..=1.0).contains(&s.min_p),
+        "min_p",
+        s.min_p.to_string(),
+        "a number in [0, 1]",
+    )?;
     check(s.top_k != Some(0), "top_k", "0".into(), "at least 1, or absent")?;
     check(
         s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0 && s.repetition_penalty <= 10.0,
@@ -204,10 +230,35 @@ pub fn validate(sampling: &SamplingParams, stop: &StopParams) -> Result<(), Engi
         s.repetition_penalty.to_string(),
         "a number in (0, 10]",
     )?;
-    check(s.presence_penalty.is_finite() && (-2.0..=2.0).contains(&s.presence_penalty), "presence_penalty", s.presence_penalty.to_string(), "a number in [-2, 2]")?;
-    check(s.frequency_penalty.is_finite() && (-2.0..=2.0).contains(&s.frequency_penalty), "frequency_penalty", s.frequency_penalty.to_string(), "a number in [-2, 2]")?;
-    check(stop.max_tokens >= 1, "max_tokens", stop.max_tokens.to_string(), "at least 1")?;
-    check(stop.stop_strings.len() <= 16, "stop", format!("{} strings", stop.stop_strings.len()), "at most 16 strings")?;
-    check(stop.stop_strings.iter().all(|s| !s.is_empty() && s.len() <= 256), "stop", "an empty or over-long string".into(), "non-empty strings of at most 256 bytes")?;
+    check(
+        s.presence_penalty.is_finite() && (-2.0..=2.0).contains(&s.presence_penalty),
+        "presence_penalty",
+        s.presence_penalty.to_string(),
+        "a number in [-2, 2]",
+    )?;
+    check(
+        s.frequency_penalty.is_finite() && (-2.0..=2.0).contains(&s.frequency_penalty),
+        "frequency_penalty",
+        s.frequency_penalty.to_string(),
+        "a number in [-2, 2]",
+    )?;
+    check(
+        stop.max_tokens >= 1,
+        "max_tokens",
+        stop.max_tokens.to_string(),
+        "at least 1",
+    )?;
+    check(
+        stop.stop_strings.len() <= 16,
+        "stop",
+        format!("{} strings", stop.stop_strings.len()),
+        "at most 16 strings",
+    )?;
+    check(
+        stop.stop_strings.iter().all(|s| !s.is_empty() && s.len() <= 256),
+        "stop",
+        "an empty or over-long string".into(),
+        "non-empty strings of at most 256 bytes",
+    )?;
     Ok(())
 }

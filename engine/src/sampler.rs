@@ -38,14 +38,24 @@ impl Sampler {
         } else {
             Vec::new()
         };
-        Self { params, rng, generated: HashMap::new(), prompt, logprobs: logprobs.map(|n| n.min(20)) }
+        Self {
+            params,
+            rng,
+            generated: HashMap::new(),
+            prompt,
+            logprobs: logprobs.map(|n| n.min(20)),
+        }
     }
 
     /// Choose the next token from `logits` (modified in place) and record it.
     pub(crate) fn sample(&mut self, logits: &mut [f32]) -> (u32, Option<TokenLogprob>) {
         let logprob_table = self.logprobs.map(|_| log_softmax(logits));
         self.apply_penalties(logits);
-        let token = if self.params.temperature == 0.0 { argmax(logits) } else { self.draw(logits) };
+        let token = if self.params.temperature == 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
         *self.generated.entry(token).or_default() += 1;
         let logprob = logprob_table.map(|lp| TokenLogprob {
             token_id: token,
@@ -61,7 +71,11 @@ impl Sampler {
             let seen = self.prompt.iter().copied().chain(self.generated.keys().copied());
             for t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -77,7 +91,12 @@ impl Sampler {
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         // Candidates sorted by logit, best first; top-k cuts the list.
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).filter(|(_, l)| l.is_finite()).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .filter(|(_, l)| l.is_finite())
+            .collect();
         if cand.is_empty() {
             return argmax(logits);
         }
@@ -137,11 +156,18 @@ pub(crate) fn argmax(xs: &[f32]) -> u32 {
             *l = if x > *l { x } else { *l };
         }
     }
-    let max = lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
     if max == f32::NEG_INFINITY {
         return 0;
     }
-    let first = xs.chunks(LANES).position(|c| c.iter().fold(false, |any, &x| any | (x == max))).unwrap_or(0) * LANES;
+    let first = xs
+        .chunks(LANES)
+        .position(|c| c.iter().fold(false, |any, &x| any | (x == max)))
+        .unwrap_or(0)
+        * LANES;
     (first + xs[first..].iter().position(|&x| x == max).unwrap_or(0)) as u32
 }
 
@@ -168,7 +194,10 @@ mod tests {
     use super::*;
 
     fn params() -> SamplingParams {
-        SamplingParams { seed: Some(1), ..SamplingParams::default() }
+        SamplingParams {
+            seed: Some(1),
+            ..SamplingParams::default()
+        }
     }
 
     #[test]
@@ -201,7 +230,9 @@ mod tests {
         ];
         // Ties spread over chunk boundaries and tails, NaNs sprinkled in.
         for len in [15usize, 16, 17, 33, 49_152] {
-            let xs: Vec<f32> = (0..len).map(|i| if i % 11 == 3 { nan } else { ((i * 7919) % 97) as f32 }).collect();
+            let xs: Vec<f32> = (0..len)
+                .map(|i| if i % 11 == 3 { nan } else { ((i * 7919) % 97) as f32 })
+                .collect();
             cases.push(xs);
         }
         for xs in &cases {
@@ -217,7 +248,10 @@ mod tests {
             (0..20).map(|_| s.sample(&mut logits.clone()).0).collect::<Vec<_>>()
         };
         assert_eq!(draw(params()), draw(params()));
-        let top1 = draw(SamplingParams { top_k: Some(1), ..params() });
+        let top1 = draw(SamplingParams {
+            top_k: Some(1),
+            ..params()
+        });
         assert!(top1.iter().all(|&t| t == argmax(&logits)));
     }
 
@@ -225,7 +259,10 @@ mod tests {
     fn top_p_and_min_p_cut_unlikely_tokens() {
         // Token 0 holds nearly all the mass.
         let logits = vec![10.0, 0.0, 0.0, 0.0];
-        for p in [SamplingParams { top_p: 0.5, ..params() }, SamplingParams { min_p: 0.1, ..params() }] {
+        for p in [
+            SamplingParams { top_p: 0.5, ..params() },
+            SamplingParams { min_p: 0.1, ..params() },
+        ] {
             let mut s = Sampler::new(p, &[], None);
             assert!((0..100).all(|_| s.sample(&mut logits.clone()).0 == 0));
         }
@@ -233,13 +270,33 @@ mod tests {
 
     #[test]
     fn penalties_steer_away_from_repeats() {
-        let mut s = Sampler::new(SamplingParams { temperature: 0.0, frequency_penalty: 2.0, ..params() }, &[], None);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 0.0,
+                frequency_penalty: 2.0,
+                ..params()
+            },
+            &[],
+            None,
+        );
         let logits = vec![1.0, 0.5];
         assert_eq!(s.sample(&mut logits.clone()).0, 0);
         // Token 0 was generated once: 1.0 - 2.0 < 0.5.
         assert_eq!(s.sample(&mut logits.clone()).0, 1);
-        let mut r = Sampler::new(SamplingParams { temperature: 0.0, repetition_penalty: 4.0, ..params() }, &[0], None);
-        assert_eq!(r.sample(&mut logits.clone()).0, 1, "prompt tokens count for the repetition penalty");
+        let mut r = Sampler::new(
+            SamplingParams {
+                temperature: 0.0,
+                repetition_penalty: 4.0,
+                ..params()
+            },
+            &[0],
+            None,
+        );
+        assert_eq!(
+            r.sample(&mut logits.clone()).0,
+            1,
+            "prompt tokens count for the repetition penalty"
+        );
     }
 
     #[test]

@@ -95,12 +95,21 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub(crate) fn new(cfg: SchedulerConfig) -> Self {
         let blocks = BlockManager::new(cfg.num_blocks, cfg.prefix_caching);
-        Self { cfg, blocks, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new() }
+        Self {
+            cfg,
+            blocks,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
     }
 
     /// Queue a new sequence at the back of the waiting queue.
     pub(crate) fn add(&mut self, id: SeqId, prompt: Vec<u32>) {
-        let prompt_keys = block_hashes(&prompt, self.cfg.block_size).into_iter().map(|(_, k)| k).collect();
+        let prompt_keys = block_hashes(&prompt, self.cfg.block_size)
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
         let seq = Sequence {
             prompt_len: prompt.len(),
             tokens: prompt,
@@ -221,7 +230,11 @@ impl Scheduler {
                 break;
             }
             let completes = target == self.seqs[&id].tokens.len();
-            step.scheduled.push(Scheduled { id, num_new: n, completes });
+            step.scheduled.push(Scheduled {
+                id,
+                num_new: n,
+                completes,
+            });
             budget -= n;
             i += 1;
         }
@@ -251,7 +264,11 @@ impl Scheduler {
                 self.waiting.pop_front();
                 self.running.push(id);
                 let completes = target == self.seqs[&id].tokens.len();
-                step.scheduled.push(Scheduled { id, num_new: n, completes });
+                step.scheduled.push(Scheduled {
+                    id,
+                    num_new: n,
+                    completes,
+                });
                 step.admitted.push(id);
                 budget -= n;
             }

@@ -17,7 +17,10 @@ use crate::handle::Shared;
 use crate::sampler::Sampler;
 use crate::scheduler::{Scheduled, Scheduler, SchedulerConfig, SeqId};
 use crate::stop::{StopChecker, StopOutcome};
-use crate::{Completion, Detokenizer, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Timings, TokenChunk, Usage};
+use crate::{
+    Completion, Detokenizer, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Timings, TokenChunk,
+    Usage,
+};
 
 /// What the handle sends to the engine thread.
 pub(crate) enum Command {
@@ -78,7 +81,13 @@ pub(crate) struct EngineLoop {
 }
 
 impl EngineLoop {
-    pub(crate) fn new(model: Box<dyn CausalLm>, cache: KvCache, config: &EngineConfig, shared: Arc<Shared>, rx: mpsc::Receiver<Command>) -> Self {
+    pub(crate) fn new(
+        model: Box<dyn CausalLm>,
+        cache: KvCache,
+        config: &EngineConfig,
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Command>,
+    ) -> Self {
         let scheduler = Scheduler::new(SchedulerConfig {
             max_batch_tokens: config.max_batch_tokens,
             max_running: config.max_running,
@@ -88,7 +97,16 @@ impl EngineLoop {
         });
         let context_length = shared.info.context_length;
         let eos = shared.tokenizer.eos_token_ids().to_vec();
-        Self { model, cache, scheduler, shared, rx, active: HashMap::new(), context_length, eos }
+        Self {
+            model,
+            cache,
+            scheduler,
+            shared,
+            rx,
+            active: HashMap::new(),
+            context_length,
+            eos,
+        }
     }
 
     /// Run until shutdown or until every handle is gone.
@@ -130,7 +148,13 @@ impl EngineLoop {
         match cmd {
             Command::Shutdown => false,
             Command::Add(new) => {
-                let NewRequest { id, req, events, submitted, span } = *new;
+                let NewRequest {
+                    id,
+                    req,
+                    events,
+                    submitted,
+                    span,
+                } = *new;
                 let prompt_len = req.prompt.len();
                 let mut stop_params = req.stop.clone();
                 // Generation also ends when the context is full.
@@ -168,7 +192,12 @@ impl EngineLoop {
     }
 
     fn drop_cancelled(&mut self) {
-        let gone: Vec<SeqId> = self.active.iter().filter(|(_, a)| a.events.is_closed()).map(|(&id, _)| id).collect();
+        let gone: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
         for id in gone {
             let mut a = self.active.remove(&id).expect("cancelled request is active");
             Self::leave_queue(&self.shared, &mut a);
@@ -202,7 +231,13 @@ impl EngineLoop {
         }
         for id in step.out_of_memory.clone() {
             let seq = self.scheduler.get(id).map(|s| s.tokens.len()).unwrap_or(0);
-            self.fail(id, EngineError::ContextTooLong { prompt_tokens: seq, context_length: self.scheduler.blocks_total() });
+            self.fail(
+                id,
+                EngineError::ContextTooLong {
+                    prompt_tokens: seq,
+                    context_length: self.scheduler.blocks_total(),
+                },
+            );
         }
         if step.scheduled.is_empty() {
             self.publish_stats(&step.preempted, false);
@@ -256,7 +291,13 @@ impl EngineLoop {
             }
         }
         let _enter = span.enter();
-        let logits = self.model.forward(&Batch { tokens: &tokens, seqs: &seqs }, &mut self.cache)?;
+        let logits = self.model.forward(
+            &Batch {
+                tokens: &tokens,
+                seqs: &seqs,
+            },
+            &mut self.cache,
+        )?;
         Ok(logits.to_vec2::<f32>()?)
     }
 
@@ -291,14 +332,22 @@ impl EngineLoop {
             // Nothing was cut: whatever the detokenizer still holds belongs to the output.
             text.push_str(&a.detok.finish(&self.shared.tokenizer).unwrap_or_default());
         }
-        let _ = a.events.send(Event::Token(TokenChunk { text, token_id: token, logprob }));
+        let _ = a.events.send(Event::Token(TokenChunk {
+            text,
+            token_id: token,
+            logprob,
+        }));
         if let Some(reason) = finish {
             let a = self.active.remove(&id).expect("finishing request is active");
             let cached = self.scheduler.get(id).map(|s| s.cached_tokens).unwrap_or(0);
             self.scheduler.remove(id);
             let completion = Completion {
                 reason,
-                usage: Usage { prompt_tokens: a.prompt_len, cached_prompt_tokens: cached, completion_tokens: a.generated },
+                usage: Usage {
+                    prompt_tokens: a.prompt_len,
+                    cached_prompt_tokens: cached,
+                    completion_tokens: a.generated,
+                },
                 timings: a.timings(),
             };
             tracing::debug!(parent: &a.span, id, generated = a.generated, ?reason, "request finished");

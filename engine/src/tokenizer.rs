@@ -103,7 +103,10 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Read only the GGUF metadata (not the weights) of `path` and build the tokenizer and chat template.
     pub fn from_gguf(path: &Path) -> Result<Self, EngineError> {
-        let load_error = |reason: String| EngineError::Load { path: path.display().to_string(), reason };
+        let load_error = |reason: String| EngineError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
         let file = std::fs::File::open(path).map_err(|err| load_error(err.to_string()))?;
         let mut reader = std::io::BufReader::new(file);
         let content = gguf_file::Content::read(&mut reader)
@@ -119,7 +122,10 @@ impl Tokenizer {
     /// Errors are [`EngineError::Load`] with `path` set to `"GGUF metadata"`; [`Tokenizer::from_gguf`] replaces
     /// it with the file's path.
     pub fn from_gguf_metadata(md: &HashMap<String, Value>) -> Result<Self, EngineError> {
-        build(&Metadata(md)).map_err(|reason| EngineError::Load { path: METADATA_SOURCE.to_string(), reason })
+        build(&Metadata(md)).map_err(|reason| EngineError::Load {
+            path: METADATA_SOURCE.to_string(),
+            reason,
+        })
     }
 
     /// Text to ids. Control and user-defined token texts in `text` (e.g. `<|im_start|>`) become single tokens.
@@ -149,7 +155,10 @@ impl Tokenizer {
     /// An invalid UTF-8 byte sequence (for example a character cut in half) comes out as U+FFFD.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EngineError> {
         if let Some(&token_id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(EngineError::InvalidToken { token_id, vocab_size: self.vocab_size });
+            return Err(EngineError::InvalidToken {
+                token_id,
+                vocab_size: self.vocab_size,
+            });
         }
         self.inner
             .decode(ids, skip_special_tokens)
@@ -340,7 +349,9 @@ impl Metadata<'_> {
         let id = integer(value).ok_or_else(|| format!("`{key}` should be an integer, found {value:?}"))?;
         match u32::try_from(id) {
             Ok(id) if (id as usize) < vocab_size => Ok(Some(id)),
-            _ => Err(format!("`{key}` is {id}, outside the vocabulary of {vocab_size} tokens")),
+            _ => Err(format!(
+                "`{key}` is {id}, outside the vocabulary of {vocab_size} tokens"
+            )),
         }
     }
 
@@ -362,7 +373,10 @@ impl Metadata<'_> {
             .enumerate()
             .map(|(i, value)| match value {
                 Value::String(s) => Ok(s.as_str()),
-                other => Err(format!("`{key}`[{i}] should be a string, found {:?}", other.value_type())),
+                other => Err(format!(
+                    "`{key}`[{i}] should be a string, found {:?}",
+                    other.value_type()
+                )),
             })
             .collect()
     }
@@ -390,7 +404,11 @@ struct Vocab {
 
 impl Vocab {
     fn read(md: &Metadata) -> Result<Self, String> {
-        let mut tokens: Vec<String> = md.strings("tokenizer.ggml.tokens")?.into_iter().map(str::to_owned).collect();
+        let mut tokens: Vec<String> = md
+            .strings("tokenizer.ggml.tokens")?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if tokens.is_empty() {
             return Err("`tokenizer.ggml.tokens` is empty".to_string());
         }
@@ -410,7 +428,10 @@ impl Vocab {
                         tokens.len()
                     ));
                 }
-                values.iter().map(|v| integer(v).map_or(TokenType::Undefined, TokenType::from_gguf)).collect()
+                values
+                    .iter()
+                    .map(|v| integer(v).map_or(TokenType::Undefined, TokenType::from_gguf))
+                    .collect()
             }
             None => {
                 tracing::warn!("no `tokenizer.ggml.token_type` in the GGUF file; treating every token as normal");
@@ -425,19 +446,27 @@ impl Vocab {
         let mut map = BpeVocab::with_capacity(self.tokens.len());
         for (id, token) in self.tokens.iter().enumerate() {
             if let Some(previous) = map.insert(token.clone(), id as u32) {
-                return Err(format!("token {token:?} appears twice in the vocabulary (ids {previous} and {id})"));
+                return Err(format!(
+                    "token {token:?} appears twice in the vocabulary (ids {previous} and {id})"
+                ));
             }
         }
         Ok(map)
     }
 
     fn ids_of_type(&self, kind: TokenType) -> impl Iterator<Item = u32> + '_ {
-        self.types.iter().enumerate().filter(move |(_, t)| **t == kind).map(|(id, _)| id as u32)
+        self.types
+            .iter()
+            .enumerate()
+            .filter(move |(_, t)| **t == kind)
+            .map(|(id, _)| id as u32)
     }
 }
 
 fn build(md: &Metadata) -> Result<Tokenizer, String> {
-    let model_type = md.string("tokenizer.ggml.model")?.ok_or("missing key `tokenizer.ggml.model`")?;
+    let model_type = md
+        .string("tokenizer.ggml.model")?
+        .ok_or("missing key `tokenizer.ggml.model`")?;
     let vocab = Vocab::read(md)?;
     let vocab_size = vocab.tokens.len();
 
@@ -469,8 +498,18 @@ fn build(md: &Metadata) -> Result<Tokenizer, String> {
 
     // llama.cpp's defaults for SentencePiece vocabularies that do not name them: <s> = 1, </s> = 2.
     let is_sentencepiece = model_type == "llama";
-    let bos_token_id = special_token_id(md, "tokenizer.ggml.bos_token_id", is_sentencepiece.then_some(1), vocab_size)?;
-    let eos_token_id = special_token_id(md, "tokenizer.ggml.eos_token_id", is_sentencepiece.then_some(2), vocab_size)?;
+    let bos_token_id = special_token_id(
+        md,
+        "tokenizer.ggml.bos_token_id",
+        is_sentencepiece.then_some(1),
+        vocab_size,
+    )?;
+    let eos_token_id = special_token_id(
+        md,
+        "tokenizer.ggml.eos_token_id",
+        is_sentencepiece.then_some(2),
+        vocab_size,
+    )?;
     let add_bos = md.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(default_add_bos);
     let add_eos = md.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
     if add_bos && bos_token_id.is_none() {
@@ -521,7 +560,11 @@ fn special_token_id(md: &Metadata, key: &str, default: Option<u32>, vocab_size: 
     }
     let id = default.filter(|&id| (id as usize) < vocab_size);
     if let Some(id) = id {
-        tracing::warn!(id, key, "the GGUF file has no such key; using llama.cpp's SentencePiece default");
+        tracing::warn!(
+            id,
+            key,
+            "the GGUF file has no such key; using llama.cpp's SentencePiece default"
+        );
     }
     Ok(id)
 }
@@ -564,10 +607,16 @@ fn byte_level_bpe(md: &Metadata, vocab: &Vocab, pre: PreTokenizerKind) -> Result
         .enumerate()
         .map(|(i, merge)| {
             // Split at the first space after the first character, like llama.cpp (a piece may start with one).
-            let split = merge.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(pos, _)| pos);
+            let split = merge
+                .char_indices()
+                .skip(1)
+                .find(|&(_, c)| c == ' ')
+                .map(|(pos, _)| pos);
             match split {
                 Some(pos) => Ok((merge[..pos].to_string(), merge[pos + 1..].to_string())),
-                None => Err(format!("`tokenizer.ggml.merges`[{i}] = {merge:?} is not two tokens separated by a space")),
+                None => Err(format!(
+                    "`tokenizer.ggml.merges`[{i}] = {merge:?} is not two tokens separated by a space"
+                )),
             }
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -579,8 +628,12 @@ fn byte_level_bpe(md: &Metadata, vocab: &Vocab, pre: PreTokenizerKind) -> Result
 
     let mut steps = Vec::new();
     for pattern in pre.patterns() {
-        let split = Split::new(SplitPattern::Regex((*pattern).to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|err| format!("cannot compile the pre-tokenizer expression {pattern:?}: {err}"))?;
+        let split = Split::new(
+            SplitPattern::Regex((*pattern).to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|err| format!("cannot compile the pre-tokenizer expression {pattern:?}: {err}"))?;
         steps.push(PreTokenizerWrapper::Split(split));
     }
     // Map every byte to GPT-2's printable alphabet; the splitting was done above.
@@ -620,18 +673,26 @@ fn sentencepiece_bpe(md: &Metadata, vocab: &Vocab) -> Result<tokenizers::Tokeniz
         .or_else(|| vocab.ids_of_type(TokenType::Unknown).next())
         .map(|id| vocab.tokens[id as usize].clone());
 
-    let mut builder = BPE::builder().vocab_and_merges(text_to_id, merges).byte_fallback(true).fuse_unk(true);
+    let mut builder = BPE::builder()
+        .vocab_and_merges(text_to_id, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
     if let Some(unk) = unk_token {
         builder = builder.unk_token(unk);
     }
-    let bpe = builder.build().map_err(|err| format!("cannot build the SentencePiece BPE model: {err}"))?;
+    let bpe = builder
+        .build()
+        .map_err(|err| format!("cannot build the SentencePiece BPE model: {err}"))?;
 
     let add_space_prefix = md.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
     let replace_spaces = Replace::new(" ", "▁").map_err(|err| err.to_string())?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     if add_space_prefix {
         let prepend = Prepend::new("▁".to_string());
-        tokenizer.with_normalizer(Some(NormalizerSequence::new(vec![prepend.into(), replace_spaces.into()])));
+        tokenizer.with_normalizer(Some(NormalizerSequence::new(vec![
+            prepend.into(),
+            replace_spaces.into(),
+        ])));
     } else {
         tokenizer.with_normalizer(Some(replace_spaces));
     }
@@ -654,7 +715,10 @@ fn sentencepiece_bpe(md: &Metadata, vocab: &Vocab) -> Result<tokenizers::Tokeniz
 fn sentencepiece_merges(vocab: &Vocab, scores: &[f32], text_to_id: &BpeVocab) -> Vec<(String, String)> {
     let mut ranked: Vec<(f32, usize, usize)> = Vec::new();
     for (id, piece) in vocab.tokens.iter().enumerate() {
-        if matches!(vocab.types[id], TokenType::Control | TokenType::Byte | TokenType::Unknown) {
+        if matches!(
+            vocab.types[id],
+            TokenType::Control | TokenType::Byte | TokenType::Unknown
+        ) {
             continue;
         }
         for (split, _) in piece.char_indices().skip(1) {
@@ -738,7 +802,9 @@ pub(crate) mod tests {
 
     fn metadata(path: &Path) -> HashMap<String, Value> {
         let mut reader = std::io::BufReader::new(std::fs::File::open(path).expect("test model opens"));
-        gguf_file::Content::read(&mut reader).expect("test model has a valid GGUF header").metadata
+        gguf_file::Content::read(&mut reader)
+            .expect("test model has a valid GGUF header")
+            .metadata
     }
 
     /// Run llama.cpp's `test-tokenizer-0` vectors: `.inp` holds inputs separated by `__ggml_vocab_test__`
@@ -751,8 +817,10 @@ pub(crate) mod tests {
         assert_eq!(inputs.len(), outputs.len(), "{name}: as many inputs as outputs");
         let mut failures = Vec::new();
         for (input, output) in inputs.iter().zip(&outputs) {
-            let expected: Vec<u32> =
-                output.split_whitespace().map(|id| id.parse().expect("ids are integers")).collect();
+            let expected: Vec<u32> = output
+                .split_whitespace()
+                .map(|id| id.parse().expect("ids are integers"))
+                .collect();
             let got = tokenizer.encode(input, false).expect("encodes");
             if got != expected {
                 failures.push(format!("{input:?}: expected {expected:?}, got {got:?}"));
@@ -766,17 +834,31 @@ pub(crate) mod tests {
         // llama.cpp's qwen2 vectors were made with Qwen2's vocabulary; Qwen2.5's is the same (same tokens up to
         // id 151645, same merges), so we run them against the real model.
         let (count, failures) = llama_cpp_vectors(qwen_05b(), "ggml-vocab-qwen2.gguf");
-        assert!(failures.is_empty(), "{} of {count} qwen2 vectors fail:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of {count} qwen2 vectors fail:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 
     #[test]
     fn llama_cpp_vectors_llama_spm() {
         let (count, failures) = llama_cpp_vectors(llama_spm(), "ggml-vocab-llama-spm.gguf");
-        assert!(failures.is_empty(), "{} of {count} llama-spm vectors fail:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of {count} llama-spm vectors fail:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 
     fn check_encode(tokenizer: &Tokenizer, text: &str, add_special: bool, expected: &[u32]) {
-        assert_eq!(tokenizer.encode(text, add_special).unwrap(), expected, "encoding {text:?}");
+        assert_eq!(
+            tokenizer.encode(text, add_special).unwrap(),
+            expected,
+            "encoding {text:?}"
+        );
     }
 
     #[test]
@@ -809,8 +891,14 @@ pub(crate) mod tests {
     #[test]
     fn bos_follows_the_gguf_flags() {
         // Qwen and SmolLM2 files say add_bos_token = false; the Llama 2 file says true.
-        assert_eq!(qwen_05b().encode("Hello", true).unwrap(), qwen_05b().encode("Hello", false).unwrap());
-        assert_eq!(smollm2().encode("Hello", true).unwrap(), smollm2().encode("Hello", false).unwrap());
+        assert_eq!(
+            qwen_05b().encode("Hello", true).unwrap(),
+            qwen_05b().encode("Hello", false).unwrap()
+        );
+        assert_eq!(
+            smollm2().encode("Hello", true).unwrap(),
+            smollm2().encode("Hello", false).unwrap()
+        );
         check_encode(llama_spm(), "Hello world", true, &[1, 15043, 3186]);
         check_encode(llama_spm(), "Hello world", false, &[15043, 3186]);
         assert_eq!(llama_spm().bos_token_id(), Some(1));
@@ -820,7 +908,12 @@ pub(crate) mod tests {
     #[test]
     fn sentencepiece_decodes_bytes_and_strips_the_prefix_space() {
         let spm = llama_spm();
-        for text in ["Hello world", "  two leading spaces", "中文 and 🦙 emoji", "tab\tand\nnewline"] {
+        for text in [
+            "Hello world",
+            "  two leading spaces",
+            "中文 and 🦙 emoji",
+            "tab\tand\nnewline",
+        ] {
             let ids = spm.encode(text, true).unwrap();
             assert_eq!(spm.decode(&ids, true).unwrap(), text, "round trip of {text:?}");
         }
@@ -861,7 +954,16 @@ pub(crate) mod tests {
         assert_eq!(qwen_05b().vocab_size(), 151936);
         assert_eq!(llama_spm().vocab_size(), 32000);
         let err = smollm2().decode(&[5, 49152], false).unwrap_err();
-        assert!(matches!(err, EngineError::InvalidToken { token_id: 49152, vocab_size: 49152 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                EngineError::InvalidToken {
+                    token_id: 49152,
+                    vocab_size: 49152
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -869,8 +971,13 @@ pub(crate) mod tests {
         let mut md = metadata(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
         md.insert("tokenizer.ggml.model".into(), Value::String("t5".into()));
         let err = Tokenizer::from_gguf_metadata(&md).unwrap_err();
-        let EngineError::Load { reason, .. } = &err else { panic!("expected a load error, got {err}") };
-        assert!(reason.contains("`t5`") && reason.contains("gpt2") && reason.contains("llama"), "{reason}");
+        let EngineError::Load { reason, .. } = &err else {
+            panic!("expected a load error, got {err}")
+        };
+        assert!(
+            reason.contains("`t5`") && reason.contains("gpt2") && reason.contains("llama"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -891,7 +998,10 @@ pub(crate) mod tests {
     #[test]
     fn from_gguf_names_the_file() {
         let err = Tokenizer::from_gguf(Path::new("/nonexistent/model.gguf")).unwrap_err();
-        assert!(matches!(&err, EngineError::Load { path, .. } if path == "/nonexistent/model.gguf"), "{err}");
+        assert!(
+            matches!(&err, EngineError::Load { path, .. } if path == "/nonexistent/model.gguf"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -899,7 +1009,10 @@ pub(crate) mod tests {
         // llama.cpp's vocab-only file has no template.
         let spm = llama_spm();
         assert!(spm.chat_template().is_none());
-        let messages = [ChatMessage { role: "user".into(), content: "Hi".into() }];
+        let messages = [ChatMessage {
+            role: "user".into(),
+            content: "Hi".into(),
+        }];
         let err = spm.apply_chat_template(&messages, true).unwrap_err();
         assert!(matches!(err, EngineError::Template(_)), "{err}");
     }
@@ -907,23 +1020,43 @@ pub(crate) mod tests {
     #[test]
     fn broken_chat_template_still_loads() {
         let mut md = metadata(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
-        md.insert("tokenizer.chat_template".into(), Value::String("{% for m in messages %}".into()));
+        md.insert(
+            "tokenizer.chat_template".into(),
+            Value::String("{% for m in messages %}".into()),
+        );
         let tokenizer = Tokenizer::from_gguf_metadata(&md).expect("a broken template does not stop completions");
         assert!(tokenizer.chat_template().is_none());
-        let messages = [ChatMessage { role: "user".into(), content: "Hi".into() }];
+        let messages = [ChatMessage {
+            role: "user".into(),
+            content: "Hi".into(),
+        }];
         let err = tokenizer.apply_chat_template(&messages, true).unwrap_err();
-        assert!(matches!(&err, EngineError::Template(m) if m.contains("cannot compile")), "{err}");
+        assert!(
+            matches!(&err, EngineError::Template(m) if m.contains("cannot compile")),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_pre_tokenizer_falls_back_to_gpt2() {
-        assert_eq!(PreTokenizerKind::from_gguf(Some("not-a-real-pre")), PreTokenizerKind::Gpt2);
-        assert_eq!(PreTokenizerKind::from_gguf(Some("deepseek-r1-qwen")), PreTokenizerKind::Qwen2);
+        assert_eq!(
+            PreTokenizerKind::from_gguf(Some("not-a-real-pre")),
+            PreTokenizerKind::Gpt2
+        );
+        assert_eq!(
+            PreTokenizerKind::from_gguf(Some("deepseek-r1-qwen")),
+            PreTokenizerKind::Qwen2
+        );
         assert_eq!(PreTokenizerKind::from_gguf(Some("smollm")), PreTokenizerKind::StarCoder);
         let mut md = metadata(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
         md.insert("tokenizer.ggml.pre".into(), Value::String("not-a-real-pre".into()));
         let tokenizer = Tokenizer::from_gguf_metadata(&md).expect("an unknown pre still loads");
         let text = "Hello 2024, world!";
-        assert_eq!(tokenizer.decode(&tokenizer.encode(text, false).unwrap(), false).unwrap(), text);
+        assert_eq!(
+            tokenizer
+                .decode(&tokenizer.encode(text, false).unwrap(), false)
+                .unwrap(),
+            text
+        );
     }
 }

@@ -16,15 +16,21 @@ use crate::server::{bearer_token, constant_time_eq, AppState};
 /// `Authorization: Bearer <admin token>`; without a configured token the admin routes do not exist.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(expected) = state.admin_token.as_deref() else {
-        return ApiError::new(ErrorKind::NotFound, "The admin API is off: set server.admin_token in the config to turn it on.")
-            .with_code("admin_api_off")
-            .into_response();
+        return ApiError::new(
+            ErrorKind::NotFound,
+            "The admin API is off: set server.admin_token in the config to turn it on.",
+        )
+        .with_code("admin_api_off")
+        .into_response();
     };
     match bearer_token(&req) {
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(req).await,
-        _ => ApiError::new(ErrorKind::Authentication, "Missing or incorrect admin token: send `Authorization: Bearer <admin_token>`.")
-            .with_code("invalid_admin_token")
-            .into_response(),
+        _ => ApiError::new(
+            ErrorKind::Authentication,
+            "Missing or incorrect admin token: send `Authorization: Bearer <admin_token>`.",
+        )
+        .with_code("invalid_admin_token")
+        .into_response(),
     }
 }
 
@@ -53,7 +59,15 @@ pub async fn list_models(State(state): State<AppState>) -> Json<Vec<AdminModel>>
         })
         .collect();
     if !list.iter().any(|m| m.active) {
-        list.insert(0, AdminModel { name: active.name.to_string(), path: active.engine.info().path.display().to_string(), active: true, fallback: false });
+        list.insert(
+            0,
+            AdminModel {
+                name: active.name.to_string(),
+                path: active.engine.info().path.display().to_string(),
+                active: true,
+                fallback: false,
+            },
+        );
     }
     Json(list)
 }
@@ -73,12 +87,19 @@ pub struct SwitchResponse {
 }
 
 /// `POST /admin/models/active`: load the model, make it active, let the previous one drain.
-pub async fn switch_model(State(state): State<AppState>, ApiJson(body): ApiJson<SwitchRequest>) -> Result<Json<SwitchResponse>, ApiError> {
+pub async fn switch_model(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SwitchRequest>,
+) -> Result<Json<SwitchResponse>, ApiError> {
     match state.models.switch(&body.model).await {
-        Ok(previous) => Ok(Json(SwitchResponse { active: body.model, previous: previous.to_string() })),
-        Err(err @ SwitchError::Unknown { .. }) => {
-            Err(ApiError { param: Some("model".to_owned()), ..ApiError::new(ErrorKind::NotFound, err.to_string()).with_code("model_not_found") })
-        }
+        Ok(previous) => Ok(Json(SwitchResponse {
+            active: body.model,
+            previous: previous.to_string(),
+        })),
+        Err(err @ SwitchError::Unknown { .. }) => Err(ApiError {
+            param: Some("model".to_owned()),
+            ..ApiError::new(ErrorKind::NotFound, err.to_string()).with_code("model_not_found")
+        }),
         // The admin may see why a load failed (a missing or damaged file); the active model stays.
         Err(err @ SwitchError::Load { .. }) => {
             tracing::error!(cause = %err, "model switch failed; the active model stays");
@@ -105,16 +126,27 @@ pub struct ReloadedSkills {
 /// or validate is refused with its error, and the skills in use stay.
 pub async fn reload_skills(State(state): State<AppState>) -> Result<Json<ReloadResponse>, ApiError> {
     if state.console.platforms.is_empty() {
-        return Err(ApiError::new(ErrorKind::NotFound, "No IM connector runs in this process, so there are no skills to reload.").with_code("no_skills"));
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "No IM connector runs in this process, so there are no skills to reload.",
+        )
+        .with_code("no_skills"));
     }
     let mut platforms = Vec::new();
     for link in &state.console.platforms {
         let platform = link.health.view().name;
         if let Err(err) = link.skills.reload() {
             tracing::warn!(platform, cause = %err, "skills reload refused; the skills in use stay");
-            return Err(ApiError::new(ErrorKind::InvalidRequest, format!("The skills were not reloaded: {err}")).with_code("invalid_skills"));
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("The skills were not reloaded: {err}"),
+            )
+            .with_code("invalid_skills"));
         }
-        platforms.push(ReloadedSkills { platform, skills: link.skills.registry().names() });
+        platforms.push(ReloadedSkills {
+            platform,
+            skills: link.skills.registry().names(),
+        });
     }
     Ok(Json(ReloadResponse { platforms }))
 }

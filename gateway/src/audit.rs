@@ -32,7 +32,12 @@ impl Masker {
     pub fn new(patterns: &[String]) -> Result<Self, AuditError> {
         let patterns = patterns
             .iter()
-            .map(|p| Regex::new(p).map_err(|e| AuditError::Pattern { pattern: p.clone(), reason: e.to_string() }))
+            .map(|p| {
+                Regex::new(p).map_err(|e| AuditError::Pattern {
+                    pattern: p.clone(),
+                    reason: e.to_string(),
+                })
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self { patterns })
     }
@@ -98,7 +103,8 @@ pub struct AuditLog {
     written: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-const COLUMNS: &str = "at_ms, platform, conversation_id, session, sender_id, sender_nick, handler, question, answer, first_visible_ms,
+const COLUMNS: &str =
+    "at_ms, platform, conversation_id, session, sender_id, sender_nick, handler, question, answer, first_visible_ms,
                        prompt_tokens, completion_tokens, context_turns, outcome";
 
 fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -128,7 +134,11 @@ impl AuditLog {
     /// The log in `conn`'s database (table created if missing), masking with `masker`.
     pub fn open(conn: SharedConnection, masker: Masker) -> Result<Self, AuditError> {
         create(&conn.lock().unwrap_or_else(|p| p.into_inner())).map_err(DbError::from)?;
-        Ok(Self { conn, masker, written: std::sync::Arc::new(tokio::sync::watch::channel(0).0) })
+        Ok(Self {
+            conn,
+            masker,
+            written: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        })
     }
 
     /// Store `record`, its question and answer masked.
@@ -182,18 +192,32 @@ impl AuditLog {
 
     /// Delete the records taken up before `before_ms`; returns how many went.
     pub async fn prune(&self, before_ms: i64) -> Result<usize, AuditError> {
-        Ok(run(&self.conn, move |conn| conn.execute("DELETE FROM audit WHERE at_ms < ?1", params![before_ms])).await?)
+        Ok(run(&self.conn, move |conn| {
+            conn.execute("DELETE FROM audit WHERE at_ms < ?1", params![before_ms])
+        })
+        .await?)
     }
 
     /// The `limit` newest records, newest first.
     pub async fn recent(&self, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(run(&self.conn, move |conn| query(conn, &format!("SELECT {COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"), limit)).await?)
+        Ok(run(&self.conn, move |conn| {
+            query(
+                conn,
+                &format!("SELECT {COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"),
+                limit,
+            )
+        })
+        .await?)
     }
 }
 
 fn select(conn: &Connection, since_ms: i64) -> Result<Vec<AuditRecord>, rusqlite::Error> {
-    query(conn, &format!("SELECT {COLUMNS} FROM audit WHERE at_ms >= ?1 ORDER BY id"), since_ms)
+    query(
+        conn,
+        &format!("SELECT {COLUMNS} FROM audit WHERE at_ms >= ?1 ORDER BY id"),
+        since_ms,
+    )
 }
 
 /// Run `sql` (selecting [`COLUMNS`], with one integer parameter) into records.
@@ -231,8 +255,13 @@ pub enum ExportFormat {
 
 /// Write the records of the database at `database` since `since_ms` to `out`; returns how many.
 pub fn export(database: &Path, format: ExportFormat, since_ms: i64, out: impl Write) -> Result<usize, AuditError> {
-    let conn = Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|source| AuditError::Open { path: database.to_owned(), source })?;
+    let conn =
+        Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|source| {
+            AuditError::Open {
+                path: database.to_owned(),
+                source,
+            }
+        })?;
     create(&conn).map_err(DbError::from)?;
     let records = select(&conn, since_ms).map_err(DbError::from)?;
     write_records(&records, format, out)?;
@@ -272,9 +301,15 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("`{text}` is neither Unix milliseconds nor an age like 30m, 24h or 7d")),
+        _ => {
+            return Err(format!(
+                "`{text}` is neither Unix milliseconds nor an age like 30m, 24h or 7d"
+            ))
+        }
     };
-    let number: i64 = number.parse().map_err(|_| format!("`{text}` needs a number before `{unit}`"))?;
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` needs a number before `{unit}`"))?;
     Ok(now_ms - number.saturating_mul(unit_ms))
 }
 
@@ -286,7 +321,10 @@ mod tests {
     fn masks_phone_and_id_numbers() {
         let masker = Masker::new(&default_mask_patterns()).unwrap();
         assert_eq!(masker.mask("call 13812345678 now"), "call [masked] now");
-        assert_eq!(masker.mask("我的身份证号是11010519491231002X，电话+8613912345678"), "我的身份证号是[masked]，电话[masked]");
+        assert_eq!(
+            masker.mask("我的身份证号是11010519491231002X，电话+8613912345678"),
+            "我的身份证号是[masked]，电话[masked]"
+        );
         assert_eq!(masker.mask("order 12345"), "order 12345");
         assert!(Masker::new(&["(".to_owned()]).is_err());
     }

@@ -13,7 +13,11 @@ use gateway::model_path::{self, ModelPathError};
 use gateway::GatewayConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "hearth", version, about = "A private LLM appliance: runs a 4-bit LLM in-process and serves it.")]
+#[command(
+    name = "hearth",
+    version,
+    about = "A private LLM appliance: runs a 4-bit LLM in-process and serves it."
+)]
 pub struct Cli {
     /// The configuration file (see `hearth config example`); flags override it.
     #[arg(long, short = 'c', global = true, value_name = "FILE", env = "HEARTH_CONFIG")]
@@ -316,7 +320,10 @@ impl EngineArgs {
     /// is `--model`, else `$HEARTH_MODEL`, else the first `[[models]]` entry, else the default model
     /// (fetched if missing).
     pub fn engine_config(&self, file: &Config) -> Result<EngineConfig, ModelPathError> {
-        let from_file = std::env::var_os("HEARTH_MODEL").is_none().then(|| file.models.first().map(|m| m.path.clone())).flatten();
+        let from_file = std::env::var_os("HEARTH_MODEL")
+            .is_none()
+            .then(|| file.models.first().map(|m| m.path.clone()))
+            .flatten();
         let path = model_path::resolve(self.model.clone().or(from_file).as_deref())?;
         let mut config = EngineConfig::new(path);
         let section = &file.engine;
@@ -379,7 +386,12 @@ pub struct DingTalkArgs {
     #[arg(long, value_name = "KEY", env = "HEARTH_DINGTALK_APP_KEY")]
     pub dingtalk_app_key: Option<String>,
     /// The app's AppSecret (clientSecret).
-    #[arg(long, value_name = "SECRET", env = "HEARTH_DINGTALK_APP_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "HEARTH_DINGTALK_APP_SECRET",
+        hide_env_values = true
+    )]
     pub dingtalk_app_secret: Option<String>,
     /// The robot code (default: the AppKey).
     #[arg(long, value_name = "CODE")]
@@ -437,7 +449,11 @@ impl ServeArgs {
             .served_model_name
             .clone()
             .or_else(|| server.served_model_name.clone())
-            .or_else(|| (self.engine.model.is_none()).then(|| file.models.first().map(|m| m.name.clone())).flatten());
+            .or_else(|| {
+                (self.engine.model.is_none())
+                    .then(|| file.models.first().map(|m| m.name.clone()))
+                    .flatten()
+            });
         GatewayConfig {
             host: self.host.clone().unwrap_or_else(|| server.host.clone()),
             port: self.port.unwrap_or(server.port),
@@ -467,7 +483,11 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn sampling_params(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temperature, seed: self.seed, ..SamplingParams::greedy() }
+        SamplingParams {
+            temperature: self.temperature,
+            seed: self.seed,
+            ..SamplingParams::greedy()
+        }
     }
 }
 
@@ -511,21 +531,55 @@ mod tests {
     #[test]
     fn arguments_parse() {
         <Cli as clap::CommandFactory>::command().debug_assert();
-        let cli = Cli::try_parse_from(["hearth", "serve", "--port", "0", "--max-waiting", "1", "--ctx-size", "512"]).unwrap();
-        let Command::Serve(args) = cli.command else { panic!("expected serve") };
+        let cli = Cli::try_parse_from([
+            "hearth",
+            "serve",
+            "--port",
+            "0",
+            "--max-waiting",
+            "1",
+            "--ctx-size",
+            "512",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve")
+        };
         assert_eq!(args.port, Some(0));
         assert_eq!(args.engine.max_waiting, Some(1));
         assert_eq!(args.engine.ctx_size, Some(512));
         assert!(Cli::try_parse_from(["hearth", "serve", "--max-running", "0"]).is_err());
         assert!(Cli::try_parse_from(["hearth", "serve", "--max-waiting", "0"]).is_err());
-        assert!(Cli::try_parse_from(["hearth", "generate"]).is_err(), "--prompt is required");
-        let cli = Cli::try_parse_from(["hearth", "emulate", "dingtalk", "--port", "0", "--redelivery-secs", "5", "--ping-secs", "0"]).unwrap();
-        let Command::Emulate(EmulateArgs { platform: EmulatePlatform::Dingtalk(args) }) = cli.command else { panic!("expected emulate") };
+        assert!(
+            Cli::try_parse_from(["hearth", "generate"]).is_err(),
+            "--prompt is required"
+        );
+        let cli = Cli::try_parse_from([
+            "hearth",
+            "emulate",
+            "dingtalk",
+            "--port",
+            "0",
+            "--redelivery-secs",
+            "5",
+            "--ping-secs",
+            "0",
+        ])
+        .unwrap();
+        let Command::Emulate(EmulateArgs {
+            platform: EmulatePlatform::Dingtalk(args),
+        }) = cli.command
+        else {
+            panic!("expected emulate")
+        };
         let config = args.emulator_config();
         assert_eq!(config.redelivery_after, Duration::from_secs(5));
         assert_eq!(config.ping_interval, None);
         assert_eq!(config.client_id, emulator::dingtalk::DEFAULT_CLIENT_ID);
         let defaults = emulator::dingtalk::EmulatorConfig::default();
-        assert_eq!((config.webhook_messages_per_minute, config.webhook_throttle), (defaults.webhook_messages_per_minute, defaults.webhook_throttle));
+        assert_eq!(
+            (config.webhook_messages_per_minute, config.webhook_throttle),
+            (defaults.webhook_messages_per_minute, defaults.webhook_throttle)
+        );
     }
 }

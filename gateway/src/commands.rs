@@ -13,12 +13,15 @@ use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event
 use gateway::config::{self, Config};
 use gateway::dingtalk::DingTalkConnector;
 use gateway::doctor;
-use gateway::skills::SkillSet;
 use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
+use gateway::skills::SkillSet;
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
-use crate::cli::{AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, PullArgs, SamplingArgs, ServeArgs};
+use crate::cli::{
+    AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, PullArgs, SamplingArgs,
+    ServeArgs,
+};
 
 /// `hearth serve`.
 pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -27,20 +30,51 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
     let skills_config = config.skills.clone();
     let engine_config = args.engine.engine_config(config)?;
     let engine = load_engine(engine_config.clone())?;
-    let name = gateway_config.served_model_name.clone().unwrap_or_else(|| engine.info().name.clone());
+    let name = gateway_config
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| engine.info().name.clone());
     let fallback = match &config.routing.fallback {
         Some(fallback) => {
-            let entry = config.models.iter().find(|m| &m.name == fallback).expect("config validation checks the fallback names an entry");
+            let entry = config
+                .models
+                .iter()
+                .find(|m| &m.name == fallback)
+                .expect("config validation checks the fallback names an entry");
             let mut fallback_config = engine_config.clone();
             fallback_config.model_path = entry.path.clone();
-            let model = Arc::new(Loaded { name: fallback.as_str().into(), engine: load_engine(fallback_config)? });
-            Some(Fallback { model, after: Duration::from_secs_f64(config.routing.fallback_after_secs) })
+            let model = Arc::new(Loaded {
+                name: fallback.as_str().into(),
+                engine: load_engine(fallback_config)?,
+            });
+            Some(Fallback {
+                model,
+                after: Duration::from_secs_f64(config.routing.fallback_after_secs),
+            })
         }
         None => None,
     };
-    let catalog = config.models.iter().map(|m| CatalogEntry { name: m.name.clone(), path: m.path.clone() }).collect();
-    let router = Arc::new(ModelRouter::new(Arc::new(Loaded { name: name.into(), engine }), fallback, catalog, Some(engine_config)));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let catalog = config
+        .models
+        .iter()
+        .map(|m| CatalogEntry {
+            name: m.name.clone(),
+            path: m.path.clone(),
+        })
+        .collect();
+    let router = Arc::new(ModelRouter::new(
+        Arc::new(Loaded {
+            name: name.into(),
+            engine,
+        }),
+        fallback,
+        catalog,
+        Some(engine_config),
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&gateway_config)
             .await
@@ -55,8 +89,9 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
                 let skills = Arc::new(skills.context("invalid [skills]")?);
                 // Reload [skills] when the config file changes; the task ends with the process.
                 let _watcher = skills.watch(Duration::from_secs(2));
-                let connector =
-                    DingTalkConnector::start_with_skills(config, router.clone(), skills).await.context("cannot start the DingTalk connector")?;
+                let connector = DingTalkConnector::start_with_skills(config, router.clone(), skills)
+                    .await
+                    .context("cannot start the DingTalk connector")?;
                 tracing::info!(api = %base, "DingTalk connector started");
                 Some(connector)
             }
@@ -92,7 +127,10 @@ pub fn emulate_dingtalk(args: DingTalkEmulatorArgs) -> anyhow::Result<ExitCode> 
     let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("--host {} --port {} is not a socket address", args.host, args.port))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let dingtalk = emulator::dingtalk::DingTalkEmulator::start(config, addr).await?;
         let base = dingtalk.base_url();
@@ -115,7 +153,10 @@ pub fn generate(args: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode>
     let prompt = if args.raw {
         tokenizer.encode(&args.prompt, true)?
     } else {
-        let messages = [ChatMessage { role: "user".to_owned(), content: args.prompt.clone() }];
+        let messages = [ChatMessage {
+            role: "user".to_owned(),
+            content: args.prompt.clone(),
+        }];
         tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)?
     };
     let mut events = engine.submit(request(&engine, prompt, &args.sampling))?;
@@ -148,7 +189,10 @@ pub fn generate(args: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode>
 /// `hearth chat`: a current-thread runtime, so Ctrl-C can be raced against the token stream.
 pub fn chat(args: ChatArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let engine = load_engine(args.engine.engine_config(config)?)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let result = runtime.block_on(chat_loop(&engine, &args));
     engine.shutdown();
     result.map(|()| ExitCode::SUCCESS)
@@ -162,7 +206,9 @@ pub fn config(command: &ConfigCommand, file: Option<&Path>) -> anyhow::Result<Ex
             let loaded = Config::load(file)?;
             match file {
                 Some(file) => eprintln!("{}: ok", file.display()),
-                None => eprintln!("no config file (pass --config FILE or set HEARTH_CONFIG): defaults and environment: ok"),
+                None => {
+                    eprintln!("no config file (pass --config FILE or set HEARTH_CONFIG): defaults and environment: ok")
+                }
             }
             print!("{}", loaded.to_redacted_toml());
         }
@@ -173,7 +219,10 @@ pub fn config(command: &ConfigCommand, file: Option<&Path>) -> anyhow::Result<Ex
 /// `hearth doctor`: the report goes to stdout; exit status 1 when a check failed.
 pub fn doctor(args: DoctorArgs, config: Config, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let inputs = doctor::Inputs {
-        kv_cache_tokens: config.engine.kv_cache_tokens.unwrap_or_else(|| EngineConfig::new("").kv_cache_tokens),
+        kv_cache_tokens: config
+            .engine
+            .kv_cache_tokens
+            .unwrap_or_else(|| EngineConfig::new("").kv_cache_tokens),
         host: config.server.host.clone(),
         port: args.port.unwrap_or(config.server.port),
         model: args.model,
@@ -183,19 +232,28 @@ pub fn doctor(args: DoctorArgs, config: Config, config_path: Option<PathBuf>) ->
     };
     let report = doctor::run(&inputs);
     print!("{report}");
-    Ok(if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `hearth pull`: hf-hub's cache (`$HF_HOME`, else ~/.cache/huggingface) keeps the file; its path goes to
 /// stdout, so scripts can capture it. `HF_TOKEN` authenticates for gated repositories.
 pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(std::io::stderr().is_terminal()).build()?;
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(std::io::stderr().is_terminal())
+        .build()?;
     let repo = hf_hub::Repo::with_revision(args.repo.clone(), hf_hub::RepoType::Model, args.revision.clone());
-    let path = api
-        .repo(repo)
-        .get(&args.file)
-        .with_context(|| format!("cannot download {} from the Hugging Face repository {} ({})", args.file, args.repo, args.revision))?;
-    engine::inspect_model(&path).with_context(|| format!("downloaded {}, but it is not a model hearth runs", path.display()))?;
+    let path = api.repo(repo).get(&args.file).with_context(|| {
+        format!(
+            "cannot download {} from the Hugging Face repository {} ({})",
+            args.file, args.repo, args.revision
+        )
+    })?;
+    engine::inspect_model(&path)
+        .with_context(|| format!("downloaded {}, but it is not a model hearth runs", path.display()))?;
     println!("{}", path.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -209,11 +267,17 @@ enum Turn {
 async fn chat_loop(engine: &EngineHandle, args: &ChatArgs) -> anyhow::Result<()> {
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(system) = &args.system {
-        history.push(ChatMessage { role: "system".to_owned(), content: system.clone() });
+        history.push(ChatMessage {
+            role: "system".to_owned(),
+            content: system.clone(),
+        });
     }
     let kept_on_reset = history.len();
     let mut lines = stdin_lines();
-    eprintln!("Chatting with {}. /reset clears the history, /quit or Ctrl-D exits, Ctrl-C stops an answer.", engine.info().name);
+    eprintln!(
+        "Chatting with {}. /reset clears the history, /quit or Ctrl-D exits, Ctrl-C stops an answer.",
+        engine.info().name
+    );
     loop {
         print!("> ");
         io::stdout().flush()?;
@@ -236,9 +300,15 @@ async fn chat_loop(engine: &EngineHandle, args: &ChatArgs) -> anyhow::Result<()>
             }
             _ => {}
         }
-        history.push(ChatMessage { role: "user".to_owned(), content: line });
+        history.push(ChatMessage {
+            role: "user".to_owned(),
+            content: line,
+        });
         match chat_turn(engine, &history, &args.sampling).await {
-            Ok(Turn::Answered(answer)) => history.push(ChatMessage { role: "assistant".to_owned(), content: answer }),
+            Ok(Turn::Answered(answer)) => history.push(ChatMessage {
+                role: "assistant".to_owned(),
+                content: answer,
+            }),
             Ok(Turn::Cancelled) => {
                 history.pop();
                 eprintln!("(answer cancelled)");
@@ -257,7 +327,11 @@ async fn chat_loop(engine: &EngineHandle, args: &ChatArgs) -> anyhow::Result<()>
 
 /// Generate one answer to `history`, printing it as it streams. Ctrl-C drops the stream, which cancels the
 /// request in the engine.
-async fn chat_turn(engine: &EngineHandle, history: &[ChatMessage], sampling: &SamplingArgs) -> Result<Turn, EngineError> {
+async fn chat_turn(
+    engine: &EngineHandle,
+    history: &[ChatMessage],
+    sampling: &SamplingArgs,
+) -> Result<Turn, EngineError> {
     let (handle, messages) = (engine.clone(), history.to_vec());
     // Templating and tokenizing are CPU work: keep them off the async executor.
     let prompt = tokio::task::spawn_blocking(move || {
@@ -323,7 +397,10 @@ fn request(engine: &EngineHandle, prompt: Vec<u32>, sampling: &SamplingArgs) -> 
     GenerateRequest {
         prompt,
         sampling: sampling.sampling_params(),
-        stop: StopParams { max_tokens: sampling.max_tokens.min(room), ..StopParams::default() },
+        stop: StopParams {
+            max_tokens: sampling.max_tokens.min(room),
+            ..StopParams::default()
+        },
         logprobs: None,
     }
 }
@@ -356,10 +433,12 @@ pub fn audit_export(args: AuditExportArgs, config: &Config) -> anyhow::Result<Ex
         anyhow::bail!("the audit database {} does not exist", database.display());
     }
     let since = match &args.since {
-        Some(since) => gateway::audit::parse_since(since, gateway::sessions::now_ms()).map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        Some(since) => gateway::audit::parse_since(since, gateway::sessions::now_ms())
+            .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
         None => 0,
     };
-    let file = std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+    let file =
+        std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
     let count = gateway::audit::export(&database, args.format, since, io::BufWriter::new(file))?;
     tracing::info!(records = count, output = %args.output.display(), "audit log exported");
     Ok(ExitCode::SUCCESS)

@@ -19,7 +19,9 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use engine::{ChatMessage, Completion as EngineCompletion, EngineError, EngineHandle, Event, RequestStream, TokenLogprob};
+use engine::{
+    ChatMessage, Completion as EngineCompletion, EngineError, EngineHandle, Event, RequestStream, TokenLogprob,
+};
 use futures::Stream;
 use serde::Serialize;
 use tracing::{Instrument, Span};
@@ -58,7 +60,12 @@ pub async fn completions(
     let model = state.models.route();
     let prompt = match prompt {
         ValidPrompt::Tokens(ids) => ids,
-        ValidPrompt::Text(text) => on_blocking_pool(model.engine.clone(), move |engine| engine.tokenizer().encode(&text, true)).await?,
+        ValidPrompt::Text(text) => {
+            on_blocking_pool(model.engine.clone(), move |engine| {
+                engine.tokenizer().encode(&text, true)
+            })
+            .await?
+        }
     };
     let shape = Shape::new(Api::Completion, &request_id, &model);
     generate(model, shape, prompt, params).await
@@ -89,16 +96,30 @@ async fn on_blocking_pool<T: Send + 'static>(
 
 /// Submit and answer, as one JSON body or as an SSE stream. `model` is held until the response ends, so a
 /// model switch never stops its engine under it.
-async fn generate(model: Arc<Loaded>, shape: Shape, prompt: Vec<u32>, params: ValidParams) -> Result<Response, ApiError> {
+async fn generate(
+    model: Arc<Loaded>,
+    shape: Shape,
+    prompt: Vec<u32>,
+    params: ValidParams,
+) -> Result<Response, ApiError> {
     let engine = &model.engine;
     let stream = params.stream;
     let include_usage = params.include_usage;
     let want_logprobs = params.logprobs.is_some();
     let prompt_tokens = prompt.len();
     let request = params.into_request(prompt, engine.info().context_length);
-    tracing::debug!(prompt_tokens, max_tokens = request.stop.max_tokens, stream, "submitting");
+    tracing::debug!(
+        prompt_tokens,
+        max_tokens = request.stop.max_tokens,
+        stream,
+        "submitting"
+    );
     let events = engine.submit(request)?;
-    let output = Output { model, shape, want_logprobs };
+    let output = Output {
+        model,
+        shape,
+        want_logprobs,
+    };
     if stream {
         Ok(sse_response(events, output, include_usage).into_response())
     } else {
@@ -129,7 +150,12 @@ impl Shape {
             Api::Chat => "chatcmpl",
             Api::Completion => "cmpl",
         };
-        Self { api, id: format!("{prefix}-{}", request_id.0), created: unix_now(), model: model.name.to_string() }
+        Self {
+            api,
+            id: format!("{prefix}-{}", request_id.0),
+            created: unix_now(),
+            model: model.name.to_string(),
+        }
     }
 }
 
@@ -180,7 +206,10 @@ impl Output {
                 model: s.model.clone(),
                 choices: vec![ChatChoice {
                     index: 0,
-                    message: AssistantMessage { role: "assistant", content: text },
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: text,
+                    },
                     logprobs: self.chat_logprobs(&logprobs),
                     finish_reason,
                 }],
@@ -207,7 +236,14 @@ impl Output {
     /// The chunk that opens a chat stream (`delta: {role: "assistant"}`); completions have none.
     fn opening_chunk(&self) -> Option<SseEvent> {
         (self.shape.api == Api::Chat).then(|| {
-            self.chat_chunk(ChatDelta { role: Some("assistant"), content: None }, None, None)
+            self.chat_chunk(
+                ChatDelta {
+                    role: Some("assistant"),
+                    content: None,
+                },
+                None,
+                None,
+            )
         })
     }
 
@@ -220,7 +256,12 @@ impl Output {
                 self.chat_chunk(ChatDelta { role: None, content }, self.chat_logprobs(logprobs), finish)
             }
             Api::Completion => self.completion_chunk(
-                vec![CompletionChoice { index: 0, text, logprobs: self.completion_logprobs(logprobs), finish_reason: finish }],
+                vec![CompletionChoice {
+                    index: 0,
+                    text,
+                    logprobs: self.completion_logprobs(logprobs),
+                    finish_reason: finish,
+                }],
                 None,
             ),
         }
@@ -247,7 +288,12 @@ impl Output {
             object: "chat.completion.chunk",
             created: self.shape.created,
             model: self.shape.model.clone(),
-            choices: vec![ChatChunkChoice { index: 0, delta, logprobs, finish_reason: finish }],
+            choices: vec![ChatChunkChoice {
+                index: 0,
+                delta,
+                logprobs,
+                finish_reason: finish,
+            }],
             usage: None,
         })
     }
@@ -278,7 +324,11 @@ impl Output {
                             .iter()
                             .map(|&(id, logprob)| {
                                 let token = self.token_text(id);
-                                TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob }
+                                TopLogprob {
+                                    bytes: token.as_bytes().to_vec(),
+                                    token,
+                                    logprob,
+                                }
                             })
                             .collect(),
                     }
@@ -293,7 +343,12 @@ impl Output {
             for (offset, lp) in logprobs {
                 out.tokens.push(self.token_text(lp.token_id));
                 out.token_logprobs.push(lp.logprob);
-                out.top_logprobs.push(lp.top.iter().map(|&(id, logprob)| (self.token_text(id), logprob)).collect());
+                out.top_logprobs.push(
+                    lp.top
+                        .iter()
+                        .map(|&(id, logprob)| (self.token_text(id), logprob))
+                        .collect(),
+                );
                 out.text_offset.push(*offset);
             }
             out
@@ -303,10 +358,14 @@ impl Output {
     /// One token's text. Decoding a single id is a table lookup, cheap enough for the async executor.
     /// A token that is part of a multi-byte character decodes to U+FFFD, as in other servers.
     fn token_text(&self, id: u32) -> String {
-        self.model.engine.tokenizer().decode(&[id], false).unwrap_or_else(|err| {
-            tracing::warn!(token_id = id, cause = %err, "cannot decode a log-probability token");
-            String::new()
-        })
+        self.model
+            .engine
+            .tokenizer()
+            .decode(&[id], false)
+            .unwrap_or_else(|err| {
+                tracing::warn!(token_id = id, cause = %err, "cannot decode a log-probability token");
+                String::new()
+            })
     }
 }
 
@@ -363,19 +422,22 @@ impl SseState {
             }
             match self.events.next().await {
                 Some(Event::Token(chunk)) => {
-                    self.pending_logprobs.extend(chunk.logprob.map(|lp| (self.text_len, lp)));
+                    self.pending_logprobs
+                        .extend(chunk.logprob.map(|lp| (self.text_len, lp)));
                     // Empty deltas (half a character, a held-back stop string) are not sent.
                     if !chunk.text.is_empty() {
                         self.text_len += chunk.text.len();
                         let logprobs = std::mem::take(&mut self.pending_logprobs);
-                        self.queue.push_back(self.output.delta_chunk(chunk.text, &logprobs, None));
+                        self.queue
+                            .push_back(self.output.delta_chunk(chunk.text, &logprobs, None));
                     }
                 }
                 Some(Event::Finished(done)) => {
                     log_finished(&done);
                     let logprobs = std::mem::take(&mut self.pending_logprobs);
                     let finish = openai::finish_reason(done.reason);
-                    self.queue.push_back(self.output.delta_chunk(String::new(), &logprobs, Some(finish)));
+                    self.queue
+                        .push_back(self.output.delta_chunk(String::new(), &logprobs, Some(finish)));
                     if self.include_usage {
                         self.queue.push_back(self.output.usage_chunk(done.usage.into()));
                     }

@@ -108,7 +108,10 @@ pub struct RoutingSection {
 
 impl Default for RoutingSection {
     fn default() -> Self {
-        Self { fallback: None, fallback_after_secs: 3.0 }
+        Self {
+            fallback: None,
+            fallback_after_secs: 3.0,
+        }
     }
 }
 
@@ -124,7 +127,10 @@ pub struct LogSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".to_owned() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
     }
 }
 
@@ -177,7 +183,11 @@ pub enum ConfigError {
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
     #[error("invalid configuration: `{key}` in {origin}: {reason}")]
-    Invalid { key: String, origin: String, reason: String },
+    Invalid {
+        key: String,
+        origin: String,
+        reason: String,
+    },
     #[error("invalid configuration: `{key}` {problem}")]
     Value { key: String, problem: String },
 }
@@ -189,7 +199,10 @@ impl Config {
     }
 
     /// [`Config::load`] with the environment given explicitly (tests must not mutate the process's).
-    pub fn load_with_env(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.is_file() {
@@ -199,8 +212,12 @@ impl Config {
         }
         let mut from_env = Vec::new();
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
-            let Some((section, field)) = rest.split_once("__") else { continue };
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, field)) = rest.split_once("__") else {
+                continue;
+            };
             let path = format!("{}.{}", section.to_ascii_lowercase(), field.to_ascii_lowercase());
             figment = figment.merge(Serialized::global(&path, env_value(&value)));
             from_env.push((path, key));
@@ -208,20 +225,35 @@ impl Config {
         let config: Config = figment.extract().map_err(|err| {
             let key = err.path.join(".");
             // Name the variable when the bad value came from the environment, else the file.
-            let origin = match from_env.iter().find(|(p, _)| *p == key || p.starts_with(&format!("{key}."))) {
+            let origin = match from_env
+                .iter()
+                .find(|(p, _)| *p == key || p.starts_with(&format!("{key}.")))
+            {
                 Some((_, var)) => format!("the environment variable {var}"),
                 None => file.map_or_else(|| "the defaults".to_owned(), |f| f.display().to_string()),
             };
-            ConfigError::Invalid { key, origin, reason: err.kind.to_string() }
+            ConfigError::Invalid {
+                key,
+                origin,
+                reason: err.kind.to_string(),
+            }
         })?;
         config.validate()?;
-        config.skills.validate().map_err(|e| ConfigError::Value { key: "skills".to_owned(), problem: e.to_string() })?;
+        config.skills.validate().map_err(|e| ConfigError::Value {
+            key: "skills".to_owned(),
+            problem: e.to_string(),
+        })?;
         Ok(config)
     }
 
     /// Checks serde cannot express: positive sizes, unique model names, a usable admin token.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, problem: &str| Err(ConfigError::Value { key: key.to_owned(), problem: problem.to_owned() });
+        let invalid = |key: &str, problem: &str| {
+            Err(ConfigError::Value {
+                key: key.to_owned(),
+                problem: problem.to_owned(),
+            })
+        };
         let engine = [
             ("engine.max_batch_tokens", self.engine.max_batch_tokens),
             ("engine.max_running", self.engine.max_running),
@@ -245,7 +277,10 @@ impl Config {
         }
         if let Some(fallback) = &self.routing.fallback {
             if !self.models.iter().any(|m| &m.name == fallback) {
-                return invalid("routing.fallback", &format!("names {fallback:?}, which is not a [[models]] entry"));
+                return invalid(
+                    "routing.fallback",
+                    &format!("names {fallback:?}, which is not a [[models]] entry"),
+                );
             }
         }
         if !(self.routing.fallback_after_secs.is_finite() && self.routing.fallback_after_secs >= 0.0) {
@@ -256,7 +291,10 @@ impl Config {
                 return invalid(&format!("models[{i}].name"), "must not be empty");
             }
             if self.models[..i].iter().any(|m| m.name == model.name) {
-                return invalid(&format!("models[{i}].name"), &format!("repeats the name {:?}", model.name));
+                return invalid(
+                    &format!("models[{i}].name"),
+                    &format!("repeats the name {:?}", model.name),
+                );
             }
             if let Some(sum) = &model.sha256 {
                 if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -312,17 +350,35 @@ mod tests {
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, value) in &defaults {
             let Some(table) = value.as_table() else { continue };
-            assert!(EXAMPLE.contains(&format!("[{section}]")), "section [{section}] is not in the example");
+            assert!(
+                EXAMPLE.contains(&format!("[{section}]")),
+                "section [{section}] is not in the example"
+            );
             for key in table.keys() {
-                assert!(EXAMPLE.contains(&format!("{key} =")), "{section}.{key} is not in the example");
+                assert!(
+                    EXAMPLE.contains(&format!("{key} =")),
+                    "{section}.{key} is not in the example"
+                );
             }
         }
         // [dingtalk] is absent by default, so its keys are checked from the connector's own defaults.
         let dingtalk = toml::Table::try_from(crate::dingtalk::DingTalkConfig::default()).unwrap();
         for key in dingtalk.keys() {
-            assert!(EXAMPLE.contains(&format!("# {key} =")), "dingtalk.{key} is not in the example");
+            assert!(
+                EXAMPLE.contains(&format!("# {key} =")),
+                "dingtalk.{key} is not in the example"
+            );
         }
-        for key in ["served_model_name", "api_keys", "admin_token", "max_batch_tokens", "ctx_size", "[[models]]", "sha256", "fallback ="] {
+        for key in [
+            "served_model_name",
+            "api_keys",
+            "admin_token",
+            "max_batch_tokens",
+            "ctx_size",
+            "[[models]]",
+            "sha256",
+            "fallback =",
+        ] {
             assert!(EXAMPLE.contains(key), "{key} is not in the example");
         }
     }
@@ -330,7 +386,10 @@ mod tests {
     #[test]
     fn file_then_environment() {
         let file = write("[server]\nport = 9000\nhost = \"0.0.0.0\"\n[engine]\nmax_running = 8\n[[models]]\nname = \"a\"\npath = \"/m/a.gguf\"\n");
-        let env = [("HEARTH_SERVER__PORT".to_owned(), "9100".to_owned()), ("HEARTH_MODEL".to_owned(), "/x".to_owned())];
+        let env = [
+            ("HEARTH_SERVER__PORT".to_owned(), "9100".to_owned()),
+            ("HEARTH_MODEL".to_owned(), "/x".to_owned()),
+        ];
         let config = Config::load_with_env(Some(file.path()), env).unwrap();
         assert_eq!(config.server.port, 9100, "the environment overrides the file");
         assert_eq!(config.server.host, "0.0.0.0");
@@ -348,7 +407,10 @@ mod tests {
             ("[server]\nport = 70000\n", "port"),
             ("[engine]\nmax_running = 0\n", "engine.max_running"),
             ("[log]\nformat = \"xml\"\n", "format"),
-            ("[[models]]\nname = \"a\"\npath = \"a\"\n[[models]]\nname = \"a\"\npath = \"b\"\n", "models[1].name"),
+            (
+                "[[models]]\nname = \"a\"\npath = \"a\"\n[[models]]\nname = \"a\"\npath = \"b\"\n",
+                "models[1].name",
+            ),
             ("[[models]]\nname = \"a\"\n", "path"),
             ("[server]\nadmin_token = \"short\"\n", "server.admin_token"),
             ("[serve]\nport = 1\n", "serve"),

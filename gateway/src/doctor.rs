@@ -66,7 +66,11 @@ pub struct Report {
 
 impl Report {
     fn push(&mut self, check: &'static str, status: Status, message: impl Into<String>) {
-        self.findings.push(Finding { check, status, message: message.into() });
+        self.findings.push(Finding {
+            check,
+            status,
+            message: message.into(),
+        });
     }
 
     /// Whether any check failed.
@@ -113,13 +117,25 @@ fn check_cpu(report: &mut Report, cpuinfo: &Path) {
     };
     let flags: Vec<&str> = text
         .lines()
-        .find_map(|line| line.strip_prefix("flags").and_then(|rest| rest.split_once(':')).map(|(_, f)| f))
+        .find_map(|line| {
+            line.strip_prefix("flags")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, f)| f)
+        })
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let missing: Vec<&str> = REQUIRED_CPU_FLAGS.iter().copied().filter(|flag| !flags.contains(flag)).collect();
+    let missing: Vec<&str> = REQUIRED_CPU_FLAGS
+        .iter()
+        .copied()
+        .filter(|flag| !flags.contains(flag))
+        .collect();
     if !missing.is_empty() {
-        let names = missing.iter().map(|f| f.to_ascii_uppercase()).collect::<Vec<_>>().join(", ");
+        let names = missing
+            .iter()
+            .map(|f| f.to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(", ");
         return report.push(
             "cpu",
             Status::Fail,
@@ -130,17 +146,31 @@ fn check_cpu(report: &mut Report, cpuinfo: &Path) {
         );
     }
     let cores = text.lines().filter(|l| l.starts_with("processor")).count();
-    let avx512 = if flags.contains(&"avx512f") { "; AVX-512 present" } else { "" };
-    report.push("cpu", Status::Ok, format!("AVX2, FMA, F16C, BMI2 present, {cores} logical cores{avx512}"));
+    let avx512 = if flags.contains(&"avx512f") {
+        "; AVX-512 present"
+    } else {
+        ""
+    };
+    report.push(
+        "cpu",
+        Status::Ok,
+        format!("AVX2, FMA, F16C, BMI2 present, {cores} logical cores{avx512}"),
+    );
 }
 
 fn check_gpu(report: &mut Report) {
     let output = Command::new("nvidia-smi")
-        .args(["--query-gpu=name,driver_version,memory.free,memory.total", "--format=csv,noheader,nounits"])
+        .args([
+            "--query-gpu=name,driver_version,memory.free,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
         .output();
     match output {
         Ok(out) if out.status.success() => {
-            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
+            for line in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
                 let fields: Vec<&str> = line.split(',').map(str::trim).collect();
                 if let [name, driver, free, total] = fields[..] {
                     let build = if engine::Device::CUDA_BUILT {
@@ -148,16 +178,28 @@ fn check_gpu(report: &mut Report) {
                     } else {
                         "this build is CPU-only: ./install.sh --cuda builds the CUDA one"
                     };
-                    report.push("gpu", Status::Note, format!("{name}, driver {driver}, {free} MiB free of {total} MiB; {build}"));
+                    report.push(
+                        "gpu",
+                        Status::Note,
+                        format!("{name}, driver {driver}, {free} MiB free of {total} MiB; {build}"),
+                    );
                 }
             }
         }
         Ok(out) => report.push(
             "gpu",
             Status::Fail,
-            format!("nvidia-smi failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            format!(
+                "nvidia-smi failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         ),
-        Err(_) => report.push("gpu", Status::Note, "no NVIDIA GPU found (no nvidia-smi): running on the CPU"),
+        Err(_) => report.push(
+            "gpu",
+            Status::Note,
+            "no NVIDIA GPU found (no nvidia-smi): running on the CPU",
+        ),
     }
 }
 
@@ -171,7 +213,12 @@ fn model_files(inputs: &Inputs) -> Vec<(PathBuf, Option<String>)> {
         return vec![(PathBuf::from(path), None)];
     }
     if !inputs.config.models.is_empty() {
-        return inputs.config.models.iter().map(|m| (m.path.clone(), m.sha256.clone())).collect();
+        return inputs
+            .config
+            .models
+            .iter()
+            .map(|m| (m.path.clone(), m.sha256.clone()))
+            .collect();
     }
     match model_path::default_model_path() {
         Ok(path) => vec![(path, Some(model_path::DEFAULT_MODEL_SHA256.to_owned()))],
@@ -182,13 +229,21 @@ fn model_files(inputs: &Inputs) -> Vec<(PathBuf, Option<String>)> {
 fn check_models(report: &mut Report, inputs: &Inputs) {
     let files = model_files(inputs);
     if files.is_empty() {
-        return report.push("model", Status::Fail, "no model configured and no default models folder (set HOME or HEARTH_MODELS_DIR)");
+        return report.push(
+            "model",
+            Status::Fail,
+            "no model configured and no default models folder (set HOME or HEARTH_MODELS_DIR)",
+        );
     }
     let available = mem_available_bytes();
     for (path, expected_sha) in files {
         let shown = path.display();
         if !path.is_file() {
-            report.push("model", Status::Fail, format!("{shown} does not exist (fetch it, or fix the path in [[models]] / --model)"));
+            report.push(
+                "model",
+                Status::Fail,
+                format!("{shown} does not exist (fetch it, or fix the path in [[models]] / --model)"),
+            );
             continue;
         }
         let summary = match engine::inspect_model(&path) {
@@ -204,14 +259,24 @@ fn check_models(report: &mut Report, inputs: &Inputs) {
                 report.push("model", Status::Ok, format!("{shown}: SHA-256 matches"));
             }
             Some((Ok(actual), expected)) => {
-                report.push("model", Status::Fail, format!("{shown}: SHA-256 is {actual}, expected {expected}: the file is damaged or a different file"));
+                report.push(
+                    "model",
+                    Status::Fail,
+                    format!(
+                        "{shown}: SHA-256 is {actual}, expected {expected}: the file is damaged or a different file"
+                    ),
+                );
                 continue;
             }
             Some((Err(err), _)) => {
                 report.push("model", Status::Fail, format!("cannot read {shown}: {err}"));
                 continue;
             }
-            None => report.push("model", Status::Note, format!("{shown}: no checksum configured (models[].sha256 or {shown}.sha256); structure checked")),
+            None => report.push(
+                "model",
+                Status::Note,
+                format!("{shown}: no checksum configured (models[].sha256 or {shown}.sha256); structure checked"),
+            ),
         }
         let kv = summary.kv_bytes_per_token as u64 * inputs.kv_cache_tokens as u64;
         let needed = summary.file_bytes + kv;
@@ -237,7 +302,11 @@ fn check_models(report: &mut Report, inputs: &Inputs) {
 
 fn check_config_file(report: &mut Report, path: Option<&Path>) {
     let Some(path) = path else {
-        return report.push("config", Status::Note, "no config file (--config or HEARTH_CONFIG): using defaults and HEARTH_* variables");
+        return report.push(
+            "config",
+            Status::Note,
+            "no config file (--config or HEARTH_CONFIG): using defaults and HEARTH_* variables",
+        );
     };
     match fs::metadata(path) {
         Ok(meta) => {
@@ -246,10 +315,18 @@ fn check_config_file(report: &mut Report, path: Option<&Path>) {
                 report.push(
                     "config",
                     Status::Fail,
-                    format!("{} is readable by other users (mode {mode:04o}) and may hold secrets: run `chmod 600 {}`", path.display(), path.display()),
+                    format!(
+                        "{} is readable by other users (mode {mode:04o}) and may hold secrets: run `chmod 600 {}`",
+                        path.display(),
+                        path.display()
+                    ),
                 );
             } else {
-                report.push("config", Status::Ok, format!("{} is valid, mode {mode:04o}", path.display()));
+                report.push(
+                    "config",
+                    Status::Ok,
+                    format!("{} is valid, mode {mode:04o}", path.display()),
+                );
             }
         }
         Err(err) => report.push("config", Status::Fail, format!("cannot read {}: {err}", path.display())),
@@ -275,13 +352,21 @@ fn check_data_dir(report: &mut Report, dir: &Path) {
     match File::create(&probe) {
         Ok(_) => {
             let _ = fs::remove_file(&probe);
-            let state = if existing == dir { "is writable" } else { "will be created (its parent is writable)" };
+            let state = if existing == dir {
+                "is writable"
+            } else {
+                "will be created (its parent is writable)"
+            };
             report.push("data", Status::Ok, format!("{} {state}", dir.display()));
         }
         Err(err) => report.push(
             "data",
             Status::Fail,
-            format!("{} is not writable ({}: {err}); fix its owner or set data.dir", dir.display(), existing.display()),
+            format!(
+                "{} is not writable ({}: {err}); fix its owner or set data.dir",
+                dir.display(),
+                existing.display()
+            ),
         ),
     }
 }
@@ -295,25 +380,45 @@ fn check_dingtalk(report: &mut Report, config: Option<&DingTalkConfig>) {
     if let Err(err) = config.validate() {
         return report.push("im", Status::Fail, format!("{err} (in the [dingtalk] section)"));
     }
-    let checked = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string()).and_then(|runtime| {
-        runtime.block_on(async {
-            let api = OpenApi::new(config.clone()).map_err(|e| e.to_string())?;
-            let within = |what| format!("no answer from {} within 15 s ({what})", config.api_base_url);
-            match tokio::time::timeout(Duration::from_secs(15), api.check_credentials()).await {
-                Ok(result) => result.map_err(|e| e.to_string())?,
-                Err(_) => return Err(within("access token")),
-            }
-            tokio::time::timeout(Duration::from_secs(15), api.probe_permissions()).await.map_err(|_| within("permission probes"))
-        })
-    });
+    let checked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let api = OpenApi::new(config.clone()).map_err(|e| e.to_string())?;
+                let within = |what| format!("no answer from {} within 15 s ({what})", config.api_base_url);
+                match tokio::time::timeout(Duration::from_secs(15), api.check_credentials()).await {
+                    Ok(result) => result.map_err(|e| e.to_string())?,
+                    Err(_) => return Err(within("access token")),
+                }
+                tokio::time::timeout(Duration::from_secs(15), api.probe_permissions())
+                    .await
+                    .map_err(|_| within("permission probes"))
+            })
+        });
     let verdicts = match checked {
         Ok(verdicts) => verdicts,
         Err(err) => {
-            let hint = format!("check app_key/app_secret and the network path to {}", config.api_base_url);
-            return report.push("im", Status::Fail, format!("DingTalk app {}: {err}; {hint}", config.app_key));
+            let hint = format!(
+                "check app_key/app_secret and the network path to {}",
+                config.api_base_url
+            );
+            return report.push(
+                "im",
+                Status::Fail,
+                format!("DingTalk app {}: {err}; {hint}", config.app_key),
+            );
         }
     };
-    report.push("im", Status::Ok, format!("DingTalk accepts app {} at {} (access token issued)", config.app_key, config.api_base_url));
+    report.push(
+        "im",
+        Status::Ok,
+        format!(
+            "DingTalk accepts app {} at {} (access token issued)",
+            config.app_key, config.api_base_url
+        ),
+    );
     for (permission, verdict) in verdicts {
         match verdict {
             Ok(true) => report.push("im", Status::Ok, format!("DingTalk grants the `{permission}` permission")),

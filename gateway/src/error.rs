@@ -83,12 +83,21 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), param: None, code: None }
+        Self {
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
     }
 
     /// A 400 naming the parameter at fault.
     pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { param: Some(param.into()), code: Some("invalid_value"), ..Self::new(ErrorKind::InvalidRequest, message) }
+        Self {
+            param: Some(param.into()),
+            code: Some("invalid_value"),
+            ..Self::new(ErrorKind::InvalidRequest, message)
+        }
     }
 
     pub fn with_code(mut self, code: &'static str) -> Self {
@@ -99,8 +108,11 @@ impl ApiError {
     /// A 500 whose cause is logged here, in the current span, and never shown to the client.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(cause = %cause, "internal error");
-        Self::new(ErrorKind::Internal, "The server had an error while processing your request.")
-            .with_code("internal_error")
+        Self::new(
+            ErrorKind::Internal,
+            "The server had an error while processing your request.",
+        )
+        .with_code("internal_error")
     }
 
     pub fn status(&self) -> StatusCode {
@@ -132,12 +144,16 @@ impl std::error::Error for ApiError {}
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
         match &err {
-            EngineError::Overloaded { .. } => ApiError::new(ErrorKind::Overloaded, err.to_string()).with_code("overloaded"),
+            EngineError::Overloaded { .. } => {
+                ApiError::new(ErrorKind::Overloaded, err.to_string()).with_code("overloaded")
+            }
             EngineError::ContextTooLong { .. } => {
                 ApiError::new(ErrorKind::InvalidRequest, err.to_string()).with_code("context_length_exceeded")
             }
             EngineError::InvalidParameter { name, .. } => ApiError::invalid_param(*name, err.to_string()),
-            EngineError::EmptyPrompt => ApiError::new(ErrorKind::InvalidRequest, err.to_string()).with_code("empty_prompt"),
+            EngineError::EmptyPrompt => {
+                ApiError::new(ErrorKind::InvalidRequest, err.to_string()).with_code("empty_prompt")
+            }
             EngineError::InvalidToken { .. } => ApiError::invalid_param("prompt", format!("invalid `prompt`: {err}")),
             // The template's own message (for example "roles must alternate") is about the client's input.
             EngineError::Template(_) => ApiError::invalid_param("messages", err.to_string()),
@@ -183,9 +199,13 @@ where
         }
         let body = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorKind::PayloadTooLarge, "The request body is too large.").with_code("request_too_large")
+                ApiError::new(ErrorKind::PayloadTooLarge, "The request body is too large.")
+                    .with_code("request_too_large")
             } else {
-                ApiError::new(ErrorKind::InvalidRequest, format!("Could not read the request body: {}", rejection.body_text()))
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("Could not read the request body: {}", rejection.body_text()),
+                )
             }
         })?;
         parse_json(&body).map(ApiJson)
@@ -206,16 +226,26 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                     Some(p) => format!("Invalid value for `{p}`: {inner}"),
                     None => format!("Invalid request body: {inner}"),
                 };
-                ApiError { param, ..ApiError::new(ErrorKind::InvalidRequest, message).with_code("invalid_value") }
+                ApiError {
+                    param,
+                    ..ApiError::new(ErrorKind::InvalidRequest, message).with_code("invalid_value")
+                }
             }
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof | serde_json::error::Category::Io => {
-                ApiError::new(ErrorKind::InvalidRequest, format!("The request body is not valid JSON: {inner}"))
-                    .with_code("invalid_json")
-            }
+            serde_json::error::Category::Syntax
+            | serde_json::error::Category::Eof
+            | serde_json::error::Category::Io => ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("The request body is not valid JSON: {inner}"),
+            )
+            .with_code("invalid_json"),
         }
     })?;
     de.end().map_err(|err| {
-        ApiError::new(ErrorKind::InvalidRequest, format!("The request body is not valid JSON: {err}")).with_code("invalid_json")
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("The request body is not valid JSON: {err}"),
+        )
+        .with_code("invalid_json")
     })?;
     Ok(value)
 }
@@ -258,8 +288,16 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        check(r#"{"messages": [], "temperature": "hot"}"#, Some("temperature"), "invalid_value");
-        check(r#"{"messages": [{"role": 1}]}"#, Some("messages[0].role"), "invalid_value");
+        check(
+            r#"{"messages": [], "temperature": "hot"}"#,
+            Some("temperature"),
+            "invalid_value",
+        );
+        check(
+            r#"{"messages": [{"role": 1}]}"#,
+            Some("messages[0].role"),
+            "invalid_value",
+        );
         check(r#"{"temperature": 1}"#, None, "invalid_value");
         check(r#"{"messages": [}"#, None, "invalid_json");
         check(r#"{"messages": []} x"#, None, "invalid_json");

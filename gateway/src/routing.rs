@@ -57,17 +57,39 @@ pub struct ModelRouter {
 impl ModelRouter {
     /// A router with one model and no catalog: nothing to switch to.
     pub fn single(name: impl Into<Arc<str>>, engine: EngineHandle) -> Self {
-        Self::new(Arc::new(Loaded { name: name.into(), engine }), None, Vec::new(), None)
+        Self::new(
+            Arc::new(Loaded {
+                name: name.into(),
+                engine,
+            }),
+            None,
+            Vec::new(),
+            None,
+        )
     }
 
     /// `active` serves at start; `catalog` names what the admin API may load, with `template`'s limits.
-    pub fn new(active: Arc<Loaded>, fallback: Option<Fallback>, catalog: Vec<CatalogEntry>, template: Option<EngineConfig>) -> Self {
-        Self { active: RwLock::new(active), fallback, catalog, template, switching: tokio::sync::Mutex::new(()) }
+    pub fn new(
+        active: Arc<Loaded>,
+        fallback: Option<Fallback>,
+        catalog: Vec<CatalogEntry>,
+        template: Option<EngineConfig>,
+    ) -> Self {
+        Self {
+            active: RwLock::new(active),
+            fallback,
+            catalog,
+            template,
+            switching: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The active model.
     pub fn active(&self) -> Arc<Loaded> {
-        self.active.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.active
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The model a new request goes to: the fallback while the active model's queue wait is over the
@@ -97,10 +119,19 @@ impl ModelRouter {
     /// Returns the previous model's name. Loading takes seconds; requests keep flowing meanwhile.
     pub async fn switch(&self, name: &str) -> Result<Arc<str>, SwitchError> {
         let _one_at_a_time = self.switching.lock().await;
-        let entry = self.catalog.iter().find(|e| e.name == name).ok_or_else(|| SwitchError::Unknown {
-            name: name.to_owned(),
-            known: self.catalog.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "),
-        })?;
+        let entry = self
+            .catalog
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| SwitchError::Unknown {
+                name: name.to_owned(),
+                known: self
+                    .catalog
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
         let current = self.active();
         if *current.name == *name {
             return Ok(current.name.clone());
@@ -110,9 +141,21 @@ impl ModelRouter {
         let load_name = name.to_owned();
         let engine = tokio::task::spawn_blocking(move || Engine::load(config))
             .await
-            .map_err(|join| SwitchError::Load { name: load_name.clone(), source: EngineError::Load { path: join.to_string(), reason: "the loader panicked".into() } })?
-            .map_err(|source| SwitchError::Load { name: load_name, source })?;
-        let loaded = Arc::new(Loaded { name: name.into(), engine });
+            .map_err(|join| SwitchError::Load {
+                name: load_name.clone(),
+                source: EngineError::Load {
+                    path: join.to_string(),
+                    reason: "the loader panicked".into(),
+                },
+            })?
+            .map_err(|source| SwitchError::Load {
+                name: load_name,
+                source,
+            })?;
+        let loaded = Arc::new(Loaded {
+            name: name.into(),
+            engine,
+        });
         let previous = std::mem::replace(&mut *self.active.write().unwrap_or_else(|p| p.into_inner()), loaded);
         tracing::info!(from = %previous.name, to = %name, "switched the active model");
         let previous_name = previous.name.clone();

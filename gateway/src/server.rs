@@ -28,11 +28,11 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::console::{self, ConsoleState, ImLink};
-use crate::{admin, completions};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
-use crate::routing::ModelRouter;
 use crate::openai::{ModelCard, ModelList};
+use crate::routing::ModelRouter;
+use crate::{admin, completions};
 
 /// Where and how to serve. Defaults are the `hearth serve` defaults.
 #[derive(Debug, Clone)]
@@ -90,7 +90,10 @@ pub struct AppState {
 impl AppState {
     /// State serving one model, named `config.served_model_name` or after its file.
     pub fn new(engine: EngineHandle, config: &GatewayConfig) -> Self {
-        let model_name = config.served_model_name.clone().unwrap_or_else(|| engine.info().name.clone());
+        let model_name = config
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| engine.info().name.clone());
         Self::with_router(ModelRouter::single(model_name, engine), config)
     }
 
@@ -118,7 +121,10 @@ impl AppState {
     /// This state with the IM connectors `platforms` shown by the console and reached by the admin API.
     pub fn with_platforms(self, platforms: Vec<ImLink>) -> Self {
         let console = ConsoleState::new(self.console.emulator_url.clone(), platforms);
-        Self { console: Arc::new(console), ..self }
+        Self {
+            console: Arc::new(console),
+            ..self
+        }
     }
 }
 
@@ -170,7 +176,9 @@ pub async fn serve(
         // An error means the sender is gone, which only happens when `serve` itself is returning.
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(graceful).into_future();
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(graceful)
+        .into_future();
     let mut server = tokio::spawn(server);
 
     tokio::select! {
@@ -180,7 +188,10 @@ pub async fn serve(
         }
         () = shutdown => {}
     }
-    tracing::info!(drain_timeout_s = drain_timeout.as_secs_f64(), "shutting down: no new connections; draining in-flight requests");
+    tracing::info!(
+        drain_timeout_s = drain_timeout.as_secs_f64(),
+        "shutting down: no new connections; draining in-flight requests"
+    );
     ready.store(false, Ordering::Relaxed);
     // Ignore a send error: it means the server task already finished, which `server` below reports.
     let _ = stop_accepting.send(true);
@@ -268,7 +279,11 @@ async fn request_span(mut req: Request, next: Next) -> Response {
                 ApiError::internal(&format_args!("handler panicked: {cause}")).into_response()
             }
         };
-        tracing::info!(status = response.status().as_u16(), latency_ms = started.elapsed().as_millis() as u64, "response");
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "response"
+        );
         metrics::http_response(&route, response.status().as_u16());
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert("x-request-id", value);
@@ -286,12 +301,20 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
     }
     match bearer_token(&req) {
         // Compare with every key, so the timing does not tell which one (or whether any) matched early.
-        Some(key) if state.api_keys.iter().fold(false, |hit, k| constant_time_eq(key.as_bytes(), k.as_bytes()) | hit) => {
+        Some(key)
+            if state
+                .api_keys
+                .iter()
+                .fold(false, |hit, k| constant_time_eq(key.as_bytes(), k.as_bytes()) | hit) =>
+        {
             next.run(req).await
         }
-        _ => ApiError::new(ErrorKind::Authentication, "Missing or incorrect API key: send `Authorization: Bearer <key>`.")
-            .with_code("invalid_api_key")
-            .into_response(),
+        _ => ApiError::new(
+            ErrorKind::Authentication,
+            "Missing or incorrect API key: send `Authorization: Bearer <key>`.",
+        )
+        .with_code("invalid_api_key")
+        .into_response(),
     }
 }
 
@@ -371,7 +394,11 @@ impl From<&engine::EngineStats> for EngineLoad {
 
 async fn health(State(state): State<AppState>) -> Json<Health> {
     let active = state.models.active();
-    Json(Health { status: "ok", model: active.name.to_string(), load: EngineLoad::from(&active.engine.stats()) })
+    Json(Health {
+        status: "ok",
+        model: active.name.to_string(),
+        load: EngineLoad::from(&active.engine.stats()),
+    })
 }
 
 /// `GET /healthz`: liveness. The process is up and its HTTP server answers.
@@ -395,14 +422,25 @@ async fn metrics_page(State(state): State<AppState>) -> Response {
         return ApiError::internal(&"metrics are unavailable: another recorder was installed").into_response();
     };
     metrics::observe_engine(&state.models.active().engine.stats());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        handle.render(),
+    )
+        .into_response()
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(ErrorKind::NotFound, format!("Unknown request URL: {method} {}.", uri.path())).with_code("unknown_url")
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("Unknown request URL: {method} {}.", uri.path()),
+    )
+    .with_code("unknown_url")
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(ErrorKind::MethodNotAllowed, format!("Method {method} is not allowed for {}.", uri.path()))
-        .with_code("method_not_allowed")
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("Method {method} is not allowed for {}.", uri.path()),
+    )
+    .with_code("method_not_allowed")
 }

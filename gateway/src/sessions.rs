@@ -25,7 +25,10 @@ pub enum DbError {
 }
 
 /// Run `work` on the blocking pool with the connection locked.
-pub async fn run<T: Send + 'static>(conn: &SharedConnection, work: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static) -> Result<T, DbError> {
+pub async fn run<T: Send + 'static>(
+    conn: &SharedConnection,
+    work: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+) -> Result<T, DbError> {
     let conn = conn.clone();
     tokio::task::spawn_blocking(move || {
         let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -38,7 +41,10 @@ pub async fn run<T: Send + 'static>(conn: &SharedConnection, work: impl FnOnce(&
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Conversation histories.
@@ -66,14 +72,21 @@ impl SessionStore {
              );
              CREATE INDEX IF NOT EXISTS session_turns_key ON session_turns (key, id);",
         )?;
-        Ok(Self { conn, idle_ms: idle.as_millis() as i64 })
+        Ok(Self {
+            conn,
+            idle_ms: idle.as_millis() as i64,
+        })
     }
 
     /// The turns of `key`'s session, oldest first; an expired session is cleared and yields none.
     pub async fn history(&self, key: &str) -> Result<Vec<ChatMessage>, DbError> {
         let (key, idle_ms) = (key.to_owned(), self.idle_ms);
         run(&self.conn, move |conn| {
-            let last: Option<i64> = conn.query_row("SELECT last_ms FROM sessions WHERE key = ?1", params![key], |row| row.get(0)).optional()?;
+            let last: Option<i64> = conn
+                .query_row("SELECT last_ms FROM sessions WHERE key = ?1", params![key], |row| {
+                    row.get(0)
+                })
+                .optional()?;
             match last {
                 None => return Ok(Vec::new()),
                 Some(last) if now_ms() - last > idle_ms => {
@@ -83,7 +96,12 @@ impl SessionStore {
                 Some(_) => {}
             }
             let mut statement = conn.prepare("SELECT role, content FROM session_turns WHERE key = ?1 ORDER BY id")?;
-            let rows = statement.query_map(params![key], |row| Ok(ChatMessage { role: row.get(0)?, content: row.get(1)? }))?;
+            let rows = statement.query_map(params![key], |row| {
+                Ok(ChatMessage {
+                    role: row.get(0)?,
+                    content: row.get(1)?,
+                })
+            })?;
             rows.collect()
         })
         .await
@@ -101,7 +119,10 @@ impl SessionStore {
                 params![key, now],
             )?;
             for (role, content) in [("user", &question), ("assistant", &answer)] {
-                tx.execute("INSERT INTO session_turns (key, role, content, at_ms) VALUES (?1, ?2, ?3, ?4)", params![key, role, content, now])?;
+                tx.execute(
+                    "INSERT INTO session_turns (key, role, content, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![key, role, content, now],
+                )?;
             }
             tx.commit()
         })
@@ -113,7 +134,10 @@ impl SessionStore {
         let cutoff = now_ms() - self.idle_ms;
         run(&self.conn, move |conn| {
             let tx = conn.unchecked_transaction()?;
-            tx.execute("DELETE FROM session_turns WHERE key IN (SELECT key FROM sessions WHERE last_ms < ?1)", params![cutoff])?;
+            tx.execute(
+                "DELETE FROM session_turns WHERE key IN (SELECT key FROM sessions WHERE last_ms < ?1)",
+                params![cutoff],
+            )?;
             let removed = tx.execute("DELETE FROM sessions WHERE last_ms < ?1", params![cutoff])?;
             tx.commit()?;
             Ok(removed)
@@ -148,15 +172,25 @@ mod tests {
         store.append("b", "other", "x").await.unwrap();
         let history = store.history("a").await.unwrap();
         let contents: Vec<_> = history.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
-        assert_eq!(contents, [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")]);
+        assert_eq!(
+            contents,
+            [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")]
+        );
         store.reset("a").await.unwrap();
         assert!(store.history("a").await.unwrap().is_empty());
         assert_eq!(store.history("b").await.unwrap().len(), 2);
         // Idle past the limit: the session starts over.
-        conn.lock().unwrap().execute("UPDATE sessions SET last_ms = last_ms - 61000 WHERE key = 'b'", []).unwrap();
+        conn.lock()
+            .unwrap()
+            .execute("UPDATE sessions SET last_ms = last_ms - 61000 WHERE key = 'b'", [])
+            .unwrap();
         store.append("c", "fresh", "x").await.unwrap();
         assert_eq!(store.prune_idle().await.unwrap(), 1, "only b was idle");
-        let turns: i64 = conn.lock().unwrap().query_row("SELECT COUNT(*) FROM session_turns WHERE key = 'b'", [], |r| r.get(0)).unwrap();
+        let turns: i64 = conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM session_turns WHERE key = 'b'", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(turns, 0);
         assert!(store.history("b").await.unwrap().is_empty());
         assert_eq!(store.history("c").await.unwrap().len(), 2);

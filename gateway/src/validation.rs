@@ -8,9 +8,7 @@
 use engine::{ChatMessage, GenerateRequest, SamplingParams, StopParams};
 
 use crate::error::ApiError;
-use crate::openai::{
-    ChatCompletionRequest, CompletionRequest, ContentPart, MessageContent, PromptSpec, StopSpec,
-};
+use crate::openai::{ChatCompletionRequest, CompletionRequest, ContentPart, MessageContent, PromptSpec, StopSpec};
 
 /// The most top alternatives per token the engine returns.
 const MAX_TOP_LOGPROBS: u64 = 20;
@@ -63,8 +61,16 @@ impl ValidParams {
     pub fn into_request(self, prompt: Vec<u32>, context_length: usize) -> GenerateRequest {
         let room = context_length.saturating_sub(prompt.len()).max(1);
         let wanted = self.max_tokens.or(self.default_max_tokens).unwrap_or(room);
-        let stop = StopParams { max_tokens: wanted.min(room), ..self.stop };
-        GenerateRequest { prompt, sampling: self.sampling, stop, logprobs: self.logprobs }
+        let stop = StopParams {
+            max_tokens: wanted.min(room),
+            ..self.stop
+        };
+        GenerateRequest {
+            prompt,
+            sampling: self.sampling,
+            stop,
+            logprobs: self.logprobs,
+        }
     }
 }
 
@@ -73,7 +79,10 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
 
     fn try_from(req: ChatCompletionRequest) -> Result<Self, ApiError> {
         if req.messages.is_empty() {
-            return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message."));
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` must contain at least one message.",
+            ));
         }
         let messages = req
             .messages
@@ -85,14 +94,20 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
                     Some(MessageContent::Text(text)) => text,
                     Some(MessageContent::Parts(parts)) => join_text_parts(i, parts)?,
                 };
-                Ok(ChatMessage { role: normalize_role(m.role), content })
+                Ok(ChatMessage {
+                    role: normalize_role(m.role),
+                    content,
+                })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
 
         let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
             (false, None) => None,
             (false, Some(_)) => {
-                return Err(ApiError::invalid_param("top_logprobs", "`top_logprobs` requires `logprobs: true`."))
+                return Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    "`top_logprobs` requires `logprobs: true`.",
+                ))
             }
             (true, top) => Some(check_top_logprobs("top_logprobs", top.unwrap_or(0))?),
         };
@@ -129,16 +144,24 @@ impl TryFrom<CompletionRequest> for ValidCompletionRequest {
             PromptSpec::Texts(texts) => {
                 return Err(ApiError::invalid_param(
                     "prompt",
-                    format!("`prompt` must be one string (got a list of {}); send one prompt per request.", texts.len()),
+                    format!(
+                        "`prompt` must be one string (got a list of {}); send one prompt per request.",
+                        texts.len()
+                    ),
                 ))
             }
             PromptSpec::Tokens(ids) => ValidPrompt::Tokens(ids),
         };
-        if matches!(&prompt, ValidPrompt::Text(t) if t.is_empty()) || matches!(&prompt, ValidPrompt::Tokens(t) if t.is_empty()) {
+        if matches!(&prompt, ValidPrompt::Text(t) if t.is_empty())
+            || matches!(&prompt, ValidPrompt::Tokens(t) if t.is_empty())
+        {
             return Err(ApiError::invalid_param("prompt", "`prompt` is empty."));
         }
         if let Some(best_of) = req.best_of.filter(|&b| b != 1) {
-            return Err(ApiError::invalid_param("best_of", format!("`best_of` must be 1 (got {best_of}).")));
+            return Err(ApiError::invalid_param(
+                "best_of",
+                format!("`best_of` must be 1 (got {best_of})."),
+            ));
         }
         if req.echo == Some(true) {
             return Err(ApiError::invalid_param("echo", "`echo` is not supported."));
@@ -146,7 +169,10 @@ impl TryFrom<CompletionRequest> for ValidCompletionRequest {
         if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid_param("suffix", "`suffix` is not supported."));
         }
-        let logprobs = req.logprobs.map(|top| check_top_logprobs("logprobs", top)).transpose()?;
+        let logprobs = req
+            .logprobs
+            .map(|top| check_top_logprobs("logprobs", top))
+            .transpose()?;
         let common = Common {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -191,14 +217,20 @@ struct Common {
 impl Common {
     fn validate(self, logprobs: Option<usize>, default_max_tokens: Option<usize>) -> Result<ValidParams, ApiError> {
         if let Some(n) = self.n.filter(|&n| n != 1) {
-            return Err(ApiError::invalid_param("n", format!("`n` must be 1 (got {n}); this server returns one choice per request.")));
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("`n` must be 1 (got {n}); this server returns one choice per request."),
+            ));
         }
         let defaults = SamplingParams::default();
         let top_k = match self.top_k {
             None | Some(-1) => None,
             Some(k) if k >= 1 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
             Some(k) => {
-                return Err(ApiError::invalid_param("top_k", format!("invalid `top_k`: got {k}, expected at least 1, or -1 to disable")))
+                return Err(ApiError::invalid_param(
+                    "top_k",
+                    format!("invalid `top_k`: got {k}, expected at least 1, or -1 to disable"),
+                ))
             }
         };
         // f64 → f32 saturates to ±inf for absurd values, which the engine's range check rejects.
@@ -241,7 +273,10 @@ impl Common {
 
 fn check_top_logprobs(param: &'static str, top: u64) -> Result<usize, ApiError> {
     if top > MAX_TOP_LOGPROBS {
-        return Err(ApiError::invalid_param(param, format!("invalid `{param}`: got {top}, expected at most {MAX_TOP_LOGPROBS}")));
+        return Err(ApiError::invalid_param(
+            param,
+            format!("invalid `{param}`: got {top}, expected at most {MAX_TOP_LOGPROBS}"),
+        ));
     }
     Ok(top as usize)
 }
@@ -286,7 +321,11 @@ mod tests {
         let err = chat(&body).expect_err(&body);
         assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(err.param.as_deref(), Some(param), "{body}: {}", err.message);
-        assert!(err.message.contains(param), "{body}: message should name `{param}`: {}", err.message);
+        assert!(
+            err.message.contains(param),
+            "{body}: message should name `{param}`: {}",
+            err.message
+        );
     }
 
     #[test]
@@ -319,7 +358,11 @@ mod tests {
               "logprobs": true, "top_logprobs": 2, "unknown_field": {"a": 1}}"#,
         )
         .expect("valid request");
-        let roles: Vec<_> = req.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+        let roles: Vec<_> = req
+            .messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str()))
+            .collect();
         assert_eq!(roles, [("system", "be brief"), ("user", "a\nb"), ("assistant", "")]);
         let p = &req.params;
         assert_eq!(p.sampling.temperature, 0.5);
@@ -333,30 +376,53 @@ mod tests {
 
     #[test]
     fn image_parts_are_rejected() {
-        let err = chat(r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#)
-            .expect_err("image parts are not supported");
+        let err =
+            chat(r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#)
+                .expect_err("image parts are not supported");
         assert_eq!(err.param.as_deref(), Some("messages[0].content[0].type"));
     }
 
     #[test]
     fn max_tokens_is_capped_by_the_context_window() {
-        let p = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}"#).unwrap().params;
+        let p = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}"#)
+            .unwrap()
+            .params;
         assert_eq!(p.clone().into_request(vec![1; 10], 100).stop.max_tokens, 90);
         assert_eq!(p.into_request(vec![1; 10], 2000).stop.max_tokens, 1000);
-        let p = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#).unwrap().params;
+        let p = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#)
+            .unwrap()
+            .params;
         assert_eq!(p.into_request(vec![1; 10], 100).stop.max_tokens, 90);
     }
 
     #[test]
     fn completion_prompts() {
         let parse = |body: &str| ValidCompletionRequest::try_from(parse_json::<CompletionRequest>(body.as_bytes())?);
-        assert_eq!(parse(r#"{"prompt": "hi"}"#).unwrap().prompt, ValidPrompt::Text("hi".into()));
-        assert_eq!(parse(r#"{"prompt": ["hi"]}"#).unwrap().prompt, ValidPrompt::Text("hi".into()));
-        assert_eq!(parse(r#"{"prompt": [1, 2]}"#).unwrap().prompt, ValidPrompt::Tokens(vec![1, 2]));
-        assert_eq!(parse(r#"{"prompt": ["a", "b"]}"#).unwrap_err().param.as_deref(), Some("prompt"));
+        assert_eq!(
+            parse(r#"{"prompt": "hi"}"#).unwrap().prompt,
+            ValidPrompt::Text("hi".into())
+        );
+        assert_eq!(
+            parse(r#"{"prompt": ["hi"]}"#).unwrap().prompt,
+            ValidPrompt::Text("hi".into())
+        );
+        assert_eq!(
+            parse(r#"{"prompt": [1, 2]}"#).unwrap().prompt,
+            ValidPrompt::Tokens(vec![1, 2])
+        );
+        assert_eq!(
+            parse(r#"{"prompt": ["a", "b"]}"#).unwrap_err().param.as_deref(),
+            Some("prompt")
+        );
         assert_eq!(parse(r#"{"prompt": ""}"#).unwrap_err().param.as_deref(), Some("prompt"));
-        assert_eq!(parse(r#"{"prompt": "a", "echo": true}"#).unwrap_err().param.as_deref(), Some("echo"));
+        assert_eq!(
+            parse(r#"{"prompt": "a", "echo": true}"#).unwrap_err().param.as_deref(),
+            Some("echo")
+        );
         let p = parse(r#"{"prompt": "a"}"#).unwrap().params;
-        assert_eq!(p.into_request(vec![1], 100).stop.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS);
+        assert_eq!(
+            p.into_request(vec![1], 100).stop.max_tokens,
+            DEFAULT_COMPLETION_MAX_TOKENS
+        );
     }
 }

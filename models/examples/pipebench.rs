@@ -16,8 +16,14 @@ mod x86 {
     /// Loops of `DP` `vpdpbusd` and `FMA` `vfmadd231ps`, on separate accumulators; ns per loop.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn mix<const DP: usize, const FMA: usize>(loops: usize) -> f64 {
-        let (a, b) = (std::hint::black_box(_mm512_set1_epi8(3)), std::hint::black_box(_mm512_set1_epi8(5)));
-        let (x, y) = (std::hint::black_box(_mm512_set1_ps(0.999)), std::hint::black_box(_mm512_set1_ps(1e-3)));
+        let (a, b) = (
+            std::hint::black_box(_mm512_set1_epi8(3)),
+            std::hint::black_box(_mm512_set1_epi8(5)),
+        );
+        let (x, y) = (
+            std::hint::black_box(_mm512_set1_ps(0.999)),
+            std::hint::black_box(_mm512_set1_ps(1e-3)),
+        );
         // Distinct starting values, so that no two chains are the same computation.
         let mut acc: [__m512i; DP] = std::array::from_fn(|i| _mm512_set1_epi32(i as i32));
         let mut facc: [__m512; FMA] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
@@ -58,7 +64,10 @@ fn main() {
         println!("| loop body | ns per loop | ns per instruction |");
         println!("|---|---:|---:|");
         for (name, ns) in rows {
-            let n: usize = name.split(" + ").map(|p| p.split(' ').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0)).sum();
+            let n: usize = name
+                .split(" + ")
+                .map(|p| p.split(' ').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0))
+                .sum();
             println!("| {name} | {ns:.2} | {:.3} |", ns / n as f64);
         }
         eprintln!("({:.1} s)", start.elapsed().as_secs_f64());

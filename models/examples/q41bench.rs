@@ -44,7 +44,9 @@ fn bench() -> candle_core::Result<()> {
         if !name.contains(&filter) {
             continue;
         }
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+            .collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, dtype)?;
         let t = Instant::now();
         let matmul: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>> = match dtype {
@@ -59,7 +61,9 @@ fn bench() -> candle_core::Result<()> {
         };
         println!("{name}  repack at load: {:.0} µs", t.elapsed().as_secs_f64() * 1e6);
         for m in [1usize, 8] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0)
+                .collect();
             let x = Tensor::from_vec(x, (m, k), &dev)?;
             let per_batch = (2_000_000 / (n * k * m.min(4))).max(2);
             let (median, min) = time(per_batch, || matmul(&x))?;

@@ -47,19 +47,28 @@ fn bench() -> candle_core::Result<()> {
         let copies = (128 << 20) / (n * k / 256 * 144) + 1;
         let (mut ours, mut theirs, mut repack) = (Vec::new(), Vec::new(), Vec::new());
         for c in 0..copies {
-            let w: Vec<f32> = (0..n * k).map(|i| (((i + c) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| (((i + c) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+                .collect();
             let w = std::sync::Arc::new(QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, GgmlDType::Q4K)?);
             let t = Instant::now();
-            ours.push(models::kernels::Q4Kx16::new(&w)?.ok_or_else(|| candle_core::Error::Msg(format!("{name}: declined")))?);
+            ours.push(
+                models::kernels::Q4Kx16::new(&w)?
+                    .ok_or_else(|| candle_core::Error::Msg(format!("{name}: declined")))?,
+            );
             repack.push(t.elapsed().as_secs_f64() * 1e3);
             theirs.push(QMatMul::from_arc(w)?);
         }
         repack.sort_by(f64::total_cmp);
         eprintln!("{name}: repack at load {:.1} ms", repack[repack.len() / 2]);
         for m in rows.iter().copied() {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0)
+                .collect();
             let x = Tensor::from_vec(x, (m, k), &dev)?;
-            let [a, b] = timing::alternating([&mut |i| ours[i % copies].matmul(&x), &mut |i| theirs[i % copies].forward(&x)])?;
+            let [a, b] = timing::alternating([&mut |i| ours[i % copies].matmul(&x), &mut |i| {
+                theirs[i % copies].forward(&x)
+            }])?;
             println!("| {name} | {m} | {a:.1} | {b:.1} | {:.2} |", b / a);
         }
     }
@@ -82,18 +91,25 @@ fn bench() -> candle_core::Result<()> {
             .map(|c| {
                 ns.iter()
                     .map(|&n| {
-                        let w: Vec<f32> = (0..n * k).map(|i| (((i + c + n) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+                        let w: Vec<f32> = (0..n * k)
+                            .map(|i| (((i + c + n) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+                            .collect();
                         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, GgmlDType::Q4K)?;
-                        models::kernels::Q4Kx16::new(&w)?.ok_or_else(|| candle_core::Error::Msg(format!("{name}: declined")))
+                        models::kernels::Q4Kx16::new(&w)?
+                            .ok_or_else(|| candle_core::Error::Msg(format!("{name}: declined")))
                     })
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         for m in rows.iter().copied() {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0)
+                .collect();
             let x = Tensor::from_vec(x, (m, k), &dev)?;
             let [a, b] = timing::alternating([
-                &mut |i| models::kernels::Q4Kx16::matmul_many(&sets[i % copies].iter().collect::<Vec<_>>(), &x).map(drop),
+                &mut |i| {
+                    models::kernels::Q4Kx16::matmul_many(&sets[i % copies].iter().collect::<Vec<_>>(), &x).map(drop)
+                },
                 &mut |i| sets[i % copies].iter().try_for_each(|w| w.matmul(&x).map(drop)),
             ])?;
             println!("| {name} | {m} | {a:.1} | {b:.1} | {:.2} |", b / a);

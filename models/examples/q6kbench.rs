@@ -26,7 +26,11 @@ fn bench() -> candle_core::Result<()> {
         None => vec![1, 8],
     };
     let dev = Device::Cpu;
-    let shapes = [("1.5B output 151936x1536", 151936usize, 1536usize), ("1.5B down 1536x8960", 1536, 8960), ("7B down 3584x18944", 3584, 18944)];
+    let shapes = [
+        ("1.5B output 151936x1536", 151936usize, 1536usize),
+        ("1.5B down 1536x8960", 1536, 8960),
+        ("7B down 3584x18944", 3584, 18944),
+    ];
     println!("| shape | m | Q6Kx16 µs | Q6Kx16 GB/s of weights | rows µs | candle µs |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, n, k) in shapes {
@@ -37,11 +41,19 @@ fn bench() -> candle_core::Result<()> {
         let copies = (128 << 20) / bytes + 1;
         let weights = (0..copies)
             .map(|c| {
-                let w: Vec<f32> = (0..n * k).map(|i| (((i + c) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
-                Ok(std::sync::Arc::new(QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, GgmlDType::Q6K)?))
+                let w: Vec<f32> = (0..n * k)
+                    .map(|i| (((i + c) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+                    .collect();
+                Ok(std::sync::Arc::new(QTensor::quantize(
+                    &Tensor::from_vec(w, (n, k), &dev)?,
+                    GgmlDType::Q6K,
+                )?))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let repacked = weights.iter().map(|w| Ok(models::kernels::Q6Kx16::new(w)?.expect("the kernel applies"))).collect::<candle_core::Result<Vec<_>>>()?;
+        let repacked = weights
+            .iter()
+            .map(|w| Ok(models::kernels::Q6Kx16::new(w)?.expect("the kernel applies")))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         for &m in &rows {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let mut x16_calls = 0usize;
@@ -56,7 +68,10 @@ fn bench() -> candle_core::Result<()> {
                 models::kernels::q6k_matmul_rows(&x, &weights[calls % copies])?.expect("the kernel applies");
                 Ok(())
             };
-            let candles: Vec<_> = weights.iter().map(|w| candle_core::quantized::QMatMul::from_arc(w.clone())).collect::<candle_core::Result<_>>()?;
+            let candles: Vec<_> = weights
+                .iter()
+                .map(|w| candle_core::quantized::QMatMul::from_arc(w.clone()))
+                .collect::<candle_core::Result<_>>()?;
             let mut candle_calls = 0usize;
             let mut theirs = |_: usize| -> candle_core::Result<()> {
                 candle_calls += 1;
@@ -70,7 +85,10 @@ fn bench() -> candle_core::Result<()> {
                 let [x16_us, us] = timing::alternating([&mut x16, &mut ours])?;
                 (x16_us, us, "–".to_string())
             };
-            println!("| {name} | {m} | {x16_us:.0} | {:.1} | {us:.0} | {candle} |", bytes as f64 / x16_us / 1e3);
+            println!(
+                "| {name} | {m} | {x16_us:.0} | {:.1} | {us:.0} | {candle} |",
+                bytes as f64 / x16_us / 1e3
+            );
         }
     }
     Ok(())

@@ -27,13 +27,18 @@ use crate::{Batch, KvCache, ModelError};
 /// `k` and `v` are `[tokens][num_kv_heads][head_dim]`, tokens in batch order.
 pub fn write_kv(cache: &mut KvCache, layer: usize, k: &[f32], v: &[f32], batch: &Batch<'_>) -> Result<(), ModelError> {
     if cache.is_tensors() {
-        return Err(ModelError::InvalidBatch("write_kv needs a host KV cache; a tensor cache is written by attention_ops".into()));
+        return Err(ModelError::InvalidBatch(
+            "write_kv needs a host KV cache; a tensor cache is written by attention_ops".into(),
+        ));
     }
     let layout = cache.layout();
     let (heads, dim, bs) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
     let expected = batch.tokens.len() * heads * dim;
     if k.len() != expected || v.len() != expected {
-        return Err(ModelError::InvalidBatch(format!("k/v have {} values, expected {expected}", k.len())));
+        return Err(ModelError::InvalidBatch(format!(
+            "k/v have {} values, expected {expected}",
+            k.len()
+        )));
     }
     let mut t = 0;
     for seq in batch.seqs {
@@ -77,9 +82,24 @@ pub fn paged_attention(q: &[f32], cache: &KvCache, layer: usize, batch: &Batch<'
     crate::kernels::for_each_chunk_init(&mut out, dim, Scratch::default, |scratch: &mut Scratch, item, out| {
         let (t, h) = (item / num_heads, item % num_heads);
         let (s, pos) = token_seq[t];
-        let head = Head { regions, cache, table: batch.seqs[s].block_table, kvh: h / group, pos, prompt_len: batch.seqs[s].prompt_len, inv_scale };
+        let head = Head {
+            regions,
+            cache,
+            table: batch.seqs[s].block_table,
+            kvh: h / group,
+            pos,
+            prompt_len: batch.seqs[s].prompt_len,
+            inv_scale,
+        };
         // SAFETY: nothing writes the cache during this call (`cache` is borrowed shared).
-        unsafe { head.attend(&mut scratch.scores, &mut scratch.acc, &q[item * dim..(item + 1) * dim], out) };
+        unsafe {
+            head.attend(
+                &mut scratch.scores,
+                &mut scratch.acc,
+                &q[item * dim..(item + 1) * dim],
+                out,
+            )
+        };
     });
     out
 }
@@ -106,13 +126,23 @@ impl Regions {
     /// Read-only access ([`Self::write`] must not be called on it).
     fn new(kv: &crate::kv_cache::LayerKv, cache: &KvCache) -> Self {
         let region = cache.block_size() * cache.layout().head_dim;
-        Self { k: kv.k.as_ptr() as *mut f32, v: kv.v.as_ptr() as *mut f32, len: kv.k.len().min(kv.v.len()), region }
+        Self {
+            k: kv.k.as_ptr() as *mut f32,
+            v: kv.v.as_ptr() as *mut f32,
+            len: kv.k.len().min(kv.v.len()),
+            region,
+        }
     }
 
     /// Read and write access.
     fn new_mut(kv: &mut crate::kv_cache::LayerKv, cache_block_size: usize, head_dim: usize) -> Self {
         let len = kv.k.len().min(kv.v.len());
-        Self { k: kv.k.as_mut_ptr(), v: kv.v.as_mut_ptr(), len, region: cache_block_size * head_dim }
+        Self {
+            k: kv.k.as_mut_ptr(),
+            v: kv.v.as_mut_ptr(),
+            len,
+            region: cache_block_size * head_dim,
+        }
     }
 
     /// The region at `offset` (a [`KvCache::block_offset`]) of `base`.
@@ -120,7 +150,11 @@ impl Regions {
     /// # Safety
     /// No thread writes this region while the slice lives.
     unsafe fn slice<'a>(&self, base: *mut f32, offset: usize) -> &'a [f32] {
-        assert!(offset + self.region <= self.len, "KV region {offset} past the layer's {} values", self.len);
+        assert!(
+            offset + self.region <= self.len,
+            "KV region {offset} past the layer's {} values",
+            self.len
+        );
         // SAFETY: within the buffer (checked above); the caller rules out concurrent writes.
         unsafe { std::slice::from_raw_parts(base.add(offset), self.region) }
     }
@@ -149,7 +183,10 @@ impl Regions {
     /// `self` comes from [`Self::new_mut`], and no other thread reads or writes this region meanwhile.
     unsafe fn write(&self, offset: usize, slot: usize, k: &[f32], v: &[f32]) {
         let (dim, bs) = (k.len(), self.region / k.len().max(1));
-        assert!(offset + self.region <= self.len && slot < bs && v.len() == dim, "KV write out of its region");
+        assert!(
+            offset + self.region <= self.len && slot < bs && v.len() == dim,
+            "KV write out of its region"
+        );
         // SAFETY: within the region (checked above); the caller rules out other accesses to it.
         unsafe {
             for (d, &x) in k.iter().enumerate() {
@@ -180,7 +217,15 @@ impl Head<'_> {
     /// # Safety
     /// No thread writes the regions of the sequence's blocks `0..=pos / block_size` for this head meanwhile.
     unsafe fn attend(&self, scores: &mut Vec<f32>, acc: &mut Vec<f32>, q: &[f32], out: &mut [f32]) {
-        let Self { regions, cache, table, kvh, pos, prompt_len, inv_scale } = *self;
+        let Self {
+            regions,
+            cache,
+            table,
+            kvh,
+            pos,
+            prompt_len,
+            inv_scale,
+        } = *self;
         let (dim, bs) = (q.len(), cache.block_size());
         let len = pos + 1;
         let region = |j: usize| cache.block_offset(table[j / bs] as usize, kvh);
@@ -277,7 +322,11 @@ impl ScoreOrder {
     /// one `[prompt_len, prompt_len]` prefill, generated tokens as in a `[1, pos + 1]` decode step.
     pub fn for_token(pos: usize, prompt_len: usize) -> Self {
         if pos < prompt_len {
-            if prompt_len * prompt_len <= 256 { Self::Tree8 } else { Self::Sequential }
+            if prompt_len * prompt_len <= 256 {
+                Self::Tree8
+            } else {
+                Self::Sequential
+            }
         } else if pos < 256 {
             Self::Tree8
         } else {
@@ -432,10 +481,17 @@ mod x86 {
                         for l in 0..8 {
                             let p: [__m256; 8] = std::array::from_fn(|i| {
                                 let p = fma(8 * i + l, zero);
-                                if dim == 128 { fma(64 + 8 * i + l, p) } else { p }
+                                if dim == 128 {
+                                    fma(64 + 8 * i + l, p)
+                                } else {
+                                    p
+                                }
                             });
                             let add = |a, b| _mm256_add_ps(a, b);
-                            let t = add(add(add(p[0], p[1]), add(p[2], p[3])), add(add(p[4], p[5]), add(p[6], p[7])));
+                            let t = add(
+                                add(add(p[0], p[1]), add(p[2], p[3])),
+                                add(add(p[4], p[5]), add(p[6], p[7])),
+                            );
                             total = if l == 0 { t } else { add(total, t) };
                         }
                         total
@@ -510,9 +566,18 @@ pub fn attend_rope(
     }
     let _enter = tracing::trace_span!("paged_attention").entered();
     let (tokens, half) = (batch.tokens.len(), dim / 2);
-    let (qs, ks, vs) = (crate::kernels::f32_view(q)?, crate::kernels::f32_view(k)?, crate::kernels::f32_view(v)?);
+    let (qs, ks, vs) = (
+        crate::kernels::f32_view(q)?,
+        crate::kernels::f32_view(k)?,
+        crate::kernels::f32_view(v)?,
+    );
     let (cs, ss) = (crate::kernels::f32_view(cos)?, crate::kernels::f32_view(sin)?);
-    if qs.len() != tokens * num_heads * dim || ks.len() != tokens * kv_heads * dim || vs.len() != ks.len() || cs.len() != tokens * half || ss.len() != cs.len() {
+    if qs.len() != tokens * num_heads * dim
+        || ks.len() != tokens * kv_heads * dim
+        || vs.len() != ks.len()
+        || cs.len() != tokens * half
+        || ss.len() != cs.len()
+    {
         return Err(ModelError::InvalidBatch(format!(
             "attention inputs of {}, {}, {} and {} values for {tokens} tokens of {num_heads} heads ({kv_heads} kv) of {dim}",
             qs.len(),
@@ -549,30 +614,47 @@ pub fn attend_rope(
     }
     let inv_scale = (1.0 / (dim as f64).sqrt()) as f32;
     let mut out = vec![0f32; qs.len()];
-    crate::kernels::for_each_chunk_init(&mut out, group * dim, Scratch::default, |scratch: &mut Scratch, item, out| {
-        let (t, kvh) = (item / kv_heads, item % kv_heads);
-        let (s, pos, alone) = toks[t];
-        let seq = &batch.seqs[s];
-        let (c, sn) = rows(t);
-        if alone {
-            scratch.k.resize(dim, 0.0);
-            style.rotate(&ks[head_of(t, kvh, kv_heads)], c, sn, &mut scratch.k);
-            let offset = cache.block_offset(seq.block_table[pos / bs] as usize, kvh);
-            // SAFETY: from `new_mut`. This item alone touches its sequence's regions of head `kvh`: its
-            // sequence has no other new token, other sequences never share a block being written
-            // (`KvCache::copy_block`), and other heads' regions are disjoint.
-            unsafe { regions.write(offset, pos % bs, &scratch.k, &vs[head_of(t, kvh, kv_heads)]) };
-        }
-        let head = Head { regions, cache, table: seq.block_table, kvh, pos, prompt_len: seq.prompt_len, inv_scale };
-        scratch.q.resize(dim, 0.0);
-        for (g, out) in out.chunks_exact_mut(dim).enumerate() {
-            style.rotate(&qs[head_of(t, kvh * group + g, num_heads)], c, sn, &mut scratch.q);
-            // SAFETY: the regions read are this sequence's for head `kvh`; only this item writes them (above,
-            // before reading), a prompt chunk's were written before the loop.
-            unsafe { head.attend(&mut scratch.scores, &mut scratch.acc, &scratch.q, out) };
-        }
-    });
-    Ok(candle_core::Tensor::from_vec(out, (tokens, num_heads * dim), q.device())?)
+    crate::kernels::for_each_chunk_init(
+        &mut out,
+        group * dim,
+        Scratch::default,
+        |scratch: &mut Scratch, item, out| {
+            let (t, kvh) = (item / kv_heads, item % kv_heads);
+            let (s, pos, alone) = toks[t];
+            let seq = &batch.seqs[s];
+            let (c, sn) = rows(t);
+            if alone {
+                scratch.k.resize(dim, 0.0);
+                style.rotate(&ks[head_of(t, kvh, kv_heads)], c, sn, &mut scratch.k);
+                let offset = cache.block_offset(seq.block_table[pos / bs] as usize, kvh);
+                // SAFETY: from `new_mut`. This item alone touches its sequence's regions of head `kvh`: its
+                // sequence has no other new token, other sequences never share a block being written
+                // (`KvCache::copy_block`), and other heads' regions are disjoint.
+                unsafe { regions.write(offset, pos % bs, &scratch.k, &vs[head_of(t, kvh, kv_heads)]) };
+            }
+            let head = Head {
+                regions,
+                cache,
+                table: seq.block_table,
+                kvh,
+                pos,
+                prompt_len: seq.prompt_len,
+                inv_scale,
+            };
+            scratch.q.resize(dim, 0.0);
+            for (g, out) in out.chunks_exact_mut(dim).enumerate() {
+                style.rotate(&qs[head_of(t, kvh * group + g, num_heads)], c, sn, &mut scratch.q);
+                // SAFETY: the regions read are this sequence's for head `kvh`; only this item writes them (above,
+                // before reading), a prompt chunk's were written before the loop.
+                unsafe { head.attend(&mut scratch.scores, &mut scratch.acc, &scratch.q, out) };
+            }
+        },
+    );
+    Ok(candle_core::Tensor::from_vec(
+        out,
+        (tokens, num_heads * dim),
+        q.device(),
+    )?)
 }
 
 /// One attention call of a layer: write the new (already rotated) keys and values into the cache, attend,
@@ -621,7 +703,13 @@ mod tests {
                 let kvh = h / (heads / kv_heads);
                 let qv = &q[(t * heads + h) * dim..][..dim];
                 let scores: Vec<f32> = (0..=pos)
-                    .map(|j| qv.iter().zip(&k[(j * kv_heads + kvh) * dim..][..dim]).map(|(a, b)| a * b).sum::<f32>() / (dim as f32).sqrt())
+                    .map(|j| {
+                        qv.iter()
+                            .zip(&k[(j * kv_heads + kvh) * dim..][..dim])
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>()
+                            / (dim as f32).sqrt()
+                    })
                     .collect();
                 let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -639,7 +727,11 @@ mod tests {
     #[test]
     fn paged_matches_contiguous_with_scattered_blocks_and_chunks() {
         let (heads, kv_heads, dim, bs) = (4, 2, 16, 4);
-        let layout = KvLayout { num_layers: 1, num_kv_heads: kv_heads, head_dim: dim };
+        let layout = KvLayout {
+            num_layers: 1,
+            num_kv_heads: kv_heads,
+            head_dim: dim,
+        };
         let mut cache = KvCache::new(layout, 8, bs).unwrap();
         let len = 11;
         let val = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
@@ -650,8 +742,18 @@ mod tests {
         // Prefill the first 6 positions in one step, then the remaining 5 in a second step.
         for (start, n) in [(0usize, 6usize), (6, 5)] {
             let tokens = vec![0u32; n];
-            let seqs = [SeqInput { num_computed: start, num_new: n, block_table: &table, prompt_len: len, want_logits: true, all_logits: false }];
-            let batch = Batch { tokens: &tokens, seqs: &seqs };
+            let seqs = [SeqInput {
+                num_computed: start,
+                num_new: n,
+                block_table: &table,
+                prompt_len: len,
+                want_logits: true,
+                all_logits: false,
+            }];
+            let batch = Batch {
+                tokens: &tokens,
+                seqs: &seqs,
+            };
             let ks = &k[start * kv_heads * dim..(start + n) * kv_heads * dim];
             let vs = &v[start * kv_heads * dim..(start + n) * kv_heads * dim];
             write_kv(&mut cache, 0, ks, vs, &batch).unwrap();
@@ -677,34 +779,89 @@ mod rope_tests {
     #[test]
     fn attend_rope_is_rotate_then_attend() {
         let (heads, kv_heads, dim, bs) = (6, 2, 16, 4);
-        let layout = KvLayout { num_layers: 1, num_kv_heads: kv_heads, head_dim: dim };
+        let layout = KvLayout {
+            num_layers: 1,
+            num_kv_heads: kv_heads,
+            head_dim: dim,
+        };
         let val = |i: usize, salt: usize| (((i + salt) * 7919) % 1000) as f32 / 500.0 - 1.0;
         for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
             let rotary = Rotary::new(dim, 10_000.0, 64, style, None, &Device::Cpu).unwrap();
-            let (mut plain, mut fused) = (KvCache::new(layout, 12, bs).unwrap(), KvCache::new(layout, 12, bs).unwrap());
+            let (mut plain, mut fused) = (
+                KvCache::new(layout, 12, bs).unwrap(),
+                KvCache::new(layout, 12, bs).unwrap(),
+            );
             let tables: [&[u32]; 3] = [&[3, 7], &[0, 5, 9], &[11]];
             // (sequence, first position, new tokens, prompt length) per step.
-            let steps: [&[(usize, usize, usize, usize)]; 3] = [&[(0, 0, 5, 6), (1, 0, 3, 9)], &[(0, 5, 1, 6), (1, 3, 6, 9), (2, 0, 1, 1)], &[(0, 6, 1, 6), (1, 9, 1, 9), (2, 1, 1, 1)]];
+            let steps: [&[(usize, usize, usize, usize)]; 3] = [
+                &[(0, 0, 5, 6), (1, 0, 3, 9)],
+                &[(0, 5, 1, 6), (1, 3, 6, 9), (2, 0, 1, 1)],
+                &[(0, 6, 1, 6), (1, 9, 1, 9), (2, 1, 1, 1)],
+            ];
             for (n, step) in steps.iter().enumerate() {
                 let seqs: Vec<SeqInput> = step
                     .iter()
-                    .map(|&(s, start, new, prompt)| SeqInput { num_computed: start, num_new: new, block_table: tables[s], prompt_len: prompt, want_logits: true, all_logits: false })
+                    .map(|&(s, start, new, prompt)| SeqInput {
+                        num_computed: start,
+                        num_new: new,
+                        block_table: tables[s],
+                        prompt_len: prompt,
+                        want_logits: true,
+                        all_logits: false,
+                    })
                     .collect();
                 let tokens = vec![0u32; seqs.iter().map(|s| s.num_new).sum()];
-                let batch = Batch { tokens: &tokens, seqs: &seqs };
+                let batch = Batch {
+                    tokens: &tokens,
+                    seqs: &seqs,
+                };
                 let t = tokens.len();
-                let q = Tensor::from_vec((0..t * heads * dim).map(|i| val(i, 100 * n)).collect::<Vec<_>>(), (t, heads * dim), &Device::Cpu).unwrap();
-                let k = Tensor::from_vec((0..t * kv_heads * dim).map(|i| val(i, 100 * n + 7)).collect::<Vec<_>>(), (t, kv_heads * dim), &Device::Cpu).unwrap();
-                let v = Tensor::from_vec((0..t * kv_heads * dim).map(|i| val(i, 100 * n + 13)).collect::<Vec<_>>(), (t, kv_heads * dim), &Device::Cpu).unwrap();
+                let q = Tensor::from_vec(
+                    (0..t * heads * dim).map(|i| val(i, 100 * n)).collect::<Vec<_>>(),
+                    (t, heads * dim),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let k = Tensor::from_vec(
+                    (0..t * kv_heads * dim).map(|i| val(i, 100 * n + 7)).collect::<Vec<_>>(),
+                    (t, kv_heads * dim),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let v = Tensor::from_vec(
+                    (0..t * kv_heads * dim)
+                        .map(|i| val(i, 100 * n + 13))
+                        .collect::<Vec<_>>(),
+                    (t, kv_heads * dim),
+                    &Device::Cpu,
+                )
+                .unwrap();
                 let positions = Tensor::from_vec(batch.positions(), t, &Device::Cpu).unwrap();
                 let (cos, sin) = rotary.tables(&positions).unwrap();
-                let (qr, kr) = (rotary.apply(&q, heads, &cos, &sin).unwrap(), rotary.apply(&k, kv_heads, &cos, &sin).unwrap());
+                let (qr, kr) = (
+                    rotary.apply(&q, heads, &cos, &sin).unwrap(),
+                    rotary.apply(&k, kv_heads, &cos, &sin).unwrap(),
+                );
                 let want = attend(&qr, &kr, &v, &mut plain, 0, &batch, heads).unwrap();
                 let got = attend_rope(&q, &k, &v, &rotary, &cos, &sin, &mut fused, 0, &batch, heads).unwrap();
-                let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let bits = |t: &Tensor| {
+                    t.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect::<Vec<_>>()
+                };
                 assert_eq!(bits(&got), bits(&want), "{style:?}, step {n}");
                 let (a, b) = (plain.layer(0), fused.layer(0));
-                assert!(a.k.iter().zip(&b.k).chain(a.v.iter().zip(&b.v)).all(|(x, y)| x.to_bits() == y.to_bits()), "{style:?}, step {n}: caches differ");
+                assert!(
+                    a.k.iter()
+                        .zip(&b.k)
+                        .chain(a.v.iter().zip(&b.v))
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{style:?}, step {n}: caches differ"
+                );
             }
         }
     }
@@ -719,8 +876,12 @@ mod order_tests {
     fn register_paths_match_the_generic_orders() {
         for dim in [64usize, 128] {
             let bs = 32;
-            let q: Vec<f32> = (0..dim).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0).collect();
-            let keys: Vec<f32> = (0..dim * bs).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 3.0).collect();
+            let q: Vec<f32> = (0..dim)
+                .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+                .collect();
+            let keys: Vec<f32> = (0..dim * bs)
+                .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 3.0)
+                .collect();
             for order in [ScoreOrder::Tree8, ScoreOrder::Gemv8, ScoreOrder::Sequential] {
                 let (mut fast, mut slow, mut acc) = (Vec::new(), Vec::new(), Vec::new());
                 block_scores(order, &q, &keys, bs, &mut acc, &mut fast);
@@ -729,7 +890,10 @@ mod order_tests {
                     let one: Vec<f32> = (0..dim).map(|d| keys[d * bs + s]).collect();
                     block_scores(order, &q, &one, 1, &mut acc, &mut slow);
                 }
-                assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{order:?} dim {dim}");
+                assert!(
+                    fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{order:?} dim {dim}"
+                );
             }
         }
     }
@@ -747,7 +911,13 @@ mod candle_order_tests {
         let qs: Vec<f32> = (0..m).flat_map(|_| q.iter().copied()).collect();
         let qt = Tensor::from_vec(qs, (1, 1, m, dim), &Device::Cpu).unwrap();
         let kt = Tensor::from_vec(keys.to_vec(), (1, 1, len, dim), &Device::Cpu).unwrap();
-        let s = qt.matmul(&kt.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let s = qt
+            .matmul(&kt.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         s[..len].to_vec()
     }
 
@@ -755,9 +925,18 @@ mod candle_order_tests {
     fn score_orders_reproduce_candles_matmul() {
         for dim in [64usize, 128] {
             // (keys, rows of the reference product, the order for that shape)
-            for (len, m, order) in [(300usize, 1usize, ScoreOrder::Gemv8), (200, 1, ScoreOrder::Tree8), (12, 12, ScoreOrder::Tree8), (40, 40, ScoreOrder::Sequential)] {
-                let q: Vec<f32> = (0..dim).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0).collect();
-                let keys: Vec<f32> = (0..len * dim).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 3.0).collect();
+            for (len, m, order) in [
+                (300usize, 1usize, ScoreOrder::Gemv8),
+                (200, 1, ScoreOrder::Tree8),
+                (12, 12, ScoreOrder::Tree8),
+                (40, 40, ScoreOrder::Sequential),
+            ] {
+                let q: Vec<f32> = (0..dim)
+                    .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+                    .collect();
+                let keys: Vec<f32> = (0..len * dim)
+                    .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 3.0)
+                    .collect();
                 let want = candle_scores(&q, &keys, len, m);
                 // Our layout: blocks of 32 positions, dimension-major within a block.
                 let bs = 32;
@@ -767,12 +946,19 @@ mod candle_order_tests {
                         .map(|i| {
                             let (d, s) = (i / bs, i % bs);
                             let pos = b * bs + s;
-                            if pos < len { keys[pos * dim + d] } else { 0.0 }
+                            if pos < len {
+                                keys[pos * dim + d]
+                            } else {
+                                0.0
+                            }
                         })
                         .collect();
                     block_scores(order, &q, &block, bs, &mut acc, &mut got);
                 }
-                assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{order:?} dim {dim} len {len} m {m}");
+                assert!(
+                    want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{order:?} dim {dim} len {len} m {m}"
+                );
             }
         }
     }

@@ -44,9 +44,19 @@ impl PlanKey {
         let seqs = batch
             .seqs
             .iter()
-            .map(|s| (s.num_computed, s.num_new, s.block_table.len(), s.block_table.iter().map(|&b| u64::from(b)).sum()))
+            .map(|s| {
+                (
+                    s.num_computed,
+                    s.num_new,
+                    s.block_table.len(),
+                    s.block_table.iter().map(|&b| u64::from(b)).sum(),
+                )
+            })
             .collect();
-        Self { tokens: batch.tokens.len(), seqs }
+        Self {
+            tokens: batch.tokens.len(),
+            seqs,
+        }
     }
 }
 
@@ -80,7 +90,13 @@ pub(crate) struct StepPlan {
 
 impl StepPlan {
     /// The plan for `batch`; a decode group gathers at most `budget` bytes of f32 keys.
-    fn new(batch: &Batch<'_>, block_size: usize, kv_width: usize, budget: usize, device: &candle_core::Device) -> Result<Self, ModelError> {
+    fn new(
+        batch: &Batch<'_>,
+        block_size: usize,
+        kv_width: usize,
+        budget: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self, ModelError> {
         let tokens = batch.tokens.len();
         let slot = |table: &[u32], pos: usize| table[pos / block_size] * block_size as u32 + (pos % block_size) as u32;
 
@@ -93,12 +109,18 @@ impl StepPlan {
             starts.push((row, i));
             row += seq.num_new;
         }
-        let write_slots = Tensor::from_vec(write, (tokens, 1), device)?.broadcast_as((tokens, kv_width))?.contiguous()?;
+        let write_slots = Tensor::from_vec(write, (tokens, 1), device)?
+            .broadcast_as((tokens, kv_width))?
+            .contiguous()?;
 
         let mut groups = Vec::new();
         let mut order: Vec<u32> = Vec::with_capacity(tokens);
         let mut build = |members: &[(usize, usize)], rows: usize| -> Result<(), ModelError> {
-            let len = members.iter().map(|&(_, i)| batch.seqs[i].num_computed + batch.seqs[i].num_new).max().unwrap_or(0);
+            let len = members
+                .iter()
+                .map(|&(_, i)| batch.seqs[i].num_computed + batch.seqs[i].num_new)
+                .max()
+                .unwrap_or(0);
             let (mut q_rows, mut slots, mut mask) = (Vec::new(), Vec::new(), Vec::new());
             for &(first_row, i) in members {
                 let seq = &batch.seqs[i];
@@ -148,7 +170,12 @@ impl StepPlan {
         for (at, &r) in order.iter().enumerate() {
             inverse[r as usize] = at as u32;
         }
-        Ok(Self { key: PlanKey::new(batch), write_slots, groups, inverse: Tensor::from_vec(inverse, tokens, device)? })
+        Ok(Self {
+            key: PlanKey::new(batch),
+            write_slots,
+            groups,
+            inverse: Tensor::from_vec(inverse, tokens, device)?,
+        })
     }
 }
 
@@ -172,21 +199,34 @@ pub fn attend_tensors(
     let layout = cache.layout();
     let (kv_heads, dim, block_size) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
     if num_heads == 0 || num_heads % kv_heads != 0 {
-        return Err(ModelError::InvalidBatch(format!("{num_heads} query heads are not a multiple of {kv_heads} KV heads")));
+        return Err(ModelError::InvalidBatch(format!(
+            "{num_heads} query heads are not a multiple of {kv_heads} KV heads"
+        )));
     }
     let (group, kv_width, tokens) = (num_heads / kv_heads, kv_heads * dim, batch.tokens.len());
     if tokens == 0 {
         return Err(ModelError::InvalidBatch("the batch has no tokens".into()));
     }
-    let store = cache.tensors_mut().ok_or_else(|| ModelError::InvalidBatch("attend_tensors needs a tensor KV cache (KvCache::new_tensors)".into()))?;
+    let store = cache.tensors_mut().ok_or_else(|| {
+        ModelError::InvalidBatch("attend_tensors needs a tensor KV cache (KvCache::new_tensors)".into())
+    })?;
     if layer >= store.layers.len() {
-        return Err(ModelError::InvalidBatch(format!("layer {layer} is past the cache's {} layers", store.layers.len())));
+        return Err(ModelError::InvalidBatch(format!(
+            "layer {layer} is past the cache's {} layers",
+            store.layers.len()
+        )));
     }
     let kv = &store.layers[layer];
     let device = kv.k.device().clone();
     let plan_is_current = layer > 0 && store.plan.as_ref().is_some_and(|p| p.key == PlanKey::new(batch));
     if !plan_is_current {
-        store.plan = Some(StepPlan::new(batch, block_size, kv_width, GATHER_BUDGET_BYTES, &device)?);
+        store.plan = Some(StepPlan::new(
+            batch,
+            block_size,
+            kv_width,
+            GATHER_BUDGET_BYTES,
+            &device,
+        )?);
     }
     let plan = store.plan.as_ref().expect("the plan was just built");
 
@@ -255,12 +295,20 @@ mod tests {
     #[test]
     fn tensor_path_matches_the_cpu_kernel_on_mixed_batches() {
         let (heads, kv_heads, dim, bs) = (9, 3, 64, 32);
-        let layout = KvLayout { num_layers: 2, num_kv_heads: kv_heads, head_dim: dim };
+        let layout = KvLayout {
+            num_layers: 2,
+            num_kv_heads: kv_heads,
+            head_dim: dim,
+        };
         let mut host = KvCache::new(layout, 8, bs).unwrap();
         let mut tensors = KvCache::new_tensors(layout, 8, bs, &Device::Cpu, DType::F32).unwrap();
         let (table_a, table_b) = ([5u32, 1, 7], [3u32, 0]);
         // (computed, new) of a and b per step; `None` when the sequence sits the step out.
-        let mut steps: Vec<[Option<(usize, usize)>; 2]> = vec![[Some((0, 24)), None], [Some((24, 16)), None], [Some((40, 1)), Some((0, 12))]];
+        let mut steps: Vec<[Option<(usize, usize)>; 2]> = vec![
+            [Some((0, 24)), None],
+            [Some((24, 16)), None],
+            [Some((40, 1)), Some((0, 12))],
+        ];
         for i in 0..8 {
             steps.push([Some((41 + i, 1)), Some((12 + i, 1))]);
         }
@@ -270,11 +318,21 @@ mod tests {
             for (which, s) in step.iter().enumerate() {
                 if let Some((computed, new)) = *s {
                     let table: &[u32] = if which == 0 { &table_a } else { &table_b };
-                    seqs.push(SeqInput { num_computed: computed, num_new: new, block_table: table, prompt_len: 40, want_logits: true, all_logits: false });
+                    seqs.push(SeqInput {
+                        num_computed: computed,
+                        num_new: new,
+                        block_table: table,
+                        prompt_len: 40,
+                        want_logits: true,
+                        all_logits: false,
+                    });
                 }
             }
             let tokens = vec![0u32; seqs.iter().map(|s| s.num_new).sum()];
-            let batch = Batch { tokens: &tokens, seqs: &seqs };
+            let batch = Batch {
+                tokens: &tokens,
+                seqs: &seqs,
+            };
             let n = tokens.len();
             for layer in 0..2 {
                 let make = |width: usize, off: usize| {
@@ -288,7 +346,14 @@ mod tests {
                 let want = crate::attention::attend(&q, &k, &v, &mut host, layer, &batch, heads).unwrap();
                 let got = crate::attention::attend(&q, &k, &v, &mut tensors, layer, &batch, heads).unwrap();
                 assert_eq!(got.dims(), want.dims());
-                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = (got - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(diff < 1e-5, "step {step:?} layer {layer}: max difference {diff}");
             }
         }
@@ -302,12 +367,29 @@ mod tests {
         let mut seqs: Vec<SeqInput> = lens
             .iter()
             .zip(&tables)
-            .map(|(&len, t)| SeqInput { num_computed: len - 1, num_new: 1, block_table: t, prompt_len: 1, want_logits: true, all_logits: false })
+            .map(|(&len, t)| SeqInput {
+                num_computed: len - 1,
+                num_new: 1,
+                block_table: t,
+                prompt_len: 1,
+                want_logits: true,
+                all_logits: false,
+            })
             .collect();
         let prefill = [11u32];
-        seqs.push(SeqInput { num_computed: 0, num_new: 6, block_table: &prefill, prompt_len: 6, want_logits: true, all_logits: false });
+        seqs.push(SeqInput {
+            num_computed: 0,
+            num_new: 6,
+            block_table: &prefill,
+            prompt_len: 6,
+            want_logits: true,
+            all_logits: false,
+        });
         let tokens = vec![0u32; 11];
-        let batch = Batch { tokens: &tokens, seqs: &seqs };
+        let batch = Batch {
+            tokens: &tokens,
+            seqs: &seqs,
+        };
         let kv_width = 8;
         // Room for two sequences of 50 keys.
         let budget = 2 * 50 * kv_width * 4;
@@ -316,7 +398,11 @@ mod tests {
         // The prefill chunk first; then decode sorted by length, as many as fit padded to the longest:
         // (3, 4), (40, 45), (50).
         assert_eq!(shape, vec![(1, 6, 6), (2, 1, 4), (2, 1, 45), (1, 1, 50)]);
-        let rows: Vec<u32> = plan.groups.iter().flat_map(|g| g.q_rows.to_vec1::<u32>().unwrap()).collect();
+        let rows: Vec<u32> = plan
+            .groups
+            .iter()
+            .flat_map(|g| g.q_rows.to_vec1::<u32>().unwrap())
+            .collect();
         assert_eq!(rows, vec![5, 6, 7, 8, 9, 10, 1, 3, 2, 4, 0]);
         let inverse = plan.inverse.to_vec1::<u32>().unwrap();
         for (at, &r) in rows.iter().enumerate() {

@@ -13,7 +13,12 @@ pub enum ModelError {
     InvalidGguf { path: PathBuf, reason: String },
     /// The file is shorter than its header says: it was cut off while downloading or copying.
     #[error("{path} is truncated: tensor `{tensor}` ends at byte {needed}, but the file has {actual} bytes")]
-    Truncated { path: PathBuf, tensor: String, needed: u64, actual: u64 },
+    Truncated {
+        path: PathBuf,
+        tensor: String,
+        needed: u64,
+        actual: u64,
+    },
     /// A required metadata key is missing.
     #[error("GGUF metadata key `{key}` is missing")]
     MissingKey { key: String },
@@ -25,10 +30,18 @@ pub enum ModelError {
     MissingTensor { name: String },
     /// A tensor has a quantization type hearth cannot run.
     #[error("tensor `{name}` has type {dtype}, which is not supported (supported: {supported})")]
-    UnsupportedTensorType { name: String, dtype: String, supported: String },
+    UnsupportedTensorType {
+        name: String,
+        dtype: String,
+        supported: String,
+    },
     /// A tensor's shape disagrees with the hyperparameters.
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
-    Shape { name: String, expected: Vec<usize>, actual: Vec<usize> },
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     /// `general.architecture` names a model family hearth does not run.
     #[error("unsupported architecture `{architecture}` (supported: {supported})")]
     UnsupportedArchitecture { architecture: String, supported: String },

@@ -40,7 +40,10 @@ impl Gguf {
     /// Open `path`, parse its header and check it is whole: every tensor's data lies inside the file and
     /// every tensor type is supported. Nothing is loaded yet.
     pub fn open(path: &Path, device: &Device) -> Result<Self, ModelError> {
-        let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
         let file_len = file.metadata().map_err(io_err)?.len();
         let mut reader = BufReader::new(file);
@@ -53,7 +56,11 @@ impl Gguf {
                 return Err(ModelError::UnsupportedTensorType {
                     name: name.clone(),
                     dtype: format!("{:?}", info.ggml_dtype),
-                    supported: SUPPORTED_TENSOR_TYPES.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", "),
+                    supported: SUPPORTED_TENSOR_TYPES
+                        .iter()
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
             let elems = info.shape.elem_count();
@@ -69,7 +76,12 @@ impl Gguf {
                 });
             }
         }
-        Ok(Self { path: path.to_path_buf(), content, reader, device: device.clone() })
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            device: device.clone(),
+        })
     }
 
     /// The file this was read from.
@@ -84,7 +96,10 @@ impl Gguf {
 
     /// Raw metadata value, or `MissingKey`.
     pub fn metadata(&self, key: &str) -> Result<&Value, ModelError> {
-        self.content.metadata.get(key).ok_or_else(|| ModelError::MissingKey { key: key.to_string() })
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| ModelError::MissingKey { key: key.to_string() })
     }
 
     /// All metadata (the tokenizer reads its keys from here).
@@ -94,7 +109,10 @@ impl Gguf {
 
     /// A string metadata value.
     pub fn metadata_str(&self, key: &str) -> Result<&str, ModelError> {
-        self.metadata(key)?.to_string().map(|s| s.as_str()).map_err(|e| invalid(key, e))
+        self.metadata(key)?
+            .to_string()
+            .map(|s| s.as_str())
+            .map_err(|e| invalid(key, e))
     }
 
     /// An integer metadata value of any integer width, as usize.
@@ -109,7 +127,12 @@ impl Gguf {
             Value::I16(x) if *x >= 0 => *x as u64,
             Value::I32(x) if *x >= 0 => *x as u64,
             Value::I64(x) if *x >= 0 => *x as u64,
-            other => return Err(invalid(key, format!("expected a non-negative integer, found {other:?}"))),
+            other => {
+                return Err(invalid(
+                    key,
+                    format!("expected a non-negative integer, found {other:?}"),
+                ))
+            }
         };
         usize::try_from(n).map_err(|e| invalid(key, e))
     }
@@ -161,7 +184,11 @@ impl Gguf {
         let shape = self.tensor_shape(name)?;
         if let Some(expected) = expected {
             if shape != expected {
-                return Err(ModelError::Shape { name: name.to_string(), expected: expected.to_vec(), actual: shape });
+                return Err(ModelError::Shape {
+                    name: name.to_string(),
+                    expected: expected.to_vec(),
+                    actual: shape,
+                });
             }
         }
         Ok(self.content.tensor(&mut self.reader, name, &self.device)?)
@@ -184,14 +211,22 @@ impl Gguf {
         let mut counts: std::collections::HashMap<String, usize> = Default::default();
         for info in self.content.tensor_infos.values() {
             if info.shape.rank() == 2 {
-                *counts.entry(format!("{:?}", info.ggml_dtype).to_uppercase().replace("K", "_K"))
+                *counts
+                    .entry(format!("{:?}", info.ggml_dtype).to_uppercase().replace("K", "_K"))
                     .or_default() += info.shape.elem_count();
             }
         }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t).unwrap_or_else(|| "F32".into())
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(t, _)| t)
+            .unwrap_or_else(|| "F32".into())
     }
 }
 
 fn invalid(key: &str, reason: impl ToString) -> ModelError {
-    ModelError::InvalidKey { key: key.to_string(), reason: reason.to_string() }
+    ModelError::InvalidKey {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
 }

@@ -58,12 +58,22 @@ fn avx512_vnni() -> bool {
             return false;
         }
         // The 512-bit kernels finish with the AVX2 kernels' helpers, compiled in only for such a build.
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))]
         {
             use std::arch::is_x86_feature_detected as has;
             has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni")
         }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )))]
         false
     })
 }
@@ -120,19 +130,33 @@ pub(crate) fn f32_view(x: &Tensor) -> candle_core::Result<F32View<'_>> {
         candle_core::bail!("expected an f32 CPU tensor, got {:?} on {:?}", x.dtype(), x.device());
     }
     let (storage, layout) = x.storage_and_layout();
-    if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(_)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-        return Ok(F32View { values: View::Borrowed(storage, start..end) });
+    if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(_)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    {
+        return Ok(F32View {
+            values: View::Borrowed(storage, start..end),
+        });
     }
     drop(storage);
-    Ok(F32View { values: View::Owned(x.flatten_all()?.to_vec1::<f32>()?) })
+    Ok(F32View {
+        values: View::Owned(x.flatten_all()?.to_vec1::<f32>()?),
+    })
 }
 
 /// The rows of `x` (`[m, k]`, f32, CPU) for `who`'s `[n, k]` weight, row-major with their count; `None` when
 /// there are none (the product is then `[0, n]`). An error for another shape or device.
-fn activation_rows<'a>(x: &'a Tensor, n: usize, k: usize, who: &str) -> candle_core::Result<Option<(usize, F32View<'a>)>> {
+fn activation_rows<'a>(
+    x: &'a Tensor,
+    n: usize,
+    k: usize,
+    who: &str,
+) -> candle_core::Result<Option<(usize, F32View<'a>)>> {
     let (m, xk) = x.dims2()?;
     if xk != k || !matches!(x.device(), Device::Cpu) {
-        candle_core::bail!("{who}: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU", x.device());
+        candle_core::bail!(
+            "{who}: x is [{m}, {xk}] on {:?}, the weight [{n}, {k}] on the CPU",
+            x.device()
+        );
     }
     if m == 0 {
         return Ok(None);
@@ -196,7 +220,13 @@ fn product(m: usize, n: usize, fill: impl FnOnce(&Out)) -> candle_core::Result<T
 /// pool: `tile(j, r0, rows, out)` must write rows `r0..r0 + rows` of columns `cols * j..cols * (j + 1)` of
 /// `out`, every one of them and nothing else; it is called for each column block with row tiles of at most
 /// `max_rows` rows, so that a tile's weights are unpacked once for its rows.
-fn column_blocks(m: usize, n: usize, cols: usize, max_rows: usize, tile: impl Fn(usize, usize, usize, &Out) + Sync) -> Vec<f32> {
+fn column_blocks(
+    m: usize,
+    n: usize,
+    cols: usize,
+    max_rows: usize,
+    tile: impl Fn(usize, usize, usize, &Out) + Sync,
+) -> Vec<f32> {
     let mut ys = column_blocks_many(m, &[n], cols, max_rows, |_, j, r0, rows, out| tile(j, r0, rows, out));
     ys.pop().unwrap_or_default()
 }
@@ -213,12 +243,18 @@ fn column_blocks_many(
     debug_assert!(ns.iter().all(|n| n.is_multiple_of(cols)) && max_rows > 0);
     // Not zeroed first: the column blocks together write every element.
     let mut ys: Vec<Vec<f32>> = ns.iter().map(|&n| Vec::with_capacity(m * n)).collect();
-    let outs: Vec<Out> = ys.iter_mut().zip(ns).map(|(y, &n)| Out { ptr: y.as_mut_ptr(), n }).collect();
+    let outs: Vec<Out> = ys
+        .iter_mut()
+        .zip(ns)
+        .map(|(y, &n)| Out { ptr: y.as_mut_ptr(), n })
+        .collect();
     // `starts[i]`: the first of product `i`'s column blocks in the loop.
-    let starts: Vec<usize> = std::iter::once(0).chain(ns.iter().scan(0, |end, &n| {
-        *end += n / cols;
-        Some(*end)
-    })).collect();
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(ns.iter().scan(0, |end, &n| {
+            *end += n / cols;
+            Some(*end)
+        }))
+        .collect();
     let column_block = |item: usize| {
         let i = starts.partition_point(|&s| s <= item) - 1;
         let mut r0 = 0;

@@ -96,27 +96,54 @@ impl KvCache {
             v.resize(per_layer, 0f32);
             v
         };
-        let layers = (0..layout.num_layers).map(|_| LayerKv { k: zeros(), v: zeros() }).collect();
-        Ok(Self { layout, block_size, num_blocks, layers, tensors: None })
+        let layers = (0..layout.num_layers)
+            .map(|_| LayerKv { k: zeros(), v: zeros() })
+            .collect();
+        Ok(Self {
+            layout,
+            block_size,
+            num_blocks,
+            layers,
+            tensors: None,
+        })
     }
 
     /// Allocate `num_blocks` blocks of `block_size` positions for every layer as tensors of `dtype` (f16 or
     /// f32) on `device`. Models run attention over such a cache with candle ops (`attention_ops.rs`): the
     /// path for CUDA, and on the CPU a testable twin of it (the CPU kernel needs [`KvCache::new`]).
-    pub fn new_tensors(layout: KvLayout, num_blocks: usize, block_size: usize, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+    pub fn new_tensors(
+        layout: KvLayout,
+        num_blocks: usize,
+        block_size: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         if block_size == 0 || num_blocks == 0 {
             return Err(ModelError::InvalidBatch(format!(
                 "a KV cache needs at least one block of at least one position (got {num_blocks} blocks of {block_size})"
             )));
         }
         if !matches!(dtype, DType::F16 | DType::F32) {
-            return Err(ModelError::InvalidBatch(format!("a tensor KV cache holds f16 or f32, not {dtype:?}")));
+            return Err(ModelError::InvalidBatch(format!(
+                "a tensor KV cache holds f16 or f32, not {dtype:?}"
+            )));
         }
         let shape = (num_blocks * block_size, layout.num_kv_heads * layout.head_dim);
         let layers = (0..layout.num_layers)
-            .map(|_| Ok(TensorLayerKv { k: Tensor::zeros(shape, dtype, device)?, v: Tensor::zeros(shape, dtype, device)? }))
+            .map(|_| {
+                Ok(TensorLayerKv {
+                    k: Tensor::zeros(shape, dtype, device)?,
+                    v: Tensor::zeros(shape, dtype, device)?,
+                })
+            })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Self { layout, block_size, num_blocks, layers: Vec::new(), tensors: Some(TensorKv { layers, plan: None }) })
+        Ok(Self {
+            layout,
+            block_size,
+            num_blocks,
+            layers: Vec::new(),
+            tensors: Some(TensorKv { layers, plan: None }),
+        })
     }
 
     /// Whether this cache holds tensors ([`KvCache::new_tensors`]) rather than host vectors.
@@ -158,12 +185,16 @@ impl KvCache {
     /// # Panics
     /// On a tensor cache, which has no host layers (`attention::attend` never asks one for them).
     pub fn layer(&self, i: usize) -> &LayerKv {
-        self.layers.get(i).expect("host KV layer: a tensor cache is read by attention_ops, never by the CPU kernel")
+        self.layers
+            .get(i)
+            .expect("host KV layer: a tensor cache is read by attention_ops, never by the CPU kernel")
     }
 
     /// Mutable keys and values of layer `i` of a host cache; panics like [`KvCache::layer`].
     pub fn layer_mut(&mut self, i: usize) -> &mut LayerKv {
-        self.layers.get_mut(i).expect("host KV layer: a tensor cache is written by attention_ops, never by the CPU kernel")
+        self.layers
+            .get_mut(i)
+            .expect("host KV layer: a tensor cache is written by attention_ops, never by the CPU kernel")
     }
 
     /// Offset of one head's block in a layer's `k` or `v` (both hold `block_size * head_dim` values there).

@@ -94,7 +94,11 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// The key/value geometry the KV cache must have for this model.
     pub fn kv_layout(&self) -> KvLayout {
-        KvLayout { num_layers: self.num_layers, num_kv_heads: self.num_kv_heads, head_dim: self.head_dim }
+        KvLayout {
+            num_layers: self.num_layers,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 }
 

@@ -30,9 +30,19 @@ enum Weight {
 
 impl Linear {
     /// Load `{name}.weight` of shape `[out_dim, in_dim]`, and `{name}.bias` when `with_bias`.
-    pub fn load(gguf: &mut Gguf, name: &str, out_dim: usize, in_dim: usize, with_bias: bool) -> Result<Self, ModelError> {
+    pub fn load(
+        gguf: &mut Gguf,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+        with_bias: bool,
+    ) -> Result<Self, ModelError> {
         let weight = gguf.qmatmul(&format!("{name}.weight"), out_dim, in_dim)?;
-        let bias = if with_bias { Some(gguf.vector(&format!("{name}.bias"), out_dim)?) } else { None };
+        let bias = if with_bias {
+            Some(gguf.vector(&format!("{name}.bias"), out_dim)?)
+        } else {
+            None
+        };
         Ok(Self::new(weight, bias, name))
     }
 
@@ -43,18 +53,22 @@ impl Linear {
     pub fn new(weight: QMatMul, bias: Option<Tensor>, name: &str) -> Self {
         let span = tracing::trace_span!("linear", name = name.to_string());
         let weight = match &weight {
-            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4_1 && t.device().is_cpu() => match crate::kernels::Q4_1x8::new(t) {
-                Ok(w) => Weight::Q4_1(std::sync::Arc::new(w)),
-                Err(_) => Weight::Candle(weight),
-            },
+            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4_1 && t.device().is_cpu() => {
+                match crate::kernels::Q4_1x8::new(t) {
+                    Ok(w) => Weight::Q4_1(std::sync::Arc::new(w)),
+                    Err(_) => Weight::Candle(weight),
+                }
+            }
             QMatMul::QTensor(t) if crate::kernels::Q8_0x8::takes(t) => match crate::kernels::Q8_0x8::new(t) {
                 Ok(w) => Weight::Q8_0(std::sync::Arc::new(w)),
                 Err(_) => Weight::Candle(weight),
             },
-            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4K && t.device().is_cpu() => match crate::kernels::Q4Kx16::new(t) {
-                Ok(Some(w)) => Weight::Q4K(std::sync::Arc::new(w)),
-                Ok(None) | Err(_) => Weight::Candle(weight),
-            },
+            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4K && t.device().is_cpu() => {
+                match crate::kernels::Q4Kx16::new(t) {
+                    Ok(Some(w)) => Weight::Q4K(std::sync::Arc::new(w)),
+                    Ok(None) | Err(_) => Weight::Candle(weight),
+                }
+            }
             _ => Weight::Candle(weight),
         };
         Self { weight, bias, span }
@@ -69,16 +83,24 @@ impl Linear {
     /// fidelity test's 0.01).
     fn new_output(weight: QMatMul, name: &str) -> Self {
         let repacked = match &weight {
-            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q6K && t.device().is_cpu() => {
-                crate::kernels::Q6Kx16::new(t).ok().flatten().map(|w| Weight::Q6K(std::sync::Arc::new(w)))
-            }
+            QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q6K && t.device().is_cpu() => crate::kernels::Q6Kx16::new(t)
+                .ok()
+                .flatten()
+                .map(|w| Weight::Q6K(std::sync::Arc::new(w))),
             QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q8_0 && t.device().is_cpu() => {
-                crate::kernels::Q8_0x16::new(t).ok().flatten().map(|w| Weight::Q8_0x16(std::sync::Arc::new(w)))
+                crate::kernels::Q8_0x16::new(t)
+                    .ok()
+                    .flatten()
+                    .map(|w| Weight::Q8_0x16(std::sync::Arc::new(w)))
             }
             _ => None,
         };
         match repacked {
-            Some(weight) => Self { weight, bias: None, span: tracing::trace_span!("linear", name = name.to_string()) },
+            Some(weight) => Self {
+                weight,
+                bias: None,
+                span: tracing::trace_span!("linear", name = name.to_string()),
+            },
             None => Self::new(weight, None, name),
         }
     }
@@ -122,17 +144,25 @@ impl Linear {
         };
         let y = match (rows, weight) {
             // Only the CPU reference rounds by row count; other devices run one plain matmul.
-            (Some(rows), QMatMul::QTensor(t)) if t.dtype() == GgmlDType::Q6K && x.device().is_cpu() && (rows.mixed() || rows.prompt.is_empty()) => {
+            (Some(rows), QMatMul::QTensor(t))
+                if t.dtype() == GgmlDType::Q6K && x.device().is_cpu() && (rows.mixed() || rows.prompt.is_empty()) =>
+            {
                 // Decode rows: one-row rounding, by our kernel when it applies (it also beats candle's one-row
                 // call on a single row), else row by row.
                 let decode = |x: &Tensor| match crate::kernels::q6k_matmul_rows(x, t)? {
                     Some(y) => Ok(y),
                     None => {
-                        let rows = (0..x.dim(0)?).map(|r| weight.forward(&x.narrow(0, r, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+                        let rows = (0..x.dim(0)?)
+                            .map(|r| weight.forward(&x.narrow(0, r, 1)?))
+                            .collect::<candle_core::Result<Vec<_>>>()?;
                         Tensor::cat(&rows, 0)
                     }
                 };
-                if rows.prompt.is_empty() { decode(x)? } else { rows.apply(x, |x| weight.forward(x), decode)? }
+                if rows.prompt.is_empty() {
+                    decode(x)?
+                } else {
+                    rows.apply(x, |x| weight.forward(x), decode)?
+                }
             }
             _ => weight.forward(x)?,
         };
@@ -143,7 +173,11 @@ impl Linear {
     /// Q4_1 weights (when all are) and repacked Q4_K weights (when two or more are) have the activations
     /// quantized once and their products run as one parallel loop; the other layers run on their own. The
     /// results are the same either way.
-    pub fn forward_many<const N: usize>(layers: [&Linear; N], x: &Tensor, rows: Option<&RowKinds>) -> candle_core::Result<[Tensor; N]> {
+    pub fn forward_many<const N: usize>(
+        layers: [&Linear; N],
+        x: &Tensor,
+        rows: Option<&RowKinds>,
+    ) -> candle_core::Result<[Tensor; N]> {
         let mut ys: [Option<Tensor>; N] = std::array::from_fn(|_| None);
         let q4_1: Vec<&crate::kernels::Q4_1x8> = layers
             .iter()
@@ -209,7 +243,11 @@ impl RowKinds {
         let mut row = 0u32;
         for seq in batch.seqs {
             for pos in seq.num_computed..seq.num_computed + seq.num_new {
-                if pos < seq.prompt_len && seq.prompt_len > 1 { prompt.push(row) } else { decode.push(row) }
+                if pos < seq.prompt_len && seq.prompt_len > 1 {
+                    prompt.push(row)
+                } else {
+                    decode.push(row)
+                }
                 row += 1;
             }
         }
@@ -271,8 +309,17 @@ impl RmsNorm {
     /// Load `{name}.weight` of length `dim`.
     pub fn load(gguf: &mut Gguf, name: &str, dim: usize, eps: f32) -> Result<Self, ModelError> {
         let weight = gguf.vector(&format!("{name}.weight"), dim)?;
-        let alpha = if weight.device().is_cpu() { weight.to_dtype(DType::F32)?.to_vec1::<f32>()? } else { Vec::new() };
-        Ok(Self { weight, alpha, eps, span: tracing::trace_span!("rms_norm") })
+        let alpha = if weight.device().is_cpu() {
+            weight.to_dtype(DType::F32)?.to_vec1::<f32>()?
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            weight,
+            alpha,
+            eps,
+            span: tracing::trace_span!("rms_norm"),
+        })
     }
 
     /// Normalise each row of `x`.
@@ -320,7 +367,11 @@ fn rms_rows<const R: usize>(src: &[f32], alpha: &[f32], eps: f32, out: &mut [f32
     }
     for (r, sum) in sum2.iter().enumerate() {
         let m = (sum / n as f32 + eps).sqrt();
-        for ((d, &s), &a) in out[r * n..(r + 1) * n].iter_mut().zip(&src[r * n..(r + 1) * n]).zip(alpha) {
+        for ((d, &s), &a) in out[r * n..(r + 1) * n]
+            .iter_mut()
+            .zip(&src[r * n..(r + 1) * n])
+            .zip(alpha)
+        {
             *d = s / m * a;
         }
     }
@@ -398,7 +449,12 @@ impl Rotary {
             .to_dtype(DType::F32)?
             .reshape((max_positions, 1))?
             .matmul(&theta.reshape((1, half))?)?;
-        Ok(Self { cos: idx_theta.cos()?, sin: idx_theta.sin()?, style, span: tracing::trace_span!("rope") })
+        Ok(Self {
+            cos: idx_theta.cos()?,
+            sin: idx_theta.sin()?,
+            style,
+            span: tracing::trace_span!("rope"),
+        })
     }
 
     /// Which elements rotate together.
@@ -505,7 +561,10 @@ impl Embedding {
     /// Load `token_embd.weight` of shape `[vocab, hidden]`.
     pub fn load(gguf: &mut Gguf, vocab: usize, hidden: usize) -> Result<Self, ModelError> {
         let table = gguf.tensor("token_embd.weight", Some(&[vocab, hidden]))?;
-        Ok(Self { table: Table::Candle(std::sync::Arc::new(table)), span: tracing::trace_span!("embedding") })
+        Ok(Self {
+            table: Table::Candle(std::sync::Arc::new(table)),
+            span: tracing::trace_span!("embedding"),
+        })
     }
 
     /// `ids`: `[tokens]` u32 → `[tokens, hidden]` f32.
@@ -521,7 +580,11 @@ impl Embedding {
 }
 
 /// `ids` (`[tokens]` u32) looked up by a repacked table's `rows` → `[tokens, hidden]` f32.
-fn lookup(ids: &Tensor, hidden: usize, rows: impl FnOnce(&[u32]) -> candle_core::Result<Vec<f32>>) -> candle_core::Result<Tensor> {
+fn lookup(
+    ids: &Tensor,
+    hidden: usize,
+    rows: impl FnOnce(&[u32]) -> candle_core::Result<Vec<f32>>,
+) -> candle_core::Result<Tensor> {
     let ids = ids.flatten_all()?.to_vec1::<u32>()?;
     Tensor::from_vec(rows(&ids)?, (ids.len(), hidden), &candle_core::Device::Cpu)
 }
@@ -530,23 +593,53 @@ fn lookup(ids: &Tensor, hidden: usize, rows: impl FnOnce(&[u32]) -> candle_core:
 pub fn embedding_shape(gguf: &Gguf) -> Result<(usize, usize), ModelError> {
     match gguf.tensor_shape("token_embd.weight")?.as_slice() {
         &[vocab, hidden] => Ok((vocab, hidden)),
-        other => Err(ModelError::Shape { name: "token_embd.weight".into(), expected: vec![0, 0], actual: other.to_vec() }),
+        other => Err(ModelError::Shape {
+            name: "token_embd.weight".into(),
+            expected: vec![0, 0],
+            actual: other.to_vec(),
+        }),
     }
 }
 
 /// The output projection: `output.weight` when present, else the embedding table (tied embeddings, as in
 /// SmolLM2 and the small Qwen models). A tied table that the projection repacks (Q8_0, Q6_K) then serves the
 /// embedding's lookups too.
-pub fn output_projection(gguf: &mut Gguf, embedding: &mut Embedding, vocab: usize, hidden: usize) -> Result<Linear, ModelError> {
+pub fn output_projection(
+    gguf: &mut Gguf,
+    embedding: &mut Embedding,
+    vocab: usize,
+    hidden: usize,
+) -> Result<Linear, ModelError> {
     if gguf.has_tensor("output.weight") {
-        return Ok(Linear::new_output(gguf.qmatmul("output.weight", vocab, hidden)?, "output"));
+        return Ok(Linear::new_output(
+            gguf.qmatmul("output.weight", vocab, hidden)?,
+            "output",
+        ));
     }
     let name = "output(tied)";
     let table = match &embedding.table {
         Table::Candle(table) => table.clone(),
-        Table::Q8_0(w) => return Ok(Linear { weight: Weight::Q8_0(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
-        Table::Q8_0x16(w) => return Ok(Linear { weight: Weight::Q8_0x16(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
-        Table::Q6K(w) => return Ok(Linear { weight: Weight::Q6K(w.clone()), bias: None, span: tracing::trace_span!("linear", name) }),
+        Table::Q8_0(w) => {
+            return Ok(Linear {
+                weight: Weight::Q8_0(w.clone()),
+                bias: None,
+                span: tracing::trace_span!("linear", name),
+            })
+        }
+        Table::Q8_0x16(w) => {
+            return Ok(Linear {
+                weight: Weight::Q8_0x16(w.clone()),
+                bias: None,
+                span: tracing::trace_span!("linear", name),
+            })
+        }
+        Table::Q6K(w) => {
+            return Ok(Linear {
+                weight: Weight::Q6K(w.clone()),
+                bias: None,
+                span: tracing::trace_span!("linear", name),
+            })
+        }
     };
     let output = Linear::new_output(QMatMul::from_arc(table)?, name);
     match &output.weight {
@@ -575,7 +668,12 @@ pub struct StepInputs {
 
 impl StepInputs {
     /// Build the step tensors for `batch`, checking it against the cache and the rotary table.
-    pub fn new(batch: &crate::Batch<'_>, rotary: &Rotary, cache: &crate::KvCache, device: &Device) -> Result<Self, ModelError> {
+    pub fn new(
+        batch: &crate::Batch<'_>,
+        rotary: &Rotary,
+        cache: &crate::KvCache,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         batch.validate(cache.block_size(), cache.num_blocks())?;
         if batch.tokens.is_empty() {
             return Err(ModelError::InvalidBatch("the batch has no tokens".into()));
@@ -610,7 +708,10 @@ pub fn logits(x: &Tensor, rows: &Tensor, norm: &RmsNorm, output: &Linear) -> can
     }
     let x = x.index_select(rows, 0)?;
     // The reference projects one sequence's last row at a time.
-    let all_decode = RowKinds { prompt: Vec::new(), decode: (0..rows.dim(0)? as u32).collect() };
+    let all_decode = RowKinds {
+        prompt: Vec::new(),
+        decode: (0..rows.dim(0)? as u32).collect(),
+    };
     output.forward_rows(&norm.forward(&x)?, Some(&all_decode))
 }
 
@@ -631,11 +732,28 @@ mod tests {
         };
         // Whole tiles of rows, a short last tile, and rows of widely spread magnitudes.
         for rows in [1usize, 8, 13, 40] {
-            let x: Vec<f32> = (0..rows * dim).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 10f32.powi((i % 7) as i32 - 3)).collect();
+            let x: Vec<f32> = (0..rows * dim)
+                .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 10f32.powi((i % 7) as i32 - 3))
+                .collect();
             let x = Tensor::from_vec(x, (rows, dim), &dev).unwrap();
-            let ours = norm.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let theirs = candle_nn::ops::rms_norm(&x, &norm.weight, norm.eps).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), theirs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{rows} rows");
+            let ours = norm
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let theirs = candle_nn::ops::rms_norm(&x, &norm.weight, norm.eps)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(
+                ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                theirs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{rows} rows"
+            );
         }
     }
 
@@ -645,9 +763,25 @@ mod tests {
         let n = 3 * 4099;
         let gate: Vec<f32> = (0..n).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 0.031).collect();
         let up: Vec<f32> = (0..n).map(|i| ((i * 104729 % 997) as f32 - 498.0) * 0.007).collect();
-        let (gate, up) = (Tensor::from_vec(gate, (3, 4099), &Device::Cpu).unwrap(), Tensor::from_vec(up, (3, 4099), &Device::Cpu).unwrap());
-        let ours = silu_mul(&gate, &up).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let theirs = (candle_nn::ops::silu(&gate).unwrap() * &up).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), theirs.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        let (gate, up) = (
+            Tensor::from_vec(gate, (3, 4099), &Device::Cpu).unwrap(),
+            Tensor::from_vec(up, (3, 4099), &Device::Cpu).unwrap(),
+        );
+        let ours = silu_mul(&gate, &up)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let theirs = (candle_nn::ops::silu(&gate).unwrap() * &up)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            theirs.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

@@ -9,7 +9,9 @@
 use candle_core::{Device, Tensor};
 
 use crate::attention::attend_rope;
-use crate::nn::{embedding_shape, logits, output_projection, Embedding, Linear, Mlp, RmsNorm, RopeStyle, Rotary, StepInputs};
+use crate::nn::{
+    embedding_shape, logits, output_projection, Embedding, Linear, Mlp, RmsNorm, RopeStyle, Rotary, StepInputs,
+};
 use crate::{Architecture, Batch, CausalLm, Gguf, KvCache, ModelError, ModelSpec};
 
 pub use crate::llama::Config;
@@ -28,7 +30,11 @@ struct Block {
 impl Block {
     fn load(gguf: &mut Gguf, cfg: &Config, i: usize) -> Result<Self, ModelError> {
         let p = format!("blk.{i}");
-        let (h, q_dim, kv_dim) = (cfg.embedding_length, cfg.head_count * cfg.head_dim, cfg.head_count_kv * cfg.head_dim);
+        let (h, q_dim, kv_dim) = (
+            cfg.embedding_length,
+            cfg.head_count * cfg.head_dim,
+            cfg.head_count_kv * cfg.head_dim,
+        );
         Ok(Self {
             attn_norm: RmsNorm::load(gguf, &format!("{p}.attn_norm"), h, cfg.rms_norm_eps)?,
             attn_q: Linear::load(gguf, &format!("{p}.attn_q"), q_dim, h, true)?,
@@ -41,10 +47,29 @@ impl Block {
     }
 
     /// `x`: `[tokens, hidden]` → `[tokens, hidden]`.
-    fn forward(&self, x: &Tensor, m: &Model, step: &StepInputs, cache: &mut KvCache, i: usize, batch: &Batch<'_>) -> Result<Tensor, ModelError> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        m: &Model,
+        step: &StepInputs,
+        cache: &mut KvCache,
+        i: usize,
+        batch: &Batch<'_>,
+    ) -> Result<Tensor, ModelError> {
         let h = self.attn_norm.forward(x)?;
         let [q, k, v] = Linear::forward_many([&self.attn_q, &self.attn_k, &self.attn_v], &h, Some(&step.rows))?;
-        let attn = attend_rope(&q, &k, &v, &m.rotary, &step.cos, &step.sin, cache, i, batch, m.cfg.head_count)?;
+        let attn = attend_rope(
+            &q,
+            &k,
+            &v,
+            &m.rotary,
+            &step.cos,
+            &step.sin,
+            cache,
+            i,
+            batch,
+            m.cfg.head_count,
+        )?;
         let x = (x + self.attn_output.forward_rows(&attn, Some(&step.rows))?)?;
         let h = self.ffn_norm.forward(&x)?;
         Ok((&x + self.mlp.forward(&h, &step.rows)?)?)
@@ -70,11 +95,24 @@ impl Model {
         let cfg = Config::from_gguf(gguf, "qwen2")?;
         let (vocab, hidden) = embedding_shape(gguf)?;
         if hidden != cfg.embedding_length {
-            return Err(ModelError::Shape { name: "token_embd.weight".into(), expected: vec![vocab, cfg.embedding_length], actual: vec![vocab, hidden] });
+            return Err(ModelError::Shape {
+                name: "token_embd.weight".into(),
+                expected: vec![vocab, cfg.embedding_length],
+                actual: vec![vocab, hidden],
+            });
         }
-        let rotary = Rotary::new(cfg.head_dim, cfg.rope_freq_base, cfg.context_length, RopeStyle::Neox, None, gguf.device())?;
+        let rotary = Rotary::new(
+            cfg.head_dim,
+            cfg.rope_freq_base,
+            cfg.context_length,
+            RopeStyle::Neox,
+            None,
+            gguf.device(),
+        )?;
         let mut embedding = Embedding::load(gguf, vocab, hidden)?;
-        let blocks = (0..cfg.block_count).map(|i| Block::load(gguf, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
+        let blocks = (0..cfg.block_count)
+            .map(|i| Block::load(gguf, &cfg, i))
+            .collect::<Result<Vec<_>, _>>()?;
         let output_norm = RmsNorm::load(gguf, "output_norm", hidden, cfg.rms_norm_eps)?;
         let output = output_projection(gguf, &mut embedding, vocab, hidden)?;
         let spec = ModelSpec {
@@ -91,7 +129,16 @@ impl Model {
             quantization: gguf.dominant_quantization(),
         };
         let device = gguf.device().clone();
-        Ok(Self { cfg, spec, embedding, blocks, output_norm, output, rotary, device })
+        Ok(Self {
+            cfg,
+            spec,
+            embedding,
+            blocks,
+            output_norm,
+            output,
+            rotary,
+            device,
+        })
     }
 }
 

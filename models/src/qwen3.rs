@@ -9,7 +9,9 @@
 use candle_core::{Device, Tensor};
 
 use crate::attention::attend_rope;
-use crate::nn::{embedding_shape, logits, output_projection, Embedding, Linear, Mlp, RmsNorm, RopeStyle, Rotary, StepInputs};
+use crate::nn::{
+    embedding_shape, logits, output_projection, Embedding, Linear, Mlp, RmsNorm, RopeStyle, Rotary, StepInputs,
+};
 use crate::{Architecture, Batch, CausalLm, Gguf, KvCache, ModelError, ModelSpec};
 
 pub use crate::llama::Config;
@@ -30,7 +32,11 @@ struct Block {
 impl Block {
     fn load(gguf: &mut Gguf, cfg: &Config, i: usize) -> Result<Self, ModelError> {
         let p = format!("blk.{i}");
-        let (h, q_dim, kv_dim) = (cfg.embedding_length, cfg.head_count * cfg.head_dim, cfg.head_count_kv * cfg.head_dim);
+        let (h, q_dim, kv_dim) = (
+            cfg.embedding_length,
+            cfg.head_count * cfg.head_dim,
+            cfg.head_count_kv * cfg.head_dim,
+        );
         Ok(Self {
             attn_norm: RmsNorm::load(gguf, &format!("{p}.attn_norm"), h, cfg.rms_norm_eps)?,
             attn_q: Linear::load(gguf, &format!("{p}.attn_q"), q_dim, h, false)?,
@@ -47,17 +53,37 @@ impl Block {
     /// Normalise each head of `x` (`[tokens, heads * head_dim]`) on its own.
     fn per_head_norm(norm: &RmsNorm, x: &Tensor, head_dim: usize) -> candle_core::Result<Tensor> {
         let (tokens, width) = x.dims2()?;
-        norm.forward(&x.reshape((tokens * width / head_dim, head_dim))?)?.reshape((tokens, width))
+        norm.forward(&x.reshape((tokens * width / head_dim, head_dim))?)?
+            .reshape((tokens, width))
     }
 
     /// `x`: `[tokens, hidden]` → `[tokens, hidden]`.
-    fn forward(&self, x: &Tensor, m: &Model, step: &StepInputs, cache: &mut KvCache, i: usize, batch: &Batch<'_>) -> Result<Tensor, ModelError> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        m: &Model,
+        step: &StepInputs,
+        cache: &mut KvCache,
+        i: usize,
+        batch: &Batch<'_>,
+    ) -> Result<Tensor, ModelError> {
         let d = m.cfg.head_dim;
         let h = self.attn_norm.forward(x)?;
         let [q, k, v] = Linear::forward_many([&self.attn_q, &self.attn_k, &self.attn_v], &h, Some(&step.rows))?;
         let q = Self::per_head_norm(&self.attn_q_norm, &q, d)?;
         let k = Self::per_head_norm(&self.attn_k_norm, &k, d)?;
-        let attn = attend_rope(&q, &k, &v, &m.rotary, &step.cos, &step.sin, cache, i, batch, m.cfg.head_count)?;
+        let attn = attend_rope(
+            &q,
+            &k,
+            &v,
+            &m.rotary,
+            &step.cos,
+            &step.sin,
+            cache,
+            i,
+            batch,
+            m.cfg.head_count,
+        )?;
         let x = (x + self.attn_output.forward_rows(&attn, Some(&step.rows))?)?;
         let h = self.ffn_norm.forward(&x)?;
         Ok((&x + self.mlp.forward(&h, &step.rows)?)?)
@@ -83,11 +109,24 @@ impl Model {
         let cfg = Config::from_gguf(gguf, "qwen3")?;
         let (vocab, hidden) = embedding_shape(gguf)?;
         if hidden != cfg.embedding_length {
-            return Err(ModelError::Shape { name: "token_embd.weight".into(), expected: vec![vocab, cfg.embedding_length], actual: vec![vocab, hidden] });
+            return Err(ModelError::Shape {
+                name: "token_embd.weight".into(),
+                expected: vec![vocab, cfg.embedding_length],
+                actual: vec![vocab, hidden],
+            });
         }
-        let rotary = Rotary::new(cfg.head_dim, cfg.rope_freq_base, cfg.context_length, RopeStyle::Neox, None, gguf.device())?;
+        let rotary = Rotary::new(
+            cfg.head_dim,
+            cfg.rope_freq_base,
+            cfg.context_length,
+            RopeStyle::Neox,
+            None,
+            gguf.device(),
+        )?;
         let mut embedding = Embedding::load(gguf, vocab, hidden)?;
-        let blocks = (0..cfg.block_count).map(|i| Block::load(gguf, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
+        let blocks = (0..cfg.block_count)
+            .map(|i| Block::load(gguf, &cfg, i))
+            .collect::<Result<Vec<_>, _>>()?;
         let output_norm = RmsNorm::load(gguf, "output_norm", hidden, cfg.rms_norm_eps)?;
         let output = output_projection(gguf, &mut embedding, vocab, hidden)?;
         let spec = ModelSpec {
@@ -104,7 +143,16 @@ impl Model {
             quantization: gguf.dominant_quantization(),
         };
         let device = gguf.device().clone();
-        Ok(Self { cfg, spec, embedding, blocks, output_norm, output, rotary, device })
+        Ok(Self {
+            cfg,
+            spec,
+            embedding,
+            blocks,
+            output_norm,
+            output,
+            rotary,
+            device,
+        })
     }
 }
 

@@ -50,7 +50,11 @@ mod linux {
             if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
                 return None;
             }
-            Some((0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect())
+            Some(
+                (0..libc::CPU_SETSIZE as usize)
+                    .filter(|&c| libc::CPU_ISSET(c, &set))
+                    .collect(),
+            )
         }
     }
 
@@ -68,12 +72,22 @@ mod linux {
 
     /// This process's threads named `{prefix}{i}`, in the order of `i`.
     fn threads_named(prefix: &str) -> Vec<libc::pid_t> {
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Vec::new();
+        };
         let mut found = Vec::new();
         for task in tasks.flatten() {
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else { continue };
-            let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else { continue };
-            if let Some(i) = name.trim_end().strip_prefix(prefix).and_then(|i| i.parse::<usize>().ok()) {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
+                continue;
+            };
+            let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else {
+                continue;
+            };
+            if let Some(i) = name
+                .trim_end()
+                .strip_prefix(prefix)
+                .and_then(|i| i.parse::<usize>().ok())
+            {
                 found.push((i, tid));
             }
         }
@@ -101,7 +115,12 @@ mod linux {
             for (k, &tid) in tids.iter().enumerate() {
                 failed += usize::from(!set_affinity(tid, &others[k % others.len()..][..1]));
             }
-            tracing::debug!(cpu = cpus[home], workers, found = tids.len(), "step loop and barrier workers pinned");
+            tracing::debug!(
+                cpu = cpus[home],
+                workers,
+                found = tids.len(),
+                "step loop and barrier workers pinned"
+            );
         }
         failed += usize::from(!set_affinity(0, &cpus[home..home + 1]));
         if failed > 0 {

@@ -21,7 +21,10 @@ const SUPPORTED: &[(&str, Architecture)] = &[
 /// Read and parse a JSON file, naming it in errors.
 pub(crate) fn read_json(path: &Path) -> Result<Json, QuantizeError> {
     let text = std::fs::read_to_string(path).map_err(QuantizeError::io(path))?;
-    serde_json::from_str(&text).map_err(|source| QuantizeError::Json { path: path.to_path_buf(), source })
+    serde_json::from_str(&text).map_err(|source| QuantizeError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Typed getters on one JSON object whose errors name the file and key.
@@ -33,22 +36,35 @@ pub(crate) struct JsonFile<'a> {
 impl JsonFile<'_> {
     fn get(&self, key: &str) -> Result<&Json, QuantizeError> {
         match self.json.get(key) {
-            Some(Json::Null) | None => Err(QuantizeError::MissingKey { path: self.path.to_path_buf(), key: key.into() }),
+            Some(Json::Null) | None => Err(QuantizeError::MissingKey {
+                path: self.path.to_path_buf(),
+                key: key.into(),
+            }),
             Some(v) => Ok(v),
         }
     }
 
     fn invalid(&self, key: &str, reason: impl Into<String>) -> QuantizeError {
-        QuantizeError::InvalidKey { path: self.path.to_path_buf(), key: key.into(), reason: reason.into() }
+        QuantizeError::InvalidKey {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn usize(&self, key: &str) -> Result<usize, QuantizeError> {
         let v = self.get(key)?;
-        v.as_u64().map(|n| n as usize).ok_or_else(|| self.invalid(key, format!("expected a non-negative integer, found {v}")))
+        v.as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| self.invalid(key, format!("expected a non-negative integer, found {v}")))
     }
 
     pub fn usize_or(&self, key: &str, default: usize) -> Result<usize, QuantizeError> {
-        if self.json.get(key).is_none_or(Json::is_null) { Ok(default) } else { self.usize(key) }
+        if self.json.get(key).is_none_or(Json::is_null) {
+            Ok(default)
+        } else {
+            self.usize(key)
+        }
     }
 
     pub fn f32_or(&self, key: &str, default: Option<f32>) -> Result<f32, QuantizeError> {
@@ -56,7 +72,9 @@ impl JsonFile<'_> {
             (None | Some(Json::Null), Some(d)) => Ok(d),
             _ => {
                 let v = self.get(key)?;
-                v.as_f64().map(|x| x as f32).ok_or_else(|| self.invalid(key, format!("expected a number, found {v}")))
+                v.as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| self.invalid(key, format!("expected a number, found {v}")))
             }
         }
     }
@@ -64,7 +82,9 @@ impl JsonFile<'_> {
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, QuantizeError> {
         match self.json.get(key) {
             None | Some(Json::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.invalid(key, format!("expected true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.invalid(key, format!("expected true or false, found {v}"))),
         }
     }
 }
@@ -78,24 +98,32 @@ pub fn hyperparams_from_config(path: &Path) -> Result<Hyperparams, QuantizeError
         .get(0)
         .and_then(Json::as_str)
         .ok_or_else(|| cfg.invalid("architectures", "expected a list of class names"))?;
-    let architecture = SUPPORTED.iter().find(|(n, _)| *n == arch_name).map(|(_, a)| *a).ok_or_else(|| {
-        QuantizeError::UnsupportedArchitecture {
+    let architecture = SUPPORTED
+        .iter()
+        .find(|(n, _)| *n == arch_name)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| QuantizeError::UnsupportedArchitecture {
             path: path.to_path_buf(),
             architecture: arch_name.to_string(),
             supported: SUPPORTED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-        }
-    })?;
+        })?;
     if json.get("rope_scaling").is_some_and(|v| !v.is_null()) {
         return Err(cfg.invalid("rope_scaling", "scaled RoPE (Llama 3.1, YaRN) is not supported yet"));
     }
     let embedding_length = cfg.usize("hidden_size")?;
     let head_count = cfg.usize("num_attention_heads")?;
     if head_count == 0 || embedding_length % head_count != 0 {
-        return Err(cfg.invalid("num_attention_heads", format!("{head_count} heads do not divide hidden_size {embedding_length}")));
+        return Err(cfg.invalid(
+            "num_attention_heads",
+            format!("{head_count} heads do not divide hidden_size {embedding_length}"),
+        ));
     }
     let head_count_kv = cfg.usize_or("num_key_value_heads", head_count)?;
     if head_count_kv == 0 || head_count % head_count_kv != 0 {
-        return Err(cfg.invalid("num_key_value_heads", format!("{head_count_kv} KV heads do not divide {head_count} query heads")));
+        return Err(cfg.invalid(
+            "num_key_value_heads",
+            format!("{head_count_kv} KV heads do not divide {head_count} query heads"),
+        ));
     }
     Ok(Hyperparams {
         architecture,
@@ -176,14 +204,27 @@ impl Checkpoint {
         for (gguf, shape) in hparams.tensors() {
             let hf = hf_name(&gguf).expect("every planned tensor has a Hugging Face name");
             if !shards.contains(&hf) {
-                return Err(QuantizeError::MissingTensor { path: dir.to_path_buf(), tensor: hf });
+                return Err(QuantizeError::MissingTensor {
+                    path: dir.to_path_buf(),
+                    tensor: hf,
+                });
             }
             let actual = shards.shape(&hf)?;
             if actual != shape.as_slice() {
-                return Err(QuantizeError::Shape { path: shards.path_of(&hf).to_path_buf(), tensor: hf, expected: shape, actual: actual.to_vec() });
+                return Err(QuantizeError::Shape {
+                    path: shards.path_of(&hf).to_path_buf(),
+                    tensor: hf,
+                    expected: shape,
+                    actual: actual.to_vec(),
+                });
             }
             shards.check_dtype(&hf)?;
-            tensors.push(Mapped { permute_heads: hparams.permutation(&gguf), gguf, hf, shape });
+            tensors.push(Mapped {
+                permute_heads: hparams.permutation(&gguf),
+                gguf,
+                hf,
+                shape,
+            });
         }
         for name in shards.names() {
             let known = tensors.iter().any(|m| m.hf == name)
@@ -198,7 +239,12 @@ impl Checkpoint {
                 });
             }
         }
-        Ok(Self { dir: dir.to_path_buf(), hparams, shards, tensors })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            hparams,
+            shards,
+            tensors,
+        })
     }
 
     /// The checkpoint directory.
@@ -218,7 +264,13 @@ impl Checkpoint {
 
     /// Rows must be read in multiples of this for tensor `gguf` (whole heads where rows are permuted).
     pub fn row_group(&self, gguf: &str) -> usize {
-        self.mapped(gguf).map_or(1, |m| if m.permute_heads.is_some() { self.hparams.head_dim } else { 1 })
+        self.mapped(gguf).map_or(1, |m| {
+            if m.permute_heads.is_some() {
+                self.hparams.head_dim
+            } else {
+                1
+            }
+        })
     }
 
     fn mapped(&self, gguf: &str) -> Option<&Mapped> {
@@ -227,7 +279,10 @@ impl Checkpoint {
 
     /// Rows `rows` of GGUF tensor `gguf` as f32, permuted as llama.cpp's converter does.
     pub fn read_rows(&self, gguf: &str, rows: std::ops::Range<usize>) -> Result<Vec<f32>, QuantizeError> {
-        let m = self.mapped(gguf).ok_or_else(|| QuantizeError::MissingTensor { path: self.dir.clone(), tensor: gguf.into() })?;
+        let m = self.mapped(gguf).ok_or_else(|| QuantizeError::MissingTensor {
+            path: self.dir.clone(),
+            tensor: gguf.into(),
+        })?;
         let data = self.shards.read_rows(&m.hf, rows.clone())?;
         Ok(match m.permute_heads {
             Some(_) => {

@@ -70,7 +70,10 @@ pub fn quantize(config: &QuantizeConfig) -> Result<QuantizeReport, QuantizeError
     let (mut source, hp, metadata, tensors) = if input.is_dir() {
         let ckpt = Checkpoint::open(input)?;
         let hp = ckpt.hparams().clone();
-        let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let name = input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
         let mut md = vec![
             ("general.architecture".to_string(), Value::String(hp.gguf_arch().into())),
             ("general.name".to_string(), Value::String(name)),
@@ -85,7 +88,12 @@ pub fn quantize(config: &QuantizeConfig) -> Result<QuantizeReport, QuantizeError
         let mut md: Vec<(String, Value)> = gguf
             .metadata()
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "general.file_type" | "general.quantization_version" | "general.alignment"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "general.file_type" | "general.quantization_version" | "general.alignment"
+                )
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         md.sort_by(|a, b| a.0.cmp(&b.0));
@@ -96,9 +104,19 @@ pub fn quantize(config: &QuantizeConfig) -> Result<QuantizeReport, QuantizeError
     metadata.push(("general.file_type".into(), Value::U32(config.quant.file_type())));
     metadata.push(("general.quantization_version".into(), Value::U32(2)));
 
-    let recipe = Recipe { quant: config.quant, n_layers: hp.block_count, tied_embeddings: hp.tied_embeddings };
-    let plan: Vec<TensorInfo> =
-        tensors.into_iter().map(|(name, shape)| TensorInfo { dtype: recipe.tensor_type(&name, &shape), name, shape }).collect();
+    let recipe = Recipe {
+        quant: config.quant,
+        n_layers: hp.block_count,
+        tied_embeddings: hp.tied_embeddings,
+    };
+    let plan: Vec<TensorInfo> = tensors
+        .into_iter()
+        .map(|(name, shape)| TensorInfo {
+            dtype: recipe.tensor_type(&name, &shape),
+            name,
+            shape,
+        })
+        .collect();
     let mut types = BTreeMap::new();
     for t in &plan {
         *types.entry(format!("{:?}", t.dtype)).or_insert(0) += 1;
@@ -116,8 +134,14 @@ pub fn quantize(config: &QuantizeConfig) -> Result<QuantizeReport, QuantizeError
     }
     writer.finish()?;
     bar.finish_and_clear();
-    let bytes = std::fs::metadata(&config.output).map_err(QuantizeError::io(&config.output))?.len();
-    Ok(QuantizeReport { tensors: plan.len(), bytes, types })
+    let bytes = std::fs::metadata(&config.output)
+        .map_err(QuantizeError::io(&config.output))?
+        .len();
+    Ok(QuantizeReport {
+        tensors: plan.len(),
+        bytes,
+        types,
+    })
 }
 
 /// Stream one tensor from `source` into `writer` in chunks of whole rows, converting chunks in parallel.
@@ -141,7 +165,10 @@ fn write_tensor(source: &mut Source, info: &TensorInfo, writer: &mut GgufWriter)
     let step = ((CHUNK_VALUES / cols) / group * group).max(group);
     let ranges: Vec<std::ops::Range<usize>> = (0..rows).step_by(step).map(|s| s..(s + step).min(rows)).collect();
     for batch in ranges.chunks(rayon::current_num_threads().max(1)) {
-        let inputs = batch.iter().map(|r| source.read_rows(&info.name, r.clone())).collect::<Result<Vec<_>, _>>()?;
+        let inputs = batch
+            .iter()
+            .map(|r| source.read_rows(&info.name, r.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         let outputs = inputs
             .into_par_iter()
             .zip(batch.par_iter())
@@ -155,14 +182,30 @@ fn write_tensor(source: &mut Source, info: &TensorInfo, writer: &mut GgufWriter)
 }
 
 /// `rows × cols` values in `dtype`'s GGUF byte layout.
-pub(crate) fn encode(name: &str, data: Vec<f32>, rows: usize, cols: usize, dtype: GgmlDType) -> Result<Vec<u8>, QuantizeError> {
+pub(crate) fn encode(
+    name: &str,
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    dtype: GgmlDType,
+) -> Result<Vec<u8>, QuantizeError> {
     Ok(match dtype {
         GgmlDType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        GgmlDType::F16 => data.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+        GgmlDType::F16 => data
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
         _ => {
-            let candle = |source| QuantizeError::Candle { tensor: name.into(), source };
+            let candle = |source| QuantizeError::Candle {
+                tensor: name.into(),
+                source,
+            };
             let t = Tensor::from_vec(data, (rows, cols), &Device::Cpu).map_err(candle)?;
-            QTensor::quantize(&t, dtype).map_err(candle)?.data().map_err(candle)?.into_owned()
+            QTensor::quantize(&t, dtype)
+                .map_err(candle)?
+                .data()
+                .map_err(candle)?
+                .into_owned()
         }
     })
 }

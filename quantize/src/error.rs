@@ -25,16 +25,33 @@ pub enum QuantizeError {
     MissingTensor { path: PathBuf, tensor: String },
     /// A tensor's shape disagrees with the hyperparameters.
     #[error("{path}: tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
-    Shape { path: PathBuf, tensor: String, expected: Vec<usize>, actual: Vec<usize> },
+    Shape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     /// A tensor is stored in a dtype we cannot read.
     #[error("{path}: tensor `{tensor}` has dtype {dtype}, expected F16, BF16 or F32")]
-    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
+    UnsupportedDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
     /// A checkpoint tensor we do not know how to place in the GGUF file.
     #[error("{path}: tensor `{tensor}` is not part of the {architecture} architecture")]
-    UnexpectedTensor { path: PathBuf, tensor: String, architecture: String },
+    UnexpectedTensor {
+        path: PathBuf,
+        tensor: String,
+        architecture: String,
+    },
     /// The model family is not one we can convert.
     #[error("{path}: unsupported architecture `{architecture}` (supported: {supported})")]
-    UnsupportedArchitecture { path: PathBuf, architecture: String, supported: String },
+    UnsupportedArchitecture {
+        path: PathBuf,
+        architecture: String,
+        supported: String,
+    },
     /// The tokenizer cannot be represented in the target format.
     #[error("{path}: tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },

@@ -52,7 +52,10 @@ impl LazyTensor<'_> {
             data = unpermute_rows(&data, rows / hd, hd, self.shape[1]);
         }
         self.bar.inc(data.len() as u64);
-        Ok(data.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect())
+        Ok(data
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect())
     }
 }
 
@@ -124,8 +127,10 @@ pub fn export(config: &ExportConfig) -> Result<ExportReport, QuantizeError> {
     let n = tensors.len();
     let out = dir.join("model.safetensors");
     let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-    safetensors::serialize_to_file(tensors, metadata, &out)
-        .map_err(|e| QuantizeError::InvalidSafetensors { path: out.clone(), reason: e.to_string() })?;
+    safetensors::serialize_to_file(tensors, metadata, &out).map_err(|e| QuantizeError::InvalidSafetensors {
+        path: out.clone(),
+        reason: e.to_string(),
+    })?;
     bar.finish_and_clear();
     if let Some(e) = failure.into_inner() {
         let _ = std::fs::remove_file(&out);
@@ -137,6 +142,9 @@ pub fn export(config: &ExportConfig) -> Result<ExportReport, QuantizeError> {
 }
 
 fn write_json(path: &Path, json: &serde_json::Value) -> Result<(), QuantizeError> {
-    let text = serde_json::to_string_pretty(json).map_err(|source| QuantizeError::Json { path: path.into(), source })?;
+    let text = serde_json::to_string_pretty(json).map_err(|source| QuantizeError::Json {
+        path: path.into(),
+        source,
+    })?;
     std::fs::write(path, text).map_err(QuantizeError::io(path))
 }

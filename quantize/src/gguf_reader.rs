@@ -28,14 +28,24 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, QuantizeError> {
         let mut file = File::open(path).map_err(QuantizeError::io(path))?;
         let len = file.metadata().map_err(QuantizeError::io(path))?.len();
-        let content = Content::read(&mut file).map_err(|e| QuantizeError::Gguf { path: path.into(), reason: format!("not a valid GGUF file: {e}") })?;
-        let this = Self { path: path.into(), content, file };
+        let content = Content::read(&mut file).map_err(|e| QuantizeError::Gguf {
+            path: path.into(),
+            reason: format!("not a valid GGUF file: {e}"),
+        })?;
+        let this = Self {
+            path: path.into(),
+            content,
+            file,
+        };
         for info in this.tensor_infos() {
             let end = this.content.tensor_data_offset + this.offset(&info.name) + info.size_in_bytes();
             if end > len {
                 return Err(QuantizeError::Gguf {
                     path: path.into(),
-                    reason: format!("truncated: tensor `{}` ends at byte {end}, but the file has {len}", info.name),
+                    reason: format!(
+                        "truncated: tensor `{}` ends at byte {end}, but the file has {len}",
+                        info.name
+                    ),
                 });
             }
         }
@@ -58,7 +68,16 @@ impl GgufFile {
             .content
             .tensor_infos
             .iter()
-            .map(|(name, i)| (i.offset, TensorInfo { name: name.clone(), shape: i.shape.dims().to_vec(), dtype: i.ggml_dtype }))
+            .map(|(name, i)| {
+                (
+                    i.offset,
+                    TensorInfo {
+                        name: name.clone(),
+                        shape: i.shape.dims().to_vec(),
+                        dtype: i.ggml_dtype,
+                    },
+                )
+            })
             .collect();
         infos.sort_by_key(|(o, _)| *o);
         infos.into_iter().map(|(_, i)| i).collect()
@@ -69,17 +88,34 @@ impl GgufFile {
     }
 
     fn info(&self, name: &str) -> Result<TensorInfo, QuantizeError> {
-        let i = self.content.tensor_infos.get(name).ok_or_else(|| QuantizeError::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
-        Ok(TensorInfo { name: name.into(), shape: i.shape.dims().to_vec(), dtype: i.ggml_dtype })
+        let i = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| QuantizeError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+            })?;
+        Ok(TensorInfo {
+            name: name.into(),
+            shape: i.shape.dims().to_vec(),
+            dtype: i.ggml_dtype,
+        })
     }
 
     /// The raw bytes of rows `rows` of `name`, in its stored type.
-    pub fn read_raw(&mut self, name: &str, rows: std::ops::Range<usize>) -> Result<(GgmlDType, Vec<u8>), QuantizeError> {
+    pub fn read_raw(
+        &mut self,
+        name: &str,
+        rows: std::ops::Range<usize>,
+    ) -> Result<(GgmlDType, Vec<u8>), QuantizeError> {
         let info = self.info(name)?;
         let row_bytes = info.row_bytes() as u64;
         let start = self.content.tensor_data_offset + self.offset(name) + rows.start as u64 * row_bytes;
         let mut buf = vec![0u8; (rows.len() as u64 * row_bytes) as usize];
-        self.file.seek(SeekFrom::Start(start)).map_err(QuantizeError::io(&self.path))?;
+        self.file
+            .seek(SeekFrom::Start(start))
+            .map_err(QuantizeError::io(&self.path))?;
         self.file.read_exact(&mut buf).map_err(QuantizeError::io(&self.path))?;
         Ok((info.dtype, buf))
     }
@@ -89,36 +125,74 @@ impl GgufFile {
         let info = self.info(name)?;
         let cols = *info.shape.last().unwrap_or(&1);
         let (dtype, raw) = self.read_raw(name, rows.clone())?;
-        let candle = |source| QuantizeError::Candle { tensor: name.into(), source };
+        let candle = |source| QuantizeError::Candle {
+            tensor: name.into(),
+            source,
+        };
         let q = qtensor_from_ggml(dtype, &raw, vec![rows.len(), cols], &Device::Cpu).map_err(candle)?;
-        q.dequantize(&Device::Cpu).map_err(candle)?.flatten_all().map_err(candle)?.to_vec1::<f32>().map_err(candle)
+        q.dequantize(&Device::Cpu)
+            .map_err(candle)?
+            .flatten_all()
+            .map_err(candle)?
+            .to_vec1::<f32>()
+            .map_err(candle)
     }
 
     fn md_usize(&self, key: &str) -> Result<usize, QuantizeError> {
-        let v = self.content.metadata.get(key).ok_or_else(|| QuantizeError::MissingKey { path: self.path.clone(), key: key.into() })?;
+        let v = self
+            .content
+            .metadata
+            .get(key)
+            .ok_or_else(|| QuantizeError::MissingKey {
+                path: self.path.clone(),
+                key: key.into(),
+            })?;
         v.to_u32()
             .map(|x| x as usize)
             .or_else(|_| v.to_u64().map(|x| x as usize))
             .or_else(|_| v.to_i32().map(|x| x as usize))
-            .map_err(|e| QuantizeError::InvalidKey { path: self.path.clone(), key: key.into(), reason: e.to_string() })
+            .map_err(|e| QuantizeError::InvalidKey {
+                path: self.path.clone(),
+                key: key.into(),
+                reason: e.to_string(),
+            })
     }
 
     fn md_f32(&self, key: &str, default: Option<f32>) -> Result<f32, QuantizeError> {
         match (self.content.metadata.get(key), default) {
             (None, Some(d)) => Ok(d),
-            (None, None) => Err(QuantizeError::MissingKey { path: self.path.clone(), key: key.into() }),
-            (Some(v), _) => v
-                .to_f32()
-                .or_else(|_| v.to_f64().map(|x| x as f32))
-                .map_err(|e| QuantizeError::InvalidKey { path: self.path.clone(), key: key.into(), reason: e.to_string() }),
+            (None, None) => Err(QuantizeError::MissingKey {
+                path: self.path.clone(),
+                key: key.into(),
+            }),
+            (Some(v), _) => {
+                v.to_f32()
+                    .or_else(|_| v.to_f64().map(|x| x as f32))
+                    .map_err(|e| QuantizeError::InvalidKey {
+                        path: self.path.clone(),
+                        key: key.into(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
     /// The `general.architecture` string.
     pub fn architecture_name(&self) -> Result<String, QuantizeError> {
         let key = "general.architecture";
-        let v = self.content.metadata.get(key).ok_or_else(|| QuantizeError::MissingKey { path: self.path.clone(), key: key.into() })?;
-        v.to_string().cloned().map_err(|e| QuantizeError::InvalidKey { path: self.path.clone(), key: key.into(), reason: e.to_string() })
+        let v = self
+            .content
+            .metadata
+            .get(key)
+            .ok_or_else(|| QuantizeError::MissingKey {
+                path: self.path.clone(),
+                key: key.into(),
+            })?;
+        v.to_string().cloned().map_err(|e| QuantizeError::InvalidKey {
+            path: self.path.clone(),
+            key: key.into(),
+            reason: e.to_string(),
+        })
     }
 
     /// The model's hyperparameters from its metadata and embedding shape.

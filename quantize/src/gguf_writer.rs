@@ -120,7 +120,13 @@ impl GgufWriter {
         }
         header.resize(padded(header.len() as u64) as usize, 0);
         out.write_all(&header).map_err(QuantizeError::io(path))?;
-        Ok(Self { path: path.to_path_buf(), out, tensors, current: 0, written: 0 })
+        Ok(Self {
+            path: path.to_path_buf(),
+            out,
+            tensors,
+            current: 0,
+            written: 0,
+        })
     }
 
     /// The tensors planned for this file, in write order.
@@ -148,7 +154,9 @@ impl GgufWriter {
         self.written += data.len() as u64;
         if self.written == size {
             let pad = padded(size) - size;
-            self.out.write_all(&vec![0u8; pad as usize]).map_err(QuantizeError::io(&self.path))?;
+            self.out
+                .write_all(&vec![0u8; pad as usize])
+                .map_err(QuantizeError::io(&self.path))?;
             self.current += 1;
             self.written = 0;
         }
@@ -166,7 +174,10 @@ impl GgufWriter {
     }
 
     fn error(&self, reason: String) -> QuantizeError {
-        QuantizeError::Gguf { path: self.path.clone(), reason }
+        QuantizeError::Gguf {
+            path: self.path.clone(),
+            reason,
+        }
     }
 }
 

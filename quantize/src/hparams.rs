@@ -201,8 +201,14 @@ mod tests {
 
     #[test]
     fn gguf_names_map_to_hf_names() {
-        assert_eq!(hf_name("blk.3.attn_q.bias").as_deref(), Some("model.layers.3.self_attn.q_proj.bias"));
-        assert_eq!(hf_name("blk.0.ffn_norm.weight").as_deref(), Some("model.layers.0.post_attention_layernorm.weight"));
+        assert_eq!(
+            hf_name("blk.3.attn_q.bias").as_deref(),
+            Some("model.layers.3.self_attn.q_proj.bias")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").as_deref(),
+            Some("model.layers.0.post_attention_layernorm.weight")
+        );
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }
 }

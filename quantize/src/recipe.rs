@@ -59,7 +59,10 @@ impl FromStr for QuantType {
             "q4_0" => Ok(Self::Q4_0),
             "q8_0" => Ok(Self::Q8_0),
             "f16" => Ok(Self::F16),
-            other => Err(format!("unknown quantization type `{other}` (supported: {})", Self::NAMES)),
+            other => Err(format!(
+                "unknown quantization type `{other}` (supported: {})",
+                Self::NAMES
+            )),
         }
     }
 }
@@ -100,7 +103,10 @@ impl Recipe {
         }
         let base = self.quant.base();
         let is_output = name == "output.weight" || (self.tied_embeddings && name == "token_embd.weight");
-        let layer = name.strip_prefix("blk.").and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok());
         let wanted = if is_output {
             match self.quant {
                 QuantType::F16 | QuantType::Q8_0 => base,
@@ -146,8 +152,14 @@ mod tests {
     /// The layers `use_more_bits` of llama.cpp b11434 picks for a 28-layer model (Qwen2.5-Coder-1.5B), worked out by hand.
     #[test]
     fn q4_k_m_matches_llama_cpp_layer_choice() {
-        let r = Recipe { quant: QuantType::Q4KM, n_layers: 28, tied_embeddings: true };
-        let v: Vec<usize> = (0..28).filter(|&i| r.tensor_type(&format!("blk.{i}.attn_v.weight"), &[256, 1536]) == GgmlDType::Q6K).collect();
+        let r = Recipe {
+            quant: QuantType::Q4KM,
+            n_layers: 28,
+            tied_embeddings: true,
+        };
+        let v: Vec<usize> = (0..28)
+            .filter(|&i| r.tensor_type(&format!("blk.{i}.attn_v.weight"), &[256, 1536]) == GgmlDType::Q6K)
+            .collect();
         assert_eq!(v, [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 24, 25, 26, 27]);
         assert_eq!(r.tensor_type("blk.3.attn_q.weight", &[1536, 1536]), GgmlDType::Q4K);
         assert_eq!(r.tensor_type("token_embd.weight", &[151936, 1536]), GgmlDType::Q6K);
@@ -157,7 +169,11 @@ mod tests {
 
     #[test]
     fn rows_that_are_no_multiple_of_256_fall_back() {
-        let r = Recipe { quant: QuantType::Q4KM, n_layers: 30, tied_embeddings: true };
+        let r = Recipe {
+            quant: QuantType::Q4KM,
+            n_layers: 30,
+            tied_embeddings: true,
+        };
         // SmolLM2: hidden 576 = 2.25 blocks of 256.
         assert_eq!(r.tensor_type("blk.4.attn_q.weight", &[576, 576]), GgmlDType::Q5_0);
         assert_eq!(r.tensor_type("blk.0.attn_v.weight", &[192, 576]), GgmlDType::Q8_0);

@@ -36,10 +36,13 @@ impl ShardSet {
         let index = dir.join("model.safetensors.index.json");
         let mut files: Vec<PathBuf> = if index.exists() {
             let json: serde_json::Value = crate::checkpoint::read_json(&index)?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| QuantizeError::MissingKey {
-                path: index.clone(),
-                key: "weight_map".into(),
-            })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| QuantizeError::MissingKey {
+                    path: index.clone(),
+                    key: "weight_map".into(),
+                })?;
             let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
             names.sort();
             names.dedup();
@@ -56,7 +59,10 @@ impl ShardSet {
             files
         };
         if files.is_empty() {
-            return Err(QuantizeError::MissingTensor { path: dir.to_path_buf(), tensor: "*.safetensors (no weight files)".into() });
+            return Err(QuantizeError::MissingTensor {
+                path: dir.to_path_buf(),
+                tensor: "*.safetensors (no weight files)".into(),
+            });
         }
         files.dedup();
         Self::open(&files)
@@ -71,10 +77,11 @@ impl ShardSet {
             // SAFETY: the checkpoint is read-only input; a file changed under us gives wrong weights, not UB in
             // our code, because every access is bounds-checked against the validated header.
             let map = unsafe { Mmap::map(&file) }.map_err(QuantizeError::io(path))?;
-            let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| QuantizeError::InvalidSafetensors {
-                path: path.clone(),
-                reason: describe(&e),
-            })?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&map).map_err(|e| QuantizeError::InvalidSafetensors {
+                    path: path.clone(),
+                    reason: describe(&e),
+                })?;
             let data_start = 8 + header_len;
             for (name, info) in metadata.tensors() {
                 let entry = Entry {
@@ -93,7 +100,11 @@ impl ShardSet {
             }
             maps.push(map);
         }
-        Ok(Self { paths: files.to_vec(), maps, entries })
+        Ok(Self {
+            paths: files.to_vec(),
+            maps,
+            entries,
+        })
     }
 
     /// Every tensor name, sorted.
@@ -131,7 +142,10 @@ impl ShardSet {
     }
 
     fn entry(&self, name: &str) -> Result<&Entry, QuantizeError> {
-        self.entries.get(name).ok_or_else(|| QuantizeError::MissingTensor { path: self.paths[0].clone(), tensor: name.to_string() })
+        self.entries.get(name).ok_or_else(|| QuantizeError::MissingTensor {
+            path: self.paths[0].clone(),
+            tensor: name.to_string(),
+        })
     }
 
     /// Rows `rows` of tensor `name` (a 1-D tensor is one row) as f32.
@@ -142,21 +156,40 @@ impl ShardSet {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
             other => {
-                return Err(QuantizeError::UnsupportedDtype { path: path.clone(), tensor: name.into(), dtype: format!("{other:?}") })
+                return Err(QuantizeError::UnsupportedDtype {
+                    path: path.clone(),
+                    tensor: name.into(),
+                    dtype: format!("{other:?}"),
+                })
             }
         };
-        let cols = if e.shape.len() <= 1 { e.shape.first().copied().unwrap_or(1) } else { e.shape[1..].iter().product() };
+        let cols = if e.shape.len() <= 1 {
+            e.shape.first().copied().unwrap_or(1)
+        } else {
+            e.shape[1..].iter().product()
+        };
         let bytes = &self.maps[e.shard][e.start..e.end];
-        let chunk = bytes.get(rows.start * cols * elem..rows.end * cols * elem).ok_or_else(|| QuantizeError::Shape {
-            path: path.clone(),
-            tensor: name.into(),
-            expected: vec![rows.end, cols],
-            actual: e.shape.clone(),
-        })?;
+        let chunk = bytes
+            .get(rows.start * cols * elem..rows.end * cols * elem)
+            .ok_or_else(|| QuantizeError::Shape {
+                path: path.clone(),
+                tensor: name.into(),
+                expected: vec![rows.end, cols],
+                actual: e.shape.clone(),
+            })?;
         let values = match e.dtype {
-            Dtype::F32 => chunk.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => chunk.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            _ => chunk.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => chunk
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => chunk
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => chunk
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
         };
         // Drop the pages just read from our resident set: each byte is read once, and a 15 GB checkpoint
         // would otherwise stay mapped in, counting against the memory budget.
@@ -165,7 +198,9 @@ impl ShardSet {
         let to = e.start + rows.end * cols * elem;
         // SAFETY: the map is read-only and file-backed; MADV_DONTNEED only drops clean pages, which the kernel
         // reads back from the file if touched again. No slice into this range outlives this call.
-        if let Err(err) = unsafe { self.maps[e.shard].unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) } {
+        if let Err(err) =
+            unsafe { self.maps[e.shard].unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) }
+        {
             tracing::debug!(%err, "madvise(DONTNEED) failed; pages stay cached");
         }
         Ok(values)
@@ -176,7 +211,9 @@ impl ShardSet {
 fn describe(e: &safetensors::SafeTensorError) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::MetadataIncompleteBuffer => "the data section is shorter or longer than the header says (truncated file?)".into(),
+        E::MetadataIncompleteBuffer => {
+            "the data section is shorter or longer than the header says (truncated file?)".into()
+        }
         E::HeaderTooSmall | E::InvalidHeaderLength => "the header is cut off (truncated file?)".into(),
         other => other.to_string(),
     }

@@ -72,7 +72,12 @@ pub fn preset(name: &str, tokenizer_vocab: usize) -> Result<Hyperparams, Quantiz
             vocab_size: tokenizer_vocab,
             tied_embeddings: true,
         },
-        other => return Err(QuantizeError::InvalidArgument(format!("unknown preset `{other}` (known: {})", PRESETS.join(", ")))),
+        other => {
+            return Err(QuantizeError::InvalidArgument(format!(
+                "unknown preset `{other}` (known: {})",
+                PRESETS.join(", ")
+            )))
+        }
     })
 }
 
@@ -101,7 +106,12 @@ pub fn synth(config: &SynthConfig) -> Result<u64, QuantizeError> {
     let source = GgufFile::open(&config.tokenizer_from)?;
     let tokens = match source.metadata().get("tokenizer.ggml.tokens") {
         Some(Value::Array(t)) => t.len(),
-        _ => return Err(QuantizeError::MissingKey { path: config.tokenizer_from.clone(), key: "tokenizer.ggml.tokens".into() }),
+        _ => {
+            return Err(QuantizeError::MissingKey {
+                path: config.tokenizer_from.clone(),
+                key: "tokenizer.ggml.tokens".into(),
+            })
+        }
     };
     let hp = preset(&config.preset, tokens)?;
     if tokens > hp.vocab_size {
@@ -115,12 +125,19 @@ pub fn synth(config: &SynthConfig) -> Result<u64, QuantizeError> {
     }
     let mut metadata = vec![
         ("general.architecture".to_string(), Value::String(hp.gguf_arch().into())),
-        ("general.name".to_string(), Value::String(format!("synthetic {}", config.preset))),
+        (
+            "general.name".to_string(),
+            Value::String(format!("synthetic {}", config.preset)),
+        ),
         ("general.file_type".to_string(), Value::U32(config.quant.file_type())),
         ("general.quantization_version".to_string(), Value::U32(2)),
     ];
     metadata.extend(hp.gguf_metadata());
-    let mut keys: Vec<&String> = source.metadata().keys().filter(|k| k.starts_with("tokenizer.")).collect();
+    let mut keys: Vec<&String> = source
+        .metadata()
+        .keys()
+        .filter(|k| k.starts_with("tokenizer."))
+        .collect();
     keys.sort();
     for key in keys {
         let mut value = source.metadata()[key].clone();
@@ -141,9 +158,20 @@ pub fn synth(config: &SynthConfig) -> Result<u64, QuantizeError> {
         metadata.push((key.clone(), value));
     }
 
-    let recipe = Recipe { quant: config.quant, n_layers: hp.block_count, tied_embeddings: hp.tied_embeddings };
-    let plan: Vec<TensorInfo> =
-        hp.tensors().into_iter().map(|(name, shape)| TensorInfo { dtype: recipe.tensor_type(&name, &shape), name, shape }).collect();
+    let recipe = Recipe {
+        quant: config.quant,
+        n_layers: hp.block_count,
+        tied_embeddings: hp.tied_embeddings,
+    };
+    let plan: Vec<TensorInfo> = hp
+        .tensors()
+        .into_iter()
+        .map(|(name, shape)| TensorInfo {
+            dtype: recipe.tensor_type(&name, &shape),
+            name,
+            shape,
+        })
+        .collect();
     let total: u64 = plan.iter().map(TensorInfo::size_in_bytes).sum();
     let bar = progress::bar(total, config.progress);
     let mut writer = GgufWriter::create(&config.output, &metadata, plan.clone())?;
@@ -169,7 +197,9 @@ pub fn synth(config: &SynthConfig) -> Result<u64, QuantizeError> {
     }
     writer.finish()?;
     bar.finish_and_clear();
-    let bytes = std::fs::metadata(&config.output).map_err(QuantizeError::io(&config.output))?.len();
+    let bytes = std::fs::metadata(&config.output)
+        .map_err(QuantizeError::io(&config.output))?
+        .len();
     tracing::info!(preset = %config.preset, output = %config.output.display(), bytes, "synthesized");
     Ok(bytes)
 }

@@ -18,7 +18,8 @@ const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A pre-tokenizer llama.cpp knows by name and its Hugging Face description.
@@ -38,14 +39,26 @@ fn split_then_bytes(regex: &str) -> Json {
 
 /// The pre-tokenizers we convert, matched structurally on import.
 const PRE_TOKENIZERS: &[PreTokenizer] = &[
-    PreTokenizer { gguf: "qwen2", hf: || split_then_bytes(QWEN2_REGEX), normalizer: || json!({"type": "NFC"}), ignore_merges: false },
-    PreTokenizer { gguf: "llama-bpe", hf: || split_then_bytes(LLAMA3_REGEX), normalizer: || Json::Null, ignore_merges: true },
+    PreTokenizer {
+        gguf: "qwen2",
+        hf: || split_then_bytes(QWEN2_REGEX),
+        normalizer: || json!({"type": "NFC"}),
+        ignore_merges: false,
+    },
+    PreTokenizer {
+        gguf: "llama-bpe",
+        hf: || split_then_bytes(LLAMA3_REGEX),
+        normalizer: || Json::Null,
+        ignore_merges: true,
+    },
     PreTokenizer {
         gguf: "smollm",
-        hf: || json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
-        ]}),
+        hf: || {
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+            ]})
+        },
         normalizer: || Json::Null,
         ignore_merges: false,
     },
@@ -62,12 +75,27 @@ const PRE_TOKENIZERS: &[PreTokenizer] = &[
 fn fingerprint(pre: &Json) -> String {
     match pre.get("type").and_then(Json::as_str) {
         Some("Sequence") => {
-            let parts: Vec<String> = pre.get("pretokenizers").and_then(Json::as_array).into_iter().flatten().map(fingerprint).collect();
+            let parts: Vec<String> = pre
+                .get("pretokenizers")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .map(fingerprint)
+                .collect();
             parts.join("+")
         }
-        Some("Split") => format!("Split({})", pre.pointer("/pattern/Regex").and_then(Json::as_str).unwrap_or("?")),
-        Some("Digits") => format!("Digits({})", pre.get("individual_digits").and_then(Json::as_bool).unwrap_or(false)),
-        Some("ByteLevel") => format!("ByteLevel({})", pre.get("use_regex").and_then(Json::as_bool).unwrap_or(true)),
+        Some("Split") => format!(
+            "Split({})",
+            pre.pointer("/pattern/Regex").and_then(Json::as_str).unwrap_or("?")
+        ),
+        Some("Digits") => format!(
+            "Digits({})",
+            pre.get("individual_digits").and_then(Json::as_bool).unwrap_or(false)
+        ),
+        Some("ByteLevel") => format!(
+            "ByteLevel({})",
+            pre.get("use_regex").and_then(Json::as_bool).unwrap_or(true)
+        ),
         Some(other) => other.to_string(),
         None => "none".to_string(),
     }
@@ -90,19 +118,32 @@ fn named_token(cfg: &Json, key: &str, ids: &HashMap<&str, u32>) -> Option<u32> {
 pub fn gguf_from_hf(dir: &Path, vocab_rows: usize) -> Result<Vec<(String, Value)>, QuantizeError> {
     let tok_path = dir.join("tokenizer.json");
     let tok = crate::checkpoint::read_json(&tok_path)?;
-    let err = |reason: String| QuantizeError::Tokenizer { path: tok_path.clone(), reason };
-    let model = tok.get("model").ok_or_else(|| QuantizeError::MissingKey { path: tok_path.clone(), key: "model".into() })?;
-    if model.get("type").and_then(Json::as_str) != Some("BPE") || model.get("byte_fallback").and_then(Json::as_bool) == Some(true) {
-        return Err(err("only byte-level BPE tokenizers are supported (SentencePiece-style and WordPiece are not yet)".into()));
+    let err = |reason: String| QuantizeError::Tokenizer {
+        path: tok_path.clone(),
+        reason,
+    };
+    let model = tok.get("model").ok_or_else(|| QuantizeError::MissingKey {
+        path: tok_path.clone(),
+        key: "model".into(),
+    })?;
+    if model.get("type").and_then(Json::as_str) != Some("BPE")
+        || model.get("byte_fallback").and_then(Json::as_bool) == Some(true)
+    {
+        return Err(err(
+            "only byte-level BPE tokenizers are supported (SentencePiece-style and WordPiece are not yet)".into(),
+        ));
     }
     let pre_json = tok.get("pre_tokenizer").cloned().unwrap_or(Json::Null);
     let print = fingerprint(&pre_json);
-    let pre = PRE_TOKENIZERS.iter().find(|p| fingerprint(&(p.hf)()) == print).ok_or_else(|| {
-        err(format!(
-            "unrecognized `pre_tokenizer` ({print}); supported: {}",
-            PRE_TOKENIZERS.iter().map(|p| p.gguf).collect::<Vec<_>>().join(", ")
-        ))
-    })?;
+    let pre = PRE_TOKENIZERS
+        .iter()
+        .find(|p| fingerprint(&(p.hf)()) == print)
+        .ok_or_else(|| {
+            err(format!(
+                "unrecognized `pre_tokenizer` ({print}); supported: {}",
+                PRE_TOKENIZERS.iter().map(|p| p.gguf).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
 
     let mut tokens: Vec<Option<(String, i32)>> = Vec::new();
     let mut put = |id: usize, text: &str, kind: i32| {
@@ -111,45 +152,101 @@ pub fn gguf_from_hf(dir: &Path, vocab_rows: usize) -> Result<Vec<(String, Value)
         }
         tokens[id] = Some((text.to_string(), kind));
     };
-    let vocab = model.get("vocab").and_then(Json::as_object).ok_or_else(|| err("`model.vocab` is not an object".into()))?;
+    let vocab = model
+        .get("vocab")
+        .and_then(Json::as_object)
+        .ok_or_else(|| err("`model.vocab` is not an object".into()))?;
     for (text, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| err(format!("`model.vocab`[{text:?}] is not an id")))?;
+        let id = id
+            .as_u64()
+            .ok_or_else(|| err(format!("`model.vocab`[{text:?}] is not an id")))?;
         put(id as usize, text, NORMAL);
     }
     for added in tok.get("added_tokens").and_then(Json::as_array).into_iter().flatten() {
-        let id = added.get("id").and_then(Json::as_u64).ok_or_else(|| err("an `added_tokens` entry has no `id`".into()))?;
-        let text = added.get("content").and_then(Json::as_str).ok_or_else(|| err(format!("added token {id} has no `content`")))?;
+        let id = added
+            .get("id")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| err("an `added_tokens` entry has no `id`".into()))?;
+        let text = added
+            .get("content")
+            .and_then(Json::as_str)
+            .ok_or_else(|| err(format!("added token {id} has no `content`")))?;
         let special = added.get("special").and_then(Json::as_bool).unwrap_or(false);
-        put(id as usize, text, if special || looks_special(text) { CONTROL } else { USER_DEFINED });
+        put(
+            id as usize,
+            text,
+            if special || looks_special(text) {
+                CONTROL
+            } else {
+                USER_DEFINED
+            },
+        );
     }
     if tokens.len() > vocab_rows {
-        return Err(err(format!("{} tokens do not fit the {vocab_rows} embedding rows of config.json `vocab_size`", tokens.len())));
+        return Err(err(format!(
+            "{} tokens do not fit the {vocab_rows} embedding rows of config.json `vocab_size`",
+            tokens.len()
+        )));
     }
     let tokens: Vec<(String, i32)> = (0..vocab_rows)
-        .map(|i| tokens.get(i).cloned().flatten().unwrap_or_else(|| (format!("[PAD{i}]"), USER_DEFINED)))
+        .map(|i| {
+            tokens
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| (format!("[PAD{i}]"), USER_DEFINED))
+        })
         .collect();
-    let ids: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, (t, _))| (t.as_str(), i as u32)).collect();
+    let ids: HashMap<&str, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, (t, _))| (t.as_str(), i as u32))
+        .collect();
 
     let mut merges = Vec::new();
-    for (i, m) in model.get("merges").and_then(Json::as_array).into_iter().flatten().enumerate() {
+    for (i, m) in model
+        .get("merges")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let merge = match m {
             Json::String(s) => s.clone(),
-            Json::Array(pair) if pair.len() == 2 => format!("{} {}", pair[0].as_str().unwrap_or_default(), pair[1].as_str().unwrap_or_default()),
-            other => return Err(err(format!("`model.merges`[{i}] = {other} is neither \"a b\" nor [\"a\", \"b\"]"))),
+            Json::Array(pair) if pair.len() == 2 => format!(
+                "{} {}",
+                pair[0].as_str().unwrap_or_default(),
+                pair[1].as_str().unwrap_or_default()
+            ),
+            other => {
+                return Err(err(format!(
+                    "`model.merges`[{i}] = {other} is neither \"a b\" nor [\"a\", \"b\"]"
+                )))
+            }
         };
         merges.push(Value::String(merge));
     }
 
     let cfg_path = dir.join("tokenizer_config.json");
-    let cfg = if cfg_path.exists() { crate::checkpoint::read_json(&cfg_path)? } else { Json::Null };
+    let cfg = if cfg_path.exists() {
+        crate::checkpoint::read_json(&cfg_path)?
+    } else {
+        Json::Null
+    };
     let config = crate::checkpoint::read_json(&dir.join("config.json"))?;
     let config_id = |key: &str| config.get(key).and_then(Json::as_u64).map(|x| x as u32);
 
     let mut md = vec![
         ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".to_string(), Value::String(pre.gguf.into())),
-        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens.iter().map(|(t, _)| Value::String(t.clone())).collect())),
-        ("tokenizer.ggml.token_type".to_string(), Value::Array(tokens.iter().map(|(_, k)| Value::I32(*k)).collect())),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(tokens.iter().map(|(t, _)| Value::String(t.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            Value::Array(tokens.iter().map(|(_, k)| Value::I32(*k)).collect()),
+        ),
         ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
     ];
     let bos = named_token(&cfg, "bos_token", &ids).or_else(|| config_id("bos_token_id"));
@@ -172,18 +269,39 @@ pub fn gguf_from_hf(dir: &Path, vocab_rows: usize) -> Result<Vec<(String, Value)
 }
 
 /// The Hugging Face tokenizer files for a GGUF vocabulary: `(tokenizer.json, tokenizer_config.json, bos, eos)`.
-pub fn hf_from_gguf(path: &Path, md: &HashMap<String, Value>) -> Result<(Json, Json, Option<u32>, Option<u32>), QuantizeError> {
-    let err = |reason: String| QuantizeError::Tokenizer { path: path.to_path_buf(), reason };
+pub fn hf_from_gguf(
+    path: &Path,
+    md: &HashMap<String, Value>,
+) -> Result<(Json, Json, Option<u32>, Option<u32>), QuantizeError> {
+    let err = |reason: String| QuantizeError::Tokenizer {
+        path: path.to_path_buf(),
+        reason,
+    };
     let string = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).map(String::as_str);
-    let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok().or_else(|| v.to_u64().ok().map(|x| x as u32)));
+    let id = |key: &str| {
+        md.get(key)
+            .and_then(|v| v.to_u32().ok().or_else(|| v.to_u64().ok().map(|x| x as u32)))
+    };
     let array = |key: &str| -> Result<&Vec<Value>, QuantizeError> {
-        md.get(key).ok_or_else(|| QuantizeError::MissingKey { path: path.to_path_buf(), key: key.into() })?.to_vec().map_err(|e| {
-            QuantizeError::InvalidKey { path: path.to_path_buf(), key: key.into(), reason: e.to_string() }
-        })
+        md.get(key)
+            .ok_or_else(|| QuantizeError::MissingKey {
+                path: path.to_path_buf(),
+                key: key.into(),
+            })?
+            .to_vec()
+            .map_err(|e| QuantizeError::InvalidKey {
+                path: path.to_path_buf(),
+                key: key.into(),
+                reason: e.to_string(),
+            })
     };
     match string("tokenizer.ggml.model") {
         Some("gpt2") => {}
-        other => return Err(err(format!("`tokenizer.ggml.model` is {other:?}; only byte-level BPE (`gpt2`) can be exported yet"))),
+        other => {
+            return Err(err(format!(
+                "`tokenizer.ggml.model` is {other:?}; only byte-level BPE (`gpt2`) can be exported yet"
+            )))
+        }
     }
     let pre_name = string("tokenizer.ggml.pre").unwrap_or("default");
     let pre = PRE_TOKENIZERS.iter().find(|p| p.gguf == pre_name).ok_or_else(|| {
@@ -201,7 +319,10 @@ pub fn hf_from_gguf(path: &Path, md: &HashMap<String, Value>) -> Result<(Json, J
     let mut added = Vec::new();
     let mut texts = Vec::with_capacity(tokens.len());
     for (i, (t, k)) in tokens.iter().zip(types).enumerate() {
-        let text = t.to_string().map_err(|_| err(format!("token {i} is not a string")))?.clone();
+        let text = t
+            .to_string()
+            .map_err(|_| err(format!("token {i} is not a string")))?
+            .clone();
         let kind = k.to_i32().map_err(|_| err(format!("token type {i} is not an i32")))?;
         // Every token goes in the BPE vocabulary (as SmolLM2's own tokenizer.json has it): transformers'
         // `get_vocab`, which llama.cpp's converter reads, misses added tokens absent from it.
@@ -214,7 +335,10 @@ pub fn hf_from_gguf(path: &Path, md: &HashMap<String, Value>) -> Result<(Json, J
         }
         texts.push(text);
     }
-    let merges: Vec<Json> = array("tokenizer.ggml.merges")?.iter().filter_map(|m| m.to_string().ok().map(|s| json!(s))).collect();
+    let merges: Vec<Json> = array("tokenizer.ggml.merges")?
+        .iter()
+        .filter_map(|m| m.to_string().ok().map(|s| json!(s)))
+        .collect();
     let tokenizer = json!({
         "version": "1.0",
         "truncation": null,
@@ -233,7 +357,11 @@ pub fn hf_from_gguf(path: &Path, md: &HashMap<String, Value>) -> Result<(Json, J
     let bos = id("tokenizer.ggml.bos_token_id");
     let eos = id("tokenizer.ggml.eos_token_id");
     let pad = id("tokenizer.ggml.padding_token_id");
-    let name = |id: Option<u32>| id.and_then(|i| texts.get(i as usize)).map(|t| json!(t)).unwrap_or(Json::Null);
+    let name = |id: Option<u32>| {
+        id.and_then(|i| texts.get(i as usize))
+            .map(|t| json!(t))
+            .unwrap_or(Json::Null)
+    };
     let mut config = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": name(bos),

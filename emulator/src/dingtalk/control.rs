@@ -67,7 +67,12 @@ impl UserMessage {
 
     /// `text` from `user` in the group `group`, @-mentioning the robot when `at_bot`.
     pub fn group(group: &str, user: &str, text: &str, at_bot: bool) -> Self {
-        Self { conversation_type: ConversationKind::Group, conversation_id: Some(group.to_owned()), at_bot, ..Self::single(user, text) }
+        Self {
+            conversation_type: ConversationKind::Group,
+            conversation_id: Some(group.to_owned()),
+            at_bot,
+            ..Self::single(user, text)
+        }
     }
 }
 
@@ -103,7 +108,11 @@ pub enum FaultCommand {
     },
     /// Fail `fraction` of card streaming and card update calls with `status` (429 `system.busy`, or 403
     /// `QpsLimitForAppkeyAndApi`). A fraction of 0 switches it off.
-    CardUpdateFailures { fraction: f64, #[serde(default = "default_busy")] status: u16 },
+    CardUpdateFailures {
+        fraction: f64,
+        #[serde(default = "default_busy")]
+        status: u16,
+    },
     /// Answer `fraction` of card deliveries with `success: false` in an HTTP 200.
     DeliveryFailures { fraction: f64 },
     /// Push `fraction` of CALLBACKs twice at once, with the same `headers.messageId` and `data` (the
@@ -164,12 +173,18 @@ pub struct StateView {
 impl World {
     /// A conversation and its cards.
     pub fn conversation_view(&self, id: &str) -> Option<ConversationView> {
-        self.conversation(id).map(|c| ConversationView { conversation: c.clone(), cards: self.cards_in(id) })
+        self.conversation(id).map(|c| ConversationView {
+            conversation: c.clone(),
+            cards: self.cards_in(id),
+        })
     }
 
     /// Every conversation with its cards, in creation order.
     pub fn conversation_views(&self) -> Vec<ConversationView> {
-        self.conversations.iter().filter_map(|c| self.conversation_view(&c.conversation_id)).collect()
+        self.conversations
+            .iter()
+            .filter_map(|c| self.conversation_view(&c.conversation_id))
+            .collect()
     }
 
     pub(crate) fn state_view(&self, version: u64, client_id: &str) -> StateView {
@@ -187,7 +202,11 @@ impl World {
                     disconnecting: c.disconnecting,
                     opened_ms: c.opened_ms,
                     ua: c.ua.clone(),
-                    topics: c.subscriptions.iter().map(|s| format!("{}:{}", s.kind, s.topic)).collect(),
+                    topics: c
+                        .subscriptions
+                        .iter()
+                        .map(|s| format!("{}:{}", s.kind, s.topic))
+                        .collect(),
                 })
                 .collect(),
             conversations: self.conversation_views(),
@@ -214,7 +233,9 @@ impl Shared {
                 }
                 ConversationKind::Group => {
                     let Some(id) = message.conversation_id.clone().filter(|id| !id.is_empty()) else {
-                        return Err(EmulatorError::InvalidRequest("a group message needs `conversationId`".to_owned()));
+                        return Err(EmulatorError::InvalidRequest(
+                            "a group message needs `conversationId`".to_owned(),
+                        ));
                     };
                     let title = message.conversation_title.clone().unwrap_or_else(|| id.clone());
                     let c = world.group_conversation(&id, &title);
@@ -229,7 +250,11 @@ impl Shared {
             let expires_ms = now_ms() + config.session_webhook_ttl.as_millis() as u64;
             let chatbot_user_id = format!("$:LWCP_v1:$emu-bot-{}", config.client_id);
             // In groups the @mention is stripped from the text and a leading space remains (§3).
-            let content = if !single && message.at_bot { format!(" {}", message.text) } else { message.text.clone() };
+            let content = if !single && message.at_bot {
+                format!(" {}", message.text)
+            } else {
+                message.text.clone()
+            };
             let mut data = json!({
                 "conversationId": conversation_id,
                 "conversationType": message.conversation_type.wire(),
@@ -256,7 +281,13 @@ impl Shared {
                     data["atUsers"] = json!([{"dingtalkId": chatbot_user_id}]);
                 }
             }
-            world.webhooks.insert(session, Webhook { conversation_id: conversation_id.clone(), expires_ms });
+            world.webhooks.insert(
+                session,
+                Webhook {
+                    conversation_id: conversation_id.clone(),
+                    expires_ms,
+                },
+            );
             let conversation = world.conversation_mut(&conversation_id).expect("created above");
             conversation.messages.push(ChatEntry::User {
                 msg_id: msg_id.clone(),
@@ -271,7 +302,12 @@ impl Shared {
             if pushed {
                 world.queue_callback(message_id.clone(), data.to_string(), &hex(32), &config.client_id);
             }
-            Ok(PostedMessage { conversation_id, msg_id, message_id, pushed })
+            Ok(PostedMessage {
+                conversation_id,
+                msg_id,
+                message_id,
+                pushed,
+            })
         })?;
         self.dispatch.notify_one();
         Ok(posted)
@@ -283,9 +319,17 @@ impl Shared {
         let fraction_ok = |f: f64| (0.0..=1.0).contains(&f);
         self.with(|world, config| match command {
             FaultCommand::Disconnect { connection, reason } => {
-                let ids: Vec<u64> = world.connections.keys().copied().filter(|id| connection.is_none_or(|c| c == *id)).collect();
+                let ids: Vec<u64> = world
+                    .connections
+                    .keys()
+                    .copied()
+                    .filter(|id| connection.is_none_or(|c| c == *id))
+                    .collect();
                 let reason = reason.unwrap_or_else(|| "connection is expired".to_owned());
-                Ok(ids.into_iter().filter(|id| disconnect(world, config, *id, &reason)).count())
+                Ok(ids
+                    .into_iter()
+                    .filter(|id| disconnect(world, config, *id, &reason))
+                    .count())
             }
             FaultCommand::Zombie { connection } => {
                 let mut n = 0;
@@ -299,23 +343,37 @@ impl Shared {
             }
             FaultCommand::CardUpdateFailures { fraction, status } => {
                 if !fraction_ok(fraction) || !matches!(status, 403 | 429) {
-                    return Err(EmulatorError::InvalidRequest("`fraction` must be in 0..=1 and `status` 403 or 429".to_owned()));
+                    return Err(EmulatorError::InvalidRequest(
+                        "`fraction` must be in 0..=1 and `status` 403 or 429".to_owned(),
+                    ));
                 }
-                world.faults.card_update_failures = (fraction > 0.0).then_some(FractionFault { fraction, status, acc: 0.0 });
+                world.faults.card_update_failures = (fraction > 0.0).then_some(FractionFault {
+                    fraction,
+                    status,
+                    acc: 0.0,
+                });
                 Ok(1)
             }
             FaultCommand::DeliveryFailures { fraction } => {
                 if !fraction_ok(fraction) {
                     return Err(EmulatorError::InvalidRequest("`fraction` must be in 0..=1".to_owned()));
                 }
-                world.faults.delivery_failures = (fraction > 0.0).then_some(FractionFault { fraction, status: 200, acc: 0.0 });
+                world.faults.delivery_failures = (fraction > 0.0).then_some(FractionFault {
+                    fraction,
+                    status: 200,
+                    acc: 0.0,
+                });
                 Ok(1)
             }
             FaultCommand::DuplicatePushes { fraction } => {
                 if !fraction_ok(fraction) {
                     return Err(EmulatorError::InvalidRequest("`fraction` must be in 0..=1".to_owned()));
                 }
-                world.faults.duplicate_pushes = (fraction > 0.0).then_some(FractionFault { fraction, status: 200, acc: 0.0 });
+                world.faults.duplicate_pushes = (fraction > 0.0).then_some(FractionFault {
+                    fraction,
+                    status: 200,
+                    acc: 0.0,
+                });
                 Ok(1)
             }
             FaultCommand::ExpireTokens => {
@@ -380,23 +438,43 @@ pub(crate) async fn state(State(shared): State<Arc<Shared>>) -> Json<StateView> 
 }
 
 /// `GET /_emulator/api/conversations/{id}`.
-pub(crate) async fn conversation(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<ConversationView>, EmulatorError> {
-    shared.read(|world| world.conversation_view(&id)).map(Json).ok_or(EmulatorError::NotFound(format!("conversation {id}")))
+pub(crate) async fn conversation(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<ConversationView>, EmulatorError> {
+    shared
+        .read(|world| world.conversation_view(&id))
+        .map(Json)
+        .ok_or(EmulatorError::NotFound(format!("conversation {id}")))
 }
 
 /// `GET /_emulator/api/cards/{outTrackId}`.
-pub(crate) async fn card(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Card>, EmulatorError> {
-    shared.read(|world| world.card(&id).cloned()).map(Json).ok_or(EmulatorError::NotFound(format!("card {id}")))
+pub(crate) async fn card(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<Card>, EmulatorError> {
+    shared
+        .read(|world| world.card(&id).cloned())
+        .map(Json)
+        .ok_or(EmulatorError::NotFound(format!("card {id}")))
 }
 
 /// `POST /_emulator/api/messages`.
-pub(crate) async fn post_message(State(shared): State<Arc<Shared>>, Json(message): Json<UserMessage>) -> Result<Json<PostedMessage>, EmulatorError> {
+pub(crate) async fn post_message(
+    State(shared): State<Arc<Shared>>,
+    Json(message): Json<UserMessage>,
+) -> Result<Json<PostedMessage>, EmulatorError> {
     shared.post_message(message).map(Json)
 }
 
 /// `POST /_emulator/api/faults`.
-pub(crate) async fn fault(State(shared): State<Arc<Shared>>, Json(command): Json<FaultCommand>) -> Result<Json<serde_json::Value>, EmulatorError> {
-    shared.apply_fault(command).map(|affected| Json(json!({ "affected": affected })))
+pub(crate) async fn fault(
+    State(shared): State<Arc<Shared>>,
+    Json(command): Json<FaultCommand>,
+) -> Result<Json<serde_json::Value>, EmulatorError> {
+    shared
+        .apply_fault(command)
+        .map(|affected| Json(json!({ "affected": affected })))
 }
 
 /// Query of the change feed.
@@ -414,6 +492,8 @@ fn default_wait_ms() -> u64 {
 
 /// `GET /_emulator/api/wait?after=V&timeout_ms=T` (T at most 60 000).
 pub(crate) async fn wait(State(shared): State<Arc<Shared>>, Query(query): Query<WaitQuery>) -> Json<serde_json::Value> {
-    let version = shared.wait_change(query.after, Duration::from_millis(query.timeout_ms.min(60_000))).await;
+    let version = shared
+        .wait_change(query.after, Duration::from_millis(query.timeout_ms.min(60_000)))
+        .await;
     Json(json!({ "version": version }))
 }

@@ -70,8 +70,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1.0/gateway/connections/open", post(openapi::open_connection))
         .route("/connect", get(stream::connect))
         .route("/v1.0/oauth2/accessToken", post(openapi::access_token))
-        .route("/v1.0/card/instances/createAndDeliver", post(openapi::create_and_deliver))
-        .route("/v1.0/card/instances", post(openapi::create).put(openapi::update_instance))
+        .route(
+            "/v1.0/card/instances/createAndDeliver",
+            post(openapi::create_and_deliver),
+        )
+        .route(
+            "/v1.0/card/instances",
+            post(openapi::create).put(openapi::update_instance),
+        )
         .route("/v1.0/card/instances/deliver", post(openapi::deliver))
         .route("/v1.0/card/streaming", axum::routing::put(openapi::streaming))
         .route("/v1.0/robot/oToMessages/batchSend", post(openapi::oto_send))
@@ -97,8 +103,12 @@ pub struct DingTalkEmulator {
 impl DingTalkEmulator {
     /// Listen on `addr` (port 0 picks a free one) and serve until [`shutdown`](Self::shutdown).
     pub async fn start(config: EmulatorConfig, addr: SocketAddr) -> Result<Self, EmulatorError> {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| EmulatorError::Bind { addr, source })?;
-        let local = listener.local_addr().map_err(|source| EmulatorError::Bind { addr, source })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| EmulatorError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| EmulatorError::Bind { addr, source })?;
         let shared = Shared::new(config, local);
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(stream::dispatcher(shared.clone(), rx.clone()));
@@ -113,7 +123,11 @@ impl DingTalkEmulator {
                 .map_err(EmulatorError::Serve)
         });
         tracing::info!(addr = %local, "DingTalk emulator listening");
-        Ok(Self { shared, shutdown, server })
+        Ok(Self {
+            shared,
+            shutdown,
+            server,
+        })
     }
 
     /// The address it listens on.
@@ -147,7 +161,11 @@ impl DingTalkEmulator {
     }
 
     /// Await `check` returning `Some`, re-checking after every change, for at most `timeout`.
-    pub async fn wait_for<T>(&self, timeout: Duration, mut check: impl FnMut(&World) -> Option<T>) -> Result<T, EmulatorError> {
+    pub async fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&World) -> Option<T>,
+    ) -> Result<T, EmulatorError> {
         let mut changes = self.shared.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

@@ -20,9 +20,7 @@ use super::wire::{
     AccessTokenRequest, CardRequest, CardUpdateRequest, GroupSendRequest, OpenConnectionRequest, OtoSendRequest,
     StreamingRequest, MSG_KEYS,
 };
-use super::world::{
-    hex, now_ms, uuid_like, Card, CardStatus, CardUpdate, ChatEntry, ConversationKind, Shared, World,
-};
+use super::world::{hex, now_ms, uuid_like, Card, CardStatus, CardUpdate, ChatEntry, ConversationKind, Shared, World};
 
 /// Header carrying the access token on new-style calls.
 pub const TOKEN_HEADER: &str = "x-acs-dingtalk-access-token";
@@ -97,14 +95,24 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Pl
     if body.is_empty() || !is_json {
         return Err(PlatformError::bad("Missingbody", "body is mandatory"));
     }
-    serde_json::from_slice(body).map_err(|err| PlatformError::bad("InvalidParameter", &format!("invalid JSON body: {err}")))
+    serde_json::from_slice(body)
+        .map_err(|err| PlatformError::bad("InvalidParameter", &format!("invalid JSON body: {err}")))
 }
 
 impl Shared {
     /// The checks every new-style call passes, in order: injected delay, token, permission, QPS.
-    async fn gate(&self, headers: &HeaderMap, api: &'static str, permission: Option<&str>) -> Result<(), PlatformError> {
+    async fn gate(
+        &self,
+        headers: &HeaderMap,
+        api: &'static str,
+        permission: Option<&str>,
+    ) -> Result<(), PlatformError> {
         self.delay().await;
-        let token = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let token = headers
+            .get(TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         self.with(|world, config| {
             let now = Instant::now();
             let valid = world.tokens.get(&token).is_some_and(|expiry| *expiry > now);
@@ -157,7 +165,11 @@ impl Shared {
 }
 
 /// `POST /v1.0/gateway/connections/open`.
-pub async fn open_connection(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
+pub async fn open_connection(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
     shared.delay().await;
     let request: OpenConnectionRequest = parse(&headers, &body)?;
     // Exact comparison: a whitespace-polluted id is refused, as on the platform (§9).
@@ -169,22 +181,42 @@ pub async fn open_connection(State(shared): State<Arc<Shared>>, headers: HeaderM
         return Err(PlatformError::bad("InvalidParameter", "subscriptions is mandatory"));
     }
     let ticket = uuid_like();
-    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_else(|| shared.addr.to_string());
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| shared.addr.to_string());
     shared.with(|world, config| {
         let now = Instant::now();
         world.tickets.retain(|_, (expiry, _, _)| *expiry > now);
-        world.tickets.insert(ticket.clone(), (now + config.ticket_ttl, request.subscriptions.clone(), request.ua.clone()));
+        world.tickets.insert(
+            ticket.clone(),
+            (
+                now + config.ticket_ttl,
+                request.subscriptions.clone(),
+                request.ua.clone(),
+            ),
+        );
     });
     tracing::debug!(ua = ?request.ua, local_ip = ?request.local_ip, "connection registered");
-    Ok(ok(json!({"endpoint": format!("ws://{host}/connect"), "ticket": ticket})))
+    Ok(ok(
+        json!({"endpoint": format!("ws://{host}/connect"), "ticket": ticket}),
+    ))
 }
 
 /// `POST /v1.0/oauth2/accessToken`: the same token while valid (and its life extended), a new one after.
-pub async fn access_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
+pub async fn access_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
     shared.delay().await;
     let request: AccessTokenRequest = parse(&headers, &body)?;
     if !shared.check_app(&request.app_key, &request.app_secret) {
-        return Err(PlatformError::bad("invalidClientIdOrSecret", "无效的clientId或者clientSecret"));
+        return Err(PlatformError::bad(
+            "invalidClientIdOrSecret",
+            "无效的clientId或者clientSecret",
+        ));
     }
     let token = shared.with(|world, config| {
         let now = Instant::now();
@@ -196,7 +228,9 @@ pub async fn access_token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
         world.tokens.insert(token.clone(), now + config.token_ttl);
         token
     });
-    Ok(ok(json!({"accessToken": token, "expireIn": shared.config.token_ttl.as_secs()})))
+    Ok(ok(
+        json!({"accessToken": token, "expireIn": shared.config.token_ttl.as_secs()}),
+    ))
 }
 
 /// One parsed space of an `openSpaceId` (`dtv1.card//IM_GROUP.cid…;IM_ROBOT.user`).
@@ -212,25 +246,40 @@ fn parse_spaces(open_space_id: &str) -> Result<Vec<Space>, PlatformError> {
     rest.split(';')
         .filter(|s| !s.is_empty())
         .map(|part| {
-            let (kind, id) = part.split_once('.').ok_or_else(|| PlatformError::bad("param.openSpaceIdInvalid", "openSpaceId is invalid"))?;
+            let (kind, id) = part
+                .split_once('.')
+                .ok_or_else(|| PlatformError::bad("param.openSpaceIdInvalid", "openSpaceId is invalid"))?;
             let kind = kind.to_ascii_uppercase();
             if !["IM_GROUP", "IM_ROBOT", "IM_SINGLE", "ONE_BOX"].contains(&kind.as_str()) || id.is_empty() {
                 return Err(PlatformError::bad("param.openSpaceIdInvalid", "openSpaceId is invalid"));
             }
-            Ok(Space { kind, id: id.to_owned() })
+            Ok(Space {
+                kind,
+                id: id.to_owned(),
+            })
         })
         .collect()
 }
 
 fn required<'a>(value: &'a Option<String>, code: &str, message: &str) -> Result<&'a str, PlatformError> {
-    value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| PlatformError::bad(code, message))
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| PlatformError::bad(code, message))
 }
 
 /// Create the card `request` describes (shared by create and createAndDeliver).
 fn create_card(world: &mut World, request: &CardRequest, api: &str) -> Result<String, PlatformError> {
-    let template = required(&request.card_template_id, "param.cardTemplateIdEmpty", "cardTemplateId is empty")?;
+    let template = required(
+        &request.card_template_id,
+        "param.cardTemplateIdEmpty",
+        "cardTemplateId is empty",
+    )?;
     let out_track_id = required(&request.out_track_id, "param.outTrackIdEmpty", "outTrackId is empty")?;
-    let card_data = request.card_data.as_ref().ok_or_else(|| PlatformError::bad("param.cardPublicDataEmpty", "cardData is empty"))?;
+    let card_data = request
+        .card_data
+        .as_ref()
+        .ok_or_else(|| PlatformError::bad("param.cardPublicDataEmpty", "cardData is empty"))?;
     if world.cards.contains_key(out_track_id) {
         return Err(PlatformError::bad("param.cardAlreadyExist", "card already exist"));
     }
@@ -263,7 +312,12 @@ fn create_card(world: &mut World, request: &CardRequest, api: &str) -> Result<St
 }
 
 /// Deliver card `out_track_id` to the spaces of `request`; one result object per space.
-fn deliver_card(world: &mut World, request: &CardRequest, out_track_id: &str, robot_code: &str) -> Result<Vec<Value>, PlatformError> {
+fn deliver_card(
+    world: &mut World,
+    request: &CardRequest,
+    out_track_id: &str,
+    robot_code: &str,
+) -> Result<Vec<Value>, PlatformError> {
     let open_space_id = required(&request.open_space_id, "param.openSpaceIdEmpty", "openSpaceId is empty")?;
     let spaces = parse_spaces(open_space_id)?;
     if !world.cards.contains_key(out_track_id) {
@@ -319,24 +373,39 @@ fn deliver_card(world: &mut World, request: &CardRequest, out_track_id: &str, ro
 }
 
 /// `POST /v1.0/card/instances/createAndDeliver`.
-pub async fn create_and_deliver(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
-    shared.gate(&headers, "createAndDeliver", Some(PERM_CARD_INSTANCE)).await?;
+pub async fn create_and_deliver(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
+    shared
+        .gate(&headers, "createAndDeliver", Some(PERM_CARD_INSTANCE))
+        .await?;
     let request: CardRequest = parse(&headers, &body)?;
     let robot_code = shared.config.client_id.clone();
     shared.with(|world, _| {
         required(&request.open_space_id, "param.openSpaceIdEmpty", "openSpaceId is empty")?;
         parse_spaces(request.open_space_id.as_deref().unwrap_or_default())?;
         if request.im_group_open_deliver_model.is_none() && request.im_robot_open_deliver_model.is_none() {
-            return Err(PlatformError::bad("param.openDeliverModelEmpty", "openDeliverModel is empty"));
+            return Err(PlatformError::bad(
+                "param.openDeliverModelEmpty",
+                "openDeliverModel is empty",
+            ));
         }
         let out_track_id = create_card(world, &request, "createAndDeliver")?;
         let deliver_results = deliver_card(world, &request, &out_track_id, &robot_code)?;
-        Ok(ok(json!({"success": true, "result": {"outTrackId": out_track_id, "deliverResults": deliver_results}})))
+        Ok(ok(
+            json!({"success": true, "result": {"outTrackId": out_track_id, "deliverResults": deliver_results}}),
+        ))
     })
 }
 
 /// `POST /v1.0/card/instances` (create only).
-pub async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
+pub async fn create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
     shared.gate(&headers, "createCard", Some(PERM_CARD_INSTANCE)).await?;
     let request: CardRequest = parse(&headers, &body)?;
     shared.with(|world, _| {
@@ -346,14 +415,21 @@ pub async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
 }
 
 /// `POST /v1.0/card/instances/deliver`.
-pub async fn deliver(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
+pub async fn deliver(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
     shared.gate(&headers, "deliverCard", Some(PERM_CARD_INSTANCE)).await?;
     let request: CardRequest = parse(&headers, &body)?;
     let robot_code = shared.config.client_id.clone();
     shared.with(|world, _| {
         let out_track_id = required(&request.out_track_id, "param.outTrackIdEmpty", "outTrackId is empty")?.to_owned();
         if request.im_group_open_deliver_model.is_none() && request.im_robot_open_deliver_model.is_none() {
-            return Err(PlatformError::bad("param.openDeliverModelEmpty", "openDeliverModel is empty"));
+            return Err(PlatformError::bad(
+                "param.openDeliverModelEmpty",
+                "openDeliverModel is empty",
+            ));
         }
         let results = deliver_card(world, &request, &out_track_id, &robot_code)?;
         if let Some(card) = world.cards.get_mut(&out_track_id) {
@@ -390,20 +466,31 @@ fn injected_update_failure(world: &mut World) -> Option<PlatformError> {
         return None;
     }
     Some(if fault.status == 403 {
-        PlatformError::new(403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi", "请求被拒绝，当前应用调用该接口的QPS超出限制")
+        PlatformError::new(
+            403,
+            "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi",
+            "请求被拒绝，当前应用调用该接口的QPS超出限制",
+        )
     } else {
         PlatformError::new(429, "system.busy", "system busy, request too frequest")
     })
 }
 
 /// `PUT /v1.0/card/instances`: replace the card data, or merge it by key.
-pub async fn update_instance(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
+pub async fn update_instance(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
     shared.gate(&headers, "updateCard", Some(PERM_CARD_INSTANCE)).await?;
     let request: CardUpdateRequest = parse(&headers, &body)?;
     shared.with(|world, _| {
         let out_track_id = required(&request.out_track_id, "param.outTrackIdEmpty", "outTrackId is empty")?.to_owned();
         if request.card_data.is_none() && request.private_data.is_none() {
-            return Err(PlatformError::bad("param.cardDataAndPrivateDataBothEmpty", "cardData and privateData are both empty"));
+            return Err(PlatformError::bad(
+                "param.cardDataAndPrivateDataBothEmpty",
+                "cardData and privateData are both empty",
+            ));
         }
         if !world.cards.contains_key(&out_track_id) {
             return Err(PlatformError::bad("param.cardNotExist", "card is not exist"));
@@ -413,7 +500,10 @@ pub async fn update_instance(State(shared): State<Arc<Shared>>, headers: HeaderM
         }
         let card = world.cards.get_mut(&out_track_id).expect("checked above");
         if let Some(data) = &request.card_data {
-            let by_key = request.card_update_options.as_ref().is_some_and(|o| o.update_card_data_by_key);
+            let by_key = request
+                .card_update_options
+                .as_ref()
+                .is_some_and(|o| o.update_card_data_by_key);
             if by_key {
                 card.card_param_map.extend(data.card_param_map.clone());
             } else {
@@ -441,7 +531,11 @@ pub async fn update_instance(State(shared): State<Arc<Shared>>, headers: HeaderM
 
 /// `PUT /v1.0/card/streaming`: append or replace one variable; finalize or fail the card. A repeated
 /// `guid` is acknowledged without being applied again.
-pub async fn streaming(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
+pub async fn streaming(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
     shared.gate(&headers, "streaming", Some(PERM_CARD_STREAMING)).await?;
     let request: StreamingRequest = parse(&headers, &body)?;
     shared.with(|world, config| {
@@ -453,7 +547,11 @@ pub async fn streaming(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
             return Err(PlatformError::bad("param.stream.contentEmpty", "content is empty"));
         }
         if content.len() > config.max_stream_content_bytes {
-            return Err(reject(world, Some(&out_track_id), PlatformError::bad("param.stream.content", "content is too large")));
+            return Err(reject(
+                world,
+                Some(&out_track_id),
+                PlatformError::bad("param.stream.content", "content is too large"),
+            ));
         }
         let is_full = request.is_full.unwrap_or(false);
         if !is_full && config.markdown_keys.contains(&key) {
@@ -514,33 +612,62 @@ fn check_robot_send(
 ) -> Result<(String, Value), PlatformError> {
     let code = required(robot_code, "invalidParameter.robotCode.empty", "robotCode is empty")?;
     if code != config.client_id {
-        return Err(PlatformError::bad("invalidParameter.robotCode.notExsit", "robotCode does not exist"));
+        return Err(PlatformError::bad(
+            "invalidParameter.robotCode.notExsit",
+            "robotCode does not exist",
+        ));
     }
     let key = required(msg_key, "invalidParameter.msgKey.empty", "msgKey is empty")?;
     if !MSG_KEYS.contains(&key) {
-        return Err(PlatformError::bad("invalidParameter.msgKey.invalid", "msgKey is invalid"));
+        return Err(PlatformError::bad(
+            "invalidParameter.msgKey.invalid",
+            "msgKey is invalid",
+        ));
     }
     let param = msg_param.as_deref().unwrap_or_default();
     if param.len() > config.max_msg_param_bytes {
-        return Err(PlatformError::bad("invalidParameter.msgParam.tooLong", "msgParam is too long"));
+        return Err(PlatformError::bad(
+            "invalidParameter.msgParam.tooLong",
+            "msgParam is too long",
+        ));
     }
-    let value: Value = serde_json::from_str(param).map_err(|_| PlatformError::bad("invalidParameter.msgParam.invalid", "msgParam is invalid"))?;
+    let value: Value = serde_json::from_str(param)
+        .map_err(|_| PlatformError::bad("invalidParameter.msgParam.invalid", "msgParam is invalid"))?;
     if !value.is_object() {
-        return Err(PlatformError::bad("invalidParameter.msgParam.invalid", "msgParam is invalid"));
+        return Err(PlatformError::bad(
+            "invalidParameter.msgParam.invalid",
+            "msgParam is invalid",
+        ));
     }
     Ok((key.to_owned(), value))
 }
 
 /// A robot message as the conversation shows it.
 fn robot_entry(via: &str, msgtype: &str, param: &Value) -> ChatEntry {
-    let text = ["text", "content"].iter().find_map(|k| param.get(*k).and_then(Value::as_str)).unwrap_or_default().to_owned();
+    let text = ["text", "content"]
+        .iter()
+        .find_map(|k| param.get(*k).and_then(Value::as_str))
+        .unwrap_or_default()
+        .to_owned();
     let title = param.get("title").and_then(Value::as_str).map(str::to_owned);
-    ChatEntry::Robot { via: via.to_owned(), msgtype: msgtype.to_owned(), title, text, at_ms: now_ms() }
+    ChatEntry::Robot {
+        via: via.to_owned(),
+        msgtype: msgtype.to_owned(),
+        title,
+        text,
+        at_ms: now_ms(),
+    }
 }
 
 /// `POST /v1.0/robot/oToMessages/batchSend`.
-pub async fn oto_send(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
-    shared.gate(&headers, "oToMessagesBatchSend", Some(PERM_ROBOT_SEND)).await?;
+pub async fn oto_send(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
+    shared
+        .gate(&headers, "oToMessagesBatchSend", Some(PERM_ROBOT_SEND))
+        .await?;
     let request: OtoSendRequest = parse(&headers, &body)?;
     shared.with(|world, config| {
         let (key, param) = check_robot_send(config, &request.robot_code, &request.msg_key, &request.msg_param)?;
@@ -549,23 +676,38 @@ pub async fn oto_send(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
             return Err(PlatformError::bad("invalidParameter.userIds.empty", "userIds is empty"));
         }
         if user_ids.len() > config.max_oto_user_ids {
-            return Err(PlatformError::bad("invalidParameter.userIds.overMax", "userIds is over max"));
+            return Err(PlatformError::bad(
+                "invalidParameter.userIds.overMax",
+                "userIds is over max",
+            ));
         }
         for user in &user_ids {
             let entry = robot_entry("robotApi", &key, &param);
             world.single_conversation(user, user).messages.push(entry);
         }
-        Ok(ok(json!({"processQueryKey": hex(32), "invalidStaffIdList": [], "flowControlledStaffIdList": []})))
+        Ok(ok(
+            json!({"processQueryKey": hex(32), "invalidStaffIdList": [], "flowControlledStaffIdList": []}),
+        ))
     })
 }
 
 /// `POST /v1.0/robot/groupMessages/send`.
-pub async fn group_send(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, PlatformError> {
-    shared.gate(&headers, "groupMessagesSend", Some(PERM_ROBOT_SEND)).await?;
+pub async fn group_send(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PlatformError> {
+    shared
+        .gate(&headers, "groupMessagesSend", Some(PERM_ROBOT_SEND))
+        .await?;
     let request: GroupSendRequest = parse(&headers, &body)?;
     shared.with(|world, config| {
         let (key, param) = check_robot_send(config, &request.robot_code, &request.msg_key, &request.msg_param)?;
-        let cid = required(&request.open_conversation_id, "invalidParameter.openConversationId.empty", "openConversationId is empty")?;
+        let cid = required(
+            &request.open_conversation_id,
+            "invalidParameter.openConversationId.empty",
+            "openConversationId is empty",
+        )?;
         let entry = robot_entry("robotApi", &key, &param);
         match world.conversation_mut(cid) {
             Some(conversation) if conversation.kind == ConversationKind::Group => conversation.messages.push(entry),
@@ -592,7 +734,11 @@ pub async fn session_webhook(
 ) -> Response {
     shared.delay().await;
     let legacy = |status: u16, errcode: i64, errmsg: &str| {
-        (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Json(json!({"errcode": errcode, "errmsg": errmsg}))).into_response()
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            Json(json!({"errcode": errcode, "errmsg": errmsg})),
+        )
+            .into_response()
     };
     let Ok(message) = parse::<Value>(&headers, &body) else {
         return legacy(200, 400_001, "body is not valid JSON");
@@ -603,11 +749,23 @@ pub async fn session_webhook(
             Some(hook) if hook.expires_ms > now_ms() => hook.conversation_id.clone(),
             _ => return legacy(error_status, 300_001, "session 不存在"),
         };
-        let msgtype = message.get("msgtype").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let msgtype = message
+            .get("msgtype")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let entry = match msgtype.as_str() {
             "text" => robot_entry("sessionWebhook", "text", message.get("text").unwrap_or(&Value::Null)),
-            "markdown" => robot_entry("sessionWebhook", "markdown", message.get("markdown").unwrap_or(&Value::Null)),
-            "link" | "actionCard" | "feedCard" => robot_entry("sessionWebhook", &msgtype, message.get(&msgtype).unwrap_or(&Value::Null)),
+            "markdown" => robot_entry(
+                "sessionWebhook",
+                "markdown",
+                message.get("markdown").unwrap_or(&Value::Null),
+            ),
+            "link" | "actionCard" | "feedCard" => robot_entry(
+                "sessionWebhook",
+                &msgtype,
+                message.get(&msgtype).unwrap_or(&Value::Null),
+            ),
             _ => return legacy(200, 40_035, "不合法的参数: msgtype"),
         };
         if !world.admit_webhook_message(config, Instant::now()) {

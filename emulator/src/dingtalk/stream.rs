@@ -28,9 +28,16 @@ pub struct TicketQuery {
 }
 
 /// `GET /connect?ticket=…`: upgrade if the ticket is known, unexpired and unused; it is consumed either way.
-pub async fn connect(State(shared): State<Arc<Shared>>, Query(query): Query<TicketQuery>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn connect(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<TicketQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let ticket = shared.with(|world, _| {
-        let found = world.tickets.remove(&query.ticket).filter(|(expiry, _, _)| *expiry > Instant::now());
+        let found = world
+            .tickets
+            .remove(&query.ticket)
+            .filter(|(expiry, _, _)| *expiry > Instant::now());
         if found.is_none() {
             world.stats.tickets_refused += 1;
         }
@@ -38,7 +45,12 @@ pub async fn connect(State(shared): State<Arc<Shared>>, Query(query): Query<Tick
     });
     let Some((_, subscriptions, ua)) = ticket else {
         tracing::info!("refusing a WebSocket with an unknown, used or expired ticket");
-        return PlatformError::new(shared.config.ticket_refusal_status, "InvalidTicket", "ticket is invalid or expired").into_response();
+        return PlatformError::new(
+            shared.config.ticket_refusal_status,
+            "InvalidTicket",
+            "ticket is invalid or expired",
+        )
+        .into_response();
     };
     upgrade.on_upgrade(move |socket| run_connection(shared, socket, subscriptions, ua))
 }
@@ -49,7 +61,17 @@ async fn run_connection(shared: Arc<Shared>, socket: WebSocket, subscriptions: V
         let id = world.next_connection;
         world.next_connection += 1;
         world.stats.connections_opened += 1;
-        world.connections.insert(id, Connection { subscriptions, tx, zombie: false, disconnecting: false, opened_ms: now_ms(), ua });
+        world.connections.insert(
+            id,
+            Connection {
+                subscriptions,
+                tx,
+                zombie: false,
+                disconnecting: false,
+                opened_ms: now_ms(),
+                ua,
+            },
+        );
         id
     });
     let span = tracing::info_span!("stream_connection", connection = id);
@@ -117,14 +139,19 @@ async fn connection_loop(shared: &Arc<Shared>, id: u64, socket: WebSocket, mut r
 
 fn send_ping(shared: &Shared, id: u64) {
     shared.with(|world, _| {
-        let Some(connection) = world.connections.get(&id) else { return };
+        let Some(connection) = world.connections.get(&id) else {
+            return;
+        };
         if connection.zombie || connection.disconnecting {
             return;
         }
         let opaque = super::world::uuid_like();
         let data = json!({ "opaque": opaque });
         let (message_id, frame) = system_frame("ping", data);
-        let sent = connection.tx.send(Outbound::Text(serde_json::to_string(&frame).expect("frames serialize"))).is_ok();
+        let sent = connection
+            .tx
+            .send(Outbound::Text(serde_json::to_string(&frame).expect("frames serialize")))
+            .is_ok();
         if sent {
             world.ping_opaque.insert(message_id, frame.data);
             world.stats.pings_sent += 1;
@@ -134,13 +161,17 @@ fn send_ping(shared: &Shared, id: u64) {
 
 /// Send a `disconnect` notice on connection `id`, stop delivering there, and drop it after the grace period.
 pub(crate) fn disconnect(world: &mut World, config: &super::EmulatorConfig, id: u64, reason: &str) -> bool {
-    let Some(connection) = world.connections.get_mut(&id) else { return false };
+    let Some(connection) = world.connections.get_mut(&id) else {
+        return false;
+    };
     if connection.disconnecting {
         return false;
     }
     connection.disconnecting = true;
     let (_, frame) = system_frame("disconnect", json!({ "reason": reason }));
-    let _ = connection.tx.send(Outbound::Text(serde_json::to_string(&frame).expect("frames serialize")));
+    let _ = connection
+        .tx
+        .send(Outbound::Text(serde_json::to_string(&frame).expect("frames serialize")));
     let _ = connection.tx.send(Outbound::CloseAfter(config.disconnect_grace));
     world.stats.disconnects_sent += 1;
     tracing::info!(connection = id, reason, "sent a disconnect notice");

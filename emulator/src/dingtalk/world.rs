@@ -28,7 +28,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(config: EmulatorConfig, addr: std::net::SocketAddr) -> Arc<Self> {
-        Arc::new(Self { world: Mutex::new(World::default()), config, addr, dispatch: Notify::new(), version: watch::channel(0).0 })
+        Arc::new(Self {
+            world: Mutex::new(World::default()),
+            config,
+            addr,
+            dispatch: Notify::new(),
+            version: watch::channel(0).0,
+        })
     }
 
     /// Run `f` on the world, then tell observers something may have changed.
@@ -64,13 +70,18 @@ impl Shared {
 
 /// Epoch milliseconds now.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `len` random lowercase hex digits.
 pub fn hex(len: usize) -> String {
     let mut rng = rand::rng();
-    (0..len).map(|_| char::from_digit(rng.random_range(0..16), 16).expect("digit below 16")).collect()
+    (0..len)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).expect("digit below 16"))
+        .collect()
 }
 
 /// A UUID-shaped random id (`8-4-4-4-12` hex), as the platform's `requestid` and tickets look.
@@ -102,7 +113,9 @@ pub(crate) struct Connection {
 
 impl Connection {
     fn subscribed(&self, kind: &str, topic: &str) -> bool {
-        self.subscriptions.iter().any(|s| s.kind == kind && (s.topic == topic || (kind == "EVENT" && s.topic == "*")))
+        self.subscriptions
+            .iter()
+            .any(|s| s.kind == kind && (s.topic == topic || (kind == "EVENT" && s.topic == "*")))
     }
 }
 
@@ -176,13 +189,28 @@ pub struct Conversation {
 pub enum ChatEntry {
     /// A simulated user wrote this.
     #[serde(rename_all = "camelCase")]
-    User { msg_id: String, message_id: String, sender_staff_id: String, sender_nick: String, text: String, at_bot: bool, pushed: bool, at_ms: u64 },
+    User {
+        msg_id: String,
+        message_id: String,
+        sender_staff_id: String,
+        sender_nick: String,
+        text: String,
+        at_bot: bool,
+        pushed: bool,
+        at_ms: u64,
+    },
     /// The robot delivered this card (see the card store for its content).
     #[serde(rename_all = "camelCase")]
     Card { out_track_id: String, at_ms: u64 },
     /// The robot sent a plain message through the sessionWebhook or a robot send API.
     #[serde(rename_all = "camelCase")]
-    Robot { via: String, msgtype: String, title: Option<String>, text: String, at_ms: u64 },
+    Robot {
+        via: String,
+        msgtype: String,
+        title: Option<String>,
+        text: String,
+        at_ms: u64,
+    },
 }
 
 /// Lifecycle of an AI card (§6.4).
@@ -339,7 +367,11 @@ impl World {
 
     /// The 1:1 conversation of `user_id`, created on first use.
     pub(crate) fn single_conversation(&mut self, user_id: &str, nick: &str) -> &mut Conversation {
-        let idx = match self.conversations.iter().position(|c| c.kind == ConversationKind::Single && c.user_id.as_deref() == Some(user_id)) {
+        let idx = match self
+            .conversations
+            .iter()
+            .position(|c| c.kind == ConversationKind::Single && c.user_id.as_deref() == Some(user_id))
+        {
             Some(idx) => idx,
             None => {
                 self.conversations.push(Conversation {
@@ -391,7 +423,11 @@ impl World {
         let throttled = self.webhook_throttled_until.is_some_and(|until| until > now);
         if !throttled {
             let window_start = now.checked_sub(Duration::from_secs(60));
-            while self.webhook_sends.front().is_some_and(|sent| window_start.is_some_and(|start| *sent <= start)) {
+            while self
+                .webhook_sends
+                .front()
+                .is_some_and(|sent| window_start.is_some_and(|start| *sent <= start))
+            {
                 self.webhook_sends.pop_front();
             }
             if self.webhook_sends.len() < limit {
@@ -400,7 +436,11 @@ impl World {
             }
             self.webhook_sends.clear();
             self.webhook_throttled_until = Some(now + config.webhook_throttle);
-            tracing::info!(limit, throttle_secs = config.webhook_throttle.as_secs(), "robot over its sessionWebhook limit; throttled");
+            tracing::info!(
+                limit,
+                throttle_secs = config.webhook_throttle.as_secs(),
+                "robot over its sessionWebhook limit; throttled"
+            );
         }
         self.stats.webhooks_throttled += 1;
         false
@@ -413,7 +453,9 @@ impl World {
 
     /// Cards delivered into `conversation_id`, in delivery order.
     pub fn cards_in(&self, conversation_id: &str) -> Vec<Card> {
-        let Some(conversation) = self.conversation(conversation_id) else { return Vec::new() };
+        let Some(conversation) = self.conversation(conversation_id) else {
+            return Vec::new();
+        };
         conversation
             .messages
             .iter()
@@ -429,15 +471,23 @@ impl World {
     pub(crate) fn dispatch_due(&mut self, now: Instant, config: &EmulatorConfig) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut abandoned = Vec::new();
-        let ids: Vec<String> = self.pending.iter().filter(|(_, p)| p.due <= now).map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.due <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             let pending = self.pending.get_mut(&id).expect("id was just listed");
             if pending.attempts > config.max_redeliveries {
                 abandoned.push(id);
                 continue;
             }
-            let targets: Vec<&Connection> =
-                self.connections.values().filter(|c| !c.disconnecting && c.subscribed("CALLBACK", &pending.topic)).collect();
+            let targets: Vec<&Connection> = self
+                .connections
+                .values()
+                .filter(|c| !c.disconnecting && c.subscribed("CALLBACK", &pending.topic))
+                .collect();
             if targets.is_empty() {
                 // Waits for a connection; opening one wakes the dispatcher.
                 continue;
@@ -470,7 +520,11 @@ impl World {
             tracing::warn!(message_id = %id, "giving up on a callback that was never ACKed");
         }
         for pending in self.pending.values() {
-            if self.connections.values().any(|c| !c.disconnecting && c.subscribed("CALLBACK", &pending.topic)) {
+            if self
+                .connections
+                .values()
+                .any(|c| !c.disconnecting && c.subscribed("CALLBACK", &pending.topic))
+            {
                 next = Some(next.map_or(pending.due, |n| n.min(pending.due)));
             }
         }
@@ -486,10 +540,20 @@ impl World {
         headers.insert("messageId".to_owned(), message_id.clone());
         headers.insert("time".to_owned(), now_ms().to_string());
         headers.insert("topic".to_owned(), TOPIC_BOT_MESSAGE.to_owned());
-        let frame = Frame { spec_version: "1.0".to_owned(), kind: "CALLBACK".to_owned(), headers, data };
+        let frame = Frame {
+            spec_version: "1.0".to_owned(),
+            kind: "CALLBACK".to_owned(),
+            headers,
+            data,
+        };
         self.pending.insert(
             message_id,
-            PendingPush { frame, topic: TOPIC_BOT_MESSAGE.to_owned(), attempts: 0, due: Instant::now() },
+            PendingPush {
+                frame,
+                topic: TOPIC_BOT_MESSAGE.to_owned(),
+                attempts: 0,
+                due: Instant::now(),
+            },
         );
     }
 }
@@ -502,5 +566,13 @@ pub(crate) fn system_frame(topic: &str, data: serde_json::Value) -> (String, Fra
     headers.insert("messageId".to_owned(), message_id.clone());
     headers.insert("time".to_owned(), now_ms().to_string());
     headers.insert("topic".to_owned(), topic.to_owned());
-    (message_id, Frame { spec_version: "1.0".to_owned(), kind: "SYSTEM".to_owned(), headers, data: data.to_string() })
+    (
+        message_id,
+        Frame {
+            spec_version: "1.0".to_owned(),
+            kind: "SYSTEM".to_owned(),
+            headers,
+            data: data.to_string(),
+        },
+    )
 }

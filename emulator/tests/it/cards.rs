@@ -31,12 +31,21 @@ async fn tokens_are_reissued_while_valid_and_checked_on_every_call() {
     let base = dingtalk.base_url();
     let first = token(&dingtalk).await;
     assert_eq!(token(&dingtalk).await, first, "a valid token is handed out again");
-    let (status, body) = post(&format!("{base}/v1.0/oauth2/accessToken"), json!({"appKey": DEFAULT_CLIENT_ID, "appSecret": "nope"}), None).await;
+    let (status, body) = post(
+        &format!("{base}/v1.0/oauth2/accessToken"),
+        json!({"appKey": DEFAULT_CLIENT_ID, "appSecret": "nope"}),
+        None,
+    )
+    .await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalidClientIdOrSecret")));
     let url = format!("{base}/v1.0/card/streaming");
     for bad in [None, Some("not-a-token")] {
         let (status, body) = put(&url, stream("x", "g", "hi", true, false), bad).await;
-        assert_eq!((status, body["code"].as_str()), (400, Some("InvalidAuthentication")), "{body}");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("InvalidAuthentication")),
+            "{body}"
+        );
     }
     dingtalk.fault(FaultCommand::ExpireTokens).unwrap();
     let (status, body) = put(&url, stream("x", "g", "hi", true, false), Some(&first)).await;
@@ -61,43 +70,91 @@ async fn an_ai_card_streams_into_a_group_with_full_history() {
     assert_eq!(body["success"], true);
     assert_eq!(body["result"]["outTrackId"], "card-1");
     let delivered = &body["result"]["deliverResults"][0];
-    assert_eq!((delivered["spaceType"].as_str(), delivered["spaceId"].as_str(), delivered["success"].as_bool()), (Some("IM_GROUP"), Some("cidGroup1"), Some(true)));
+    assert_eq!(
+        (
+            delivered["spaceType"].as_str(),
+            delivered["spaceId"].as_str(),
+            delivered["success"].as_bool()
+        ),
+        (Some("IM_GROUP"), Some("cidGroup1"), Some(true))
+    );
 
     let url = format!("{base}/v1.0/card/streaming");
     let ok = |(status, body): (u16, Value)| assert_eq!((status, body), (200, json!({"success": true, "result": true})));
     ok(put(&url, stream("card-1", "g1", "Once", true, false), Some(&token)).await);
-    assert_eq!(dingtalk.inspect(|w| w.card("card-1").unwrap().status), CardStatus::Inputting);
+    assert_eq!(
+        dingtalk.inspect(|w| w.card("card-1").unwrap().status),
+        CardStatus::Inputting
+    );
     ok(put(&url, stream("card-1", "g2", " upon", false, false), Some(&token)).await);
     // A retry with the same guid is acknowledged and not applied twice.
     ok(put(&url, stream("card-1", "g2", " upon", false, false), Some(&token)).await);
-    ok(put(&url, stream("card-1", "g3", "Once upon a time.", true, true), Some(&token)).await);
+    ok(put(
+        &url,
+        stream("card-1", "g3", "Once upon a time.", true, true),
+        Some(&token),
+    )
+    .await);
 
     let conversation = dingtalk.inspect(|w| w.conversation_view("cidGroup1")).unwrap();
     assert_eq!(conversation.cards.len(), 1);
     let card = &conversation.cards[0];
     assert_eq!(card.status, CardStatus::Finished);
     assert_eq!(card.text, "Once upon a time.");
-    let streamed: Vec<&str> = card.updates.iter().filter(|u| u.api == "streaming").map(|u| u.content.as_deref().unwrap()).collect();
+    let streamed: Vec<&str> = card
+        .updates
+        .iter()
+        .filter(|u| u.api == "streaming")
+        .map(|u| u.content.as_deref().unwrap())
+        .collect();
     assert_eq!(streamed, ["Once", " upon", "Once upon a time."]);
     assert_eq!(card.updates[0].api, "createAndDeliver");
 
     // The documented parameter errors.
     let cases = [
-        (json!({"outTrackId": "card-1", "guid": "g9", "key": "content", "content": "", "isFull": true}), "param.stream.contentEmpty"),
-        (json!({"outTrackId": "card-1", "guid": "g9", "content": "x", "isFull": true}), "param.stream.keyEmpty"),
-        (json!({"outTrackId": "card-1", "key": "content", "content": "x", "isFull": true}), "param.stream.guidEmpty"),
-        (json!({"outTrackId": "nope", "guid": "g9", "key": "content", "content": "x", "isFull": true}), "param.stream.outTrackId"),
-        (json!({"outTrackId": "card-1", "guid": "g9", "key": "markdown", "content": "x", "isFull": false}), "param.stream.isFull"),
-        (json!({"outTrackId": "card-1", "guid": "g9", "key": "content", "content": "x".repeat(20_000), "isFull": true}), "param.stream.content"),
+        (
+            json!({"outTrackId": "card-1", "guid": "g9", "key": "content", "content": "", "isFull": true}),
+            "param.stream.contentEmpty",
+        ),
+        (
+            json!({"outTrackId": "card-1", "guid": "g9", "content": "x", "isFull": true}),
+            "param.stream.keyEmpty",
+        ),
+        (
+            json!({"outTrackId": "card-1", "key": "content", "content": "x", "isFull": true}),
+            "param.stream.guidEmpty",
+        ),
+        (
+            json!({"outTrackId": "nope", "guid": "g9", "key": "content", "content": "x", "isFull": true}),
+            "param.stream.outTrackId",
+        ),
+        (
+            json!({"outTrackId": "card-1", "guid": "g9", "key": "markdown", "content": "x", "isFull": false}),
+            "param.stream.isFull",
+        ),
+        (
+            json!({"outTrackId": "card-1", "guid": "g9", "key": "content", "content": "x".repeat(20_000), "isFull": true}),
+            "param.stream.content",
+        ),
     ];
     for (body, code) in cases {
         let (status, answer) = put(&url, body, Some(&token)).await;
         assert_eq!((status, answer["code"].as_str()), (400, Some(code)));
     }
     // A second card with the same outTrackId is refused; a group the robot is not in fails per space.
-    let (status, body) = post(&format!("{base}/v1.0/card/instances/createAndDeliver"), card_body("card-1", "dtv1.card//IM_GROUP.cidGroup1"), Some(&token)).await;
+    let (status, body) = post(
+        &format!("{base}/v1.0/card/instances/createAndDeliver"),
+        card_body("card-1", "dtv1.card//IM_GROUP.cidGroup1"),
+        Some(&token),
+    )
+    .await;
     assert_eq!((status, body["code"].as_str()), (400, Some("param.cardAlreadyExist")));
-    let (status, body) = post(&format!("{base}/v1.0/card/instances/createAndDeliver"), card_body("card-2", "dtv1.card//IM_GROUP.cidElsewhere"), Some(&token)).await;
+    let (status, body) = post(
+        &format!("{base}/v1.0/card/instances/createAndDeliver"),
+        card_body("card-2", "dtv1.card//IM_GROUP.cidElsewhere"),
+        Some(&token),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body["result"]["deliverResults"][0]["success"], false);
     dingtalk.shutdown().await.unwrap();
@@ -122,7 +179,12 @@ async fn card_updates_merge_or_replace_and_the_two_step_path_works() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"][0]["success"], true);
     let url = format!("{base}/v1.0/card/instances");
-    let (status, _) = put(&url, json!({"outTrackId": "card-a", "cardData": {"cardParamMap": {"content": "done", "flowStatus": "3"}}}), Some(&token)).await;
+    let (status, _) = put(
+        &url,
+        json!({"outTrackId": "card-a", "cardData": {"cardParamMap": {"content": "done", "flowStatus": "3"}}}),
+        Some(&token),
+    )
+    .await;
     assert_eq!(status, 200);
     let (status, _) = put(
         &url,
@@ -131,12 +193,20 @@ async fn card_updates_merge_or_replace_and_the_two_step_path_works() {
     )
     .await;
     assert_eq!(status, 200);
-    let card = dingtalk.inspect(|w| w.cards_in(&posted.conversation_id)).pop().expect("the card is in alice's 1:1 chat");
+    let card = dingtalk
+        .inspect(|w| w.cards_in(&posted.conversation_id))
+        .pop()
+        .expect("the card is in alice's 1:1 chat");
     assert_eq!(card.status, CardStatus::Finished);
     assert_eq!(card.text, "done");
     assert_eq!(card.card_param_map.get("extra").map(String::as_str), Some("1"));
     // Without updateCardDataByKey the whole cardData is replaced.
-    put(&url, json!({"outTrackId": "card-a", "cardData": {"cardParamMap": {"content": "replaced"}}}), Some(&token)).await;
+    put(
+        &url,
+        json!({"outTrackId": "card-a", "cardData": {"cardParamMap": {"content": "replaced"}}}),
+        Some(&token),
+    )
+    .await;
     let card = dingtalk.inspect(|w| w.card("card-a").cloned()).unwrap();
     assert_eq!(card.card_param_map.len(), 1);
     dingtalk.shutdown().await.unwrap();
@@ -148,26 +218,55 @@ async fn injected_failures_qps_limits_and_permissions() {
     let base = dingtalk.base_url();
     let token = token(&dingtalk).await;
     group(&dingtalk, "cidBusy", "gina", "hello", true);
-    post(&format!("{base}/v1.0/card/instances/createAndDeliver"), card_body("busy", "dtv1.card//IM_GROUP.cidBusy"), Some(&token)).await;
-    dingtalk.fault(FaultCommand::CardUpdateFailures { fraction: 0.2, status: 429 }).unwrap();
+    post(
+        &format!("{base}/v1.0/card/instances/createAndDeliver"),
+        card_body("busy", "dtv1.card//IM_GROUP.cidBusy"),
+        Some(&token),
+    )
+    .await;
+    dingtalk
+        .fault(FaultCommand::CardUpdateFailures {
+            fraction: 0.2,
+            status: 429,
+        })
+        .unwrap();
     let url = format!("{base}/v1.0/card/streaming");
     let mut statuses = Vec::new();
     for i in 0..10 {
-        let (status, body) = put(&url, stream("busy", &format!("g{i}"), &format!("{i}"), true, false), Some(&token)).await;
+        let (status, body) = put(
+            &url,
+            stream("busy", &format!("g{i}"), &format!("{i}"), true, false),
+            Some(&token),
+        )
+        .await;
         if status == 429 {
             assert_eq!(body["code"], "system.busy");
         }
         statuses.push(status);
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "a fifth of the calls fail: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "a fifth of the calls fail: {statuses:?}"
+    );
     let card = dingtalk.inspect(|w| w.card("busy").cloned()).unwrap();
     assert_eq!(card.rejected_calls, 2);
     dingtalk.fault(FaultCommand::Clear).unwrap();
 
-    dingtalk.fault(FaultCommand::RevokePermission { permission: PERM_CARD_STREAMING.to_owned() }).unwrap();
+    dingtalk
+        .fault(FaultCommand::RevokePermission {
+            permission: PERM_CARD_STREAMING.to_owned(),
+        })
+        .unwrap();
     let (status, body) = put(&url, stream("busy", "gp", "x", true, false), Some(&token)).await;
-    assert_eq!((status, body["code"].as_str()), (403, Some("Forbidden.AccessDenied.AccessTokenPermissionDenied")));
-    assert_eq!(body["accessdenieddetail"]["requiredScopes"], json!([PERM_CARD_STREAMING]));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("Forbidden.AccessDenied.AccessTokenPermissionDenied"))
+    );
+    assert_eq!(
+        body["accessdenieddetail"]["requiredScopes"],
+        json!([PERM_CARD_STREAMING])
+    );
     dingtalk.shutdown().await.unwrap();
 
     // A tight QPS limit: calls past it in the same second get the platform's 403.
@@ -179,7 +278,12 @@ async fn injected_failures_qps_limits_and_permissions() {
         let (_, body) = put(&url, stream("none", &format!("q{i}"), "x", true, false), Some(&token)).await;
         codes.push(body["code"].as_str().unwrap_or_default().to_owned());
     }
-    assert!(codes.iter().any(|c| c == "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"), "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .any(|c| c == "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"),
+        "{codes:?}"
+    );
     dingtalk.shutdown().await.unwrap();
 }
 
@@ -195,7 +299,12 @@ async fn session_webhook_and_robot_send_apis() {
     let frame = crate::next_frame(&mut ws).await;
     let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
     let hook = data["sessionWebhook"].as_str().unwrap().to_owned();
-    let (status, body) = post(&hook, json!({"msgtype": "markdown", "markdown": {"title": "t", "text": "# answer"}, "at": {"atUserIds": ["hank"]}}), None).await;
+    let (status, body) = post(
+        &hook,
+        json!({"msgtype": "markdown", "markdown": {"title": "t", "text": "# answer"}, "at": {"atUserIds": ["hank"]}}),
+        None,
+    )
+    .await;
     assert_eq!((status, body), (200, json!({"errcode": 0, "errmsg": "ok"})));
     dingtalk.fault(FaultCommand::ExpireWebhooks).unwrap();
     let (status, body) = post(&hook, json!({"msgtype": "text", "text": {"content": "late"}}), None).await;
@@ -222,7 +331,10 @@ async fn session_webhook_and_robot_send_apis() {
         Some(&token),
     )
     .await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalidParameter.msgKey.invalid")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalidParameter.msgKey.invalid"))
+    );
     let texts: Vec<String> = dingtalk.inspect(|w| {
         w.conversation("cidHooks")
             .unwrap()
@@ -253,7 +365,10 @@ async fn a_robot_over_its_webhook_limit_is_throttled_with_130101() {
     // The limit is per robot, across sessions: two messages pass, the third is refused and so is every
     // message during the throttle, whichever session it uses.
     for (hook, content) in [(&hooks[0], "one"), (&hooks[1], "two")] {
-        assert_eq!(post(hook, text(content), None).await, (200, json!({"errcode": 0, "errmsg": "ok"})));
+        assert_eq!(
+            post(hook, text(content), None).await,
+            (200, json!({"errcode": 0, "errmsg": "ok"}))
+        );
     }
     for hook in [&hooks[0], &hooks[1]] {
         let (status, body) = post(hook, text("too many"), None).await;
@@ -261,7 +376,12 @@ async fn a_robot_over_its_webhook_limit_is_throttled_with_130101() {
         assert_eq!(body["errmsg"], "send too fast, exceed 2 times per minute");
     }
     let (sent, throttled) = dingtalk.inspect(|w| {
-        let sent = w.conversation_ids().iter().flat_map(|id| w.conversation(id).unwrap().messages.clone()).filter(|m| matches!(m, emulator::dingtalk::ChatEntry::Robot { .. })).count();
+        let sent = w
+            .conversation_ids()
+            .iter()
+            .flat_map(|id| w.conversation(id).unwrap().messages.clone())
+            .filter(|m| matches!(m, emulator::dingtalk::ChatEntry::Robot { .. }))
+            .count();
         (sent, w.stats().webhooks_throttled)
     });
     assert_eq!((sent, throttled), (2, 2), "refused messages are not shown");

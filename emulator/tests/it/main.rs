@@ -6,7 +6,9 @@ mod stream;
 
 use std::time::Duration;
 
-use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig, PostedMessage, UserMessage, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
+use emulator::dingtalk::{
+    DingTalkEmulator, EmulatorConfig, PostedMessage, UserMessage, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
+};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -20,9 +22,14 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// An emulator on a free loopback port, with `tweak` applied to the default config.
 pub async fn start(tweak: impl FnOnce(&mut EmulatorConfig)) -> DingTalkEmulator {
-    let mut config = EmulatorConfig { ping_interval: None, ..EmulatorConfig::default() };
+    let mut config = EmulatorConfig {
+        ping_interval: None,
+        ..EmulatorConfig::default()
+    };
     tweak(&mut config);
-    DingTalkEmulator::start(config, "127.0.0.1:0".parse().unwrap()).await.expect("the emulator starts")
+    DingTalkEmulator::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("the emulator starts")
 }
 
 /// POST JSON; returns status and body.
@@ -36,7 +43,10 @@ pub async fn put(url: &str, body: Value, token: Option<&str>) -> (u16, Value) {
 }
 
 async fn send(request: reqwest::RequestBuilder, body: Value, token: Option<&str>) -> (u16, Value) {
-    let mut request = request.header("content-type", "application/json").header("accept", "application/json").body(body.to_string());
+    let mut request = request
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(body.to_string());
     if let Some(token) = token {
         request = request.header("x-acs-dingtalk-access-token", token);
     }
@@ -67,14 +77,23 @@ pub async fn open(dingtalk: &DingTalkEmulator) -> Value {
 /// Open a Stream connection: the open call, then the WebSocket with the ticket.
 pub async fn connect(dingtalk: &DingTalkEmulator) -> Ws {
     let opened = open(dingtalk).await;
-    let url = format!("{}?ticket={}", opened["endpoint"].as_str().unwrap(), opened["ticket"].as_str().unwrap());
-    tokio_tungstenite::connect_async(url).await.expect("the ticket is accepted").0
+    let url = format!(
+        "{}?ticket={}",
+        opened["endpoint"].as_str().unwrap(),
+        opened["ticket"].as_str().unwrap()
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the ticket is accepted")
+        .0
 }
 
 /// The next text frame, as JSON.
 pub async fn next_frame(ws: &mut Ws) -> Value {
     loop {
-        let message = tokio::time::timeout(PATIENCE, ws.next()).await.expect("a frame within the patience window");
+        let message = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a frame within the patience window");
         match message.expect("the socket is open").expect("no socket error") {
             Message::Text(text) => return serde_json::from_str(&text).expect("frames are JSON"),
             Message::Ping(_) | Message::Pong(_) => continue,
@@ -91,12 +110,16 @@ pub async fn ack(ws: &mut Ws, frame: &Value, data: Value) {
         "message": "OK",
         "data": data,
     });
-    ws.send(Message::Text(reply.to_string().into())).await.expect("the ACK is sent");
+    ws.send(Message::Text(reply.to_string().into()))
+        .await
+        .expect("the ACK is sent");
 }
 
 /// A 1:1 message from `user`.
 pub fn single(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> PostedMessage {
-    dingtalk.post_message(UserMessage::single(user, text)).expect("the message is posted")
+    dingtalk
+        .post_message(UserMessage::single(user, text))
+        .expect("the message is posted")
 }
 
 /// A group message from `user` in `group`.

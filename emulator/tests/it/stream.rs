@@ -13,14 +13,28 @@ use crate::{ack, connect, group, next_frame, open, post, single, start, PATIENCE
 async fn open_refuses_unknown_credentials_with_the_platform_envelope() {
     let dingtalk = start(|_| {}).await;
     let url = format!("{}/v1.0/gateway/connections/open", dingtalk.base_url());
-    for (id, secret) in [(DEFAULT_CLIENT_ID, "wrong"), ("other-app", "emulator-app-secret"), (" dingemulatorappkey", "emulator-app-secret")] {
-        let (status, body) = post(&url, json!({"clientId": id, "clientSecret": secret, "subscriptions": [{"type": "EVENT", "topic": "*"}]}), None).await;
+    for (id, secret) in [
+        (DEFAULT_CLIENT_ID, "wrong"),
+        ("other-app", "emulator-app-secret"),
+        (" dingemulatorappkey", "emulator-app-secret"),
+    ] {
+        let (status, body) = post(
+            &url,
+            json!({"clientId": id, "clientSecret": secret, "subscriptions": [{"type": "EVENT", "topic": "*"}]}),
+            None,
+        )
+        .await;
         assert_eq!(status, 401, "{id}/{secret}");
         assert_eq!(body["code"], "authFailed");
         assert!(body["requestid"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
     }
     // A form-encoded body is refused as the platform does.
-    let response = reqwest::Client::new().post(&url).body("clientId=x").send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(&url)
+        .body("clientId=x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "Missingbody");
@@ -32,9 +46,14 @@ async fn tickets_are_single_use() {
     let dingtalk = start(|_| {}).await;
     let opened = open(&dingtalk).await;
     let endpoint = opened["endpoint"].as_str().unwrap();
-    assert!(endpoint.starts_with("ws://") && endpoint.ends_with("/connect"), "{endpoint}");
+    assert!(
+        endpoint.starts_with("ws://") && endpoint.ends_with("/connect"),
+        "{endpoint}"
+    );
     let url = format!("{endpoint}?ticket={}", opened["ticket"].as_str().unwrap());
-    let _first = tokio_tungstenite::connect_async(&url).await.expect("a fresh ticket is accepted");
+    let _first = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("a fresh ticket is accepted");
     let second = tokio_tungstenite::connect_async(&url).await;
     match second {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
@@ -64,14 +83,22 @@ async fn callbacks_carry_the_documented_fields_and_are_redelivered_until_acked()
     assert_eq!(data["senderStaffId"], "alice");
     assert_eq!(data["robotCode"], DEFAULT_CLIENT_ID);
     assert!(data["createAt"].is_u64() && data["sessionWebhookExpiredTime"].is_u64());
-    assert!(data["sessionWebhook"].as_str().unwrap().contains("/robot/sendBySession?session="));
+    assert!(data["sessionWebhook"]
+        .as_str()
+        .unwrap()
+        .contains("/robot/sendBySession?session="));
 
     // No ACK: the same push comes again after the window, same messageId and data.
     let again = next_frame(&mut ws).await;
     assert_eq!(again["headers"]["messageId"], frame["headers"]["messageId"]);
     assert_eq!(again["data"], frame["data"]);
     ack(&mut ws, &again, json!(r#"{"response": null}"#)).await;
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().callbacks_acked == 1 && w.stats().unacked == 0).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| {
+            (w.stats().callbacks_acked == 1 && w.stats().unacked == 0).then_some(())
+        })
+        .await
+        .unwrap();
     assert_eq!(dingtalk.inspect(|w| w.stats().redeliveries), 1);
     dingtalk.shutdown().await.unwrap();
 }
@@ -85,7 +112,11 @@ async fn groups_push_only_mentions_with_the_mention_stripped() {
     let asked = group(&dingtalk, "cidTeam", "bob", "what time is it?", true);
     assert!(asked.pushed);
     let frame = next_frame(&mut ws).await;
-    assert_eq!(frame["headers"]["messageId"], asked.message_id.as_str(), "the unmentioned message is not pushed");
+    assert_eq!(
+        frame["headers"]["messageId"],
+        asked.message_id.as_str(),
+        "the unmentioned message is not pushed"
+    );
     let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
     assert_eq!(data["conversationType"], "2");
     assert_eq!(data["conversationId"], "cidTeam");
@@ -108,7 +139,12 @@ async fn pings_must_echo_their_data() {
     ack(&mut ws, &ping, ping["data"].clone()).await;
     let wrong = next_frame(&mut ws).await;
     ack(&mut ws, &wrong, json!("{}")).await;
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().pings_acked == 1 && w.stats().bad_ping_acks == 1).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| {
+            (w.stats().pings_acked == 1 && w.stats().bad_ping_acks == 1).then_some(())
+        })
+        .await
+        .unwrap();
     dingtalk.shutdown().await.unwrap();
 }
 
@@ -120,7 +156,15 @@ async fn disconnect_notice_stops_delivery_and_drops_the_socket() {
     })
     .await;
     let mut old = connect(&dingtalk).await;
-    assert_eq!(dingtalk.fault(FaultCommand::Disconnect { connection: None, reason: None }).unwrap(), 1);
+    assert_eq!(
+        dingtalk
+            .fault(FaultCommand::Disconnect {
+                connection: None,
+                reason: None
+            })
+            .unwrap(),
+        1
+    );
     let notice = next_frame(&mut old).await;
     assert_eq!(notice["type"], "SYSTEM");
     assert_eq!(notice["headers"]["topic"], "disconnect");
@@ -134,13 +178,19 @@ async fn disconnect_notice_stops_delivery_and_drops_the_socket() {
     ack(&mut new, &frame, json!("")).await;
     // The old socket is closed by the server after the grace period, with no frame before the close.
     loop {
-        match tokio::time::timeout(PATIENCE, old.next()).await.expect("the server closes the old socket") {
+        match tokio::time::timeout(PATIENCE, old.next())
+            .await
+            .expect("the server closes the old socket")
+        {
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             Some(Ok(Message::Text(text))) => panic!("delivered on a disconnected socket: {text}"),
             Some(Ok(_)) => {}
         }
     }
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
     dingtalk.shutdown().await.unwrap();
 }
 
@@ -156,7 +206,10 @@ async fn zombie_sockets_answer_pings_but_deliver_nothing() {
     assert_eq!(dingtalk.fault(FaultCommand::Zombie { connection: None }).unwrap(), 1);
     let posted = single(&dingtalk, "dave", "hello?");
     // The push went to the only connection, the zombie: it never arrives, so it is redelivered to a healthy one.
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().callbacks_pushed == 1).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().callbacks_pushed == 1).then_some(()))
+        .await
+        .unwrap();
     let mut healthy = connect(&dingtalk).await;
     let frame = next_frame(&mut healthy).await;
     assert_eq!(frame["headers"]["messageId"], posted.message_id.as_str());
@@ -174,9 +227,18 @@ async fn zombie_sockets_answer_pings_but_deliver_nothing() {
 async fn duplicate_pushes_repeat_the_frame_on_another_connection_and_one_ack_settles_both() {
     let dingtalk = start(|_| {}).await;
     let mut first = connect(&dingtalk).await;
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
-    assert!(dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.5 }).is_err(), "a fraction above 1 is refused");
-    assert_eq!(dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.0 }).unwrap(), 1);
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
+    assert!(
+        dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.5 }).is_err(),
+        "a fraction above 1 is refused"
+    );
+    assert_eq!(
+        dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.0 }).unwrap(),
+        1
+    );
 
     // One connection: both copies arrive on it, identical.
     let posted = single(&dingtalk, "erin", "twice?");
@@ -188,7 +250,10 @@ async fn duplicate_pushes_repeat_the_frame_on_another_connection_and_one_ack_set
 
     // Two connections: one copy on each.
     let mut second = connect(&dingtalk).await;
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 2).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 2).then_some(()))
+        .await
+        .unwrap();
     let posted = single(&dingtalk, "erin", "twice again?");
     let (a, b) = (next_frame(&mut first).await, next_frame(&mut second).await);
     assert_eq!(a, b);
@@ -196,13 +261,27 @@ async fn duplicate_pushes_repeat_the_frame_on_another_connection_and_one_ack_set
     assert_eq!(data["msgId"], posted.msg_id.as_str());
     ack(&mut second, &b, json!("")).await;
     ack(&mut first, &a, json!("")).await;
-    let stats = dingtalk.wait_for(PATIENCE, |w| (w.stats().callbacks_acked == 2).then(|| w.stats())).await.unwrap();
-    assert_eq!((stats.callbacks_pushed, stats.duplicate_pushes, stats.redeliveries, stats.unacked), (4, 2, 0, 0));
+    let stats = dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().callbacks_acked == 2).then(|| w.stats()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            stats.callbacks_pushed,
+            stats.duplicate_pushes,
+            stats.redeliveries,
+            stats.unacked
+        ),
+        (4, 2, 0, 0)
+    );
 
     // Switched off: one push per message.
     dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 0.0 }).unwrap();
     single(&dingtalk, "erin", "once");
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().callbacks_pushed == 5).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().callbacks_pushed == 5).then_some(()))
+        .await
+        .unwrap();
     assert_eq!(dingtalk.inspect(|w| w.stats().duplicate_pushes), 2);
     dingtalk.shutdown().await.unwrap();
 }

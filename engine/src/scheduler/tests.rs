@@ -1,7 +1,13 @@
 use super::*;
 
 fn scheduler(max_batch_tokens: usize, num_blocks: usize) -> Scheduler {
-    Scheduler::new(SchedulerConfig { max_batch_tokens, max_running: 8, block_size: 4, num_blocks, prefix_caching: true })
+    Scheduler::new(SchedulerConfig {
+        max_batch_tokens,
+        max_running: 8,
+        block_size: 4,
+        num_blocks,
+        prefix_caching: true,
+    })
 }
 
 /// Run steps as the engine would, sampling token 7 whenever a sequence completes.
@@ -26,12 +32,26 @@ fn a_long_prompt_is_chunked_and_decode_keeps_running() {
     let mut s = scheduler(8, 64);
     s.add(1, vec![1; 3]);
     let steps = run(&mut s, 1);
-    assert_eq!(steps[0].scheduled, vec![Scheduled { id: 1, num_new: 3, completes: true }]);
+    assert_eq!(
+        steps[0].scheduled,
+        vec![Scheduled {
+            id: 1,
+            num_new: 3,
+            completes: true
+        }]
+    );
     s.add(2, vec![2; 20]);
     let steps = run(&mut s, 3);
     // Sequence 1 decodes one token every step while 2's prompt goes in chunks of what is left.
     for step in &steps {
-        assert_eq!(step.scheduled[0], Scheduled { id: 1, num_new: 1, completes: true });
+        assert_eq!(
+            step.scheduled[0],
+            Scheduled {
+                id: 1,
+                num_new: 1,
+                completes: true
+            }
+        );
     }
     let chunks: Vec<usize> = steps.iter().map(|st| st.scheduled[1].num_new).collect();
     assert_eq!(chunks, vec![7, 7, 6]);
@@ -50,11 +70,22 @@ fn out_of_blocks_preempts_the_youngest_and_recomputes_it_later() {
     // Step 4: sequence 1 needs a third block for position 8; the youngest (2) is preempted.
     assert_eq!(steps[3].preempted, vec![2]);
     assert_eq!(s.get(2).unwrap().num_computed, 0);
-    assert_eq!(s.get(2).unwrap().tokens.len(), 9, "generated tokens are kept and recomputed");
+    assert_eq!(
+        s.get(2).unwrap().tokens.len(),
+        9,
+        "generated tokens are kept and recomputed"
+    );
     // Once 1 finishes, 2 is readmitted first and recomputes prompt + generated tokens in one chunk.
     s.remove(1);
     let steps = run(&mut s, 1);
-    assert_eq!(steps[0].scheduled, vec![Scheduled { id: 2, num_new: 9, completes: true }]);
+    assert_eq!(
+        steps[0].scheduled,
+        vec![Scheduled {
+            id: 2,
+            num_new: 9,
+            completes: true
+        }]
+    );
 }
 
 #[test]
@@ -78,7 +109,14 @@ fn a_repeated_prompt_prefix_is_served_from_cache() {
     s.add(2, prompt);
     let steps = run(&mut s, 1);
     // Two full blocks (8 tokens) are cached; the last 2 tokens are computed.
-    assert_eq!(steps[0].scheduled, vec![Scheduled { id: 2, num_new: 2, completes: true }]);
+    assert_eq!(
+        steps[0].scheduled,
+        vec![Scheduled {
+            id: 2,
+            num_new: 2,
+            completes: true
+        }]
+    );
     assert_eq!(s.get(2).unwrap().cached_tokens, 8);
 }
 

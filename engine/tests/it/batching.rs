@@ -9,7 +9,13 @@ fn requests(engine: &engine::EngineHandle) -> Vec<GenerateRequest> {
     let words = "the quick brown fox jumps over the lazy dog while seven wise owls watch from an old oak tree";
     (0..16)
         .map(|i| {
-            let text: String = words.split(' ').cycle().skip(i).take(3 + i * 5).collect::<Vec<_>>().join(" ");
+            let text: String = words
+                .split(' ')
+                .cycle()
+                .skip(i)
+                .take(3 + i * 5)
+                .collect::<Vec<_>>()
+                .join(" ");
             let mut req = GenerateRequest::greedy(engine.tokenizer().encode(&text, true).unwrap(), 48);
             req.stop.ignore_eos = true;
             req
@@ -43,7 +49,11 @@ fn concurrent_requests_match_their_solo_outputs_also_under_preemption() {
 
     // Roomy pool: all sixteen run together.
     let roomy = engine(SMOLLM2, |c| c.max_batch_tokens = 64);
-    assert_eq!(concurrent(&roomy, &reqs), solo, "batched output differs from solo output");
+    assert_eq!(
+        concurrent(&roomy, &reqs),
+        solo,
+        "batched output differs from solo output"
+    );
     assert_eq!(roomy.stats().preemptions_total, 0);
     roomy.shutdown();
 
@@ -53,9 +63,16 @@ fn concurrent_requests_match_their_solo_outputs_also_under_preemption() {
         c.kv_cache_tokens = 384;
         c.max_batch_tokens = 64;
     });
-    assert_eq!(concurrent(&tight, &reqs), solo, "output under preemption differs from solo output");
+    assert_eq!(
+        concurrent(&tight, &reqs),
+        solo,
+        "output under preemption differs from solo output"
+    );
     let stats = tight.stats();
-    assert!(stats.preemptions_total > 0, "the small pool forced no preemption: {stats:?}");
+    assert!(
+        stats.preemptions_total > 0,
+        "the small pool forced no preemption: {stats:?}"
+    );
     assert_eq!(stats.kv_blocks_used, 0, "all blocks are returned");
     tight.shutdown();
 }

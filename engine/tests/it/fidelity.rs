@@ -49,7 +49,11 @@ impl Reference {
         for i in 0..n {
             let next = argmax(&logits);
             out.push(next);
-            let following = if i + 1 < n { self.forward(&[next], prompt.len() + i) } else { Vec::new() };
+            let following = if i + 1 < n {
+                self.forward(&[next], prompt.len() + i)
+            } else {
+                Vec::new()
+            };
             all.push(std::mem::replace(&mut logits, following));
         }
         (out, all)
@@ -57,7 +61,13 @@ impl Reference {
 }
 
 fn argmax(xs: &[f32]) -> u32 {
-    xs.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0 as u32
+    xs.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+        )
+        .0 as u32
 }
 
 fn top2_gap(xs: &[f32]) -> f32 {
@@ -108,12 +118,20 @@ fn check(file: &str, n: usize) {
             None => exact += 1,
             Some(d) => {
                 let gap = top2_gap(&logits[d]);
-                assert!(gap < 0.01, "{file} prompt {i}: token {d} differs ({} vs {}) with top-2 gap {gap}", want[d], ours[i][d]);
+                assert!(
+                    gap < 0.01,
+                    "{file} prompt {i}: token {d} differs ({} vs {}) with top-2 gap {gap}",
+                    want[d],
+                    ours[i][d]
+                );
                 eprintln!("{file} prompt {i}: near-tie divergence at token {d} (gap {gap})");
             }
         }
     }
-    eprintln!("{file}: {exact}/{} prompts token-for-token identical over {n} tokens", prompts.len());
+    eprintln!(
+        "{file}: {exact}/{} prompts token-for-token identical over {n} tokens",
+        prompts.len()
+    );
 }
 
 #[test]

@@ -15,7 +15,11 @@ pub fn model_path(file: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/hearth/models"));
     let path = dir.join(file);
-    assert!(path.exists(), "{} is missing: run `scripts/fetch-models.sh --all` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/fetch-models.sh --all` first",
+        path.display()
+    );
     path
 }
 
@@ -52,7 +56,13 @@ pub fn chat_prompts() -> Vec<String> {
 pub fn chat_tokens(engine: &EngineHandle, user: &str) -> Vec<u32> {
     let tok = engine.tokenizer();
     let text = tok
-        .apply_chat_template(&[ChatMessage { role: "user".into(), content: user.into() }], true)
+        .apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: user.into(),
+            }],
+            true,
+        )
         .expect("template renders");
     tok.encode(&text, false).expect("prompt encodes")
 }

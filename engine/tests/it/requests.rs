@@ -24,7 +24,10 @@ fn a_chat_answer_streams_text_and_finishes_with_figures() {
     // The same system prompt and question again: the full prompt blocks come from the prefix cache.
     let (_, end) = collect(&engine, GenerateRequest::greedy(prompt.clone(), 4));
     let Event::Finished(again) = end else { panic!("{end:?}") };
-    assert_eq!(again.usage.cached_prompt_tokens, prompt.len() / 32 * 32 - if prompt.len() % 32 == 0 { 32 } else { 0 });
+    assert_eq!(
+        again.usage.cached_prompt_tokens,
+        prompt.len() / 32 * 32 - if prompt.len() % 32 == 0 { 32 } else { 0 }
+    );
     assert!(engine.stats().prefix_cache_hit_tokens > 0);
 }
 
@@ -33,7 +36,13 @@ fn qwen2_5_coder_0_5b_loads_and_chats() {
     let engine = engine(QWEN_0_5B, |_| {});
     let tok = engine.tokenizer();
     let text = tok
-        .apply_chat_template(&[ChatMessage { role: "user".into(), content: "Write a Python function add(a, b) that returns a + b.".into() }], true)
+        .apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: "Write a Python function add(a, b) that returns a + b.".into(),
+            }],
+            true,
+        )
         .unwrap();
     let prompt = tok.encode(&text, false).unwrap();
     let mut stream = engine.submit(GenerateRequest::greedy(prompt, 48)).unwrap();
@@ -76,27 +85,79 @@ fn bad_requests_get_clear_errors() {
     let engine = engine(SMOLLM2, |c| c.context_length = Some(64));
     let ok = || GenerateRequest::greedy(vec![1, 2, 3], 4);
     let err = |req: GenerateRequest| engine.submit(req).map(|_| ()).unwrap_err();
-    assert!(matches!(err(GenerateRequest::greedy(vec![], 4)), EngineError::EmptyPrompt));
-    assert!(matches!(err(GenerateRequest::greedy(vec![7; 64], 4)), EngineError::ContextTooLong { prompt_tokens: 64, context_length: 64 }));
-    assert!(matches!(err(GenerateRequest::greedy(vec![10_000_000], 4)), EngineError::InvalidToken { .. }));
+    assert!(matches!(
+        err(GenerateRequest::greedy(vec![], 4)),
+        EngineError::EmptyPrompt
+    ));
+    assert!(matches!(
+        err(GenerateRequest::greedy(vec![7; 64], 4)),
+        EngineError::ContextTooLong {
+            prompt_tokens: 64,
+            context_length: 64
+        }
+    ));
+    assert!(matches!(
+        err(GenerateRequest::greedy(vec![10_000_000], 4)),
+        EngineError::InvalidToken { .. }
+    ));
     let absurd = [
-        SamplingParams { temperature: 1e9, ..SamplingParams::default() },
-        SamplingParams { temperature: f32::NAN, ..SamplingParams::default() },
-        SamplingParams { top_p: 0.0, ..SamplingParams::default() },
-        SamplingParams { top_k: Some(0), ..SamplingParams::default() },
-        SamplingParams { repetition_penalty: -1.0, ..SamplingParams::default() },
-        SamplingParams { frequency_penalty: 5.0, ..SamplingParams::default() },
+        SamplingParams {
+            temperature: 1e9,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: f32::NAN,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            top_p: 0.0,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            top_k: Some(0),
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            repetition_penalty: -1.0,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            frequency_penalty: 5.0,
+            ..SamplingParams::default()
+        },
     ];
     for sampling in absurd {
-        let e = err(GenerateRequest { sampling: sampling.clone(), ..ok() });
-        assert!(matches!(e, EngineError::InvalidParameter { .. }), "{sampling:?} gave {e:?}");
-        assert!(e.to_string().starts_with("invalid `"), "message names the parameter: {e}");
+        let e = err(GenerateRequest {
+            sampling: sampling.clone(),
+            ..ok()
+        });
+        assert!(
+            matches!(e, EngineError::InvalidParameter { .. }),
+            "{sampling:?} gave {e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("invalid `"),
+            "message names the parameter: {e}"
+        );
     }
     let mut zero = ok();
     zero.stop.max_tokens = 0;
-    assert!(matches!(err(zero), EngineError::InvalidParameter { name: "max_tokens", .. }));
+    assert!(matches!(
+        err(zero),
+        EngineError::InvalidParameter { name: "max_tokens", .. }
+    ));
     // A request near the context end stops with `length` when the context is full.
-    let (ids, end) = collect(&engine, GenerateRequest { stop: engine::StopParams { max_tokens: 1000, ignore_eos: true, ..Default::default() }, ..GenerateRequest::greedy(vec![1; 60], 1) });
+    let (ids, end) = collect(
+        &engine,
+        GenerateRequest {
+            stop: engine::StopParams {
+                max_tokens: 1000,
+                ignore_eos: true,
+                ..Default::default()
+            },
+            ..GenerateRequest::greedy(vec![1; 60], 1)
+        },
+    );
     assert_eq!(ids.len(), 4);
     assert!(matches!(end, Event::Finished(c) if c.reason == FinishReason::Length));
 }
@@ -116,7 +177,10 @@ fn a_full_queue_is_refused_at_once() {
     // Once the first request runs, one more may wait and the next is refused.
     assert!(matches!(first.blocking_next(), Some(Event::Token(_))));
     let _second = engine.submit(long()).unwrap();
-    assert!(matches!(engine.submit(long()).map(|_| ()), Err(EngineError::Overloaded { limit: 1, .. })));
+    assert!(matches!(
+        engine.submit(long()).map(|_| ()),
+        Err(EngineError::Overloaded { limit: 1, .. })
+    ));
 }
 
 #[test]

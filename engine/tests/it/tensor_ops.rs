@@ -10,7 +10,10 @@ use crate::{chat_prompts, chat_tokens, collect, engine, SMOLLM2};
 fn tensor_ops_engine_matches_the_kernel_on_concurrent_chats() {
     let kernel = engine(SMOLLM2, |c| c.prefix_caching = false);
     assert_eq!(kernel.info().attention, AttentionPath::Kernel);
-    let reqs: Vec<GenerateRequest> = chat_prompts().iter().map(|p| GenerateRequest::greedy(chat_tokens(&kernel, p), 32)).collect();
+    let reqs: Vec<GenerateRequest> = chat_prompts()
+        .iter()
+        .map(|p| GenerateRequest::greedy(chat_tokens(&kernel, p), 32))
+        .collect();
     let solo: Vec<Vec<u32>> = reqs.iter().map(|r| collect(&kernel, r.clone()).0).collect();
     kernel.shutdown();
 
@@ -19,14 +22,27 @@ fn tensor_ops_engine_matches_the_kernel_on_concurrent_chats() {
         c.attention = Some(AttentionPath::TensorOps);
         c.max_batch_tokens = 48;
     });
-    assert_eq!((ops.info().device, ops.info().attention), (Device::Cpu, AttentionPath::TensorOps));
+    assert_eq!(
+        (ops.info().device, ops.info().attention),
+        (Device::Cpu, AttentionPath::TensorOps)
+    );
     let batched = concurrent(&ops, &reqs);
     // Not bit-identical (see models/tests/it/attention_ops.rs): SmolLM2's greedy output parts at the first
     // near-tie. Here 5 of the 8 answers agree in full and every one in its first 7 tokens.
-    let prefixes: Vec<usize> = batched.iter().zip(&solo).map(|(b, s)| b.iter().zip(s).take_while(|(x, y)| x == y).count()).collect();
+    let prefixes: Vec<usize> = batched
+        .iter()
+        .zip(&solo)
+        .map(|(b, s)| b.iter().zip(s).take_while(|(x, y)| x == y).count())
+        .collect();
     let total: usize = solo.iter().map(Vec::len).sum();
-    assert!(prefixes.iter().all(|&p| p >= 4), "an answer parts from the kernel's within 4 tokens: {prefixes:?}");
-    assert!(prefixes.iter().sum::<usize>() * 10 >= total * 6, "answers share too little with the kernel's: {prefixes:?} of {total}");
+    assert!(
+        prefixes.iter().all(|&p| p >= 4),
+        "an answer parts from the kernel's within 4 tokens: {prefixes:?}"
+    );
+    assert!(
+        prefixes.iter().sum::<usize>() * 10 >= total * 6,
+        "answers share too little with the kernel's: {prefixes:?} of {total}"
+    );
     assert_eq!(ops.stats().kv_blocks_used, 0, "all blocks are returned");
     ops.shutdown();
 }

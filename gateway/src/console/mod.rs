@@ -47,14 +47,46 @@ pub const INDEX_HTML: &str = include_str!("assets/index.html");
 
 /// Every file under `/console/assets/`.
 pub const ASSETS: &[Asset] = &[
-    Asset { name: "style.css", content_type: "text/css; charset=utf-8", body: include_str!("assets/style.css") },
-    Asset { name: "app.js", content_type: JS, body: include_str!("assets/app.js") },
-    Asset { name: "markdown.js", content_type: JS, body: include_str!("assets/markdown.js") },
-    Asset { name: "chat.js", content_type: JS, body: include_str!("assets/chat.js") },
-    Asset { name: "im.js", content_type: JS, body: include_str!("assets/im.js") },
-    Asset { name: "status.js", content_type: JS, body: include_str!("assets/status.js") },
-    Asset { name: "admin.js", content_type: JS, body: include_str!("assets/admin.js") },
-    Asset { name: "charts.js", content_type: JS, body: include_str!("assets/charts.js") },
+    Asset {
+        name: "style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("assets/style.css"),
+    },
+    Asset {
+        name: "app.js",
+        content_type: JS,
+        body: include_str!("assets/app.js"),
+    },
+    Asset {
+        name: "markdown.js",
+        content_type: JS,
+        body: include_str!("assets/markdown.js"),
+    },
+    Asset {
+        name: "chat.js",
+        content_type: JS,
+        body: include_str!("assets/chat.js"),
+    },
+    Asset {
+        name: "im.js",
+        content_type: JS,
+        body: include_str!("assets/im.js"),
+    },
+    Asset {
+        name: "status.js",
+        content_type: JS,
+        body: include_str!("assets/status.js"),
+    },
+    Asset {
+        name: "admin.js",
+        content_type: JS,
+        body: include_str!("assets/admin.js"),
+    },
+    Asset {
+        name: "charts.js",
+        content_type: JS,
+        body: include_str!("assets/charts.js"),
+    },
 ];
 
 /// What the console needs besides the engine: where the emulator is, which IM connectors run.
@@ -84,8 +116,15 @@ impl ConsoleState {
     pub fn new(emulator_url: Option<String>, platforms: Vec<ImLink>) -> Self {
         let emulator_url = emulator_url.map(|u| u.trim_end_matches('/').to_owned());
         // The change feed long-polls for up to 60 s; leave room above that.
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(75)).build().unwrap_or_default();
-        Self { emulator_url, platforms, http }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(75))
+            .build()
+            .unwrap_or_default();
+        Self {
+            emulator_url,
+            platforms,
+            http,
+        }
     }
 }
 
@@ -99,13 +138,29 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn index() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], INDEX_HTML).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {
-        Some(a) => ([(header::CONTENT_TYPE, a.content_type), (header::CACHE_CONTROL, "no-cache")], a.body).into_response(),
-        None => ApiError::new(ErrorKind::NotFound, format!("No console asset named {file:?}.")).with_code("unknown_url").into_response(),
+        Some(a) => (
+            [
+                (header::CONTENT_TYPE, a.content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            a.body,
+        )
+            .into_response(),
+        None => ApiError::new(ErrorKind::NotFound, format!("No console asset named {file:?}."))
+            .with_code("unknown_url")
+            .into_response(),
     }
 }
 
@@ -151,8 +206,12 @@ pub struct DeliveryCount {
 async fn status(State(state): State<AppState>) -> Json<StatusView> {
     let active = state.models.active();
     let info = active.engine.info();
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let im_deliveries = metrics::handle().map(|h| parse_deliveries(&h.render())).unwrap_or_default();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let im_deliveries = metrics::handle()
+        .map(|h| parse_deliveries(&h.render()))
+        .unwrap_or_default();
     Json(StatusView {
         now_ms,
         model: ModelView {
@@ -160,7 +219,11 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
             architecture: info.architecture.clone(),
             quantization: info.quantization.clone(),
             context_length: info.context_length,
-            file: info.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: info
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         },
         device: info.device.to_string(),
         load: EngineLoad::from(&active.engine.stats()),
@@ -209,19 +272,37 @@ fn parse_deliveries(page: &str) -> Vec<DeliveryCount> {
         .filter_map(|rest| {
             let (labels, value) = rest.split_once("} ")?;
             let label = |name: &str| {
-                labels.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\"")?.strip_suffix('"').map(str::to_owned))
+                labels.split(',').find_map(|kv| {
+                    kv.strip_prefix(name)?
+                        .strip_prefix("=\"")?
+                        .strip_suffix('"')
+                        .map(str::to_owned)
+                })
             };
-            Some(DeliveryCount { platform: label("platform")?, outcome: label("outcome")?, count: value.trim().parse::<f64>().ok()? as u64 })
+            Some(DeliveryCount {
+                platform: label("platform")?,
+                outcome: label("outcome")?,
+                count: value.trim().parse::<f64>().ok()? as u64,
+            })
         })
         .collect()
 }
 
 /// `GET`/`POST /console/api/im/{*path}` → the emulator's `/_emulator/api/{path}`, status and JSON body as is.
-async fn im_proxy(State(state): State<AppState>, method: Method, Path(path): Path<String>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn im_proxy(
+    State(state): State<AppState>,
+    method: Method,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
     let Some(base) = state.console.emulator_url.as_deref() else {
-        return ApiError::new(ErrorKind::NotFound, "No emulator is attached: start `hearth serve` with --emulator-url http://HOST:PORT.")
-            .with_code("emulator_off")
-            .into_response();
+        return ApiError::new(
+            ErrorKind::NotFound,
+            "No emulator is attached: start `hearth serve` with --emulator-url http://HOST:PORT.",
+        )
+        .with_code("emulator_off")
+        .into_response();
     };
     let mut url = format!("{base}/_emulator/api/{path}");
     if let Some(query) = query {
@@ -229,7 +310,12 @@ async fn im_proxy(State(state): State<AppState>, method: Method, Path(path): Pat
         url.push_str(&query);
     }
     let request = match method {
-        Method::POST => state.console.http.post(&url).header(header::CONTENT_TYPE, "application/json").body(body),
+        Method::POST => state
+            .console
+            .http
+            .post(&url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body),
         _ => state.console.http.get(&url),
     };
     match request.send().await {
@@ -246,7 +332,11 @@ async fn im_proxy(State(state): State<AppState>, method: Method, Path(path): Pat
 
 fn bad_gateway(url: &str, err: &reqwest::Error) -> Response {
     tracing::warn!(%url, cause = %err, "the emulator did not answer");
-    (StatusCode::BAD_GATEWAY, Json(serde_json::json!({"error": format!("the emulator at {url} did not answer: {err}")}))).into_response()
+    (
+        StatusCode::BAD_GATEWAY,
+        Json(serde_json::json!({"error": format!("the emulator at {url} did not answer: {err}")})),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -260,7 +350,11 @@ mod tests {
                     hearth_im_card_update_failures_total{platform=\"dingtalk\"} 1\n";
         assert_eq!(
             parse_deliveries(page),
-            vec![DeliveryCount { platform: "dingtalk".into(), outcome: "finalized".into(), count: 3 }]
+            vec![DeliveryCount {
+                platform: "dingtalk".into(),
+                outcome: "finalized".into(),
+                count: 3
+            }]
         );
     }
 }

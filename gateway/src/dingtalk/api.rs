@@ -35,13 +35,26 @@ pub enum DingTalkError {
     #[error("{api}: HTTP request failed: {source}")]
     Http { api: &'static str, source: reqwest::Error },
     #[error("{api}: throttled by the platform (HTTP {status} {code})")]
-    Throttled { api: &'static str, status: u16, code: String },
+    Throttled {
+        api: &'static str,
+        status: u16,
+        code: String,
+    },
     #[error("{api}: the app lacks the `{permission}` permission ({code}); grant it in the DingTalk developer console")]
-    PermissionDenied { api: &'static str, permission: String, code: String },
+    PermissionDenied {
+        api: &'static str,
+        permission: String,
+        code: String,
+    },
     #[error("{api}: access token rejected ({code})")]
     InvalidToken { api: &'static str, code: String },
     #[error("{api}: HTTP {status} {code}: {message}")]
-    Platform { api: &'static str, status: u16, code: String, message: String },
+    Platform {
+        api: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("card {out_track_id} was not delivered: {reason}")]
     Delivery { out_track_id: String, reason: String },
     #[error("sessionWebhook answered errcode {errcode}: {errmsg}")]
@@ -59,7 +72,10 @@ impl DingTalkError {
     /// The platform code, for errors that carry one.
     pub fn code(&self) -> Option<&str> {
         match self {
-            Self::Throttled { code, .. } | Self::PermissionDenied { code, .. } | Self::InvalidToken { code, .. } | Self::Platform { code, .. } => Some(code),
+            Self::Throttled { code, .. }
+            | Self::PermissionDenied { code, .. }
+            | Self::InvalidToken { code, .. }
+            | Self::Platform { code, .. } => Some(code),
             _ => None,
         }
     }
@@ -100,7 +116,12 @@ impl OpenApi {
             .build()
             .map_err(|source| DingTalkError::Http { api: "client", source })?;
         let health = Arc::new(PlatformHealth::new("dingtalk", config.api_base_url.clone()));
-        Ok(Self { http, config, token: Mutex::new(None), health })
+        Ok(Self {
+            http,
+            config,
+            token: Mutex::new(None),
+            health,
+        })
     }
 
     /// The connector's health, which this client keeps up to date with refused and granted permissions.
@@ -126,10 +147,19 @@ impl OpenApi {
         });
         let url = format!("{}/v1.0/gateway/connections/open", self.config.base());
         let answer = self.send(API, Method::POST, &url, &body, None, None).await?;
-        let field = |name: &str| answer.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        let field = |name: &str| {
+            answer
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
         match (field("endpoint"), field("ticket")) {
             (Some(endpoint), Some(ticket)) => Ok(Endpoint { endpoint, ticket }),
-            _ => Err(DingTalkError::Unexpected { api: API, detail: "endpoint or ticket missing".to_owned() }),
+            _ => Err(DingTalkError::Unexpected {
+                api: API,
+                detail: "endpoint or ticket missing".to_owned(),
+            }),
         }
     }
 
@@ -149,9 +179,27 @@ impl OpenApi {
         let streaming = json!({"outTrackId": probe_id, "guid": probe_id, "key": self.config.card_content_key, "content": "probe", "isFull": true, "isFinalize": false, "isError": false});
         let robot = json!({"robotCode": self.config.robot(), "userIds": [], "msgKey": "sampleText", "msgParam": "{\"content\":\"probe\"}"});
         let probes = [
-            (PERM_CARD_INSTANCE, "card/instances", Method::PUT, "/v1.0/card/instances", instance),
-            (PERM_CARD_STREAMING, "card/streaming", Method::PUT, "/v1.0/card/streaming", streaming),
-            (PERM_ROBOT_SEND, "robot/oToMessages/batchSend", Method::POST, "/v1.0/robot/oToMessages/batchSend", robot),
+            (
+                PERM_CARD_INSTANCE,
+                "card/instances",
+                Method::PUT,
+                "/v1.0/card/instances",
+                instance,
+            ),
+            (
+                PERM_CARD_STREAMING,
+                "card/streaming",
+                Method::PUT,
+                "/v1.0/card/streaming",
+                streaming,
+            ),
+            (
+                PERM_ROBOT_SEND,
+                "robot/oToMessages/batchSend",
+                Method::POST,
+                "/v1.0/robot/oToMessages/batchSend",
+                robot,
+            ),
         ];
         let mut verdicts = Vec::new();
         for (permission, api, method, path, body) in probes {
@@ -177,10 +225,16 @@ impl OpenApi {
         let url = format!("{}/v1.0/oauth2/accessToken", self.config.base());
         let body = json!({"appKey": self.config.app_key, "appSecret": self.config.app_secret.expose()});
         let answer = self.send(API, Method::POST, &url, &body, None, None).await?;
-        let token = answer.get("accessToken").and_then(Value::as_str).filter(|t| !t.is_empty());
+        let token = answer
+            .get("accessToken")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty());
         let expire_in = answer.get("expireIn").and_then(Value::as_u64);
         let (Some(token), Some(expire_in)) = (token, expire_in) else {
-            return Err(DingTalkError::Unexpected { api: API, detail: "accessToken or expireIn missing".to_owned() });
+            return Err(DingTalkError::Unexpected {
+                api: API,
+                detail: "accessToken or expireIn missing".to_owned(),
+            });
         };
         let usable = Duration::from_secs(expire_in.saturating_sub(self.config.token_refresh_margin_secs).max(1));
         tracing::debug!(expire_in, "access token refreshed");
@@ -189,12 +243,22 @@ impl OpenApi {
     }
 
     /// A new-style call with the token header; a rejected token is refreshed and the call retried once.
-    async fn call(&self, api: &'static str, method: Method, path: &str, body: &Value, permission: &'static str) -> Result<Value, DingTalkError> {
+    async fn call(
+        &self,
+        api: &'static str,
+        method: Method,
+        path: &str,
+        body: &Value,
+        permission: &'static str,
+    ) -> Result<Value, DingTalkError> {
         let url = format!("{}{path}", self.config.base());
         let mut refreshed = false;
         loop {
             let token = self.token().await?;
-            match self.send(api, method.clone(), &url, body, Some(&token), Some(permission)).await {
+            match self
+                .send(api, method.clone(), &url, body, Some(&token), Some(permission))
+                .await
+            {
                 Err(DingTalkError::InvalidToken { code, .. }) if !refreshed => {
                     tracing::info!(api, code, "access token rejected; refreshing it");
                     *self.token.lock().await = None;
@@ -206,7 +270,11 @@ impl OpenApi {
                 }
                 Err(err) => {
                     if let DingTalkError::PermissionDenied { permission, .. } = &err {
-                        tracing::error!(api, permission, "DingTalk refused a call: grant the `{permission}` permission to the app");
+                        tracing::error!(
+                            api,
+                            permission,
+                            "DingTalk refused a call: grant the `{permission}` permission to the app"
+                        );
                         self.health.permission_refused(permission, api, err.to_string());
                     }
                     return Err(err);
@@ -233,9 +301,15 @@ impl OpenApi {
         if let Some(token) = token {
             request = request.header("x-acs-dingtalk-access-token", token);
         }
-        let response = request.send().await.map_err(|source| DingTalkError::Http { api, source })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|source| DingTalkError::Http { api, source })?;
         let status = response.status();
-        let text = response.text().await.map_err(|source| DingTalkError::Http { api, source })?;
+        let text = response
+            .text()
+            .await
+            .map_err(|source| DingTalkError::Http { api, source })?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(value);
@@ -245,7 +319,11 @@ impl OpenApi {
 
     /// Create an AI card with empty content and deliver it where `message` came from. A card that already
     /// exists (`param.cardAlreadyExist`: a retry after a restart) counts as created, and says so.
-    pub async fn create_and_deliver(&self, out_track_id: &str, message: &BotMessage) -> Result<CardCreation, DingTalkError> {
+    pub async fn create_and_deliver(
+        &self,
+        out_track_id: &str,
+        message: &BotMessage,
+    ) -> Result<CardCreation, DingTalkError> {
         const API: &str = "card/instances/createAndDeliver";
         let key = &self.config.card_content_key;
         let mut body = json!({
@@ -267,23 +345,53 @@ impl OpenApi {
                 body["imRobotOpenDeliverModel"] = json!({"spaceType": "IM_ROBOT", "robotCode": self.config.robot()});
             }
         }
-        let answer = match self.call(API, Method::POST, "/v1.0/card/instances/createAndDeliver", &body, PERM_CARD_INSTANCE).await {
+        let answer = match self
+            .call(
+                API,
+                Method::POST,
+                "/v1.0/card/instances/createAndDeliver",
+                &body,
+                PERM_CARD_INSTANCE,
+            )
+            .await
+        {
             Err(err) if err.code() == Some("param.cardAlreadyExist") => return Ok(CardCreation::AlreadyExisted),
             other => other?,
         };
-        let results = answer.pointer("/result/deliverResults").and_then(Value::as_array).cloned().unwrap_or_default();
-        match results.iter().find(|r| r.get("success").and_then(Value::as_bool) != Some(true)) {
+        let results = answer
+            .pointer("/result/deliverResults")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        match results
+            .iter()
+            .find(|r| r.get("success").and_then(Value::as_bool) != Some(true))
+        {
             Some(failed) => Err(DingTalkError::Delivery {
                 out_track_id: out_track_id.to_owned(),
-                reason: failed.get("errorMsg").and_then(Value::as_str).unwrap_or("no reason given").to_owned(),
+                reason: failed
+                    .get("errorMsg")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+                    .to_owned(),
             }),
-            None if results.is_empty() => Err(DingTalkError::Delivery { out_track_id: out_track_id.to_owned(), reason: "no deliverResults".to_owned() }),
+            None if results.is_empty() => Err(DingTalkError::Delivery {
+                out_track_id: out_track_id.to_owned(),
+                reason: "no deliverResults".to_owned(),
+            }),
             None => Ok(CardCreation::Created),
         }
     }
 
     /// `PUT /v1.0/card/streaming` with a full snapshot of the content.
-    pub async fn stream(&self, out_track_id: &str, guid: &str, content: &str, finalize: bool, error: bool) -> Result<(), DingTalkError> {
+    pub async fn stream(
+        &self,
+        out_track_id: &str,
+        guid: &str,
+        content: &str,
+        finalize: bool,
+        error: bool,
+    ) -> Result<(), DingTalkError> {
         let body = json!({
             "outTrackId": out_track_id,
             "guid": guid,
@@ -293,21 +401,43 @@ impl OpenApi {
             "isFinalize": finalize,
             "isError": error,
         });
-        self.call("card/streaming", Method::PUT, "/v1.0/card/streaming", &body, PERM_CARD_STREAMING).await.map(drop)
+        self.call(
+            "card/streaming",
+            Method::PUT,
+            "/v1.0/card/streaming",
+            &body,
+            PERM_CARD_STREAMING,
+        )
+        .await
+        .map(drop)
     }
 
     /// Markdown through the message's sessionWebhook (no token). Errcode 130101 (the robot sends too fast)
     /// is a [`DingTalkError::Throttled`].
-    pub async fn webhook_markdown(&self, webhook: &str, title: &str, text: &str, at_user: &str) -> Result<(), DingTalkError> {
+    pub async fn webhook_markdown(
+        &self,
+        webhook: &str,
+        title: &str,
+        text: &str,
+        at_user: &str,
+    ) -> Result<(), DingTalkError> {
         const API: &str = "sessionWebhook";
         let body = json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}, "at": {"atUserIds": [at_user], "isAtAll": false}});
         let answer = self.send(API, Method::POST, webhook, &body, None, None).await?;
         match answer.get("errcode").and_then(Value::as_i64) {
             Some(0) | None => Ok(()),
-            Some(WEBHOOK_TOO_FAST) => Err(DingTalkError::Throttled { api: API, status: 200, code: WEBHOOK_TOO_FAST.to_string() }),
+            Some(WEBHOOK_TOO_FAST) => Err(DingTalkError::Throttled {
+                api: API,
+                status: 200,
+                code: WEBHOOK_TOO_FAST.to_string(),
+            }),
             Some(errcode) => Err(DingTalkError::Webhook {
                 errcode,
-                errmsg: answer.get("errmsg").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                errmsg: answer
+                    .get("errmsg")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
             }),
         }
     }
@@ -316,7 +446,15 @@ impl OpenApi {
     pub async fn robot_markdown_to(&self, user_id: &str, title: &str, text: &str) -> Result<(), DingTalkError> {
         let msg_param = json!({"title": title, "text": text}).to_string();
         let body = json!({"robotCode": self.config.robot(), "userIds": [user_id], "msgKey": "sampleMarkdown", "msgParam": msg_param});
-        self.call("robot/oToMessages/batchSend", Method::POST, "/v1.0/robot/oToMessages/batchSend", &body, PERM_ROBOT_SEND).await.map(drop)
+        self.call(
+            "robot/oToMessages/batchSend",
+            Method::POST,
+            "/v1.0/robot/oToMessages/batchSend",
+            &body,
+            PERM_ROBOT_SEND,
+        )
+        .await
+        .map(drop)
     }
 
     /// Markdown through the robot send API (1:1 batchSend or group send).
@@ -325,11 +463,27 @@ impl OpenApi {
         match message.conversation_type {
             ConversationType::Single => {
                 let body = json!({"robotCode": self.config.robot(), "userIds": [message.sender_staff_id], "msgKey": "sampleMarkdown", "msgParam": msg_param});
-                self.call("robot/oToMessages/batchSend", Method::POST, "/v1.0/robot/oToMessages/batchSend", &body, PERM_ROBOT_SEND).await.map(drop)
+                self.call(
+                    "robot/oToMessages/batchSend",
+                    Method::POST,
+                    "/v1.0/robot/oToMessages/batchSend",
+                    &body,
+                    PERM_ROBOT_SEND,
+                )
+                .await
+                .map(drop)
             }
             ConversationType::Group => {
                 let body = json!({"robotCode": self.config.robot(), "openConversationId": message.conversation_id, "msgKey": "sampleMarkdown", "msgParam": msg_param});
-                self.call("robot/groupMessages/send", Method::POST, "/v1.0/robot/groupMessages/send", &body, PERM_ROBOT_SEND).await.map(drop)
+                self.call(
+                    "robot/groupMessages/send",
+                    Method::POST,
+                    "/v1.0/robot/groupMessages/send",
+                    &body,
+                    PERM_ROBOT_SEND,
+                )
+                .await
+                .map(drop)
             }
         }
     }
@@ -338,7 +492,11 @@ impl OpenApi {
 /// Turn a non-2xx answer into a typed error.
 fn classify(api: &'static str, status: StatusCode, body: &Value, permission: Option<&'static str>) -> DingTalkError {
     let code = body.get("code").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let message = body.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let message = body
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let status = status.as_u16();
     // Robot send APIs refuse a robot that sends too fast with 400 `send.too.fast` or `send.byToken.tooFast`.
     let too_fast = status == 400 && (code == "send.too.fast" || code == "send.byToken.tooFast");
@@ -349,11 +507,21 @@ fn classify(api: &'static str, status: StatusCode, body: &Value, permission: Opt
         return DingTalkError::InvalidToken { api, code };
     }
     if status == 403 && code.contains("PermissionDenied") {
-        let required = body.pointer("/accessdenieddetail/requiredScopes/0").and_then(Value::as_str).map(str::to_owned);
-        let permission = required.or(permission.map(str::to_owned)).unwrap_or_else(|| "unknown".to_owned());
+        let required = body
+            .pointer("/accessdenieddetail/requiredScopes/0")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let permission = required
+            .or(permission.map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned());
         return DingTalkError::PermissionDenied { api, permission, code };
     }
-    DingTalkError::Platform { api, status, code, message }
+    DingTalkError::Platform {
+        api,
+        status,
+        code,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -362,12 +530,22 @@ mod tests {
 
     #[test]
     fn throttles_are_recognised_in_every_shape_the_platform_sends() {
-        let error = |status: u16, code: &str| classify("api", StatusCode::from_u16(status).unwrap(), &json!({"code": code}), None);
+        let error = |status: u16, code: &str| {
+            classify(
+                "api",
+                StatusCode::from_u16(status).unwrap(),
+                &json!({"code": code}),
+                None,
+            )
+        };
         assert!(error(429, "system.busy").is_throttle());
         assert!(error(403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi").is_throttle());
         assert!(error(400, "send.too.fast").is_throttle());
         assert!(error(400, "send.byToken.tooFast").is_throttle());
         assert!(!error(400, "invalidParameter.msgKey.invalid").is_throttle());
-        assert!(matches!(error(403, "Forbidden.AccessDenied.AccessTokenPermissionDenied"), DingTalkError::PermissionDenied { .. }));
+        assert!(matches!(
+            error(403, "Forbidden.AccessDenied.AccessTokenPermissionDenied"),
+            DingTalkError::PermissionDenied { .. }
+        ));
     }
 }

@@ -120,7 +120,10 @@ pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid DingTalk config: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("DingTalk `{0}` is required")]
     Missing(&'static str),
     #[error("DingTalk `{field}` must be {rule}")]
@@ -130,8 +133,14 @@ pub enum ConfigError {
 impl DingTalkConfig {
     /// Read a TOML file of this struct's fields (unknown keys are an error naming them).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
     }
 
     /// Check that the connector can start with these settings.
@@ -146,10 +155,16 @@ impl DingTalkConfig {
             return Err(ConfigError::Missing("card_template_id"));
         }
         if self.app_key != self.app_key.trim() {
-            return Err(ConfigError::Invalid { field: "app_key", rule: "free of surrounding whitespace" });
+            return Err(ConfigError::Invalid {
+                field: "app_key",
+                rule: "free of surrounding whitespace",
+            });
         }
         if !(self.api_base_url.starts_with("http://") || self.api_base_url.starts_with("https://")) {
-            return Err(ConfigError::Invalid { field: "api_base_url", rule: "an http:// or https:// URL" });
+            return Err(ConfigError::Invalid {
+                field: "api_base_url",
+                rule: "an http:// or https:// URL",
+            });
         }
         if self.card_updates_per_second == 0 || self.card_call_attempts == 0 || self.max_answer_tokens == 0 {
             return Err(ConfigError::Invalid {
@@ -158,11 +173,17 @@ impl DingTalkConfig {
             });
         }
         if self.card_max_bytes < MIN_CARD_BYTES {
-            return Err(ConfigError::Invalid { field: "card_max_bytes", rule: "at least 256" });
+            return Err(ConfigError::Invalid {
+                field: "card_max_bytes",
+                rule: "at least 256",
+            });
         }
         if let Err(err) = crate::audit::Masker::new(&self.audit_mask_patterns) {
             tracing::error!(cause = %err, "invalid DingTalk audit_mask_patterns");
-            return Err(ConfigError::Invalid { field: "audit_mask_patterns", rule: "valid regexes" });
+            return Err(ConfigError::Invalid {
+                field: "audit_mask_patterns",
+                rule: "valid regexes",
+            });
         }
         Ok(())
     }
@@ -191,13 +212,29 @@ mod tests {
 
     #[test]
     fn toml_round_trip_and_validation() {
-        let config: DingTalkConfig = toml::from_str("app_key = \"k\"\napp_secret = \"s\"\ncard_template_id = \"t\"\n").unwrap();
+        let config: DingTalkConfig =
+            toml::from_str("app_key = \"k\"\napp_secret = \"s\"\ncard_template_id = \"t\"\n").unwrap();
         assert_eq!(config.robot(), "k");
         assert_eq!(config.idle_timeout_secs, 60);
         config.validate().unwrap();
-        assert!(toml::from_str::<DingTalkConfig>("app_kee = \"k\"").unwrap_err().to_string().contains("app_kee"));
-        assert!(matches!(DingTalkConfig::default().validate(), Err(ConfigError::Missing("app_key"))));
-        let small = DingTalkConfig { card_max_bytes: 100, ..config };
-        assert!(matches!(small.validate(), Err(ConfigError::Invalid { field: "card_max_bytes", .. })));
+        assert!(toml::from_str::<DingTalkConfig>("app_kee = \"k\"")
+            .unwrap_err()
+            .to_string()
+            .contains("app_kee"));
+        assert!(matches!(
+            DingTalkConfig::default().validate(),
+            Err(ConfigError::Missing("app_key"))
+        ));
+        let small = DingTalkConfig {
+            card_max_bytes: 100,
+            ..config
+        };
+        assert!(matches!(
+            small.validate(),
+            Err(ConfigError::Invalid {
+                field: "card_max_bytes",
+                ..
+            })
+        ));
     }
 }

@@ -24,13 +24,24 @@ pub enum Inbound {
     /// SYSTEM `ping`: answer with the same data.
     Ping { message_id: String, data: String },
     /// SYSTEM `disconnect`: the server stops delivering here; open a new connection.
-    Disconnect { message_id: String, data: String, reason: String },
+    Disconnect {
+        message_id: String,
+        data: String,
+        reason: String,
+    },
     /// A robot message (CALLBACK on the bot topic).
-    Bot { message_id: String, message: Box<BotMessage> },
+    Bot {
+        message_id: String,
+        message: Box<BotMessage>,
+    },
     /// A robot-message CALLBACK whose data could not be read.
     BadBot { message_id: String, error: String },
     /// Anything else; logged and answered with 404, as the SDKs do.
-    Unknown { message_id: String, kind: String, topic: String },
+    Unknown {
+        message_id: String,
+        kind: String,
+        topic: String,
+    },
 }
 
 /// A frame that is not even JSON with a messageId.
@@ -42,7 +53,13 @@ impl Inbound {
     /// Parse one text frame.
     pub fn parse(text: &str) -> Result<Self, FrameError> {
         let raw: RawFrame = serde_json::from_str(text).map_err(|e| FrameError(e.to_string()))?;
-        let header = |name: &str| raw.headers.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let header = |name: &str| {
+            raw.headers
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
         let message_id = header("messageId");
         if message_id.is_empty() {
             return Err(FrameError("no headers.messageId".to_owned()));
@@ -60,13 +77,27 @@ impl Inbound {
                     .ok()
                     .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))
                     .unwrap_or_default();
-                Self::Disconnect { message_id, data, reason }
+                Self::Disconnect {
+                    message_id,
+                    data,
+                    reason,
+                }
             }
             ("CALLBACK", TOPIC_BOT_MESSAGE) => match serde_json::from_str::<BotMessage>(&data) {
-                Ok(message) => Self::Bot { message_id, message: Box::new(message) },
-                Err(err) => Self::BadBot { message_id, error: err.to_string() },
+                Ok(message) => Self::Bot {
+                    message_id,
+                    message: Box::new(message),
+                },
+                Err(err) => Self::BadBot {
+                    message_id,
+                    error: err.to_string(),
+                },
             },
-            (kind, _) => Self::Unknown { message_id, kind: kind.to_owned(), topic },
+            (kind, _) => Self::Unknown {
+                message_id,
+                kind: kind.to_owned(),
+                topic,
+            },
         })
     }
 }
@@ -134,7 +165,10 @@ pub struct BotMessage {
 impl BotMessage {
     /// The question: the text with the leading space left by a stripped @mention removed.
     pub fn question(&self) -> String {
-        self.text.as_ref().map(|t| t.content.trim().to_owned()).unwrap_or_default()
+        self.text
+            .as_ref()
+            .map(|t| t.content.trim().to_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -159,8 +193,13 @@ mod tests {
         assert!(matches!(Inbound::parse(ping).unwrap(), Inbound::Ping { data, .. } if data == r#"{"opaque":"x"}"#));
         let bot = json!({"type":"CALLBACK","headers":{"topic":TOPIC_BOT_MESSAGE,"messageId":"m2"},
             "data": json!({"conversationId":"cid","conversationType":"2","msgId":"msg1","text":{"content":" hi"},"isInAtList":true}).to_string()}).to_string();
-        let Inbound::Bot { message, .. } = Inbound::parse(&bot).unwrap() else { panic!("a bot message") };
-        assert_eq!((message.question().as_str(), message.conversation_type), ("hi", ConversationType::Group));
+        let Inbound::Bot { message, .. } = Inbound::parse(&bot).unwrap() else {
+            panic!("a bot message")
+        };
+        assert_eq!(
+            (message.question().as_str(), message.conversation_type),
+            ("hi", ConversationType::Group)
+        );
         let event = r#"{"type":"EVENT","headers":{"topic":"x","messageId":"m3"},"data":""}"#;
         assert!(matches!(Inbound::parse(event).unwrap(), Inbound::Unknown { .. }));
         assert!(Inbound::parse(r#"{"type":"SYSTEM","headers":{}}"#).is_err());

@@ -108,7 +108,9 @@ impl Connector {
     /// the robot. Returns once the outbox has it, which is when the caller may ACK.
     async fn receive(&self, message_id: &str, message: BotMessage) -> Result<(), StoreError> {
         let config = self.replier.api.config();
-        let ignore = config.require_mention_in_groups && message.conversation_type == ConversationType::Group && !message.is_in_at_list;
+        let ignore = config.require_mention_in_groups
+            && message.conversation_type == ConversationType::Group
+            && !message.is_in_at_list;
         match self.replier.outbox.accept(message_id, &message, ignore).await? {
             Some(job) => {
                 let route = match &self.limiter {
@@ -116,7 +118,11 @@ impl Connector {
                         if limiter.len() > 100_000 {
                             limiter.retain_recent();
                         }
-                        let key = if message.sender_staff_id.is_empty() { message.conversation_id.clone() } else { message.sender_staff_id.clone() };
+                        let key = if message.sender_staff_id.is_empty() {
+                            message.conversation_id.clone()
+                        } else {
+                            message.sender_staff_id.clone()
+                        };
                         if limiter.check_key(&key).is_ok() {
                             Route::Normal
                         } else {
@@ -128,7 +134,9 @@ impl Connector {
                 };
                 self.spawn_answer(job, route)
             }
-            None if ignore => tracing::debug!(msg_id = %message.msg_id, "group message without a mention; not answering"),
+            None if ignore => {
+                tracing::debug!(msg_id = %message.msg_id, "group message without a mention; not answering")
+            }
             None => tracing::info!(msg_id = %message.msg_id, "duplicate push of a known message; ACKing only"),
         }
         Ok(())
@@ -138,7 +146,10 @@ impl Connector {
     /// sessions.
     async fn prune(&self, before_ms: Option<i64>) -> Result<Pruned, PruneError> {
         let replier = &self.replier;
-        let mut pruned = Pruned { sessions: replier.sessions.prune_idle().await?, ..Pruned::default() };
+        let mut pruned = Pruned {
+            sessions: replier.sessions.prune_idle().await?,
+            ..Pruned::default()
+        };
         if let Some(before_ms) = before_ms {
             pruned.messages = replier.outbox.prune(before_ms).await?;
             pruned.audit_records = replier.audit.prune(before_ms).await?;
@@ -198,27 +209,51 @@ pub struct DingTalkConnector {
 impl DingTalkConnector {
     /// [`start_with_skills`](Self::start_with_skills) with the default skills.
     pub async fn start(config: DingTalkConfig, models: Arc<ModelRouter>) -> Result<Self, StartError> {
-        let skills = SkillSet::new(&SkillsConfig::default()).map_err(|_| ConfigError::Invalid { field: "skills", rule: "valid" })?;
+        let skills = SkillSet::new(&SkillsConfig::default()).map_err(|_| ConfigError::Invalid {
+            field: "skills",
+            rule: "valid",
+        })?;
         Self::start_with_skills(config, models, Arc::new(skills)).await
     }
 
     /// Validate `config`, open the outbox (with the sessions and the audit log), resume unfinished messages
     /// and connect. Answers come from `skills`, else from the model `models` routes each message to.
-    pub async fn start_with_skills(config: DingTalkConfig, models: Arc<ModelRouter>, skills: Arc<SkillSet>) -> Result<Self, StartError> {
+    pub async fn start_with_skills(
+        config: DingTalkConfig,
+        models: Arc<ModelRouter>,
+        skills: Arc<SkillSet>,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let path = config.database.clone();
         let robot = config.robot().to_owned();
         let outbox = tokio::task::spawn_blocking(move || Outbox::open(&path, &robot))
             .await
             .map_err(|e| StoreError::Join(e.to_string()))??;
-        let budget = DeliveryBudget::new(config.card_updates_per_second, Duration::from_millis(config.throttle_backoff_ms));
+        let budget = DeliveryBudget::new(
+            config.card_updates_per_second,
+            Duration::from_millis(config.throttle_backoff_ms),
+        );
         let sessions = SessionStore::open(outbox.connection(), Duration::from_secs(config.session_idle_secs))?;
         let audit = AuditLog::open(outbox.connection(), Masker::new(&config.audit_mask_patterns)?)?;
-        let limiter = NonZeroU32::new(config.user_requests_per_second).map(|rate| RateLimiter::keyed(Quota::per_second(rate)));
+        let limiter =
+            NonZeroU32::new(config.user_requests_per_second).map(|rate| RateLimiter::keyed(Quota::per_second(rate)));
         let api = OpenApi::new(config)?;
-        let skill_context = SkillContext { models: models.clone(), started: Instant::now() };
+        let skill_context = SkillContext {
+            models: models.clone(),
+            started: Instant::now(),
+        };
         let webhook_pause = WebhookPause::default();
-        let replier = Arc::new(Replier { api, models, outbox: outbox.clone(), budget, webhook_pause, sessions, skills, skill_context, audit });
+        let replier = Arc::new(Replier {
+            api,
+            models,
+            outbox: outbox.clone(),
+            budget,
+            webhook_pause,
+            sessions,
+            skills,
+            skill_context,
+            audit,
+        });
         let connector = Arc::new(Connector {
             replier,
             answers: std::sync::Mutex::new(JoinSet::new()),
@@ -227,16 +262,28 @@ impl DingTalkConnector {
         });
         let unfinished = outbox.resume().await?;
         if !unfinished.is_empty() {
-            tracing::info!(count = unfinished.len(), "answering DingTalk messages left unfinished by the last run");
+            tracing::info!(
+                count = unfinished.len(),
+                "answering DingTalk messages left unfinished by the last run"
+            );
         }
         for job in unfinished {
             connector.spawn_answer(job, Route::Normal);
         }
         let (shutdown, rx) = watch::channel(false);
-        let stream = tokio::spawn(stream::run(connector.clone(), rx.clone()).instrument(tracing::info_span!("dingtalk_stream")));
+        let stream =
+            tokio::spawn(stream::run(connector.clone(), rx.clone()).instrument(tracing::info_span!("dingtalk_stream")));
         let pruner = connector.clone();
-        let pruning = tokio::spawn(async move { pruner.prune_periodically(rx).await }.instrument(tracing::info_span!("dingtalk_prune")));
-        Ok(Self { connector, shutdown, stream, pruning, outbox })
+        let pruning = tokio::spawn(
+            async move { pruner.prune_periodically(rx).await }.instrument(tracing::info_span!("dingtalk_prune")),
+        );
+        Ok(Self {
+            connector,
+            shutdown,
+            stream,
+            pruning,
+            outbox,
+        })
     }
 
     /// The outbox (for diagnostics and tests).
@@ -272,7 +319,11 @@ impl DingTalkConnector {
 
     /// What the console and the admin API need of this connector.
     pub fn link(&self) -> ImLink {
-        ImLink { health: self.health().clone(), audit: self.audit().clone(), skills: self.skills().clone() }
+        ImLink {
+            health: self.health().clone(),
+            audit: self.audit().clone(),
+            skills: self.skills().clone(),
+        }
     }
 
     /// Stop taking messages (the Stream connection closes, so nothing new is ACKed), then give answers in
@@ -284,7 +335,10 @@ impl DingTalkConnector {
         let mut answers = std::mem::take(&mut *self.connector.answers.lock().unwrap_or_else(|p| p.into_inner()));
         let drained = tokio::time::timeout(drain, async { while answers.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(left = answers.len(), "DingTalk answers still running at the drain deadline; they resume on next start");
+            tracing::warn!(
+                left = answers.len(),
+                "DingTalk answers still running at the drain deadline; they resume on next start"
+            );
             answers.shutdown().await;
         }
         tracing::info!("DingTalk connector stopped");

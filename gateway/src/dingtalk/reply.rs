@@ -62,7 +62,11 @@ impl DeliveryBudget {
         Self {
             interval: Duration::from_secs(1) / per_second.max(1),
             backoff,
-            state: Mutex::new(BudgetState { next_slot: now, paused_until: now, throttles_in_a_row: 0 }),
+            state: Mutex::new(BudgetState {
+                next_slot: now,
+                paused_until: now,
+                throttles_in_a_row: 0,
+            }),
         }
     }
 
@@ -83,7 +87,10 @@ impl DeliveryBudget {
         state.throttles_in_a_row += 1;
         let pause = self.backoff * 2u32.saturating_pow(state.throttles_in_a_row.saturating_sub(1).min(5));
         state.paused_until = state.paused_until.max(Instant::now() + pause);
-        tracing::info!(pause_ms = pause.as_millis() as u64, "card updates throttled by the platform; backing off");
+        tracing::info!(
+            pause_ms = pause.as_millis() as u64,
+            "card updates throttled by the platform; backing off"
+        );
     }
 
     /// A call went through.
@@ -111,7 +118,10 @@ impl WebhookPause {
 
     /// Whether sessionWebhooks are still being left alone.
     pub fn active(&self) -> bool {
-        self.until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| Instant::now() < until)
+        self.until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
     }
 }
 
@@ -224,7 +234,12 @@ impl Replier {
             self.deliver_fixed(&job, SLOW_DOWN).await
         } else if let Some(matched) = matched {
             record.handler = format!("skill:{}", matched.skill.name());
-            let input = SkillInput { text: &question, args: &matched.args, sender_id: &message.sender_staff_id, sender_nick: &message.sender_nick };
+            let input = SkillInput {
+                text: &question,
+                args: &matched.args,
+                sender_id: &message.sender_staff_id,
+                sender_nick: &message.sender_nick,
+            };
             let reply = matched.skill.answer(&input, &self.skill_context);
             let mut text = reply.text;
             for action in reply.actions {
@@ -234,13 +249,16 @@ impl Replier {
                             tracing::warn!(cause = %err, "cannot reset the session");
                         }
                     }
-                    SkillAction::Escalate { to, summary } => match self.api.robot_markdown_to(&to, "Escalation", &summary).await {
-                        Ok(()) => tracing::info!(to, "conversation escalated to a person"),
-                        Err(err) => {
-                            tracing::warn!(to, cause = %err, "cannot reach the escalation contact");
-                            text = "Sorry, I could not reach a colleague just now; please try again later.".to_owned();
+                    SkillAction::Escalate { to, summary } => {
+                        match self.api.robot_markdown_to(&to, "Escalation", &summary).await {
+                            Ok(()) => tracing::info!(to, "conversation escalated to a person"),
+                            Err(err) => {
+                                tracing::warn!(to, cause = %err, "cannot reach the escalation contact");
+                                text =
+                                    "Sorry, I could not reach a colleague just now; please try again later.".to_owned();
+                            }
                         }
-                    },
+                    }
                 }
             }
             record.answer = text.clone();
@@ -273,7 +291,9 @@ impl Replier {
             }
             delivered
         };
-        record.first_visible_ms = delivered.first_visible.map(|t| t.duration_since(started).as_millis() as i64);
+        record.first_visible_ms = delivered
+            .first_visible
+            .map(|t| t.duration_since(started).as_millis() as i64);
         if record.outcome.is_empty() {
             record.outcome = delivered.outcome.as_str().to_owned();
         }
@@ -281,22 +301,36 @@ impl Replier {
         if let Err(err) = self.audit.record(record).await {
             tracing::error!(cause = %err, "cannot write the audit record");
         }
-        match self.outbox.finish(&message.msg_id, delivered.outcome, &delivered.detail).await {
+        match self
+            .outbox
+            .finish(&message.msg_id, delivered.outcome, &delivered.detail)
+            .await
+        {
             Ok(true) => tracing::info!(outcome = ?delivered.outcome, detail = delivered.detail, "message finished"),
             Ok(false) => tracing::warn!("message was already finished"),
-            Err(err) => tracing::error!(cause = %err, "cannot record the message's end; it will be retried after a restart"),
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot record the message's end; it will be retried after a restart")
+            }
         }
     }
 
     /// Deliver a fixed answer (a skill's, or "slow down") as finalized cards, or markdown if a card fails.
     async fn deliver_fixed(&self, job: &Job, text: &str) -> Delivered {
-        let (_draft_tx, draft_rx) = watch::channel(Draft { text: text.to_owned(), end: Some(Ok(())) });
+        let (_draft_tx, draft_rx) = watch::channel(Draft {
+            text: text.to_owned(),
+            end: Some(Ok(())),
+        });
         let mut first_visible = None;
         match self.stream_card(job, draft_rx, &mut first_visible).await {
-            Ok(()) => Delivered { outcome: Outcome::Answered, detail: "card finalized".to_owned(), first_visible },
+            Ok(()) => Delivered {
+                outcome: Outcome::Answered,
+                detail: "card finalized".to_owned(),
+                first_visible,
+            },
             Err(failure) => {
                 tracing::warn!(cause = %failure.cause, card = failure.card, "the AI card failed; falling back to markdown");
-                self.fallback(job, &failure.card, &unsent_markdown(text, failure.shown)).await
+                self.fallback(job, &failure.card, &unsent_markdown(text, failure.shown))
+                    .await
             }
         }
     }
@@ -313,7 +347,16 @@ impl Replier {
         let result = self.stream_card(job, draft_rx, &mut first_visible).await;
         let failure = match result {
             // Generation ended before the final frame was sent, so this join is immediate.
-            Ok(()) => return (Delivered { outcome: Outcome::Answered, detail: "card finalized".to_owned(), first_visible }, generation.await.ok()),
+            Ok(()) => {
+                return (
+                    Delivered {
+                        outcome: Outcome::Answered,
+                        detail: "card finalized".to_owned(),
+                        first_visible,
+                    },
+                    generation.await.ok(),
+                )
+            }
             Err(failure) => {
                 tracing::warn!(cause = %failure.cause, card = failure.card, "the AI card failed; falling back to markdown");
                 failure
@@ -328,7 +371,11 @@ impl Replier {
             Some(Err(f)) if f.busy => BUSY.to_owned(),
             Some(Err(f)) if shown > 0 => {
                 let draft = unsent_markdown(&failure.draft, shown);
-                format!("{draft}{}\n\nSorry, I could not finish this answer ({}).", split::closing(&draft), f.reason)
+                format!(
+                    "{draft}{}\n\nSorry, I could not finish this answer ({}).",
+                    split::closing(&draft),
+                    f.reason
+                )
             }
             Some(Err(f)) => format!("Sorry, I could not answer this message ({}).", f.reason),
             None => unsent_markdown(&failure.draft, shown),
@@ -339,11 +386,24 @@ impl Replier {
     /// Stream the answer into its card under the budget and finalize it; text past `card_max_bytes`
     /// rolls over into continuation cards. On failure returns what the fallback needs. `first_visible` is
     /// set when the platform first accepts text.
-    async fn stream_card(&self, job: &Job, mut draft: watch::Receiver<Draft>, first_visible: &mut Option<Instant>) -> Result<(), CardFailure> {
+    async fn stream_card(
+        &self,
+        job: &Job,
+        mut draft: watch::Receiver<Draft>,
+        first_visible: &mut Option<Instant>,
+    ) -> Result<(), CardFailure> {
         let interval = Duration::from_millis(self.api.config().card_update_interval_ms);
-        let mut cards = Cards { replier: self, job, card: CardPart::first(job), first_visible };
+        let mut cards = Cards {
+            replier: self,
+            job,
+            card: CardPart::first(job),
+            first_visible,
+        };
         if !cards.card.created {
-            cards.open().await.map_err(|cause| cards.failure(cause, String::new()))?;
+            cards
+                .open()
+                .await
+                .map_err(|cause| cards.failure(cause, String::new()))?;
         }
         let max = self.api.config().card_max_bytes;
         let mut sent = String::new();
@@ -361,15 +421,24 @@ impl Replier {
             let snapshot = draft.borrow_and_update().clone();
             if let Some(end) = snapshot.end {
                 let (text, error) = final_text(snapshot.text, end);
-                return cards.finish(&text, error).await.map_err(|cause| cards.failure(cause, text));
+                return cards
+                    .finish(&text, error)
+                    .await
+                    .map_err(|cause| cards.failure(cause, text));
             }
-            cards.roll_over(&snapshot.text).await.map_err(|cause| cards.failure(cause, snapshot.text.clone()))?;
+            cards
+                .roll_over(&snapshot.text)
+                .await
+                .map_err(|cause| cards.failure(cause, snapshot.text.clone()))?;
             let rest = unsent(&snapshot.text, cards.card.start);
             if rest.trim().is_empty() || snapshot.text == sent {
                 continue;
             }
             if !cards.card.created {
-                cards.open().await.map_err(|cause| cards.failure(cause, snapshot.text.clone()))?;
+                cards
+                    .open()
+                    .await
+                    .map_err(|cause| cards.failure(cause, snapshot.text.clone()))?;
             }
             if !cards.card.live {
                 continue;
@@ -379,7 +448,11 @@ impl Replier {
             last_update = Instant::now();
             let card = &cards.card.id;
             let shown = split::card_text(&snapshot.text, cards.card.start, None, max);
-            match self.api.stream(card, &format!("{card}-{}-{n}", job.attempt), &shown, false, false).await {
+            match self
+                .api
+                .stream(card, &format!("{card}-{}-{n}", job.attempt), &shown, false, false)
+                .await
+            {
                 Ok(()) => {
                     self.budget.succeeded();
                     cards.first_visible.get_or_insert_with(Instant::now);
@@ -396,7 +469,13 @@ impl Replier {
                 }
             }
         }
-        Err(cards.failure(DingTalkError::Unexpected { api: "generation", detail: "the answer stream ended without a result".to_owned() }, sent))
+        Err(cards.failure(
+            DingTalkError::Unexpected {
+                api: "generation",
+                detail: "the answer stream ended without a result".to_owned(),
+            },
+            sent,
+        ))
     }
 
     /// Run a card call (or a fallback robot send) under the budget, retrying throttles and transient
@@ -432,25 +511,50 @@ impl Replier {
             }
             last = None;
         }
-        Err(last.unwrap_or(DingTalkError::Throttled { api: "card", status: 429, code: "retries exhausted".to_owned() }))
+        Err(last.unwrap_or(DingTalkError::Throttled {
+            api: "card",
+            status: 429,
+            code: "retries exhausted".to_owned(),
+        }))
     }
 
     /// Mark `card` failed (best effort) and send `text` as markdown: sessionWebhook while valid and not
     /// throttled, else the robot send API (throttles retried under the budget).
     async fn fallback(&self, job: &Job, card: &str, text: &str) -> Delivered {
-        if let Err(err) = self.api.stream(card, &format!("{card}-error"), "This answer could not be shown here; it was sent as a message.", true, true).await {
+        if let Err(err) = self
+            .api
+            .stream(
+                card,
+                &format!("{card}-error"),
+                "This answer could not be shown here; it was sent as a message.",
+                true,
+                true,
+            )
+            .await
+        {
             tracing::info!(cause = %err, "cannot mark the card failed");
         }
         let message = &job.message;
         let title: String = message.question().chars().take(20).collect();
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let webhook_valid = message.session_webhook_expired_time.is_some_and(|t| t > now_ms + 5_000);
-        let sent = |detail: &str| Delivered { outcome: Outcome::AnsweredMarkdown, detail: detail.to_owned(), first_visible: Some(Instant::now()) };
+        let sent = |detail: &str| Delivered {
+            outcome: Outcome::AnsweredMarkdown,
+            detail: detail.to_owned(),
+            first_visible: Some(Instant::now()),
+        };
         if let (Some(webhook), true) = (&message.session_webhook, webhook_valid) {
             if self.webhook_pause.active() {
                 tracing::info!("the robot's sessionWebhook messages are throttled; using the robot send API");
             } else {
-                match self.api.webhook_markdown(webhook, &title, text, &message.sender_staff_id).await {
+                match self
+                    .api
+                    .webhook_markdown(webhook, &title, text, &message.sender_staff_id)
+                    .await
+                {
                     Ok(()) => return sent("sessionWebhook"),
                     Err(err) if err.is_throttle() => {
                         self.webhook_pause.start();
@@ -461,12 +565,21 @@ impl Replier {
             }
         }
         let attempts = self.api.config().card_call_attempts;
-        match self.with_retries(attempts, || self.api.robot_markdown(message, &title, text)).await {
+        match self
+            .with_retries(attempts, || self.api.robot_markdown(message, &title, text))
+            .await
+        {
             Ok(()) => sent("robot send API"),
             Err(err) => {
                 tracing::error!(cause = %err, "the answer could not be delivered at all");
-                self.api.health().problem(format!("an answer could not be delivered: {err}"));
-                Delivered { outcome: Outcome::Failed, detail: err.to_string(), first_visible: None }
+                self.api
+                    .health()
+                    .problem(format!("an answer could not be delivered: {err}"));
+                Delivered {
+                    outcome: Outcome::Failed,
+                    detail: err.to_string(),
+                    first_visible: None,
+                }
             }
         }
     }
@@ -492,13 +605,25 @@ struct CardPart {
 impl CardPart {
     /// The first card of `job`'s answer.
     fn first(job: &Job) -> Self {
-        Self { id: job.out_track_id.clone(), number: 1, start: 0, created: job.card_created, live: false }
+        Self {
+            id: job.out_track_id.clone(),
+            number: 1,
+            start: 0,
+            created: job.card_created,
+            live: false,
+        }
     }
 
     /// The card after this one, holding the answer from byte `start`.
     fn next(&self, job: &Job, start: usize) -> Self {
         let number = self.number + 1;
-        Self { id: format!("{}-p{number}", job.out_track_id), number, start, created: false, live: false }
+        Self {
+            id: format!("{}-p{number}", job.out_track_id),
+            number,
+            start,
+            created: false,
+            live: false,
+        }
     }
 }
 
@@ -526,7 +651,9 @@ impl Cards<'_> {
     async fn open(&mut self) -> Result<(), DingTalkError> {
         let (replier, job, id) = (self.replier, self.job, &self.card.id);
         let attempts = replier.api.config().card_call_attempts;
-        let creation = replier.with_retries(attempts, || replier.api.create_and_deliver(id, &job.message)).await?;
+        let creation = replier
+            .with_retries(attempts, || replier.api.create_and_deliver(id, &job.message))
+            .await?;
         self.card.created = true;
         self.card.live = creation == CardCreation::Created;
         if creation == CardCreation::AlreadyExisted {
@@ -546,7 +673,8 @@ impl Cards<'_> {
         let max = self.replier.api.config().card_max_bytes;
         while let Some(end) = split::card_end(text, self.card.start, max) {
             tracing::info!(card = %self.card.id, bytes = end - self.card.start, "the answer continues in a new card");
-            self.finalize(&split::card_text(text, self.card.start, Some(end), max), false).await?;
+            self.finalize(&split::card_text(text, self.card.start, Some(end), max), false)
+                .await?;
             self.card = self.card.next(self.job, end);
         }
         Ok(())
@@ -561,7 +689,8 @@ impl Cards<'_> {
             return Ok(());
         }
         let max = self.replier.api.config().card_max_bytes;
-        self.finalize(&split::card_text(text, self.card.start, None, max), error).await
+        self.finalize(&split::card_text(text, self.card.start, None, max), error)
+            .await
     }
 
     /// Send `content` as the current card's final frame (creating the card first if needed).
@@ -572,14 +701,21 @@ impl Cards<'_> {
         let (replier, id) = (self.replier, &self.card.id);
         let guid = format!("{id}-final");
         let attempts = replier.api.config().card_call_attempts;
-        replier.with_retries(attempts, || replier.api.stream(id, &guid, content, true, error)).await?;
+        replier
+            .with_retries(attempts, || replier.api.stream(id, &guid, content, true, error))
+            .await?;
         self.first_visible.get_or_insert_with(Instant::now);
         Ok(())
     }
 
     /// The failure `cause` on the current card, with the answer so far.
     fn failure(&self, cause: DingTalkError, draft: String) -> CardFailure {
-        CardFailure { cause, card: self.card.id.clone(), draft, shown: self.card.start }
+        CardFailure {
+            cause,
+            card: self.card.id.clone(),
+            draft,
+            shown: self.card.start,
+        }
     }
 }
 
@@ -589,8 +725,18 @@ fn final_text(text: String, end: Result<(), Failure>) -> (String, bool) {
         Ok(()) if text.trim().is_empty() => ("(no answer)".to_owned(), false),
         Ok(()) => (text, false),
         Err(failure) if failure.busy => (BUSY.to_owned(), false),
-        Err(failure) if text.trim().is_empty() => (format!("Sorry, I could not finish this answer ({}).", failure.reason), true),
-        Err(failure) => (format!("{text}{}\n\nSorry, I could not finish this answer ({}).", split::closing(&text), failure.reason), true),
+        Err(failure) if text.trim().is_empty() => (
+            format!("Sorry, I could not finish this answer ({}).", failure.reason),
+            true,
+        ),
+        Err(failure) => (
+            format!(
+                "{text}{}\n\nSorry, I could not finish this answer ({}).",
+                split::closing(&text),
+                failure.reason
+            ),
+            true,
+        ),
     }
 }
 
@@ -614,7 +760,10 @@ fn build_prompt(
     context_length: usize,
     reserve: usize,
 ) -> Result<(Vec<u32>, usize), EngineError> {
-    let question = ChatMessage { role: "user".to_owned(), content: question };
+    let question = ChatMessage {
+        role: "user".to_owned(),
+        content: question,
+    };
     loop {
         let mut messages = history.clone();
         messages.push(question.clone());
@@ -623,7 +772,11 @@ fn build_prompt(
             return Ok((prompt, history.len()));
         }
         // Drop the oldest question and its answer together.
-        let oldest = if history.len() >= 2 && history[1].role == "assistant" { 2 } else { 1 };
+        let oldest = if history.len() >= 2 && history[1].role == "assistant" {
+            2
+        } else {
+            1
+        };
         history.drain(..oldest);
     }
 }
@@ -650,10 +803,11 @@ async fn generate(
     let context_length = engine.info().context_length;
     let reserve = max_tokens.min(context_length / 2);
     let asked = question.clone();
-    let prompt = tokio::task::spawn_blocking(move || build_prompt(handle.tokenizer(), history, asked, context_length, reserve))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e: EngineError| e.to_string()));
+    let prompt =
+        tokio::task::spawn_blocking(move || build_prompt(handle.tokenizer(), history, asked, context_length, reserve))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e: EngineError| e.to_string()));
     let (prompt, context_turns) = match prompt {
         Ok(built) => built,
         Err(reason) => return fail(&draft, other(reason)),
@@ -663,7 +817,13 @@ async fn generate(
         Ok(events) => events,
         Err(err @ EngineError::Overloaded { .. }) => {
             tracing::info!(cause = %err, "the engine is overloaded; answering busy");
-            return fail(&draft, Failure { busy: true, reason: err.to_string() });
+            return fail(
+                &draft,
+                Failure {
+                    busy: true,
+                    reason: err.to_string(),
+                },
+            );
         }
         Err(err) => return fail(&draft, other(err.to_string())),
     };
@@ -682,7 +842,12 @@ async fn generate(
                     }
                 }
                 draft.send_modify(|d| d.end = Some(Ok(())));
-                return Ok(Generated { text, prompt_tokens: done.usage.prompt_tokens, completion_tokens: done.usage.completion_tokens, context_turns });
+                return Ok(Generated {
+                    text,
+                    prompt_tokens: done.usage.prompt_tokens,
+                    completion_tokens: done.usage.completion_tokens,
+                    context_turns,
+                });
             }
             Some(Event::Error(err)) => return fail(&draft, other(err.to_string())),
             None => return fail(&draft, other(EngineError::ShutDown.to_string())),

@@ -78,7 +78,10 @@ pub(crate) fn card_text(text: &str, start: usize, end: Option<usize>, max_bytes:
     let Some(share) = share else { return text.to_owned() };
     let mut shown = head(text, start, max_bytes);
     shown.push_str(share);
-    if let Some((_, closing)) = end.and_then(|end| fence_at(text, end)).and_then(|fence| fence.decoration(max_bytes)) {
+    if let Some((_, closing)) = end
+        .and_then(|end| fence_at(text, end))
+        .and_then(|fence| fence.decoration(max_bytes))
+    {
         if !shown.ends_with('\n') {
             shown.push('\n');
         }
@@ -136,7 +139,11 @@ impl<'a> Fence<'a> {
     /// of `max_bytes` (a long info string is left out).
     fn decoration(&self, max_bytes: usize) -> Option<(String, String)> {
         let bare = self.marker.to_string().repeat(self.len);
-        let opening = if self.line.len() <= MAX_FENCE_LINE { self.line.to_owned() } else { bare.clone() };
+        let opening = if self.line.len() <= MAX_FENCE_LINE {
+            self.line.to_owned()
+        } else {
+            bare.clone()
+        };
         (opening.len() + bare.len() + 2 <= max_bytes / 4).then_some((opening, bare))
     }
 }
@@ -166,7 +173,10 @@ fn floor_char_boundary(text: &str, mut at: usize) -> usize {
 
 /// CJK punctuation after which a line may break.
 fn is_cjk_break(c: char) -> bool {
-    matches!(c, '。' | '，' | '、' | '；' | '：' | '！' | '？' | '）' | '」' | '』' | '】' | '》')
+    matches!(
+        c,
+        '。' | '，' | '、' | '；' | '：' | '！' | '？' | '）' | '」' | '』' | '】' | '》'
+    )
 }
 
 /// `at` moved back so it does not fall inside an emoji sequence (before a joiner, a variation selector,
@@ -187,12 +197,16 @@ fn keep_sequences_whole(text: &str, at: usize) -> usize {
 /// Whether a cut at boundary `at` would split a multi-character symbol.
 fn splits_sequence(text: &str, at: usize) -> bool {
     let (before, after) = text.split_at(at);
-    let (Some(prev), Some(next)) = (before.chars().next_back(), after.chars().next()) else { return false };
+    let (Some(prev), Some(next)) = (before.chars().next_back(), after.chars().next()) else {
+        return false;
+    };
     if prev == '\u{200D}' || extends_previous(next) {
         return true;
     }
     // Regional indicators pair up into flags: a cut after an odd number of them splits a flag.
-    is_regional_indicator(prev) && is_regional_indicator(next) && before.chars().rev().take_while(|c| is_regional_indicator(*c)).count() % 2 == 1
+    is_regional_indicator(prev)
+        && is_regional_indicator(next)
+        && before.chars().rev().take_while(|c| is_regional_indicator(*c)).count() % 2 == 1
 }
 
 /// Characters that attach to the one before them.
@@ -276,11 +290,20 @@ mod tests {
             assert_eq!(parts.concat(), text);
             if max >= 2 + family.len() {
                 assert!(parts.iter().all(|p| p.len() <= max), "{max}: {parts:?}");
-                assert!(parts.iter().all(|p| !p.starts_with('\u{200D}') && !p.ends_with('\u{200D}')), "{max}: {parts:?}");
+                assert!(
+                    parts
+                        .iter()
+                        .all(|p| !p.starts_with('\u{200D}') && !p.ends_with('\u{200D}')),
+                    "{max}: {parts:?}"
+                );
             }
         }
         let thumbs = "ok\u{1F44D}\u{1F3FD}";
-        assert_eq!(&thumbs[..cut_point(thumbs, 9)], "ok", "the skin tone stays with its thumb");
+        assert_eq!(
+            &thumbs[..cut_point(thumbs, 9)],
+            "ok",
+            "the skin tone stays with its thumb"
+        );
         let flags = "x\u{1F1E8}\u{1F1F3}\u{1F1EF}\u{1F1F5}";
         assert_eq!(&flags[..cut_point(flags, 13)], "x\u{1F1E8}\u{1F1F3}", "flags are pairs");
         let keycap = "ab1\u{FE0F}\u{20E3}z";
@@ -295,12 +318,28 @@ mod tests {
         assert_eq!(fence_at(code, 27).map(|f| f.line), Some("```rust"), "inside");
         assert_eq!(fence_at(code, 31), None, "after the closing line");
         let nested = "````md\n```\ninner\n```\n````\nout";
-        assert_eq!(fence_at(nested, 20).map(|f| f.len), Some(4), "a shorter fence does not close a longer one");
+        assert_eq!(
+            fence_at(nested, 20).map(|f| f.len),
+            Some(4),
+            "a shorter fence does not close a longer one"
+        );
         assert_eq!(fence_at(nested, nested.len()), None);
-        assert_eq!(fence_at("~~~\nx\n```\ny", 11).map(|f| f.marker), Some('~'), "backticks do not close tildes");
-        assert_eq!(fence_at("    ```\ncode", 12), None, "four spaces make an indented code line, not a fence");
+        assert_eq!(
+            fence_at("~~~\nx\n```\ny", 11).map(|f| f.marker),
+            Some('~'),
+            "backticks do not close tildes"
+        );
+        assert_eq!(
+            fence_at("    ```\ncode", 12),
+            None,
+            "four spaces make an indented code line, not a fence"
+        );
         assert_eq!(fence_at("``inline``\nx", 12), None);
-        assert_eq!(fence_at("```a`b\nx", 8), None, "a backtick fence's info string has no backtick");
+        assert_eq!(
+            fence_at("```a`b\nx", 8),
+            None,
+            "a backtick fence's info string has no backtick"
+        );
         assert_eq!(fence_at("```\ncode\n``` not a close\nmore", 28).map(|f| f.len), Some(3));
     }
 
@@ -320,11 +359,15 @@ mod tests {
                 // Without the fence lines added around it, the card holds its share of the answer.
                 let mut share = card.as_str();
                 if fence_at(&text, start).is_some() {
-                    share = share.strip_prefix("```rust\n").expect("a continuation reopens the block");
+                    share = share
+                        .strip_prefix("```rust\n")
+                        .expect("a continuation reopens the block");
                     reopened += 1;
                 }
                 if end.is_some() && fence_at(&text, stop).is_some() {
-                    share = share.strip_suffix("```").expect("a card that ends in a block closes it");
+                    share = share
+                        .strip_suffix("```")
+                        .expect("a card that ends in a block closes it");
                     if !text[start..stop].ends_with('\n') {
                         share = share.strip_suffix('\n').unwrap();
                     }
@@ -340,8 +383,16 @@ mod tests {
         }
         assert_eq!(card_end("no code here", 0, 100), None);
         assert_eq!(card_text("no code here", 3, None, 100), "code here");
-        assert_eq!(card_text("```\nx\u{4E2D}", 6, None, 100), "```\nx\u{4E2D}", "a start off the text shows it all");
-        assert_eq!(card_text("```\ncode", 4, None, 12), "code", "no room for fence lines in so small a card");
+        assert_eq!(
+            card_text("```\nx\u{4E2D}", 6, None, 100),
+            "```\nx\u{4E2D}",
+            "a start off the text shows it all"
+        );
+        assert_eq!(
+            card_text("```\ncode", 4, None, 12),
+            "code",
+            "no room for fence lines in so small a card"
+        );
         assert_eq!(closing("text\n~~~~ sh\necho"), "\n~~~~");
         assert_eq!(closing("```\nx\n```"), "");
     }

@@ -69,7 +69,10 @@ pub struct Outbox {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Outbox {
@@ -102,7 +105,10 @@ impl Outbox {
                  PRIMARY KEY (platform, robot, msg_id)
              );",
         )?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), robot: robot.to_owned() })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            robot: robot.to_owned(),
+        })
     }
 
     /// The database connection, shared with the session store and the audit log.
@@ -110,7 +116,10 @@ impl Outbox {
         self.conn.clone()
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce(&Connection, &str) -> Result<T, rusqlite::Error> + Send + 'static) -> Result<T, StoreError> {
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection, &str) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (conn, robot) = (self.conn.clone(), self.robot.clone());
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -123,7 +132,12 @@ impl Outbox {
 
     /// Record `message` (pushed as `message_id`) as `accepted` or, with `ignore`, `ignored`. Returns the
     /// job when it is new, `None` for a duplicate.
-    pub async fn accept(&self, message_id: &str, message: &BotMessage, ignore: bool) -> Result<Option<Job>, StoreError> {
+    pub async fn accept(
+        &self,
+        message_id: &str,
+        message: &BotMessage,
+        ignore: bool,
+    ) -> Result<Option<Job>, StoreError> {
         let message = message.clone();
         let message_id = message_id.to_owned();
         self.run(move |conn, robot| {
@@ -196,8 +210,11 @@ impl Outbox {
     pub async fn card_created(&self, msg_id: &str) -> Result<(), StoreError> {
         let msg_id = msg_id.to_owned();
         self.run(move |conn, robot| {
-            conn.execute("UPDATE inbound SET card_created = 1 WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3", params![PLATFORM, robot, msg_id])
-                .map(drop)
+            conn.execute(
+                "UPDATE inbound SET card_created = 1 WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3",
+                params![PLATFORM, robot, msg_id],
+            )
+            .map(drop)
         })
         .await
     }
@@ -232,8 +249,12 @@ impl Outbox {
     pub async fn state(&self, msg_id: &str) -> Result<Option<String>, StoreError> {
         let msg_id = msg_id.to_owned();
         self.run(move |conn, robot| {
-            conn.query_row("SELECT state FROM inbound WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3", params![PLATFORM, robot, msg_id], |row| row.get(0))
-                .optional()
+            conn.query_row(
+                "SELECT state FROM inbound WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3",
+                params![PLATFORM, robot, msg_id],
+                |row| row.get(0),
+            )
+            .optional()
         })
         .await
     }

@@ -36,7 +36,9 @@ enum SessionEnd {
 async fn connect(api: &OpenApi) -> Result<Socket, String> {
     let endpoint = api.open_connection().await.map_err(|e: DingTalkError| e.to_string())?;
     let url = format!("{}?ticket={}", endpoint.endpoint, endpoint.ticket);
-    let (socket, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| format!("WebSocket connect failed: {e}"))?;
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| format!("WebSocket connect failed: {e}"))?;
     Ok(socket)
 }
 
@@ -60,9 +62,16 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
         let socket = match socket {
             Ok(socket) => socket,
             Err(err) => {
-                connector.replier.api.health().disconnected(format!("cannot open a Stream connection: {err}"));
+                connector
+                    .replier
+                    .api
+                    .health()
+                    .disconnected(format!("cannot open a Stream connection: {err}"));
                 failures += 1;
-                let base = config.backoff_initial_ms.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(config.backoff_max_ms);
+                let base = config
+                    .backoff_initial_ms
+                    .saturating_mul(1 << failures.min(16).saturating_sub(1))
+                    .min(config.backoff_max_ms);
                 let delay = Duration::from_millis(base + rand::rng().random_range(0..=base));
                 tracing::warn!(cause = %err, failures, delay_ms = delay.as_millis() as u64, "cannot open a DingTalk Stream connection; retrying");
                 tokio::select! {
@@ -88,7 +97,13 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
     }
 }
 
-async fn session(connector: &Connector, mut socket: Socket, shutdown: &mut watch::Receiver<bool>, failures: &mut u32, idle: Duration) -> SessionEnd {
+async fn session(
+    connector: &Connector,
+    mut socket: Socket,
+    shutdown: &mut watch::Receiver<bool>,
+    failures: &mut u32,
+    idle: Duration,
+) -> SessionEnd {
     loop {
         let frame = tokio::select! {
             frame = tokio::time::timeout(idle, socket.next()) => frame,
@@ -119,9 +134,18 @@ async fn session(connector: &Connector, mut socket: Socket, shutdown: &mut watch
         };
         let reply = match inbound {
             Inbound::Ping { message_id, data } => ack(&message_id, 200, "OK", &data),
-            Inbound::Disconnect { message_id, data, reason } => {
-                tracing::info!(reason, "DingTalk announced a disconnect; opening a new connection first");
-                let _ = socket.send(Message::Text(ack(&message_id, 200, "OK", &data).into())).await;
+            Inbound::Disconnect {
+                message_id,
+                data,
+                reason,
+            } => {
+                tracing::info!(
+                    reason,
+                    "DingTalk announced a disconnect; opening a new connection first"
+                );
+                let _ = socket
+                    .send(Message::Text(ack(&message_id, 200, "OK", &data).into()))
+                    .await;
                 return SessionEnd::Notice(Box::new(socket));
             }
             Inbound::Bot { message_id, message } => match connector.receive(&message_id, *message).await {
@@ -133,10 +157,17 @@ async fn session(connector: &Connector, mut socket: Socket, shutdown: &mut watch
                 }
             },
             Inbound::BadBot { message_id, error } => {
-                tracing::warn!(error, "unreadable robot message; acknowledging so it is not redelivered");
+                tracing::warn!(
+                    error,
+                    "unreadable robot message; acknowledging so it is not redelivered"
+                );
                 ack(&message_id, 400, "bad message", r#"{"response":null}"#)
             }
-            Inbound::Unknown { message_id, kind, topic } => {
+            Inbound::Unknown {
+                message_id,
+                kind,
+                topic,
+            } => {
                 tracing::info!(kind, topic, "ignoring an unhandled Stream frame");
                 ack(&message_id, 404, "topic not handled", "")
             }

@@ -44,10 +44,16 @@ impl SkillsConfig {
                 return Err(SkillError::Invalid(format!("custom[{i}].name must not be empty")));
             }
             if BUILT_IN.contains(&skill.name.as_str()) || self.custom[..i].iter().any(|s| s.name == skill.name) {
-                return Err(SkillError::Invalid(format!("custom[{i}].name repeats the name {:?}", skill.name)));
+                return Err(SkillError::Invalid(format!(
+                    "custom[{i}].name repeats the name {:?}",
+                    skill.name
+                )));
             }
             if skill.patterns.iter().all(|p| p.trim().is_empty()) {
-                return Err(SkillError::Invalid(format!("custom[{i}] ({}) needs at least one pattern", skill.name)));
+                return Err(SkillError::Invalid(format!(
+                    "custom[{i}] ({}) needs at least one pattern",
+                    skill.name
+                )));
             }
         }
         Ok(())

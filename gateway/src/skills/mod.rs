@@ -100,7 +100,10 @@ pub struct SkillReply {
 
 impl SkillReply {
     fn text(text: impl Into<String>) -> Self {
-        Self { text: text.into(), actions: Vec::new() }
+        Self {
+            text: text.into(),
+            actions: Vec::new(),
+        }
     }
 }
 
@@ -154,17 +157,40 @@ impl SkillRegistry {
         for custom in &config.custom {
             registry.register(Arc::new(Templated::new(custom)?));
         }
-        let help_lines: Vec<String> = registry.skills.iter().map(|s| format!("- {}: {}", s.name(), s.description())).collect();
-        registry.register(Arc::new(Help { text: format!("{}\n\n{}", config.help_text, help_lines.join("\n")).trim().to_owned(), triggers: help_triggers() }));
-        registry.register(Arc::new(NewSession { triggers: vec![Trigger::Command("new".to_owned())] }));
-        registry.register(Arc::new(Status { triggers: vec![Trigger::Command("status".to_owned()), Trigger::Keyword("status".to_owned())] }));
+        let help_lines: Vec<String> = registry
+            .skills
+            .iter()
+            .map(|s| format!("- {}: {}", s.name(), s.description()))
+            .collect();
+        registry.register(Arc::new(Help {
+            text: format!("{}\n\n{}", config.help_text, help_lines.join("\n"))
+                .trim()
+                .to_owned(),
+            triggers: help_triggers(),
+        }));
+        registry.register(Arc::new(NewSession {
+            triggers: vec![Trigger::Command("new".to_owned())],
+        }));
+        registry.register(Arc::new(Status {
+            triggers: vec![
+                Trigger::Command("status".to_owned()),
+                Trigger::Keyword("status".to_owned()),
+            ],
+        }));
         if !config.escalate_to.is_empty() && !config.escalate_patterns.is_empty() {
             let mut triggers = vec![Trigger::Command("human".to_owned())];
             for pattern in &config.escalate_patterns {
-                let regex = Regex::new(pattern).map_err(|e| SkillError::Regex { skill: "escalate".to_owned(), reason: e.to_string() })?;
+                let regex = Regex::new(pattern).map_err(|e| SkillError::Regex {
+                    skill: "escalate".to_owned(),
+                    reason: e.to_string(),
+                })?;
                 triggers.push(Trigger::Regex(regex));
             }
-            registry.register(Arc::new(Escalate { to: config.escalate_to.clone(), reply: config.escalate_reply.clone(), triggers }));
+            registry.register(Arc::new(Escalate {
+                to: config.escalate_to.clone(),
+                reply: config.escalate_reply.clone(),
+                triggers,
+            }));
         }
         Ok(registry)
     }
@@ -176,12 +202,18 @@ impl SkillRegistry {
             for trigger in skill.triggers() {
                 let Some(args) = trigger.matches(text) else { continue };
                 let candidate = (trigger.rank(), skill.priority());
-                if best.as_ref().is_none_or(|(rank, priority, ..)| candidate > (*rank, *priority)) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(rank, priority, ..)| candidate > (*rank, *priority))
+                {
                     best = Some((candidate.0, candidate.1, skill, args));
                 }
             }
         }
-        best.map(|(_, _, skill, args)| Matched { skill: skill.clone(), args: args.to_owned() })
+        best.map(|(_, _, skill, args)| Matched {
+            skill: skill.clone(),
+            args: args.to_owned(),
+        })
     }
 
     /// The names of the registered skills, in order.
@@ -191,7 +223,11 @@ impl SkillRegistry {
 }
 
 fn help_triggers() -> Vec<Trigger> {
-    vec![Trigger::Command("help".to_owned()), Trigger::Keyword("help".to_owned()), Trigger::Keyword("帮助".to_owned())]
+    vec![
+        Trigger::Command("help".to_owned()),
+        Trigger::Keyword("help".to_owned()),
+        Trigger::Keyword("帮助".to_owned()),
+    ]
 }
 
 /// Why skills could not be configured.
@@ -222,7 +258,10 @@ impl Skill for Help {
         &self.triggers
     }
     fn answer(&self, _: &SkillInput<'_>, _: &SkillContext) -> SkillReply {
-        SkillReply::text(format!("{}\n- help: this list\n- /new: start a new conversation\n- status: model, queue and uptime", self.text))
+        SkillReply::text(format!(
+            "{}\n- help: this list\n- /new: start a new conversation\n- status: model, queue and uptime",
+            self.text
+        ))
     }
 }
 
@@ -242,7 +281,10 @@ impl Skill for NewSession {
         &self.triggers
     }
     fn answer(&self, _: &SkillInput<'_>, _: &SkillContext) -> SkillReply {
-        SkillReply { text: "Started a new conversation; earlier messages are forgotten.".to_owned(), actions: vec![SkillAction::ResetSession] }
+        SkillReply {
+            text: "Started a new conversation; earlier messages are forgotten.".to_owned(),
+            actions: vec![SkillAction::ResetSession],
+        }
     }
 }
 
@@ -295,10 +337,17 @@ impl Skill for Escalate {
         &self.triggers
     }
     fn answer(&self, input: &SkillInput<'_>, _: &SkillContext) -> SkillReply {
-        let who = if input.sender_nick.is_empty() { input.sender_id } else { input.sender_nick };
+        let who = if input.sender_nick.is_empty() {
+            input.sender_id
+        } else {
+            input.sender_nick
+        };
         SkillReply {
             text: self.reply.clone(),
-            actions: vec![SkillAction::Escalate { to: self.to.clone(), summary: format!("{who} ({}) asks for a person: {}", input.sender_id, input.text) }],
+            actions: vec![SkillAction::Escalate {
+                to: self.to.clone(),
+                summary: format!("{who} ({}) asks for a person: {}", input.sender_id, input.text),
+            }],
         }
     }
 }
@@ -319,12 +368,19 @@ impl Templated {
             triggers.push(match config.trigger {
                 TriggerKind::Command => Trigger::Command(pattern.trim_start_matches('/').to_owned()),
                 TriggerKind::Keyword => Trigger::Keyword(pattern.trim().to_owned()),
-                TriggerKind::Regex => {
-                    Trigger::Regex(Regex::new(pattern).map_err(|e| SkillError::Regex { skill: config.name.clone(), reason: e.to_string() })?)
-                }
+                TriggerKind::Regex => Trigger::Regex(Regex::new(pattern).map_err(|e| SkillError::Regex {
+                    skill: config.name.clone(),
+                    reason: e.to_string(),
+                })?),
             });
         }
-        Ok(Self { name: config.name.clone(), description: config.description.clone(), reply: config.reply.clone(), priority: config.priority, triggers })
+        Ok(Self {
+            name: config.name.clone(),
+            description: config.description.clone(),
+            reply: config.reply.clone(),
+            priority: config.priority,
+            triggers,
+        })
     }
 }
 
@@ -367,7 +423,11 @@ impl SkillSet {
     }
 
     fn build(registry: SkillRegistry, file: Option<PathBuf>) -> Result<Self, SkillError> {
-        Ok(Self { current: RwLock::new(Arc::new(registry)), file, version: watch::channel(0).0 })
+        Ok(Self {
+            current: RwLock::new(Arc::new(registry)),
+            file,
+            version: watch::channel(0).0,
+        })
     }
 
     /// The skill `text` triggers, if any.
@@ -397,7 +457,10 @@ impl SkillSet {
     /// file, nothing changes.
     pub fn reload(&self) -> Result<(), SkillError> {
         let Some(file) = &self.file else { return Ok(()) };
-        let config = crate::config::Config::load_with_env(Some(file), []).map_err(|e| SkillError::Load { path: file.clone(), reason: e.to_string() })?;
+        let config = crate::config::Config::load_with_env(Some(file), []).map_err(|e| SkillError::Load {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
         self.replace(&config.skills)?;
         tracing::info!(file = %file.display(), skills = ?self.registry().names(), "skills reloaded");
         Ok(())
@@ -427,7 +490,9 @@ impl SkillSet {
 }
 
 fn modified(file: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(file).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+    std::fs::metadata(file)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
 #[cfg(test)]

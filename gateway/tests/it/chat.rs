@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{chat_body, post_json, send, shared_app, sse_data, body_text, MODEL_NAME};
+use crate::support::{body_text, chat_body, post_json, send, shared_app, sse_data, MODEL_NAME};
 
 const QUESTION: &str = "What is the capital of France?";
 
@@ -28,9 +28,15 @@ async fn non_streaming_chat_has_openai_shape() {
     let content = choice["message"]["content"].as_str().unwrap();
     assert!(!content.trim().is_empty(), "{body}");
     assert!(choice["logprobs"].is_null());
-    assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()), "{body}");
+    assert!(
+        ["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()),
+        "{body}"
+    );
     let usage = &body["usage"];
-    let (prompt, completion) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
     assert!(prompt > 5 && (1..=24).contains(&completion), "{body}");
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
 }
@@ -45,13 +51,23 @@ async fn greedy_chat_is_deterministic() {
 #[tokio::test]
 async fn streaming_chat_sends_role_deltas_finish_usage_and_done() {
     let request = greedy(json!({"stream": true, "stream_options": {"include_usage": true}}));
-    let response = send(shared_app(), "POST", "/v1/chat/completions", Some("application/json"), request.to_string()).await;
+    let response = send(
+        shared_app(),
+        "POST",
+        "/v1/chat/completions",
+        Some("application/json"),
+        request.to_string(),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let events = sse_data(&body_text(response).await);
 
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     for chunk in &chunks {
         assert!(chunk["id"].as_str().unwrap().starts_with("chatcmpl-"));
         assert_eq!(chunk["id"], chunks[0]["id"], "one id per stream");
@@ -77,7 +93,10 @@ async fn streaming_chat_sends_role_deltas_finish_usage_and_done() {
     // The stream carries the same text and counts as the non-streaming answer.
     let (_, whole) = post_json(shared_app(), "/v1/chat/completions", &greedy(json!({}))).await;
     assert_eq!(streamed, whole["choices"][0]["message"]["content"].as_str().unwrap());
-    assert_eq!(usage_chunk["usage"]["completion_tokens"], whole["usage"]["completion_tokens"]);
+    assert_eq!(
+        usage_chunk["usage"]["completion_tokens"],
+        whole["usage"]["completion_tokens"]
+    );
     assert_eq!(usage_chunk["usage"]["prompt_tokens"], whole["usage"]["prompt_tokens"]);
 }
 
@@ -100,11 +119,20 @@ async fn content_parts_and_system_messages_are_accepted() {
 
 #[tokio::test]
 async fn chat_logprobs_cover_every_token() {
-    let (status, body) =
-        post_json(shared_app(), "/v1/chat/completions", &greedy(json!({"logprobs": true, "top_logprobs": 2, "max_tokens": 6}))).await;
+    let (status, body) = post_json(
+        shared_app(),
+        "/v1/chat/completions",
+        &greedy(json!({"logprobs": true, "top_logprobs": 2, "max_tokens": 6})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let content = body["choices"][0]["logprobs"]["content"].as_array().expect("logprobs.content");
-    assert_eq!(content.len() as u64, body["usage"]["completion_tokens"].as_u64().unwrap());
+    let content = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs.content");
+    assert_eq!(
+        content.len() as u64,
+        body["usage"]["completion_tokens"].as_u64().unwrap()
+    );
     for entry in content {
         assert!(entry["token"].is_string() && entry["bytes"].is_array());
         assert!(entry["logprob"].as_f64().unwrap() <= 0.0);

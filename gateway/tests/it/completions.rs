@@ -35,7 +35,10 @@ async fn prompt_forms_agree() {
     let (_, list) = post_json(shared_app(), "/v1/completions", &ask(json!([PROMPT]))).await;
     assert_eq!(text["choices"][0]["text"], list["choices"][0]["text"]);
 
-    let ids = crate::support::shared_engine().tokenizer().encode(PROMPT, true).unwrap();
+    let ids = crate::support::shared_engine()
+        .tokenizer()
+        .encode(PROMPT, true)
+        .unwrap();
     let (status, tokens) = post_json(shared_app(), "/v1/completions", &ask(json!(ids))).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     assert_eq!(text["choices"][0]["text"], tokens["choices"][0]["text"]);
@@ -45,19 +48,39 @@ async fn prompt_forms_agree() {
 #[tokio::test]
 async fn streaming_completion_matches_non_streaming() {
     let request = json!({"prompt": PROMPT, "max_tokens": 12, "temperature": 0, "stream": true});
-    let response = send(shared_app(), "POST", "/v1/completions", Some("application/json"), request.to_string()).await;
+    let response = send(
+        shared_app(),
+        "POST",
+        "/v1/completions",
+        Some("application/json"),
+        request.to_string(),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let events = sse_data(&body_text(response).await);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     let (last, deltas) = chunks.split_last().unwrap();
     assert!(["stop", "length"].contains(&last["choices"][0]["finish_reason"].as_str().unwrap()));
     assert!(last.get("usage").is_none(), "no usage chunk unless asked");
-    let mut streamed: String = deltas.iter().map(|c| c["choices"][0]["text"].as_str().unwrap()).collect();
+    let mut streamed: String = deltas
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
     streamed.push_str(last["choices"][0]["text"].as_str().unwrap());
-    assert!(deltas.iter().all(|c| c["object"] == "text_completion" && c["choices"][0]["text"] != ""));
+    assert!(deltas
+        .iter()
+        .all(|c| c["object"] == "text_completion" && c["choices"][0]["text"] != ""));
 
-    let (_, whole) = post_json(shared_app(), "/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 12, "temperature": 0})).await;
+    let (_, whole) = post_json(
+        shared_app(),
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 12, "temperature": 0}),
+    )
+    .await;
     assert_eq!(streamed, whole["choices"][0]["text"].as_str().unwrap());
 }
 

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use emulator::dingtalk::{
-    Card, CardStatus, ChatEntry, Conversation, ConversationKind, DingTalkEmulator, EmulatorConfig, FaultCommand, PostedMessage, UserMessage, World,
-    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
+    Card, CardStatus, ChatEntry, Conversation, ConversationKind, DingTalkEmulator, EmulatorConfig, FaultCommand,
+    PostedMessage, UserMessage, World, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
 };
 use gateway::dingtalk::{DingTalkConfig, DingTalkConnector};
 
@@ -20,9 +20,14 @@ pub(crate) const TEMPLATE: &str = "hearth-test-ai-card.schema";
 pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
 
 pub(crate) async fn emulator(tweak: impl FnOnce(&mut EmulatorConfig)) -> DingTalkEmulator {
-    let mut config = EmulatorConfig { ping_interval: Some(Duration::from_millis(200)), ..EmulatorConfig::default() };
+    let mut config = EmulatorConfig {
+        ping_interval: Some(Duration::from_millis(200)),
+        ..EmulatorConfig::default()
+    };
     tweak(&mut config);
-    DingTalkEmulator::start(config, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    DingTalkEmulator::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 pub(crate) fn connector_config(dingtalk: &DingTalkEmulator, db: &Path) -> DingTalkConfig {
@@ -41,7 +46,14 @@ pub(crate) fn connector_config(dingtalk: &DingTalkEmulator, db: &Path) -> DingTa
     }
 }
 
-pub(crate) fn say(dingtalk: &DingTalkEmulator, kind: ConversationKind, conversation: Option<&str>, user: &str, text: &str, at_bot: bool) -> PostedMessage {
+pub(crate) fn say(
+    dingtalk: &DingTalkEmulator,
+    kind: ConversationKind,
+    conversation: Option<&str>,
+    user: &str,
+    text: &str,
+    at_bot: bool,
+) -> PostedMessage {
     dingtalk
         .post_message(UserMessage {
             conversation_type: kind,
@@ -75,7 +87,11 @@ pub(crate) fn answers(cards: &[Card]) -> Vec<Vec<Card>> {
 /// Messages the robot must answer in `conversation`: pushed, and in a group only when they mention it.
 fn to_answer(conversation: &Conversation) -> usize {
     let single = conversation.kind == ConversationKind::Single;
-    conversation.messages.iter().filter(|m| matches!(m, ChatEntry::User { pushed: true, at_bot, .. } if *at_bot || single)).count()
+    conversation
+        .messages
+        .iter()
+        .filter(|m| matches!(m, ChatEntry::User { pushed: true, at_bot, .. } if *at_bot || single))
+        .count()
 }
 
 /// `Some(answered messages)` once every conversation holds exactly one answer (a finished card and any
@@ -88,7 +104,11 @@ pub(crate) fn all_answered(world: &World) -> Option<usize> {
         let pushed = to_answer(&conversation.conversation);
         let cards = &conversation.cards;
         let answers = answers(cards).len();
-        assert!(answers <= pushed, "more answers than messages in {}: {cards:#?}", conversation.conversation.conversation_id);
+        assert!(
+            answers <= pushed,
+            "more answers than messages in {}: {cards:#?}",
+            conversation.conversation.conversation_id
+        );
         if answers < pushed || cards.iter().any(|c| c.status != CardStatus::Finished) {
             return None;
         }
@@ -111,11 +131,24 @@ pub(crate) fn all_settled(world: &World) -> Option<usize> {
     for conversation in &world.conversation_views() {
         let pushed = to_answer(&conversation.conversation);
         let cards = &conversation.cards;
-        let finished = answers(cards).iter().filter(|a| a.iter().all(|c| c.status == CardStatus::Finished)).count();
-        let replies = conversation.conversation.messages.iter().filter(|m| matches!(m, ChatEntry::Robot { .. })).count();
+        let finished = answers(cards)
+            .iter()
+            .filter(|a| a.iter().all(|c| c.status == CardStatus::Finished))
+            .count();
+        let replies = conversation
+            .conversation
+            .messages
+            .iter()
+            .filter(|m| matches!(m, ChatEntry::Robot { .. }))
+            .count();
         let id = &conversation.conversation.conversation_id;
-        assert!(finished + replies <= pushed, "{finished} finished answers and {replies} replies to {pushed} messages in {id}: {cards:#?}");
-        let open = cards.iter().any(|c| !matches!(c.status, CardStatus::Finished | CardStatus::Failed));
+        assert!(
+            finished + replies <= pushed,
+            "{finished} finished answers and {replies} replies to {pushed} messages in {id}: {cards:#?}"
+        );
+        let open = cards
+            .iter()
+            .any(|c| !matches!(c.status, CardStatus::Finished | CardStatus::Failed));
         if open || finished + replies < pushed {
             return None;
         }
@@ -133,18 +166,68 @@ async fn every_message_in_groups_and_chats_gets_exactly_one_finalized_card() {
     // Unmentioned group messages are pushed too, so the connector's own mention rule is what is tested.
     let dingtalk = emulator(|c| c.deliver_unmentioned_group_messages = true).await;
     let dir = tempfile::tempdir().unwrap();
-    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")), shared_models()).await.unwrap();
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    let connector = DingTalkConnector::start(
+        connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")),
+        shared_models(),
+    )
+    .await
+    .unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
 
     let mut posted = vec![
-        say(&dingtalk, ConversationKind::Single, None, "alice", "What is the capital of France?", false),
+        say(
+            &dingtalk,
+            ConversationKind::Single,
+            None,
+            "alice",
+            "What is the capital of France?",
+            false,
+        ),
         say(&dingtalk, ConversationKind::Single, None, "bob", "Say hello.", false),
-        say(&dingtalk, ConversationKind::Group, Some("cidTeamA"), "carol", "Name a color.", true),
-        say(&dingtalk, ConversationKind::Group, Some("cidTeamA"), "dave", "Name a fruit.", true),
-        say(&dingtalk, ConversationKind::Group, Some("cidTeamB"), "erin", "Count to three.", true),
-        say(&dingtalk, ConversationKind::Single, None, "alice", "And of Italy?", false),
+        say(
+            &dingtalk,
+            ConversationKind::Group,
+            Some("cidTeamA"),
+            "carol",
+            "Name a color.",
+            true,
+        ),
+        say(
+            &dingtalk,
+            ConversationKind::Group,
+            Some("cidTeamA"),
+            "dave",
+            "Name a fruit.",
+            true,
+        ),
+        say(
+            &dingtalk,
+            ConversationKind::Group,
+            Some("cidTeamB"),
+            "erin",
+            "Count to three.",
+            true,
+        ),
+        say(
+            &dingtalk,
+            ConversationKind::Single,
+            None,
+            "alice",
+            "And of Italy?",
+            false,
+        ),
     ];
-    let quiet = say(&dingtalk, ConversationKind::Group, Some("cidTeamA"), "frank", "no mention here", false);
+    let quiet = say(
+        &dingtalk,
+        ConversationKind::Group,
+        Some("cidTeamA"),
+        "frank",
+        "no mention here",
+        false,
+    );
     assert!(quiet.pushed);
     let cards = dingtalk.wait_for(PATIENCE, all_answered).await.unwrap();
     assert_eq!(cards, posted.len());
@@ -152,7 +235,10 @@ async fn every_message_in_groups_and_chats_gets_exactly_one_finalized_card() {
     let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
     for message in posted.drain(..) {
-        assert_eq!(outbox.state(&message.msg_id).await.unwrap().as_deref(), Some("answered"));
+        assert_eq!(
+            outbox.state(&message.msg_id).await.unwrap().as_deref(),
+            Some("answered")
+        );
     }
     assert_eq!(outbox.state(&quiet.msg_id).await.unwrap().as_deref(), Some("ignored"));
     assert_eq!(dingtalk.inspect(|w| w.stats().unacked), 0, "every push was ACKed");
@@ -173,26 +259,70 @@ async fn faulty_emulator() -> DingTalkEmulator {
 async fn cards_survive_disconnect_notices_zombie_sockets_and_429_storms() {
     let dingtalk = faulty_emulator().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = DingTalkConfig { idle_timeout_secs: 1, ..connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")) };
+    let config = DingTalkConfig {
+        idle_timeout_secs: 1,
+        ..connector_config(&dingtalk, &dir.path().join("outbox.sqlite3"))
+    };
     let connector = DingTalkConnector::start(config, shared_models()).await.unwrap();
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
 
     // A fifth of card updates fail with 429.
-    dingtalk.fault(FaultCommand::CardUpdateFailures { fraction: 0.2, status: 429 }).unwrap();
+    dingtalk
+        .fault(FaultCommand::CardUpdateFailures {
+            fraction: 0.2,
+            status: 429,
+        })
+        .unwrap();
     let mut expected = 0;
     for (i, user) in ["u1", "u2", "u3", "u4"].iter().enumerate() {
         let group = format!("cidStorm{}", i % 2);
-        say(&dingtalk, ConversationKind::Group, Some(&group), user, "Tell me a short fact.", true);
+        say(
+            &dingtalk,
+            ConversationKind::Group,
+            Some(&group),
+            user,
+            "Tell me a short fact.",
+            true,
+        );
         expected += 1;
     }
     assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), expected);
-    let rejected: u32 = dingtalk.inspect(|w| w.conversation_ids().iter().flat_map(|id| w.cards_in(id)).map(|c| c.rejected_calls).sum());
+    let rejected: u32 = dingtalk.inspect(|w| {
+        w.conversation_ids()
+            .iter()
+            .flat_map(|id| w.cards_in(id))
+            .map(|c| c.rejected_calls)
+            .sum()
+    });
     assert!(rejected > 0, "the 429 storm hit some card calls");
 
     // A disconnect notice: the connector opens a new connection and keeps answering.
-    assert_eq!(dingtalk.fault(FaultCommand::Disconnect { connection: None, reason: None }).unwrap(), 1);
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().connections_opened >= 2 && w.stats().live_connections == 1).then_some(())).await.unwrap();
-    say(&dingtalk, ConversationKind::Single, None, "after-disconnect", "Hello again.", false);
+    assert_eq!(
+        dingtalk
+            .fault(FaultCommand::Disconnect {
+                connection: None,
+                reason: None
+            })
+            .unwrap(),
+        1
+    );
+    dingtalk
+        .wait_for(PATIENCE, |w| {
+            (w.stats().connections_opened >= 2 && w.stats().live_connections == 1).then_some(())
+        })
+        .await
+        .unwrap();
+    say(
+        &dingtalk,
+        ConversationKind::Single,
+        None,
+        "after-disconnect",
+        "Hello again.",
+        false,
+    );
     expected += 1;
     assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), expected);
 
@@ -200,12 +330,32 @@ async fn cards_survive_disconnect_notices_zombie_sockets_and_429_storms() {
     // redelivers the un-ACKed push.
     let opened = dingtalk.inspect(|w| w.stats().connections_opened);
     assert_eq!(dingtalk.fault(FaultCommand::Zombie { connection: None }).unwrap(), 1);
-    say(&dingtalk, ConversationKind::Single, None, "during-zombie", "Are you there?", false);
-    say(&dingtalk, ConversationKind::Group, Some("cidZombie"), "z2", "Still there?", true);
+    say(
+        &dingtalk,
+        ConversationKind::Single,
+        None,
+        "during-zombie",
+        "Are you there?",
+        false,
+    );
+    say(
+        &dingtalk,
+        ConversationKind::Group,
+        Some("cidZombie"),
+        "z2",
+        "Still there?",
+        true,
+    );
     expected += 2;
     assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), expected);
-    assert!(dingtalk.inspect(|w| w.stats().connections_opened) > opened, "the zombie was replaced");
-    assert!(dingtalk.inspect(|w| w.stats().redeliveries) >= 1, "the lost pushes were redelivered");
+    assert!(
+        dingtalk.inspect(|w| w.stats().connections_opened) > opened,
+        "the zombie was replaced"
+    );
+    assert!(
+        dingtalk.inspect(|w| w.stats().redeliveries) >= 1,
+        "the lost pushes were redelivered"
+    );
 
     connector.shutdown(Duration::from_secs(5)).await;
     dingtalk.shutdown().await.unwrap();
@@ -220,20 +370,61 @@ async fn every_push_delivered_twice_is_answered_once_on_one_or_two_connections()
     // on different connections, and the outbox's dedupe decides which answers.
     let first = DingTalkConnector::start(config.clone(), shared_models()).await.unwrap();
     let second = DingTalkConnector::start(config, shared_models()).await.unwrap();
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 2).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 2).then_some(()))
+        .await
+        .unwrap();
     dingtalk.fault(FaultCommand::DuplicatePushes { fraction: 1.0 }).unwrap();
     let mut posted = vec![
-        say(&dingtalk, ConversationKind::Single, None, "dup1", "Say one word.", false),
-        say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup2", "Name a color.", true),
-        say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup3", "Name a fruit.", true),
+        say(
+            &dingtalk,
+            ConversationKind::Single,
+            None,
+            "dup1",
+            "Say one word.",
+            false,
+        ),
+        say(
+            &dingtalk,
+            ConversationKind::Group,
+            Some("cidDup"),
+            "dup2",
+            "Name a color.",
+            true,
+        ),
+        say(
+            &dingtalk,
+            ConversationKind::Group,
+            Some("cidDup"),
+            "dup3",
+            "Name a fruit.",
+            true,
+        ),
     ];
     assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), 3);
     second.shutdown(Duration::from_secs(30)).await;
 
     // One connection: both copies arrive on it.
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
-    posted.push(say(&dingtalk, ConversationKind::Single, None, "dup1", "Say another word.", false));
-    posted.push(say(&dingtalk, ConversationKind::Group, Some("cidDup"), "dup4", "Name a city.", true));
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
+    posted.push(say(
+        &dingtalk,
+        ConversationKind::Single,
+        None,
+        "dup1",
+        "Say another word.",
+        false,
+    ));
+    posted.push(say(
+        &dingtalk,
+        ConversationKind::Group,
+        Some("cidDup"),
+        "dup4",
+        "Name a city.",
+        true,
+    ));
     assert_eq!(dingtalk.wait_for(PATIENCE, all_answered).await.unwrap(), 5);
     let outbox = first.outbox().clone();
     let audit = first.audit().clone();
@@ -243,9 +434,16 @@ async fn every_push_delivered_twice_is_answered_once_on_one_or_two_connections()
     let stats = dingtalk.inspect(|w| w.stats());
     assert!(stats.duplicate_pushes >= 5, "every message was pushed twice: {stats:?}");
     for message in &posted {
-        assert_eq!(outbox.state(&message.msg_id).await.unwrap().as_deref(), Some("answered"));
+        assert_eq!(
+            outbox.state(&message.msg_id).await.unwrap().as_deref(),
+            Some("answered")
+        );
     }
-    assert_eq!(audit.records(0).await.unwrap().len(), 5, "one answer each, across both connectors");
+    assert_eq!(
+        audit.records(0).await.unwrap().len(),
+        5,
+        "one answer each, across both connectors"
+    );
     dingtalk.shutdown().await.unwrap();
 }
 
@@ -253,8 +451,18 @@ async fn every_push_delivered_twice_is_answered_once_on_one_or_two_connections()
 fn spawn_hearth(dingtalk: &DingTalkEmulator, db: &Path) -> Child {
     serve(Stdio::null(), |command| {
         command
-            .args(["--dingtalk-app-key", DEFAULT_CLIENT_ID, "--dingtalk-app-secret", DEFAULT_CLIENT_SECRET])
-            .args(["--dingtalk-card-template-id", TEMPLATE, "--dingtalk-api-base-url", &dingtalk.base_url()])
+            .args([
+                "--dingtalk-app-key",
+                DEFAULT_CLIENT_ID,
+                "--dingtalk-app-secret",
+                DEFAULT_CLIENT_SECRET,
+            ])
+            .args([
+                "--dingtalk-card-template-id",
+                TEMPLATE,
+                "--dingtalk-api-base-url",
+                &dingtalk.base_url(),
+            ])
             .arg("--dingtalk-database")
             .arg(db)
     })
@@ -270,9 +478,15 @@ fn spawn_hearth_configured(config: &DingTalkConfig, dir: &Path, log: &Path) -> C
 
 fn serve(stderr: Stdio, dingtalk: impl FnOnce(&mut Command) -> &mut Command) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
-    command.args(["serve", "--port", "0", "--ctx-size", "1024", "--model"]).arg(model_path());
+    command
+        .args(["serve", "--port", "0", "--ctx-size", "1024", "--model"])
+        .arg(model_path());
     dingtalk(&mut command);
-    command.stdout(Stdio::null()).stderr(stderr).spawn().expect("the hearth binary starts")
+    command
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("the hearth binary starts")
 }
 
 /// The last lines of a child's log, for failure messages.
@@ -288,14 +502,38 @@ async fn after_kill_9_every_accepted_message_is_finished_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("outbox.sqlite3");
     let mut first = spawn_hearth(&dingtalk, &db);
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
 
     // Slow card calls, so the answers are mid-flight when the process dies.
     dingtalk.fault(FaultCommand::Slow { millis: 400 }).unwrap();
     let posted = [
-        say(&dingtalk, ConversationKind::Single, None, "kim", "Write a sentence about the sea.", false),
-        say(&dingtalk, ConversationKind::Single, None, "lee", "Write a sentence about the sky.", false),
-        say(&dingtalk, ConversationKind::Group, Some("cidCrash"), "max", "Write a sentence about trees.", true),
+        say(
+            &dingtalk,
+            ConversationKind::Single,
+            None,
+            "kim",
+            "Write a sentence about the sea.",
+            false,
+        ),
+        say(
+            &dingtalk,
+            ConversationKind::Single,
+            None,
+            "lee",
+            "Write a sentence about the sky.",
+            false,
+        ),
+        say(
+            &dingtalk,
+            ConversationKind::Group,
+            Some("cidCrash"),
+            "max",
+            "Write a sentence about trees.",
+            true,
+        ),
     ];
     dingtalk
         .wait_for(PATIENCE, |w| {
@@ -305,10 +543,19 @@ async fn after_kill_9_every_accepted_message_is_finished_exactly_once() {
         })
         .await
         .unwrap();
-    let finished_before = dingtalk.inspect(|w| w.conversation_ids().iter().flat_map(|id| w.cards_in(id)).filter(|c| c.status == CardStatus::Finished).count());
+    let finished_before = dingtalk.inspect(|w| {
+        w.conversation_ids()
+            .iter()
+            .flat_map(|id| w.cards_in(id))
+            .filter(|c| c.status == CardStatus::Finished)
+            .count()
+    });
     first.kill().expect("SIGKILL");
     first.wait().unwrap();
-    assert!(finished_before < posted.len(), "the process died with answers in flight");
+    assert!(
+        finished_before < posted.len(),
+        "the process died with answers in flight"
+    );
 
     dingtalk.fault(FaultCommand::Clear).unwrap();
     let mut second = spawn_hearth(&dingtalk, &db);
@@ -322,7 +569,11 @@ async fn after_kill_9_every_accepted_message_is_finished_exactly_once() {
 
 /// Every card the platform holds.
 fn all_cards(world: &World) -> Vec<Card> {
-    world.conversation_ids().iter().flat_map(|id| world.cards_in(id)).collect()
+    world
+        .conversation_ids()
+        .iter()
+        .flat_map(|id| world.cards_in(id))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,47 +581,110 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
     let dingtalk = faulty_emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("outbox.sqlite3");
-    let config = DingTalkConfig { idle_timeout_secs: 1, ..connector_config(&dingtalk, &db) };
+    let config = DingTalkConfig {
+        idle_timeout_secs: 1,
+        ..connector_config(&dingtalk, &db)
+    };
     let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
     let mut hearth = spawn_hearth_configured(&config, dir.path(), &first_log);
     let expect_first = |what: &str| format!("{what}; first hearth's log:\n{}", log_tail(&first_log));
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap_or_else(|e| panic!("{e}: {}", expect_first("connected")));
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", expect_first("connected")));
 
     // A fifth of card updates fail with 429 for the whole run.
-    let storm = FaultCommand::CardUpdateFailures { fraction: 0.2, status: 429 };
+    let storm = FaultCommand::CardUpdateFailures {
+        fraction: 0.2,
+        status: 429,
+    };
     dingtalk.fault(storm.clone()).unwrap();
     let mut posted = Vec::new();
     for (i, user) in ["s1", "s2", "s3"].iter().enumerate() {
         posted.push(if i == 0 {
             say(&dingtalk, ConversationKind::Single, None, user, "Name a color.", false)
         } else {
-            say(&dingtalk, ConversationKind::Group, Some("cidRun"), user, "Name a fruit.", true)
+            say(
+                &dingtalk,
+                ConversationKind::Group,
+                Some("cidRun"),
+                user,
+                "Name a fruit.",
+                true,
+            )
         });
     }
     // A disconnect notice while those are answered: the connector moves to a new connection.
-    assert_eq!(dingtalk.fault(FaultCommand::Disconnect { connection: None, reason: None }).unwrap(), 1);
+    assert_eq!(
+        dingtalk
+            .fault(FaultCommand::Disconnect {
+                connection: None,
+                reason: None
+            })
+            .unwrap(),
+        1
+    );
     let moved = |w: &World| (w.stats().connections_opened >= 2 && w.stats().live_connections == 1).then_some(());
-    dingtalk.wait_for(PATIENCE, moved).await.unwrap_or_else(|e| panic!("{e}: {}", expect_first("reconnected after the disconnect notice")));
+    dingtalk
+        .wait_for(PATIENCE, moved)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", expect_first("reconnected after the disconnect notice")));
 
     // A zombie swallows the next pushes until the connector notices the silence and reconnects; the
     // platform redelivers them.
     assert_eq!(dingtalk.fault(FaultCommand::Zombie { connection: None }).unwrap(), 1);
-    posted.push(say(&dingtalk, ConversationKind::Single, None, "z1", "Say hello.", false));
-    posted.push(say(&dingtalk, ConversationKind::Group, Some("cidRun"), "z2", "Name an animal.", true));
+    posted.push(say(
+        &dingtalk,
+        ConversationKind::Single,
+        None,
+        "z1",
+        "Say hello.",
+        false,
+    ));
+    posted.push(say(
+        &dingtalk,
+        ConversationKind::Group,
+        Some("cidRun"),
+        "z2",
+        "Name an animal.",
+        true,
+    ));
     let count = posted.len() as u64;
     let replaced = |w: &World| (w.stats().connections_opened >= 3 && w.stats().callbacks_acked == count).then_some(());
-    dingtalk.wait_for(PATIENCE, replaced).await.unwrap_or_else(|e| panic!("{e}: {}", expect_first("the zombie was replaced")));
+    dingtalk
+        .wait_for(PATIENCE, replaced)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", expect_first("the zombie was replaced")));
 
     // Slow card calls keep the next answers in flight: SIGKILL once every push is ACKed and a card is open.
     dingtalk.fault(FaultCommand::Slow { millis: 400 }).unwrap();
-    posted.push(say(&dingtalk, ConversationKind::Single, None, "k1", "Write a sentence about the sea.", false));
-    posted.push(say(&dingtalk, ConversationKind::Group, Some("cidCrash"), "k2", "Write a sentence about trees.", true));
+    posted.push(say(
+        &dingtalk,
+        ConversationKind::Single,
+        None,
+        "k1",
+        "Write a sentence about the sea.",
+        false,
+    ));
+    posted.push(say(
+        &dingtalk,
+        ConversationKind::Group,
+        Some("cidCrash"),
+        "k2",
+        "Write a sentence about trees.",
+        true,
+    ));
     let count = posted.len() as u64;
     let in_flight = |w: &World| {
-        let open = all_cards(w).iter().any(|c| !matches!(c.status, CardStatus::Finished | CardStatus::Failed));
+        let open = all_cards(w)
+            .iter()
+            .any(|c| !matches!(c.status, CardStatus::Finished | CardStatus::Failed));
         (w.stats().callbacks_acked == count && open).then_some(())
     };
-    dingtalk.wait_for(PATIENCE, in_flight).await.unwrap_or_else(|e| panic!("{e}: {}", expect_first("answers in flight")));
+    dingtalk
+        .wait_for(PATIENCE, in_flight)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", expect_first("answers in flight")));
     hearth.kill().expect("SIGKILL");
     hearth.wait().unwrap();
     let finished = dingtalk.inspect(|w| all_cards(w).iter().filter(|c| c.status == CardStatus::Finished).count());
@@ -383,22 +697,44 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
     let mut hearth = spawn_hearth_configured(&config, dir.path(), &second_log);
     let expect_second = |what: &str| format!("{what}; second hearth's log:\n{}", log_tail(&second_log));
     let back = |w: &World| (w.stats().connections_opened > opened && w.stats().live_connections == 1).then_some(());
-    dingtalk.wait_for(PATIENCE, back).await.unwrap_or_else(|e| panic!("{e}: {}", expect_second("reconnected after the restart")));
-    posted.push(say(&dingtalk, ConversationKind::Single, None, "s1", "Name a number.", false));
+    dingtalk
+        .wait_for(PATIENCE, back)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", expect_second("reconnected after the restart")));
+    posted.push(say(
+        &dingtalk,
+        ConversationKind::Single,
+        None,
+        "s1",
+        "Name a number.",
+        false,
+    ));
     let settled = dingtalk.wait_for(PATIENCE, all_settled).await;
     let _ = Command::new("kill").args(["-TERM", &hearth.id().to_string()]).status();
     let status = hearth.wait().unwrap();
-    assert_eq!(settled.unwrap_or_else(|e| panic!("{e}: {}", expect_second("every message settled"))), posted.len());
+    assert_eq!(
+        settled.unwrap_or_else(|e| panic!("{e}: {}", expect_second("every message settled"))),
+        posted.len()
+    );
     assert!(status.success(), "hearth serve exits cleanly on SIGTERM: {status:?}");
 
-    assert_eq!(dingtalk.inspect(all_settled), Some(posted.len()), "nothing was answered twice afterwards");
-    let (stats, rejected) = dingtalk.inspect(|w| (w.stats(), all_cards(w).iter().map(|c| c.rejected_calls).sum::<u32>()));
+    assert_eq!(
+        dingtalk.inspect(all_settled),
+        Some(posted.len()),
+        "nothing was answered twice afterwards"
+    );
+    let (stats, rejected) =
+        dingtalk.inspect(|w| (w.stats(), all_cards(w).iter().map(|c| c.rejected_calls).sum::<u32>()));
     assert!(rejected > 0, "the 429 storm hit some card calls");
     assert!(stats.disconnects_sent >= 1 && stats.redeliveries >= 1, "{stats:?}");
     let outbox = gateway::dingtalk::Outbox::open(&db, DEFAULT_CLIENT_ID).unwrap();
     for message in &posted {
         let state = outbox.state(&message.msg_id).await.unwrap();
-        assert!(matches!(state.as_deref(), Some("answered" | "answered_markdown")), "{}: {state:?}", message.msg_id);
+        assert!(
+            matches!(state.as_deref(), Some("answered" | "answered_markdown")),
+            "{}: {state:?}",
+            message.msg_id
+        );
     }
     dingtalk.shutdown().await.unwrap();
 }
@@ -425,45 +761,104 @@ async fn refused_card_permissions_fall_back_to_markdown_once() {
     // are expired too, so the first call also exercises refresh-and-retry.
     let dingtalk = emulator(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("a.sqlite3")), shared_models()).await.unwrap();
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
+    let connector = DingTalkConnector::start(
+        connector_config(&dingtalk, &dir.path().join("a.sqlite3")),
+        shared_models(),
+    )
+    .await
+    .unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
     // One normal answer first, so the connector holds a token when they expire.
     say(&dingtalk, ConversationKind::Single, None, "warmup", "Hi.", false);
     dingtalk.wait_for(PATIENCE, all_answered).await.unwrap();
-    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_STREAMING.to_owned() }).unwrap();
+    dingtalk
+        .fault(FaultCommand::RevokePermission {
+            permission: emulator::dingtalk::PERM_CARD_STREAMING.to_owned(),
+        })
+        .unwrap();
     dingtalk.fault(FaultCommand::ExpireTokens).unwrap();
-    let asked = say(&dingtalk, ConversationKind::Single, None, "nina", "What is two plus two?", false);
+    let asked = say(
+        &dingtalk,
+        ConversationKind::Single,
+        None,
+        "nina",
+        "What is two plus two?",
+        false,
+    );
     let sent = dingtalk
-        .wait_for(PATIENCE, |w| Some(robot_messages(w, &asked.conversation_id, "sessionWebhook")).filter(|m| !m.is_empty()))
+        .wait_for(PATIENCE, |w| {
+            Some(robot_messages(w, &asked.conversation_id, "sessionWebhook")).filter(|m| !m.is_empty())
+        })
         .await
         .unwrap();
     // The status page names the refused permission.
     let health = connector.health().view();
-    let missing: Vec<&str> = health.missing_permissions.iter().map(|m| m.permission.as_str()).collect();
+    let missing: Vec<&str> = health
+        .missing_permissions
+        .iter()
+        .map(|m| m.permission.as_str())
+        .collect();
     assert_eq!((health.status, missing), ("degraded", vec!["Card.Streaming.Write"]));
-    assert!(health.last_problem.unwrap().message.contains("lacks the `Card.Streaming.Write` permission"));
+    assert!(health
+        .last_problem
+        .unwrap()
+        .message
+        .contains("lacks the `Card.Streaming.Write` permission"));
     let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
     assert_eq!(sent.len(), 1);
     assert!(!sent[0].trim().is_empty());
-    assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
-    assert!(dingtalk.inspect(|w| w.stats().tokens_issued) >= 2, "the expired token was replaced");
+    assert_eq!(
+        outbox.state(&asked.msg_id).await.unwrap().as_deref(),
+        Some("answered_markdown")
+    );
+    assert!(
+        dingtalk.inspect(|w| w.stats().tokens_issued) >= 2,
+        "the expired token was replaced"
+    );
     dingtalk.shutdown().await.unwrap();
 
     // Card creation refused (Card.Instance.Write) and the sessionWebhook about to expire: the robot send API.
     let dingtalk = emulator(|c| c.session_webhook_ttl = Duration::from_secs(1)).await;
-    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("b.sqlite3")), shared_models()).await.unwrap();
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
-    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_INSTANCE.to_owned() }).unwrap();
-    let asked = say(&dingtalk, ConversationKind::Group, Some("cidNoCards"), "omar", "Name a planet.", true);
+    let connector = DingTalkConnector::start(
+        connector_config(&dingtalk, &dir.path().join("b.sqlite3")),
+        shared_models(),
+    )
+    .await
+    .unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
+    dingtalk
+        .fault(FaultCommand::RevokePermission {
+            permission: emulator::dingtalk::PERM_CARD_INSTANCE.to_owned(),
+        })
+        .unwrap();
+    let asked = say(
+        &dingtalk,
+        ConversationKind::Group,
+        Some("cidNoCards"),
+        "omar",
+        "Name a planet.",
+        true,
+    );
     let sent = dingtalk
-        .wait_for(PATIENCE, |w| Some(robot_messages(w, "cidNoCards", "robotApi")).filter(|m| !m.is_empty()))
+        .wait_for(PATIENCE, |w| {
+            Some(robot_messages(w, "cidNoCards", "robotApi")).filter(|m| !m.is_empty())
+        })
         .await
         .unwrap();
     let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
     assert_eq!(sent.len(), 1);
-    assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
+    assert_eq!(
+        outbox.state(&asked.msg_id).await.unwrap().as_deref(),
+        Some("answered_markdown")
+    );
     assert!(dingtalk.inspect(|w| w.cards_in("cidNoCards").is_empty()));
     dingtalk.shutdown().await.unwrap();
 }
@@ -473,19 +868,34 @@ async fn a_throttled_session_webhook_hands_the_fallback_to_the_robot_send_api() 
     // Two webhook messages a minute per robot; card creation refused, so every answer is a fallback.
     let dingtalk = emulator(|c| c.webhook_messages_per_minute = 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let connector = DingTalkConnector::start(connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")), shared_models()).await.unwrap();
-    dingtalk.wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(())).await.unwrap();
-    dingtalk.fault(FaultCommand::RevokePermission { permission: emulator::dingtalk::PERM_CARD_INSTANCE.to_owned() }).unwrap();
+    let connector = DingTalkConnector::start(
+        connector_config(&dingtalk, &dir.path().join("outbox.sqlite3")),
+        shared_models(),
+    )
+    .await
+    .unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
+    dingtalk
+        .fault(FaultCommand::RevokePermission {
+            permission: emulator::dingtalk::PERM_CARD_INSTANCE.to_owned(),
+        })
+        .unwrap();
     let mut posted = Vec::new();
     let mut routes = Vec::new();
     for user in ["w1", "w2", "w3", "w4"] {
         // `help` is a built-in skill: a fixed answer, no model.
         let asked = say(&dingtalk, ConversationKind::Single, None, user, "help", false);
         let via = |w: &World| {
-            w.conversation(&asked.conversation_id)?.messages.iter().find_map(|m| match m {
-                ChatEntry::Robot { via, .. } => Some(via.clone()),
-                _ => None,
-            })
+            w.conversation(&asked.conversation_id)?
+                .messages
+                .iter()
+                .find_map(|m| match m {
+                    ChatEntry::Robot { via, .. } => Some(via.clone()),
+                    _ => None,
+                })
         };
         routes.push(dingtalk.wait_for(PATIENCE, via).await.unwrap());
         posted.push(asked);
@@ -493,16 +903,32 @@ async fn a_throttled_session_webhook_hands_the_fallback_to_the_robot_send_api() 
     let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
     assert_eq!(routes, ["sessionWebhook", "sessionWebhook", "robotApi", "robotApi"]);
-    assert_eq!(dingtalk.inspect(|w| w.stats().webhooks_throttled), 1, "once throttled, the connector leaves the webhooks alone");
+    assert_eq!(
+        dingtalk.inspect(|w| w.stats().webhooks_throttled),
+        1,
+        "once throttled, the connector leaves the webhooks alone"
+    );
     for asked in &posted {
-        let replies = dingtalk.inspect(|w| [robot_messages(w, &asked.conversation_id, "sessionWebhook"), robot_messages(w, &asked.conversation_id, "robotApi")].concat());
+        let replies = dingtalk.inspect(|w| {
+            [
+                robot_messages(w, &asked.conversation_id, "sessionWebhook"),
+                robot_messages(w, &asked.conversation_id, "robotApi"),
+            ]
+            .concat()
+        });
         assert_eq!(replies.len(), 1, "one reply each");
-        assert_eq!(outbox.state(&asked.msg_id).await.unwrap().as_deref(), Some("answered_markdown"));
+        assert_eq!(
+            outbox.state(&asked.msg_id).await.unwrap().as_deref(),
+            Some("answered_markdown")
+        );
     }
     dingtalk.shutdown().await.unwrap();
 }
 
 /// The shared engine behind a router, as `hearth serve` hands it to the connector.
 pub(crate) fn shared_models() -> std::sync::Arc<gateway::routing::ModelRouter> {
-    std::sync::Arc::new(gateway::routing::ModelRouter::single(crate::support::MODEL_NAME, shared_engine()))
+    std::sync::Arc::new(gateway::routing::ModelRouter::single(
+        crate::support::MODEL_NAME,
+        shared_engine(),
+    ))
 }

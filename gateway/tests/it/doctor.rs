@@ -30,14 +30,23 @@ fn stdout(output: &Output) -> String {
 
 /// A port nobody listens on right now.
 fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
 }
 
 #[test]
 fn a_healthy_setup_passes() {
     let dir = tempfile::tempdir().unwrap();
     let model = model_path();
-    let output = doctor(dir.path(), 0o600, &["--model", model.to_str().unwrap(), "--port", &free_port()]);
+    let output = doctor(
+        dir.path(),
+        0o600,
+        &["--model", model.to_str().unwrap(), "--port", &free_port()],
+    );
     let report = stdout(&output);
     assert!(output.status.success(), "{report}");
     assert!(report.contains("all checks passed"), "{report}");
@@ -50,10 +59,17 @@ fn a_truncated_model_fails() {
     let whole = fs::read(model_path()).unwrap();
     let cut = dir.path().join("cut.gguf");
     fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
-    let output = doctor(dir.path(), 0o600, &["--model", cut.to_str().unwrap(), "--port", &free_port()]);
+    let output = doctor(
+        dir.path(),
+        0o600,
+        &["--model", cut.to_str().unwrap(), "--port", &free_port()],
+    );
     let report = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{report}");
-    assert!(report.contains("FAIL  model") && report.contains("is truncated"), "{report}");
+    assert!(
+        report.contains("FAIL  model") && report.contains("is truncated"),
+        "{report}"
+    );
     assert!(report.contains("cut.gguf"), "names the file: {report}");
 }
 
@@ -61,10 +77,17 @@ fn a_truncated_model_fails() {
 fn a_config_readable_by_others_fails() {
     let dir = tempfile::tempdir().unwrap();
     let model = model_path();
-    let output = doctor(dir.path(), 0o644, &["--model", model.to_str().unwrap(), "--port", &free_port()]);
+    let output = doctor(
+        dir.path(),
+        0o644,
+        &["--model", model.to_str().unwrap(), "--port", &free_port()],
+    );
     let report = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{report}");
-    assert!(report.contains("readable by other users (mode 0644)") && report.contains("chmod 600"), "{report}");
+    assert!(
+        report.contains("readable by other users (mode 0644)") && report.contains("chmod 600"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -72,13 +95,27 @@ fn a_missing_cpu_feature_fails() {
     let dir = tempfile::tempdir().unwrap();
     let cpuinfo = dir.path().join("cpuinfo");
     // An x86-64-v2 machine: SSE4.2 and AVX, but no AVX2, FMA, F16C or BMI.
-    fs::write(&cpuinfo, "processor\t: 0\nflags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt avx movbe\n").unwrap();
+    fs::write(
+        &cpuinfo,
+        "processor\t: 0\nflags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt avx movbe\n",
+    )
+    .unwrap();
     let model = model_path();
-    let args = ["--model", model.to_str().unwrap(), "--port", &free_port(), "--cpuinfo", cpuinfo.to_str().unwrap()];
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "--port",
+        &free_port(),
+        "--cpuinfo",
+        cpuinfo.to_str().unwrap(),
+    ];
     let output = doctor(dir.path(), 0o600, &args);
     let report = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{report}");
-    assert!(report.contains("this CPU lacks AVX2, FMA, F16C, BMI1, BMI2"), "{report}");
+    assert!(
+        report.contains("this CPU lacks AVX2, FMA, F16C, BMI1, BMI2"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -87,22 +124,41 @@ fn a_port_in_use_fails() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let model = model_path();
-    let output = doctor(dir.path(), 0o600, &["--model", model.to_str().unwrap(), "--port", &port]);
+    let output = doctor(
+        dir.path(),
+        0o600,
+        &["--model", model.to_str().unwrap(), "--port", &port],
+    );
     let report = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{report}");
-    assert!(report.contains(&format!("127.0.0.1:{port} is already in use")), "{report}");
+    assert!(
+        report.contains(&format!("127.0.0.1:{port} is already in use")),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn im_credentials_and_permissions_are_checked_with_the_platform() {
-    use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig, FaultCommand, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
-    let dingtalk = DingTalkEmulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    use emulator::dingtalk::{
+        DingTalkEmulator, EmulatorConfig, FaultCommand, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
+    };
+    let dingtalk = DingTalkEmulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let model = model_path();
     // Accepted; refused; accepted but without the streaming permission.
-    for (secret, accepted, revoke) in [(DEFAULT_CLIENT_SECRET, true, false), ("a-wrong-secret", false, false), (DEFAULT_CLIENT_SECRET, false, true)] {
+    for (secret, accepted, revoke) in [
+        (DEFAULT_CLIENT_SECRET, true, false),
+        ("a-wrong-secret", false, false),
+        (DEFAULT_CLIENT_SECRET, false, true),
+    ] {
         if revoke {
-            dingtalk.fault(FaultCommand::RevokePermission { permission: "Card.Streaming.Write".to_owned() }).unwrap();
+            dingtalk
+                .fault(FaultCommand::RevokePermission {
+                    permission: "Card.Streaming.Write".to_owned(),
+                })
+                .unwrap();
         }
         let config = dir.path().join("hearth.toml");
         let text = format!(
@@ -112,10 +168,22 @@ async fn im_credentials_and_permissions_are_checked_with_the_platform() {
         );
         fs::write(&config, text).unwrap();
         fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
-        let args = ["doctor".to_owned(), "--model".to_owned(), model.to_str().unwrap().to_owned(), "--port".to_owned(), free_port()];
+        let args = [
+            "doctor".to_owned(),
+            "--model".to_owned(),
+            model.to_str().unwrap().to_owned(),
+            "--port".to_owned(),
+            free_port(),
+        ];
         // The emulator answers on the runtime's other thread while this one waits for the process.
         let output = tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_hearth")).arg("--config").arg(&config).args(args).env_remove("HEARTH_MODEL").output().unwrap()
+            Command::new(env!("CARGO_BIN_EXE_hearth"))
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .env_remove("HEARTH_MODEL")
+                .output()
+                .unwrap()
         })
         .await
         .unwrap();
@@ -124,12 +192,22 @@ async fn im_credentials_and_permissions_are_checked_with_the_platform() {
             assert!(output.status.success(), "{report}");
             assert!(report.contains("ok    im       DingTalk accepts app"), "{report}");
             for permission in ["Card.Instance.Write", "Card.Streaming.Write", "qyapi_robot_sendmsg"] {
-                assert!(report.contains(&format!("ok    im       DingTalk grants the `{permission}` permission")), "{report}");
+                assert!(
+                    report.contains(&format!("ok    im       DingTalk grants the `{permission}` permission")),
+                    "{report}"
+                );
             }
         } else if revoke {
             assert_eq!(output.status.code(), Some(1), "{report}");
-            assert!(report.contains("FAIL  im       DingTalk refuses the `Card.Streaming.Write` permission: grant it to app"), "{report}");
-            assert!(report.contains("ok    im       DingTalk grants the `Card.Instance.Write` permission"), "{report}");
+            assert!(
+                report
+                    .contains("FAIL  im       DingTalk refuses the `Card.Streaming.Write` permission: grant it to app"),
+                "{report}"
+            );
+            assert!(
+                report.contains("ok    im       DingTalk grants the `Card.Instance.Write` permission"),
+                "{report}"
+            );
         } else {
             assert_eq!(output.status.code(), Some(1), "{report}");
             assert!(report.contains("FAIL  im       DingTalk app"), "{report}");

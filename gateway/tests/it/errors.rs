@@ -33,7 +33,11 @@ async fn wrong_types_are_400_naming_the_field() {
     check_rejected(json!({"temperature": "hot"}), "temperature").await;
     check_rejected(json!({"max_tokens": -1}), "max_tokens").await;
     check_rejected(json!({"stream": "yes"}), "stream").await;
-    check_rejected(json!({"messages": [{"role": "user", "content": 42}]}), "messages[0].content").await;
+    check_rejected(
+        json!({"messages": [{"role": "user", "content": 42}]}),
+        "messages[0].content",
+    )
+    .await;
     check_rejected(json!({"messages": "hi"}), "messages").await;
     check_rejected(json!({"messages": []}), "messages").await;
 }
@@ -41,14 +45,24 @@ async fn wrong_types_are_400_naming_the_field() {
 #[tokio::test]
 async fn malformed_json_is_400_in_openai_shape() {
     for body in ["{\"messages\": [", "not json", "", "{\"messages\": []} trailing"] {
-        let response = send(shared_app(), "POST", "/v1/chat/completions", Some("application/json"), body).await;
+        let response = send(
+            shared_app(),
+            "POST",
+            "/v1/chat/completions",
+            Some("application/json"),
+            body,
+        )
+        .await;
         let status = response.status();
         let error = body_json(response).await;
         assert_openai_error(status, &error, StatusCode::BAD_REQUEST, None);
     }
     let (status, error) = post_json(shared_app(), "/v1/chat/completions", &json!({"temperature": 0})).await;
     assert_openai_error(status, &error, StatusCode::BAD_REQUEST, None);
-    assert!(error["error"]["message"].as_str().unwrap().contains("messages"), "{error}");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("messages"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -57,7 +71,12 @@ async fn wrong_content_type_is_415_in_openai_shape() {
     for content_type in [Some("text/plain"), None] {
         let response = send(shared_app(), "POST", "/v1/chat/completions", content_type, body.clone()).await;
         let status = response.status();
-        assert_openai_error(status, &body_json(response).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, None);
+        assert_openai_error(
+            status,
+            &body_json(response).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+        );
     }
 }
 

@@ -15,5 +15,5 @@ mod errors;
 mod overload;
 mod routes;
 mod shutdown;
-mod switch;
 mod support;
+mod switch;

@@ -6,7 +6,9 @@ use gateway::{AppState, GatewayConfig};
 use serde_json::json;
 use tower::ServiceExt;
 
-use crate::support::{assert_openai_error, body_json, chat_body, get_json, post_json, send, shared_app, shared_engine, MODEL_NAME};
+use crate::support::{
+    assert_openai_error, body_json, chat_body, get_json, post_json, send, shared_app, shared_engine, MODEL_NAME,
+};
 
 #[tokio::test]
 async fn models_lists_the_served_model() {
@@ -23,11 +25,19 @@ async fn models_lists_the_served_model() {
 
 #[tokio::test]
 async fn served_model_name_is_used_everywhere() {
-    let config = GatewayConfig { served_model_name: Some("smol".into()), ..GatewayConfig::default() };
+    let config = GatewayConfig {
+        served_model_name: Some("smol".into()),
+        ..GatewayConfig::default()
+    };
     let app = gateway::app(AppState::new(shared_engine(), &config));
     let (_, models) = get_json(app.clone(), "/v1/models").await;
     assert_eq!(models["data"][0]["id"], "smol");
-    let (_, chat) = post_json(app.clone(), "/v1/chat/completions", &chat_body("hi", json!({"max_tokens": 1}))).await;
+    let (_, chat) = post_json(
+        app.clone(),
+        "/v1/chat/completions",
+        &chat_body("hi", json!({"max_tokens": 1})),
+    )
+    .await;
     assert_eq!(chat["model"], "smol");
     let (_, health) = get_json(app, "/health").await;
     assert_eq!(health["model"], "smol");
@@ -56,7 +66,11 @@ async fn health_reports_engine_load() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_json() {
-    for (method, path) in [("GET", "/v1/nope"), ("POST", "/v1/engines/x/completions"), ("GET", "/nope")] {
+    for (method, path) in [
+        ("GET", "/v1/nope"),
+        ("POST", "/v1/engines/x/completions"),
+        ("GET", "/nope"),
+    ] {
         let response = send(shared_app(), method, path, None, Body::empty()).await;
         let status = response.status();
         let body = body_json(response).await;
@@ -80,7 +94,10 @@ async fn responses_carry_a_request_id() {
 
 #[tokio::test]
 async fn api_key_guards_v1_but_not_health() {
-    let config = GatewayConfig { api_keys: vec!["sesame".into(), "open".into()], ..GatewayConfig::default() };
+    let config = GatewayConfig {
+        api_keys: vec!["sesame".into(), "open".into()],
+        ..GatewayConfig::default()
+    };
     let app = gateway::app(AppState::new(shared_engine(), &config));
     let models = |auth: Option<&str>| {
         let mut request = Request::builder().uri("/v1/models");
@@ -97,11 +114,19 @@ async fn api_key_guards_v1_but_not_health() {
         assert_eq!(body["error"]["code"], "invalid_api_key");
     }
     assert_eq!(models(Some("Bearer sesame")).await.unwrap().status(), StatusCode::OK);
-    assert_eq!(models(Some("Bearer open")).await.unwrap().status(), StatusCode::OK, "every configured key is accepted");
+    assert_eq!(
+        models(Some("Bearer open")).await.unwrap().status(),
+        StatusCode::OK,
+        "every configured key is accepted"
+    );
     let (status, _) = get_json(app.clone(), "/health").await;
     assert_eq!(status, StatusCode::OK);
     for probe in ["/healthz", "/readyz", "/metrics"] {
-        let response = app.clone().oneshot(Request::builder().uri(probe).body(Body::empty()).unwrap()).await.unwrap();
+        let response = app
+            .clone()
+            .oneshot(Request::builder().uri(probe).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{probe} is open without a key");
     }
 }

@@ -24,7 +24,11 @@ pub const MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1";
 /// The real SmolLM2-135M Q4_1 file; tests need it on disk.
 pub fn model_path() -> PathBuf {
     let path = gateway::model_path::default_model_path().expect("HEARTH_MODELS_DIR or HOME must be set");
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-models.sh",
+        path.display()
+    );
     path
 }
 
@@ -53,7 +57,12 @@ pub fn shared_engine() -> EngineHandle {
     static ENGINE: OnceLock<EngineHandle> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
-            load_engine(Limits { max_running: 8, max_waiting: 64, kv_cache_tokens: 4096, context_length: SHARED_CONTEXT })
+            load_engine(Limits {
+                max_running: 8,
+                max_waiting: 64,
+                kv_cache_tokens: 4096,
+                context_length: SHARED_CONTEXT,
+            })
         })
         .clone()
 }
@@ -81,12 +90,20 @@ pub fn merge(body: &mut Value, extra: Value) {
 }
 
 /// Send one request through the router without a socket.
-pub async fn send(app: Router, method: &str, path: &str, content_type: Option<&str>, body: impl Into<Body>) -> axum::response::Response {
+pub async fn send(
+    app: Router,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> axum::response::Response {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(content_type) = content_type {
         request = request.header(header::CONTENT_TYPE, content_type);
     }
-    app.oneshot(request.body(body.into()).expect("valid request")).await.expect("the router is infallible")
+    app.oneshot(request.body(body.into()).expect("valid request"))
+        .await
+        .expect("the router is infallible")
 }
 
 pub async fn post_json(app: Router, path: &str, body: &Value) -> (StatusCode, Value) {
@@ -102,7 +119,9 @@ pub async fn get_json(app: Router, path: &str) -> (StatusCode, Value) {
 }
 
 pub async fn body_text(response: axum::response::Response) -> String {
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("readable body");
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("readable body");
     String::from_utf8(bytes.to_vec()).expect("UTF-8 body")
 }
 
@@ -114,7 +133,12 @@ pub async fn body_json(response: axum::response::Response) -> Value {
 /// The `data:` payloads of an SSE body, in order (`[DONE]` included as is).
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
-        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")).map(str::to_owned))
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|line| line.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -122,12 +146,21 @@ pub fn sse_data(body: &str) -> Vec<String> {
 pub fn assert_openai_error(status: StatusCode, body: &Value, expected: StatusCode, param: Option<&str>) {
     assert_eq!(status, expected, "{body}");
     let error = &body["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "error.message: {body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error.message: {body}"
+    );
     assert!(error["type"].is_string(), "error.type: {body}");
-    assert!(error.get("param").is_some() && error.get("code").is_some(), "error.param and error.code present: {body}");
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "error.param and error.code present: {body}"
+    );
     if let Some(param) = param {
         assert_eq!(error["param"], param, "{body}");
-        assert!(error["message"].as_str().unwrap().contains(param), "the message names `{param}`: {body}");
+        assert!(
+            error["message"].as_str().unwrap().contains(param),
+            "the message names `{param}`: {body}"
+        );
     }
 }
 
@@ -142,14 +175,19 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 /// A real server on `127.0.0.1:0` running until the test's runtime ends.
 pub async fn spawn_server(state: AppState) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("bound address");
     tokio::spawn(async move { axum::serve(listener, gateway::app(state)).await });
     addr
@@ -203,6 +241,10 @@ pub async fn read_to_end(stream: &mut TcpStream) -> String {
 
 /// The first `data:` frame of a streaming response body read through the router.
 pub async fn first_frame(body: &mut axum::body::BodyDataStream) -> String {
-    let frame = body.next().await.expect("the stream sends at least one frame").expect("readable frame");
+    let frame = body
+        .next()
+        .await
+        .expect("the stream sends at least one frame")
+        .expect("readable frame");
     String::from_utf8(frame.to_vec()).expect("UTF-8 frame")
 }

@@ -19,13 +19,28 @@ use crate::support::{chat_body, first_frame, load_engine, model_path, send, sse_
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123";
 
 fn limits() -> Limits {
-    Limits { max_running: 8, max_waiting: 64, kv_cache_tokens: 4096, context_length: 1024 }
+    Limits {
+        max_running: 8,
+        max_waiting: 64,
+        kv_cache_tokens: 4096,
+        context_length: 1024,
+    }
 }
 
 /// Start a streaming chat; returns its body once the role chunk arrived (the request is admitted).
 async fn start_stream(app: &Router, max_tokens: u32) -> BodyDataStream {
-    let body = chat_body("Count from one to one hundred.", json!({"stream": true, "ignore_eos": true, "max_tokens": max_tokens}));
-    let response = send(app.clone(), "POST", "/v1/chat/completions", Some("application/json"), body.to_string()).await;
+    let body = chat_body(
+        "Count from one to one hundred.",
+        json!({"stream": true, "ignore_eos": true, "max_tokens": max_tokens}),
+    );
+    let response = send(
+        app.clone(),
+        "POST",
+        "/v1/chat/completions",
+        Some("application/json"),
+        body.to_string(),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = response.into_body().into_data_stream();
     assert!(first_frame(&mut stream).await.contains("\"role\":\"assistant\""));
@@ -52,11 +67,22 @@ async fn finish_stream(mut stream: BodyDataStream) -> (Vec<String>, Option<Strin
 }
 
 async fn switch_to(app: &Router, model: &str, token: Option<&str>) -> (StatusCode, Value) {
-    let mut request = Request::builder().method("POST").uri("/admin/models/active").header(header::CONTENT_TYPE, "application/json");
+    let mut request = Request::builder()
+        .method("POST")
+        .uri("/admin/models/active")
+        .header(header::CONTENT_TYPE, "application/json");
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let response = app.clone().oneshot(request.body(axum::body::Body::from(json!({"model": model}).to_string())).unwrap()).await.unwrap();
+    let response = app
+        .clone()
+        .oneshot(
+            request
+                .body(axum::body::Body::from(json!({"model": model}).to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
     (status, serde_json::from_slice(&bytes).unwrap())
@@ -68,9 +94,26 @@ async fn switching_under_load_loses_no_request() {
     let path = model_path();
     let mut template = EngineConfig::new(&path);
     (template.max_running, template.kv_cache_tokens, template.context_length) = (8, 4096, Some(1024));
-    let catalog = vec![CatalogEntry { name: "a".into(), path: path.clone() }, CatalogEntry { name: "b".into(), path }];
-    let router = ModelRouter::new(Arc::new(Loaded { name: "a".into(), engine: first.clone() }), None, catalog, Some(template));
-    let config = GatewayConfig { admin_token: Some(ADMIN_TOKEN.into()), ..GatewayConfig::default() };
+    let catalog = vec![
+        CatalogEntry {
+            name: "a".into(),
+            path: path.clone(),
+        },
+        CatalogEntry { name: "b".into(), path },
+    ];
+    let router = ModelRouter::new(
+        Arc::new(Loaded {
+            name: "a".into(),
+            engine: first.clone(),
+        }),
+        None,
+        catalog,
+        Some(template),
+    );
+    let config = GatewayConfig {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..GatewayConfig::default()
+    };
     let app = gateway::app(AppState::with_router(router, &config));
 
     let (status, _) = switch_to(&app, "b", None).await;
@@ -87,7 +130,10 @@ async fn switching_under_load_loses_no_request() {
     let (status, body) = switch_to(&app, "b", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"active": "b", "previous": "a"}));
-    assert!(first.is_running(), "the previous engine runs until its requests are done");
+    assert!(
+        first.is_running(),
+        "the previous engine runs until its requests are done"
+    );
     let mut after = Vec::new();
     for _ in 0..6 {
         after.push(start_stream(&app, 16).await);
@@ -96,7 +142,10 @@ async fn switching_under_load_loses_no_request() {
     for (streams, model, tokens) in [(before, "a", 64), (after, "b", 16)] {
         for stream in streams {
             let (models, finish, content) = finish_stream(stream).await;
-            assert!(models.iter().all(|m| m == model), "every chunk names {model}: {models:?}");
+            assert!(
+                models.iter().all(|m| m == model),
+                "every chunk names {model}: {models:?}"
+            );
             assert_eq!(finish.as_deref(), Some("length"), "the answer ran to max_tokens");
             assert!(!content.is_empty());
             assert!(models.len() >= 2 && models.len() <= tokens + 2);
@@ -107,17 +156,34 @@ async fn switching_under_load_loses_no_request() {
     assert_eq!(models["data"][0]["id"], "b");
     // With its last request done, the previous engine stops.
     let retired = first.clone();
-    wait_for("the previous engine to stop", Duration::from_secs(30), || std::future::ready((!retired.is_running()).then_some(()))).await;
+    wait_for("the previous engine to stop", Duration::from_secs(30), || {
+        std::future::ready((!retired.is_running()).then_some(()))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_queue_sends_requests_to_the_fallback() {
     // The active model runs one request at a time; the fallback takes over once one has queued 200 ms.
-    let active = load_engine(Limits { max_running: 1, max_waiting: 8, kv_cache_tokens: 1024, context_length: 512 });
-    let fallback = Arc::new(Loaded { name: "small".into(), engine: load_engine(limits()) });
+    let active = load_engine(Limits {
+        max_running: 1,
+        max_waiting: 8,
+        kv_cache_tokens: 1024,
+        context_length: 512,
+    });
+    let fallback = Arc::new(Loaded {
+        name: "small".into(),
+        engine: load_engine(limits()),
+    });
     let router = ModelRouter::new(
-        Arc::new(Loaded { name: "big".into(), engine: active.clone() }),
-        Some(Fallback { model: fallback.clone(), after: Duration::from_millis(200) }),
+        Arc::new(Loaded {
+            name: "big".into(),
+            engine: active.clone(),
+        }),
+        Some(Fallback {
+            model: fallback.clone(),
+            after: Duration::from_millis(200),
+        }),
         Vec::new(),
         None,
     );
@@ -126,9 +192,11 @@ async fn a_slow_queue_sends_requests_to_the_fallback() {
     let running = start_stream(&app, 400).await;
     let queued = start_stream(&app, 4).await;
     let stats = active.clone();
-    wait_for("a request queued for 200 ms on the active model", Duration::from_secs(30), || {
-        std::future::ready((stats.stats().queue_wait() >= Duration::from_millis(200)).then_some(()))
-    })
+    wait_for(
+        "a request queued for 200 ms on the active model",
+        Duration::from_secs(30),
+        || std::future::ready((stats.stats().queue_wait() >= Duration::from_millis(200)).then_some(())),
+    )
     .await;
     let (models, finish, _) = finish_stream(start_stream(&app, 4).await).await;
     assert!(models.iter().all(|m| m == "small"), "{models:?}");
@@ -136,7 +204,10 @@ async fn a_slow_queue_sends_requests_to_the_fallback() {
 
     drop(running);
     let (models, _, _) = finish_stream(queued).await;
-    assert!(models.iter().all(|m| m == "big"), "the queued request stays on the active model: {models:?}");
+    assert!(
+        models.iter().all(|m| m == "big"),
+        "the queued request stays on the active model: {models:?}"
+    );
     active.shutdown();
     fallback.engine.shutdown();
 }

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 /// Median µs per call of each of `runs` (given the call's index), in alternating batches of about 20 ms,
 /// 9 batches each after a warm-up.
-pub fn alternating<T, const N: usize>(mut runs: [&mut dyn FnMut(usize) -> candle_core::Result<T>; N]) -> candle_core::Result<[f64; N]> {
+pub fn alternating<T, const N: usize>(
+    mut runs: [&mut dyn FnMut(usize) -> candle_core::Result<T>; N],
+) -> candle_core::Result<[f64; N]> {
     let mut per_batch = [1usize; N];
     let mut calls = 0;
     for (run, per_batch) in runs.iter_mut().zip(&mut per_batch) {

@@ -108,13 +108,26 @@ impl Tier {
 /// # Safety
 /// The CPU has `tier`'s features, `n` is a multiple of 16 with `blocks` of `n / 16 * nb` entries, and `lhs`
 /// holds `m` rows of `nb` blocks.
-pub(super) unsafe fn product<B: Sync, L: Sync>(blocks: &[B], nb: usize, n: usize, m: usize, lhs: &L, tier: Tier, tiles: &Tiles<B, L>) -> Vec<f32> {
+pub(super) unsafe fn product<B: Sync, L: Sync>(
+    blocks: &[B],
+    nb: usize,
+    n: usize,
+    m: usize,
+    lhs: &L,
+    tier: Tier,
+    tiles: &Tiles<B, L>,
+) -> Vec<f32> {
     let (bodies, max_rows): (&[Tile<B, L>], usize) = match tier {
         Tier::Avx512Vnni => (&tiles.wide, 8),
         Tier::Avx2 => (&tiles.narrow, 4),
     };
     super::column_blocks(m, n, COLS, max_rows, |j, r0, rows, out| {
-        let item = Item { w: &blocks[j * nb..(j + 1) * nb], lhs, out, col0: COLS * j };
+        let item = Item {
+            w: &blocks[j * nb..(j + 1) * nb],
+            lhs,
+            out,
+            col0: COLS * j,
+        };
         // SAFETY: the caller's contract; `column_blocks` hands out rows `r0..r0 + rows` within `m`, and the body
         // writes only those rows of columns `16j..16j + 16`, which no other item touches.
         unsafe { bodies[rows - 1](&item, r0) }

@@ -51,12 +51,19 @@ struct Block8 {
 const _: () = assert!(std::mem::size_of::<Block8>() == 160);
 
 impl Block8 {
-    const ZERO: Self = Self { d: [f16::ZERO; 8], m: [f16::ZERO; 8], qs: [0; 128] };
+    const ZERO: Self = Self {
+        d: [f16::ZERO; 8],
+        m: [f16::ZERO; 8],
+        qs: [0; 128],
+    };
 }
 
 impl std::fmt::Debug for Q4_1x8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Q4_1x8").field("n", &self.n).field("k", &self.k).finish_non_exhaustive()
+        f.debug_struct("Q4_1x8")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,10 +106,15 @@ impl Q4_1x8 {
     /// [`Self::matmul`] of the same `x` by each of `ws` (which must share `k`), the activations quantized
     /// once and all the products in one parallel loop: a layer's q/k/v, or gate and up, take one pass.
     pub fn matmul_many(ws: &[&Self], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let Some(k) = super::shared_k(ws.iter().map(|w| w.k), "Q4_1x8::matmul_many")? else { return Ok(Vec::new()) };
+        let Some(k) = super::shared_k(ws.iter().map(|w| w.k), "Q4_1x8::matmul_many")? else {
+            return Ok(Vec::new());
+        };
         let nb = k / 32;
         let Some((m, xs)) = activation_rows(x, ws[0].n, k, "Q4_1x8::matmul")? else {
-            return ws.iter().map(|w| Tensor::zeros((0, w.n), candle_core::DType::F32, &Device::Cpu)).collect();
+            return ws
+                .iter()
+                .map(|w| Tensor::zeros((0, w.n), candle_core::DType::F32, &Device::Cpu))
+                .collect();
         };
         let lhs = Lhs::quantize(&xs, k);
         // Work items: per weight, pairs of groups of eight columns with the 512-bit kernel (a last odd group
@@ -115,7 +127,14 @@ impl Q4_1x8 {
             starts.push(starts.last().copied().unwrap_or(0) + w.n.div_ceil(8).div_ceil(per_item));
         }
         let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n)).collect();
-        let targets: Vec<Out> = outs.iter_mut().zip(ws).map(|(y, w)| Out { ptr: y.as_mut_ptr(), n: w.n }).collect();
+        let targets: Vec<Out> = outs
+            .iter_mut()
+            .zip(ws)
+            .map(|(y, w)| Out {
+                ptr: y.as_mut_ptr(),
+                n: w.n,
+            })
+            .collect();
         super::parallel_ranges(starts[ws.len()], |items| {
             // Row `r`'s lanes of the item's first group at `r`, of its second at `m + r`.
             let mut lanes = vec![[0f32; 8]; 2 * m];
@@ -171,7 +190,11 @@ struct Wide {
 
 impl Wide {
     fn new(q: Q8_1) -> Self {
-        Self { d: q.d.to_f32(), s: q.s.to_f32(), q }
+        Self {
+            d: q.d.to_f32(),
+            s: q.s.to_f32(),
+            q,
+        }
     }
 }
 
@@ -180,11 +203,20 @@ impl Lhs {
     fn quantize(xs: &[f32], k: usize) -> Self {
         let (nb, n) = (k / 32, xs.len() / 32);
         let mut blocks: Vec<Wide> = Vec::with_capacity(n);
-        if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")) {
+        if cfg!(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )) {
             // Spread over the pool: the matmul's threads are idle until the activations are ready.
             super::for_each_chunk(&mut blocks.spare_capacity_mut()[..n], QUANTIZE_CHUNK, |i, out| {
                 for (x, y) in xs[32 * QUANTIZE_CHUNK * i..].chunks_exact(32).zip(out) {
-                    let mut q = Q8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; 32] };
+                    let mut q = Q8_1 {
+                        d: f16::ZERO,
+                        s: f16::ZERO,
+                        qs: [0; 32],
+                    };
                     quantize_q8_1(x.try_into().expect("32 values"), &mut q);
                     y.write(Wide::new(q));
                 }
@@ -197,7 +229,11 @@ impl Lhs {
                 BlockQ8_1::from_float(row, &mut row_blocks);
                 // SAFETY: candle's `BlockQ8_1` and our `Q8_1` have the same `repr(C)` layout and size (checked at
                 // compile time above).
-                blocks.extend(row_blocks.iter().map(|b| Wide::new(unsafe { std::mem::transmute_copy::<BlockQ8_1, Q8_1>(b) })));
+                blocks.extend(
+                    row_blocks
+                        .iter()
+                        .map(|b| Wide::new(unsafe { std::mem::transmute_copy::<BlockQ8_1, Q8_1>(b) })),
+                );
             }
         }
         Self { blocks, nb }
@@ -207,7 +243,12 @@ impl Lhs {
 /// candle's `BlockQ8_1::from_float` for one block, bit for bit, in AVX2: `d = amax / 127`, each quant
 /// `round(x · (1 / d))` with ties away from zero (as `f32::round`; a NaN product gives 0, as `as i8` does),
 /// `s = f16(Σ q) · d` in f16 arithmetic.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 #[inline(always)]
 fn quantize_q8_1(xs: &[f32; 32], y: &mut Q8_1) {
     use std::arch::x86_64::*;
@@ -249,7 +290,12 @@ fn quantize_q8_1(xs: &[f32; 32], y: &mut Q8_1) {
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+)))]
 fn quantize_q8_1(_: &[f32; 32], _: &mut Q8_1) {
     unreachable!("Lhs::quantize takes candle's path without AVX2")
 }
@@ -270,13 +316,23 @@ fn group(w: &[Block8], lhs: &Lhs, out: &mut [[f32; 8]]) {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 #[inline(always)]
 fn tile<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
     tile_avx2::<R>(w, lhs, r0, out)
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+)))]
 #[inline(always)]
 fn tile<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
     tile_portable::<R>(w, lhs, r0, out)
@@ -287,7 +343,12 @@ fn tile<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]
 /// partial sums in its own lane; they add up in i16 without overflow (each `maddubs` lane is at most
 /// 2·15·128 = 3840 in magnitude, eight of them 30720 < 32767) and one `madd` with ones yields each column's
 /// exact block sum. The floats then follow candle's `vec_dot_unopt` per lane, unfused.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 #[inline(always)]
 fn tile_avx2<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
     use std::arch::x86_64::*;
@@ -304,7 +365,11 @@ fn tile_avx2<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32
             // q[2i]: values 4i..4i + 4 of each column; q[2i + 1]: values 16 + 4i..16 + 4i + 4.
             let q: [__m256i; 8] = std::array::from_fn(|j| {
                 let packed = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * (j / 2)) as *const __m256i);
-                if j % 2 == 0 { _mm256_and_si256(packed, low4) } else { _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4) }
+                if j % 2 == 0 {
+                    _mm256_and_si256(packed, low4)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4)
+                }
             });
             for r in 0..R {
                 let i = (r0 + r) * nb + b;
@@ -341,7 +406,12 @@ unsafe fn pair(w: &[Block8], lhs: &Lhs, out: &mut [[f32; 8]]) {
     let mut r0 = 0;
     while r0 < m {
         let rows = (m - r0).min(PAIR_ROWS);
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))]
         // SAFETY: forwarded from the caller; rows `r0..r0 + rows` are within `lhs` and `out`.
         unsafe {
             match rows {
@@ -355,13 +425,23 @@ unsafe fn pair(w: &[Block8], lhs: &Lhs, out: &mut [[f32; 8]]) {
                 _ => x86::pair_avx512::<1>(a, b, lhs, r0, out),
             }
         }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )))]
         unreachable!("the 512-bit kernels need a build with AVX2, FMA and F16C");
         r0 += rows;
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 mod x86 {
     use super::{Block8, Lhs};
     use std::arch::x86_64::*;
@@ -376,16 +456,32 @@ mod x86 {
     /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C; `a` and `b` of `lhs.nb` blocks each; rows `r0..r0 + R`
     /// within `lhs`; `out` holds `2m` lanes for `m >= r0 + R` rows.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn pair_avx512<const R: usize>(a: &[Block8], b: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
+    pub(super) unsafe fn pair_avx512<const R: usize>(
+        a: &[Block8],
+        b: &[Block8],
+        lhs: &Lhs,
+        r0: usize,
+        out: &mut [[f32; 8]],
+    ) {
         let (nb, m) = (lhs.nb, out.len() / 2);
         let low4 = _mm512_set1_epi8(0x0F);
         let both = |x: *const u8, y: *const u8| {
             // SAFETY: each pointer is to 32 bytes of a `Block8`'s `qs`.
-            unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_load_si256(x as *const __m256i)), _mm256_load_si256(y as *const __m256i)) }
+            unsafe {
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_load_si256(x as *const __m256i)),
+                    _mm256_load_si256(y as *const __m256i),
+                )
+            }
         };
         let halves = |x: &[half::f16; 8], y: &[half::f16; 8]| {
             // SAFETY: each pointer is to the eight f16 of a `Block8` field.
-            unsafe { _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_loadu_si128(x.as_ptr() as *const __m128i)), _mm_loadu_si128(y.as_ptr() as *const __m128i))) }
+            unsafe {
+                _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
+                    _mm256_castsi128_si256(_mm_loadu_si128(x.as_ptr() as *const __m128i)),
+                    _mm_loadu_si128(y.as_ptr() as *const __m128i),
+                ))
+            }
         };
         let mut sumf = [_mm512_setzero_ps(); R];
         for (i, (ba, bb)) in a.iter().zip(b).enumerate() {
@@ -393,7 +489,11 @@ mod x86 {
             // q[2j]: values 4j..4j + 4 of each column; q[2j + 1]: values 16 + 4j..16 + 4j + 4.
             let q: [__m512i; 8] = std::array::from_fn(|j| {
                 let packed = both(ba.qs.as_ptr().add(32 * (j / 2)), bb.qs.as_ptr().add(32 * (j / 2)));
-                if j % 2 == 0 { _mm512_and_si512(packed, low4) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4) }
+                if j % 2 == 0 {
+                    _mm512_and_si512(packed, low4)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4)
+                }
             });
             for (r, sumf) in sumf.iter_mut().enumerate() {
                 let idx = (r0 + r) * nb + i;
@@ -414,13 +514,24 @@ mod x86 {
         }
         for (r, sumf) in sumf.iter().enumerate() {
             _mm256_storeu_ps(out[r0 + r].as_mut_ptr(), _mm512_castps512_ps256(*sumf));
-            _mm256_storeu_ps(out[m + r0 + r].as_mut_ptr(), _mm256_castsi256_ps(_mm512_extracti64x4_epi64::<1>(_mm512_castps_si512(*sumf))));
+            _mm256_storeu_ps(
+                out[m + r0 + r].as_mut_ptr(),
+                _mm256_castsi256_ps(_mm512_extracti64x4_epi64::<1>(_mm512_castps_si512(*sumf))),
+            );
         }
     }
 }
 
 /// [`tile_avx2`] without SIMD, bit for bit: candle's `vec_dot_unopt` for each of the eight columns.
-#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"), allow(dead_code))]
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ),
+    allow(dead_code)
+)]
 fn tile_portable<const R: usize>(w: &[Block8], lhs: &Lhs, r0: usize, out: &mut [[f32; 8]]) {
     let nb = lhs.nb;
     for (r, out) in out[..R].iter_mut().enumerate() {
@@ -451,9 +562,13 @@ mod tests {
     /// A Q4_1 matrix of `n` columns and `k` inputs, and `m` activation rows, from fixed patterns.
     fn q4_1_case(n: usize, k: usize, m: usize) -> (QTensor, Tensor) {
         let dev = Device::Cpu;
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+            .collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q4_1).unwrap();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0)
+            .collect();
         (w, Tensor::from_vec(x, (m, k), &dev).unwrap())
     }
 
@@ -470,8 +585,16 @@ mod tests {
             let (w, x) = q4_1_case(n, k, m);
             let w = std::sync::Arc::new(w);
             let ours = to_vec(&Q4_1x8::new(&w).unwrap().matmul(&x).unwrap());
-            let theirs = to_vec(&candle_core::quantized::QMatMul::from_arc(w).unwrap().forward(&x).unwrap());
-            assert!(ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "m = {m}");
+            let theirs = to_vec(
+                &candle_core::quantized::QMatMul::from_arc(w)
+                    .unwrap()
+                    .forward(&x)
+                    .unwrap(),
+            );
+            assert!(
+                ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "m = {m}"
+            );
         }
     }
 
@@ -488,14 +611,20 @@ mod tests {
             let alone = to_vec(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap());
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&all[r * n..(r + 1) * n]), bits(&alone), "row {r} of {m}");
-            assert_eq!(bits(&rev[(m - 1 - r) * n..(m - r) * n]), bits(&alone), "row {r}, reversed");
+            assert_eq!(
+                bits(&rev[(m - 1 - r) * n..(m - r) * n]),
+                bits(&alone),
+                "row {r}, reversed"
+            );
         }
     }
 
     #[test]
     fn q8_1_quantization_is_candles() {
         // Ties (x · id lands on k + 0.5), zeros, a zero block, signs, a NaN and an infinity, large and tiny values.
-        let mut xs: Vec<f32> = (0..32 * 64).map(|i| ((i * 104729 % 9973) as f32 / 9973.0 - 0.5) * 10f32.powi((i % 7) as i32 - 3)).collect();
+        let mut xs: Vec<f32> = (0..32 * 64)
+            .map(|i| ((i * 104729 % 9973) as f32 / 9973.0 - 0.5) * 10f32.powi((i % 7) as i32 - 3))
+            .collect();
         for (i, x) in xs[..32].iter_mut().enumerate() {
             // amax 127 makes `id` exactly 1, so every other value is a tie.
             *x = if i == 31 { 127.0 } else { i as f32 - 15.5 };
@@ -508,20 +637,31 @@ mod tests {
         BlockQ8_1::from_float(&xs, &mut theirs);
         let ours = Lhs::quantize(&xs, 64);
         // SAFETY: `BlockQ8_1` and `Q8_1` are 36-byte `repr(C)` structs of bytes and f16s.
-        let bytes = |b: &[BlockQ8_1]| unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, b.len() * 36).to_vec() };
+        let bytes =
+            |b: &[BlockQ8_1]| unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, b.len() * 36).to_vec() };
         let ours_q: Vec<Q8_1> = ours.blocks.iter().map(|w| w.q).collect();
         // SAFETY: as above.
-        let ours_bytes = unsafe { std::slice::from_raw_parts(ours_q.as_ptr() as *const u8, ours_q.len() * 36).to_vec() };
+        let ours_bytes =
+            unsafe { std::slice::from_raw_parts(ours_q.as_ptr() as *const u8, ours_q.len() * 36).to_vec() };
         for (i, (a, b)) in ours_bytes.chunks(36).zip(bytes(&theirs).chunks(36)).enumerate() {
             assert_eq!(a, b, "block {i}");
             let w = &ours.blocks[i];
-            assert_eq!((w.d.to_bits(), w.s.to_bits()), (w.q.d.to_f32().to_bits(), w.q.s.to_f32().to_bits()), "block {i}");
+            assert_eq!(
+                (w.d.to_bits(), w.s.to_bits()),
+                (w.q.d.to_f32().to_bits(), w.q.s.to_f32().to_bits()),
+                "block {i}"
+            );
         }
     }
 
     /// The 512-bit path, where the CPU has it, computes the AVX2 path's bits for any row count and for both
     /// groups of a pair.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
     #[test]
     fn q4_1_512_bit_pairs_are_bit_identical_to_the_avx2_groups() {
         if !crate::kernels::avx512_vnni() {
@@ -553,7 +693,12 @@ mod tests {
     }
 
     /// The portable path is what runs without AVX2; it must round exactly as the vector path.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
     #[test]
     fn q4_1_portable_path_is_bit_identical_to_the_vector_path() {
         let (n, k, m) = (53, 320, 6);
@@ -567,7 +712,11 @@ mod tests {
             for r0 in [0, 2] {
                 tile_avx2::<4>(blocks, &lhs, r0, &mut simd);
                 tile_portable::<4>(blocks, &lhs, r0, &mut portable);
-                assert_eq!(simd.map(|l| l.map(f32::to_bits)), portable.map(|l| l.map(f32::to_bits)), "group {g}, rows {r0}..");
+                assert_eq!(
+                    simd.map(|l| l.map(f32::to_bits)),
+                    portable.map(|l| l.map(f32::to_bits)),
+                    "group {g}, rows {r0}.."
+                );
             }
         }
     }

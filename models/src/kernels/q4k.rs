@@ -61,12 +61,20 @@ struct Block {
 const _: () = assert!(std::mem::size_of::<Block>() == GGUF_BLOCK * COLS);
 
 impl Block {
-    const ZERO: Self = Self { d: [f16::ZERO; COLS], dmin: [f16::ZERO; COLS], scales: [0; 12 * COLS], qs: [0; QK / 2 * COLS] };
+    const ZERO: Self = Self {
+        d: [f16::ZERO; COLS],
+        dmin: [f16::ZERO; COLS],
+        scales: [0; 12 * COLS],
+        qs: [0; QK / 2 * COLS],
+    };
 }
 
 impl std::fmt::Debug for Q4Kx16 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Q4Kx16").field("n", &self.n).field("k", &self.k).finish_non_exhaustive()
+        f.debug_struct("Q4Kx16")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,14 +119,24 @@ impl Q4Kx16 {
     /// once and all the products in one parallel loop: a layer's q/k/v, or gate and up, take one pass. The
     /// results are those of [`Self::matmul`], bit for bit.
     pub fn matmul_many(ws: &[&Self], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let Some(k) = super::shared_k(ws.iter().map(|w| w.k), "Q4Kx16::matmul_many")? else { return Ok(Vec::new()) };
-        let Some(tier) = tier() else { candle_core::bail!("Q4Kx16::matmul: this CPU lacks AVX2, FMA or F16C") };
+        let Some(k) = super::shared_k(ws.iter().map(|w| w.k), "Q4Kx16::matmul_many")? else {
+            return Ok(Vec::new());
+        };
+        let Some(tier) = tier() else {
+            candle_core::bail!("Q4Kx16::matmul: this CPU lacks AVX2, FMA or F16C")
+        };
         let Some((m, xs)) = super::activation_rows(x, ws[0].n, k, "Q4Kx16::matmul")? else {
-            return ws.iter().map(|w| Tensor::zeros((0, w.n), candle_core::DType::F32, &Device::Cpu)).collect();
+            return ws
+                .iter()
+                .map(|w| Tensor::zeros((0, w.n), candle_core::DType::F32, &Device::Cpu))
+                .collect();
         };
         let lhs = Lhs::new(&xs, k);
         let ys = Self::matmul_lhs_many(ws, &lhs, tier);
-        ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (m, w.n), &Device::Cpu)).collect()
+        ys.into_iter()
+            .zip(ws)
+            .map(|(y, w)| Tensor::from_vec(y, (m, w.n), &Device::Cpu))
+            .collect()
     }
 
     /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
@@ -135,7 +153,12 @@ impl Q4Kx16 {
         // superblocks ahead, 740-1090 without; no shape at 1 or 8 rows got slower).
         super::column_blocks_many(lhs.rows, &ns, COLS, tier.max_rows(), |i, j, r0, rows, out| {
             let nb = ws[i].k / QK;
-            let item = Item { w: &ws[i].blocks[j * nb..(j + 1) * nb], lhs, out, col0: COLS * j };
+            let item = Item {
+                w: &ws[i].blocks[j * nb..(j + 1) * nb],
+                lhs,
+                out,
+                col0: COLS * j,
+            };
             // SAFETY: `tier()` detected this tier's CPU features; `w` is one column block of `nb` superblocks,
             // `lhs` has rows `r0..r0 + rows`, and the kernel writes only rows `r0..r0 + rows`, columns
             // `16j..16j + 16` of `out` (`column_blocks_many`' contract).
@@ -155,7 +178,11 @@ fn repack_column(src: &[u8], c: usize, dst: &mut Block) {
     // GGUF: byte 32h + j holds value 64h + j (low nibble) and value 64h + 32 + j (high nibble).
     let value = |v: usize| {
         let byte = qs[32 * (v / 64) + v % 32];
-        if v % 64 < 32 { byte & 0x0F } else { byte >> 4 }
+        if v % 64 < 32 {
+            byte & 0x0F
+        } else {
+            byte >> 4
+        }
     };
     for s in 0..8 {
         for t in 0..4 {
@@ -177,7 +204,9 @@ type Lhs = super::q8k::Q8KRows<[f32; 8]>;
 impl Lhs {
     /// Quantize rows of `k` values (`xs`: `[m, k]`, row-major) exactly as candle's `from_float` does.
     fn new(xs: &[f32], k: usize) -> Self {
-        Self::quantize(xs, k, |q8| std::array::from_fn(|s| q8.d * (q8.bsums[2 * s] as i32 + q8.bsums[2 * s + 1] as i32) as f32))
+        Self::quantize(xs, k, |q8| {
+            std::array::from_fn(|s| q8.d * (q8.bsums[2 * s] as i32 + q8.bsums[2 * s + 1] as i32) as f32)
+        })
     }
 }
 
@@ -327,7 +356,10 @@ mod x86 {
                 let mut hi = [_mm512_setzero_si512(); R];
                 for t in 0..4 {
                     let q = _mm512_loadu_si512(blk.qs.as_ptr().add(64 * (4 * s + t)) as *const __m512i);
-                    let (ql, qh) = (_mm512_and_si512(q, low4), _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4));
+                    let (ql, qh) = (
+                        _mm512_and_si512(q, low4),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4),
+                    );
                     for r in 0..R {
                         let a = ys[r].qs.as_ptr().add(32 * s + 4 * t);
                         lo[r] = _mm512_dpbusd_epi32(lo[r], ql, _mm512_set1_epi32(act4(a)));
@@ -335,11 +367,33 @@ mod x86 {
                         *h = _mm512_dpbusd_epi32(*h, qh, _mm512_set1_epi32(act4(a.add(16))));
                     }
                 }
-                let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(byte_lane!(_mm512_and_si512, _mm512_srlv_epi32, _mm512_set1_epi32, sc[s / 4], s % 4)));
-                let min = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(byte_lane!(_mm512_and_si512, _mm512_srlv_epi32, _mm512_set1_epi32, mn[s / 4], s % 4)));
+                let scale = _mm512_mul_ps(
+                    d,
+                    _mm512_cvtepi32_ps(byte_lane!(
+                        _mm512_and_si512,
+                        _mm512_srlv_epi32,
+                        _mm512_set1_epi32,
+                        sc[s / 4],
+                        s % 4
+                    )),
+                );
+                let min = _mm512_mul_ps(
+                    dmin,
+                    _mm512_cvtepi32_ps(byte_lane!(
+                        _mm512_and_si512,
+                        _mm512_srlv_epi32,
+                        _mm512_set1_epi32,
+                        mn[s / 4],
+                        s % 4
+                    )),
+                );
                 for r in 0..R {
                     let isum = if split { _mm512_add_epi32(lo[r], hi[r]) } else { lo[r] };
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(scale, _mm512_set1_ps(ys[r].d)), acc[r]);
+                    acc[r] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_mul_ps(scale, _mm512_set1_ps(ys[r].d)),
+                        acc[r],
+                    );
                     acc[r] = _mm512_fnmadd_ps(min, _mm512_set1_ps(dbs[r][s]), acc[r]);
                 }
             }
@@ -378,19 +432,46 @@ mod x86 {
                         for s in 0..8 {
                             let mut isum = [_mm256_setzero_si256(); R];
                             for t in 0..4 {
-                                let q = _mm256_loadu_si256(blk.qs.as_ptr().add(64 * (4 * s + t) + 32 * h) as *const __m256i);
-                                let (ql, qh) = (_mm256_and_si256(q, low4), _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4));
+                                let q = _mm256_loadu_si256(
+                                    blk.qs.as_ptr().add(64 * (4 * s + t) + 32 * h) as *const __m256i
+                                );
+                                let (ql, qh) = (
+                                    _mm256_and_si256(q, low4),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
+                                );
                                 for r in 0..R {
                                     let a = ys[r].qs.as_ptr().add(32 * s + 4 * t);
                                     let (al, ah) = (_mm256_set1_epi32(act4(a)), _mm256_set1_epi32(act4(a.add(16))));
                                     isum[r] = $step(isum[r], ql, qh, al, ah);
                                 }
                             }
-                            let scale = _mm256_mul_ps(d, _mm256_cvtepi32_ps(byte_lane!(_mm256_and_si256, _mm256_srlv_epi32, _mm256_set1_epi32, sc[s / 4], s % 4)));
-                            let min = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(byte_lane!(_mm256_and_si256, _mm256_srlv_epi32, _mm256_set1_epi32, mn[s / 4], s % 4)));
+                            let scale = _mm256_mul_ps(
+                                d,
+                                _mm256_cvtepi32_ps(byte_lane!(
+                                    _mm256_and_si256,
+                                    _mm256_srlv_epi32,
+                                    _mm256_set1_epi32,
+                                    sc[s / 4],
+                                    s % 4
+                                )),
+                            );
+                            let min = _mm256_mul_ps(
+                                dmin,
+                                _mm256_cvtepi32_ps(byte_lane!(
+                                    _mm256_and_si256,
+                                    _mm256_srlv_epi32,
+                                    _mm256_set1_epi32,
+                                    mn[s / 4],
+                                    s % 4
+                                )),
+                            );
                             for r in 0..R {
                                 let a = &mut acc[r][h];
-                                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps($finish(isum[r])), _mm256_mul_ps(scale, _mm256_set1_ps(ys[r].d)), *a);
+                                *a = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps($finish(isum[r])),
+                                    _mm256_mul_ps(scale, _mm256_set1_ps(ys[r].d)),
+                                    *a,
+                                );
                                 *a = _mm256_fnmadd_ps(min, _mm256_set1_ps(dbs[r][s]), *a);
                             }
                         }
@@ -423,7 +504,10 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     #[inline]
     unsafe fn step_avx2(isum: __m256i, ql: __m256i, qh: __m256i, al: __m256i, ah: __m256i) -> __m256i {
-        _mm256_add_epi16(isum, _mm256_add_epi16(_mm256_maddubs_epi16(ql, al), _mm256_maddubs_epi16(qh, ah)))
+        _mm256_add_epi16(
+            isum,
+            _mm256_add_epi16(_mm256_maddubs_epi16(ql, al), _mm256_maddubs_epi16(qh, ah)),
+        )
     }
 
     /// The 16-bit pair sums of [`step_avx2`] added into 32-bit lanes.
@@ -451,12 +535,20 @@ mod tests {
             .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.3) * (0.05 + (i / k % 7) as f32 * 0.03))
             .collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q4K).unwrap();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * (1.0 + (i % 13) as f32)).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * (1.0 + (i % 13) as f32))
+            .collect();
         (w, Tensor::from_vec(x, (m, k), &dev).unwrap())
     }
 
     fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
     }
 
     #[test]
@@ -468,7 +560,11 @@ mod tests {
             let theirs = QMatMul::from_arc(w).unwrap();
             for m in [1usize, 2, 3, 5, 8, 17] {
                 let (_, x) = case(n, k, m);
-                assert_eq!(bits(&ours.matmul(&x).unwrap()), bits(&theirs.forward(&x).unwrap()), "[{n}, {k}], m = {m}");
+                assert_eq!(
+                    bits(&ours.matmul(&x).unwrap()),
+                    bits(&theirs.forward(&x).unwrap()),
+                    "[{n}, {k}], m = {m}"
+                );
             }
         }
     }
@@ -482,7 +578,11 @@ mod tests {
         let theirs = QMatMul::from_arc(w).unwrap();
         for m in [1usize, 3, 8] {
             let (_, x) = case(n, k, m);
-            assert_eq!(bits(&ours.matmul(&x).unwrap()), bits(&theirs.forward(&x).unwrap()), "m = {m}");
+            assert_eq!(
+                bits(&ours.matmul(&x).unwrap()),
+                bits(&theirs.forward(&x).unwrap()),
+                "m = {m}"
+            );
         }
     }
 
@@ -510,7 +610,9 @@ mod tests {
         let ws: Vec<Q4Kx16> = [(64, 1), (16, 2), (32, 3)]
             .into_iter()
             .map(|(n, seed)| {
-                let w: Vec<f32> = (0..n * k).map(|i| (((i * 7919 + seed * 104729) % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+                let w: Vec<f32> = (0..n * k)
+                    .map(|i| (((i * 7919 + seed * 104729) % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+                    .collect();
                 let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(), GgmlDType::Q4K).unwrap();
                 Q4Kx16::new(&w).unwrap().unwrap()
             })
@@ -535,12 +637,18 @@ mod tests {
         let (w, _) = case(n, k, 1);
         let w = Q4Kx16::new(&w).unwrap().unwrap();
         let tiers = available_tiers();
-        assert!(!tiers.is_empty() || !cfg!(target_arch = "x86_64"), "an x86-64-v3 build runs on AVX2 at least");
+        assert!(
+            !tiers.is_empty() || !cfg!(target_arch = "x86_64"),
+            "an x86-64-v3 build runs on AVX2 at least"
+        );
         // Every tile height of every tier, and tiles after a full one.
         for m in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 15] {
             let (_, x) = case(n, k, m);
             let lhs = Lhs::new(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k);
-            let results: Vec<Vec<u32>> = tiers.iter().map(|&t| w.matmul_lhs(&lhs, t).into_iter().map(f32::to_bits).collect()).collect();
+            let results: Vec<Vec<u32>> = tiers
+                .iter()
+                .map(|&t| w.matmul_lhs(&lhs, t).into_iter().map(f32::to_bits).collect())
+                .collect();
             for (t, r) in tiers.iter().zip(&results) {
                 assert_eq!(r, &results[0], "{t:?} against {:?}, m = {m}", tiers[0]);
             }
@@ -558,7 +666,11 @@ mod tests {
 
     #[test]
     fn q4k_rejects_other_types() {
-        let w = QTensor::quantize(&Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
+        let w = QTensor::quantize(
+            &Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
         assert!(Q4Kx16::new(&w).is_err());
     }
 }

@@ -55,7 +55,11 @@ pub fn q6k_matmul_rows(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Te
     if w.dtype() != GgmlDType::Q6K || !matches!(w.device(), Device::Cpu) || !matches!(x.device(), Device::Cpu) {
         return Ok(None);
     }
-    if !cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")) {
+    if !cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )) {
         return Ok(None);
     }
     let (n, k) = w.shape().dims2()?;
@@ -81,7 +85,11 @@ pub fn q6k_matmul_rows(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Te
     let lhs = Lhs::quantize(&xs, m, k, prep);
     let mut out_t = vec![0f32; n * m];
     // Activations that fit in L1 stay there anyway: columns one at a time then read the weights in order.
-    let tile = if m * nb * std::mem::size_of::<Q8K>() <= L1_BYTES { 1 } else { TILE };
+    let tile = if m * nb * std::mem::size_of::<Q8K>() <= L1_BYTES {
+        1
+    } else {
+        TILE
+    };
     let out = SyncPtr(out_t.as_mut_ptr());
     let tiles = |range: std::ops::Range<usize>| {
         let mut acc = Vec::new();
@@ -147,9 +155,16 @@ impl Lhs {
         if prep == Prep::Flipped {
             // SAFETY: `Q8K` mirrors `BlockQ8K` (same `repr(C)` layout and size, checked in `kernels`).
             let q8 = unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut Q8K, blocks.len()) };
-            q8.iter_mut().flat_map(|block| block.qs.iter_mut()).for_each(|q| *q ^= i8::MIN);
+            q8.iter_mut()
+                .flat_map(|block| block.qs.iter_mut())
+                .for_each(|q| *q ^= i8::MIN);
         }
-        let mut lhs = Self { blocks, offsets: Vec::new(), rows, prep };
+        let mut lhs = Self {
+            blocks,
+            offsets: Vec::new(),
+            rows,
+            prep,
+        };
         if prep != Prep::Offsets {
             return lhs;
         }
@@ -203,7 +218,9 @@ fn tile_columns(
             let next = (block as *const Q6K as *const i8).wrapping_add(ahead * std::mem::size_of::<Q6K>());
             for line in 0..4 {
                 // SAFETY: a prefetch does not fault, whatever the address; SSE is part of x86-64.
-                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.wrapping_add(64 * line)) };
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.wrapping_add(64 * line))
+                };
             }
             body(block, y, offsets, acc);
         }
@@ -333,7 +350,12 @@ mod x86 {
             let scales = _mm_loadu_si128(x.scales.as_ptr() as *const __m128i);
             // Both 128-bit lanes hold the sixteen scales, so one in-lane shuffle picks any four of them.
             let scales = _mm256_broadcastsi128_si256(scales);
-            let scale4 = |t: usize| _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(scales, _mm256_loadu_si256(SCALES4[t].as_ptr() as *const __m256i)));
+            let scale4 = |t: usize| {
+                _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(
+                    scales,
+                    _mm256_loadu_si256(SCALES4[t].as_ptr() as *const __m256i),
+                ))
+            };
             // q4[2j + h], sc[2j + h]: chunks 2h and 2h + 1 of half `j`, as candle builds them.
             let mut q4 = [_mm512_setzero_si512(); 4];
             let mut sc = [_mm512_setzero_si512(); 4];
@@ -392,14 +414,26 @@ mod tests {
 
     fn q6k_case(n: usize, k: usize, m: usize) -> (std::sync::Arc<QTensor>, Tensor) {
         let dev = Device::Cpu;
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
-        let w = std::sync::Arc::new(QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q6K).unwrap());
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+            .collect();
+        let w = std::sync::Arc::new(
+            QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q6K).unwrap(),
+        );
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0)
+            .collect();
         (w, Tensor::from_vec(x, (m, k), &dev).unwrap())
     }
 
     fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect()
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|f| f.to_bits())
+            .collect()
     }
 
     /// Every row, in batches of several sizes, against candle's one-row call, on whichever body this CPU runs;
@@ -413,7 +447,11 @@ mod tests {
             let ours = q6k_matmul_rows(&x, &w).unwrap().unwrap();
             for r in 0..m {
                 let theirs = qm.forward(&x.narrow(0, r, 1).unwrap()).unwrap();
-                assert_eq!(bits(&ours.narrow(0, r, 1).unwrap()), bits(&theirs), "[{n}, {k}] × {m} rows, row {r}");
+                assert_eq!(
+                    bits(&ours.narrow(0, r, 1).unwrap()),
+                    bits(&theirs),
+                    "[{n}, {k}] × {m} rows, row {r}"
+                );
             }
         }
     }
@@ -434,12 +472,32 @@ mod tests {
         for m in [1usize, 3, 8] {
             let (_, x) = q6k_case(n, k, m);
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let (narrow_prep, wide_prep) = if m == 1 { (Prep::Plain, Prep::Plain) } else { (Prep::Offsets, Prep::Flipped) };
+            let (narrow_prep, wide_prep) = if m == 1 {
+                (Prep::Plain, Prep::Plain)
+            } else {
+                (Prep::Offsets, Prep::Flipped)
+            };
             let (mut narrow, mut wide) = (vec![0f32; n * m], vec![0f32; n * m]);
-            columns(weights, &Lhs::quantize(&xs, m, k, narrow_prep), &mut Vec::new(), &mut narrow);
+            columns(
+                weights,
+                &Lhs::quantize(&xs, m, k, narrow_prep),
+                &mut Vec::new(),
+                &mut narrow,
+            );
             // SAFETY: the CPU has the features (checked above).
-            unsafe { x86::columns_512(weights, &Lhs::quantize(&xs, m, k, wide_prep), &mut Vec::new(), &mut wide) };
-            assert_eq!(narrow.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), wide.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), "m = {m}");
+            unsafe {
+                x86::columns_512(
+                    weights,
+                    &Lhs::quantize(&xs, m, k, wide_prep),
+                    &mut Vec::new(),
+                    &mut wide,
+                )
+            };
+            assert_eq!(
+                narrow.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
+                wide.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
+                "m = {m}"
+            );
         }
     }
 }

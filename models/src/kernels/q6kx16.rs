@@ -68,7 +68,14 @@ struct Group {
 const _: () = assert!(std::mem::size_of::<Block>() == GGUF_BLOCK * COLS);
 
 impl Block {
-    const ZERO: Self = Self { groups: [Group { ql: [0; 512], qh: [0; 256], scales: [0; 64] }; 4], d: [f16::ZERO; COLS] };
+    const ZERO: Self = Self {
+        groups: [Group {
+            ql: [0; 512],
+            qh: [0; 256],
+            scales: [0; 64],
+        }; 4],
+        d: [f16::ZERO; COLS],
+    };
 
     /// Column `c`'s value `v` (0..256): its subblock's scale and its six-bit value, read back from the layout
     /// [`repack_column`] writes.
@@ -83,12 +90,20 @@ impl Block {
 
 impl std::fmt::Debug for Q6Kx16 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Q6Kx16").field("n", &self.n).field("k", &self.k).finish_non_exhaustive()
+        f.debug_struct("Q6Kx16")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .finish_non_exhaustive()
     }
 }
 
 /// Whether the kernels are compiled in: an x86-64 build with AVX2, FMA and F16C (the default x86-64-v3).
-const COMPILED: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
+const COMPILED: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+));
 
 impl Q6Kx16 {
     /// Repack a Q6_K `QTensor` of shape `[n, k]` on the CPU, `n` a multiple of 16 and `k` of 256, for a build
@@ -146,12 +161,27 @@ impl Q6Kx16 {
 
     /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
     fn matmul_lhs(&self, lhs: &Lhs, tier: Tier) -> Vec<f32> {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))]
         // SAFETY: `Tier::best` (or a test) picked a tier this CPU runs; `new` repacked `n / 16` column blocks
         // of `k / 256` blocks, and `lhs` has its rows of `k` values.
-        return unsafe { super::columns16::product(&self.blocks, self.k / QK, self.n, lhs.rows, lhs, tier, &x86::TILES) };
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
-        unreachable!("Q6Kx16::new declines without AVX2, FMA and F16C ({tier:?}, {} rows)", lhs.rows)
+        return unsafe {
+            super::columns16::product(&self.blocks, self.k / QK, self.n, lhs.rows, lhs, tier, &x86::TILES)
+        };
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )))]
+        unreachable!(
+            "Q6Kx16::new declines without AVX2, FMA and F16C ({tier:?}, {} rows)",
+            lhs.rows
+        )
     }
 }
 
@@ -197,7 +227,12 @@ impl Lhs {
 /// One work item: a column block against the quantized rows.
 type Item<'a> = super::columns16::Item<'a, Block, Lhs>;
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 mod x86 {
     //! The kernels proper. Per row and column: for each superblock, `isum = Σ_s scale_s · (Σ_v q_v·x_v -
     //! 32·bsum_s)` exactly in i32 (at most 16 · 128 · 16 · 64 · 128 < 2³¹ in magnitude), then
@@ -209,7 +244,16 @@ mod x86 {
 
     /// The kernel's bodies by tile height.
     pub(super) const TILES: Tiles<Block, Lhs> = Tiles {
-        wide: [tile_avx512::<1>, tile_avx512::<2>, tile_avx512::<3>, tile_avx512::<4>, tile_avx512::<5>, tile_avx512::<6>, tile_avx512::<7>, tile_avx512::<8>],
+        wide: [
+            tile_avx512::<1>,
+            tile_avx512::<2>,
+            tile_avx512::<3>,
+            tile_avx512::<4>,
+            tile_avx512::<5>,
+            tile_avx512::<6>,
+            tile_avx512::<7>,
+            tile_avx512::<8>,
+        ],
         narrow: [tile_avx2::<1>, tile_avx2::<2>, tile_avx2::<3>, tile_avx2::<4>],
     };
 
@@ -247,7 +291,9 @@ mod x86 {
     unsafe fn behind(group: &Group, after: __m256i) -> *const Group {
         let mut group: *const Group = group;
         // SAFETY: an empty template; it reads and writes no memory and changes no flag.
-        unsafe { std::arch::asm!("/* {g} {x} */", g = inout(reg) group, x = in(ymm_reg) after, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            std::arch::asm!("/* {g} {x} */", g = inout(reg) group, x = in(ymm_reg) after, options(nomem, nostack, preserves_flags))
+        };
         group
     }
 
@@ -255,8 +301,22 @@ mod x86 {
     /// the loads' offsets are constants and each row's registers stay registers.
     macro_rules! each_subblock {
         ($body:ident) => {
-            $body!(0); $body!(1); $body!(2); $body!(3); $body!(4); $body!(5); $body!(6); $body!(7);
-            $body!(8); $body!(9); $body!(10); $body!(11); $body!(12); $body!(13); $body!(14); $body!(15);
+            $body!(0);
+            $body!(1);
+            $body!(2);
+            $body!(3);
+            $body!(4);
+            $body!(5);
+            $body!(6);
+            $body!(7);
+            $body!(8);
+            $body!(9);
+            $body!(10);
+            $body!(11);
+            $body!(12);
+            $body!(13);
+            $body!(14);
+            $body!(15);
         };
     }
 
@@ -273,11 +333,57 @@ mod x86 {
                 ($s:literal) => {{
                     let group = behind(&blk.groups[$s / 4], _mm512_castsi512_si256(isum[R - 1]));
                     // SAFETY (loads): each reads within one `Group` field.
-                    let scale = _mm512_cvtepi8_epi32(_mm_loadu_si128((*group).scales.as_ptr().add(COLS * ($s % 4)) as *const __m128i));
-                    let q0 = unpack!(_mm512_loadu_si512, _mm512_and_si512, _mm512_or_si512, _mm512_srli_epi16, _mm512_slli_epi16, _mm512_set1_epi8, group, $s, 0, 0);
-                    let q1 = unpack!(_mm512_loadu_si512, _mm512_and_si512, _mm512_or_si512, _mm512_srli_epi16, _mm512_slli_epi16, _mm512_set1_epi8, group, $s, 1, 0);
-                    let q2 = unpack!(_mm512_loadu_si512, _mm512_and_si512, _mm512_or_si512, _mm512_srli_epi16, _mm512_slli_epi16, _mm512_set1_epi8, group, $s, 2, 0);
-                    let q3 = unpack!(_mm512_loadu_si512, _mm512_and_si512, _mm512_or_si512, _mm512_srli_epi16, _mm512_slli_epi16, _mm512_set1_epi8, group, $s, 3, 0);
+                    let scale = _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        (*group).scales.as_ptr().add(COLS * ($s % 4)) as *const __m128i
+                    ));
+                    let q0 = unpack!(
+                        _mm512_loadu_si512,
+                        _mm512_and_si512,
+                        _mm512_or_si512,
+                        _mm512_srli_epi16,
+                        _mm512_slli_epi16,
+                        _mm512_set1_epi8,
+                        group,
+                        $s,
+                        0,
+                        0
+                    );
+                    let q1 = unpack!(
+                        _mm512_loadu_si512,
+                        _mm512_and_si512,
+                        _mm512_or_si512,
+                        _mm512_srli_epi16,
+                        _mm512_slli_epi16,
+                        _mm512_set1_epi8,
+                        group,
+                        $s,
+                        1,
+                        0
+                    );
+                    let q2 = unpack!(
+                        _mm512_loadu_si512,
+                        _mm512_and_si512,
+                        _mm512_or_si512,
+                        _mm512_srli_epi16,
+                        _mm512_slli_epi16,
+                        _mm512_set1_epi8,
+                        group,
+                        $s,
+                        2,
+                        0
+                    );
+                    let q3 = unpack!(
+                        _mm512_loadu_si512,
+                        _mm512_and_si512,
+                        _mm512_or_si512,
+                        _mm512_srli_epi16,
+                        _mm512_slli_epi16,
+                        _mm512_set1_epi8,
+                        group,
+                        $s,
+                        3,
+                        0
+                    );
                     for r in 0..R {
                         let a = ys[r].qs.as_ptr().add(16 * $s);
                         let p = _mm512_dpbusd_epi32(_mm512_set1_epi32(offsets[r][$s]), q0, _mm512_set1_epi32(act4(a)));
@@ -291,7 +397,11 @@ mod x86 {
             each_subblock!(subblock);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.d.as_ptr() as *const __m256i));
             for r in 0..R {
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_mul_ps(d, _mm512_set1_ps(ys[r].d)), acc[r]);
+                acc[r] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(isum[r]),
+                    _mm512_mul_ps(d, _mm512_set1_ps(ys[r].d)),
+                    acc[r],
+                );
             }
         }
         for (r, acc) in acc.iter().enumerate() {
@@ -315,12 +425,24 @@ mod x86 {
                     ($s:literal) => {{
                         let group = behind(&blk.groups[$s / 4], isum[R - 1]);
                         // SAFETY (loads): each reads within one `Group` field.
-                        let bytes = _mm_loadl_epi64((*group).scales.as_ptr().add(COLS * ($s % 4) + 8 * h) as *const __m128i);
+                        let bytes =
+                            _mm_loadl_epi64((*group).scales.as_ptr().add(COLS * ($s % 4) + 8 * h) as *const __m128i);
                         let scale32 = _mm256_cvtepi8_epi32(bytes);
                         let scale16 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(bytes, bytes));
                         let mut q = [_mm256_setzero_si256(); 4];
                         for (t, q) in q.iter_mut().enumerate() {
-                            *q = unpack!(_mm256_loadu_si256, _mm256_and_si256, _mm256_or_si256, _mm256_srli_epi16, _mm256_slli_epi16, _mm256_set1_epi8, group, $s, t, 32 * h);
+                            *q = unpack!(
+                                _mm256_loadu_si256,
+                                _mm256_and_si256,
+                                _mm256_or_si256,
+                                _mm256_srli_epi16,
+                                _mm256_slli_epi16,
+                                _mm256_set1_epi8,
+                                group,
+                                $s,
+                                t,
+                                32 * h
+                            );
                         }
                         for r in 0..R {
                             let a = ys[r].qs.as_ptr().add(16 * $s);
@@ -337,7 +459,11 @@ mod x86 {
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr().add(8 * h) as *const __m128i));
                 for r in 0..R {
                     let a = &mut acc[r][h];
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(d, _mm256_set1_ps(ys[r].d)), *a);
+                    *a = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(isum[r]),
+                        _mm256_mul_ps(d, _mm256_set1_ps(ys[r].d)),
+                        *a,
+                    );
                 }
             }
         }
@@ -360,10 +486,16 @@ mod tests {
         let dev = Device::Cpu;
         // Column-dependent ranges and signs, so that the scales differ and some are negative.
         let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.45) * (0.05 + (i / k % 7) as f32 * 0.03) * if i / 64 % 5 == 0 { -1.0 } else { 1.0 })
+            .map(|i| {
+                ((i * 7919 % 1013) as f32 / 1013.0 - 0.45)
+                    * (0.05 + (i / k % 7) as f32 * 0.03)
+                    * if i / 64 % 5 == 0 { -1.0 } else { 1.0 }
+            })
             .collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q6K).unwrap();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * (1.0 + (i % 13) as f32)).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * (1.0 + (i % 13) as f32))
+            .collect();
         (w, Tensor::from_vec(x, (m, k), &dev).unwrap())
     }
 
@@ -389,7 +521,9 @@ mod tests {
                     let src = &data[(c * nb + b) * GGUF_BLOCK..][..GGUF_BLOCK];
                     let q8 = &lhs.q8()[b * m + r];
                     let isum: i64 = (0..QK)
-                        .map(|v| i64::from(src[192 + v / 16] as i8) * (i64::from(value(src, v)) - 32) * i64::from(q8.qs[v]))
+                        .map(|v| {
+                            i64::from(src[192 + v / 16] as i8) * (i64::from(value(src, v)) - 32) * i64::from(q8.qs[v])
+                        })
                         .sum();
                     let d = f16::from_le_bytes([src[208], src[209]]).to_f32();
                     acc = (isum as i32 as f32).mul_add(d * q8.d, acc);
@@ -415,7 +549,11 @@ mod tests {
                 let want = bits(&reference(&w, &x));
                 let lhs = Lhs::new(&values(&x), k);
                 for &tier in &tiers {
-                    assert_eq!(bits(&ours.matmul_lhs(&lhs, tier)), want, "{tier:?}, [{n}, {k}], m = {m}");
+                    assert_eq!(
+                        bits(&ours.matmul_lhs(&lhs, tier)),
+                        want,
+                        "{tier:?}, [{n}, {k}], m = {m}"
+                    );
                 }
             }
         }
@@ -460,7 +598,11 @@ mod tests {
     fn q6k_x16_declines_shapes_it_does_not_tile_and_rejects_other_types() {
         let (w, _) = case(40, 256, 1);
         assert!(Q6Kx16::new(&w).unwrap().is_none());
-        let w = QTensor::quantize(&Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
+        let w = QTensor::quantize(
+            &Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
         assert!(Q6Kx16::new(&w).is_err());
     }
 }

@@ -46,7 +46,10 @@ struct Quants8([[i8; 32]; 8]);
 
 impl std::fmt::Debug for Q8_0x8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Q8_0x8").field("n", &self.n).field("k", &self.k).finish_non_exhaustive()
+        f.debug_struct("Q8_0x8")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,7 +60,12 @@ impl Q8_0x8 {
     pub fn takes(w: &QTensor) -> bool {
         match w.shape().dims2() {
             Ok((n, k)) => {
-                w.dtype() == GgmlDType::Q8_0 && w.device().is_cpu() && k > 0 && k % 32 == 0 && !(k % 256 == 0 && n % 16 == 0) && KERNEL
+                w.dtype() == GgmlDType::Q8_0
+                    && w.device().is_cpu()
+                    && k > 0
+                    && k % 32 == 0
+                    && !(k % 256 == 0 && n % 16 == 0)
+                    && KERNEL
             }
             Err(_) => false,
         }
@@ -124,7 +132,11 @@ impl Q8_0x8 {
         let lhs_d: Vec<f32> = lhs.iter().map(|b| b.d.to_f32()).collect();
         let wide = super::avx512_vnni();
         // The 512-bit kernel's per-block offsets (see `x86::group_avx512`), computed once for all columns.
-        let offsets: Vec<Offsets> = if wide { lhs.iter().map(Offsets::new).collect() } else { Vec::new() };
+        let offsets: Vec<Offsets> = if wide {
+            lhs.iter().map(Offsets::new).collect()
+        } else {
+            Vec::new()
+        };
         let offsets = &offsets;
         let (wd, wq) = (&self.d, &self.qs);
         // One group of eight columns (all rows) per work item.
@@ -150,11 +162,21 @@ impl Q8_0x8 {
 }
 
 /// Whether [`group`] has its vector body in this build.
-const KERNEL: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
+const KERNEL: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+));
 
 /// One row (`ys`, its blocks' scales `yd`) against one group of eight columns: candle's `vec_dot_q8_0_q8_0`
 /// for each column, operation for operation.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 #[inline(always)]
 fn group(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32]) -> [f32; 8] {
     use std::arch::x86_64::*;
@@ -165,7 +187,10 @@ fn group(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32]) -> [f32; 8] {
         let mut acc = [_mm256_setzero_ps(); 8];
         for ((d, qs), (y, &dy)) in d.iter().zip(qs).zip(ys.iter().zip(yd)) {
             // Lane c: column c's `dx·dy`, the product candle broadcasts.
-            let scales = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i)), _mm256_set1_ps(dy));
+            let scales = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i)),
+                _mm256_set1_ps(dy),
+            );
             let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
             for (c, acc) in acc.iter_mut().enumerate() {
                 let bx = _mm256_load_si256(qs.0[c].as_ptr() as *const __m256i);
@@ -189,7 +214,12 @@ struct Offsets([i32; 16]);
 
 impl Offsets {
     fn new(y: &Q8_0) -> Self {
-        Self(std::array::from_fn(|l| -128 * y.qs[4 * (l % 8)..4 * (l % 8) + 4].iter().map(|&q| i32::from(q)).sum::<i32>()))
+        Self(std::array::from_fn(|l| {
+            -128 * y.qs[4 * (l % 8)..4 * (l % 8) + 4]
+                .iter()
+                .map(|&q| i32::from(q))
+                .sum::<i32>()
+        }))
     }
 }
 
@@ -201,10 +231,22 @@ const ROWS_512: usize = 4;
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C ([`super::avx512_vnni`]).
-unsafe fn group_512(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32], offsets: &[Offsets], out: &mut [[f32; 8]]) {
+unsafe fn group_512(
+    d: &[[f16; 8]],
+    qs: &[Quants8],
+    ys: &[Q8_0],
+    yd: &[f32],
+    offsets: &[Offsets],
+    out: &mut [[f32; 8]],
+) {
     for (t, out) in out.chunks_mut(ROWS_512).enumerate() {
         let r0 = t * ROWS_512;
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))]
         // SAFETY: forwarded from the caller; rows `r0..r0 + out.len()` are within `ys` and `yd`.
         unsafe {
             match out.len() {
@@ -214,14 +256,24 @@ unsafe fn group_512(d: &[[f16; 8]], qs: &[Quants8], ys: &[Q8_0], yd: &[f32], off
                 _ => x86::group_avx512::<1>(d, qs, ys, yd, offsets, r0, out),
             }
         }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )))]
         unreachable!("the 512-bit kernels need a build with AVX2, FMA and F16C");
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 mod x86 {
-    use super::{Q8_0, Quants8};
+    use super::{Quants8, Q8_0};
     use half::f16;
     use std::arch::x86_64::*;
 
@@ -258,7 +310,9 @@ mod x86 {
         for b in 0..nb {
             let dx = _mm512_zextps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(d[b].as_ptr() as *const __m128i)));
             // `x + 128` as unsigned bytes.
-            let ux: [__m512i; 4] = std::array::from_fn(|p| _mm512_xor_si512(_mm512_loadu_si512(qs[b].0[2 * p].as_ptr() as *const __m512i), flip));
+            let ux: [__m512i; 4] = std::array::from_fn(|p| {
+                _mm512_xor_si512(_mm512_loadu_si512(qs[b].0[2 * p].as_ptr() as *const __m512i), flip)
+            });
             for (r, acc) in acc.iter_mut().enumerate() {
                 let i = (r0 + r) * nb + b;
                 let by = _mm512_broadcast_i64x4(_mm256_loadu_si256(ys[i].qs.as_ptr() as *const __m256i));
@@ -281,7 +335,12 @@ mod x86 {
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+)))]
 fn group(_: &[[f16; 8]], _: &[Quants8], _: &[Q8_0], _: &[f32]) -> [f32; 8] {
     unreachable!("Q8_0x8::takes declines without AVX2, FMA and F16C")
 }
@@ -293,14 +352,24 @@ mod tests {
 
     fn case(n: usize, k: usize, m: usize) -> (std::sync::Arc<QTensor>, Tensor) {
         let dev = Device::Cpu;
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+            .collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q8_0).unwrap();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 4.0)
+            .collect();
         (std::sync::Arc::new(w), Tensor::from_vec(x, (m, k), &dev).unwrap())
     }
 
     fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect()
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|f| f.to_bits())
+            .collect()
     }
 
     #[test]
@@ -311,7 +380,10 @@ mod tests {
             let (w, x) = case(n, k, m);
             assert!(Q8_0x8::takes(&w));
             let ours = Q8_0x8::new(&w).unwrap().matmul(&x).unwrap();
-            let theirs = candle_core::quantized::QMatMul::from_arc(w).unwrap().forward(&x).unwrap();
+            let theirs = candle_core::quantized::QMatMul::from_arc(w)
+                .unwrap()
+                .forward(&x)
+                .unwrap();
             assert_eq!(bits(&ours), bits(&theirs), "m = {m}");
         }
     }
@@ -323,7 +395,11 @@ mod tests {
         let w = Q8_0x8::new(&w).unwrap();
         let all = bits(&w.matmul(&x).unwrap());
         for r in 0..m {
-            assert_eq!(all[r * n..(r + 1) * n], bits(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap()), "row {r}");
+            assert_eq!(
+                all[r * n..(r + 1) * n],
+                bits(&w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap()),
+                "row {r}"
+            );
         }
     }
 
@@ -356,7 +432,11 @@ mod tests {
                 unsafe { group_512(d, qs, lhs, &lhs_d, &offsets, &mut wide) };
                 for (r, wide) in wide.iter().enumerate() {
                     let narrow = group(d, qs, &lhs[r * nb..(r + 1) * nb], &lhs_d[r * nb..(r + 1) * nb]);
-                    assert_eq!(wide.map(f32::to_bits), narrow.map(f32::to_bits), "m = {m}, group {g}, row {r}");
+                    assert_eq!(
+                        wide.map(f32::to_bits),
+                        narrow.map(f32::to_bits),
+                        "m = {m}, group {g}, row {r}"
+                    );
                 }
             }
         }
@@ -376,7 +456,11 @@ mod tests {
     fn declines_what_candle_repacks_and_other_types() {
         let (w, _) = case(32, 512, 1);
         assert!(!Q8_0x8::takes(&w));
-        let q4 = QTensor::quantize(&Tensor::zeros((8, 64), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q4_0).unwrap();
+        let q4 = QTensor::quantize(
+            &Tensor::zeros((8, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::Q4_0,
+        )
+        .unwrap();
         assert!(!Q8_0x8::takes(&q4));
         assert!(Q8_0x8::new(&q4).is_err());
     }

@@ -50,12 +50,20 @@ const _: () = assert!(std::mem::size_of::<Block>() == GGUF_BLOCK * COLS);
 
 impl std::fmt::Debug for Q8_0x16 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Q8_0x16").field("n", &self.n).field("k", &self.k).finish_non_exhaustive()
+        f.debug_struct("Q8_0x16")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .finish_non_exhaustive()
     }
 }
 
 /// Whether the kernels are compiled in: an x86-64 build with AVX2, FMA and F16C (the default x86-64-v3).
-const COMPILED: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
+const COMPILED: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+));
 
 impl Q8_0x16 {
     /// Repack a Q8_0 `QTensor` of shape `[n, k]` on the CPU, `n` a multiple of 16, for a build with AVX2, FMA
@@ -66,7 +74,10 @@ impl Q8_0x16 {
             return Ok(None);
         }
         let nb = k / QK;
-        let zero = Block { qs: [0; QK * COLS], d: [f16::ZERO; COLS] };
+        let zero = Block {
+            qs: [0; QK * COLS],
+            d: [f16::ZERO; COLS],
+        };
         let blocks = super::columns16::repack(&data, n, nb, GGUF_BLOCK, zero, |src, c, dst| {
             dst.d[c] = f16::from_le_bytes([src[0], src[1]]);
             for (v, &q) in src[2..].iter().enumerate() {
@@ -84,10 +95,18 @@ impl Q8_0x16 {
     /// Columns `ids` of the matrix, dequantized (`[ids.len(), k]`, row-major), as candle's Q8_0 embedding lookup
     /// computes them: each quant times its block's scale. An id past `n` is an error.
     pub fn rows(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
-        super::columns16::lookup(&self.blocks, self.n, self.k / QK, QK, ids, "Q8_0x16", |block, c, out| {
-            let d = block.d[c].to_f32();
-            out.extend((0..QK).map(|v| f32::from((block.qs[64 * (v / 4) + 4 * c + v % 4] ^ 0x80) as i8) * d));
-        })
+        super::columns16::lookup(
+            &self.blocks,
+            self.n,
+            self.k / QK,
+            QK,
+            ids,
+            "Q8_0x16",
+            |block, c, out| {
+                let d = block.d[c].to_f32();
+                out.extend((0..QK).map(|v| f32::from((block.qs[64 * (v / 4) + 4 * c + v % 4] ^ 0x80) as i8) * d));
+            },
+        )
     }
 
     /// `x` (`[m, k]`, f32, CPU) times the transpose of the weight → `[m, n]`. The activations are quantized
@@ -105,12 +124,27 @@ impl Q8_0x16 {
 
     /// The product with quantized rows, on one kernel tier; row-major `[m, n]`.
     fn matmul_lhs(&self, lhs: &Lhs, tier: Tier) -> Vec<f32> {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))]
         // SAFETY: `Tier::best` (or a test) picked a tier this CPU runs; `new` repacked `n / 16` column blocks
         // of `k / 32` blocks, and `lhs` has its rows of `k` values.
-        return unsafe { super::columns16::product(&self.blocks, self.k / QK, self.n, lhs.rows, lhs, tier, &x86::TILES) };
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
-        unreachable!("Q8_0x16::new declines without AVX2, FMA and F16C ({tier:?}, {} rows)", lhs.rows)
+        return unsafe {
+            super::columns16::product(&self.blocks, self.k / QK, self.n, lhs.rows, lhs, tier, &x86::TILES)
+        };
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )))]
+        unreachable!(
+            "Q8_0x16::new declines without AVX2, FMA and F16C ({tier:?}, {} rows)",
+            lhs.rows
+        )
     }
 }
 
@@ -146,7 +180,12 @@ impl Lhs {
 /// One work item: a column block against the quantized rows.
 type Item<'a> = super::columns16::Item<'a, Block, Lhs>;
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 mod x86 {
     //! The kernels proper. Per row and column: for each block, `isum = Σ x·y` exactly in i32 (at most
     //! 32 · 128 · 127 in magnitude), then `acc = fma(float(isum), d · d_y, acc)`.
@@ -157,7 +196,16 @@ mod x86 {
 
     /// The kernel's bodies by tile height.
     pub(super) const TILES: Tiles<Block, Lhs> = Tiles {
-        wide: [tile_avx512::<1>, tile_avx512::<2>, tile_avx512::<3>, tile_avx512::<4>, tile_avx512::<5>, tile_avx512::<6>, tile_avx512::<7>, tile_avx512::<8>],
+        wide: [
+            tile_avx512::<1>,
+            tile_avx512::<2>,
+            tile_avx512::<3>,
+            tile_avx512::<4>,
+            tile_avx512::<5>,
+            tile_avx512::<6>,
+            tile_avx512::<7>,
+            tile_avx512::<8>,
+        ],
         narrow: [tile_avx2::<1>, tile_avx2::<2>, tile_avx2::<3>, tile_avx2::<4>],
     };
 
@@ -214,7 +262,10 @@ mod x86 {
                 // SAFETY (loads): within the block's quants and scales.
                 let (mut x, mut ax) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
                 for t in 0..8 {
-                    x[t] = _mm256_xor_si256(_mm256_loadu_si256(blk.qs.as_ptr().add(64 * t + 32 * h) as *const __m256i), flip);
+                    x[t] = _mm256_xor_si256(
+                        _mm256_loadu_si256(blk.qs.as_ptr().add(64 * t + 32 * h) as *const __m256i),
+                        flip,
+                    );
                     ax[t] = _mm256_sign_epi8(x[t], x[t]);
                 }
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr().add(8 * h) as *const __m128i));
@@ -247,9 +298,13 @@ mod tests {
     /// A Q8_0 matrix of `n` columns and `k` inputs, and `m` activation rows, from fixed patterns.
     fn case(n: usize, k: usize, m: usize) -> (QTensor, Tensor) {
         let dev = Device::Cpu;
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (0.05 + (i / k % 7) as f32 * 0.03)).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (0.05 + (i / k % 7) as f32 * 0.03))
+            .collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q8_0).unwrap();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * (1.0 + (i % 13) as f32)).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5) * (1.0 + (i % 13) as f32))
+            .collect();
         (w, Tensor::from_vec(x, (m, k), &dev).unwrap())
     }
 
@@ -298,7 +353,11 @@ mod tests {
                 let want = bits(&reference(&w, &x));
                 let lhs = Lhs::new(&values(&x), m, k);
                 for &tier in &tiers {
-                    assert_eq!(bits(&ours.matmul_lhs(&lhs, tier)), want, "{tier:?}, [{n}, {k}], m = {m}");
+                    assert_eq!(
+                        bits(&ours.matmul_lhs(&lhs, tier)),
+                        want,
+                        "{tier:?}, [{n}, {k}], m = {m}"
+                    );
                 }
             }
         }
@@ -327,7 +386,11 @@ mod tests {
         let (w, _) = case(n, k, 1);
         let ours = Q8_0x16::new(&w).unwrap().unwrap();
         let ids = [0u32, 31, 7, 16];
-        let want = w.dequantize(&Device::Cpu).unwrap().index_select(&Tensor::new(&ids, &Device::Cpu).unwrap(), 0).unwrap();
+        let want = w
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .index_select(&Tensor::new(&ids, &Device::Cpu).unwrap(), 0)
+            .unwrap();
         assert_eq!(bits(&ours.rows(&ids).unwrap()), bits(&values(&want)));
         assert!(ours.rows(&[32]).is_err());
     }
@@ -336,7 +399,11 @@ mod tests {
     fn q8_0_x16_declines_other_widths_and_rejects_other_types() {
         let (w, _) = case(40, 64, 1);
         assert!(Q8_0x16::new(&w).unwrap().is_none());
-        let w = QTensor::quantize(&Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q4_0).unwrap();
+        let w = QTensor::quantize(
+            &Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::Q4_0,
+        )
+        .unwrap();
         assert!(Q8_0x16::new(&w).is_err());
     }
 }

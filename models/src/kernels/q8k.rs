@@ -51,7 +51,11 @@ impl<E: Copy + Default + Send> Q8KRows<E> {
         } else {
             super::parallel_ranges(nb, |range| range.for_each(superblock));
         }
-        Self { blocks, extra: extras, rows }
+        Self {
+            blocks,
+            extra: extras,
+            rows,
+        }
     }
 
     /// The blocks through our mirror of their layout.
@@ -90,7 +94,10 @@ unsafe fn quantize_avx2(xs: &[f32], y: &mut Q8K) -> bool {
     for i in 0..32 {
         let a = _mm256_and_ps(x(i), abs_mask);
         amax = _mm256_max_ps(amax, a);
-        finite = _mm256_and_si256(finite, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(a, _mm256_set1_ps(f32::INFINITY))));
+        finite = _mm256_and_si256(
+            finite,
+            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(a, _mm256_set1_ps(f32::INFINITY))),
+        );
     }
     if _mm256_movemask_ps(_mm256_castsi256_ps(finite)) != 0xFF {
         return false;
@@ -133,7 +140,10 @@ unsafe fn quantize_avx2(xs: &[f32], y: &mut Q8K) -> bool {
         _mm256_storeu_si256(y.qs.as_mut_ptr().add(32 * c) as *mut __m256i, bytes);
         // Sums of each 16 bytes: unsigned sums of 8 after a +128 bias, then the bias removed.
         let mut sums = [0u64; 4];
-        _mm256_storeu_si256(sums.as_mut_ptr() as *mut __m256i, _mm256_sad_epu8(_mm256_xor_si256(bytes, bias), _mm256_setzero_si256()));
+        _mm256_storeu_si256(
+            sums.as_mut_ptr() as *mut __m256i,
+            _mm256_sad_epu8(_mm256_xor_si256(bytes, bias), _mm256_setzero_si256()),
+        );
         y.bsums[2 * c] = (sums[0] + sums[1]) as i16 - 16 * 128;
         y.bsums[2 * c + 1] = (sums[2] + sums[3]) as i16 - 16 * 128;
     }
@@ -147,7 +157,9 @@ mod tests {
 
     fn bits(b: &BlockQ8K) -> Vec<u8> {
         // SAFETY: a plain `repr(C)` struct of 292 bytes without padding.
-        unsafe { std::slice::from_raw_parts(b as *const BlockQ8K as *const u8, std::mem::size_of::<BlockQ8K>()).to_vec() }
+        unsafe {
+            std::slice::from_raw_parts(b as *const BlockQ8K as *const u8, std::mem::size_of::<BlockQ8K>()).to_vec()
+        }
     }
 
     fn check(xs: &[f32], what: &str) {
@@ -169,7 +181,9 @@ mod tests {
         };
         for case in 0..2000 {
             let scale = [1e-6f32, 0.01, 1.0, 3.7, 1e4][case % 5];
-            let xs: Vec<f32> = (0..256).map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale).collect();
+            let xs: Vec<f32> = (0..256)
+                .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale)
+                .collect();
             check(&xs, &format!("random block {case}"));
         }
         // The cases above took the vector path, not the scalar fallback.

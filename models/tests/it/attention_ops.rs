@@ -25,12 +25,25 @@ type Step = [Option<(usize, usize, bool)>; 2];
 /// Generation of two sequences: a's 40-token prompt in two chunks, then a decodes while b's 12-token prompt
 /// prefills in the same step, then both decode side by side. Greedy unless `forced` gives each sequence's
 /// generated tokens. Returns the generated tokens and every logits row, in order.
-fn generate(model: &dyn CausalLm, cache: &mut KvCache, decode_steps: usize, forced: Option<&[Vec<u32>]>) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
-    let prompt = |len: usize, salt: usize| -> Vec<u32> { (0..len).map(|i| ((i * 7919 + salt * 104_729) % 40_000 + 100) as u32).collect() };
+fn generate(
+    model: &dyn CausalLm,
+    cache: &mut KvCache,
+    decode_steps: usize,
+    forced: Option<&[Vec<u32>]>,
+) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+    let prompt = |len: usize, salt: usize| -> Vec<u32> {
+        (0..len)
+            .map(|i| ((i * 7919 + salt * 104_729) % 40_000 + 100) as u32)
+            .collect()
+    };
     let mut tokens = [prompt(40, 1), prompt(12, 2)];
     let prompt_len = [40, 12];
     let tables: [Vec<u32>; 2] = [vec![5, 1, 7], vec![3, 0]];
-    let mut steps: Vec<Step> = vec![[Some((0, 24, false)), None], [Some((24, 16, true)), None], [Some((40, 1, true)), Some((0, 12, true))]];
+    let mut steps: Vec<Step> = vec![
+        [Some((0, 24, false)), None],
+        [Some((24, 16, true)), None],
+        [Some((40, 1, true)), Some((0, 12, true))],
+    ];
     for i in 0..decode_steps {
         steps.push([Some((41 + i, 1, true)), Some((12 + i, 1, true))]);
     }
@@ -40,12 +53,29 @@ fn generate(model: &dyn CausalLm, cache: &mut KvCache, decode_steps: usize, forc
         for (s, part) in step.iter().enumerate() {
             let Some((from, n, want)) = *part else { continue };
             ids.extend_from_slice(&tokens[s][from..from + n]);
-            seqs.push(SeqInput { num_computed: from, num_new: n, block_table: &tables[s], prompt_len: prompt_len[s], want_logits: want, all_logits: false });
+            seqs.push(SeqInput {
+                num_computed: from,
+                num_new: n,
+                block_table: &tables[s],
+                prompt_len: prompt_len[s],
+                want_logits: want,
+                all_logits: false,
+            });
             if want {
                 wanting.push(s);
             }
         }
-        let logits = model.forward(&Batch { tokens: &ids, seqs: &seqs }, cache).unwrap().to_vec2::<f32>().unwrap();
+        let logits = model
+            .forward(
+                &Batch {
+                    tokens: &ids,
+                    seqs: &seqs,
+                },
+                cache,
+            )
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         for (row, &s) in logits.into_iter().zip(&wanting) {
             let next = match forced {
                 Some(f) => f[s][generated[s].len()],
@@ -60,7 +90,11 @@ fn generate(model: &dyn CausalLm, cache: &mut KvCache, decode_steps: usize, forc
 }
 
 fn argmax(xs: &[f32]) -> u32 {
-    xs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).expect("logits are not empty")
+    xs.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+        .expect("logits are not empty")
 }
 
 fn top2_gap(xs: &[f32]) -> f32 {
@@ -84,16 +118,31 @@ fn check(dtype: DType) {
     let (mut clear, mut same) = (0, 0);
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
         let diff = w.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(diff < TOLERANCE, "{dtype:?} cache, logits row {i}: max difference {diff} (tolerance {TOLERANCE})");
+        assert!(
+            diff < TOLERANCE,
+            "{dtype:?} cache, logits row {i}: max difference {diff} (tolerance {TOLERANCE})"
+        );
         same += usize::from(argmax(g) == argmax(w));
         if top2_gap(w) > 2.0 * TOLERANCE {
             clear += 1;
-            assert_eq!(argmax(g), argmax(w), "{dtype:?} cache, logits row {i}: a clear greedy choice changed");
+            assert_eq!(
+                argmax(g),
+                argmax(w),
+                "{dtype:?} cache, logits row {i}: a clear greedy choice changed"
+            );
         }
     }
     // The clear-choice check must have had something to check.
-    assert!(clear >= 5, "only {clear} of {} rows had a clear greedy choice", want.len());
-    assert!(same * 10 >= want.len() * 9, "the greedy choice agrees on only {same} of {} rows", want.len());
+    assert!(
+        clear >= 5,
+        "only {clear} of {} rows had a clear greedy choice",
+        want.len()
+    );
+    assert!(
+        same * 10 >= want.len() * 9,
+        "the greedy choice agrees on only {same} of {} rows",
+        want.len()
+    );
 }
 
 #[test]

@@ -13,6 +13,10 @@ pub fn model_path(file: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/hearth/models"));
     let path = dir.join(file);
-    assert!(path.exists(), "{} is missing: run `scripts/fetch-models.sh --all` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/fetch-models.sh --all` first",
+        path.display()
+    );
     path
 }

@@ -14,7 +14,11 @@ pub fn model_path(file: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/hearth/models"));
     let path = dir.join(file);
-    assert!(path.exists(), "{} is missing: run `scripts/fetch-models.sh --all` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/fetch-models.sh --all` first",
+        path.display()
+    );
     path
 }
 
@@ -27,8 +31,16 @@ pub fn chat_answer(model: &std::path::Path, question: &str) -> String {
     cfg.kv_cache_tokens = 1024;
     let engine = Engine::load(cfg).expect("model loads");
     let tok = engine.tokenizer();
-    let messages = [ChatMessage { role: "user".into(), content: question.into() }];
-    let prompt = tok.encode(&tok.apply_chat_template(&messages, true).expect("template renders"), false).expect("encodes");
+    let messages = [ChatMessage {
+        role: "user".into(),
+        content: question.into(),
+    }];
+    let prompt = tok
+        .encode(
+            &tok.apply_chat_template(&messages, true).expect("template renders"),
+            false,
+        )
+        .expect("encodes");
     let req = GenerateRequest::greedy(prompt, 16);
     let mut events = engine.submit(req).expect("submitted");
     let mut text = String::new();

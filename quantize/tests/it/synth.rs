@@ -32,7 +32,11 @@ fn tiny_preset_has_the_recipe_types_and_generates() {
 
     // The same seed writes the same bytes.
     let again = dir.path().join("again.gguf");
-    synth(&SynthConfig { output: again.clone(), ..cfg }).expect("synthesizes again");
+    synth(&SynthConfig {
+        output: again.clone(),
+        ..cfg
+    })
+    .expect("synthesizes again");
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
 }
 
@@ -48,5 +52,8 @@ fn a_tokenizer_larger_than_the_preset_vocabulary_is_refused() {
         progress: false,
     };
     let err = synth(&cfg).unwrap_err().to_string();
-    assert!(err.contains("49152 tokens do not fit preset `llama2-7b` with 32000 embedding rows"), "{err}");
+    assert!(
+        err.contains("49152 tokens do not fit preset `llama2-7b` with 32000 embedding rows"),
+        "{err}"
+    );
 }
