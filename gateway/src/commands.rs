@@ -1,7 +1,7 @@
 //! The subcommands: `serve` (HTTP API until SIGINT/SIGTERM), `generate` (one answer to stdout), `chat`
 //! (an interactive terminal conversation), `config` (check or print the configuration) and `doctor`.
 
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::ExitCode;
@@ -19,8 +19,7 @@ use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
 use crate::cli::{
-    AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, PullArgs, SamplingArgs,
-    ServeArgs,
+    AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, SamplingArgs, ServeArgs,
 };
 
 /// `hearth serve`.
@@ -237,25 +236,6 @@ pub fn doctor(args: DoctorArgs, config: Config, config_path: Option<PathBuf>) ->
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// `hearth pull`: hf-hub's cache (`$HF_HOME`, else ~/.cache/huggingface) keeps the file; its path goes to
-/// stdout, so scripts can capture it. `HF_TOKEN` authenticates for gated repositories.
-pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(std::io::stderr().is_terminal())
-        .build()?;
-    let repo = hf_hub::Repo::with_revision(args.repo.clone(), hf_hub::RepoType::Model, args.revision.clone());
-    let path = api.repo(repo).get(&args.file).with_context(|| {
-        format!(
-            "cannot download {} from the Hugging Face repository {} ({})",
-            args.file, args.repo, args.revision
-        )
-    })?;
-    engine::inspect_model(&path)
-        .with_context(|| format!("downloaded {}, but it is not a model hearth runs", path.display()))?;
-    println!("{}", path.display());
-    Ok(ExitCode::SUCCESS)
 }
 
 /// How one chat turn ended.

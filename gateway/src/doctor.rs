@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::dingtalk::{DingTalkConfig, OpenApi};
 use crate::model_path;
+use crate::presets::Preset;
 
 /// CPU flags the default (x86-64-v3) build executes; without any of them it dies with SIGILL.
 pub const REQUIRED_CPU_FLAGS: &[&str] = &["avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe"];
@@ -221,7 +222,7 @@ fn model_files(inputs: &Inputs) -> Vec<(PathBuf, Option<String>)> {
             .collect();
     }
     match model_path::default_model_path() {
-        Ok(path) => vec![(path, Some(model_path::DEFAULT_MODEL_SHA256.to_owned()))],
+        Ok(path) => vec![(path, Some(Preset::default_preset().sha256.to_owned()))],
         Err(_) => Vec::new(),
     }
 }

@@ -11,7 +11,9 @@
 //! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
 //! - [`console`]: the web console at `/` (chat, IM preview, status, admin), its assets embedded.
 //! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
-//! - [`model_path`]: which GGUF to load when `--model` is absent, and fetching the default one.
+//! - [`model_path`]: which GGUF to load (a path or a preset's name; the default preset when `--model` is
+//!   absent), and fetching a preset's file.
+//! - [`presets`]: the named models hearth can fetch (`hearth pull --list`).
 //! - [`config`]: the TOML configuration file with its `HEARTH_<SECTION>__<KEY>` environment overrides.
 //! - [`doctor`]: `hearth doctor`'s checks of the machine, the model files and the configuration.
 //! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod model_path;
 pub mod openai;
 pub mod platform;
+pub mod presets;
 pub mod routing;
 pub mod server;
 pub mod sessions;

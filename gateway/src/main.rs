@@ -1,10 +1,11 @@
 //! `hearth`: run a 4-bit LLM in-process and serve it (`serve`), or use it from the terminal
 //! (`generate`, `chat`), and make model files (`quantize`, `synth`, `export`, `perplexity`). Arguments are
-//! parsed in [`cli`]; the subcommands live in [`commands`] and [`model_tools`].
+//! parsed in [`cli`]; the subcommands live in [`commands`], [`model_tools`] and [`pull`].
 
 mod cli;
 mod commands;
 mod model_tools;
+mod pull;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -43,7 +44,7 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Generate(args) => commands::generate(args, &config),
         cli::Command::Chat(args) => commands::chat(args, &config),
         cli::Command::Doctor(args) => commands::doctor(args, config, cli.config),
-        cli::Command::Pull(args) => commands::pull(args),
+        cli::Command::Pull(args) => pull::pull(args),
         cli::Command::Quantize(args) => model_tools::quantize(args),
         cli::Command::Synth(args) => model_tools::synth(args),
         cli::Command::Export(args) => model_tools::export(args),

@@ -2,7 +2,7 @@
 //! `perplexity` (over the engine's). All tensor work happens in those crates; this module only resolves
 //! paths, prints a summary to stdout and times the work.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -63,10 +63,7 @@ pub fn synth(args: SynthArgs) -> anyhow::Result<ExitCode> {
 /// The tokenizer source `synth` uses when none is given: a real GGUF of the same family whose vocabulary
 /// fits the preset's embedding rows.
 fn default_tokenizer_source(preset: &str) -> anyhow::Result<PathBuf> {
-    let models = gateway::model_path::default_model_path()?
-        .parent()
-        .map(Path::to_path_buf)
-        .context("no models folder")?;
+    let models = gateway::model_path::models_dir()?;
     let candidate = match preset {
         "qwen2.5-7b" => models.join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
         "llama2-7b" | "mistral-7b" => {
@@ -87,7 +84,7 @@ fn default_tokenizer_source(preset: &str) -> anyhow::Result<PathBuf> {
                 )
             })?
         }
-        _ => gateway::model_path::default_model_path()?,
+        _ => models.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
     };
     anyhow::ensure!(
         candidate.exists(),

@@ -13,6 +13,7 @@ mod disconnect;
 mod doctor;
 mod errors;
 mod overload;
+mod presets;
 mod routes;
 mod shutdown;
 mod support;

@@ -21,9 +21,10 @@ use tower::ServiceExt;
 /// The served model name: the GGUF file stem.
 pub const MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1";
 
-/// The real SmolLM2-135M Q4_1 file; tests need it on disk.
+/// The real SmolLM2-135M Q4_1 file (the `smollm2-135m` preset: small and fast); tests need it on disk.
 pub fn model_path() -> PathBuf {
-    let path = gateway::model_path::default_model_path().expect("HEARTH_MODELS_DIR or HOME must be set");
+    let preset = gateway::presets::Preset::find("smollm2-135m").expect("the smollm2-135m preset exists");
+    let path = gateway::model_path::preset_path(preset).expect("HEARTH_MODELS_DIR or HOME must be set");
     assert!(
         path.is_file(),
         "{} is missing: run scripts/fetch-models.sh",
