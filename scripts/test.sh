@@ -30,6 +30,9 @@ fi
 echo "== formatting: cargo fmt --check (rustfmt.toml)"
 cargo fmt --all --check
 
+echo "== lints: cargo clippy -D warnings (the allows are in Cargo.toml's [workspace.lints], each with its reason)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
 echo "== cargo test"
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 1

@@ -9,6 +9,7 @@
 //!
 //! Latencies come from the emulator's own clock: when the user message was recorded, and when the first
 //! card update with text was accepted. It measures and never asserts; prints a markdown table.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

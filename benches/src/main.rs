@@ -11,6 +11,7 @@
 //! Output: one JSON line per figure (stdout, or `--json FILE`), then a markdown table with ratios; with
 //! `--out DIR` also `bench.json` (one document), `bench.md` and `bench.svg` (the sweep, plotted).
 //! It measures and never asserts; see benches/README.md.
+#![forbid(unsafe_code)]
 
 mod hearth;
 mod llama;

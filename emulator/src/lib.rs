@@ -9,5 +9,6 @@
 //!
 //! **Architecture invariant:** emulators know nothing of the engine or the gateway; they depend only on
 //! the wire protocol.
+#![forbid(unsafe_code)]
 
 pub mod dingtalk;

@@ -146,7 +146,7 @@ impl Engine {
             path: path.display().to_string(),
             reason,
         };
-        if config.block_size == 0 || config.block_size % 32 != 0 {
+        if config.block_size == 0 || !config.block_size.is_multiple_of(32) {
             return Err(EngineError::InvalidParameter {
                 name: "block_size",
                 value: config.block_size.to_string(),

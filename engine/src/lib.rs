@@ -6,6 +6,7 @@
 //! returned [`RequestStream`]; dropping the stream cancels the request and frees its KV blocks on the next step.
 //!
 //! The public API has no candle types: token ids are `u32`, text is `String`, logits never leave the crate.
+#![forbid(unsafe_code)]
 
 mod detokenizer;
 mod device;

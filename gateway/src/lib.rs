@@ -25,6 +25,7 @@
 //!
 //! **Architecture invariant:** the gateway never names a candle type and never touches tensors; it talks
 //! to the engine through `EngineHandle`, `GenerateRequest` and the `Event` stream only.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod audit;

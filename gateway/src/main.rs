@@ -1,6 +1,7 @@
 //! `hearth`: run a 4-bit LLM in-process and serve it (`serve`), or use it from the terminal
 //! (`generate`, `chat`), and make model files (`quantize`, `synth`, `export`, `perplexity`). Arguments are
 //! parsed in [`cli`]; the subcommands live in [`commands`], [`model_tools`] and [`pull`].
+#![forbid(unsafe_code)]
 
 mod cli;
 mod commands;

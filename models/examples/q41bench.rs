@@ -10,6 +10,9 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+/// A repacked weight's product with the activations.
+type Matmul = dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
+
 /// Median and minimum µs per call of `run`, over 15 batches of `per_batch` calls after a warm-up.
 fn time(per_batch: usize, mut run: impl FnMut() -> candle_core::Result<Tensor>) -> candle_core::Result<(f64, f64)> {
     for _ in 0..per_batch / 4 + 1 {
@@ -49,7 +52,7 @@ fn bench() -> candle_core::Result<()> {
             .collect();
         let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev)?, dtype)?;
         let t = Instant::now();
-        let matmul: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>> = match dtype {
+        let matmul: Box<Matmul> = match dtype {
             GgmlDType::Q4_1 => {
                 let w = models::kernels::Q4_1x8::new(&w)?;
                 Box::new(move |x| w.matmul(x))

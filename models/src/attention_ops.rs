@@ -198,7 +198,7 @@ pub fn attend_tensors(
     batch.validate(cache.block_size(), cache.num_blocks())?;
     let layout = cache.layout();
     let (kv_heads, dim, block_size) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
-    if num_heads == 0 || num_heads % kv_heads != 0 {
+    if num_heads == 0 || !num_heads.is_multiple_of(kv_heads) {
         return Err(ModelError::InvalidBatch(format!(
             "{num_heads} query heads are not a multiple of {kv_heads} KV heads"
         )));

@@ -10,6 +10,8 @@
 //!
 //! The families are those `models` runs: Llama (incl. Mistral, SmolLM), Qwen2 and Qwen3. This crate names
 //! tensors with llama.cpp's GGUF names and depends on `models` only for [`models::Architecture`].
+// Unsafe only where a file is memory-mapped (`safetensors_reader.rs`), each site allowed and explained.
+#![deny(unsafe_code)]
 
 mod checkpoint;
 mod convert;

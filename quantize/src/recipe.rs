@@ -111,7 +111,7 @@ impl Recipe {
             match self.quant {
                 QuantType::F16 | QuantType::Q8_0 => base,
                 // llama.cpp: a row length that is no multiple of the base block gets Q8_0 for the output.
-                _ if shape[shape.len() - 1] % base.block_size() != 0 => GgmlDType::Q8_0,
+                _ if !shape[shape.len() - 1].is_multiple_of(base.block_size()) => GgmlDType::Q8_0,
                 _ => GgmlDType::Q6K,
             }
         } else if self.quant == QuantType::Q4KM
@@ -128,7 +128,7 @@ impl Recipe {
 
 /// llama.cpp's `tensor_type_fallback` for rows of `cols` values.
 fn fallback(wanted: GgmlDType, cols: usize) -> GgmlDType {
-    if cols % wanted.block_size() == 0 {
+    if cols.is_multiple_of(wanted.block_size()) {
         return wanted;
     }
     let smaller = match wanted {
@@ -138,7 +138,7 @@ fn fallback(wanted: GgmlDType, cols: usize) -> GgmlDType {
         GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
         other => other,
     };
-    if cols % smaller.block_size() == 0 {
+    if cols.is_multiple_of(smaller.block_size()) {
         smaller
     } else {
         GgmlDType::F16

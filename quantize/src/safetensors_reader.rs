@@ -69,6 +69,7 @@ impl ShardSet {
     }
 
     /// Open these safetensors files; a name found in two files is an error.
+    #[allow(unsafe_code)] // Mmap::map: see the SAFETY note.
     pub fn open(files: &[PathBuf]) -> Result<Self, QuantizeError> {
         let mut maps = Vec::new();
         let mut entries = BTreeMap::new();
@@ -149,6 +150,7 @@ impl ShardSet {
     }
 
     /// Rows `rows` of tensor `name` (a 1-D tensor is one row) as f32.
+    #[allow(unsafe_code)] // madvise on the map: see the SAFETY note.
     pub fn read_rows(&self, name: &str, rows: std::ops::Range<usize>) -> Result<Vec<f32>, QuantizeError> {
         let e = self.entry(name)?;
         let path = &self.paths[e.shard];

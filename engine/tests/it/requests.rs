@@ -26,7 +26,7 @@ fn a_chat_answer_streams_text_and_finishes_with_figures() {
     let Event::Finished(again) = end else { panic!("{end:?}") };
     assert_eq!(
         again.usage.cached_prompt_tokens,
-        prompt.len() / 32 * 32 - if prompt.len() % 32 == 0 { 32 } else { 0 }
+        prompt.len() / 32 * 32 - if prompt.len().is_multiple_of(32) { 32 } else { 0 }
     );
     assert!(engine.stats().prefix_cache_hit_tokens > 0);
 }

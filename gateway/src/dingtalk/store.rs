@@ -166,7 +166,7 @@ impl Outbox {
                     now_ms(),
                 ],
             )?;
-            Ok((inserted == 1 && !ignore).then(|| Job { message, out_track_id, attempt: 1, card_created: false }))
+            Ok((inserted == 1 && !ignore).then_some(Job { message, out_track_id, attempt: 1, card_created: false }))
         })
         .await
     }

@@ -623,7 +623,7 @@ mod tests {
     fn q8_1_quantization_is_candles() {
         // Ties (x · id lands on k + 0.5), zeros, a zero block, signs, a NaN and an infinity, large and tiny values.
         let mut xs: Vec<f32> = (0..32 * 64)
-            .map(|i| ((i * 104729 % 9973) as f32 / 9973.0 - 0.5) * 10f32.powi((i % 7) as i32 - 3))
+            .map(|i| ((i * 104729 % 9973) as f32 / 9973.0 - 0.5) * 10f32.powi((i % 7) - 3))
             .collect();
         for (i, x) in xs[..32].iter_mut().enumerate() {
             // amax 127 makes `id` exactly 1, so every other value is a tie.

@@ -69,7 +69,7 @@ pub fn q6k_matmul_rows(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Te
     }
     let nb = k / 256;
     let data = w.data()?;
-    if data.len() != n * nb * 210 || data.as_ptr() as usize % std::mem::align_of::<Q6K>() != 0 {
+    if data.len() != n * nb * 210 || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<Q6K>()) {
         return Ok(None);
     }
     // SAFETY: candle's `Vec<BlockQ6K>` storage, same `repr(C)` layout, alignment checked above.
