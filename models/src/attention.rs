@@ -418,17 +418,17 @@ mod x86 {
     /// (having done nothing) for a shape these kernels do not take.
     pub(super) fn block_scores(order: ScoreOrder, q: &[f32], keys: &[f32], bs: usize, out: &mut Vec<f32>) -> bool {
         let dim = q.len();
-        let taken = bs % 8 == 0
+        let taken = bs.is_multiple_of(8)
             && keys.len() == dim * bs
             && match order {
                 ScoreOrder::Sequential => true,
-                ScoreOrder::Tree8 => dim % 8 == 0,
+                ScoreOrder::Tree8 => dim.is_multiple_of(8),
                 ScoreOrder::Gemv8 => dim == 64 || dim == 128,
             };
         if !taken {
             return false;
         }
-        if order == ScoreOrder::Sequential && bs % 32 == 0 {
+        if order == ScoreOrder::Sequential && bs.is_multiple_of(32) {
             // Four blocks of eight positions side by side: four independent chains hide the FMA latency.
             for c in (0..bs).step_by(32) {
                 // SAFETY: as below, with `c + 32 <= bs`.
@@ -534,6 +534,23 @@ fn candle_vec_sum(xs: &[f32], row_len: usize) -> f32 {
     sum
 }
 
+/// What one layer's attention call needs besides its q, k, v and the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerCtx<'a> {
+    /// The model's rotary embedding (its style and tables).
+    pub rotary: &'a Rotary,
+    /// The step's cosine table, `[tokens, 1, head_dim / 2]` ([`Rotary::tables`]).
+    pub cos: &'a candle_core::Tensor,
+    /// The step's sine table, likewise.
+    pub sin: &'a candle_core::Tensor,
+    /// The step's sequences: positions and block tables.
+    pub batch: &'a Batch<'a>,
+    /// The layer, an index into the cache.
+    pub layer: usize,
+    /// Query heads (the cache knows the key/value heads).
+    pub num_heads: usize,
+}
+
 /// [`attend`] with the rotary embedding applied here: `q` (`[tokens, num_heads * head_dim]`) and `k`
 /// (`[tokens, num_kv_heads * head_dim]`) come straight from their projections, `cos` and `sin` are the step's
 /// tables (`[tokens, 1, head_dim / 2]`, [`Rotary::tables`]), `v` is `[tokens, num_kv_heads * head_dim]`.
@@ -544,19 +561,21 @@ fn candle_vec_sum(xs: &[f32], row_len: usize) -> f32 {
 /// attends its group of query heads, reading that head's keys and values once for all of them. The same
 /// bits as rotating with [`Rotary::apply`] and calling [`attend`]: the rotation is candle's, per element,
 /// and the attention is [`paged_attention`]'s. A tensor cache takes exactly that route.
-#[allow(clippy::too_many_arguments)]
 pub fn attend_rope(
     q: &candle_core::Tensor,
     k: &candle_core::Tensor,
     v: &candle_core::Tensor,
-    rotary: &Rotary,
-    cos: &candle_core::Tensor,
-    sin: &candle_core::Tensor,
+    ctx: &LayerCtx<'_>,
     cache: &mut KvCache,
-    layer: usize,
-    batch: &Batch<'_>,
-    num_heads: usize,
 ) -> Result<candle_core::Tensor, ModelError> {
+    let LayerCtx {
+        rotary,
+        cos,
+        sin,
+        batch,
+        layer,
+        num_heads,
+    } = *ctx;
     let layout = cache.layout();
     let (kv_heads, dim, bs) = (layout.num_kv_heads, layout.head_dim, cache.block_size());
     if cache.is_tensors() || !q.device().is_cpu() {
@@ -843,7 +862,15 @@ mod rope_tests {
                     rotary.apply(&k, kv_heads, &cos, &sin).unwrap(),
                 );
                 let want = attend(&qr, &kr, &v, &mut plain, 0, &batch, heads).unwrap();
-                let got = attend_rope(&q, &k, &v, &rotary, &cos, &sin, &mut fused, 0, &batch, heads).unwrap();
+                let ctx = LayerCtx {
+                    rotary: &rotary,
+                    cos: &cos,
+                    sin: &sin,
+                    batch: &batch,
+                    layer: 0,
+                    num_heads: heads,
+                };
+                let got = attend_rope(&q, &k, &v, &ctx, &mut fused).unwrap();
                 let bits = |t: &Tensor| {
                     t.flatten_all()
                         .unwrap()

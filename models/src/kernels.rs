@@ -27,6 +27,34 @@
 //! sum an exact integer, as llama.cpp does: not candle's rounding, so models run them for the output
 //! projection only, where a batch of eight decode rows costs less than half of what [`q6k_matmul_rows`] and
 //! [`Q8_0x8`] take (`kernels/q6kx16.rs`, `kernels/q8_0x16.rs`).
+//!
+//! # Catalogue
+//!
+//! | weight type | kernel | file | layout | rounding | serves |
+//! |---|---|---|---|---|---|
+//! | Q4_1 | [`Q4_1x8`] (+ its Q8_1 activation quantizer) | `kernels/q4_1.rs` | eight columns interleaved | candle's, bit for bit | every Q4_1 layer |
+//! | Q8_0 | [`Q8_0x8`] | `kernels/q8_0.rs` | eight columns interleaved | candle's | shapes candle does not repack; a tied table's lookups too |
+//! | Q4_K | [`Q4Kx16`] | `kernels/q4k.rs` | sixteen columns in the GGUF's 144 bytes per 256 weights | candle's | every Q4_K layer (AVX-VNNI / AVX2 / AVX-512) |
+//! | Q6_K | [`q6k_matmul_rows`] | `kernels/q6k.rs` | candle's blocks; columns in tiles of eight when the rows outgrow L1 | candle's one-row path, every decode row | hidden Q6_K layers |
+//! | Q6_K | [`Q6Kx16`] | `kernels/q6kx16.rs` | sixteen columns in the GGUF's 210 bytes, in read order | llama.cpp's exact integer block sums | output projection only; a tied table's lookups |
+//! | Q8_0 | [`Q8_0x16`] | `kernels/q8_0x16.rs` | sixteen columns, weights as `x + 128` | llama.cpp's exact integer block sums | output projection only; a tied table's lookups |
+//! | activations | Q8_K quantizer, `Q8KRows` | `kernels/q8k.rs` | the K-quant kernels' quantized rows | candle's | — |
+//!
+//! The three sixteen-column kernels share their repack, work item and (for [`Q6Kx16`], [`Q8_0x16`]) tier
+//! choice and product loop through `kernels/columns16.rs`. The two that round as llama.cpp does serve only
+//! the output projection (`Linear::new_output`), whose logits feed no later layer: in hidden layers the
+//! difference crossed Q8_K rounding steps and grew past the fidelity test's near-tie bound.
+//!
+//! Common to all: each is repacked once at load in place of the `QTensor` and reads each weight block once
+//! per step; activations are read from the tensor's storage (`f32_view`, no copy) and quantized on the
+//! pool; the `[m, n]` product is written directly (`Out`), each work item its own columns. Each matmul has
+//! an AVX2 body compiled in (the x86-64-v3 build) and a 512-bit body (AVX-512 F/BW/VL/VNNI) chosen at run
+//! time by `avx512_vnni`; the two compute the same integers and the same float sequence per lane, and
+//! `HEARTH_NO_AVX512=1` forces the AVX2 bodies to compare them. Every parallel loop of a step runs on
+//! candle's barrier pool (`for_each_chunk`), as candle's own matmuls and CPU ops do, so its workers spin
+//! between loops instead of sleeping and no second pool competes for the cores; `threads.rs`
+//! (`run_pinned`) pins the step loop to one CPU and the barrier workers to the others
+//! (`HEARTH_PIN_THREADS=0` turns it off).
 
 use candle_core::quantized::k_quants::BlockQ8K;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -206,7 +234,7 @@ impl Out {
     }
 }
 
-/// An `[m, n]` product that `fill` writes through an [`Out`], every element of it (each column by exactly
+/// An `[m, n]` product that `fill` writes through an `Out`, every element of it (each column by exactly
 /// one work item); the buffer is not zeroed first.
 fn product(m: usize, n: usize, fill: impl FnOnce(&Out)) -> candle_core::Result<Tensor> {
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
@@ -282,7 +310,7 @@ pub(crate) fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(us
     for_each_chunk_init(data, size, || (), |_, i, chunk| f(i, chunk));
 }
 
-/// [`for_each_chunk`] with a scratch state made by `init` for each run of consecutive chunks that one thread
+/// `for_each_chunk` with a scratch state made by `init` for each run of consecutive chunks that one thread
 /// takes, and handed to `f` with each of them.
 pub(crate) fn for_each_chunk_init<T: Send, S>(
     data: &mut [T],

@@ -5,8 +5,10 @@
 //! sequences, each at its own position, each with its own block table) and the [`KvCache`] the engine owns, it
 //! writes the new keys and values into the cache and returns logits for the sequences that asked for them.
 //!
-//! One file per architecture ([`llama`], [`qwen2`], [`qwen3`]), readable top to bottom; pieces that are truly
-//! identical live in [`nn`] (linear layers, norms, rotary embedding, MLP) and [`attention`] (the paged kernel).
+//! One shared decoder ([`decoder`]: embedding, pre-norm blocks, output) and one small file per architecture
+//! ([`llama`], [`qwen2`], [`qwen3`]) saying how its files differ (biases, q/k norms, RoPE pairing); the
+//! building blocks live in [`nn`] (linear layers, norms, rotary embedding, MLP) and [`attention`] (the paged
+//! kernel).
 //! [`attention_ops`] attends over a tensor cache with candle ops instead: the path on CUDA (feature `cuda`),
 //! also runnable on the CPU so tests cover it.
 //!
@@ -16,6 +18,7 @@
 pub mod attention;
 pub mod attention_ops;
 mod batch;
+pub mod decoder;
 mod error;
 mod gguf;
 pub mod kernels;
@@ -119,9 +122,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Box<dyn CausalLm>, ModelErro
     let mut gguf = Gguf::open(path, device)?;
     let arch_name = gguf.metadata_str("general.architecture")?.to_string();
     let model: Box<dyn CausalLm> = match Architecture::from_gguf_name(&arch_name)? {
-        Architecture::Llama => Box::new(llama::Model::from_gguf(&mut gguf)?),
-        Architecture::Qwen2 => Box::new(qwen2::Model::from_gguf(&mut gguf)?),
-        Architecture::Qwen3 => Box::new(qwen3::Model::from_gguf(&mut gguf)?),
+        Architecture::Llama => Box::new(llama::load(&mut gguf)?),
+        Architecture::Qwen2 => Box::new(qwen2::load(&mut gguf)?),
+        Architecture::Qwen3 => Box::new(qwen3::load(&mut gguf)?),
     };
     tracing::info!(
         path = %path.display(),
