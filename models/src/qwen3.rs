@@ -118,7 +118,7 @@ impl Model {
         let rotary = Rotary::new(
             cfg.head_dim,
             cfg.rope_freq_base,
-            cfg.context_length,
+            gguf.rope_positions(cfg.context_length),
             RopeStyle::Neox,
             None,
             gguf.device(),
@@ -140,7 +140,7 @@ impl Model {
             hidden_size: hidden,
             vocab_size: vocab,
             context_length: cfg.context_length,
-            quantization: gguf.dominant_quantization(),
+            quantization: gguf.file_type(),
         };
         let device = gguf.device().clone();
         Ok(Self {
