@@ -13,6 +13,11 @@ pub enum EngineError {
         prompt_tokens: usize,
         context_length: usize,
     },
+    /// The sequence needs more KV-cache positions than the whole pool holds, so it can never run, even alone
+    /// (HTTP 400). `Engine::load` caps the context at the pool's size, so this reports a broken invariant
+    /// rather than a request a client could shorten; the numbers say which.
+    #[error("the sequence needs {needed_tokens} tokens of KV cache, but the whole pool holds {pool_tokens} tokens")]
+    KvCacheTooSmall { needed_tokens: usize, pool_tokens: usize },
     /// The prompt is empty.
     #[error("the prompt is empty")]
     EmptyPrompt,

@@ -69,7 +69,7 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// Output vocabulary size.
     pub vocab_size: usize,
-    /// The dominant weight type, e.g. "Q4_K".
+    /// The file's type (`general.file_type`), e.g. "Q4_K_M".
     pub quantization: String,
     /// Where it was loaded from.
     pub path: PathBuf,
@@ -134,6 +134,32 @@ pub(crate) struct Shared {
     pub next_id: AtomicUsize,
 }
 
+/// The tokenizer and model of `path`, with every check a load makes: the header (`models::Gguf::open`), the
+/// hyperparameters, every tensor's shape and values, and the tokenizer against the model (its ids must be
+/// rows of the output). `Engine::load` runs it, and so does [`crate::check_model`] for `hearth doctor`, so
+/// the two refuse the same files.
+pub(crate) fn load_checked(
+    path: &std::path::Path,
+    device: &candle_core::Device,
+    max_positions: usize,
+) -> Result<(Tokenizer, Box<dyn models::CausalLm>), EngineError> {
+    let load_err = |reason: String| EngineError::Load {
+        path: path.display().to_string(),
+        reason,
+    };
+    let tokenizer = Tokenizer::from_gguf(path)?;
+    let model = models::load(path, device, max_positions).map_err(|e| load_err(e.to_string()))?;
+    let rows = model.spec().vocab_size;
+    if tokenizer.vocab_size() > rows {
+        return Err(load_err(format!(
+            "the tokenizer has {} tokens (`tokenizer.ggml.tokens`), but the model's output has only {rows} rows \
+             (`token_embd.weight`)",
+            tokenizer.vocab_size()
+        )));
+    }
+    Ok((tokenizer, model))
+}
+
 /// Loads models and starts engines.
 pub struct Engine;
 
@@ -174,11 +200,15 @@ impl Engine {
                 expected: "TensorOps on CUDA (the kernel reads host memory)",
             });
         }
-        let tokenizer = Tokenizer::from_gguf(&path)?;
         let device = crate::device::open(config.device, &path.display().to_string())?;
-        let model = models::load(&path, &device).map_err(|e| load_err(e.to_string()))?;
-        let spec = model.spec().clone();
         let num_blocks = config.kv_cache_tokens.div_ceil(config.block_size);
+        // Rotary tables for the context this engine can serve, not for whatever the file claims.
+        let max_positions = config
+            .context_length
+            .unwrap_or(usize::MAX)
+            .min(num_blocks.saturating_mul(config.block_size));
+        let (tokenizer, model) = load_checked(&path, &device, max_positions)?;
+        let spec = model.spec().clone();
         let cache = match attention {
             AttentionPath::Kernel => models::KvCache::new(spec.kv_layout(), num_blocks, config.block_size),
             AttentionPath::TensorOps => {

@@ -1,5 +1,5 @@
-//! [`inspect_model`]: what a GGUF file is and what running it costs, without loading its weights. For
-//! `hearth doctor` and install-time checks.
+//! [`inspect_model`]: what a GGUF file is and what running it costs, without loading its weights; and
+//! [`check_model`], which also makes every check a load makes. For `hearth doctor` and install-time checks.
 
 use std::path::Path;
 
@@ -11,7 +11,7 @@ use crate::tokenizer::Tokenizer;
 pub struct ModelSummary {
     /// `general.architecture`, e.g. `qwen2`.
     pub architecture: String,
-    /// The most common weight type, e.g. `Q4_K`.
+    /// The file's type (`general.file_type`), e.g. `Q4_K_M`.
     pub quantization: String,
     /// The file's size in bytes.
     pub file_bytes: u64,
@@ -36,30 +36,35 @@ pub fn inspect_model(path: &Path) -> Result<ModelSummary, EngineError> {
         .map_err(|e| load_err(e.to_string()))?
         .to_owned();
     models::Architecture::from_gguf_name(&architecture).map_err(|e| load_err(e.to_string()))?;
-    let key = |name: &str| format!("{architecture}.{name}");
-    let usize_key = |name: &str| gguf.metadata_usize(&key(name)).map_err(|e| load_err(e.to_string()));
-    let layers = usize_key("block_count")?;
-    let heads = usize_key("attention.head_count")?;
-    let hidden = usize_key("embedding_length")?;
-    let kv_heads = gguf
-        .metadata_usize_or(&key("attention.head_count_kv"), heads)
-        .map_err(|e| load_err(e.to_string()))?;
-    let head_dim = gguf
-        .metadata_usize_or(&key("attention.key_length"), hidden / heads.max(1))
-        .map_err(|e| load_err(e.to_string()))?;
+    // The models crate's own reading and checks of the hyperparameters (all three architectures share it).
+    let cfg = models::decoder::Config::from_gguf(&gguf, &architecture).map_err(|e| load_err(e.to_string()))?;
     let layout = models::KvLayout {
-        num_layers: layers,
-        num_kv_heads: kv_heads,
-        head_dim,
+        num_layers: cfg.block_count,
+        num_kv_heads: cfg.head_count_kv,
+        head_dim: cfg.head_dim,
     };
     let tokenizer = Tokenizer::from_gguf_metadata(gguf.metadata_map())?;
     let file_bytes = std::fs::metadata(path).map_err(|e| load_err(e.to_string()))?.len();
     Ok(ModelSummary {
-        quantization: gguf.dominant_quantization(),
-        context_length: usize_key("context_length")?,
+        quantization: gguf.file_type(),
+        context_length: cfg.context_length,
         kv_bytes_per_token: layout.bytes_per_token(),
         vocab_size: tokenizer.vocab_size(),
         architecture,
         file_bytes,
     })
+}
+
+/// Rotary positions [`check_model`] builds tables for: the engine's default context cap. The check does not
+/// depend on it; it only sizes the tables built on the way.
+const CHECK_POSITIONS: usize = 8192;
+
+/// [`inspect_model`], then every check `Engine::load` makes (the same function runs them): hyperparameters,
+/// every tensor's shape, every value of F32/F16 tensors and every block scale of quantized ones finite, the
+/// tokenizer's ids inside the model's vocabulary. This loads the weights on the CPU, one model's worth of
+/// memory and a load's time, and drops them; a file it passes, the engine loads.
+pub fn check_model(path: &Path) -> Result<ModelSummary, EngineError> {
+    let summary = inspect_model(path)?;
+    crate::handle::load_checked(path, &candle_core::Device::Cpu, CHECK_POSITIONS)?;
+    Ok(summary)
 }

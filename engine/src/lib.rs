@@ -8,6 +8,7 @@
 //! The public API has no candle types: token ids are `u32`, text is `String`, logits never leave the crate.
 #![forbid(unsafe_code)]
 
+mod chat_prompt;
 mod detokenizer;
 mod device;
 mod error;
@@ -29,7 +30,7 @@ pub use detokenizer::Detokenizer;
 pub use device::{AttentionPath, Device, ParseDeviceError};
 pub use error::EngineError;
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};
-pub use inspect::{inspect_model, ModelSummary};
+pub use inspect::{check_model, inspect_model, ModelSummary};
 pub use perplexity::{perplexity, PerplexityConfig, PerplexityReport};
 pub use request::{
     validate, Completion, Event, FinishReason, GenerateRequest, SamplingParams, StopParams, Timings, TokenChunk,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use models::{Batch, KvCache, SeqInput};
 
-use crate::{EngineError, Tokenizer};
+use crate::EngineError;
 
 /// KV positions per block; any multiple of 32 gives the same numbers.
 const BLOCK_SIZE: usize = 32;
@@ -50,10 +50,6 @@ pub fn perplexity(
     mut on_chunk: impl FnMut(usize, f64),
 ) -> Result<PerplexityReport, EngineError> {
     let path = &config.model;
-    let load_err = |reason: String| EngineError::Load {
-        path: path.display().to_string(),
-        reason,
-    };
     let model_err = |e: models::ModelError| EngineError::Model(e.to_string());
     let ctx = config.ctx;
     if ctx < 4 {
@@ -63,8 +59,7 @@ pub fn perplexity(
             expected: "at least 4",
         });
     }
-    let tokenizer = Tokenizer::from_gguf(path)?;
-    let model = models::load(path, &Device::Cpu).map_err(|e| load_err(e.to_string()))?;
+    let (tokenizer, model) = crate::handle::load_checked(path, &Device::Cpu, ctx)?;
     if ctx > model.spec().context_length {
         return Err(EngineError::ContextTooLong {
             prompt_tokens: ctx,

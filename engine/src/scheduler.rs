@@ -158,8 +158,13 @@ impl Scheduler {
         self.blocks.num_blocks() - self.blocks.num_free()
     }
 
-    pub(crate) fn blocks_total(&self) -> usize {
-        self.blocks.num_blocks()
+    /// Why `id`, reported in [`Step::out_of_memory`], is ended: the tokens its KV cache needs against the
+    /// tokens the whole pool holds.
+    pub(crate) fn out_of_blocks_error(&self, id: SeqId) -> crate::EngineError {
+        crate::EngineError::KvCacheTooSmall {
+            needed_tokens: self.seqs.get(&id).map_or(0, |s| s.tokens.len()),
+            pool_tokens: self.blocks.num_blocks() * self.cfg.block_size,
+        }
     }
 
     /// Blocks needed to hold `positions` positions.

@@ -230,14 +230,8 @@ impl EngineLoop {
             self.shared.stats.lock().expect("engine stats").prefix_cache_hit_tokens += cached as u64;
         }
         for id in step.out_of_memory.clone() {
-            let seq = self.scheduler.get(id).map(|s| s.tokens.len()).unwrap_or(0);
-            self.fail(
-                id,
-                EngineError::ContextTooLong {
-                    prompt_tokens: seq,
-                    context_length: self.scheduler.blocks_total(),
-                },
-            );
+            let err = self.scheduler.out_of_blocks_error(id);
+            self.fail(id, err);
         }
         if step.scheduled.is_empty() {
             self.publish_stats(&step.preempted, false);

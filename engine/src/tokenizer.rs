@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::decoders::fuse::Fuse;
@@ -84,6 +84,8 @@ pub struct Tokenizer {
     eos_token_ids: Vec<u32>,
     /// Control-token ids: the ones `decode(.., skip_special_tokens = true)` drops.
     special_ids: HashSet<u32>,
+    /// The control tokens' texts, to keep them out of message text in [`Tokenizer::encode_chat`].
+    control: crate::chat_prompt::ControlTokens,
     /// The compiled chat template, or why it failed to compile (kept so that chat requests can say why, while
     /// plain completions still work).
     chat_template: Option<Result<ChatTemplate, EngineError>>,
@@ -107,11 +109,9 @@ impl Tokenizer {
             path: path.display().to_string(),
             reason,
         };
-        let file = std::fs::File::open(path).map_err(|err| load_error(err.to_string()))?;
-        let mut reader = std::io::BufReader::new(file);
-        let content = gguf_file::Content::read(&mut reader)
-            .map_err(|err| load_error(format!("cannot read the GGUF header: {err}")))?;
-        Self::from_gguf_metadata(&content.metadata).map_err(|err| match err {
+        // `Gguf::open` checks the header before candle parses it (a malformed one must not panic here).
+        let gguf = models::Gguf::open(path, &candle_core::Device::Cpu).map_err(|err| load_error(err.to_string()))?;
+        Self::from_gguf_metadata(gguf.metadata_map()).map_err(|err| match err {
             EngineError::Load { reason, .. } => load_error(reason),
             other => other,
         })
@@ -193,8 +193,19 @@ impl Tokenizer {
         self.chat_template.as_ref().and_then(|template| template.as_ref().ok())
     }
 
-    /// Render `messages` with the model's chat template. Encode the result with `add_special_tokens = false`:
-    /// templates write BOS into the text themselves.
+    /// The prompt ids of a chat: `messages` rendered with the model's chat template and encoded so that only
+    /// the template's own control tokens (`<|im_start|>`, BOS ...) are control tokens; the same text typed
+    /// inside a message (or role) is encoded as ordinary text, so no one can forge a turn. Messages without
+    /// such text get exactly `encode(&apply_chat_template(..)?, false)`. Use this for every chat prompt.
+    pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, EngineError> {
+        self.control.encode_chat(&self.inner, messages, |messages| {
+            self.apply_chat_template(messages, add_generation_prompt)
+        })
+    }
+
+    /// Render `messages` with the model's chat template, as text (for display and tests). To build a prompt,
+    /// use [`Tokenizer::encode_chat`]: encoding this text would turn control-token text typed in a message
+    /// into control tokens.
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
@@ -495,6 +506,11 @@ fn build(md: &Metadata) -> Result<Tokenizer, String> {
     inner.add_special_tokens(&added(TokenType::Control, true));
     inner.add_tokens(&added(TokenType::UserDefined, false));
     let special_ids: HashSet<u32> = vocab.ids_of_type(TokenType::Control).collect();
+    let control = crate::chat_prompt::ControlTokens::new(
+        vocab
+            .ids_of_type(TokenType::Control)
+            .map(|id| (id, vocab.tokens[id as usize].clone())),
+    )?;
 
     // llama.cpp's defaults for SentencePiece vocabularies that do not name them: <s> = 1, </s> = 2.
     let is_sentencepiece = model_type == "llama";
@@ -549,6 +565,7 @@ fn build(md: &Metadata) -> Result<Tokenizer, String> {
         eos_token_id,
         eos_token_ids,
         special_ids,
+        control,
         chat_template,
     })
 }
@@ -802,7 +819,7 @@ pub(crate) mod tests {
 
     fn metadata(path: &Path) -> HashMap<String, Value> {
         let mut reader = std::io::BufReader::new(std::fs::File::open(path).expect("test model opens"));
-        gguf_file::Content::read(&mut reader)
+        candle_core::quantized::gguf_file::Content::read(&mut reader)
             .expect("test model has a valid GGUF header")
             .metadata
     }

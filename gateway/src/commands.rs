@@ -156,7 +156,7 @@ pub fn generate(args: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode>
             role: "user".to_owned(),
             content: args.prompt.clone(),
         }];
-        tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)?
+        tokenizer.encode_chat(&messages, true)?
     };
     let mut events = engine.submit(request(&engine, prompt, &args.sampling))?;
     let mut stdout = io::stdout().lock();
@@ -316,7 +316,7 @@ async fn chat_turn(
     // Templating and tokenizing are CPU work: keep them off the async executor.
     let prompt = tokio::task::spawn_blocking(move || {
         let tokenizer = handle.tokenizer();
-        tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)
+        tokenizer.encode_chat(&messages, true)
     })
     .await
     .map_err(|join_err| EngineError::Tokenizer(join_err.to_string()))??;

@@ -71,13 +71,12 @@ pub async fn completions(
     generate(model, shape, prompt, params).await
 }
 
-/// Render the chat template (with the assistant generation prompt) and encode it. Special tokens written by
-/// the template are recognised in the text, so no extra BOS is added.
+/// Render the chat template (with the assistant generation prompt) and encode it. Control tokens written by
+/// the template are recognised, so no extra BOS is added; the same text typed in a message stays text.
 async fn chat_prompt(engine: EngineHandle, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
     on_blocking_pool(engine, move |engine| {
         let tokenizer = engine.tokenizer();
-        let text = tokenizer.apply_chat_template(&messages, true)?;
-        tokenizer.encode(&text, false)
+        tokenizer.encode_chat(&messages, true)
     })
     .await
 }

@@ -2,7 +2,8 @@
 //! message and a fix for every problem. Each check is independent; the report lists all of them.
 //!
 //! Checks: CPU features the binary was built for, GPU (when `nvidia-smi` exists), each model file (whole,
-//! checksum when known, supported architecture, fits in memory with its KV cache), config file
+//! checksum when known, supported architecture, fits in memory with its KV cache, then loaded once on the
+//! CPU with every check `hearth serve`'s load makes, and dropped), config file
 //! permissions, the listening port, the data directory, and the IM app's credentials (the platform must
 //! issue an access token for them).
 
@@ -290,13 +291,39 @@ fn check_models(report: &mut Report, inputs: &Inputs) {
             inputs.kv_cache_tokens
         );
         match available {
-            Some(free) if needed > free => report.push(
+            Some(free) if needed > free => {
+                report.push(
+                    "memory",
+                    Status::Fail,
+                    format!("{shown} needs about {} ({detail}) but only {} is available; lower engine.kv_cache_tokens or pick a smaller model", gib(needed), gib(free)),
+                );
+                // Loading it to check the weights could exhaust the memory this check just found short.
+                continue;
+            }
+            Some(free) => report.push(
                 "memory",
-                Status::Fail,
-                format!("{shown} needs about {} ({detail}) but only {} is available; lower engine.kv_cache_tokens or pick a smaller model", gib(needed), gib(free)),
+                Status::Ok,
+                format!("{shown}: {detail}; {} available", gib(free)),
             ),
-            Some(free) => report.push("memory", Status::Ok, format!("{shown}: {detail}; {} available", gib(free))),
-            None => report.push("memory", Status::Note, format!("{shown}: {detail}; cannot read MemAvailable")),
+            None => report.push(
+                "memory",
+                Status::Note,
+                format!("{shown}: {detail}; cannot read MemAvailable"),
+            ),
+        }
+        // The load's own checks (hyperparameters, tensor shapes, NaN or infinite weights, the tokenizer
+        // against the model), run by the same code as `hearth serve`: doctor passes what serve loads.
+        let started = std::time::Instant::now();
+        match engine::check_model(&path) {
+            Ok(_) => report.push(
+                "model",
+                Status::Ok,
+                format!(
+                    "{shown}: loads (weights checked in {:.1} s)",
+                    started.elapsed().as_secs_f64()
+                ),
+            ),
+            Err(err) => report.push("model", Status::Fail, format!("{err}")),
         }
     }
 }

@@ -147,7 +147,7 @@ impl From<EngineError> for ApiError {
             EngineError::Overloaded { .. } => {
                 ApiError::new(ErrorKind::Overloaded, err.to_string()).with_code("overloaded")
             }
-            EngineError::ContextTooLong { .. } => {
+            EngineError::ContextTooLong { .. } | EngineError::KvCacheTooSmall { .. } => {
                 ApiError::new(ErrorKind::InvalidRequest, err.to_string()).with_code("context_length_exceeded")
             }
             EngineError::InvalidParameter { name, .. } => ApiError::invalid_param(*name, err.to_string()),

@@ -30,18 +30,47 @@ pub struct Config {
 }
 
 impl Config {
-    /// Read the hyperparameters; a missing required key is an error naming it.
+    /// Read the hyperparameters; a missing required key, or a value no model has (zero or absurd counts,
+    /// sizes that do not divide, a NaN, infinite or non-positive epsilon or RoPE base), is an error naming it.
     pub fn from_gguf(gguf: &Gguf, prefix: &str) -> Result<Self, ModelError> {
         let key = |k: &str| format!("{prefix}.{k}");
-        let head_count = gguf.metadata_usize(&key("attention.head_count"))?;
-        let embedding_length = gguf.metadata_usize(&key("embedding_length"))?;
-        if head_count == 0 || embedding_length % head_count != 0 {
+        let bounded = |k: &str, n: usize, max: usize| {
+            if (1..=max).contains(&n) {
+                Ok(n)
+            } else {
+                Err(ModelError::InvalidKey {
+                    key: key(k),
+                    reason: format!("{n} is outside 1..={max}"),
+                })
+            }
+        };
+        let head_count = bounded(
+            "attention.head_count",
+            gguf.metadata_usize(&key("attention.head_count"))?,
+            MAX_HEADS,
+        )?;
+        let embedding_length = bounded(
+            "embedding_length",
+            gguf.metadata_usize(&key("embedding_length"))?,
+            MAX_WIDTH,
+        )?;
+        if !embedding_length.is_multiple_of(head_count) {
             return Err(ModelError::InvalidKey {
                 key: key("attention.head_count"),
                 reason: format!("{head_count} heads do not divide the embedding length {embedding_length}"),
             });
         }
-        let head_dim = gguf.metadata_usize_or(&key("attention.key_length"), embedding_length / head_count)?;
+        let head_dim = bounded(
+            "attention.key_length",
+            gguf.metadata_usize_or(&key("attention.key_length"), embedding_length / head_count)?,
+            MAX_HEAD_DIM,
+        )?;
+        if !head_dim.is_multiple_of(2) {
+            return Err(ModelError::InvalidKey {
+                key: key("attention.key_length"),
+                reason: format!("a head dimension of {head_dim} is odd; RoPE rotates pairs"),
+            });
+        }
         let rope_dim = gguf.metadata_usize_or(&key("rope.dimension_count"), head_dim)?;
         if rope_dim != head_dim {
             return Err(ModelError::InvalidKey {
@@ -49,17 +78,41 @@ impl Config {
                 reason: format!("partial rotary embedding ({rope_dim} of {head_dim} dims) is not supported"),
             });
         }
+        let positive = |k: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(ModelError::InvalidKey {
+                    key: key(k),
+                    reason: format!("{v} is not a finite positive number"),
+                })
+            }
+        };
         let cfg = Self {
-            block_count: gguf.metadata_usize(&key("block_count"))?,
+            block_count: bounded("block_count", gguf.metadata_usize(&key("block_count"))?, MAX_LAYERS)?,
             embedding_length,
-            feed_forward_length: gguf.metadata_usize(&key("feed_forward_length"))?,
+            feed_forward_length: bounded(
+                "feed_forward_length",
+                gguf.metadata_usize(&key("feed_forward_length"))?,
+                MAX_WIDTH,
+            )?,
             head_count,
             // Models without grouped-query attention omit the key: one KV head per query head.
             head_count_kv: gguf.metadata_usize_or(&key("attention.head_count_kv"), head_count)?,
             head_dim,
-            context_length: gguf.metadata_usize(&key("context_length"))?,
-            rms_norm_eps: gguf.metadata_f32(&key("attention.layer_norm_rms_epsilon"))?,
-            rope_freq_base: gguf.metadata_f32_or(&key("rope.freq_base"), 10_000.0)?,
+            context_length: bounded(
+                "context_length",
+                gguf.metadata_usize(&key("context_length"))?,
+                u32::MAX as usize,
+            )?,
+            rms_norm_eps: positive(
+                "attention.layer_norm_rms_epsilon",
+                gguf.metadata_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            )?,
+            rope_freq_base: positive(
+                "rope.freq_base",
+                gguf.metadata_f32_or(&key("rope.freq_base"), 10_000.0)?,
+            )?,
         };
         if cfg.head_count_kv == 0 || !cfg.head_count.is_multiple_of(cfg.head_count_kv) {
             return Err(ModelError::InvalidKey {
@@ -73,6 +126,14 @@ impl Config {
         Ok(cfg)
     }
 }
+
+/// Bounds on hyperparameters, far above any released model (Llama 3.1 405B: 126 layers, 128 heads of 128,
+/// width 16 384, feed-forward 53 248), so that the products the loader forms cannot overflow and a corrupt
+/// count is refused before anything is sized by it.
+const MAX_LAYERS: usize = 1024;
+const MAX_HEADS: usize = 1024;
+const MAX_HEAD_DIM: usize = 1024;
+const MAX_WIDTH: usize = 1 << 20;
 
 /// How one architecture's files differ from the shared decoder.
 #[derive(Debug, Clone)]
@@ -197,14 +258,21 @@ impl Decoder {
             });
         }
         let freq_factors = if variant.rope_freq_factors && gguf.has_tensor("rope_freqs.weight") {
-            Some(gguf.vector("rope_freqs.weight", cfg.head_dim / 2)?.to_vec1::<f32>()?)
+            let factors = gguf.vector("rope_freqs.weight", cfg.head_dim / 2)?.to_vec1::<f32>()?;
+            if let Some(i) = factors.iter().position(|&f| f <= 0.0) {
+                return Err(ModelError::InvalidTensor {
+                    name: "rope_freqs.weight".into(),
+                    reason: format!("frequency factor {i} is {}, not positive", factors[i]),
+                });
+            }
+            Some(factors)
         } else {
             None
         };
         let rotary = Rotary::new(
             cfg.head_dim,
             cfg.rope_freq_base,
-            cfg.context_length,
+            gguf.rope_positions(cfg.context_length),
             variant.rope,
             freq_factors.as_deref(),
             gguf.device(),
@@ -226,7 +294,7 @@ impl Decoder {
             hidden_size: hidden,
             vocab_size: vocab,
             context_length: cfg.context_length,
-            quantization: gguf.dominant_quantization(),
+            quantization: gguf.file_type(),
         };
         let device = gguf.device().clone();
         Ok(Self {

@@ -35,6 +35,10 @@ pub enum ModelError {
         dtype: String,
         supported: String,
     },
+    /// A tensor's header entry or data is unusable: an unknown type id, dimensions whose size overflows,
+    /// a misaligned offset, NaN or infinite weights.
+    #[error("tensor `{name}` is invalid: {reason}")]
+    InvalidTensor { name: String, reason: String },
     /// A tensor's shape disagrees with the hyperparameters.
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
     Shape {

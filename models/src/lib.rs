@@ -21,6 +21,7 @@ mod batch;
 pub mod decoder;
 mod error;
 mod gguf;
+mod gguf_header;
 pub mod kernels;
 mod kv_cache;
 pub mod llama;
@@ -90,7 +91,7 @@ pub struct ModelSpec {
     pub vocab_size: usize,
     /// Trained context length from the GGUF.
     pub context_length: usize,
-    /// The most common quantization type of the weight matrices, e.g. "Q4_K".
+    /// The file's type from `general.file_type`, e.g. "Q4_K_M" (else the most common tensor type, "Q4_K").
     pub quantization: String,
 }
 
@@ -117,9 +118,12 @@ pub trait CausalLm: Send {
     fn forward(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Tensor, ModelError>;
 }
 
-/// Load a GGUF model file onto `device`, choosing the architecture from its metadata.
-pub fn load(path: &Path, device: &Device) -> Result<Box<dyn CausalLm>, ModelError> {
+/// Load a GGUF model file onto `device`, choosing the architecture from its metadata. Rotary tables cover
+/// `max_positions` positions at most (fewer when the model's context is shorter), so a file claiming a huge
+/// context costs nothing more: pass the context the caller will serve.
+pub fn load(path: &Path, device: &Device, max_positions: usize) -> Result<Box<dyn CausalLm>, ModelError> {
     let mut gguf = Gguf::open(path, device)?;
+    gguf.set_max_positions(max_positions);
     let arch_name = gguf.metadata_str("general.architecture")?.to_string();
     let model: Box<dyn CausalLm> = match Architecture::from_gguf_name(&arch_name)? {
         Architecture::Llama => Box::new(llama::load(&mut gguf)?),
@@ -130,7 +134,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Box<dyn CausalLm>, ModelErro
         path = %path.display(),
         architecture = %arch_name,
         layers = model.spec().num_layers,
-        quantization = %model.spec().quantization,
+        file_type = %model.spec().quantization,
         "model loaded"
     );
     Ok(model)

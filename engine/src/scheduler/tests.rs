@@ -126,6 +126,11 @@ fn a_sequence_that_can_never_fit_is_reported() {
     s.add(1, vec![1; 12]);
     let steps = run(&mut s, 1);
     assert_eq!(steps[0].out_of_memory, vec![1]);
+    // In tokens, not blocks: 12 tokens against 2 blocks of 4.
+    assert_eq!(
+        s.out_of_blocks_error(1).to_string(),
+        "the sequence needs 12 tokens of KV cache, but the whole pool holds 8 tokens"
+    );
 }
 
 #[test]

@@ -767,7 +767,7 @@ fn build_prompt(
     loop {
         let mut messages = history.clone();
         messages.push(question.clone());
-        let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)?;
+        let prompt = tokenizer.encode_chat(&messages, true)?;
         if prompt.len() + reserve <= context_length || history.is_empty() {
             return Ok((prompt, history.len()));
         }

@@ -214,3 +214,75 @@ async fn im_credentials_and_permissions_are_checked_with_the_platform() {
         }
     }
 }
+
+#[path = "malformed_gguf.rs"]
+mod malformed_gguf;
+
+/// Every malformed file of [`malformed_gguf::cases`] goes through `Engine::load` (the load `hearth serve`,
+/// `generate` and `chat` run) and through `hearth doctor`: the load refuses it with an error naming the key or
+/// tensor (never a panic), doctor fails exactly the files the load refuses, with the same name in its report,
+/// and a file claiming a huge context loads with rotary tables of the served context only.
+/// `HEARTH_MALFORMED_DIR=DIR` keeps the files there (to try them on other builds).
+#[test]
+fn malformed_model_files_are_refused_by_load_and_doctor_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::env::var_os("HEARTH_MALFORMED_DIR").map_or_else(|| dir.path().to_path_buf(), Into::into);
+    fs::create_dir_all(&out).unwrap();
+    let real = malformed_gguf::RawGguf::read(&model_path());
+    let port = free_port();
+    let mut problems = Vec::new();
+    let (mut refused_by_load, mut refused_by_doctor, mut total) = (0, 0, 0);
+    for case in malformed_gguf::cases() {
+        total += 1;
+        let mut gguf = real.clone();
+        (case.make)(&mut gguf);
+        let path = out.join(format!("{}.gguf", case.name));
+        gguf.write(&path);
+        let mut config = engine::EngineConfig::new(&path);
+        (config.kv_cache_tokens, config.context_length, config.max_running) = (256, Some(256), 2);
+        let loaded = std::panic::catch_unwind(|| engine::Engine::load(config));
+        let load_error = match loaded {
+            Err(_) => {
+                problems.push(format!("{}: Engine::load panicked", case.name));
+                continue;
+            }
+            Ok(Ok(engine)) => {
+                engine.shutdown();
+                None
+            }
+            Ok(Err(err)) => Some(err.to_string()),
+        };
+        refused_by_load += usize::from(load_error.is_some());
+        let output = doctor(dir.path(), 0o600, &["--model", path.to_str().unwrap(), "--port", &port]);
+        let report = stdout(&output);
+        let doctor_failed = output.status.code() == Some(1);
+        refused_by_doctor += usize::from(doctor_failed);
+        match (case.names, &load_error) {
+            (None, None) if output.status.success() => {}
+            (None, _) => problems.push(format!(
+                "{}: must load and pass doctor; load: {load_error:?}; doctor: {report}",
+                case.name
+            )),
+            (Some(name), Some(err)) if err.contains(name) => {
+                if !doctor_failed || !report.lines().any(|l| l.starts_with("FAIL  model") && l.contains(name)) {
+                    problems.push(format!(
+                        "{}: load refuses it ({err}) but doctor says: {report}",
+                        case.name
+                    ));
+                }
+            }
+            (Some(name), err) => problems.push(format!("{}: load must name `{name}`, got {err:?}", case.name)),
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {total} cases wrong (load refused {refused_by_load}, doctor failed {refused_by_doctor}):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert_eq!(
+        refused_by_load, refused_by_doctor,
+        "doctor fails exactly what the load refuses"
+    );
+    assert_eq!(refused_by_load, total - 1, "every case but the huge context is refused");
+}

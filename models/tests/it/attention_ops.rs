@@ -108,7 +108,7 @@ fn top2_gap(xs: &[f32]) -> f32 {
 /// over `2 * TOLERANCE` (no difference within tolerance could flip it), and on nine rows in ten overall.
 fn check(dtype: DType) {
     let path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let model = models::load(&path, &Device::Cpu).unwrap();
+    let model = models::load(&path, &Device::Cpu, 4096).unwrap();
     let layout = model.spec().kv_layout();
     let mut host = KvCache::new(layout, 8, BLOCK_SIZE).unwrap();
     let (tokens, want) = generate(model.as_ref(), &mut host, 20, None);

@@ -28,12 +28,17 @@ fn tiny_gguf(name: &str, arch: &str, dtype: GgmlDType) -> std::path::PathBuf {
 }
 
 fn load(path: &std::path::Path) -> ModelError {
-    models::load(path, &Device::Cpu).map(|_| ()).unwrap_err()
+    models::load(path, &Device::Cpu, 4096).map(|_| ()).unwrap_err()
 }
 
 #[test]
 fn real_models_load_with_their_shapes() {
-    let m = models::load(&crate::model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), &Device::Cpu).unwrap();
+    let m = models::load(
+        &crate::model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        &Device::Cpu,
+        4096,
+    )
+    .unwrap();
     let s = m.spec();
     assert_eq!(
         (s.num_layers, s.num_heads, s.num_kv_heads, s.head_dim, s.vocab_size),
