@@ -2,8 +2,10 @@
 //! `HEARTH_<SECTION>__<KEY>` environment variables, overridden in turn by command-line flags.
 //!
 //! Unknown keys and wrong types are errors that name the key and where it came from. Secrets (API keys,
-//! the admin token) live only in the file or the environment; their `Debug` output is redacted, so logging
-//! a [`Config`] never leaks them.
+//! the admin token) live only in the file, in files it names (`api_keys_file`, `admin_token_file`, as
+//! systemd and Kubernetes credentials provide them) or in the environment; their `Debug` output is redacted,
+//! so logging a [`Config`] never leaks them, and [`permission_warnings`] names a file holding them that
+//! other users can read.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -50,12 +52,27 @@ pub struct ServerSection {
     pub served_model_name: Option<String>,
     /// Keys accepted as `Authorization: Bearer KEY` on `/v1/*`; empty: no key needed.
     pub api_keys: Vec<Secret>,
+    /// A file of more API keys, one per line (blank lines and `#` comments skipped); read at load.
+    pub api_keys_file: Option<PathBuf>,
     /// Bearer token of the `/admin/*` API; unset: the admin API is off.
     pub admin_token: Option<Secret>,
+    /// A file holding the admin token (instead of `admin_token`); read at load.
+    pub admin_token_file: Option<PathBuf>,
     /// Request bodies above this many bytes get a 413.
     pub max_body_bytes: usize,
+    /// Prompts longer than this many bytes get a 400 before they are tokenized; unset: 16 bytes per token of
+    /// the model's context.
+    pub max_prompt_bytes: Option<usize>,
+    /// `max_tokens` of a chat request that gives none.
+    pub default_max_tokens: usize,
     /// After SIGTERM, seconds in-flight answers may take to finish before they are failed.
     pub shutdown_timeout_secs: u64,
+    /// Host names the `Host` header may carry besides loopback ones and `host` (against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Most HTTP connections open at once.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request head, and an idle keep-alive connection stays open.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -65,9 +82,16 @@ impl Default for ServerSection {
             port: 8080,
             served_model_name: None,
             api_keys: Vec::new(),
+            api_keys_file: None,
             admin_token: None,
+            admin_token_file: None,
             max_body_bytes: 4 * 1024 * 1024,
+            max_prompt_bytes: None,
+            default_max_tokens: 1024,
             shutdown_timeout_secs: 30,
+            allowed_hosts: Vec::new(),
+            max_connections: 512,
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -190,7 +214,15 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: `{key}` {problem}")]
     Value { key: String, problem: String },
+    #[error("invalid configuration: `{key}`: cannot read {path}: {reason}")]
+    SecretFile { key: String, path: PathBuf, reason: String },
 }
+
+/// The largest `engine.kv_cache_tokens`: past it even the smallest model's cache needs terabytes of memory.
+pub const MAX_KV_CACHE_TOKENS: usize = 1 << 24;
+
+/// The largest `engine.ctx_size`.
+pub const MAX_CTX_SIZE: usize = 1 << 20;
 
 impl Config {
     /// Defaults, then `file` (which must exist when given), then `HEARTH_<SECTION>__<KEY>` variables.
@@ -238,12 +270,63 @@ impl Config {
                 reason: err.kind.to_string(),
             }
         })?;
+        let mut config = config;
+        config.read_secret_files()?;
         config.validate()?;
         config.skills.validate().map_err(|e| ConfigError::Value {
             key: "skills".to_owned(),
             problem: e.to_string(),
         })?;
         Ok(config)
+    }
+
+    /// This configuration with the keys of `server.api_keys_file` and the token of `server.admin_token_file`
+    /// added (as [`Config::load`] does).
+    pub fn with_secret_files(mut self) -> Result<Self, ConfigError> {
+        self.read_secret_files()?;
+        Ok(self)
+    }
+
+    /// Add the keys of `server.api_keys_file` and the token of `server.admin_token_file`.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let read = |key: &str, path: &Path| {
+            std::fs::read_to_string(path).map_err(|err| ConfigError::SecretFile {
+                key: key.to_owned(),
+                path: path.to_owned(),
+                reason: err.to_string(),
+            })
+        };
+        if let Some(path) = &self.server.api_keys_file {
+            let text = read("server.api_keys_file", path)?;
+            for (i, line) in text.lines().enumerate() {
+                let key = line.trim();
+                if key.is_empty() || key.starts_with('#') {
+                    continue;
+                }
+                if key.chars().any(char::is_whitespace) {
+                    return Err(ConfigError::Value {
+                        key: "server.api_keys_file".to_owned(),
+                        problem: format!(
+                            "line {} of {} contains whitespace inside the key, which no Authorization header can carry",
+                            i + 1,
+                            path.display()
+                        ),
+                    });
+                }
+                self.server.api_keys.push(Secret(key.to_owned()));
+            }
+        }
+        if let Some(path) = &self.server.admin_token_file {
+            if self.server.admin_token.is_some() {
+                return Err(ConfigError::Value {
+                    key: "server.admin_token_file".to_owned(),
+                    problem: "is set together with server.admin_token: keep one".to_owned(),
+                });
+            }
+            let token = read("server.admin_token_file", path)?;
+            self.server.admin_token = Some(Secret(token.trim().to_owned()));
+        }
+        Ok(())
     }
 
     /// Checks serde cannot express: positive sizes, unique model names, a usable admin token.
@@ -266,14 +349,61 @@ impl Config {
                 return invalid(key, "must be at least 1");
             }
         }
-        if self.server.max_body_bytes == 0 {
-            return invalid("server.max_body_bytes", "must be at least 1");
+        if let Some(tokens) = self.engine.kv_cache_tokens.filter(|&t| t > MAX_KV_CACHE_TOKENS) {
+            return invalid(
+                "engine.kv_cache_tokens",
+                &format!(
+                    "is {tokens}, more than {MAX_KV_CACHE_TOKENS}: a KV cache that large needs more memory than a machine has \
+                     (16384 is the default; `hearth doctor` estimates the memory a value needs)"
+                ),
+            );
         }
-        if self.server.api_keys.iter().any(|k| k.0.trim().is_empty()) {
+        if let Some(tokens) = self.engine.ctx_size.filter(|&t| t > MAX_CTX_SIZE) {
+            return invalid(
+                "engine.ctx_size",
+                &format!("is {tokens}, more than {MAX_CTX_SIZE} tokens"),
+            );
+        }
+        check_log_level(&self.log.level).or_else(|problem| invalid("log.level", &problem))?;
+        let server = &self.server;
+        for (key, value) in [
+            ("server.max_body_bytes", server.max_body_bytes),
+            ("server.max_prompt_bytes", server.max_prompt_bytes.unwrap_or(1)),
+            ("server.default_max_tokens", server.default_max_tokens),
+            ("server.max_connections", server.max_connections),
+            (
+                "server.header_read_timeout_secs",
+                server.header_read_timeout_secs as usize,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if server.api_keys.iter().any(|k| k.0.trim().is_empty()) {
             return invalid("server.api_keys", "must not contain an empty key");
         }
-        if self.server.admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
-            return invalid("server.admin_token", "must be at least 16 characters");
+        // A key with a space can never match: the bearer token is trimmed and ends at the header's end.
+        if let Some(i) = server
+            .api_keys
+            .iter()
+            .position(|k| k.0.chars().any(char::is_whitespace))
+        {
+            return invalid(
+                &format!("server.api_keys[{i}]"),
+                "contains whitespace, which no Authorization header can carry: remove it",
+            );
+        }
+        if let Some(token) = &server.admin_token {
+            if token.0.len() < 16 {
+                return invalid("server.admin_token", "must be at least 16 characters");
+            }
+            if token.0.chars().any(char::is_whitespace) {
+                return invalid(
+                    "server.admin_token",
+                    "contains whitespace, which no Authorization header can carry: remove it",
+                );
+            }
         }
         if let Some(fallback) = &self.routing.fallback {
             if !self.models.iter().any(|m| &m.name == fallback) {
@@ -319,6 +449,93 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot show the configuration: {err}\n"))
     }
+}
+
+/// A `log.level` must be a tracing filter of levels: `info`, or `info,gateway=debug,hyper=warn`. A bare
+/// word that is no level (`lots`) would be read as a target name and log nothing, so it is refused.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    if filter.trim().is_empty() {
+        return Err("is empty: write a level such as \"info\"".to_owned());
+    }
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let ok = match directive.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(format!(
+                "has {directive:?}, which is not a level: write trace, debug, info, warn, error or off, or \
+                 TARGET=LEVEL (for example \"info,gateway=debug\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Warnings about files holding secrets that other users can read: `file` when it sets `api_keys`,
+/// `admin_token` or a `[dingtalk]` `app_secret`, and the files `api_keys_file` and `admin_token_file`
+/// name. Each names the file and its mode. `serve` logs them, `config check` prints them.
+pub fn permission_warnings(file: Option<&Path>, config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut check = |path: &Path, holds: &str| {
+        if let Some(mode) = group_or_other_readable(path) {
+            warnings.push(format!(
+                "{} holds {holds} but its mode is {mode:04o}: other users of this machine can read it; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    };
+    if let Some(file) = file {
+        let held = secrets_in(file);
+        if !held.is_empty() {
+            check(file, &held.join(", "));
+        }
+    }
+    if let Some(path) = &config.server.api_keys_file {
+        check(path, "API keys (server.api_keys_file)");
+    }
+    if let Some(path) = &config.server.admin_token_file {
+        check(path, "the admin token (server.admin_token_file)");
+    }
+    warnings
+}
+
+/// The secret keys `file` sets itself (not through the environment or other files).
+fn secrets_in(file: &Path) -> Vec<&'static str> {
+    let Some(table) = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+    else {
+        return Vec::new();
+    };
+    let get = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).cloned();
+    let mut held = Vec::new();
+    if get("server", "api_keys").is_some_and(|keys| keys.as_array().is_some_and(|a| !a.is_empty())) {
+        held.push("server.api_keys");
+    }
+    if get("server", "admin_token").is_some() {
+        held.push("server.admin_token");
+    }
+    if get("dingtalk", "app_secret").is_some() {
+        held.push("dingtalk.app_secret");
+    }
+    held
+}
+
+/// The file's permission bits when its group or others may read it.
+#[cfg(unix)]
+fn group_or_other_readable(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn group_or_other_readable(_path: &Path) -> Option<u32> {
+    None
 }
 
 /// An environment value as TOML would read it (numbers, booleans, arrays), else as a plain string.
@@ -413,6 +630,33 @@ mod tests {
             ),
             ("[[models]]\nname = \"a\"\n", "path"),
             ("[server]\nadmin_token = \"short\"\n", "server.admin_token"),
+            (
+                "[server]\nadmin_token = \"a long token with spaces\"\n",
+                "server.admin_token",
+            ),
+            (
+                "[server]\napi_keys = [\"good-key\", \"sk-with space\"]\n",
+                "server.api_keys[1]",
+            ),
+            (
+                "[server]\napi_keys = [\"sk-trailing-newline\\n\"]\n",
+                "server.api_keys[0]",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            ("[log]\nlevel = \"lots\"\n", "log.level"),
+            ("[log]\nlevel = \"info,gateway=loud\"\n", "log.level"),
+            ("[engine]\nkv_cache_tokens = 1000000000000\n", "engine.kv_cache_tokens"),
+            ("[engine]\nkv_cache_tokens = 1e12\n", "kv_cache_tokens"),
+            ("[engine]\nctx_size = 1000000000\n", "engine.ctx_size"),
+            (
+                "[[skills.custom]]\nname = \"x\"\ntrigger = \"regex\"\npatterns = [\"(\"]\nreply = \"y\"\n",
+                "custom[0].patterns[0]",
+            ),
+            ("[skills]\nescalate_patterns = [\"[a-\"]\n", "escalate_patterns[0]"),
+            (
+                "[server]\nadmin_token_file = \"/nonexistent/token\"\n",
+                "server.admin_token_file",
+            ),
             ("[serve]\nport = 1\n", "serve"),
             ("[routing]\nfallback = \"small\"\n", "routing.fallback"),
         ];
@@ -426,6 +670,66 @@ mod tests {
         assert!(err.contains("HEARTH_SERVER__PORT"), "{err}");
         let missing = Config::load_with_env(Some(Path::new("/nonexistent/hearth.toml")), []).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/hearth.toml"));
+    }
+
+    #[test]
+    fn good_log_levels_pass() {
+        for level in [
+            "info",
+            "warn",
+            "info,gateway=debug,hyper=warn",
+            "OFF",
+            "gateway::server=trace",
+        ] {
+            assert_eq!(check_log_level(level), Ok(()), "{level}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "# clients\nsk-from-file-1\n\n  sk-from-file-2  \n").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "admin-token-from-a-file\n").unwrap();
+        let file = write(&format!(
+            "[server]\napi_keys = [\"sk-inline\"]\napi_keys_file = {keys:?}\nadmin_token_file = {token:?}\n"
+        ));
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        let loaded: Vec<&str> = config.server.api_keys.iter().map(Secret::expose).collect();
+        assert_eq!(loaded, ["sk-inline", "sk-from-file-1", "sk-from-file-2"]);
+        assert_eq!(
+            config.server.admin_token.as_ref().map(Secret::expose),
+            Some("admin-token-from-a-file")
+        );
+        std::fs::write(&keys, "sk-ok\nsk-bad key\n").unwrap();
+        let err = Config::load_with_env(Some(file.path()), []).unwrap_err().to_string();
+        assert!(err.contains("server.api_keys_file") && err.contains("line 2"), "{err}");
+        assert!(!err.contains("sk-bad"), "the key itself is not shown: {err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_files_with_secrets_are_named_with_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let file = write("[server]\napi_keys = [\"sk-1\"]\n");
+        let set_mode = |mode| std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        set_mode(0o644);
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        let warnings = permission_warnings(Some(file.path()), &config);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&file.path().display().to_string())
+                && warnings[0].contains("0644")
+                && warnings[0].contains("server.api_keys"),
+            "{warnings:?}"
+        );
+        set_mode(0o600);
+        assert_eq!(permission_warnings(Some(file.path()), &config), Vec::<String>::new());
+        // A readable file without secrets is no concern.
+        let plain = write("[server]\nport = 9000\n");
+        std::fs::set_permissions(plain.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(permission_warnings(Some(plain.path()), &config), Vec::<String>::new());
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod doctor;
 mod errors;
 mod overload;
 mod routes;
+mod security;
 mod shutdown;
 mod support;
 mod switch;
