@@ -1,4 +1,8 @@
-//! Who may reach what, besides the API keys of `/v1/*` and the admin token of `/admin/*`:
+//! Who may reach what:
+//! - [`Credentials`]: every credential the server accepts, each named and granting [`Scope`]s: `api_keys`
+//!   chat, the admin token admin, and `[[server.keys]]` what they list. An area is guarded once any credential
+//!   grants its scope: `/v1/*` by chat, `/admin/*` by admin (off without one), `/metrics` by metrics (open
+//!   without one, for scrapers); a known key without the scope gets 403 `insufficient_scope`;
 //! - [`check_host`]: the `Host` header must name this server ([`HostPolicy`]), so a web page cannot reach a
 //!   hearth on loopback through a DNS name it rebinds to 127.0.0.1 (DNS rebinding);
 //! - [`require_console_credential`]: the console's data (`/console/api/*`: audit records, the IM proxy)
@@ -13,9 +17,150 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorKind};
-use crate::server::{bearer_token, key_matches, AppState};
+use crate::server::{bearer_token, constant_time_eq, AppState};
+
+/// What a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `/v1/*`: chat and completions, the model list.
+    Chat,
+    /// `/admin/*`: switch models, reload skills.
+    Admin,
+    /// `/metrics`.
+    Metrics,
+}
+
+/// A credential with a name (for logs: who did what) and its scopes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScopedKey {
+    pub name: String,
+    pub key: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for ScopedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopedKey")
+            .field("name", &self.name)
+            .field("key", &"***")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// Every credential the server accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    keys: Vec<ScopedKey>,
+}
+
+/// Why a bearer token was not granted a scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No token, or one the server does not know: 401.
+    Unknown,
+    /// A known key without the scope: 403.
+    OutOfScope,
+}
+
+impl Credentials {
+    /// `api_keys` (scope chat, named `api_keys[i]`), the admin token (scope admin, named `admin_token`) and
+    /// the named keys.
+    pub fn new(api_keys: &[String], admin_token: Option<&str>, named: &[ScopedKey]) -> Self {
+        let mut keys: Vec<ScopedKey> = api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| ScopedKey {
+                name: format!("api_keys[{i}]"),
+                key: key.clone(),
+                scopes: vec![Scope::Chat],
+            })
+            .collect();
+        keys.extend(admin_token.map(|token| ScopedKey {
+            name: "admin_token".to_owned(),
+            key: token.to_owned(),
+            scopes: vec![Scope::Admin],
+        }));
+        keys.extend(named.iter().cloned());
+        Self { keys }
+    }
+
+    /// Whether any credential grants `scope` (so the area it opens is guarded).
+    pub fn guards(&self, scope: Scope) -> bool {
+        self.keys.iter().any(|k| k.scopes.contains(&scope))
+    }
+
+    /// The name of the credential `token` is, when it grants one of `scopes`. Every key is compared, so the
+    /// timing does not tell which one (or whether any) matched.
+    pub fn grant(&self, token: Option<&str>, scopes: &[Scope]) -> Result<&str, Refusal> {
+        let token = token.ok_or(Refusal::Unknown)?;
+        let matched = self.keys.iter().fold(None, |found, k| {
+            let hit = constant_time_eq(token.as_bytes(), k.key.as_bytes());
+            if hit && found.is_none() {
+                Some(k)
+            } else {
+                found
+            }
+        });
+        match matched {
+            None => Err(Refusal::Unknown),
+            Some(k) if k.scopes.iter().any(|s| scopes.contains(s)) => Ok(&k.name),
+            Some(_) => Err(Refusal::OutOfScope),
+        }
+    }
+}
+
+/// Who made a request, as its credential is named; in the request's extensions once a check granted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+/// Let `req` on when its bearer token grants one of `scopes` (noting the [`Caller`]), else answer 401 with
+/// `unknown` or 403 `insufficient_scope`.
+pub(crate) async fn grant(
+    state: &AppState,
+    mut req: Request,
+    next: Next,
+    scopes: &[Scope],
+    unknown: ApiError,
+) -> Response {
+    match state.credentials.grant(bearer_token(&req), scopes) {
+        Ok(name) => {
+            req.extensions_mut().insert(Caller(name.to_owned()));
+            next.run(req).await
+        }
+        Err(Refusal::Unknown) => unknown.into_response(),
+        Err(Refusal::OutOfScope) => ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "This key may not do this: it needs the scope {}.",
+                scopes
+                    .iter()
+                    .map(|s| format!("{s:?}").to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        )
+        .with_code("insufficient_scope")
+        .into_response(),
+    }
+}
+
+/// `/metrics`: open unless a credential has the metrics scope, then it needs one.
+pub async fn require_metrics_scope(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.credentials.guards(Scope::Metrics) {
+        return next.run(req).await;
+    }
+    let unknown = ApiError::new(
+        ErrorKind::Authentication,
+        "Missing or incorrect key: send `Authorization: Bearer <key with the metrics scope>`.",
+    )
+    .with_code("invalid_api_key");
+    grant(&state, req, next, &[Scope::Metrics], unknown).await
+}
 
 /// Which `Host` header values requests may carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,10 +268,10 @@ impl Access {
     }
 }
 
-/// `/console/api/*`: `Authorization: Bearer <admin token or an API key>` when either is configured (401
-/// otherwise); with neither, only a loopback listener serves it (403 otherwise).
+/// `/console/api/*`: `Authorization: Bearer <a credential with the chat or admin scope>` when one is
+/// configured (401 otherwise); with none, only a loopback listener serves it (403 otherwise).
 pub async fn require_console_credential(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let configured = state.admin_token.is_some() || !state.api_keys.is_empty();
+    let configured = state.credentials.guards(Scope::Chat) || state.credentials.guards(Scope::Admin);
     if !configured {
         if state.access.console_open_without_credential {
             return next.run(req).await;
@@ -139,25 +284,13 @@ pub async fn require_console_credential(State(state): State<AppState>, req: Requ
         .with_code("console_credential_required")
         .into_response();
     }
-    let granted = bearer_token(&req).is_some_and(|token| {
-        let admin = state
-            .admin_token
-            .as_deref()
-            .is_some_and(|expected| key_matches(token, [expected]));
-        // Both checks run, so the timing does not tell which kind of credential matched.
-        admin | key_matches(token, state.api_keys.iter().map(|k| &**k))
-    });
-    if granted {
-        next.run(req).await
-    } else {
-        ApiError::new(
-            ErrorKind::Authentication,
-            "The console's data needs a credential: send `Authorization: Bearer <admin token or API key>` \
-             (the console asks for it on its Admin page).",
-        )
-        .with_code("invalid_console_credential")
-        .into_response()
-    }
+    let unknown = ApiError::new(
+        ErrorKind::Authentication,
+        "The console's data needs a credential: send `Authorization: Bearer <admin token or API key>` \
+         (the console asks for it on its Admin page).",
+    )
+    .with_code("invalid_console_credential");
+    grant(&state, req, next, &[Scope::Chat, Scope::Admin], unknown).await
 }
 
 /// A state-changing console call must declare a JSON body (`Content-Type: application/json`, which a
@@ -236,6 +369,37 @@ mod tests {
         assert!(HostPolicy::new("0.0.0.0", &[]).allows("anything.example"));
         let any_but_listed = HostPolicy::new("::", &["hearth.corp".to_owned()]);
         assert!(any_but_listed.allows("hearth.corp") && !any_but_listed.allows("attacker.example"));
+    }
+
+    #[test]
+    fn credentials_grant_their_scopes_only() {
+        let named = |name: &str, key: &str, scopes: &[Scope]| ScopedKey {
+            name: name.to_owned(),
+            key: key.to_owned(),
+            scopes: scopes.to_vec(),
+        };
+        let credentials = Credentials::new(
+            &["sk-chat".to_owned()],
+            Some("admin-token-0123456789"),
+            &[named("grafana", "sk-metrics", &[Scope::Metrics])],
+        );
+        assert_eq!(credentials.grant(Some("sk-chat"), &[Scope::Chat]), Ok("api_keys[0]"));
+        assert_eq!(credentials.grant(Some("sk-metrics"), &[Scope::Metrics]), Ok("grafana"));
+        assert_eq!(
+            credentials.grant(Some("sk-metrics"), &[Scope::Chat]),
+            Err(Refusal::OutOfScope)
+        );
+        assert_eq!(
+            credentials.grant(Some("admin-token-0123456789"), &[Scope::Chat, Scope::Admin]),
+            Ok("admin_token")
+        );
+        assert_eq!(
+            credentials.grant(Some("sk-nope"), &[Scope::Chat]),
+            Err(Refusal::Unknown)
+        );
+        assert_eq!(credentials.grant(None, &[Scope::Chat]), Err(Refusal::Unknown));
+        assert!(credentials.guards(Scope::Metrics));
+        assert!(!Credentials::new(&[], None, &[]).guards(Scope::Chat));
     }
 
     #[test]

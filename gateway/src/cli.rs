@@ -482,6 +482,17 @@ impl ServeArgs {
             served_model_name,
             api_keys,
             admin_token: server.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            keys: server
+                .keys
+                .iter()
+                .filter_map(|entry| {
+                    Some(gateway::access::ScopedKey {
+                        name: entry.name.clone(),
+                        key: entry.key.as_ref()?.expose().to_owned(),
+                        scopes: entry.scopes.clone(),
+                    })
+                })
+                .collect(),
             max_body_bytes: server.max_body_bytes,
             drain_timeout: Duration::from_secs(self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs)),
             emulator_url: self.emulator_url.clone(),

@@ -102,6 +102,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
         let addr = listener.local_addr().context("cannot read the listening address")?;
         if gateway_config.admin_token.is_none()
             && gateway_config.api_keys.is_empty()
+            && gateway_config.keys.is_empty()
             && !gateway::access::is_loopback_host(&gateway_config.host)
         {
             tracing::warn!(
@@ -114,6 +115,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             %addr,
             model = %state.models.active().name,
             api_keys = gateway_config.api_keys.len(),
+            named_keys = gateway_config.keys.len(),
             "listening: OpenAI-compatible API at http://{addr}/v1"
         );
         let drain = gateway_config.drain_timeout;

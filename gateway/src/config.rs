@@ -14,6 +14,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::access::Scope;
 use crate::dingtalk::DingTalkConfig;
 use crate::skills::SkillsConfig;
 
@@ -58,6 +59,8 @@ pub struct ServerSection {
     pub admin_token: Option<Secret>,
     /// A file holding the admin token (instead of `admin_token`); read at load.
     pub admin_token_file: Option<PathBuf>,
+    /// Named keys with scopes (`[[server.keys]]`), besides `api_keys` (chat) and `admin_token` (admin).
+    pub keys: Vec<KeyEntry>,
     /// Request bodies above this many bytes get a 413.
     pub max_body_bytes: usize,
     /// Prompts longer than this many bytes get a 400 before they are tokenized; unset: 16 bytes per token of
@@ -85,6 +88,7 @@ impl Default for ServerSection {
             api_keys_file: None,
             admin_token: None,
             admin_token_file: None,
+            keys: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             max_prompt_bytes: None,
             default_max_tokens: 1024,
@@ -94,6 +98,22 @@ impl Default for ServerSection {
             header_read_timeout_secs: 10,
         }
     }
+}
+
+/// One `[[server.keys]]` entry: a named key and what it may do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// Who holds it, for logs (`caller = NAME` on admin actions); unique.
+    pub name: String,
+    /// The key itself; or `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+    /// A file holding the key; read at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `chat` (`/v1/*`), `admin` (`/admin/*`), `metrics` (`/metrics`).
+    pub scopes: Vec<Scope>,
 }
 
 /// `[engine]`: how much work the engine takes on. Unset values take the engine's defaults.
@@ -316,6 +336,18 @@ impl Config {
                 self.server.api_keys.push(Secret(key.to_owned()));
             }
         }
+        for (i, entry) in self.server.keys.iter_mut().enumerate() {
+            if let Some(path) = &entry.key_file {
+                let key = format!("server.keys[{i}].key_file");
+                if entry.key.is_some() {
+                    return Err(ConfigError::Value {
+                        key,
+                        problem: "is set together with `key`: keep one".to_owned(),
+                    });
+                }
+                entry.key = Some(Secret(read(&key, path)?.trim().to_owned()));
+            }
+        }
         if let Some(path) = &self.server.admin_token_file {
             if self.server.admin_token.is_some() {
                 return Err(ConfigError::Value {
@@ -394,6 +426,30 @@ impl Config {
                 "contains whitespace, which no Authorization header can carry: remove it",
             );
         }
+        for (i, entry) in server.keys.iter().enumerate() {
+            let key = |field: &str| format!("server.keys[{i}].{field}");
+            if entry.name.trim().is_empty() || server.keys[..i].iter().any(|k| k.name == entry.name) {
+                return invalid(&key("name"), "must be a name no other key has");
+            }
+            let Some(secret) = &entry.key else {
+                return invalid(&key("key"), "is missing: set `key` or `key_file`");
+            };
+            if secret.0.is_empty() || secret.0.chars().any(char::is_whitespace) {
+                return invalid(
+                    &key("key"),
+                    "must not be empty or contain whitespace, which no Authorization header can carry",
+                );
+            }
+            if entry.scopes.is_empty() {
+                return invalid(
+                    &key("scopes"),
+                    "must list at least one of \"chat\", \"admin\", \"metrics\"",
+                );
+            }
+            if entry.scopes.contains(&Scope::Admin) && secret.0.len() < 16 {
+                return invalid(&key("key"), "must be at least 16 characters for the admin scope");
+            }
+        }
         if let Some(token) = &server.admin_token {
             if token.0.len() < 16 {
                 return invalid("server.admin_token", "must be at least 16 characters");
@@ -443,6 +499,11 @@ impl Config {
         }
         if let Some(token) = &mut shown.server.admin_token {
             token.0 = "***".to_owned();
+        }
+        for entry in &mut shown.server.keys {
+            if let Some(key) = &mut entry.key {
+                key.0 = "***".to_owned();
+            }
         }
         if let Some(dingtalk) = &mut shown.dingtalk {
             dingtalk.app_secret = Secret("***".to_owned());
@@ -518,6 +579,10 @@ fn secrets_in(file: &Path) -> Vec<&'static str> {
     }
     if get("server", "admin_token").is_some() {
         held.push("server.admin_token");
+    }
+    let inline_key = |entry: &toml::Value| entry.get("key").is_some();
+    if get("server", "keys").is_some_and(|keys| keys.as_array().is_some_and(|a| a.iter().any(inline_key))) {
+        held.push("server.keys");
     }
     if get("dingtalk", "app_secret").is_some() {
         held.push("dingtalk.app_secret");
@@ -657,6 +722,14 @@ mod tests {
                 "[server]\nadmin_token_file = \"/nonexistent/token\"\n",
                 "server.admin_token_file",
             ),
+            (
+                "[[server.keys]]\nname = \"a\"\nkey = \"k1\"\nscopes = [\"chat\"]\n[[server.keys]]\nname = \"a\"\nkey = \"k2\"\nscopes = [\"chat\"]\n",
+                "server.keys[1].name",
+            ),
+            ("[[server.keys]]\nname = \"a\"\nscopes = [\"chat\"]\n", "server.keys[0].key"),
+            ("[[server.keys]]\nname = \"a\"\nkey = \"k\"\nscopes = []\n", "server.keys[0].scopes"),
+            ("[[server.keys]]\nname = \"a\"\nkey = \"k\"\nscopes = [\"root\"]\n", "scopes"),
+            ("[[server.keys]]\nname = \"a\"\nkey = \"short\"\nscopes = [\"admin\"]\n", "server.keys[0].key"),
             ("[serve]\nport = 1\n", "serve"),
             ("[routing]\nfallback = \"small\"\n", "routing.fallback"),
         ];
@@ -706,6 +779,28 @@ mod tests {
         let err = Config::load_with_env(Some(file.path()), []).unwrap_err().to_string();
         assert!(err.contains("server.api_keys_file") && err.contains("line 2"), "{err}");
         assert!(!err.contains("sk-bad"), "the key itself is not shown: {err}");
+    }
+
+    #[test]
+    fn named_keys_read_their_files_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let grafana = dir.path().join("grafana");
+        std::fs::write(&grafana, "sk-grafana-from-file\n").unwrap();
+        let file = write(&format!(
+            "[[server.keys]]\nname = \"grafana\"\nkey_file = {grafana:?}\nscopes = [\"metrics\"]\n\
+             [[server.keys]]\nname = \"ops\"\nkey = \"sk-ops-very-secret-key\"\nscopes = [\"admin\", \"chat\"]\n"
+        ));
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        let keys = &config.server.keys;
+        assert_eq!(keys[0].key.as_ref().map(Secret::expose), Some("sk-grafana-from-file"));
+        assert_eq!(keys[0].scopes, [Scope::Metrics]);
+        assert_eq!(keys[1].scopes, [Scope::Admin, Scope::Chat]);
+        let shown = config.to_redacted_toml();
+        assert!(
+            !shown.contains("very-secret") && !shown.contains("sk-grafana"),
+            "{shown}"
+        );
+        assert_eq!(secrets_in(file.path()), ["server.keys"]);
     }
 
     #[cfg(unix)]

@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::access::{self, Access};
+use crate::access::{self, Access, Credentials, Scope, ScopedKey};
 use crate::connections::{self, ConnectionLimits};
 use crate::console::{self, ConsoleState, ImLink};
 use crate::error::{ApiError, ErrorKind};
@@ -52,6 +52,8 @@ pub struct GatewayConfig {
     pub api_keys: Vec<String>,
     /// Bearer token of `/admin/*`; `None` turns the admin API off.
     pub admin_token: Option<String>,
+    /// Named keys with their scopes (`[[server.keys]]`), besides `api_keys` (chat) and `admin_token` (admin).
+    pub keys: Vec<ScopedKey>,
     /// Request bodies above this many bytes get a 413 before they are parsed.
     pub max_body_bytes: usize,
     /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
@@ -82,6 +84,7 @@ impl Default for GatewayConfig {
             served_model_name: None,
             api_keys: Vec::new(),
             admin_token: None,
+            keys: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
             emulator_url: None,
@@ -98,10 +101,9 @@ impl Default for GatewayConfig {
 pub struct AppState {
     /// The loaded models: which one takes a request, and switching between them.
     pub models: Arc<ModelRouter>,
-    /// The keys `/v1/*` accepts; empty: no key needed.
-    pub api_keys: Arc<[Box<str>]>,
-    /// The token `/admin/*` requires; `None`: the admin API is off.
-    pub admin_token: Option<Arc<str>>,
+    /// Every credential and its scopes: `/v1/*` needs chat, `/admin/*` admin, `/metrics` metrics, each once
+    /// any credential grants it (see [`crate::access`]).
+    pub credentials: Arc<Credentials>,
     /// Body limit applied to every route.
     pub max_body_bytes: usize,
     /// Reported as `created` by `/v1/models`: when this server started, in Unix seconds.
@@ -161,8 +163,11 @@ impl AppState {
             .map_or(0, |d| d.as_secs());
         Self {
             models,
-            api_keys: config.api_keys.iter().map(|k| k.as_str().into()).collect(),
-            admin_token: config.admin_token.as_deref().map(Into::into),
+            credentials: Arc::new(Credentials::new(
+                &config.api_keys,
+                config.admin_token.as_deref(),
+                &config.keys,
+            )),
             max_body_bytes: config.max_body_bytes,
             started_at,
             ready: Arc::new(AtomicBool::new(true)),
@@ -212,7 +217,13 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_page))
+        .route(
+            "/metrics",
+            get(metrics_page).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                access::require_metrics_scope,
+            )),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
@@ -350,20 +361,17 @@ async fn request_span(mut req: Request, next: Next) -> Response {
     .await
 }
 
-/// `Authorization: Bearer <key>` when the server has a key.
+/// `Authorization: Bearer <key with the chat scope>` when the server has one.
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.api_keys.is_empty() {
+    if !state.credentials.guards(Scope::Chat) {
         return next.run(req).await;
     }
-    match bearer_token(&req) {
-        Some(key) if key_matches(key, state.api_keys.iter().map(|k| &**k)) => next.run(req).await,
-        _ => ApiError::new(
-            ErrorKind::Authentication,
-            "Missing or incorrect API key: send `Authorization: Bearer <key>`.",
-        )
-        .with_code("invalid_api_key")
-        .into_response(),
-    }
+    let unknown = ApiError::new(
+        ErrorKind::Authentication,
+        "Missing or incorrect API key: send `Authorization: Bearer <key>`.",
+    )
+    .with_code("invalid_api_key");
+    access::grant(&state, req, next, &[Scope::Chat], unknown).await
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if the request has one.
@@ -373,13 +381,6 @@ pub(crate) fn bearer_token(req: &Request) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-}
-
-/// Whether `token` is one of `keys`. Every key is compared, so the timing does not tell which one (or whether
-/// any) matched early.
-pub(crate) fn key_matches<'a>(token: &str, keys: impl IntoIterator<Item = &'a str>) -> bool {
-    keys.into_iter()
-        .fold(false, |hit, k| constant_time_eq(token.as_bytes(), k.as_bytes()) | hit)
 }
 
 /// Compare keys without an early exit, so response timing does not reveal a matching prefix.

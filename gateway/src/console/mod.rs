@@ -249,7 +249,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
         im_deliveries,
         audit: recent_audit(&state.console.platforms).await,
         emulator: state.console.emulator_url.is_some(),
-        admin_api: state.admin_token.is_some(),
+        admin_api: state.credentials.guards(crate::access::Scope::Admin),
     })
 }
 

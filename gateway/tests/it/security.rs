@@ -607,3 +607,72 @@ fn careless_configurations_are_refused_or_warned_about_by_name() {
     );
     assert!(!ok && stderr.contains("--api-key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn named_keys_grant_only_their_scopes() {
+    use gateway::access::{Scope, ScopedKey};
+    let named = |name: &str, key: &str, scopes: &[Scope]| ScopedKey {
+        name: name.to_owned(),
+        key: key.to_owned(),
+        scopes: scopes.to_vec(),
+    };
+    let addr = spawn(GatewayConfig {
+        keys: vec![
+            named("grafana", "sk-metrics-only", &[Scope::Metrics]),
+            named("ci", "sk-chat-only", &[Scope::Chat]),
+            named("ops", "sk-ops-admin-0123456789", &[Scope::Admin, Scope::Metrics]),
+        ],
+        ..GatewayConfig::default()
+    })
+    .await;
+    let bearer = |key: &str| format!("\r\nAuthorization: Bearer {key}");
+    let chat = chat_body("Hi", json!({"max_tokens": 1})).to_string();
+    let post_chat = |key: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json{}",
+            bearer(key)
+        )
+    };
+    // A metrics key cannot chat, nor administer, nor read the console's data.
+    let (status, body) = exchange(addr, &post_chat("sk-metrics-only"), chat.as_bytes()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (403, "insufficient_scope".into()),
+        "{body}"
+    );
+    assert!(body.contains("chat"), "{body}");
+    for path in ["/v1/models", "/admin/models", "/console/api/status"] {
+        let (status, body) = get(addr, path, &bearer("sk-metrics-only")).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (403, "insufficient_scope".into()),
+            "{path}"
+        );
+    }
+    let (status, body) = get(addr, "/metrics", &bearer("sk-metrics-only")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("# TYPE"), "{body}");
+    // /metrics is guarded now that a key has the metrics scope.
+    assert_eq!(get(addr, "/metrics", "").await.0, 401);
+    assert_eq!(get(addr, "/metrics", &bearer("sk-chat-only")).await.0, 403);
+    assert_eq!(get(addr, "/metrics", &bearer("sk-ops-admin-0123456789")).await.0, 200);
+    // The chat key chats and reads the console's data, and administers nothing.
+    assert_eq!(exchange(addr, &post_chat("sk-chat-only"), chat.as_bytes()).await.0, 200);
+    assert_eq!(get(addr, "/console/api/status", &bearer("sk-chat-only")).await.0, 200);
+    assert_eq!(get(addr, "/admin/models", &bearer("sk-chat-only")).await.0, 403);
+    // The admin key administers, and does not chat.
+    assert_eq!(
+        get(addr, "/admin/models", &bearer("sk-ops-admin-0123456789")).await.0,
+        200
+    );
+    assert_eq!(
+        exchange(addr, &post_chat("sk-ops-admin-0123456789"), chat.as_bytes())
+            .await
+            .0,
+        403
+    );
+    // Unknown keys are 401s everywhere guarded.
+    for path in ["/v1/models", "/admin/models", "/metrics", "/console/api/status"] {
+        assert_eq!(get(addr, path, &bearer("sk-nobody")).await.0, 401, "{path}");
+    }
+}
