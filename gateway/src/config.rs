@@ -74,7 +74,8 @@ pub struct ServerSection {
     pub allowed_hosts: Vec<String>,
     /// Most HTTP connections open at once.
     pub max_connections: usize,
-    /// Seconds a client has to send a request head, and an idle keep-alive connection stays open.
+    /// Seconds a client has to send a request head, an idle keep-alive connection stays open, and a request
+    /// body may send nothing.
     pub header_read_timeout_secs: u64,
 }
 

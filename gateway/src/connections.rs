@@ -6,6 +6,8 @@
 //!   (a slowloris, or a socket opened and left silent) is closed, and
 //! - the same timer runs between requests on a keep-alive connection, so an idle connection is closed after
 //!   that long too;
+//! - a request body that sends nothing for that long ([`IdleTimeout`]: a slowloris on the body) fails, and
+//!   the request with it;
 //!
 //! and at most [`ConnectionLimits::max_connections`] connections are open at once. When a new connection
 //! arrives at the cap, the connection idle the longest (no request in flight) is closed to make room, as a
@@ -22,12 +24,15 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -42,7 +47,8 @@ use tower::ServiceExt;
 pub struct ConnectionLimits {
     /// Most connections open at once; past it the longest-idle one is closed, or the new one when all are busy.
     pub max_connections: usize,
-    /// A request head must arrive whole within this long; also how long an idle keep-alive connection lives.
+    /// A request head must arrive whole within this long; also how long an idle keep-alive connection lives,
+    /// and how long a request body may send nothing.
     pub header_read_timeout: Duration,
 }
 
@@ -185,6 +191,7 @@ pub(crate) async fn serve_connections(
                 conn,
                 epoch,
                 table: table.clone(),
+                body_idle: limits.header_read_timeout,
             },
             stop.clone(),
         ));
@@ -200,6 +207,8 @@ struct Connection {
     conn: Arc<ConnState>,
     epoch: Instant,
     table: Arc<Mutex<Table>>,
+    /// How long a request body may send nothing before it fails.
+    body_idle: Duration,
 }
 
 async fn serve_one(
@@ -209,15 +218,22 @@ async fn serve_one(
     connection: Connection,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Connection { id, conn, epoch, table } = connection;
+    let Connection {
+        id,
+        conn,
+        epoch,
+        table,
+        body_idle,
+    } = connection;
     let _ = stream.set_nodelay(true);
     let tracked = conn.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let busy = Busy::new(tracked.clone(), epoch);
         let app = app.clone();
         async move {
+            let request = request.map(|body| Body::new(IdleTimeout::new(body, body_idle)));
             let response = app
-                .oneshot(request.map(Body::new))
+                .oneshot(request)
                 .await
                 .unwrap_or_else(|never: Infallible| match never {});
             // The connection stays busy until the body is sent or dropped (a stream may run for minutes).
@@ -256,6 +272,57 @@ async fn serve_one(
         }
     }
     lock(&table).open.remove(&id);
+}
+
+/// A request body that fails when no frame arrives for `idle` (from the request head on, then from frame
+/// to frame), so a client cannot hold a connection busy by sending its body a byte now and then forever.
+struct IdleTimeout {
+    inner: Incoming,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeout {
+    fn new(inner: Incoming, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl HttpBody for IdleTimeout {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|result| result.map_err(Into::into)))
+            }
+            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Some(Err(format!(
+                "the request body sent nothing for {} s",
+                this.idle.as_secs_f64()
+            )
+            .into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Errors of one pending connection (it went away before we accepted it): accept the next.

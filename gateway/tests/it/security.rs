@@ -285,6 +285,28 @@ async fn slow_and_idle_connections_are_closed_and_healthz_stays_fast() {
         waited >= timeout - Duration::from_millis(200),
         "closed after {waited:?}, before the timeout"
     );
+    // A slowloris on the body: the head whole, then ten bytes of a thousand, then nothing.
+    let mut dribble = TcpStream::connect(addr).await.unwrap();
+    dribble
+        .write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 1000\r\n\r\n{{\"messages\""
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(patience, dribble.read_to_end(&mut answer))
+        .await
+        .expect("a stalled request body ends its request")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("sent nothing for 2 s"),
+        "{answer}"
+    );
     tokio::time::timeout(patience, futures::future::join_all(idle.into_iter().map(closed)))
         .await
         .expect("every idle connection is closed");
