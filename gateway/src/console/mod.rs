@@ -343,7 +343,7 @@ async fn im_proxy(
     let mut url = format!("{base}/_emulator/api/{path}");
     if let Some(query) = uri.query() {
         url.push('?');
-        url.push_str(&query);
+        url.push_str(query);
     }
     let request = match method {
         Method::POST => state
