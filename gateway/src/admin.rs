@@ -1,4 +1,5 @@
-//! The admin API, behind `Authorization: Bearer <server.admin_token>` (off when no token is configured):
+//! The admin API, behind `Authorization: Bearer <server.admin_token or a key with the admin scope>` (off when
+//! none is configured); each change is logged with the name of the credential that made it:
 //! `GET /admin/models` lists the configured models; `POST /admin/models/active {"model": NAME}` switches
 //! the active model without dropping a connection (see [`crate::routing`]); `POST /admin/skills/reload`
 //! re-reads the `[skills]` section of the config file for every IM connector.
@@ -6,32 +7,31 @@
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
+use crate::access::{self, Caller, Scope};
 use crate::error::{ApiError, ApiJson, ErrorKind};
 use crate::routing::SwitchError;
-use crate::server::{bearer_token, constant_time_eq, AppState};
+use crate::server::AppState;
 
-/// `Authorization: Bearer <admin token>`; without a configured token the admin routes do not exist.
+/// `Authorization: Bearer <admin token>`; without a credential of the admin scope the admin routes do not
+/// exist.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.admin_token.as_deref() else {
+    if !state.credentials.guards(Scope::Admin) {
         return ApiError::new(
             ErrorKind::NotFound,
             "The admin API is off: set server.admin_token in the config to turn it on.",
         )
         .with_code("admin_api_off")
         .into_response();
-    };
-    match bearer_token(&req) {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(req).await,
-        _ => ApiError::new(
-            ErrorKind::Authentication,
-            "Missing or incorrect admin token: send `Authorization: Bearer <admin_token>`.",
-        )
-        .with_code("invalid_admin_token")
-        .into_response(),
     }
+    let unknown = ApiError::new(
+        ErrorKind::Authentication,
+        "Missing or incorrect admin token: send `Authorization: Bearer <admin_token>`.",
+    )
+    .with_code("invalid_admin_token");
+    access::grant(&state, req, next, &[Scope::Admin], unknown).await
 }
 
 /// One model in `GET /admin/models`.
@@ -89,8 +89,10 @@ pub struct SwitchResponse {
 /// `POST /admin/models/active`: load the model, make it active, let the previous one drain.
 pub async fn switch_model(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<SwitchRequest>,
 ) -> Result<Json<SwitchResponse>, ApiError> {
+    tracing::info!(caller = %caller.0, model = %body.model, "admin: switching the active model");
     match state.models.switch(&body.model).await {
         Ok(previous) => Ok(Json(SwitchResponse {
             active: body.model,
@@ -124,7 +126,11 @@ pub struct ReloadedSkills {
 
 /// `POST /admin/skills/reload`: re-read `[skills]` from the config file. A section that does not parse
 /// or validate is refused with its error, and the skills in use stay.
-pub async fn reload_skills(State(state): State<AppState>) -> Result<Json<ReloadResponse>, ApiError> {
+pub async fn reload_skills(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ReloadResponse>, ApiError> {
+    tracing::info!(caller = %caller.0, "admin: reloading the skills");
     if state.console.platforms.is_empty() {
         return Err(ApiError::new(
             ErrorKind::NotFound,

@@ -374,8 +374,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     pub served_model_name: Option<String>,
     /// Require `Authorization: Bearer KEY` on /v1/* routes (in addition to the config's server.api_keys).
+    /// Every local user can read a process's arguments: prefer $HEARTH_API_KEY or --api-key-file.
     #[arg(long, value_name = "KEY", env = "HEARTH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Read more API keys from FILE, one per line (blank lines and `#` comments skipped), as
+    /// server.api_keys_file does; keeps keys out of the process's arguments.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// After SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are stopped
     /// [default: the config's server.shutdown_timeout_secs, else 30].
     #[arg(long, value_name = "SECS")]
@@ -453,11 +458,28 @@ impl DingTalkArgs {
 }
 
 impl ServeArgs {
-    /// The server settings: flags over the file's `[server]` section.
-    pub fn gateway_config(&self, file: &Config) -> GatewayConfig {
+    /// The server settings: flags over the file's `[server]` section. Fails when `--api-key-file` cannot be
+    /// read or `--api-key`/`--api-key-file` holds a key with whitespace (it could never match).
+    pub fn gateway_config(&self, file: &Config) -> anyhow::Result<GatewayConfig> {
         let server = &file.server;
         let mut api_keys: Vec<String> = server.api_keys.iter().map(|k| k.expose().to_owned()).collect();
-        api_keys.extend(self.api_key.clone().filter(|k| !k.is_empty()));
+        if let Some(key) = self.api_key.as_deref().filter(|k| !k.is_empty()) {
+            anyhow::ensure!(
+                !key.chars().any(char::is_whitespace),
+                "--api-key (or $HEARTH_API_KEY) contains whitespace, which no Authorization header can carry"
+            );
+            api_keys.push(key.to_owned());
+        }
+        if let Some(path) = &self.api_key_file {
+            let mut from_file = Config::default();
+            from_file.server.api_keys_file = Some(path.clone());
+            let keys = from_file
+                .with_secret_files()
+                .map_err(|e| anyhow::anyhow!("--api-key-file: {e}"))?
+                .server
+                .api_keys;
+            api_keys.extend(keys.iter().map(|k| k.expose().to_owned()));
+        }
         let served_model_name = self
             .served_model_name
             .clone()
@@ -467,16 +489,34 @@ impl ServeArgs {
                     .then(|| file.models.first().map(|m| m.name.clone()))
                     .flatten()
             });
-        GatewayConfig {
+        Ok(GatewayConfig {
             host: self.host.clone().unwrap_or_else(|| server.host.clone()),
             port: self.port.unwrap_or(server.port),
             served_model_name,
             api_keys,
             admin_token: server.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            keys: server
+                .keys
+                .iter()
+                .filter_map(|entry| {
+                    Some(gateway::access::ScopedKey {
+                        name: entry.name.clone(),
+                        key: entry.key.as_ref()?.expose().to_owned(),
+                        scopes: entry.scopes.clone(),
+                    })
+                })
+                .collect(),
             max_body_bytes: server.max_body_bytes,
             drain_timeout: Duration::from_secs(self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs)),
             emulator_url: self.emulator_url.clone(),
-        }
+            allowed_hosts: server.allowed_hosts.clone(),
+            connections: gateway::ConnectionLimits {
+                max_connections: server.max_connections,
+                header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            },
+            max_prompt_bytes: server.max_prompt_bytes,
+            default_max_tokens: server.default_max_tokens,
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use crate::cli::{
 
 /// `hearth serve`.
 pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let gateway_config = args.gateway_config(config);
+    let gateway_config = args.gateway_config(config)?;
     let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
     let skills_config = config.skills.clone();
     let engine_config = args.engine.engine_config(config)?;
@@ -99,10 +99,22 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
         let platforms = connector.iter().map(DingTalkConnector::link).collect();
         let state = AppState::with_shared_router(router.clone(), &gateway_config).with_platforms(platforms);
         let addr = listener.local_addr().context("cannot read the listening address")?;
+        if gateway_config.admin_token.is_none()
+            && gateway_config.api_keys.is_empty()
+            && gateway_config.keys.is_empty()
+            && !gateway::access::is_loopback_host(&gateway_config.host)
+        {
+            tracing::warn!(
+                host = %gateway_config.host,
+                "no server.admin_token or server.api_keys: the API is open to the network, and the web \
+                 console's data (/console/api/*) is refused until one is configured"
+            );
+        }
         tracing::info!(
             %addr,
             model = %state.models.active().name,
             api_keys = gateway_config.api_keys.len(),
+            named_keys = gateway_config.keys.len(),
             "listening: OpenAI-compatible API at http://{addr}/v1"
         );
         let drain = gateway_config.drain_timeout;
@@ -203,6 +215,9 @@ pub fn config(command: &ConfigCommand, file: Option<&Path>) -> anyhow::Result<Ex
         ConfigCommand::Example => print!("{}", config::EXAMPLE),
         ConfigCommand::Check => {
             let loaded = Config::load(file)?;
+            for warning in config::permission_warnings(file, &loaded) {
+                eprintln!("warning: {warning}");
+            }
             match file {
                 Some(file) => eprintln!("{}: ok", file.display()),
                 None => {
@@ -387,6 +402,7 @@ fn request(engine: &EngineHandle, prompt: Vec<u32>, sampling: &SamplingArgs) -> 
 
 fn load_engine(config: EngineConfig) -> anyhow::Result<EngineHandle> {
     let path = config.model_path.clone();
+    check_kv_cache_fits(&config)?;
     tracing::info!(model = %path.display(), "loading the model");
     let started = Instant::now();
     let engine = Engine::load(config).with_context(|| format!("cannot load the model {}", path.display()))?;
@@ -400,6 +416,40 @@ fn load_engine(config: EngineConfig) -> anyhow::Result<EngineHandle> {
         "model loaded"
     );
     Ok(engine)
+}
+
+/// Refuse a KV cache larger than this machine's memory with an error naming `engine.kv_cache_tokens`, before
+/// the engine tries to allocate it (which would abort the process).
+fn check_kv_cache_fits(config: &EngineConfig) -> anyhow::Result<()> {
+    let tokens = config.kv_cache_tokens;
+    anyhow::ensure!(
+        tokens <= config::MAX_KV_CACHE_TOKENS,
+        "engine.kv_cache_tokens (--kv-cache-tokens) is {tokens}, more than {}: no machine has the memory for it",
+        config::MAX_KV_CACHE_TOKENS
+    );
+    // A file that cannot be inspected fails to load with its own, better error.
+    let Ok(summary) = engine::inspect_model(&config.model_path) else {
+        return Ok(());
+    };
+    let needed = (summary.kv_bytes_per_token as u64).saturating_mul(tokens as u64);
+    if let Some(total) = mem_total_bytes() {
+        anyhow::ensure!(
+            needed <= total,
+            "engine.kv_cache_tokens (--kv-cache-tokens) is {tokens}: its KV cache would take {:.1} GiB, more than this \
+             machine's {:.1} GiB of memory; lower it (the default is {})",
+            needed as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64,
+            EngineConfig::new("").kv_cache_tokens
+        );
+    }
+    Ok(())
+}
+
+fn mem_total_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// `hearth audit export`: the audit log of the DingTalk database as JSON lines or CSV.

@@ -1,7 +1,8 @@
 //! The two generating endpoints, `POST /v1/chat/completions` and `POST /v1/completions`.
 //!
-//! Both run the same pipeline: validate the DTO into a `Valid*` request, build the prompt token ids off the
-//! async executor (chat template + encode, on `spawn_blocking`), submit to the engine (which admits or
+//! Both run the same pipeline: validate the DTO into a `Valid*` request, refuse a prompt longer than
+//! [`PromptLimits::max_bytes`] by its byte length alone, build the prompt token ids off the async executor
+//! (chat template + encode, on `spawn_blocking`, at most one prompt per CPU at once), submit to the engine (which admits or
 //! answers `Overloaded` at once, so a 429 comes before any byte of the response), then either collect the
 //! event stream into one JSON body or turn it into server-sent events. [`Shape`] holds what differs
 //! between the endpoints once tokens flow: ids, object names and chunk layouts.
@@ -34,7 +35,7 @@ use crate::openai::{
     UsageDto,
 };
 use crate::routing::Loaded;
-use crate::server::{AppState, RequestId};
+use crate::server::{AppState, PromptLimits, RequestId};
 use crate::validation::{ValidChatRequest, ValidCompletionRequest, ValidParams, ValidPrompt};
 
 /// `POST /v1/chat/completions`.
@@ -43,9 +44,12 @@ pub async fn chat_completions(
     Extension(request_id): Extension<RequestId>,
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let ValidChatRequest { messages, params } = ValidChatRequest::try_from(body)?;
+    let ValidChatRequest { messages, mut params } = ValidChatRequest::try_from(body)?;
+    params.default_max_tokens = Some(state.prompts.default_max_tokens);
     let model = state.models.route();
-    let prompt = chat_prompt(model.engine.clone(), messages).await?;
+    let bytes = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+    check_prompt_bytes(&state.prompts, &model, "messages", bytes)?;
+    let prompt = chat_prompt(&state.prompts, model.engine.clone(), messages).await?;
     let shape = Shape::new(Api::Chat, &request_id, &model);
     generate(model, shape, prompt, params).await
 }
@@ -61,7 +65,8 @@ pub async fn completions(
     let prompt = match prompt {
         ValidPrompt::Tokens(ids) => ids,
         ValidPrompt::Text(text) => {
-            on_blocking_pool(model.engine.clone(), move |engine| {
+            check_prompt_bytes(&state.prompts, &model, "prompt", text.len())?;
+            on_blocking_pool(&state.prompts, model.engine.clone(), move |engine| {
                 engine.tokenizer().encode(&text, true)
             })
             .await?
@@ -73,24 +78,58 @@ pub async fn completions(
 
 /// Render the chat template (with the assistant generation prompt) and encode it. Control tokens written by
 /// the template are recognised, so no extra BOS is added; the same text typed in a message stays text.
-async fn chat_prompt(engine: EngineHandle, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
-    on_blocking_pool(engine, move |engine| {
+async fn chat_prompt(
+    limits: &PromptLimits,
+    engine: EngineHandle,
+    messages: Vec<ChatMessage>,
+) -> Result<Vec<u32>, ApiError> {
+    on_blocking_pool(limits, engine, move |engine| {
         let tokenizer = engine.tokenizer();
         tokenizer.encode_chat(&messages, true)
     })
     .await
 }
 
-/// Run tokenizer work on tokio's blocking pool, never on the async executor.
+/// A prompt of `bytes` bytes (text of `param`) longer than the model's bound is a 400 before any tokenizing:
+/// it cannot fit the context window, and tokenizing megabytes would cost memory and CPU for nothing.
+fn check_prompt_bytes(limits: &PromptLimits, model: &Loaded, param: &str, bytes: usize) -> Result<(), ApiError> {
+    let context_length = model.engine.info().context_length;
+    let limit = limits.max_bytes(context_length);
+    if bytes > limit {
+        return Err(ApiError::invalid_param(
+            param,
+            format!(
+                "`{param}` is {bytes} bytes long, more than the {limit} bytes a prompt may have for this model's \
+                 context of {context_length} tokens (server.max_prompt_bytes)."
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(())
+}
+
+/// Run tokenizer work on tokio's blocking pool, never on the async executor, and at most
+/// [`PromptLimits::tokenizers`] prompts at once.
 async fn on_blocking_pool<T: Send + 'static>(
+    limits: &PromptLimits,
     engine: EngineHandle,
     work: impl FnOnce(&EngineHandle) -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let span = Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(|| work(&engine)))
+    // The permit moves into the blocking task, so a client that goes away does not free it early.
+    let permit = limits
+        .tokenizers
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|join_err| ApiError::internal(&join_err))?
-        .map_err(ApiError::from)
+        .map_err(|closed| ApiError::internal(&closed))?;
+    let span = Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        span.in_scope(|| work(&engine))
+    })
+    .await
+    .map_err(|join_err| ApiError::internal(&join_err))?
+    .map_err(ApiError::from)
 }
 
 /// Submit and answer, as one JSON body or as an SSE stream. `model` is held until the response ends, so a

@@ -2,8 +2,10 @@
 //! `HEARTH_<SECTION>__<KEY>` environment variables, overridden in turn by command-line flags.
 //!
 //! Unknown keys and wrong types are errors that name the key and where it came from. Secrets (API keys,
-//! the admin token) live only in the file or the environment; their `Debug` output is redacted, so logging
-//! a [`Config`] never leaks them.
+//! the admin token) live only in the file, in files it names (`api_keys_file`, `admin_token_file`, as
+//! systemd and Kubernetes credentials provide them) or in the environment; their `Debug` output is redacted,
+//! so logging a [`Config`] never leaks them, and [`permission_warnings`] names a file holding them that
+//! other users can read.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::access::Scope;
 use crate::dingtalk::DingTalkConfig;
 use crate::skills::SkillsConfig;
 
@@ -50,12 +53,30 @@ pub struct ServerSection {
     pub served_model_name: Option<String>,
     /// Keys accepted as `Authorization: Bearer KEY` on `/v1/*`; empty: no key needed.
     pub api_keys: Vec<Secret>,
+    /// A file of more API keys, one per line (blank lines and `#` comments skipped); read at load.
+    pub api_keys_file: Option<PathBuf>,
     /// Bearer token of the `/admin/*` API; unset: the admin API is off.
     pub admin_token: Option<Secret>,
+    /// A file holding the admin token (instead of `admin_token`); read at load.
+    pub admin_token_file: Option<PathBuf>,
+    /// Named keys with scopes (`[[server.keys]]`), besides `api_keys` (chat) and `admin_token` (admin).
+    pub keys: Vec<KeyEntry>,
     /// Request bodies above this many bytes get a 413.
     pub max_body_bytes: usize,
+    /// Prompts longer than this many bytes get a 400 before they are tokenized; unset: 16 bytes per token of
+    /// the model's context.
+    pub max_prompt_bytes: Option<usize>,
+    /// `max_tokens` of a chat request that gives none.
+    pub default_max_tokens: usize,
     /// After SIGTERM, seconds in-flight answers may take to finish before they are failed.
     pub shutdown_timeout_secs: u64,
+    /// Host names the `Host` header may carry besides loopback ones and `host` (against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Most HTTP connections open at once.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request head, an idle keep-alive connection stays open, and a request
+    /// body may send nothing.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -65,11 +86,35 @@ impl Default for ServerSection {
             port: 8080,
             served_model_name: None,
             api_keys: Vec::new(),
+            api_keys_file: None,
             admin_token: None,
+            admin_token_file: None,
+            keys: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
+            max_prompt_bytes: None,
+            default_max_tokens: 1024,
             shutdown_timeout_secs: 30,
+            allowed_hosts: Vec::new(),
+            max_connections: 512,
+            header_read_timeout_secs: 10,
         }
     }
+}
+
+/// One `[[server.keys]]` entry: a named key and what it may do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// Who holds it, for logs (`caller = NAME` on admin actions); unique.
+    pub name: String,
+    /// The key itself; or `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+    /// A file holding the key; read at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `chat` (`/v1/*`), `admin` (`/admin/*`), `metrics` (`/metrics`).
+    pub scopes: Vec<Scope>,
 }
 
 /// `[engine]`: how much work the engine takes on. Unset values take the engine's defaults.
@@ -190,7 +235,15 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: `{key}` {problem}")]
     Value { key: String, problem: String },
+    #[error("invalid configuration: `{key}`: cannot read {path}: {reason}")]
+    SecretFile { key: String, path: PathBuf, reason: String },
 }
+
+/// The largest `engine.kv_cache_tokens`: past it even the smallest model's cache needs terabytes of memory.
+pub const MAX_KV_CACHE_TOKENS: usize = 1 << 24;
+
+/// The largest `engine.ctx_size`.
+pub const MAX_CTX_SIZE: usize = 1 << 20;
 
 impl Config {
     /// Defaults, then `file` (which must exist when given), then `HEARTH_<SECTION>__<KEY>` variables.
@@ -238,12 +291,75 @@ impl Config {
                 reason: err.kind.to_string(),
             }
         })?;
+        let mut config = config;
+        config.read_secret_files()?;
         config.validate()?;
         config.skills.validate().map_err(|e| ConfigError::Value {
             key: "skills".to_owned(),
             problem: e.to_string(),
         })?;
         Ok(config)
+    }
+
+    /// This configuration with the keys of `server.api_keys_file` and the token of `server.admin_token_file`
+    /// added (as [`Config::load`] does).
+    pub fn with_secret_files(mut self) -> Result<Self, ConfigError> {
+        self.read_secret_files()?;
+        Ok(self)
+    }
+
+    /// Add the keys of `server.api_keys_file` and the token of `server.admin_token_file`.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let read = |key: &str, path: &Path| {
+            std::fs::read_to_string(path).map_err(|err| ConfigError::SecretFile {
+                key: key.to_owned(),
+                path: path.to_owned(),
+                reason: err.to_string(),
+            })
+        };
+        if let Some(path) = &self.server.api_keys_file {
+            let text = read("server.api_keys_file", path)?;
+            for (i, line) in text.lines().enumerate() {
+                let key = line.trim();
+                if key.is_empty() || key.starts_with('#') {
+                    continue;
+                }
+                if key.chars().any(char::is_whitespace) {
+                    return Err(ConfigError::Value {
+                        key: "server.api_keys_file".to_owned(),
+                        problem: format!(
+                            "line {} of {} contains whitespace inside the key, which no Authorization header can carry",
+                            i + 1,
+                            path.display()
+                        ),
+                    });
+                }
+                self.server.api_keys.push(Secret(key.to_owned()));
+            }
+        }
+        for (i, entry) in self.server.keys.iter_mut().enumerate() {
+            if let Some(path) = &entry.key_file {
+                let key = format!("server.keys[{i}].key_file");
+                if entry.key.is_some() {
+                    return Err(ConfigError::Value {
+                        key,
+                        problem: "is set together with `key`: keep one".to_owned(),
+                    });
+                }
+                entry.key = Some(Secret(read(&key, path)?.trim().to_owned()));
+            }
+        }
+        if let Some(path) = &self.server.admin_token_file {
+            if self.server.admin_token.is_some() {
+                return Err(ConfigError::Value {
+                    key: "server.admin_token_file".to_owned(),
+                    problem: "is set together with server.admin_token: keep one".to_owned(),
+                });
+            }
+            let token = read("server.admin_token_file", path)?;
+            self.server.admin_token = Some(Secret(token.trim().to_owned()));
+        }
+        Ok(())
     }
 
     /// Checks serde cannot express: positive sizes, unique model names, a usable admin token.
@@ -266,14 +382,85 @@ impl Config {
                 return invalid(key, "must be at least 1");
             }
         }
-        if self.server.max_body_bytes == 0 {
-            return invalid("server.max_body_bytes", "must be at least 1");
+        if let Some(tokens) = self.engine.kv_cache_tokens.filter(|&t| t > MAX_KV_CACHE_TOKENS) {
+            return invalid(
+                "engine.kv_cache_tokens",
+                &format!(
+                    "is {tokens}, more than {MAX_KV_CACHE_TOKENS}: a KV cache that large needs more memory than a machine has \
+                     (16384 is the default; `hearth doctor` estimates the memory a value needs)"
+                ),
+            );
         }
-        if self.server.api_keys.iter().any(|k| k.0.trim().is_empty()) {
+        if let Some(tokens) = self.engine.ctx_size.filter(|&t| t > MAX_CTX_SIZE) {
+            return invalid(
+                "engine.ctx_size",
+                &format!("is {tokens}, more than {MAX_CTX_SIZE} tokens"),
+            );
+        }
+        check_log_level(&self.log.level).or_else(|problem| invalid("log.level", &problem))?;
+        let server = &self.server;
+        for (key, value) in [
+            ("server.max_body_bytes", server.max_body_bytes),
+            ("server.max_prompt_bytes", server.max_prompt_bytes.unwrap_or(1)),
+            ("server.default_max_tokens", server.default_max_tokens),
+            ("server.max_connections", server.max_connections),
+            (
+                "server.header_read_timeout_secs",
+                server.header_read_timeout_secs as usize,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if server.api_keys.iter().any(|k| k.0.trim().is_empty()) {
             return invalid("server.api_keys", "must not contain an empty key");
         }
-        if self.server.admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
-            return invalid("server.admin_token", "must be at least 16 characters");
+        // A key with a space can never match: the bearer token is trimmed and ends at the header's end.
+        if let Some(i) = server
+            .api_keys
+            .iter()
+            .position(|k| k.0.chars().any(char::is_whitespace))
+        {
+            return invalid(
+                &format!("server.api_keys[{i}]"),
+                "contains whitespace, which no Authorization header can carry: remove it",
+            );
+        }
+        for (i, entry) in server.keys.iter().enumerate() {
+            let key = |field: &str| format!("server.keys[{i}].{field}");
+            if entry.name.trim().is_empty() || server.keys[..i].iter().any(|k| k.name == entry.name) {
+                return invalid(&key("name"), "must be a name no other key has");
+            }
+            let Some(secret) = &entry.key else {
+                return invalid(&key("key"), "is missing: set `key` or `key_file`");
+            };
+            if secret.0.is_empty() || secret.0.chars().any(char::is_whitespace) {
+                return invalid(
+                    &key("key"),
+                    "must not be empty or contain whitespace, which no Authorization header can carry",
+                );
+            }
+            if entry.scopes.is_empty() {
+                return invalid(
+                    &key("scopes"),
+                    "must list at least one of \"chat\", \"admin\", \"metrics\"",
+                );
+            }
+            if entry.scopes.contains(&Scope::Admin) && secret.0.len() < 16 {
+                return invalid(&key("key"), "must be at least 16 characters for the admin scope");
+            }
+        }
+        if let Some(token) = &server.admin_token {
+            if token.0.len() < 16 {
+                return invalid("server.admin_token", "must be at least 16 characters");
+            }
+            if token.0.chars().any(char::is_whitespace) {
+                return invalid(
+                    "server.admin_token",
+                    "contains whitespace, which no Authorization header can carry: remove it",
+                );
+            }
         }
         if let Some(fallback) = &self.routing.fallback {
             if !self.models.iter().any(|m| &m.name == fallback) {
@@ -314,11 +501,107 @@ impl Config {
         if let Some(token) = &mut shown.server.admin_token {
             token.0 = "***".to_owned();
         }
+        for entry in &mut shown.server.keys {
+            if let Some(key) = &mut entry.key {
+                key.0 = "***".to_owned();
+            }
+        }
         if let Some(dingtalk) = &mut shown.dingtalk {
             dingtalk.app_secret = Secret("***".to_owned());
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot show the configuration: {err}\n"))
     }
+}
+
+/// A `log.level` must be a tracing filter of levels: `info`, or `info,gateway=debug,hyper=warn`. A bare
+/// word that is no level (`lots`) would be read as a target name and log nothing, so it is refused.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    if filter.trim().is_empty() {
+        return Err("is empty: write a level such as \"info\"".to_owned());
+    }
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let ok = match directive.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(format!(
+                "has {directive:?}, which is not a level: write trace, debug, info, warn, error or off, or \
+                 TARGET=LEVEL (for example \"info,gateway=debug\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Warnings about files holding secrets that other users can read: `file` when it sets `api_keys`,
+/// `admin_token` or a `[dingtalk]` `app_secret`, and the files `api_keys_file` and `admin_token_file`
+/// name. Each names the file and its mode. `serve` logs them, `config check` prints them.
+pub fn permission_warnings(file: Option<&Path>, config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut check = |path: &Path, holds: &str| {
+        if let Some(mode) = group_or_other_readable(path) {
+            warnings.push(format!(
+                "{} holds {holds} but its mode is {mode:04o}: other users of this machine can read it; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    };
+    if let Some(file) = file {
+        let held = secrets_in(file);
+        if !held.is_empty() {
+            check(file, &held.join(", "));
+        }
+    }
+    if let Some(path) = &config.server.api_keys_file {
+        check(path, "API keys (server.api_keys_file)");
+    }
+    if let Some(path) = &config.server.admin_token_file {
+        check(path, "the admin token (server.admin_token_file)");
+    }
+    warnings
+}
+
+/// The secret keys `file` sets itself (not through the environment or other files).
+fn secrets_in(file: &Path) -> Vec<&'static str> {
+    let Some(table) = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+    else {
+        return Vec::new();
+    };
+    let get = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).cloned();
+    let mut held = Vec::new();
+    if get("server", "api_keys").is_some_and(|keys| keys.as_array().is_some_and(|a| !a.is_empty())) {
+        held.push("server.api_keys");
+    }
+    if get("server", "admin_token").is_some() {
+        held.push("server.admin_token");
+    }
+    let inline_key = |entry: &toml::Value| entry.get("key").is_some();
+    if get("server", "keys").is_some_and(|keys| keys.as_array().is_some_and(|a| a.iter().any(inline_key))) {
+        held.push("server.keys");
+    }
+    if get("dingtalk", "app_secret").is_some() {
+        held.push("dingtalk.app_secret");
+    }
+    held
+}
+
+/// The file's permission bits when its group or others may read it.
+#[cfg(unix)]
+fn group_or_other_readable(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn group_or_other_readable(_path: &Path) -> Option<u32> {
+    None
 }
 
 /// An environment value as TOML would read it (numbers, booleans, arrays), else as a plain string.
@@ -413,6 +696,41 @@ mod tests {
             ),
             ("[[models]]\nname = \"a\"\n", "path"),
             ("[server]\nadmin_token = \"short\"\n", "server.admin_token"),
+            (
+                "[server]\nadmin_token = \"a long token with spaces\"\n",
+                "server.admin_token",
+            ),
+            (
+                "[server]\napi_keys = [\"good-key\", \"sk-with space\"]\n",
+                "server.api_keys[1]",
+            ),
+            (
+                "[server]\napi_keys = [\"sk-trailing-newline\\n\"]\n",
+                "server.api_keys[0]",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            ("[log]\nlevel = \"lots\"\n", "log.level"),
+            ("[log]\nlevel = \"info,gateway=loud\"\n", "log.level"),
+            ("[engine]\nkv_cache_tokens = 1000000000000\n", "engine.kv_cache_tokens"),
+            ("[engine]\nkv_cache_tokens = 1e12\n", "kv_cache_tokens"),
+            ("[engine]\nctx_size = 1000000000\n", "engine.ctx_size"),
+            (
+                "[[skills.custom]]\nname = \"x\"\ntrigger = \"regex\"\npatterns = [\"(\"]\nreply = \"y\"\n",
+                "custom[0].patterns[0]",
+            ),
+            ("[skills]\nescalate_patterns = [\"[a-\"]\n", "escalate_patterns[0]"),
+            (
+                "[server]\nadmin_token_file = \"/nonexistent/token\"\n",
+                "server.admin_token_file",
+            ),
+            (
+                "[[server.keys]]\nname = \"a\"\nkey = \"k1\"\nscopes = [\"chat\"]\n[[server.keys]]\nname = \"a\"\nkey = \"k2\"\nscopes = [\"chat\"]\n",
+                "server.keys[1].name",
+            ),
+            ("[[server.keys]]\nname = \"a\"\nscopes = [\"chat\"]\n", "server.keys[0].key"),
+            ("[[server.keys]]\nname = \"a\"\nkey = \"k\"\nscopes = []\n", "server.keys[0].scopes"),
+            ("[[server.keys]]\nname = \"a\"\nkey = \"k\"\nscopes = [\"root\"]\n", "scopes"),
+            ("[[server.keys]]\nname = \"a\"\nkey = \"short\"\nscopes = [\"admin\"]\n", "server.keys[0].key"),
             ("[serve]\nport = 1\n", "serve"),
             ("[routing]\nfallback = \"small\"\n", "routing.fallback"),
         ];
@@ -426,6 +744,88 @@ mod tests {
         assert!(err.contains("HEARTH_SERVER__PORT"), "{err}");
         let missing = Config::load_with_env(Some(Path::new("/nonexistent/hearth.toml")), []).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/hearth.toml"));
+    }
+
+    #[test]
+    fn good_log_levels_pass() {
+        for level in [
+            "info",
+            "warn",
+            "info,gateway=debug,hyper=warn",
+            "OFF",
+            "gateway::server=trace",
+        ] {
+            assert_eq!(check_log_level(level), Ok(()), "{level}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "# clients\nsk-from-file-1\n\n  sk-from-file-2  \n").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "admin-token-from-a-file\n").unwrap();
+        let file = write(&format!(
+            "[server]\napi_keys = [\"sk-inline\"]\napi_keys_file = {keys:?}\nadmin_token_file = {token:?}\n"
+        ));
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        let loaded: Vec<&str> = config.server.api_keys.iter().map(Secret::expose).collect();
+        assert_eq!(loaded, ["sk-inline", "sk-from-file-1", "sk-from-file-2"]);
+        assert_eq!(
+            config.server.admin_token.as_ref().map(Secret::expose),
+            Some("admin-token-from-a-file")
+        );
+        std::fs::write(&keys, "sk-ok\nsk-bad key\n").unwrap();
+        let err = Config::load_with_env(Some(file.path()), []).unwrap_err().to_string();
+        assert!(err.contains("server.api_keys_file") && err.contains("line 2"), "{err}");
+        assert!(!err.contains("sk-bad"), "the key itself is not shown: {err}");
+    }
+
+    #[test]
+    fn named_keys_read_their_files_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let grafana = dir.path().join("grafana");
+        std::fs::write(&grafana, "sk-grafana-from-file\n").unwrap();
+        let file = write(&format!(
+            "[[server.keys]]\nname = \"grafana\"\nkey_file = {grafana:?}\nscopes = [\"metrics\"]\n\
+             [[server.keys]]\nname = \"ops\"\nkey = \"sk-ops-very-secret-key\"\nscopes = [\"admin\", \"chat\"]\n"
+        ));
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        let keys = &config.server.keys;
+        assert_eq!(keys[0].key.as_ref().map(Secret::expose), Some("sk-grafana-from-file"));
+        assert_eq!(keys[0].scopes, [Scope::Metrics]);
+        assert_eq!(keys[1].scopes, [Scope::Admin, Scope::Chat]);
+        let shown = config.to_redacted_toml();
+        assert!(
+            !shown.contains("very-secret") && !shown.contains("sk-grafana"),
+            "{shown}"
+        );
+        assert_eq!(secrets_in(file.path()), ["server.keys"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_files_with_secrets_are_named_with_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let file = write("[server]\napi_keys = [\"sk-1\"]\n");
+        let set_mode = |mode| std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        set_mode(0o644);
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        let warnings = permission_warnings(Some(file.path()), &config);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&file.path().display().to_string())
+                && warnings[0].contains("0644")
+                && warnings[0].contains("server.api_keys"),
+            "{warnings:?}"
+        );
+        set_mode(0o600);
+        assert_eq!(permission_warnings(Some(file.path()), &config), Vec::<String>::new());
+        // A readable file without secrets is no concern.
+        let plain = write("[server]\nport = 9000\n");
+        std::fs::set_permissions(plain.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(permission_warnings(Some(plain.path()), &config), Vec::<String>::new());
     }
 
     #[test]

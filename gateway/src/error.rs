@@ -22,6 +22,9 @@ pub enum ErrorKind {
     InvalidRequest,
     /// Missing or wrong API key (401).
     Authentication,
+    /// The request is not allowed from where it came (403): another `Host`, another origin, no credential
+    /// configured for data that needs one.
+    PermissionDenied,
     /// No such route (404).
     NotFound,
     /// The route exists but not with this method (405).
@@ -43,6 +46,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Authentication => StatusCode::UNAUTHORIZED,
+            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -62,6 +66,7 @@ impl ErrorKind {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::UnsupportedMediaType => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
+            ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::Overloaded => "rate_limit_error",
             ErrorKind::Unavailable | ErrorKind::Internal => "server_error",
         }

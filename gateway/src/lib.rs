@@ -6,6 +6,8 @@
 //! - [`error`]: [`ApiError`], the one error type every route returns, in OpenAI's error shape, with the
 //!   single `EngineError` → HTTP status mapping; and [`ApiJson`], the JSON extractor whose rejections use it.
 //! - [`validation`]: DTOs become `Valid*` requests; nothing downstream takes an unvalidated DTO.
+//! - [`access`]: the `Host` check (DNS rebinding), the console's credential, same-origin JSON for its calls.
+//! - [`connections`]: the accept loop: connection cap, header-read and idle timeouts.
 //! - [`admin`]: the admin API (bearer token): list models, switch the active one.
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
 //! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
@@ -27,10 +29,12 @@
 //! to the engine through `EngineHandle`, `GenerateRequest` and the `Event` stream only.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod completions;
 pub mod config;
+pub mod connections;
 pub mod console;
 pub mod dingtalk;
 pub mod doctor;
@@ -46,5 +50,6 @@ pub mod sessions;
 pub mod skills;
 pub mod validation;
 
+pub use connections::ConnectionLimits;
 pub use error::{ApiError, ApiJson, ErrorKind};
 pub use server::{app, serve, AppState, GatewayConfig};

@@ -39,6 +39,9 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(cli.config.as_deref())?;
     init_logging(cli.log_format.unwrap_or(config.log.format), &config.log.level);
+    for warning in gateway::config::permission_warnings(cli.config.as_deref(), &config) {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
         cli::Command::Serve(args) => commands::serve(args, &config, cli.config.clone()),
         cli::Command::Audit(cli::AuditCommand::Export(args)) => commands::audit_export(args, &config),

@@ -62,6 +62,18 @@ pub struct ChatCompletionRequest {
     /// Extension (vLLM, llama.cpp): keep generating past end-of-sequence.
     #[serde(default)]
     pub ignore_eos: Option<bool>,
+    /// Not supported: a non-empty list is a 400 rather than an answer that ignores it.
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
+    /// Not supported beyond `"none"` and `"auto"` (which, without tools, mean the same).
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    /// The deprecated form of `tools`; not supported either.
+    #[serde(default)]
+    pub functions: Option<serde_json::Value>,
+    /// Only `{"type": "text"}` is supported; JSON modes are a 400.
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// `POST /v1/completions` body.

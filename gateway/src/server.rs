@@ -5,10 +5,15 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models` (behind the optional API
 //! keys); `GET /health` (engine load as JSON), `/healthz` (liveness), `/readyz` (readiness) and `/metrics`
-//! (Prometheus) are always open, for probes and scrapers; so is the web console at `/` (see [`crate::console`]). Anything else is a 404 or 405 in OpenAI's error shape.
+//! (Prometheus) are always open, for probes and scrapers; so is the web console's page at `/`, while its data
+//! (`/console/api/*`) needs a credential (see [`crate::access`] and [`crate::console`]). Anything else is a
+//! 404 or 405 in OpenAI's error shape. Every route checks the `Host` header ([`crate::access::check_host`]).
 //! Every request runs in a `request` span carrying its id (also returned as `x-request-id`) and route.
+//!
+//! Connections are accepted under [`ConnectionLimits`] (header-read and idle timeout, a connection cap), see
+//! [`crate::connections`].
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +32,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::access::{self, Access, Credentials, Scope, ScopedKey};
+use crate::connections::{self, ConnectionLimits};
 use crate::console::{self, ConsoleState, ImLink};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
@@ -45,13 +52,29 @@ pub struct GatewayConfig {
     pub api_keys: Vec<String>,
     /// Bearer token of `/admin/*`; `None` turns the admin API off.
     pub admin_token: Option<String>,
+    /// Named keys with their scopes (`[[server.keys]]`), besides `api_keys` (chat) and `admin_token` (admin).
+    pub keys: Vec<ScopedKey>,
     /// Request bodies above this many bytes get a 413 before they are parsed.
     pub max_body_bytes: usize,
     /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
     pub drain_timeout: Duration,
     /// A DingTalk emulator (`http://HOST:PORT`) whose conversations the console's IM page shows.
     pub emulator_url: Option<String>,
+    /// Host names requests may carry in their `Host` header besides loopback ones and `host` itself.
+    pub allowed_hosts: Vec<String>,
+    /// The connection cap and the header-read (and idle) timeout.
+    pub connections: ConnectionLimits,
+    /// Prompts longer than this many bytes get a 400 before they are tokenized; `None`:
+    /// [`PROMPT_BYTES_PER_TOKEN`] times the model's context length.
+    pub max_prompt_bytes: Option<usize>,
+    /// `max_tokens` of a chat request that gives none (capped by the room left in the context window).
+    pub default_max_tokens: usize,
 }
+
+/// Bytes of prompt text per token of context that [`GatewayConfig::max_prompt_bytes`] allows by default.
+/// Real text runs 1 to 6 bytes per token (Chinese about 1.5 to 3, English about 4, code up to 8): a prompt
+/// longer than 16 bytes per context token cannot fit, and is refused without tokenizing it.
+pub const PROMPT_BYTES_PER_TOKEN: usize = 16;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -61,9 +84,14 @@ impl Default for GatewayConfig {
             served_model_name: None,
             api_keys: Vec::new(),
             admin_token: None,
+            keys: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
             emulator_url: None,
+            allowed_hosts: Vec::new(),
+            connections: ConnectionLimits::default(),
+            max_prompt_bytes: None,
+            default_max_tokens: 1024,
         }
     }
 }
@@ -73,10 +101,9 @@ impl Default for GatewayConfig {
 pub struct AppState {
     /// The loaded models: which one takes a request, and switching between them.
     pub models: Arc<ModelRouter>,
-    /// The keys `/v1/*` accepts; empty: no key needed.
-    pub api_keys: Arc<[Box<str>]>,
-    /// The token `/admin/*` requires; `None`: the admin API is off.
-    pub admin_token: Option<Arc<str>>,
+    /// Every credential and its scopes: `/v1/*` needs chat, `/admin/*` admin, `/metrics` metrics, each once
+    /// any credential grants it (see [`crate::access`]).
+    pub credentials: Arc<Credentials>,
     /// Body limit applied to every route.
     pub max_body_bytes: usize,
     /// Reported as `created` by `/v1/models`: when this server started, in Unix seconds.
@@ -85,6 +112,33 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The web console's emulator link and platform list.
     pub console: Arc<ConsoleState>,
+    /// The `Host` check and the console's credential rule.
+    pub access: Arc<Access>,
+    /// The connection cap and timeouts [`serve`] applies.
+    pub connections: ConnectionLimits,
+    /// The prompt-size bound and the tokenizer pool.
+    pub prompts: Arc<PromptLimits>,
+}
+
+/// What bounds the work done on a prompt before the engine admits it.
+#[derive(Debug)]
+pub struct PromptLimits {
+    /// Prompts over this many bytes get a 400 before tokenizing; `None`: [`PROMPT_BYTES_PER_TOKEN`] times
+    /// the context length of the model that takes the request.
+    pub max_prompt_bytes: Option<usize>,
+    /// `max_tokens` of a chat request without one.
+    pub default_max_tokens: usize,
+    /// Tokenizing (template rendering and encoding) runs on the blocking pool, at most this many at once
+    /// (one per CPU): more concurrent prompts wait here, so the memory tokenizing takes stays bounded.
+    pub tokenizers: Arc<tokio::sync::Semaphore>,
+}
+
+impl PromptLimits {
+    /// The byte bound for a model with `context_length` tokens of context.
+    pub fn max_bytes(&self, context_length: usize) -> usize {
+        self.max_prompt_bytes
+            .unwrap_or_else(|| context_length.saturating_mul(PROMPT_BYTES_PER_TOKEN))
+    }
 }
 
 impl AppState {
@@ -109,12 +163,24 @@ impl AppState {
             .map_or(0, |d| d.as_secs());
         Self {
             models,
-            api_keys: config.api_keys.iter().map(|k| k.as_str().into()).collect(),
-            admin_token: config.admin_token.as_deref().map(Into::into),
+            credentials: Arc::new(Credentials::new(
+                &config.api_keys,
+                config.admin_token.as_deref(),
+                &config.keys,
+            )),
             max_body_bytes: config.max_body_bytes,
             started_at,
             ready: Arc::new(AtomicBool::new(true)),
             console: Arc::new(ConsoleState::new(config.emulator_url.clone(), Vec::new())),
+            access: Arc::new(Access::new(&config.host, &config.allowed_hosts)),
+            connections: config.connections,
+            prompts: Arc::new(PromptLimits {
+                max_prompt_bytes: config.max_prompt_bytes,
+                default_max_tokens: config.default_max_tokens,
+                tokenizers: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                )),
+            }),
         }
     }
 
@@ -147,14 +213,21 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .merge(admin)
-        .merge(console::routes())
+        .merge(console::routes(&state))
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_page))
+        .route(
+            "/metrics",
+            get(metrics_page).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                access::require_metrics_scope,
+            )),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), access::check_host))
         .layer(middleware::from_fn(request_span))
         .with_state(state)
 }
@@ -170,15 +243,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let models = state.models.clone();
     let ready = state.ready.clone();
+    let limits = state.connections;
     let (stop_accepting, stop_rx) = tokio::sync::watch::channel(false);
-    let graceful = async move {
-        let mut stop_rx = stop_rx;
-        // An error means the sender is gone, which only happens when `serve` itself is returning.
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    };
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(graceful)
-        .into_future();
+    let server = connections::serve_connections(listener, app(state), limits, stop_rx);
     let mut server = tokio::spawn(server);
 
     tokio::select! {
@@ -294,28 +361,17 @@ async fn request_span(mut req: Request, next: Next) -> Response {
     .await
 }
 
-/// `Authorization: Bearer <key>` when the server has a key.
+/// `Authorization: Bearer <key with the chat scope>` when the server has one.
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.api_keys.is_empty() {
+    if !state.credentials.guards(Scope::Chat) {
         return next.run(req).await;
     }
-    match bearer_token(&req) {
-        // Compare with every key, so the timing does not tell which one (or whether any) matched early.
-        Some(key)
-            if state
-                .api_keys
-                .iter()
-                .fold(false, |hit, k| constant_time_eq(key.as_bytes(), k.as_bytes()) | hit) =>
-        {
-            next.run(req).await
-        }
-        _ => ApiError::new(
-            ErrorKind::Authentication,
-            "Missing or incorrect API key: send `Authorization: Bearer <key>`.",
-        )
-        .with_code("invalid_api_key")
-        .into_response(),
-    }
+    let unknown = ApiError::new(
+        ErrorKind::Authentication,
+        "Missing or incorrect API key: send `Authorization: Bearer <key>`.",
+    )
+    .with_code("invalid_api_key");
+    access::grant(&state, req, next, &[Scope::Chat], unknown).await
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if the request has one.

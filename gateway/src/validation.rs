@@ -84,6 +84,7 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
                 "`messages` must contain at least one message.",
             ));
         }
+        check_unsupported_chat_features(&req)?;
         let messages = req
             .messages
             .into_iter()
@@ -95,7 +96,7 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
                     Some(MessageContent::Parts(parts)) => join_text_parts(i, parts)?,
                 };
                 Ok(ChatMessage {
-                    role: normalize_role(m.role),
+                    role: normalize_role(i, m.role)?,
                     content,
                 })
             })
@@ -298,13 +299,63 @@ fn join_text_parts(message: usize, parts: Vec<ContentPart>) -> Result<String, Ap
     Ok(texts.join("\n"))
 }
 
-/// OpenAI's `developer` role (newer clients send it instead of `system`) means `system` to chat templates.
-fn normalize_role(role: String) -> String {
-    if role == "developer" {
-        "system".to_owned()
-    } else {
-        role
+/// The roles a chat template knows; OpenAI's `developer` role (newer clients send it instead of `system`)
+/// means `system` to them. Any other role (`tool`, `function`, a typo) is a 400 naming the message, not a
+/// turn the template would drop or mislabel.
+fn normalize_role(message: usize, role: String) -> Result<String, ApiError> {
+    match role.as_str() {
+        "system" | "user" | "assistant" => Ok(role),
+        "developer" => Ok("system".to_owned()),
+        _ => Err(ApiError::invalid_param(
+            format!("messages[{message}].role"),
+            format!(
+                "`messages[{message}].role` is {role:?}; expected \"system\", \"developer\", \"user\" or \"assistant\" \
+                 (tool calls are not supported)."
+            ),
+        )),
     }
+}
+
+/// Features this server does not have are refused by name, so a client never takes an answer that
+/// ignored them for one that honoured them.
+fn check_unsupported_chat_features(req: &ChatCompletionRequest) -> Result<(), ApiError> {
+    let given = |v: &Option<serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Array(items)) => !items.is_empty(),
+        Some(_) => true,
+    };
+    for (param, value) in [("tools", &req.tools), ("functions", &req.functions)] {
+        if given(value) {
+            return Err(ApiError::invalid_param(
+                param,
+                format!("`{param}` is not supported: this server does not call tools."),
+            )
+            .with_code("unsupported_parameter"));
+        }
+    }
+    if let Some(choice) = req.tool_choice.as_ref().filter(|c| !c.is_null()) {
+        if !matches!(choice.as_str(), Some("none" | "auto")) {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "`tool_choice` must be \"none\" or \"auto\": this server does not call tools.",
+            )
+            .with_code("unsupported_parameter"));
+        }
+    }
+    if let Some(format) = req.response_format.as_ref().filter(|f| !f.is_null()) {
+        let kind = format.get("type").and_then(|t| t.as_str());
+        if kind != Some("text") {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                format!(
+                    "`response_format` of type {} is not supported; only {{\"type\": \"text\"}} is.",
+                    kind.map_or_else(|| "(none)".to_owned(), |k| format!("{k:?}"))
+                ),
+            )
+            .with_code("unsupported_parameter"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -372,6 +423,36 @@ mod tests {
         assert_eq!(p.stop.stop_strings, ["x"]);
         assert_eq!(p.logprobs, Some(2));
         assert!(p.stream && p.include_usage);
+    }
+
+    #[test]
+    fn unknown_roles_and_unsupported_features_are_400s_naming_them() {
+        for role in ["tool", "function", "robot", "User"] {
+            let body = format!(
+                r#"{{"messages": [{{"role": "user", "content": "a"}}, {{"role": "{role}", "content": "b"}}]}}"#
+            );
+            let err = chat(&body).expect_err(&body);
+            assert_eq!(err.param.as_deref(), Some("messages[1].role"), "{body}");
+            assert!(err.message.contains(role), "{}", err.message);
+        }
+        check_rejected(r#""tools": [{"type": "function", "function": {"name": "f"}}]"#, "tools");
+        check_rejected(r#""functions": [{"name": "f"}]"#, "functions");
+        check_rejected(r#""tool_choice": "required""#, "tool_choice");
+        check_rejected(r#""response_format": {"type": "json_object"}"#, "response_format");
+        check_rejected(
+            r#""response_format": {"type": "json_schema", "json_schema": {}}"#,
+            "response_format",
+        );
+        // What means "nothing" to OpenAI passes.
+        for extra in [
+            r#""tools": []"#,
+            r#""tools": null"#,
+            r#""tool_choice": "none""#,
+            r#""response_format": {"type": "text"}"#,
+        ] {
+            let body = format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}], {extra}}}"#);
+            assert!(chat(&body).is_ok(), "{body}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //   SCREENSHOT_DIR    where the page screenshots go
 //   CHROMIUM          the browser executable (default /usr/bin/chromium)
 // Every test fails if the page requests anything that is not on loopback: the console must be served
-// entirely from the binary.
+// entirely from the binary. The server has an admin token, so the console's data needs it: every test but
+// the "credential" one starts with the token already given (as the Admin page keeps it, in sessionStorage).
 import { test, before, after, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
@@ -33,8 +34,13 @@ after(async () => {
   await browser?.close();
 });
 
-beforeEach(async () => {
+beforeEach(async (t) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, locale: "zh-CN" });
+  if (!t.name.startsWith("credential")) {
+    await context.addInitScript((token) => {
+      if (sessionStorage.getItem("hearth.admin") === null) sessionStorage.setItem("hearth.admin", token);
+    }, ADMIN_TOKEN);
+  }
   page = await context.newPage();
   offLoopback = [];
   pageErrors = [];
@@ -209,4 +215,20 @@ test("admin: the token unlocks the model list and reloads the skills", async () 
   await page.locator("#skills-result").filter({ hasText: /^dingtalk: .*help/ }).waitFor();
   assert.equal(await page.locator("#admin-error").isHidden(), true);
   await page.screenshot({ path: join(SHOTS, "admin.png"), fullPage: true });
+});
+
+test("credential: the console's data needs the admin token, which the Admin page takes", async () => {
+  await page.goto(`${BASE}/#status`);
+  await page.locator("#st-updated").filter({ hasText: "Enter the admin token on the Admin page" }).waitFor();
+  assert.equal(await page.locator("#st-model").textContent(), "…");
+  // The data itself is refused without the token.
+  const refused = await page.evaluate(async () => (await fetch("/console/api/status")).status);
+  assert.equal(refused, 401);
+  await page.goto(`${BASE}/#admin`);
+  await page.fill("#admin-token", ADMIN_TOKEN);
+  await page.click("#admin-login button");
+  const model = (await health()).model;
+  await page.locator("#model-name").filter({ hasText: model }).waitFor();
+  await page.goto(`${BASE}/#status`);
+  await page.locator("#st-model").filter({ hasText: model }).waitFor();
 });

@@ -2,8 +2,11 @@
 //! with live charts, and admin actions. Every asset is compiled into the binary (`include_str!`), so the
 //! console works air-gapped; the pages are plain ES modules with no build step and no third-party code.
 //!
-//! Routes (all unauthenticated, like `/health`; the chat page sends the API key and the admin actions the
-//! admin token the user types in):
+//! The page and its assets hold no data and are open, like `/health`. The data under `/console/api/` (audit
+//! records, the IM proxy) needs a credential ([`crate::access::require_console_credential`]): the admin
+//! token or an API key when either is configured, which the page sends as `Authorization: Bearer` (the
+//! user types it on the Admin page or in the chat settings); with neither configured it is served only on
+//! a loopback listener.
 //!
 //! | Route | What |
 //! |---|---|
@@ -13,19 +16,23 @@
 //! | `GET`/`POST /console/api/im/{*path}` | proxied to the emulator's `/_emulator/api/{path}` (`--emulator-url`) |
 //!
 //! The IM proxy is server-side, so the browser only ever talks to hearth: the emulator may listen on a
-//! port the browser cannot reach, and the page needs no CORS.
+//! port the browser cannot reach, and the page needs no CORS. Its `POST`s must be same-origin JSON
+//! ([`crate::access::check_same_origin_json`], against CSRF), and its paths stay under `/_emulator/api/`
+//! (no `.`/`..` segments, no encoded `/`, `\` or `.`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, Method, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::access;
 use crate::audit::{AuditLog, AuditRecord};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
@@ -56,6 +63,11 @@ pub const ASSETS: &[Asset] = &[
         name: "app.js",
         content_type: JS,
         body: include_str!("assets/app.js"),
+    },
+    Asset {
+        name: "auth.js",
+        content_type: JS,
+        body: include_str!("assets/auth.js"),
     },
     Asset {
         name: "markdown.js",
@@ -128,13 +140,19 @@ impl ConsoleState {
     }
 }
 
-/// The console's routes.
-pub fn routes() -> Router<AppState> {
+/// The console's routes: the page and assets open, the data behind the console credential.
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let data = Router::new()
+        .route("/console/api/status", get(status))
+        .route("/console/api/im/{*path}", get(im_proxy).post(im_proxy))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::require_console_credential,
+        ));
     Router::new()
         .route("/", get(index))
         .route("/console/assets/{file}", get(asset))
-        .route("/console/api/status", get(status))
-        .route("/console/api/im/{*path}", get(im_proxy).post(im_proxy))
+        .merge(data)
 }
 
 async fn index() -> Response {
@@ -231,7 +249,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
         im_deliveries,
         audit: recent_audit(&state.console.platforms).await,
         emulator: state.console.emulator_url.is_some(),
-        admin_api: state.admin_token.is_some(),
+        admin_api: state.credentials.guards(crate::access::Scope::Admin),
     })
 }
 
@@ -292,10 +310,28 @@ fn parse_deliveries(page: &str) -> Vec<DeliveryCount> {
 async fn im_proxy(
     State(state): State<AppState>,
     method: Method,
-    Path(path): Path<String>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::POST {
+        if let Err(err) = access::check_same_origin_json(&headers) {
+            return err.into_response();
+        }
+    }
+    // The raw (still percent-encoded) path: its segments are checked, then forwarded as they came.
+    let Some(path) = uri
+        .path()
+        .strip_prefix("/console/api/im/")
+        .filter(|path| is_contained(path))
+    else {
+        return ApiError::invalid_param(
+            "path",
+            "The IM path must not contain `.` or `..` segments or encoded separators.",
+        )
+        .with_code("invalid_path")
+        .into_response();
+    };
     let Some(base) = state.console.emulator_url.as_deref() else {
         return ApiError::new(
             ErrorKind::NotFound,
@@ -305,9 +341,9 @@ async fn im_proxy(
         .into_response();
     };
     let mut url = format!("{base}/_emulator/api/{path}");
-    if let Some(query) = query {
+    if let Some(query) = uri.query() {
         url.push('?');
-        url.push_str(&query);
+        url.push_str(query);
     }
     let request = match method {
         Method::POST => state
@@ -330,6 +366,21 @@ async fn im_proxy(
     }
 }
 
+/// Whether a raw URL path stays below where it is appended: no `.` or `..` segment, and no percent-encoded
+/// byte that would change that once decoded (`/`, `\\`, `.`) or is not valid encoding.
+fn is_contained(raw_path: &str) -> bool {
+    raw_path.split('/').all(|segment| {
+        if segment == "." || segment == ".." || segment.contains('\\') {
+            return false;
+        }
+        let mut escapes = segment.split('%').skip(1);
+        escapes.all(|escape| {
+            let byte = escape.get(..2).and_then(|hex| u8::from_str_radix(hex, 16).ok());
+            matches!(byte, Some(b) if b != b'/' && b != b'\\' && b != b'.')
+        })
+    })
+}
+
 fn bad_gateway(url: &str, err: &reqwest::Error) -> Response {
     tracing::warn!(%url, cause = %err, "the emulator did not answer");
     (
@@ -342,6 +393,27 @@ fn bad_gateway(url: &str, err: &reqwest::Error) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn im_paths_stay_under_the_control_api() {
+        for path in ["state", "conversations/cid%2Babc", "cards/a-b_c", "wait"] {
+            assert!(is_contained(path), "{path}");
+        }
+        for path in [
+            "../state",
+            "a/../../x",
+            "..%2F..%2Fv1.0",
+            "%2e%2e/x",
+            "a%5Cb",
+            "a\\b",
+            ".",
+            "a/./b",
+            "%zz",
+            "%2",
+        ] {
+            assert!(!is_contained(path), "{path}");
+        }
+    }
 
     #[test]
     fn deliveries_are_read_from_the_metrics_page() {

@@ -36,7 +36,7 @@ impl Default for SkillsConfig {
 }
 
 impl SkillsConfig {
-    /// Names must be unique and non-empty, and each skill needs a pattern.
+    /// Names must be unique and non-empty, each skill needs a pattern, and every regex must compile.
     pub fn validate(&self) -> Result<(), SkillError> {
         const BUILT_IN: [&str; 4] = ["help", "new", "status", "escalate"];
         for (i, skill) in self.custom.iter().enumerate() {
@@ -55,9 +55,26 @@ impl SkillsConfig {
                     skill.name
                 )));
             }
+            if skill.trigger == TriggerKind::Regex {
+                for (j, pattern) in skill.patterns.iter().enumerate() {
+                    check_regex(&format!("custom[{i}].patterns[{j}] (skill {:?})", skill.name), pattern)?;
+                }
+            }
+        }
+        // Checked whether or not escalation is on, so `hearth config check` catches a bad pattern before an
+        // operator turns it on.
+        for (i, pattern) in self.escalate_patterns.iter().enumerate() {
+            check_regex(&format!("escalate_patterns[{i}]"), pattern)?;
         }
         Ok(())
     }
+}
+
+/// A regex that does not compile is an error naming its key.
+fn check_regex(key: &str, pattern: &str) -> Result<(), SkillError> {
+    regex::Regex::new(pattern)
+        .map(drop)
+        .map_err(|e| SkillError::Invalid(format!("{key} is not a valid regex: {e}")))
 }
 
 /// How a configured skill's patterns are read.

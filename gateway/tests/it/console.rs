@@ -216,7 +216,21 @@ async fn status_shows_im_health_and_masked_audit_and_the_admin_reloads_skills() 
         .await
         .unwrap()
         .unwrap();
-    let (status, body) = get_json(app.clone(), "/console/api/status").await;
+    // With an admin token configured, the status (audit records) needs it.
+    assert_eq!(
+        get_json(app.clone(), "/console/api/status").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let response = {
+        use tower::ServiceExt;
+        let request = axum::http::Request::get("/console/api/status")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(request).await.unwrap()
+    };
+    let status = response.status();
+    let body = body_json(response).await;
     assert_eq!(status, StatusCode::OK);
     let platform = &body["platforms"][0];
     assert_eq!(

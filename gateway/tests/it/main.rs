@@ -15,6 +15,7 @@ mod errors;
 mod overload;
 mod presets;
 mod routes;
+mod security;
 mod shutdown;
 mod support;
 mod switch;

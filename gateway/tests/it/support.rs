@@ -184,13 +184,14 @@ where
     }
 }
 
-/// A real server on `127.0.0.1:0` running until the test's runtime ends.
+/// A real server (`gateway::serve`, with its connection limits) on `127.0.0.1:0` running until the test's
+/// runtime ends.
 pub async fn spawn_server(state: AppState) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("bound address");
-    tokio::spawn(async move { axum::serve(listener, gateway::app(state)).await });
+    tokio::spawn(gateway::serve(listener, state, std::future::pending(), Duration::ZERO));
     addr
 }
 

@@ -1,6 +1,8 @@
 // Admin actions, behind the admin token the user types in (kept for this tab only, in sessionStorage):
 // list the configured models and switch the active one; reload the IM connectors' skills.
 
+import { credentialChanged } from "./auth.js";
+
 const $ = (id) => document.getElementById(id);
 
 export function init() {
@@ -9,6 +11,7 @@ export function init() {
   $("admin-login").addEventListener("submit", (e) => {
     e.preventDefault();
     sessionStorage.setItem("hearth.admin", $("admin-token").value);
+    credentialChanged();
     load();
   });
   $("reload-skills").addEventListener("click", reloadSkills);

@@ -3,6 +3,7 @@ import * as chat from "./chat.js";
 import * as im from "./im.js";
 import * as status from "./status.js";
 import * as admin from "./admin.js";
+import { consoleFetch } from "./auth.js";
 
 const pages = { chat, im, status, admin };
 const started = new Set();
@@ -29,7 +30,7 @@ function route() {
 /** The active model's name, in the header and the chat settings. */
 async function loadModel() {
   try {
-    const res = await fetch("/console/api/status");
+    const res = await consoleFetch("/console/api/status");
     const body = await res.json();
     for (const id of ["model-name", "chat-model"]) document.getElementById(id).textContent = body.model.name;
   } catch (err) {
@@ -38,5 +39,6 @@ async function loadModel() {
 }
 
 window.addEventListener("hashchange", route);
+window.addEventListener("hearth:credential", loadModel);
 route();
 loadModel();

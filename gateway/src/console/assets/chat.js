@@ -2,6 +2,7 @@
 // read with fetch + ReadableStream. Stop aborts the fetch; the server sees the connection close and
 // cancels the generation.
 import { renderMarkdown, escapeHtml } from "./markdown.js";
+import { credentialChanged } from "./auth.js";
 
 /** The conversation so far, as OpenAI messages (without the system prompt). */
 const history = [];
@@ -15,7 +16,10 @@ export function init() {
     const el = $(id);
     const saved = localStorage.getItem(`hearth.chat.${key}`);
     if (saved !== null) el.value = saved;
-    el.addEventListener("change", () => localStorage.setItem(`hearth.chat.${key}`, el.value));
+    el.addEventListener("change", () => {
+      localStorage.setItem(`hearth.chat.${key}`, el.value);
+      if (key === "k") credentialChanged();
+    });
   }
   $("chat-form").addEventListener("submit", (e) => {
     e.preventDefault();

@@ -3,6 +3,7 @@
 // (long-polling /console/api/im/wait, which hearth proxies to the emulator's control API) and re-reads the
 // state after each change, so cards fill in live as the connector streams into them.
 import { renderMarkdown, escapeHtml } from "./markdown.js";
+import { consoleFetch } from "./auth.js";
 
 const $ = (id) => document.getElementById(id);
 let running = false;
@@ -27,7 +28,7 @@ export function hide() {
 }
 
 async function getJson(url, options = {}) {
-  const res = await fetch(url, options);
+  const res = await consoleFetch(url, options);
   const body = await res.json().catch(() => ({}));
   if (!res.ok) throw new Error(body.error?.message ?? body.error ?? `HTTP ${res.status}`);
   return body;

@@ -2,6 +2,7 @@
 // from the server's own clock, draws small live charts, and lists the IM connectors' health and the
 // latest (masked) audit records.
 import { Sparkline } from "./charts.js";
+import { consoleFetch } from "./auth.js";
 
 const $ = (id) => document.getElementById(id);
 let timer = null;
@@ -76,7 +77,7 @@ function auditRow(r) {
 async function poll() {
   let s;
   try {
-    const res = await fetch("/console/api/status");
+    const res = await consoleFetch("/console/api/status");
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     s = await res.json();
   } catch (err) {
