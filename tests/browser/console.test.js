@@ -24,6 +24,8 @@ let browser;
 let page;
 let offLoopback;
 let pageErrors;
+let consoleErrors;
+let allowRefusals;
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
@@ -44,6 +46,13 @@ beforeEach(async (t) => {
   page = await context.newPage();
   offLoopback = [];
   pageErrors = [];
+  consoleErrors = [];
+  // The only errors a page may log are the 401s of a wrong or missing token, which the admin and credential
+  // tests send on purpose.
+  allowRefusals = /^(admin|credential):/.test(t.name);
+  page.on("console", (message) => {
+    if (message.type() === "error") consoleErrors.push(message.text());
+  });
   page.on("request", (request) => {
     const url = new URL(request.url());
     if (!["127.0.0.1", "localhost", "[::1]"].includes(url.hostname) && url.protocol !== "data:") offLoopback.push(request.url());
@@ -55,6 +64,8 @@ afterEach(async () => {
   await page.context().close();
   assert.deepEqual(offLoopback, [], "the console requested something off loopback");
   assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+  const unexpected = consoleErrors.filter((text) => !(allowRefusals && /status of 401/.test(text)));
+  assert.deepEqual(unexpected, [], "errors in the browser console (a missing favicon is one)");
 });
 
 /** The engine's counters, read directly from the server. */

@@ -11,7 +11,7 @@
 //! | Route | What |
 //! |---|---|
 //! | `GET /` | the single-page console (`assets/index.html`) |
-//! | `GET /console/assets/{file}` | its scripts and stylesheet, from [`ASSETS`] |
+//! | `GET /console/assets/{file}` | its scripts, stylesheet and icon, from [`ASSETS`] |
 //! | `GET /console/api/status` | [`StatusView`]: model, engine load, IM health, deliveries and audit, for the status page |
 //! | `GET`/`POST /console/api/im/{*path}` | proxied to the emulator's `/_emulator/api/{path}` (`--emulator-url`) |
 //!
@@ -54,6 +54,11 @@ pub const INDEX_HTML: &str = include_str!("assets/index.html");
 
 /// Every file under `/console/assets/`.
 pub const ASSETS: &[Asset] = &[
+    Asset {
+        name: "favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_str!("assets/favicon.svg"),
+    },
     Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
