@@ -5,7 +5,7 @@
 //! interprets them, so that our token ids match llama.cpp's for the same file:
 //!
 //! - `tokenizer.ggml.model == "gpt2"`: byte-level BPE from `tokens` + `merges`. Text is first split by the
-//!   regular expressions llama.cpp picks from `tokenizer.ggml.pre` (see [`PreTokenizerKind`]), then each piece is
+//!   regular expressions llama.cpp picks from `tokenizer.ggml.pre` (see `PreTokenizerKind`), then each piece is
 //!   mapped to GPT-2's printable byte alphabet and merged.
 //! - `tokenizer.ggml.model == "llama"`: SentencePiece BPE from `tokens` + `scores`. Spaces become `▁`, a `▁` is
 //!   prepended to every piece of raw text, and characters outside the vocabulary fall back to `<0xNN>` byte

@@ -4,7 +4,7 @@
 //! [`PromptLimits::max_bytes`] by its byte length alone, build the prompt token ids off the async executor
 //! (chat template + encode, on `spawn_blocking`, at most one prompt per CPU at once), submit to the engine (which admits or
 //! answers `Overloaded` at once, so a 429 comes before any byte of the response), then either collect the
-//! event stream into one JSON body or turn it into server-sent events. [`Shape`] holds what differs
+//! event stream into one JSON body or turn it into server-sent events. `Shape` holds what differs
 //! between the endpoints once tokens flow: ids, object names and chunk layouts.
 //!
 //! Cancellation: the [`RequestStream`] is owned by the handler future (non-streaming) or by the SSE body

@@ -1,12 +1,12 @@
 //! Accepting HTTP connections under limits, so a flood of slow or idle sockets cannot take the server down.
 //!
-//! [`serve_connections`] is the accept loop `server::serve` runs: every connection is served by hyper's
+//! `serve_connections` is the accept loop `server::serve` runs: every connection is served by hyper's
 //! HTTP/1.1 server with its timer set, so
 //! - a client that does not send a whole request head within [`ConnectionLimits::header_read_timeout`]
 //!   (a slowloris, or a socket opened and left silent) is closed, and
 //! - the same timer runs between requests on a keep-alive connection, so an idle connection is closed after
 //!   that long too;
-//! - a request body that sends nothing for that long ([`IdleTimeout`]: a slowloris on the body) fails, and
+//! - a request body that sends nothing for that long (`IdleTimeout`: a slowloris on the body) fails, and
 //!   the request with it;
 //!
 //! and at most [`ConnectionLimits::max_connections`] connections are open at once. When a new connection
@@ -18,7 +18,7 @@
 //! sleeping on the error.
 //!
 //! A connection is busy from the moment its request reaches the router until its response body has been
-//! sent or dropped ([`Busy`] rides on the body), so a long SSE stream is never taken for idle.
+//! sent or dropped (`Busy` rides on the body), so a long SSE stream is never taken for idle.
 //!
 //! HTTP/1.1 only: the header-read timer is an HTTP/1 feature, and the OpenAI clients speak HTTP/1.1.
 

@@ -18,7 +18,7 @@
 //! Groups: every sequence with several new tokens (a prefill chunk) is its own group; sequences with one
 //! new token (decode) are batched together, sorted by length and split so that one gather stays under
 //! [`GATHER_BUDGET_BYTES`]. Index and mask tensors depend only on the batch, so the first layer builds them
-//! ([`StepPlan`]) and the other layers of the step reuse them.
+//! (`StepPlan`) and the other layers of the step reuse them.
 //!
 //! Unlike the CPU kernel this path does not reproduce the reference model's rounding: its outputs agree with
 //! the CPU kernel within float tolerance, not bit for bit, and may vary slightly with the batch's shape.
@@ -184,7 +184,7 @@ impl StepPlan {
 ///
 /// `q`: `[tokens, num_heads, 1, head_dim]`, `k`: `[tokens, num_kv_heads, 1, head_dim]` (as returned by
 /// [`crate::nn::Rotary::apply`]), `v`: `[tokens, num_kv_heads * head_dim]`. Layer 0 builds the step's
-/// [`StepPlan`]; later layers reuse it while the batch is the same.
+/// `StepPlan`; later layers reuse it while the batch is the same.
 pub fn attend_tensors(
     q: &Tensor,
     k: &Tensor,

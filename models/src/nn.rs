@@ -325,7 +325,7 @@ impl RmsNorm {
     /// Normalise each row of `x`.
     ///
     /// On the CPU, f32 rows go through our loop, which computes candle's `rms_norm` bit for bit (each row's
-    /// squares summed in order, then `x / m * alpha`) but sums [`NORM_ROWS`] rows side by side: candle's
+    /// squares summed in order, then `x / m * alpha`) but sums `NORM_ROWS` rows side by side: candle's
     /// one-row sum waits on each addition in turn, and a decode step of 8 rows spent 2 % of its time there.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();

@@ -18,7 +18,7 @@
 pub const PIN_VAR: &str = "HEARTH_PIN_THREADS";
 
 /// Run `f` (the engine's step loop, or a kernel benchmark) on this thread after pinning it to one allowed
-/// CPU and candle's barrier workers to the others, round robin ([`pin_compute_threads`]). Repacking weights
+/// CPU and candle's barrier workers to the others, round robin (`pin_compute_threads`). Repacking weights
 /// after this call still uses every core: it runs on candle's pool too.
 pub fn run_pinned<R>(f: impl FnOnce() -> R) -> R {
     pin_compute_threads();

@@ -1,6 +1,6 @@
 //! [`EmulatorConfig`]: the one app the emulator accepts, and every timing, limit and protocol choice it
 //! makes. Each default is documented here, in one place; choices the wire reference marks
-//! **[UNCONFIRMED]** are fields, so a test can pin either reading instead of the emulator guessing.
+//! **\[UNCONFIRMED\]** are fields, so a test can pin either reading instead of the emulator guessing.
 
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ pub struct EmulatorConfig {
     /// Pushes of one message after the first before the emulator gives up on it.
     pub max_redeliveries: u32,
     /// Interval of SYSTEM `ping` frames on each connection; `None` sends none.
-    /// **[UNCONFIRMED]** in the reference; default 30 s (a third-party report says 20–30 s).
+    /// **\[UNCONFIRMED\]** in the reference; default 30 s (a third-party report says 20–30 s).
     pub ping_interval: Option<Duration>,
     /// After a SYSTEM `disconnect` frame the TCP connection is dropped this much later (documented: ~10 s).
     pub disconnect_grace: Duration,
@@ -43,28 +43,28 @@ pub struct EmulatorConfig {
     /// Messages per minute one robot may send through sessionWebhooks; the next one is refused with
     /// errcode 130101 (`send too fast, exceed 20 times per minute`, as field reports show it) and the robot
     /// stays throttled for [`webhook_throttle`](Self::webhook_throttle). 0 disables the limit. Documented as
-    /// 20 per minute for custom group robots; whether it applies to sessionWebhooks is **[UNCONFIRMED]**;
+    /// 20 per minute for custom group robots; whether it applies to sessionWebhooks is **\[UNCONFIRMED\]**;
     /// default 20.
     pub webhook_messages_per_minute: u32,
     /// How long a robot over [`webhook_messages_per_minute`](Self::webhook_messages_per_minute) stays
     /// throttled (documented: 10 minutes).
     pub webhook_throttle: Duration,
-    /// HTTP status of the sessionWebhook's `300001 session 不存在` answer. **[UNCONFIRMED]**; default 200
+    /// HTTP status of the sessionWebhook's `300001 session 不存在` answer. **\[UNCONFIRMED\]**; default 200
     /// (the legacy `errcode` envelope is normally sent with 200).
     pub session_webhook_error_status: u16,
-    /// HTTP status refusing a WebSocket upgrade with a bad, reused or expired ticket. **[UNCONFIRMED]**;
+    /// HTTP status refusing a WebSocket upgrade with a bad, reused or expired ticket. **\[UNCONFIRMED\]**;
     /// default 401, with the OpenAPI error envelope.
     pub ticket_refusal_status: u16,
     /// Accept `content: ""` on `PUT /v1.0/card/streaming`. **[UNCONFIRMED — conflicting]**: documented as
     /// `param.stream.contentEmpty`, reported working; default false (the documented 400).
     pub accept_empty_stream_content: bool,
     /// Largest `content` of one streaming call, in bytes, before 400 `param.stream.content`
-    /// ("content is too large"). **[UNCONFIRMED]**: the documented guidance is ≤ 1 KB per call but SDKs
+    /// ("content is too large"). **\[UNCONFIRMED\]**: the documented guidance is ≤ 1 KB per call but SDKs
     /// send whole answers; default 10 240.
     pub max_stream_content_bytes: usize,
     /// Largest robot-API `msgParam`, in bytes (documented: 15 000).
     pub max_msg_param_bytes: usize,
-    /// Most `userIds` in one `oToMessages/batchSend`. **[UNCONFIRMED]**: the doc text says 20, its error
+    /// Most `userIds` in one `oToMessages/batchSend`. **\[UNCONFIRMED\]**: the doc text says 20, its error
     /// table 100; default 20.
     pub max_oto_user_ids: usize,
     /// Card variables bound to a markdown component: streaming them with `isFull: false` is a 400
