@@ -39,6 +39,7 @@ tests/python/run.sh
 
 echo "== the official DingTalk Stream SDK against hearth emulate dingtalk"
 tests/python/run-dingtalk.sh
+tests/node/run-dingtalk.sh
 
 echo "== the web console in headless Chromium against hearth serve and hearth emulate dingtalk, with no network"
 tests/browser/run.sh --prepare
