@@ -229,12 +229,12 @@ impl DingTalkConnector {
         let outbox = tokio::task::spawn_blocking(move || Outbox::open(&path, &robot))
             .await
             .map_err(|e| StoreError::Join(e.to_string()))??;
-        // Pauses after throttles stay under the card retry bound, so a refused card gets more than one try
+        // Pauses after throttles stay well under the card retry bound, so a refused card gets several tries
         // within it.
         let budget = DeliveryBudget::new(
             config.card_updates_per_second,
             Duration::from_millis(config.throttle_backoff_ms),
-            config.card_retry() / 2,
+            config.card_retry() / 4,
         );
         let sessions = SessionStore::open(outbox.connection(), Duration::from_secs(config.session_idle_secs))?;
         let audit = AuditLog::open(outbox.connection(), Masker::new(&config.audit_mask_patterns)?)?;

@@ -60,7 +60,14 @@ async fn a_card_throttled_throughout_ends_failed_and_its_answer_arrives_within_t
     assert_eq!(sent.len(), 1);
     assert!(!sent[0].trim().is_empty());
 
-    // The platform lets card calls through again: the card is marked failed, never left typing.
+    // Marking the card failed is refused too, and retried: once the platform lets card calls through again,
+    // the card is marked failed, never left typing.
+    let refused = |w: &World| w.cards_in(&conversation).first().map_or(0, |c| c.rejected_calls);
+    let before = dingtalk.inspect(refused);
+    dingtalk
+        .wait_for(PATIENCE, |w| (refused(w) > before).then_some(()))
+        .await
+        .unwrap();
     dingtalk.fault(FaultCommand::Clear).unwrap();
     let card = dingtalk
         .wait_for(PATIENCE, |w| {
