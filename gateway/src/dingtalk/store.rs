@@ -3,8 +3,10 @@
 //! The primary key `(platform, robot, msg_id)` makes dedupe atomic: `INSERT OR IGNORE` either records a
 //! new message or changes nothing, so a redelivered push is recognised in one statement. A message stays
 //! `accepted` until it is `answered` (finalized card), `answered_markdown` (fallback), `failed` (nothing
-//! could be delivered; logged) or `ignored` (a group message without a mention). After a crash, every
-//! `accepted` row is taken up again; each restart bumps its `attempts`, which the card guids include.
+//! could be delivered; logged) or `ignored` (a group message without a mention). [`Outbox::settle`] closes
+//! a message together with its audit record and session turn, in one transaction. After a crash, every
+//! `accepted` row is taken up again; each restart bumps its `attempts`, which the card guids include, and
+//! `shown_bytes` tells it how much of the answer its cards already show.
 //!
 //! rusqlite is blocking: every call runs on the blocking pool, and the connection's std mutex is only held
 //! inside that closure, never across an `.await`.
@@ -186,7 +188,7 @@ impl Outbox {
                     message.sender_union_id,
                 ],
             )?;
-            Ok((inserted == 1 && !ignore).then(|| Job { message, out_track_id, attempt: 1, card_created: false, shown: 0 }))
+            Ok((inserted == 1 && !ignore).then_some(Job { message, out_track_id, attempt: 1, card_created: false, shown: 0 }))
         })
         .await
     }

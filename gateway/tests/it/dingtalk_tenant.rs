@@ -279,8 +279,9 @@ async fn a_failure_before_the_message_is_closed_leaves_no_audit_record_or_turn_t
 async fn an_answer_resumed_after_kill_9_streams_on_from_what_its_card_showed() {
     let dingtalk = emulator(|c| c.redelivery_after = Duration::from_secs(2)).await;
     let dir = tempfile::tempdir().unwrap();
+    // A long answer (an essay runs to the token limit), so it is still growing when the process dies.
     let config = DingTalkConfig {
-        max_answer_tokens: 96,
+        max_answer_tokens: 200,
         ..connector_config(&dingtalk, &dir.path().join("outbox.sqlite3"))
     };
     let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
@@ -293,22 +294,28 @@ async fn an_answer_resumed_after_kill_9_streams_on_from_what_its_card_showed() {
         ConversationKind::Single,
         None,
         "rae",
-        "Write three sentences about the sea.",
+        "Write a long essay about the history of ships, with many details.",
         false,
     );
     let conversation = posted.conversation_id.clone();
     let showing = |w: &World| {
-        w.cards_in(&conversation)
-            .first()
-            .filter(|c| c.status == CardStatus::Inputting && !c.text.trim().is_empty())
-            .map(|c| c.text.clone())
+        w.cards_in(&conversation).first().and_then(|c| match c.status {
+            CardStatus::Inputting if !c.text.trim().is_empty() => Some(c.status),
+            CardStatus::Finished | CardStatus::Failed => Some(c.status),
+            _ => None,
+        })
     };
-    dingtalk
+    let status = dingtalk
         .wait_for(PATIENCE, showing)
         .await
         .unwrap_or_else(|e| panic!("{e}; first log:\n{}", log_tail(&first_log)));
     hearth.kill().expect("SIGKILL");
     hearth.wait().unwrap();
+    assert_eq!(
+        status,
+        CardStatus::Inputting,
+        "the answer was still growing at the kill"
+    );
     let shown = dingtalk.inspect(|w| w.cards_in(&conversation)[0].text.clone());
 
     dingtalk.fault(FaultCommand::Clear).unwrap();
