@@ -33,6 +33,9 @@ cargo fmt --all --check
 echo "== lints: cargo clippy -D warnings (the allows are in Cargo.toml's [workspace.lints], each with its reason)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== docs: cargo doc without warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 echo "== cargo test"
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 1
@@ -45,6 +48,7 @@ tests/python/run.sh --default-model
 
 echo "== the official DingTalk Stream SDK against hearth emulate dingtalk"
 tests/python/run-dingtalk.sh
+tests/node/run-dingtalk.sh
 
 echo "== the web console in headless Chromium against hearth serve and hearth emulate dingtalk, with no network"
 tests/browser/run.sh --prepare

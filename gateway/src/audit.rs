@@ -73,6 +73,9 @@ pub struct AuditRecord {
     /// When the message was taken up (Unix ms).
     pub at_ms: i64,
     pub platform: String,
+    /// The platform's id of the message (DingTalk `msgId`), so an operator can trace one message through
+    /// the platform's and hearth's logs; empty in records written before it was kept.
+    pub msg_id: String,
     pub conversation_id: String,
     /// The session the history came from.
     pub session: String,
@@ -105,7 +108,7 @@ pub struct AuditLog {
 
 const COLUMNS: &str =
     "at_ms, platform, conversation_id, session, sender_id, sender_nick, handler, question, answer, first_visible_ms,
-                       prompt_tokens, completion_tokens, context_turns, outcome";
+                       prompt_tokens, completion_tokens, context_turns, outcome, msg_id";
 
 fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
@@ -124,10 +127,40 @@ fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
              prompt_tokens INTEGER NOT NULL,
              completion_tokens INTEGER NOT NULL,
              context_turns INTEGER NOT NULL,
-             outcome TEXT NOT NULL
+             outcome TEXT NOT NULL,
+             msg_id TEXT NOT NULL DEFAULT ''
          );
          CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);",
+    )?;
+    // Databases from before the message id was kept.
+    crate::sessions::add_column(conn, "audit", "msg_id", "TEXT NOT NULL DEFAULT ''")
+}
+
+/// Insert `record` as it is (already masked), as part of the caller's transaction.
+pub(crate) fn insert(conn: &Connection, record: &AuditRecord) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        &format!(
+            "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ),
+        params![
+            record.at_ms,
+            record.platform,
+            record.conversation_id,
+            record.session,
+            record.sender_id,
+            record.sender_nick,
+            record.handler,
+            record.question,
+            record.answer,
+            record.first_visible_ms,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.context_turns,
+            record.outcome,
+            record.msg_id,
+        ],
     )
+    .map(drop)
 }
 
 impl AuditLog {
@@ -142,34 +175,23 @@ impl AuditLog {
     }
 
     /// Store `record`, its question and answer masked.
-    pub async fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
+    pub async fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
+        let record = self.masked(record);
+        run(&self.conn, move |conn| insert(conn, &record)).await?;
+        self.note_written();
+        Ok(())
+    }
+
+    /// `record` with its question and answer masked, ready for [`insert`].
+    pub(crate) fn masked(&self, mut record: AuditRecord) -> AuditRecord {
         record.question = self.masker.mask(&record.question);
         record.answer = self.masker.mask(&record.answer);
-        run(&self.conn, move |conn| {
-            conn.execute(
-                &format!("INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
-                params![
-                    record.at_ms,
-                    record.platform,
-                    record.conversation_id,
-                    record.session,
-                    record.sender_id,
-                    record.sender_nick,
-                    record.handler,
-                    record.question,
-                    record.answer,
-                    record.first_visible_ms,
-                    record.prompt_tokens,
-                    record.completion_tokens,
-                    record.context_turns,
-                    record.outcome
-                ],
-            )
-            .map(drop)
-        })
-        .await?;
+        record
+    }
+
+    /// A record was committed (by this log or in a caller's transaction): wake those awaiting records.
+    pub(crate) fn note_written(&self) {
         self.written.send_modify(|n| *n += 1);
-        Ok(())
     }
 
     /// The number of records written through this log; changes after each one.
@@ -239,6 +261,7 @@ fn query(conn: &Connection, sql: &str, parameter: i64) -> Result<Vec<AuditRecord
             completion_tokens: row.get(11)?,
             context_turns: row.get(12)?,
             outcome: row.get(13)?,
+            msg_id: row.get(14)?,
         })
     })?;
     rows.collect()

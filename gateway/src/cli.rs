@@ -121,7 +121,7 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Load the configuration (file, then HEARTH_<SECTION>__<KEY> variables), report the first problem
+    /// Load the configuration (file, then `HEARTH_<SECTION>__<KEY>` variables), report the first problem
     /// naming its key, or print the effective settings with secrets hidden.
     Check,
     /// Print the commented example configuration with every key at its default.
@@ -417,7 +417,7 @@ pub struct DingTalkArgs {
     /// The AI-card template id.
     #[arg(long, value_name = "ID")]
     pub dingtalk_card_template_id: Option<String>,
-    /// OpenAPI base URL (default https://api.dingtalk.com; an emulator's http://127.0.0.1:PORT).
+    /// OpenAPI base URL (default `https://api.dingtalk.com`; an emulator's `http://127.0.0.1:PORT`).
     #[arg(long, value_name = "URL")]
     pub dingtalk_api_base_url: Option<String>,
     /// The connector's SQLite outbox.

@@ -111,19 +111,8 @@ impl SessionStore {
     pub async fn append(&self, key: &str, question: &str, answer: &str) -> Result<(), DbError> {
         let (key, question, answer) = (key.to_owned(), question.to_owned(), answer.to_owned());
         run(&self.conn, move |conn| {
-            let now = now_ms();
             let tx = conn.unchecked_transaction()?;
-            tx.execute(
-                "INSERT INTO sessions (key, started_ms, last_ms) VALUES (?1, ?2, ?2)
-                 ON CONFLICT (key) DO UPDATE SET last_ms = excluded.last_ms",
-                params![key, now],
-            )?;
-            for (role, content) in [("user", &question), ("assistant", &answer)] {
-                tx.execute(
-                    "INSERT INTO session_turns (key, role, content, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![key, role, content, now],
-                )?;
-            }
+            append_turn(&tx, &key, &question, &answer)?;
             tx.commit()
         })
         .await
@@ -150,6 +139,42 @@ impl SessionStore {
         let key = key.to_owned();
         run(&self.conn, move |conn| clear(conn, &key)).await
     }
+}
+
+/// Add a question and its answer to `key`'s session (starting it if needed), as part of the caller's
+/// transaction: a connector stores the turn in the same transaction that closes the message, so a crash
+/// can neither lose the turn of a closed message nor repeat the turn of a message answered again.
+pub(crate) fn append_turn(conn: &Connection, key: &str, question: &str, answer: &str) -> Result<(), rusqlite::Error> {
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO sessions (key, started_ms, last_ms) VALUES (?1, ?2, ?2)
+         ON CONFLICT (key) DO UPDATE SET last_ms = excluded.last_ms",
+        params![key, now],
+    )?;
+    for (role, content) in [("user", question), ("assistant", answer)] {
+        conn.execute(
+            "INSERT INTO session_turns (key, role, content, at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![key, role, content, now],
+        )?;
+    }
+    Ok(())
+}
+
+/// Add `column` (with its SQL `declaration`) to `table` unless it is there: databases written by an older
+/// version gain the columns a newer one needs.
+pub(crate) fn add_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    declaration: &str,
+) -> Result<(), rusqlite::Error> {
+    let present = conn
+        .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+        .exists(params![column])?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {declaration}"))?;
+    }
+    Ok(())
 }
 
 fn clear(conn: &Connection, key: &str) -> Result<(), rusqlite::Error> {

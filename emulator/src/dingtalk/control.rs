@@ -24,7 +24,8 @@ use serde_json::json;
 
 use super::stream::disconnect;
 use super::world::{
-    hex, now_ms, Card, ChatEntry, Conversation, ConversationKind, Faults, FractionFault, Shared, Stats, Webhook, World,
+    hex, now_ms, Card, ChatEntry, Conversation, ConversationKind, Faults, FractionFault, Outbound, Shared, Stats,
+    Webhook, World,
 };
 use super::EmulatorError;
 
@@ -49,6 +50,13 @@ pub struct UserMessage {
     /// The message @-mentions the robot (always true in effect for 1:1 chats).
     #[serde(default)]
     pub at_bot: bool,
+    /// The sender is an external member, or the robot is not published yet: the callback's
+    /// `senderStaffId` is empty (protocol notes §3). `userId` still tells simulated users apart.
+    #[serde(default)]
+    pub external: bool,
+    /// The callback's `senderUnionId`; absent when `None`. A 1:1 card may address it (`userIdType` 2).
+    #[serde(default)]
+    pub union_id: Option<String>,
 }
 
 impl UserMessage {
@@ -62,6 +70,8 @@ impl UserMessage {
             nick: None,
             text: text.to_owned(),
             at_bot: false,
+            external: false,
+            union_id: None,
         }
     }
 
@@ -103,6 +113,13 @@ pub enum FaultCommand {
     /// Turn live connections (or only `connection`) into zombies: WebSocket pings still get pongs, but no
     /// frame is delivered on them any more. New connections are healthy.
     Zombie {
+        #[serde(default)]
+        connection: Option<u64>,
+    },
+    /// Silence live connections (or only `connection`), as a network path that died without a FIN: the
+    /// emulator stops reading and writing them, so nothing arrives and no WebSocket ping gets a pong.
+    /// New connections are healthy.
+    Silence {
         #[serde(default)]
         connection: Option<u64>,
     },
@@ -152,6 +169,7 @@ pub struct ConversationView {
 pub struct ConnectionView {
     pub id: u64,
     pub zombie: bool,
+    pub silent: bool,
     pub disconnecting: bool,
     pub opened_ms: u64,
     pub ua: Option<String>,
@@ -199,6 +217,7 @@ impl World {
                 .map(|(id, c)| ConnectionView {
                     id: *id,
                     zombie: c.zombie,
+                    silent: c.silent,
                     disconnecting: c.disconnecting,
                     opened_ms: c.opened_ms,
                     ua: c.ua.clone(),
@@ -229,6 +248,9 @@ impl Shared {
             let (conversation_id, title) = match message.conversation_type {
                 ConversationKind::Single => {
                     let c = world.single_conversation(&message.user_id, &nick);
+                    if message.union_id.is_some() {
+                        c.union_id = message.union_id.clone();
+                    }
                     (c.conversation_id.clone(), String::new())
                 }
                 ConversationKind::Group => {
@@ -267,7 +289,7 @@ impl Shared {
                 "createAt": now_ms(),
                 "senderId": format!("$:LWCP_v1:$emu-{}", message.user_id),
                 "senderNick": nick,
-                "senderStaffId": message.user_id,
+                "senderStaffId": if message.external { "" } else { message.user_id.as_str() },
                 "senderCorpId": config.corp_id,
                 "senderPlatform": "Win",
                 "isAdmin": false,
@@ -275,6 +297,9 @@ impl Shared {
                 "sessionWebhook": format!("http://{addr}/robot/sendBySession?session={session}"),
                 "sessionWebhookExpiredTime": expires_ms,
             });
+            if let Some(union_id) = &message.union_id {
+                data["senderUnionId"] = json!(union_id);
+            }
             if !single {
                 data["conversationTitle"] = json!(title);
                 if message.at_bot {
@@ -292,7 +317,11 @@ impl Shared {
             conversation.messages.push(ChatEntry::User {
                 msg_id: msg_id.clone(),
                 message_id: message_id.clone(),
-                sender_staff_id: message.user_id.clone(),
+                sender_staff_id: if message.external {
+                    String::new()
+                } else {
+                    message.user_id.clone()
+                },
                 sender_nick: nick,
                 text: message.text.clone(),
                 at_bot: message.at_bot,
@@ -336,6 +365,17 @@ impl Shared {
                 for (id, c) in world.connections.iter_mut() {
                     if connection.is_none_or(|want| want == *id) && !c.zombie {
                         c.zombie = true;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            }
+            FaultCommand::Silence { connection } => {
+                let mut n = 0;
+                for (id, c) in world.connections.iter_mut() {
+                    if connection.is_none_or(|want| want == *id) && !c.silent {
+                        c.silent = true;
+                        let _ = c.tx.send(Outbound::Silence);
                         n += 1;
                     }
                 }

@@ -5,7 +5,8 @@
 //! - [`config`]: [`EmulatorConfig`], the accepted app and every timing, limit and UNCONFIRMED choice.
 //! - [`wire`]: the platform's JSON shapes.
 //! - `world`: the platform's state ([`World`]) behind one lock, with a change counter to await.
-//! - `openapi`: `POST /v1.0/gateway/connections/open`, `POST /v1.0/oauth2/accessToken`, the card APIs
+//! - `openapi`: `POST /v1.0/gateway/connections/open`, `POST /v1.0/oauth2/accessToken` (and the legacy
+//!   `GET /gettoken` of the Node SDK), the card APIs
 //!   (`/v1.0/card/instances[/createAndDeliver|/deliver]`, `PUT /v1.0/card/streaming`), the robot send
 //!   APIs and `POST /robot/sendBySession`.
 //! - `stream`: the WebSocket at `/connect?ticket=…` and the CALLBACK dispatcher (ACKs, redelivery).
@@ -70,6 +71,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1.0/gateway/connections/open", post(openapi::open_connection))
         .route("/connect", get(stream::connect))
         .route("/v1.0/oauth2/accessToken", post(openapi::access_token))
+        .route("/gettoken", get(openapi::legacy_token))
         .route(
             "/v1.0/card/instances/createAndDeliver",
             post(openapi::create_and_deliver),
@@ -90,6 +92,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_emulator/api/messages", post(control::post_message))
         .route("/_emulator/api/faults", post(control::fault))
         .route("/_emulator/api/wait", get(control::wait))
+        .layer(axum::middleware::map_response_with_state(
+            shared.clone(),
+            openapi::count_bad_requests,
+        ))
         .with_state(shared)
 }
 

@@ -57,17 +57,34 @@ impl PlatformError {
     }
 }
 
+/// Marks a response that refused a call for its parameters, so [`count_bad_requests`] can count it.
+#[derive(Debug, Clone, Copy)]
+struct BadRequest;
+
 impl IntoResponse for PlatformError {
     fn into_response(self) -> Response {
         let request_id = uuid_like().to_uppercase();
+        let bad_parameter = self.status == StatusCode::BAD_REQUEST
+            && (self.code.starts_with("param.") || self.code.starts_with("invalidParameter."));
         let mut body = json!({"requestid": request_id, "code": self.code, "message": self.message});
         if let Some(detail) = self.detail {
             body["accessdenieddetail"] = detail;
         }
         let mut response = (self.status, Json(body)).into_response();
         with_acs_headers(response.headers_mut(), &request_id);
+        if bad_parameter {
+            response.extensions_mut().insert(BadRequest);
+        }
         response
     }
+}
+
+/// Count the answers that refused a call for its parameters (`Stats::bad_requests`).
+pub async fn count_bad_requests(State(shared): State<Arc<Shared>>, response: Response) -> Response {
+    if response.extensions().get::<BadRequest>().is_some() {
+        shared.with(|world, _| world.stats.bad_requests += 1);
+    }
+    response
 }
 
 /// A success body with the platform's `x-acs-*` headers.
@@ -162,6 +179,20 @@ impl Shared {
     fn check_app(&self, id: &str, secret: &str) -> bool {
         id == self.config.client_id && secret == self.config.client_secret
     }
+
+    /// The app's access token: the same one while it is valid (its life extended), a new one after.
+    fn issue_token(&self) -> String {
+        self.with(|world, config| {
+            let now = Instant::now();
+            world.tokens.retain(|_, expiry| *expiry > now);
+            let token = world.tokens.keys().next().cloned().unwrap_or_else(|| {
+                world.stats.tokens_issued += 1;
+                hex(32)
+            });
+            world.tokens.insert(token.clone(), now + config.token_ttl);
+            token
+        })
+    }
 }
 
 /// `POST /v1.0/gateway/connections/open`.
@@ -218,19 +249,37 @@ pub async fn access_token(
             "无效的clientId或者clientSecret",
         ));
     }
-    let token = shared.with(|world, config| {
-        let now = Instant::now();
-        world.tokens.retain(|_, expiry| *expiry > now);
-        let token = world.tokens.keys().next().cloned().unwrap_or_else(|| {
-            world.stats.tokens_issued += 1;
-            hex(32)
-        });
-        world.tokens.insert(token.clone(), now + config.token_ttl);
-        token
-    });
+    let token = shared.issue_token();
     Ok(ok(
         json!({"accessToken": token, "expireIn": shared.config.token_ttl.as_secs()}),
     ))
+}
+
+/// Query of the legacy token call.
+#[derive(Debug, Deserialize)]
+pub struct LegacyTokenQuery {
+    #[serde(default)]
+    appkey: String,
+    #[serde(default)]
+    appsecret: String,
+}
+
+/// `GET /gettoken?appkey=…&appsecret=…` (legacy host `oapi.dingtalk.com`, used by the Node SDK's
+/// `getAccessToken()`): the same token as the new-style call, in the legacy `errcode` envelope. A wrong key
+/// or secret gets errcode 40089 (`不合法的corpid或corpsecret`) with HTTP 200 **[UNCONFIRMED]**.
+pub async fn legacy_token(State(shared): State<Arc<Shared>>, Query(query): Query<LegacyTokenQuery>) -> Response {
+    shared.delay().await;
+    if !shared.check_app(&query.appkey, &query.appsecret) {
+        return Json(json!({"errcode": 40089, "errmsg": "不合法的corpid或corpsecret"})).into_response();
+    }
+    let token = shared.issue_token();
+    Json(json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "access_token": token,
+        "expires_in": shared.config.token_ttl.as_secs(),
+    }))
+    .into_response()
 }
 
 /// One parsed space of an `openSpaceId` (`dtv1.card//IM_GROUP.cid…;IM_ROBOT.user`).
@@ -289,6 +338,7 @@ fn create_card(world: &mut World, request: &CardRequest, api: &str) -> Result<St
         conversation_ids: Vec::new(),
         status: CardStatus::Created,
         card_param_map: card_data.card_param_map.clone(),
+        flow_status: None,
         stream_key: None,
         text: String::new(),
         updates: Vec::new(),
@@ -344,6 +394,11 @@ fn deliver_card(
                 "IM_ROBOT" => {
                     if request.im_robot_open_deliver_model.is_none() {
                         Err("imRobotOpenDeliverModel is required".to_owned())
+                    } else if request.user_id_type == Some(2) {
+                        // `userIdType` 2: the space id is a unionId, known from the user's messages.
+                        world
+                            .union_conversation(&space.id)
+                            .ok_or_else(|| "user is not exist".to_owned())
                     } else {
                         Ok(world.single_conversation(&space.id, &space.id).conversation_id.clone())
                     }
@@ -672,7 +727,7 @@ pub async fn oto_send(
     shared.with(|world, config| {
         let (key, param) = check_robot_send(config, &request.robot_code, &request.msg_key, &request.msg_param)?;
         let user_ids = request.user_ids.clone().unwrap_or_default();
-        if user_ids.is_empty() {
+        if user_ids.is_empty() || user_ids.iter().any(|u| u.trim().is_empty()) {
             return Err(PlatformError::bad("invalidParameter.userIds.empty", "userIds is empty"));
         }
         if user_ids.len() > config.max_oto_user_ids {

@@ -67,6 +67,7 @@ async fn run_connection(shared: Arc<Shared>, socket: WebSocket, subscriptions: V
                 subscriptions,
                 tx,
                 zombie: false,
+                silent: false,
                 disconnecting: false,
                 opened_ms: now_ms(),
                 ua,
@@ -99,9 +100,12 @@ async fn connection_loop(shared: &Arc<Shared>, id: u64, socket: WebSocket, mut r
     let mut ping = timer(ping_every);
     let mut lifetime = timer(shared.config.connection_lifetime);
     let mut close_at = timer(None);
+    // A silent connection neither reads nor writes: the library would answer pings it read with pongs.
+    let mut silent = false;
     loop {
         tokio::select! {
             out = rx.recv() => match out {
+                Some(Outbound::Text(_)) if silent => {}
                 Some(Outbound::Text(text)) => {
                     let zombie = shared.read(|world| world.connections.get(&id).is_none_or(|c| c.zombie));
                     if !zombie && sink.send(Message::Text(text.into())).await.is_err() {
@@ -109,9 +113,13 @@ async fn connection_loop(shared: &Arc<Shared>, id: u64, socket: WebSocket, mut r
                     }
                 }
                 Some(Outbound::CloseAfter(after)) => close_at = timer(Some(after)),
+                Some(Outbound::Silence) => {
+                    tracing::info!("the connection goes silent");
+                    silent = true;
+                }
                 None => break,
             },
-            message = stream.next() => match message {
+            message = stream.next(), if !silent => match message {
                 Some(Ok(Message::Text(text))) => on_upstream(shared, id, text.as_str()),
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(err)) => {
@@ -119,13 +127,14 @@ async fn connection_loop(shared: &Arc<Shared>, id: u64, socket: WebSocket, mut r
                     break;
                 }
                 // WebSocket pings are answered with pongs by the library, zombie or not.
+                Some(Ok(Message::Ping(_))) => shared.with(|world, _| world.stats.ws_pings_received += 1),
                 Some(Ok(_)) => {}
             },
-            () = &mut ping => {
+            () = &mut ping, if !silent => {
                 send_ping(shared, id);
                 ping = timer(ping_every);
             }
-            () = &mut lifetime => {
+            () = &mut lifetime, if !silent => {
                 shared.with(|world, config| disconnect(world, config, id, "persistent connection is timeout"));
                 lifetime = timer(None);
             }

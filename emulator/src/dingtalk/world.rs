@@ -96,6 +96,8 @@ pub(crate) enum Outbound {
     Text(String),
     /// Drop the TCP connection after this long.
     CloseAfter(Duration),
+    /// Go silent: stop reading the socket (so no pong answers a ping) and stop writing to it.
+    Silence,
 }
 
 /// One live Stream connection.
@@ -105,6 +107,10 @@ pub(crate) struct Connection {
     pub tx: mpsc::UnboundedSender<Outbound>,
     /// Pings are answered at the WebSocket level, but no frame is delivered (a half-open socket).
     pub zombie: bool,
+    /// Nothing passes either way, not even WebSocket pongs: the network path died without a FIN or RST.
+    /// Pushes sent here vanish while it is the only connection; once another is open the platform pushes
+    /// there (as its own TCP keepalive would eventually tell it the old peer is gone).
+    pub silent: bool,
     /// A `disconnect` frame was sent: nothing more is delivered here.
     pub disconnecting: bool,
     pub opened_ms: u64,
@@ -134,6 +140,7 @@ pub(crate) struct PendingPush {
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     pub connections_opened: u64,
+    /// Open connections, silent ones not counted.
     pub live_connections: usize,
     pub tickets_refused: u64,
     pub callbacks_pushed: u64,
@@ -144,9 +151,13 @@ pub struct Stats {
     pub callbacks_abandoned: u64,
     pub pings_sent: u64,
     pub pings_acked: u64,
+    /// WebSocket-level pings received from clients (each answered with a pong by a non-silent socket).
+    pub ws_pings_received: u64,
     pub bad_ping_acks: u64,
     pub disconnects_sent: u64,
     pub tokens_issued: u64,
+    /// OpenAPI calls refused for their parameters (HTTP 400 `param.*` and `invalidParameter.*`).
+    pub bad_requests: u64,
     /// sessionWebhook messages refused because the robot was over its per-minute limit.
     pub webhooks_throttled: u64,
     pub openapi_rejections: u64,
@@ -180,6 +191,9 @@ pub struct Conversation {
     pub title: String,
     /// Staff id of the user, for 1:1 chats.
     pub user_id: Option<String>,
+    /// The user's unionId, for 1:1 chats whose messages carried one (cards may address it with
+    /// `userIdType` 2).
+    pub union_id: Option<String>,
     pub messages: Vec<ChatEntry>,
 }
 
@@ -249,6 +263,9 @@ pub struct Card {
     pub conversation_ids: Vec<String>,
     pub status: CardStatus,
     pub card_param_map: BTreeMap<String, String>,
+    /// The AI-card state variable `flowStatus` as last written ("1" processing, "2" inputting, "3" finished,
+    /// "5" failed), if the card has one.
+    pub flow_status: Option<String>,
     /// The variable last written by streaming, if any.
     pub stream_key: Option<String>,
     /// What the card shows: the streamed variable, else `content`/`msgContent`.
@@ -269,6 +286,7 @@ impl Card {
             .or_else(|| self.card_param_map.get("content").cloned())
             .or_else(|| self.card_param_map.get("msgContent").cloned());
         self.text = value.unwrap_or_default();
+        self.flow_status = self.card_param_map.get("flowStatus").cloned();
         // The SDK's AI-card convention: `flowStatus` "3" finished, "5" failed, "2" inputting.
         match self.card_param_map.get("flowStatus").map(String::as_str) {
             Some("3") => self.status = CardStatus::Finished,
@@ -379,12 +397,21 @@ impl World {
                     kind: ConversationKind::Single,
                     title: nick.to_owned(),
                     user_id: Some(user_id.to_owned()),
+                    union_id: None,
                     messages: Vec::new(),
                 });
                 self.conversations.len() - 1
             }
         };
         &mut self.conversations[idx]
+    }
+
+    /// The id of the 1:1 conversation of the user whose messages carried `union_id`.
+    pub(crate) fn union_conversation(&self, union_id: &str) -> Option<String> {
+        self.conversations
+            .iter()
+            .find(|c| c.kind == ConversationKind::Single && c.union_id.as_deref() == Some(union_id))
+            .map(|c| c.conversation_id.clone())
     }
 
     /// The group `id`, created on first use with `title`.
@@ -397,6 +424,7 @@ impl World {
                     kind: ConversationKind::Group,
                     title: title.to_owned(),
                     user_id: None,
+                    union_id: None,
                     messages: Vec::new(),
                 });
                 self.conversations.len() - 1
@@ -408,7 +436,7 @@ impl World {
     /// Counters with the live gauges filled in.
     pub fn stats(&self) -> Stats {
         let mut stats = self.stats.clone();
-        stats.live_connections = self.connections.len();
+        stats.live_connections = self.connections.values().filter(|c| !c.silent).count();
         stats.unacked = self.pending.len();
         stats
     }
@@ -483,11 +511,17 @@ impl World {
                 abandoned.push(id);
                 continue;
             }
-            let targets: Vec<&Connection> = self
+            let open: Vec<&Connection> = self
                 .connections
                 .values()
                 .filter(|c| !c.disconnecting && c.subscribed("CALLBACK", &pending.topic))
                 .collect();
+            // A silent connection gets pushes (which vanish) only while no other is open.
+            let targets: Vec<&Connection> = if open.iter().any(|c| !c.silent) {
+                open.into_iter().filter(|c| !c.silent).collect()
+            } else {
+                open
+            };
             if targets.is_empty() {
                 // Waits for a connection; opening one wakes the dispatcher.
                 continue;

@@ -387,3 +387,95 @@ async fn a_robot_over_its_webhook_limit_is_throttled_with_130101() {
     assert_eq!((sent, throttled), (2, 2), "refused messages are not shown");
     dingtalk.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_legacy_gettoken_hands_out_the_new_style_token() {
+    let dingtalk = start(|_| {}).await;
+    let base = dingtalk.base_url();
+    let url = |secret: &str| format!("{base}/gettoken?appkey={DEFAULT_CLIENT_ID}&appsecret={secret}");
+    let legacy: Value = reqwest::get(url(crate::DEFAULT_CLIENT_SECRET))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (legacy["errcode"].as_i64(), legacy["expires_in"].as_u64()),
+        (Some(0), Some(7200))
+    );
+    let access_token = legacy["access_token"].as_str().expect("a token").to_owned();
+    assert_eq!(token(&dingtalk).await, access_token, "one token for both hosts");
+    let refused: Value = reqwest::get(url("wrong")).await.unwrap().json().await.unwrap();
+    assert_eq!(refused["errcode"], 40089);
+    assert!(refused.get("access_token").is_none());
+    dingtalk.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_external_sender_has_no_staff_id_and_a_card_finds_them_by_union_id() {
+    let dingtalk = start(|_| {}).await;
+    let base = dingtalk.base_url();
+    let token = token(&dingtalk).await;
+    let posted = dingtalk
+        .post_message(emulator::dingtalk::UserMessage {
+            external: true,
+            union_id: Some("union-guest".to_owned()),
+            ..emulator::dingtalk::UserMessage::single("guest", "hi")
+        })
+        .unwrap();
+    // An empty staff id cannot address a 1:1 card; the unionId can, with userIdType 2.
+    let (status, body) = post(
+        &format!("{base}/v1.0/card/instances/createAndDeliver"),
+        card_body("card-x", "dtv1.card//IM_ROBOT."),
+        Some(&token),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("param.openSpaceIdInvalid")));
+    let mut by_union = card_body("card-u", "dtv1.card//IM_ROBOT.union-guest");
+    by_union["userIdType"] = json!(2);
+    let (status, body) = post(
+        &format!("{base}/v1.0/card/instances/createAndDeliver"),
+        by_union,
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["deliverResults"][0]["success"], true, "{body}");
+    let mut unknown = card_body("card-v", "dtv1.card//IM_ROBOT.union-nobody");
+    unknown["userIdType"] = json!(2);
+    let (_, body) = post(
+        &format!("{base}/v1.0/card/instances/createAndDeliver"),
+        unknown,
+        Some(&token),
+    )
+    .await;
+    assert_eq!(body["result"]["deliverResults"][0]["success"], false, "{body}");
+    // flowStatus is recorded as the card's state variable.
+    let (status, _) = put(
+        &format!("{base}/v1.0/card/instances"),
+        json!({"outTrackId": "card-u", "cardData": {"cardParamMap": {"flowStatus": "5"}}, "cardUpdateOptions": {"updateCardDataByKey": true}}),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (cards, stats) = dingtalk.inspect(|w| (w.cards_in(&posted.conversation_id), w.stats()));
+    assert_eq!(cards.len(), 1, "the card went to the guest's chat");
+    assert_eq!(cards[0].flow_status.as_deref(), Some("5"));
+    assert_eq!(cards[0].status, CardStatus::Failed);
+    assert_eq!(
+        stats.bad_requests, 1,
+        "the empty space id was refused for its parameters"
+    );
+    // No robot message can be addressed to an empty staff id either.
+    let (status, body) = post(
+        &format!("{base}/v1.0/robot/oToMessages/batchSend"),
+        json!({"robotCode": DEFAULT_CLIENT_ID, "userIds": [""], "msgKey": "sampleText", "msgParam": "{\"content\":\"x\"}"}),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalidParameter.userIds.empty"))
+    );
+    dingtalk.shutdown().await.unwrap();
+}

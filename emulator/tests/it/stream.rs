@@ -285,3 +285,40 @@ async fn duplicate_pushes_repeat_the_frame_on_another_connection_and_one_ack_set
     assert_eq!(dingtalk.inspect(|w| w.stats().duplicate_pushes), 2);
     dingtalk.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn silent_sockets_answer_nothing_not_even_pings() {
+    let dingtalk = start(|c| {
+        c.redelivery_after = Duration::from_millis(200);
+        // Redelivery goes to the silent socket while it is alone: allow plenty of attempts.
+        c.max_redeliveries = 64;
+    })
+    .await;
+    let mut silent = connect(&dingtalk).await;
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().live_connections == 1).then_some(()))
+        .await
+        .unwrap();
+    assert_eq!(dingtalk.fault(FaultCommand::Silence { connection: None }).unwrap(), 1);
+    assert_eq!(
+        dingtalk.inspect(|w| w.stats().live_connections),
+        0,
+        "a silent socket is not live"
+    );
+    let posted = single(&dingtalk, "erin", "anyone?");
+    // The only connection is the silent one: the push goes there and vanishes.
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().callbacks_pushed == 1).then_some(()))
+        .await
+        .unwrap();
+    silent.send(Message::Ping(b"alive?".to_vec().into())).await.unwrap();
+    // A healthy socket answers a ping within milliseconds; a silent one never does.
+    let answer = tokio::time::timeout(Duration::from_secs(1), silent.next()).await;
+    assert!(answer.is_err(), "no pong, no frame on a silent socket: {answer:?}");
+    // Once a healthy connection is open, redelivery goes there, never to the silent one.
+    let mut healthy = connect(&dingtalk).await;
+    let frame = next_frame(&mut healthy).await;
+    assert_eq!(frame["headers"]["messageId"], posted.message_id.as_str());
+    ack(&mut healthy, &frame, json!("")).await;
+    dingtalk.shutdown().await.unwrap();
+}

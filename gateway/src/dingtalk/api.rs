@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::config::DingTalkConfig;
-use super::message::{BotMessage, ConversationType};
+use super::message::{Addressee, BotMessage, ConversationType};
 use crate::platform::PlatformHealth;
 
 /// Permission scope needed by the card create/deliver calls.
@@ -61,6 +61,12 @@ pub enum DingTalkError {
     Webhook { errcode: i64, errmsg: String },
     #[error("{api}: unexpected answer: {detail}")]
     Unexpected { api: &'static str, detail: String },
+    #[error("{api}: refused by the platform for {after_secs} s; given up")]
+    GaveUp { api: &'static str, after_secs: u64 },
+    #[error(
+        "{api}: the sender has no staff id or unionId to address (an external member, or the robot is unpublished)"
+    )]
+    NoAddressee { api: &'static str },
 }
 
 impl DingTalkError {
@@ -170,7 +176,7 @@ impl OpenApi {
 
     /// Ask for each permission scope the connector needs ([`PERMISSIONS`]) with a call that changes
     /// nothing: it names a card or a user list that does not exist, so the platform answers a granted scope
-    /// with a parameter error and a missing one with 403 `AccessTokenPermissionDenied`. **[UNCONFIRMED]**:
+    /// with a parameter error and a missing one with 403 `AccessTokenPermissionDenied`. **\[UNCONFIRMED\]**:
     /// this relies on the platform checking the scope before the parameters, as its gateway does for the
     /// token (and as the emulator does). `Ok(true)`: granted; `Ok(false)`: refused; `Err`: no verdict.
     pub async fn probe_permissions(&self) -> Vec<(&'static str, Result<bool, DingTalkError>)> {
@@ -341,7 +347,13 @@ impl OpenApi {
                 body["imGroupOpenDeliverModel"] = json!({"robotCode": self.config.robot()});
             }
             ConversationType::Single => {
-                body["openSpaceId"] = json!(format!("dtv1.card//IM_ROBOT.{}", message.sender_staff_id));
+                let (user, user_id_type) = match message.addressee() {
+                    Addressee::StaffId(staff) => (staff, 1),
+                    Addressee::UnionId(union) => (union, 2),
+                    Addressee::Unknown => return Err(DingTalkError::NoAddressee { api: API }),
+                };
+                body["openSpaceId"] = json!(format!("dtv1.card//IM_ROBOT.{user}"));
+                body["userIdType"] = json!(user_id_type);
                 body["imRobotOpenDeliverModel"] = json!({"spaceType": "IM_ROBOT", "robotCode": self.config.robot()});
             }
         }
@@ -412,6 +424,25 @@ impl OpenApi {
         .map(drop)
     }
 
+    /// `PUT /v1.0/card/instances` merging `flowStatus` (the AI card's state variable: "3" finished, "5"
+    /// failed, as the official SDK's AI card sets it) into the card's data.
+    pub async fn set_flow_status(&self, out_track_id: &str, flow_status: &str) -> Result<(), DingTalkError> {
+        let body = json!({
+            "outTrackId": out_track_id,
+            "cardData": {"cardParamMap": {"flowStatus": flow_status}},
+            "cardUpdateOptions": {"updateCardDataByKey": true},
+        });
+        self.call(
+            "card/instances",
+            Method::PUT,
+            "/v1.0/card/instances",
+            &body,
+            PERM_CARD_INSTANCE,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Markdown through the message's sessionWebhook (no token). Errcode 130101 (the robot sends too fast)
     /// is a [`DingTalkError::Throttled`].
     pub async fn webhook_markdown(
@@ -422,7 +453,9 @@ impl OpenApi {
         at_user: &str,
     ) -> Result<(), DingTalkError> {
         const API: &str = "sessionWebhook";
-        let body = json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}, "at": {"atUserIds": [at_user], "isAtAll": false}});
+        // An empty staff id (an external member) is left out rather than sent as `[""]`.
+        let at_users: Vec<&str> = Some(at_user).filter(|u| !u.is_empty()).into_iter().collect();
+        let body = json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}, "at": {"atUserIds": at_users, "isAtAll": false}});
         let answer = self.send(API, Method::POST, webhook, &body, None, None).await?;
         match answer.get("errcode").and_then(Value::as_i64) {
             Some(0) | None => Ok(()),
@@ -462,7 +495,13 @@ impl OpenApi {
         let msg_param = json!({"title": title, "text": text}).to_string();
         match message.conversation_type {
             ConversationType::Single => {
-                let body = json!({"robotCode": self.config.robot(), "userIds": [message.sender_staff_id], "msgKey": "sampleMarkdown", "msgParam": msg_param});
+                // The robot send API takes staff ids only.
+                let Addressee::StaffId(staff) = message.addressee() else {
+                    return Err(DingTalkError::NoAddressee {
+                        api: "robot/oToMessages/batchSend",
+                    });
+                };
+                let body = json!({"robotCode": self.config.robot(), "userIds": [staff], "msgKey": "sampleMarkdown", "msgParam": msg_param});
                 self.call(
                     "robot/oToMessages/batchSend",
                     Method::POST,

@@ -28,8 +28,17 @@ pub struct DingTalkConfig {
     pub database: PathBuf,
     /// In group chats, answer only messages that @-mention the robot.
     pub require_mention_in_groups: bool,
-    /// A connection that delivers no frame for this long is dead and is replaced.
+    /// A connection that delivers no frame for this long is dead and is replaced (it may still answer
+    /// pings: a zombie). Keep it above the platform's own ping interval (about 30 s, protocol notes §2.4),
+    /// or a quiet but healthy connection is replaced.
     pub idle_timeout_secs: u64,
+    /// hearth's own WebSocket ping on the Stream connection, every this many seconds (the official SDKs
+    /// keep alive the same way, §2.9).
+    pub ping_interval_secs: u64,
+    /// A ping unanswered by a pong for this long means the socket is dead (a network path that died
+    /// silently): it is replaced. A dead socket is thus found within `ping_interval_secs +
+    /// pong_timeout_secs`, however rarely the platform itself pings.
+    pub pong_timeout_secs: u64,
     /// Refresh the access token this long before it expires.
     pub token_refresh_margin_secs: u64,
     /// First reconnect delay; it doubles per failure up to [`backoff_max_ms`](Self::backoff_max_ms), plus
@@ -47,6 +56,11 @@ pub struct DingTalkConfig {
     pub throttle_backoff_ms: u64,
     /// Attempts per card call before the card is given up and the answer is sent as markdown.
     pub card_call_attempts: u32,
+    /// Most seconds card calls are retried once the platform starts refusing them (throttles, server
+    /// errors) before the card is marked failed and the answer goes out as markdown: the user waits at
+    /// most this long behind a card that does not move. Marking the card finished or failed gets the same
+    /// bound of its own.
+    pub card_retry_secs: u64,
     /// Most bytes of answer text in one AI card; a longer answer is cut (at a line or word break near the
     /// limit, never inside a character) and continues in a new card. The platform refuses or blanks cards
     /// well before large answers fit (about 3 000 CJK characters, protocol notes §6.4). At least
@@ -92,6 +106,8 @@ impl Default for DingTalkConfig {
             database: PathBuf::from("hearth-dingtalk.sqlite3"),
             require_mention_in_groups: true,
             idle_timeout_secs: 60,
+            ping_interval_secs: 5,
+            pong_timeout_secs: 10,
             token_refresh_margin_secs: 300,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 60_000,
@@ -99,6 +115,7 @@ impl Default for DingTalkConfig {
             card_updates_per_second: 10,
             throttle_backoff_ms: 1_000,
             card_call_attempts: 6,
+            card_retry_secs: 10,
             card_max_bytes: 8_000,
             max_answer_tokens: 256,
             http_timeout_secs: 10,
@@ -199,6 +216,18 @@ impl DingTalkConfig {
 
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    pub(crate) fn pong_timeout(&self) -> Duration {
+        Duration::from_secs(self.pong_timeout_secs.max(1))
+    }
+
+    pub(crate) fn card_retry(&self) -> Duration {
+        Duration::from_secs(self.card_retry_secs.max(1))
     }
 
     pub(crate) fn base(&self) -> &str {

@@ -150,8 +150,15 @@ pub struct BotMessage {
     pub text: Option<TextContent>,
     #[serde(default)]
     pub robot_code: Option<String>,
+    /// The sender's userId in the org; empty for external members and while the robot is unpublished.
     #[serde(default)]
     pub sender_staff_id: String,
+    /// The sender's encrypted id; always given.
+    #[serde(default)]
+    pub sender_id: String,
+    /// The sender's unionId, when given: a 1:1 card can address it when the staff id is empty.
+    #[serde(default)]
+    pub sender_union_id: Option<String>,
     #[serde(default)]
     pub sender_nick: String,
     #[serde(default)]
@@ -162,7 +169,41 @@ pub struct BotMessage {
     pub session_webhook_expired_time: Option<u64>,
 }
 
+/// Who a 1:1 card or robot message goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addressee<'a> {
+    /// `userIdType` 1: the sender's staff id.
+    StaffId(&'a str),
+    /// `userIdType` 2: the sender's unionId (the staff id is empty).
+    UnionId(&'a str),
+    /// Neither: only the sessionWebhook reaches the sender.
+    Unknown,
+}
+
 impl BotMessage {
+    /// How the sender can be addressed by a 1:1 card: the staff id, else the unionId (external members and
+    /// robots not yet published have no staff id, protocol notes §3).
+    pub fn addressee(&self) -> Addressee<'_> {
+        match (
+            self.sender_staff_id.trim(),
+            self.sender_union_id.as_deref().map(str::trim),
+        ) {
+            (staff, _) if !staff.is_empty() => Addressee::StaffId(staff),
+            (_, Some(union)) if !union.is_empty() => Addressee::UnionId(union),
+            _ => Addressee::Unknown,
+        }
+    }
+
+    /// The sender as sessions, rate limits and the audit log know them: the staff id, else the encrypted
+    /// senderId.
+    pub fn sender(&self) -> &str {
+        if self.sender_staff_id.is_empty() {
+            &self.sender_id
+        } else {
+            &self.sender_staff_id
+        }
+    }
+
     /// The question: the text with the leading space left by a stripped @mention removed.
     pub fn question(&self) -> String {
         self.text

@@ -1,6 +1,6 @@
 //! The DingTalk connector: robot messages arrive over Stream mode, answers go out as streaming AI cards.
 //!
-//! Flow of one message: the Stream client (`stream`) reads a CALLBACK frame, [`Connector::receive`]
+//! Flow of one message: the Stream client (`stream`) reads a CALLBACK frame, `Connector::receive`
 //! records it in the SQLite outbox (`store`; atomic dedupe on platform, robot and msgId) and only then is
 //! the frame ACKed. A new message is answered in its own task (`reply`): the engine generates through the
 //! chat template, the card is created and delivered, snapshots stream under a shared delivery budget, and
@@ -118,10 +118,10 @@ impl Connector {
                         if limiter.len() > 100_000 {
                             limiter.retain_recent();
                         }
-                        let key = if message.sender_staff_id.is_empty() {
+                        let key = if message.sender().is_empty() {
                             message.conversation_id.clone()
                         } else {
-                            message.sender_staff_id.clone()
+                            message.sender().to_owned()
                         };
                         if limiter.check_key(&key).is_ok() {
                             Route::Normal
@@ -229,9 +229,12 @@ impl DingTalkConnector {
         let outbox = tokio::task::spawn_blocking(move || Outbox::open(&path, &robot))
             .await
             .map_err(|e| StoreError::Join(e.to_string()))??;
+        // Pauses after throttles stay well under the card retry bound, so a refused card gets several tries
+        // within it.
         let budget = DeliveryBudget::new(
             config.card_updates_per_second,
             Duration::from_millis(config.throttle_backoff_ms),
+            config.card_retry() / 4,
         );
         let sessions = SessionStore::open(outbox.connection(), Duration::from_secs(config.session_idle_secs))?;
         let audit = AuditLog::open(outbox.connection(), Masker::new(&config.audit_mask_patterns)?)?;

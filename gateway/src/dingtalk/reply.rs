@@ -4,10 +4,16 @@
 //! 403/429 throttle (doubling while they repeat). Between card updates, new tokens only replace the pending
 //! snapshot (latest wins), so a slow platform means fewer, larger updates, never a backlog.
 //!
+//! Once the platform refuses a card's calls (403/429 throttles, server errors), they are retried for at
+//! most `card_retry_secs`; then the card is given up: the rest of the answer goes out as markdown while
+//! the card is marked failed beside it (final frame with `isError`, then `flowStatus` "5"), through the
+//! same retries and budget. A finished card gets `flowStatus` "3" (the official SDK's AI-card states).
+//!
 //! Guids: intermediate updates use `{outTrackId}-{attempt}-{n}`; the final frame always uses
 //! `{outTrackId}-final` (or `-error`), so a finalize retried after a crash is applied once by the platform.
-//! A card that an earlier run created (a resumed answer) gets no intermediate updates, only that final
-//! frame, so text it already finished is never overwritten by a snapshot.
+//! The outbox keeps how far into the answer the user has seen it (`shown_bytes`, set to "all" before the
+//! last final frame): a card that an earlier run created (a resumed answer) streams again once the
+//! regenerated text catches up with what it shows, and a finalized card only ever gets its final frame.
 //!
 //! A card holds at most `card_max_bytes`: past that the card is finalized at a line or word break
 //! (`split`) and the answer continues in a new card, `{outTrackId}-p2`, `-p3`, … — ids a resumed answer
@@ -20,7 +26,8 @@
 //! Before the model: a rate-limited sender gets a short "slow down" card, and a message a skill claims gets
 //! the skill's answer as a finalized card. The model gets the conversation's session history (trimmed to
 //! its context, newest turns kept) plus the question; a full engine queue gets a "busy" card. Every
-//! message ends with one audit record and one delivery metric.
+//! message ends with one delivery metric and one transaction: its audit record (with the platform's
+//! msgId), its session turn and its outcome in the outbox.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +36,7 @@ use engine::{ChatMessage, EngineError, Event, GenerateRequest};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::metrics;
@@ -38,14 +46,17 @@ use crate::skills::{SkillAction, SkillContext, SkillInput, SkillSet};
 
 use super::api::{CardCreation, DingTalkError, OpenApi};
 use super::config::GroupSessions;
-use super::message::{BotMessage, ConversationType};
+use super::message::{Addressee, BotMessage, ConversationType};
 use super::split;
-use super::store::{Job, Outbox, Outcome};
+use super::store::{Job, Outbox, Outcome, SHOWN_ALL};
 
 /// Paces card calls: at most `per_second` shared by every card, and a pause after throttling.
 pub struct DeliveryBudget {
     interval: Duration,
     backoff: Duration,
+    /// The longest pause after throttles: a pause past the card retry bound would only make every card
+    /// give up.
+    max_pause: Duration,
     state: Mutex<BudgetState>,
 }
 
@@ -56,12 +67,14 @@ struct BudgetState {
 }
 
 impl DeliveryBudget {
-    /// A budget of `per_second` calls with `backoff` as the first pause after a throttle.
-    pub fn new(per_second: u32, backoff: Duration) -> Self {
+    /// A budget of `per_second` calls with `backoff` as the first pause after a throttle, doubling while
+    /// throttles repeat, up to `max_pause`.
+    pub fn new(per_second: u32, backoff: Duration, max_pause: Duration) -> Self {
         let now = Instant::now();
         Self {
             interval: Duration::from_secs(1) / per_second.max(1),
             backoff,
+            max_pause: max_pause.max(backoff),
             state: Mutex::new(BudgetState {
                 next_slot: now,
                 paused_until: now,
@@ -70,22 +83,28 @@ impl DeliveryBudget {
         }
     }
 
-    /// Wait for this call's slot.
-    pub async fn acquire(&self) {
+    /// Wait for this call's slot if it comes by `deadline` (any time when `None`); `false`, without
+    /// waiting or taking a slot, when it would come later.
+    pub async fn acquire_by(&self, deadline: Option<Instant>) -> bool {
         let slot = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let slot = Instant::now().max(state.next_slot).max(state.paused_until);
+            if deadline.is_some_and(|deadline| slot > deadline) {
+                return false;
+            }
             state.next_slot = slot + self.interval;
             slot
         };
         tokio::time::sleep_until(slot).await;
+        true
     }
 
     /// The platform throttled a call: pause every card.
     pub fn throttled(&self) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.throttles_in_a_row += 1;
-        let pause = self.backoff * 2u32.saturating_pow(state.throttles_in_a_row.saturating_sub(1).min(5));
+        let pause =
+            (self.backoff * 2u32.saturating_pow(state.throttles_in_a_row.saturating_sub(1).min(5))).min(self.max_pause);
         state.paused_until = state.paused_until.max(Instant::now() + pause);
         tracing::info!(
             pause_ms = pause.as_millis() as u64,
@@ -182,12 +201,34 @@ struct Generated {
     context_turns: usize,
 }
 
+/// The AI card's `flowStatus` once it is done (the official SDK's AI-card convention, protocol notes §6.5).
+const FLOW_FINISHED: &str = "3";
+/// The AI card's `flowStatus` once it failed.
+const FLOW_FAILED: &str = "5";
+
 /// How delivery ended.
 struct Delivered {
     outcome: Outcome,
     detail: String,
     /// When the user could first see text (first accepted card update, or the fallback message).
     first_visible: Option<Instant>,
+    /// The answer's last card and the `flowStatus` it gets before the message is settled (its earlier cards
+    /// got theirs as they were finalized).
+    flow: Option<(String, &'static str)>,
+    /// Marking a failed card, started beside the fallback message; awaited once the message is settled.
+    marking: Option<JoinHandle<()>>,
+}
+
+impl Delivered {
+    fn answered(first_visible: Option<Instant>, flow: Option<(String, &'static str)>) -> Self {
+        Self {
+            outcome: Outcome::Answered,
+            detail: "card finalized".to_owned(),
+            first_visible,
+            flow,
+            marking: None,
+        }
+    }
 }
 
 impl Replier {
@@ -196,14 +237,18 @@ impl Replier {
         let config = self.api.config();
         let base = format!("dingtalk:{}:{}", config.robot(), message.conversation_id);
         match (message.conversation_type, config.group_sessions) {
-            (ConversationType::Group, GroupSessions::GroupUser) => format!("{base}:{}", message.sender_staff_id),
+            (ConversationType::Group, GroupSessions::GroupUser) => format!("{base}:{}", message.sender()),
             _ => base,
         }
     }
 
     /// Answer `job` and record how it ended. Never panics on platform or engine errors; they end the job
     /// with a fallback or a logged failure.
-    pub async fn answer(&self, job: Job, route: Route) {
+    ///
+    /// The audit record, the session turn and the message's outcome are written in one transaction once
+    /// the answer is delivered and its last card's `flowStatus` set. A crash before that commit leaves the
+    /// message to be answered again (its cards are found again), with nothing recorded twice.
+    pub async fn answer(self: &Arc<Self>, job: Job, route: Route) {
         let started = Instant::now();
         let message = &job.message;
         let question = message.question();
@@ -211,9 +256,10 @@ impl Replier {
         let mut record = AuditRecord {
             at_ms: crate::sessions::now_ms(),
             platform: "dingtalk".to_owned(),
+            msg_id: message.msg_id.clone(),
             conversation_id: message.conversation_id.clone(),
             session: session.clone(),
-            sender_id: message.sender_staff_id.clone(),
+            sender_id: message.sender().to_owned(),
             sender_nick: message.sender_nick.clone(),
             handler: String::new(),
             question: question.clone(),
@@ -224,6 +270,7 @@ impl Replier {
             context_turns: 0,
             outcome: String::new(),
         };
+        let mut turn = None;
         let matched = match route {
             Route::Normal => self.skills.find(&question),
             Route::RateLimited => None,
@@ -237,7 +284,7 @@ impl Replier {
             let input = SkillInput {
                 text: &question,
                 args: &matched.args,
-                sender_id: &message.sender_staff_id,
+                sender_id: message.sender(),
                 sender_nick: &message.sender_nick,
             };
             let reply = matched.skill.answer(&input, &self.skill_context);
@@ -272,8 +319,7 @@ impl Replier {
             });
             let (draft_tx, draft_rx) = watch::channel(Draft::default());
             let max_tokens = self.api.config().max_answer_tokens;
-            let turn = Some((self.sessions.clone(), session.clone()));
-            let generation = tokio::spawn(generate(model, history, question.clone(), max_tokens, draft_tx, turn));
+            let generation = tokio::spawn(generate(model, history, question.clone(), max_tokens, draft_tx));
             let (delivered, generated) = self.deliver_generated(&job, draft_rx, generation).await;
             match generated {
                 Some(Ok(generated)) => {
@@ -281,6 +327,7 @@ impl Replier {
                     record.prompt_tokens = generated.prompt_tokens as i64;
                     record.completion_tokens = generated.completion_tokens as i64;
                     record.context_turns = generated.context_turns as i64;
+                    turn = Some((session.clone(), question.clone(), generated.text));
                 }
                 Some(Err(failure)) if failure.busy => {
                     record.answer = BUSY.to_owned();
@@ -298,38 +345,50 @@ impl Replier {
             record.outcome = delivered.outcome.as_str().to_owned();
         }
         metrics::im_delivery("dingtalk", delivered.outcome.as_str());
-        if let Err(err) = self.audit.record(record).await {
-            tracing::error!(cause = %err, "cannot write the audit record");
+        // Before the commit: a crash before it answers the message again, which sets the flowStatus again.
+        if let Some((card, status)) = &delivered.flow {
+            self.set_flow_status(card, status).await;
         }
+        let record = self.audit.masked(record);
         match self
             .outbox
-            .finish(&message.msg_id, delivered.outcome, &delivered.detail)
+            .settle(
+                &message.msg_id,
+                delivered.outcome,
+                &delivered.detail,
+                Some(record),
+                turn,
+            )
             .await
         {
-            Ok(true) => tracing::info!(outcome = ?delivered.outcome, detail = delivered.detail, "message finished"),
+            Ok(true) => {
+                self.audit.note_written();
+                tracing::info!(outcome = ?delivered.outcome, detail = delivered.detail, "message finished")
+            }
             Ok(false) => tracing::warn!("message was already finished"),
             Err(err) => {
-                tracing::error!(cause = %err, "cannot record the message's end; it will be retried after a restart")
+                tracing::error!(cause = %err, "cannot record the message's end; it will be answered again after a restart")
             }
+        }
+        // A failed card is marked beside the fallback message, which the commit followed at once: a message
+        // answered twice after a crash would be worse than a card left unmarked.
+        if let Some(marking) = delivered.marking {
+            let _ = marking.await;
         }
     }
 
     /// Deliver a fixed answer (a skill's, or "slow down") as finalized cards, or markdown if a card fails.
-    async fn deliver_fixed(&self, job: &Job, text: &str) -> Delivered {
+    async fn deliver_fixed(self: &Arc<Self>, job: &Job, text: &str) -> Delivered {
         let (_draft_tx, draft_rx) = watch::channel(Draft {
             text: text.to_owned(),
             end: Some(Ok(())),
         });
         let mut first_visible = None;
         match self.stream_card(job, draft_rx, &mut first_visible).await {
-            Ok(()) => Delivered {
-                outcome: Outcome::Answered,
-                detail: "card finalized".to_owned(),
-                first_visible,
-            },
+            Ok(flow) => Delivered::answered(first_visible, flow),
             Err(failure) => {
                 tracing::warn!(cause = %failure.cause, card = failure.card, "the AI card failed; falling back to markdown");
-                self.fallback(job, &failure.card, &unsent_markdown(text, failure.shown))
+                self.fallback(job, &failure, &unsent_markdown(text, failure.shown))
                     .await
             }
         }
@@ -338,7 +397,7 @@ impl Replier {
     /// Stream the generation into cards (markdown if a card fails); returns how delivery ended and how
     /// generation did (`None` if its task died).
     async fn deliver_generated(
-        &self,
+        self: &Arc<Self>,
         job: &Job,
         draft_rx: watch::Receiver<Draft>,
         generation: JoinHandle<Result<Generated, Failure>>,
@@ -347,16 +406,7 @@ impl Replier {
         let result = self.stream_card(job, draft_rx, &mut first_visible).await;
         let failure = match result {
             // Generation ended before the final frame was sent, so this join is immediate.
-            Ok(()) => {
-                return (
-                    Delivered {
-                        outcome: Outcome::Answered,
-                        detail: "card finalized".to_owned(),
-                        first_visible,
-                    },
-                    generation.await.ok(),
-                )
-            }
+            Ok(flow) => return (Delivered::answered(first_visible, flow), generation.await.ok()),
             Err(failure) => {
                 tracing::warn!(cause = %failure.cause, card = failure.card, "the AI card failed; falling back to markdown");
                 failure
@@ -380,24 +430,30 @@ impl Replier {
             Some(Err(f)) => format!("Sorry, I could not answer this message ({}).", f.reason),
             None => unsent_markdown(&failure.draft, shown),
         };
-        (self.fallback(job, &failure.card, &text).await, generated)
+        (self.fallback(job, &failure, &text).await, generated)
     }
 
     /// Stream the answer into its card under the budget and finalize it; text past `card_max_bytes`
-    /// rolls over into continuation cards. On failure returns what the fallback needs. `first_visible` is
-    /// set when the platform first accepts text.
+    /// rolls over into continuation cards. Returns the last card with the `flowStatus` it is to get, or
+    /// on failure what the fallback needs. `first_visible` is set when the platform first accepts text.
+    ///
+    /// Once the platform refuses card calls (throttles, server errors), they are retried for at most
+    /// `card_retry_secs` before the card is given up: the user never waits longer behind a frozen card.
     async fn stream_card(
         &self,
         job: &Job,
         mut draft: watch::Receiver<Draft>,
         first_visible: &mut Option<Instant>,
-    ) -> Result<(), CardFailure> {
+    ) -> Result<Option<(String, &'static str)>, CardFailure> {
         let interval = Duration::from_millis(self.api.config().card_update_interval_ms);
+        let bound = self.api.config().card_retry();
         let mut cards = Cards {
             replier: self,
             job,
             card: CardPart::first(job),
             first_visible,
+            refused_since: None,
+            flow: None,
         };
         if !cards.card.created {
             cards
@@ -421,10 +477,10 @@ impl Replier {
             let snapshot = draft.borrow_and_update().clone();
             if let Some(end) = snapshot.end {
                 let (text, error) = final_text(snapshot.text, end);
-                return cards
-                    .finish(&text, error)
-                    .await
-                    .map_err(|cause| cards.failure(cause, text));
+                return match cards.finish(&text, error).await {
+                    Ok(()) => Ok(cards.flow.take()),
+                    Err(cause) => Err(cards.failure(cause, text)),
+                };
             }
             cards
                 .roll_over(&snapshot.text)
@@ -441,10 +497,24 @@ impl Replier {
                     .map_err(|cause| cards.failure(cause, snapshot.text.clone()))?;
             }
             if !cards.card.live {
-                continue;
+                // A card an earlier run created shows the answer up to `job.shown` (the regenerated answer
+                // is the same greedy text): it streams again once the new text gets there, so the user
+                // sees it grow on from where it stopped. A finalized card is never streamed into.
+                if job.shown == SHOWN_ALL || snapshot.text.len() < job.shown {
+                    continue;
+                }
+                tracing::info!(card = %cards.card.id, shown = job.shown, "the resumed answer caught up; streaming on");
+                cards.card.live = true;
             }
             n += 1;
-            self.budget.acquire().await;
+            // Recorded before the call: the card never shows more than a resumed answer will wait for.
+            if let Err(err) = self.outbox.shown(&job.message.msg_id, snapshot.text.len()).await {
+                tracing::warn!(cause = %err, "cannot record how much of the answer was shown");
+            }
+            let give_up_at = cards.refused_since.map(|since| since + bound);
+            if !self.budget.acquire_by(give_up_at).await {
+                return Err(cards.failure(given_up(bound), snapshot.text));
+            }
             last_update = Instant::now();
             let card = &cards.card.id;
             let shown = split::card_text(&snapshot.text, cards.card.start, None, max);
@@ -455,13 +525,19 @@ impl Replier {
             {
                 Ok(()) => {
                     self.budget.succeeded();
+                    cards.refused_since = None;
                     cards.first_visible.get_or_insert_with(Instant::now);
                     sent = snapshot.text;
                 }
-                // A throttled snapshot is skipped: the next one carries the whole text anyway.
+                // A throttled snapshot is skipped: the next one carries the whole text anyway, unless the
+                // platform has refused the card for longer than the bound.
                 Err(err) if err.is_throttle() => {
                     metrics::im_card_update_failure("dingtalk");
                     self.budget.throttled();
+                    let since = *cards.refused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= bound {
+                        return Err(cards.failure(err, snapshot.text));
+                    }
                 }
                 Err(err) => {
                     metrics::im_card_update_failure("dingtalk");
@@ -479,15 +555,19 @@ impl Replier {
     }
 
     /// Run a card call (or a fallback robot send) under the budget, retrying throttles and transient
-    /// failures up to `attempts` times.
-    async fn with_retries<T, F, Fut>(&self, attempts: u32, mut call: F) -> Result<T, DingTalkError>
+    /// failures up to `attempts` times, and never past `give_up_at`: a call whose next slot under the
+    /// budget would come later is given up.
+    async fn with_retries<T, F, Fut>(&self, attempts: u32, give_up_at: Instant, mut call: F) -> Result<T, DingTalkError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, DingTalkError>>,
     {
+        let bound = self.api.config().card_retry();
         let mut last = None;
         for attempt in 1..=attempts {
-            self.budget.acquire().await;
+            if !self.budget.acquire_by(Some(give_up_at)).await {
+                break;
+            }
             match call().await {
                 Ok(value) => {
                     self.budget.succeeded();
@@ -496,44 +576,72 @@ impl Replier {
                 Err(err) if err.is_throttle() => {
                     metrics::im_card_update_failure("dingtalk");
                     self.budget.throttled();
+                    last = Some(err);
                 }
                 Err(err @ (DingTalkError::Http { .. } | DingTalkError::Platform { status: 500..=599, .. })) => {
                     metrics::im_card_update_failure("dingtalk");
                     tracing::info!(attempt, cause = %err, "card call failed; retrying");
-                    tokio::time::sleep(self.budget.backoff * attempt).await;
+                    let pause = self.budget.backoff * attempt;
                     last = Some(err);
-                    continue;
+                    if Instant::now() + pause > give_up_at {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
                 }
                 Err(err) => {
                     metrics::im_card_update_failure("dingtalk");
                     return Err(err);
                 }
             }
-            last = None;
         }
-        Err(last.unwrap_or(DingTalkError::Throttled {
-            api: "card",
-            status: 429,
-            code: "retries exhausted".to_owned(),
-        }))
+        Err(last.unwrap_or_else(|| given_up(bound)))
     }
 
-    /// Mark `card` failed (best effort) and send `text` as markdown: sessionWebhook while valid and not
-    /// throttled, else the robot send API (throttles retried under the budget).
-    async fn fallback(&self, job: &Job, card: &str, text: &str) -> Delivered {
+    /// Set `card`'s `flowStatus` (best effort, with the retries and bound of every card call).
+    async fn set_flow_status(&self, card: &str, status: &str) {
+        let config = self.api.config();
+        let give_up_at = Instant::now() + config.card_retry();
         if let Err(err) = self
-            .api
-            .stream(
-                card,
-                &format!("{card}-error"),
-                "This answer could not be shown here; it was sent as a message.",
-                true,
-                true,
-            )
+            .with_retries(config.card_call_attempts, give_up_at, || {
+                self.api.set_flow_status(card, status)
+            })
             .await
         {
-            tracing::info!(cause = %err, "cannot mark the card failed");
+            tracing::warn!(card, status, cause = %err, "cannot set the card's flowStatus");
         }
+    }
+
+    /// Mark `card` failed: its final frame with `isError` (fixed guid), then `flowStatus` "5", with the
+    /// retries and bound of every card call.
+    async fn mark_failed(&self, card: &str) {
+        let config = self.api.config();
+        let give_up_at = Instant::now() + config.card_retry();
+        let guid = format!("{card}-error");
+        match self
+            .with_retries(config.card_call_attempts, give_up_at, || {
+                self.api.stream(
+                    card,
+                    &guid,
+                    "This answer could not be shown here; it was sent as a message.",
+                    true,
+                    true,
+                )
+            })
+            .await
+        {
+            Ok(()) => self.set_flow_status(card, FLOW_FAILED).await,
+            Err(err) => tracing::warn!(card, cause = %err, "cannot mark the card failed"),
+        }
+    }
+
+    /// Send `text` as markdown (sessionWebhook while valid and not throttled, else the robot send API,
+    /// throttles retried under the budget) while the failed card, if it exists, is marked failed beside it:
+    /// the message does not wait behind the card.
+    async fn fallback(self: &Arc<Self>, job: &Job, failure: &CardFailure, text: &str) -> Delivered {
+        let marking = failure.created.then(|| {
+            let (replier, card) = (self.clone(), failure.card.clone());
+            tokio::spawn(async move { replier.mark_failed(&card).await }.instrument(tracing::Span::current()))
+        });
         let message = &job.message;
         let title: String = message.question().chars().take(20).collect();
         let now_ms = SystemTime::now()
@@ -541,10 +649,12 @@ impl Replier {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let webhook_valid = message.session_webhook_expired_time.is_some_and(|t| t > now_ms + 5_000);
-        let sent = |detail: &str| Delivered {
+        let sent = |detail: &str, marking: Option<JoinHandle<()>>| Delivered {
             outcome: Outcome::AnsweredMarkdown,
             detail: detail.to_owned(),
             first_visible: Some(Instant::now()),
+            flow: None,
+            marking,
         };
         if let (Some(webhook), true) = (&message.session_webhook, webhook_valid) {
             if self.webhook_pause.active() {
@@ -555,7 +665,7 @@ impl Replier {
                     .webhook_markdown(webhook, &title, text, &message.sender_staff_id)
                     .await
                 {
-                    Ok(()) => return sent("sessionWebhook"),
+                    Ok(()) => return sent("sessionWebhook", marking),
                     Err(err) if err.is_throttle() => {
                         self.webhook_pause.start();
                         tracing::warn!(cause = %err, pause_secs = WEBHOOK_PAUSE.as_secs(), "the platform throttles the robot's sessionWebhook messages; using the robot send API meanwhile");
@@ -564,12 +674,15 @@ impl Replier {
                 }
             }
         }
-        let attempts = self.api.config().card_call_attempts;
+        let config = self.api.config();
+        let give_up_at = Instant::now() + config.card_retry();
         match self
-            .with_retries(attempts, || self.api.robot_markdown(message, &title, text))
+            .with_retries(config.card_call_attempts, give_up_at, || {
+                self.api.robot_markdown(message, &title, text)
+            })
             .await
         {
-            Ok(()) => sent("robot send API"),
+            Ok(()) => sent("robot send API", marking),
             Err(err) => {
                 tracing::error!(cause = %err, "the answer could not be delivered at all");
                 self.api
@@ -579,9 +692,19 @@ impl Replier {
                     outcome: Outcome::Failed,
                     detail: err.to_string(),
                     first_visible: None,
+                    flow: None,
+                    marking,
                 }
             }
         }
+    }
+}
+
+/// The error of card calls given up after the platform refused them for `bound`.
+fn given_up(bound: Duration) -> DingTalkError {
+    DingTalkError::GaveUp {
+        api: "card",
+        after_secs: bound.as_secs(),
     }
 }
 
@@ -596,9 +719,8 @@ struct CardPart {
     start: usize,
     /// The card exists on the platform.
     created: bool,
-    /// This run created the card, so it may show the answer as it grows. A card an earlier run created
-    /// may already be finalized, and an intermediate snapshot would overwrite its finished text: it gets
-    /// only its final frame, whose fixed guid the platform applies once.
+    /// This run may stream intermediate snapshots into the card: it created it, or (a card an earlier
+    /// run created) the regenerated answer has caught up with what the card shows.
     live: bool,
 }
 
@@ -632,6 +754,8 @@ struct CardFailure {
     cause: DingTalkError,
     /// The card that failed; the fallback marks it failed.
     card: String,
+    /// The failed card exists on the platform (else there is nothing to mark).
+    created: bool,
     /// The answer as far as it was known.
     draft: String,
     /// Bytes of the answer finalized in earlier cards; the fallback sends only the rest.
@@ -644,23 +768,43 @@ struct Cards<'a> {
     job: &'a Job,
     card: CardPart,
     first_visible: &'a mut Option<Instant>,
+    /// When the platform began refusing this answer's card calls (reset by an accepted one): calls are
+    /// given up `card_retry_secs` after it.
+    refused_since: Option<Instant>,
+    /// The last card and its `flowStatus`, once it is finalized.
+    flow: Option<(String, &'static str)>,
 }
 
 impl Cards<'_> {
-    /// Create and deliver the current card; one that already exists is taken as it is.
+    /// When card calls are given up: `card_retry_secs` after the platform began refusing them (from now
+    /// when it has not).
+    fn give_up_at(&self) -> Instant {
+        self.refused_since.unwrap_or_else(Instant::now) + self.replier.api.config().card_retry()
+    }
+
+    /// Create and deliver the current card; one that already exists is taken as it is. A 1:1 sender with
+    /// neither a staff id nor a unionId cannot get a card: that fails at once, without a call.
     async fn open(&mut self) -> Result<(), DingTalkError> {
         let (replier, job, id) = (self.replier, self.job, &self.card.id);
+        let message = &job.message;
+        if message.conversation_type == ConversationType::Single && message.addressee() == Addressee::Unknown {
+            return Err(DingTalkError::NoAddressee {
+                api: "card/instances/createAndDeliver",
+            });
+        }
         let attempts = replier.api.config().card_call_attempts;
+        let give_up_at = self.give_up_at();
         let creation = replier
-            .with_retries(attempts, || replier.api.create_and_deliver(id, &job.message))
+            .with_retries(attempts, give_up_at, || replier.api.create_and_deliver(id, message))
             .await?;
+        self.refused_since = None;
         self.card.created = true;
         self.card.live = creation == CardCreation::Created;
         if creation == CardCreation::AlreadyExisted {
-            tracing::info!(card = %self.card.id, "the card exists from an earlier run; only its final text is sent");
+            tracing::info!(card = %self.card.id, "the card exists from an earlier run; it streams again once the answer catches up");
         }
         if self.card.number == 1 {
-            if let Err(err) = replier.outbox.card_created(&job.message.msg_id).await {
+            if let Err(err) = replier.outbox.card_created(&message.msg_id).await {
                 tracing::warn!(cause = %err, "cannot record the card's creation");
             }
         }
@@ -668,13 +812,14 @@ impl Cards<'_> {
     }
 
     /// While the current card's share of `text` is over the limit, finalize it with the text up to a cut
-    /// point and move on to the next card (created when it has text to show).
+    /// point (and mark it finished) and move on to the next card (created when it has text to show).
     async fn roll_over(&mut self, text: &str) -> Result<(), DingTalkError> {
         let max = self.replier.api.config().card_max_bytes;
         while let Some(end) = split::card_end(text, self.card.start, max) {
             tracing::info!(card = %self.card.id, bytes = end - self.card.start, "the answer continues in a new card");
-            self.finalize(&split::card_text(text, self.card.start, Some(end), max), false)
+            self.finalize(&split::card_text(text, self.card.start, Some(end), max), false, end)
                 .await?;
+            self.replier.set_flow_status(&self.card.id, FLOW_FINISHED).await;
             self.card = self.card.next(self.job, end);
         }
         Ok(())
@@ -689,21 +834,32 @@ impl Cards<'_> {
             return Ok(());
         }
         let max = self.replier.api.config().card_max_bytes;
-        self.finalize(&split::card_text(text, self.card.start, None, max), error)
-            .await
+        self.finalize(&split::card_text(text, self.card.start, None, max), error, SHOWN_ALL)
+            .await?;
+        self.flow = Some((self.card.id.clone(), if error { FLOW_FAILED } else { FLOW_FINISHED }));
+        Ok(())
     }
 
-    /// Send `content` as the current card's final frame (creating the card first if needed).
-    async fn finalize(&mut self, content: &str, error: bool) -> Result<(), DingTalkError> {
+    /// Send `content` as the current card's final frame (creating the card first if needed). `reach`:
+    /// how far into the answer the user has seen it once this frame lands ([`SHOWN_ALL`] for the last
+    /// card), recorded first, so a resumed answer never streams a snapshot over a finalized card.
+    async fn finalize(&mut self, content: &str, error: bool, reach: usize) -> Result<(), DingTalkError> {
         if !self.card.created {
             self.open().await?;
         }
         let (replier, id) = (self.replier, &self.card.id);
+        if let Err(err) = replier.outbox.shown(&self.job.message.msg_id, reach).await {
+            tracing::warn!(cause = %err, "cannot record how much of the answer was shown");
+        }
         let guid = format!("{id}-final");
         let attempts = replier.api.config().card_call_attempts;
+        let give_up_at = self.give_up_at();
         replier
-            .with_retries(attempts, || replier.api.stream(id, &guid, content, true, error))
+            .with_retries(attempts, give_up_at, || {
+                replier.api.stream(id, &guid, content, true, error)
+            })
             .await?;
+        self.refused_since = None;
         self.first_visible.get_or_insert_with(Instant::now);
         Ok(())
     }
@@ -713,6 +869,7 @@ impl Cards<'_> {
         CardFailure {
             cause,
             card: self.card.id.clone(),
+            created: self.card.created,
             draft,
             shown: self.card.start,
         }
@@ -782,16 +939,14 @@ fn build_prompt(
 }
 
 /// Generate the answer to `question` after the session's `history` with the chat template, publishing the
-/// text as it grows. A finished answer is stored in the session `turn` names before the draft ends, so the
-/// turn is in the history by the time the user sees the final card. Returns the whole text with its
-/// counts, or why it failed.
+/// text as it grows. Returns the whole text with its counts, or why it failed; the caller stores the turn
+/// with the message's outcome.
 async fn generate(
     model: Arc<Loaded>,
     history: Vec<ChatMessage>,
     question: String,
     max_tokens: usize,
     draft: watch::Sender<Draft>,
-    turn: Option<(SessionStore, String)>,
 ) -> Result<Generated, Failure> {
     let engine = &model.engine;
     let fail = |draft: &watch::Sender<Draft>, failure: Failure| {
@@ -802,7 +957,7 @@ async fn generate(
     let handle = engine.clone();
     let context_length = engine.info().context_length;
     let reserve = max_tokens.min(context_length / 2);
-    let asked = question.clone();
+    let asked = question;
     let prompt =
         tokio::task::spawn_blocking(move || build_prompt(handle.tokenizer(), history, asked, context_length, reserve))
             .await
@@ -836,11 +991,6 @@ async fn generate(
                 draft.send_modify(|d| d.text = snapshot);
             }
             Some(Event::Finished(done)) => {
-                if let Some((sessions, key)) = &turn {
-                    if let Err(err) = sessions.append(key, &question, &text).await {
-                        tracing::warn!(cause = %err, "cannot store the turn in the session");
-                    }
-                }
                 draft.send_modify(|d| d.end = Some(Ok(())));
                 return Ok(Generated {
                     text,

@@ -3,8 +3,10 @@
 //! The primary key `(platform, robot, msg_id)` makes dedupe atomic: `INSERT OR IGNORE` either records a
 //! new message or changes nothing, so a redelivered push is recognised in one statement. A message stays
 //! `accepted` until it is `answered` (finalized card), `answered_markdown` (fallback), `failed` (nothing
-//! could be delivered; logged) or `ignored` (a group message without a mention). After a crash, every
-//! `accepted` row is taken up again; each restart bumps its `attempts`, which the card guids include.
+//! could be delivered; logged) or `ignored` (a group message without a mention). [`Outbox::settle`] closes
+//! a message together with its audit record and session turn, in one transaction. After a crash, every
+//! `accepted` row is taken up again; each restart bumps its `attempts`, which the card guids include, and
+//! `shown_bytes` tells it how much of the answer its cards already show.
 //!
 //! rusqlite is blocking: every call runs on the blocking pool, and the connection's std mutex is only held
 //! inside that closure, never across an `.await`.
@@ -59,7 +61,14 @@ pub struct Job {
     /// How many times answering began (1 on the first run).
     pub attempt: u32,
     pub card_created: bool,
+    /// How far into the answer the user has seen it in its cards, in bytes, as an earlier run left it
+    /// ([`SHOWN_ALL`]: the last card's final frame was sent); 0 for a new message. A resumed answer
+    /// streams into the cards again once the regenerated text reaches this point.
+    pub shown: usize,
 }
+
+/// [`Job::shown`] once the answer's last card was finalized: nothing may overwrite it.
+pub const SHOWN_ALL: usize = i64::MAX as usize;
 
 /// The SQLite outbox.
 #[derive(Clone)]
@@ -102,9 +111,20 @@ impl Outbox {
                  detail TEXT,
                  received_ms INTEGER NOT NULL,
                  finished_ms INTEGER,
+                 sender_id TEXT NOT NULL DEFAULT '',
+                 sender_union_id TEXT,
+                 shown_bytes INTEGER NOT NULL DEFAULT 0,
                  PRIMARY KEY (platform, robot, msg_id)
              );",
         )?;
+        // Databases written before these columns existed.
+        for (column, declaration) in [
+            ("sender_id", "TEXT NOT NULL DEFAULT ''"),
+            ("sender_union_id", "TEXT"),
+            ("shown_bytes", "INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            crate::sessions::add_column(&conn, "inbound", column, declaration)?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             robot: robot.to_owned(),
@@ -145,8 +165,8 @@ impl Outbox {
             let inserted = conn.execute(
                 "INSERT OR IGNORE INTO inbound (platform, robot, msg_id, message_id, conversation_id, conversation_type,
                      sender_staff_id, sender_nick, text, at_bot, session_webhook, webhook_expires_ms, out_track_id, state,
-                     attempts, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     attempts, received_ms, sender_id, sender_union_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 params![
                     PLATFORM,
                     robot,
@@ -164,9 +184,11 @@ impl Outbox {
                     if ignore { Outcome::Ignored.as_str() } else { "accepted" },
                     if ignore { 0 } else { 1 },
                     now_ms(),
+                    message.sender_id,
+                    message.sender_union_id,
                 ],
             )?;
-            Ok((inserted == 1 && !ignore).then_some(Job { message, out_track_id, attempt: 1, card_created: false }))
+            Ok((inserted == 1 && !ignore).then_some(Job { message, out_track_id, attempt: 1, card_created: false, shown: 0 }))
         })
         .await
     }
@@ -177,7 +199,7 @@ impl Outbox {
             conn.execute("UPDATE inbound SET attempts = attempts + 1 WHERE platform = ?1 AND robot = ?2 AND state = 'accepted'", params![PLATFORM, robot])?;
             let mut statement = conn.prepare(
                 "SELECT msg_id, conversation_id, conversation_type, sender_staff_id, sender_nick, text, at_bot, session_webhook,
-                        webhook_expires_ms, out_track_id, attempts, card_created
+                        webhook_expires_ms, out_track_id, attempts, card_created, sender_id, sender_union_id, shown_bytes
                  FROM inbound WHERE platform = ?1 AND robot = ?2 AND state = 'accepted' ORDER BY received_ms",
             )?;
             let rows = statement.query_map(params![PLATFORM, robot], |row| {
@@ -188,6 +210,8 @@ impl Outbox {
                         conversation_id: row.get(1)?,
                         conversation_type: ConversationType::from_wire(&kind).unwrap_or(ConversationType::Single),
                         sender_staff_id: row.get(3)?,
+                        sender_id: row.get(12)?,
+                        sender_union_id: row.get(13)?,
                         sender_nick: row.get(4)?,
                         text: Some(TextContent { content: row.get(5)? }),
                         msgtype: "text".to_owned(),
@@ -199,6 +223,7 @@ impl Outbox {
                     out_track_id: row.get(9)?,
                     attempt: row.get(10)?,
                     card_created: row.get(11)?,
+                    shown: usize::try_from(row.get::<_, i64>(14)?).unwrap_or(0),
                 })
             })?;
             rows.collect()
@@ -219,16 +244,64 @@ impl Outbox {
         .await
     }
 
-    /// Close `msg_id` with `outcome`; only an `accepted` row changes, so a message finishes once.
-    pub async fn finish(&self, msg_id: &str, outcome: Outcome, detail: &str) -> Result<bool, StoreError> {
-        let (msg_id, detail) = (msg_id.to_owned(), detail.to_owned());
+    /// Record that the user has seen `msg_id`'s answer up to byte `shown` in its cards (it never goes back).
+    pub async fn shown(&self, msg_id: &str, shown: usize) -> Result<(), StoreError> {
+        let msg_id = msg_id.to_owned();
+        let shown = i64::try_from(shown).unwrap_or(i64::MAX);
         self.run(move |conn, robot| {
             conn.execute(
+                "UPDATE inbound SET shown_bytes = MAX(shown_bytes, ?4) WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3",
+                params![PLATFORM, robot, msg_id, shown],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Close `msg_id` with `outcome`; only an `accepted` row changes, so a message finishes once.
+    pub async fn finish(&self, msg_id: &str, outcome: Outcome, detail: &str) -> Result<bool, StoreError> {
+        self.settle(msg_id, outcome, detail, None, None).await
+    }
+
+    /// Close `msg_id` with `outcome` and, in the same transaction, write its audit `record` (already
+    /// masked) and its session `turn` (session key, question, answer). Either all of it is stored or none:
+    /// a crash before the commit leaves the message `accepted`, to be answered again with nothing doubled.
+    /// Only an `accepted` message is closed; for any other, nothing is written and `false` comes back.
+    pub async fn settle(
+        &self,
+        msg_id: &str,
+        outcome: Outcome,
+        detail: &str,
+        record: Option<crate::audit::AuditRecord>,
+        turn: Option<(String, String, String)>,
+    ) -> Result<bool, StoreError> {
+        let (msg_id, detail) = (msg_id.to_owned(), detail.to_owned());
+        self.run(move |conn, robot| {
+            let tx = conn.unchecked_transaction()?;
+            let open = tx
+                .query_row(
+                    "SELECT 1 FROM inbound WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3 AND state = 'accepted'",
+                    params![PLATFORM, robot, msg_id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !open {
+                return Ok(false);
+            }
+            if let Some(record) = &record {
+                crate::audit::insert(&tx, record)?;
+            }
+            if let Some((key, question, answer)) = &turn {
+                crate::sessions::append_turn(&tx, key, question, answer)?;
+            }
+            tx.execute(
                 "UPDATE inbound SET state = ?4, detail = ?5, finished_ms = ?6
                  WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3 AND state = 'accepted'",
                 params![PLATFORM, robot, msg_id, outcome.as_str(), detail, now_ms()],
-            )
-            .map(|n| n == 1)
+            )?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }

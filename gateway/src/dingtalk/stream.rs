@@ -2,7 +2,9 @@
 //! messages to the connector (which persists them before the ACK), and keep one live connection.
 //!
 //! - A `disconnect` frame: open the replacement first, then close the old socket.
-//! - No frame for `idle_timeout_secs`: the socket is dead (a zombie), replace it.
+//! - A WebSocket ping of our own every `ping_interval_secs`; no pong within `pong_timeout_secs`: the path is
+//!   dead, replace the socket (found within about 15 s by default, however rarely the platform pings).
+//! - No frame for `idle_timeout_secs`: the socket answers pings but delivers nothing (a zombie), replace it.
 //! - Failures to connect: exponential backoff from `backoff_initial_ms` to `backoff_max_ms`, plus up to 100%
 //!   jitter; the delay resets once a connection delivers a frame. One connect attempt at a time.
 
@@ -13,10 +15,12 @@ use futures::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::api::{DingTalkError, OpenApi};
+use super::config::DingTalkConfig;
 use super::message::{ack, Inbound};
 use super::Connector;
 
@@ -83,7 +87,7 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
         tracing::info!("DingTalk Stream connected");
         let health = connector.replier.api.health();
         health.connected();
-        match session(&connector, socket, &mut shutdown, &mut failures, config.idle_timeout()).await {
+        match session(&connector, socket, &mut shutdown, &mut failures, &config).await {
             SessionEnd::Notice(old) => retiring = Some(old),
             SessionEnd::Dead(reason) => {
                 tracing::warn!(reason, "DingTalk Stream connection lost; reconnecting");
@@ -97,32 +101,72 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
     }
 }
 
+/// Close a socket that is being given up, without waiting long on a peer that may be gone.
+async fn close_quickly(socket: &mut Socket) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+}
+
+/// Read frames until the connection ends. Besides answering the platform, the session pings the socket
+/// itself every `ping_interval_secs` and gives it up when a ping goes unanswered for `pong_timeout_secs`
+/// (a dead path), or when no frame arrives for `idle_timeout_secs` (a socket that answers pings but
+/// delivers nothing). Only text frames count as frames: pongs prove the path, not the platform.
 async fn session(
     connector: &Connector,
     mut socket: Socket,
     shutdown: &mut watch::Receiver<bool>,
     failures: &mut u32,
-    idle: Duration,
+    config: &DingTalkConfig,
 ) -> SessionEnd {
+    let (idle, ping_every, pong_timeout) = (config.idle_timeout(), config.ping_interval(), config.pong_timeout());
+    let mut last_frame = Instant::now();
+    let mut next_ping = Instant::now() + ping_every;
+    // When the oldest ping still without a pong was sent.
+    let mut unanswered: Option<Instant> = None;
     loop {
-        let frame = tokio::select! {
-            frame = tokio::time::timeout(idle, socket.next()) => frame,
+        let pong_deadline = unanswered.map(|sent| sent + pong_timeout);
+        let wake = [last_frame + idle, next_ping]
+            .into_iter()
+            .chain(pong_deadline)
+            .min()
+            .unwrap_or(next_ping);
+        let message = tokio::select! {
+            message = socket.next() => message,
+            () = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                if pong_deadline.is_some_and(|deadline| now >= deadline) {
+                    close_quickly(&mut socket).await;
+                    return SessionEnd::Dead(format!("no pong within {} s of a ping", pong_timeout.as_secs_f64()));
+                }
+                if now >= last_frame + idle {
+                    close_quickly(&mut socket).await;
+                    return SessionEnd::Dead(format!("no frame for {} s", idle.as_secs_f64()));
+                }
+                if now >= next_ping {
+                    if let Err(err) = socket.send(Message::Ping(Default::default())).await {
+                        return SessionEnd::Dead(format!("cannot send a ping: {err}"));
+                    }
+                    unanswered.get_or_insert(now);
+                    next_ping = now + ping_every;
+                }
+                continue;
+            }
             _ = shutdown.changed() => {
-                let _ = socket.close(None).await;
+                close_quickly(&mut socket).await;
                 return SessionEnd::Shutdown;
             }
         };
-        let text = match frame {
-            Err(_) => {
-                let _ = socket.close(None).await;
-                return SessionEnd::Dead(format!("no frame for {} s", idle.as_secs_f64()));
+        let text = match message {
+            None => return SessionEnd::Dead("closed by the server".to_owned()),
+            Some(Err(err)) => return SessionEnd::Dead(err.to_string()),
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Pong(_))) => {
+                unanswered = None;
+                continue;
             }
-            Ok(None) => return SessionEnd::Dead("closed by the server".to_owned()),
-            Ok(Some(Err(err))) => return SessionEnd::Dead(err.to_string()),
-            Ok(Some(Ok(Message::Text(text)))) => text,
-            Ok(Some(Ok(Message::Close(_)))) => return SessionEnd::Dead("closed by the server".to_owned()),
-            Ok(Some(Ok(_))) => continue,
+            Some(Ok(Message::Close(_))) => return SessionEnd::Dead("closed by the server".to_owned()),
+            Some(Ok(_)) => continue,
         };
+        last_frame = Instant::now();
         *failures = 0;
         connector.replier.api.health().heard();
         let inbound = match Inbound::parse(text.as_str()) {

@@ -58,11 +58,8 @@ pub(crate) fn say(
         .post_message(UserMessage {
             conversation_type: kind,
             conversation_id: conversation.map(str::to_owned),
-            conversation_title: None,
-            user_id: user.to_owned(),
-            nick: None,
-            text: text.to_owned(),
             at_bot,
+            ..UserMessage::single(user, text)
         })
         .unwrap()
 }
@@ -95,9 +92,10 @@ fn to_answer(conversation: &Conversation) -> usize {
 }
 
 /// `Some(answered messages)` once every conversation holds exactly one answer (a finished card and any
-/// continuation cards) per pushed user message, each card finalized by exactly one accepted update;
-/// `None` while any is missing. Panics on a duplicate answer. An answer whose next continuation card is
-/// not created yet looks complete: tests of long answers await the audit record instead.
+/// continuation cards) per pushed user message, each card finalized by exactly one accepted update and
+/// saying so in its `flowStatus` ("3"); `None` while any is missing.
+/// Panics on a duplicate answer. An answer whose next continuation card is not created yet looks complete:
+/// tests of long answers await the audit record instead.
 pub(crate) fn all_answered(world: &World) -> Option<usize> {
     let mut answered = 0;
     for conversation in &world.conversation_views() {
@@ -109,7 +107,11 @@ pub(crate) fn all_answered(world: &World) -> Option<usize> {
             "more answers than messages in {}: {cards:#?}",
             conversation.conversation.conversation_id
         );
-        if answers < pushed || cards.iter().any(|c| c.status != CardStatus::Finished) {
+        if answers < pushed
+            || cards
+                .iter()
+                .any(|c| c.status != CardStatus::Finished || c.flow_status.as_deref() != Some("3"))
+        {
             return None;
         }
         for card in cards {
@@ -146,9 +148,13 @@ pub(crate) fn all_settled(world: &World) -> Option<usize> {
             finished + replies <= pushed,
             "{finished} finished answers and {replies} replies to {pushed} messages in {id}: {cards:#?}"
         );
-        let open = cards
-            .iter()
-            .any(|c| !matches!(c.status, CardStatus::Finished | CardStatus::Failed));
+        // A card is done once its state and its flowStatus agree: finished "3", failed "5".
+        let open = cards.iter().any(|c| {
+            !matches!(
+                (c.status, c.flow_status.as_deref()),
+                (CardStatus::Finished, Some("3")) | (CardStatus::Failed, Some("5"))
+            )
+        });
         if open || finished + replies < pushed {
             return None;
         }
@@ -469,7 +475,7 @@ fn spawn_hearth(dingtalk: &DingTalkEmulator, db: &Path) -> Child {
 }
 
 /// `hearth serve` with the connector configured by `config` (written to `dir`), logging to `log`.
-fn spawn_hearth_configured(config: &DingTalkConfig, dir: &Path, log: &Path) -> Child {
+pub(crate) fn spawn_hearth_configured(config: &DingTalkConfig, dir: &Path, log: &Path) -> Child {
     let file = dir.join("dingtalk.toml");
     std::fs::write(&file, toml::to_string(config).expect("the config serializes")).unwrap();
     let log = std::fs::File::create(log).expect("the log file opens");
@@ -490,7 +496,7 @@ fn serve(stderr: Stdio, dingtalk: impl FnOnce(&mut Command) -> &mut Command) -> 
 }
 
 /// The last lines of a child's log, for failure messages.
-fn log_tail(log: &Path) -> String {
+pub(crate) fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -568,7 +574,7 @@ async fn after_kill_9_every_accepted_message_is_finished_exactly_once() {
 }
 
 /// Every card the platform holds.
-fn all_cards(world: &World) -> Vec<Card> {
+pub(crate) fn all_cards(world: &World) -> Vec<Card> {
     world
         .conversation_ids()
         .iter()
@@ -581,8 +587,10 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
     let dingtalk = faulty_emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("outbox.sqlite3");
+    // The default keepalive (ping every 5 s, pong deadline 10 s, idle timeout 60 s) and a short card retry
+    // bound.
     let config = DingTalkConfig {
-        idle_timeout_secs: 1,
+        card_retry_secs: 2,
         ..connector_config(&dingtalk, &db)
     };
     let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
@@ -630,9 +638,10 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
         .await
         .unwrap_or_else(|e| panic!("{e}: {}", expect_first("reconnected after the disconnect notice")));
 
-    // A zombie swallows the next pushes until the connector notices the silence and reconnects; the
-    // platform redelivers them.
-    assert_eq!(dingtalk.fault(FaultCommand::Zombie { connection: None }).unwrap(), 1);
+    // The network path dies silently (no frame, no pong): the next pushes vanish until hearth's own ping
+    // goes unanswered and it reconnects; the platform redelivers them. Each question asked meanwhile gets
+    // its first text within 20 s.
+    assert_eq!(dingtalk.fault(FaultCommand::Silence { connection: None }).unwrap(), 1);
     posted.push(say(
         &dingtalk,
         ConversationKind::Single,
@@ -644,17 +653,75 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
     posted.push(say(
         &dingtalk,
         ConversationKind::Group,
-        Some("cidRun"),
+        Some("cidSilent"),
         "z2",
         "Name an animal.",
         true,
     ));
-    let count = posted.len() as u64;
-    let replaced = |w: &World| (w.stats().connections_opened >= 3 && w.stats().callbacks_acked == count).then_some(());
-    dingtalk
-        .wait_for(PATIENCE, replaced)
+    let silenced: Vec<String> = posted[posted.len() - 2..]
+        .iter()
+        .map(|p| p.conversation_id.clone())
+        .collect();
+    let latencies = |w: &World| {
+        silenced
+            .iter()
+            .map(|c| first_text_ms(w, c))
+            .collect::<Option<Vec<u64>>>()
+    };
+    let latencies = dingtalk
+        .wait_for(PATIENCE, latencies)
         .await
-        .unwrap_or_else(|e| panic!("{e}: {}", expect_first("the zombie was replaced")));
+        .unwrap_or_else(|e| panic!("{e}: {}", expect_first("the silent socket was replaced")));
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    eprintln!("silent socket: first text after {latencies:?} ms");
+    assert!(
+        worst < 20_000,
+        "first text {worst} ms after the question behind a silent socket"
+    );
+    assert!(
+        dingtalk.inspect(|w| w.stats().connections_opened) >= 3,
+        "the silent socket was replaced"
+    );
+
+    // Every card call throttled: the answer arrives as markdown within the retry bound, and once the
+    // platform lets card calls through the card ends failed, never left typing.
+    dingtalk
+        .fault(FaultCommand::CardUpdateFailures {
+            fraction: 1.0,
+            status: 429,
+        })
+        .unwrap();
+    posted.push(say(
+        &dingtalk,
+        ConversationKind::Single,
+        None,
+        "t1",
+        "Name a shape.",
+        false,
+    ));
+    let throttled = posted[posted.len() - 1].conversation_id.clone();
+    dingtalk
+        .wait_for(PATIENCE, |w| {
+            (!robot_messages(w, &throttled, "sessionWebhook").is_empty()).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", expect_first("the throttled answer arrived as markdown")));
+    dingtalk.fault(FaultCommand::Clear).unwrap();
+    dingtalk
+        .wait_for(PATIENCE, |w| {
+            w.cards_in(&throttled)
+                .first()
+                .filter(|c| c.status == CardStatus::Failed && c.flow_status.as_deref() == Some("5"))
+                .map(drop)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", expect_first("the throttled card ended failed")));
+    dingtalk.fault(storm.clone()).unwrap();
+    let count = posted.len() as u64;
+    dingtalk
+        .wait_for(PATIENCE, |w| (w.stats().callbacks_acked == count).then_some(()))
+        .await
+        .unwrap();
 
     // Slow card calls keep the next answers in flight: SIGKILL once every push is ACKed and a card is open.
     dingtalk.fault(FaultCommand::Slow { millis: 400 }).unwrap();
@@ -737,6 +804,26 @@ async fn disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_e
         );
     }
     dingtalk.shutdown().await.unwrap();
+}
+
+/// Milliseconds from the (first) user message in `conversation` to the first text its answer's card showed.
+fn first_text_ms(world: &World, conversation: &str) -> Option<u64> {
+    let asked = world
+        .conversation(conversation)?
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            ChatEntry::User { at_ms, .. } => Some(*at_ms),
+            _ => None,
+        })?;
+    let shown = world
+        .cards_in(conversation)
+        .first()?
+        .updates
+        .iter()
+        .find(|u| u.api == "streaming")?
+        .at_ms;
+    Some(shown.saturating_sub(asked))
 }
 
 /// The text of every robot message sent into `conversation` through `via` (`sessionWebhook` or `robotApi`).

@@ -56,14 +56,16 @@ async fn audit(connector: &DingTalkConnector, count: u64) -> Vec<AuditRecord> {
         .unwrap()
 }
 
-/// Post `text` as `user` in their 1:1 chat and return the text of the card that answers it.
-async fn ask(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> String {
+/// Post `text` as `user` in their 1:1 chat and return the text of the card that answers it, once the
+/// message is settled (its audit record, and with it its session turn, committed).
+async fn ask(dingtalk: &DingTalkEmulator, connector: &DingTalkConnector, user: &str, text: &str) -> String {
     let before = dingtalk.inspect(|w| {
         let ids = w.conversation_ids();
         ids.iter()
             .find(|id| w.conversation(id).is_some_and(|c| c.user_id.as_deref() == Some(user)))
             .map_or(0, |id| w.cards_in(id).len())
     });
+    let records = connector.audit().records(0).await.unwrap().len() as u64;
     let posted = say(dingtalk, ConversationKind::Single, None, user, text, false);
     let texts = dingtalk
         .wait_for(PATIENCE, |w| {
@@ -72,6 +74,7 @@ async fn ask(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("no answer to {text:?}: {e}"));
     assert_eq!(texts.len(), before + 1, "one card per message");
+    audit(connector, records + 1).await;
     texts[before].clone()
 }
 
@@ -126,8 +129,8 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
     assert!(records.iter().all(|r| r.completion_tokens >= 1 && r.prompt_tokens > 0));
 
     // A session carries context: the second question is sent after the first turn.
-    let first = ask(&dingtalk, "zed", "My name is Zed. Say hi.").await;
-    let second = ask(&dingtalk, "zed", "What is my name?").await;
+    let first = ask(&dingtalk, &connector, "zed", "My name is Zed. Say hi.").await;
+    let second = ask(&dingtalk, &connector, "zed", "What is my name?").await;
     assert!(!first.is_empty() && !second.is_empty());
     let records = audit(&connector, 102).await;
     let zed: Vec<&AuditRecord> = records.iter().filter(|r| r.sender_id == "zed").collect();
@@ -150,7 +153,7 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
     assert_eq!(history[1].content.trim(), first.trim());
 
     // A history longer than the context is trimmed by tokens, oldest turns first, newest kept.
-    ask(&dingtalk, "long", "Say hi.").await;
+    ask(&dingtalk, &connector, "long", "Say hi.").await;
     let conversation = dingtalk.inspect(|w| {
         w.conversation_ids()
             .into_iter()
@@ -163,7 +166,7 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
         connector.sessions().append(&key, &filler, &filler).await.unwrap();
     }
     assert_eq!(connector.sessions().history(&key).await.unwrap().len(), 14);
-    ask(&dingtalk, "long", "What did I say last?").await;
+    ask(&dingtalk, &connector, "long", "What did I say last?").await;
     let records = audit(&connector, 104).await;
     let last = records.iter().rev().find(|r| r.sender_id == "long").unwrap();
     assert!(
@@ -228,27 +231,33 @@ async fn dingtalk_skills_score_reset_escalate_and_reload() {
         .unwrap();
 
     assert_eq!(
-        ask(&dingtalk, "sam", "ping").await,
+        ask(&dingtalk, &connector, "sam", "ping").await,
         "pong",
         "an exact keyword beats a regex"
     );
-    assert_eq!(ask(&dingtalk, "sam", "ping me later").await, "Sunny, as always.");
-    assert_eq!(ask(&dingtalk, "sam", "/echo hello there").await, "hello there");
     assert_eq!(
-        ask(&dingtalk, "sam", "a tie!").await,
+        ask(&dingtalk, &connector, "sam", "ping me later").await,
+        "Sunny, as always."
+    );
+    assert_eq!(
+        ask(&dingtalk, &connector, "sam", "/echo hello there").await,
+        "hello there"
+    );
+    assert_eq!(
+        ask(&dingtalk, &connector, "sam", "a tie!").await,
         "high wins",
         "ties go to the higher priority"
     );
-    let help = ask(&dingtalk, "sam", "help").await;
+    let help = ask(&dingtalk, &connector, "sam", "help").await;
     assert!(help.contains("/new") && help.contains("echo"), "{help}");
-    let status = ask(&dingtalk, "sam", "/status").await;
+    let status = ask(&dingtalk, &connector, "sam", "/status").await;
     assert!(
         status.contains(MODEL_NAME) && status.contains("queue depth") && status.contains("uptime"),
         "{status}"
     );
 
     // The model answers the rest, into the session; /new forgets it.
-    let answer = ask(&dingtalk, "sam", "Tell me a fact about the moon.").await;
+    let answer = ask(&dingtalk, &connector, "sam", "Tell me a fact about the moon.").await;
     assert!(!answer.is_empty());
     let conversation = dingtalk.inspect(|w| {
         w.conversation_ids()
@@ -262,11 +271,13 @@ async fn dingtalk_skills_score_reset_escalate_and_reload() {
         2,
         "skill answers stay out of the session"
     );
-    assert!(ask(&dingtalk, "sam", "/new").await.contains("new conversation"));
+    assert!(ask(&dingtalk, &connector, "sam", "/new")
+        .await
+        .contains("new conversation"));
     assert!(connector.sessions().history(&key).await.unwrap().is_empty());
 
     // Escalation: the named person gets a robot message, the user is told.
-    let told = ask(&dingtalk, "sam", "I want to talk to a human").await;
+    let told = ask(&dingtalk, &connector, "sam", "I want to talk to a human").await;
     assert_eq!(told, SkillsConfig::default().escalate_reply);
     let to_boss = dingtalk
         .wait_for(PATIENCE, |w| {
@@ -292,7 +303,7 @@ async fn dingtalk_skills_score_reset_escalate_and_reload() {
         .await
         .expect("the change was noticed")
         .unwrap();
-    assert_eq!(ask(&dingtalk, "sam", "ping").await, "pong, reloaded");
+    assert_eq!(ask(&dingtalk, &connector, "sam", "ping").await, "pong, reloaded");
     // A broken file keeps the previous skills.
     std::fs::write(
         &file,
@@ -300,7 +311,7 @@ async fn dingtalk_skills_score_reset_escalate_and_reload() {
     )
     .unwrap();
     assert!(skills.reload().is_err());
-    assert_eq!(ask(&dingtalk, "sam", "ping").await, "pong, reloaded");
+    assert_eq!(ask(&dingtalk, &connector, "sam", "ping").await, "pong, reloaded");
     watcher.abort();
 
     let handlers: Vec<String> = audit(&connector, 11).await.into_iter().map(|r| r.handler).collect();
@@ -446,10 +457,10 @@ async fn dingtalk_audit_masks_sensitive_text_and_exports_jsonl_and_csv() {
         .unwrap();
     let secret = "/echo call 13812345678, ID 11010519491231002X";
     assert_eq!(
-        ask(&dingtalk, "pat", secret).await,
+        ask(&dingtalk, &connector, "pat", secret).await,
         "you said: call 13812345678, ID 11010519491231002X"
     );
-    assert!(!ask(&dingtalk, "pat", "Say one word.").await.is_empty());
+    assert!(!ask(&dingtalk, &connector, "pat", "Say one word.").await.is_empty());
     connector.shutdown(Duration::from_secs(30)).await;
 
     let mut jsonl = Vec::new();

@@ -9,6 +9,7 @@ mod completions;
 mod console;
 mod dingtalk;
 mod dingtalk_conversations;
+mod dingtalk_tenant;
 mod disconnect;
 mod doctor;
 mod errors;
