@@ -33,10 +33,10 @@ async fn every_asset_is_served_with_its_content_type() {
         )
         .await;
         assert_eq!(response.status(), StatusCode::OK, "{}", asset.name);
-        let expected = if asset.name.ends_with(".js") {
-            "text/javascript; charset=utf-8"
-        } else {
-            "text/css; charset=utf-8"
+        let expected = match asset.name.rsplit('.').next() {
+            Some("js") => "text/javascript; charset=utf-8",
+            Some("svg") => "image/svg+xml",
+            _ => "text/css; charset=utf-8",
         };
         assert_eq!(response.headers()[header::CONTENT_TYPE], expected, "{}", asset.name);
         assert_eq!(body_text(response).await, asset.body, "{}", asset.name);
