@@ -49,6 +49,7 @@ use super::config::GroupSessions;
 use super::message::{Addressee, BotMessage, ConversationType};
 use super::split;
 use super::store::{Job, Outbox, Outcome, SHOWN_ALL};
+use super::wire::FlowStatus;
 
 /// Paces card calls: at most `per_second` shared by every card, and a pause after throttling.
 pub struct DeliveryBudget {
@@ -201,11 +202,6 @@ struct Generated {
     context_turns: usize,
 }
 
-/// The AI card's `flowStatus` once it is done (the official SDK's AI-card convention, protocol notes §6.5).
-const FLOW_FINISHED: &str = "3";
-/// The AI card's `flowStatus` once it failed.
-const FLOW_FAILED: &str = "5";
-
 /// How delivery ended.
 struct Delivered {
     outcome: Outcome,
@@ -214,13 +210,13 @@ struct Delivered {
     first_visible: Option<Instant>,
     /// The answer's last card and the `flowStatus` it gets before the message is settled (its earlier cards
     /// got theirs as they were finalized).
-    flow: Option<(String, &'static str)>,
+    flow: Option<(String, FlowStatus)>,
     /// Marking a failed card, started beside the fallback message; awaited once the message is settled.
     marking: Option<JoinHandle<()>>,
 }
 
 impl Delivered {
-    fn answered(first_visible: Option<Instant>, flow: Option<(String, &'static str)>) -> Self {
+    fn answered(first_visible: Option<Instant>, flow: Option<(String, FlowStatus)>) -> Self {
         Self {
             outcome: Outcome::Answered,
             detail: "card finalized".to_owned(),
@@ -347,7 +343,7 @@ impl Replier {
         metrics::im_delivery("dingtalk", delivered.outcome.as_str());
         // Before the commit: a crash before it answers the message again, which sets the flowStatus again.
         if let Some((card, status)) = &delivered.flow {
-            self.set_flow_status(card, status).await;
+            self.set_flow_status(card, *status).await;
         }
         let record = self.audit.masked(record);
         match self
@@ -444,7 +440,7 @@ impl Replier {
         job: &Job,
         mut draft: watch::Receiver<Draft>,
         first_visible: &mut Option<Instant>,
-    ) -> Result<Option<(String, &'static str)>, CardFailure> {
+    ) -> Result<Option<(String, FlowStatus)>, CardFailure> {
         let interval = Duration::from_millis(self.api.config().card_update_interval_ms);
         let bound = self.api.config().card_retry();
         let mut cards = Cards {
@@ -598,7 +594,7 @@ impl Replier {
     }
 
     /// Set `card`'s `flowStatus` (best effort, with the retries and bound of every card call).
-    async fn set_flow_status(&self, card: &str, status: &str) {
+    async fn set_flow_status(&self, card: &str, status: FlowStatus) {
         let config = self.api.config();
         let give_up_at = Instant::now() + config.card_retry();
         if let Err(err) = self
@@ -607,7 +603,7 @@ impl Replier {
             })
             .await
         {
-            tracing::warn!(card, status, cause = %err, "cannot set the card's flowStatus");
+            tracing::warn!(card, ?status, cause = %err, "cannot set the card's flowStatus");
         }
     }
 
@@ -629,7 +625,7 @@ impl Replier {
             })
             .await
         {
-            Ok(()) => self.set_flow_status(card, FLOW_FAILED).await,
+            Ok(()) => self.set_flow_status(card, FlowStatus::Failed).await,
             Err(err) => tracing::warn!(card, cause = %err, "cannot mark the card failed"),
         }
     }
@@ -772,7 +768,7 @@ struct Cards<'a> {
     /// given up `card_retry_secs` after it.
     refused_since: Option<Instant>,
     /// The last card and its `flowStatus`, once it is finalized.
-    flow: Option<(String, &'static str)>,
+    flow: Option<(String, FlowStatus)>,
 }
 
 impl Cards<'_> {
@@ -819,7 +815,7 @@ impl Cards<'_> {
             tracing::info!(card = %self.card.id, bytes = end - self.card.start, "the answer continues in a new card");
             self.finalize(&split::card_text(text, self.card.start, Some(end), max), false, end)
                 .await?;
-            self.replier.set_flow_status(&self.card.id, FLOW_FINISHED).await;
+            self.replier.set_flow_status(&self.card.id, FlowStatus::Finished).await;
             self.card = self.card.next(self.job, end);
         }
         Ok(())
@@ -836,7 +832,14 @@ impl Cards<'_> {
         let max = self.replier.api.config().card_max_bytes;
         self.finalize(&split::card_text(text, self.card.start, None, max), error, SHOWN_ALL)
             .await?;
-        self.flow = Some((self.card.id.clone(), if error { FLOW_FAILED } else { FLOW_FINISHED }));
+        self.flow = Some((
+            self.card.id.clone(),
+            if error {
+                FlowStatus::Failed
+            } else {
+                FlowStatus::Finished
+            },
+        ));
         Ok(())
     }
 
