@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, AuditRecord};
+use crate::audit::{AuditLog, AuditRecord, Outcome};
 use crate::metrics;
 use crate::routing::{Loaded, ModelRouter};
 use crate::sessions::SessionStore;
@@ -48,7 +48,7 @@ use super::api::{CardCreation, DingTalkError, OpenApi};
 use super::config::GroupSessions;
 use super::message::{Addressee, BotMessage, ConversationType};
 use super::split;
-use super::store::{Job, Outbox, Outcome, SHOWN_ALL};
+use super::store::{Job, Outbox, SHOWN_ALL};
 use super::wire::FlowStatus;
 
 /// Paces card calls: at most `per_second` shared by every card, and a pause after throttling.
@@ -179,10 +179,11 @@ pub enum Route {
 
 /// Why generation ended without an answer.
 #[derive(Debug, Clone)]
-struct Failure {
-    /// The engine's queue was full (`EngineError::Overloaded`).
-    busy: bool,
-    reason: String,
+enum Failure {
+    /// The engine's queue was full (`EngineError::Overloaded`): the user is asked to try again.
+    Busy,
+    /// Anything else, with the reason the user is told.
+    Error(String),
 }
 
 /// The generated text so far, and whether generation ended (and how).
@@ -264,8 +265,10 @@ impl Replier {
             prompt_tokens: 0,
             completion_tokens: 0,
             context_turns: 0,
-            outcome: String::new(),
+            // Set once delivery ended.
+            outcome: Outcome::Failed,
         };
+        let mut busy = false;
         let mut turn = None;
         let matched = match route {
             Route::Normal => self.skills.find(&question),
@@ -325,11 +328,11 @@ impl Replier {
                     record.context_turns = generated.context_turns as i64;
                     turn = Some((session.clone(), question.clone(), generated.text));
                 }
-                Some(Err(failure)) if failure.busy => {
+                Some(Err(Failure::Busy)) => {
                     record.answer = BUSY.to_owned();
-                    record.outcome = "busy".to_owned();
+                    busy = true;
                 }
-                Some(Err(failure)) => record.answer = failure.reason,
+                Some(Err(Failure::Error(reason))) => record.answer = reason,
                 None => {}
             }
             delivered
@@ -337,9 +340,7 @@ impl Replier {
         record.first_visible_ms = delivered
             .first_visible
             .map(|t| t.duration_since(started).as_millis() as i64);
-        if record.outcome.is_empty() {
-            record.outcome = delivered.outcome.as_str().to_owned();
-        }
+        record.outcome = if busy { Outcome::Busy } else { delivered.outcome };
         metrics::im_delivery("dingtalk", delivered.outcome.as_str());
         // Before the commit: a crash before it answers the message again, which sets the flowStatus again.
         if let Some((card, status)) = &delivered.flow {
@@ -414,16 +415,16 @@ impl Replier {
         let shown = failure.shown;
         let text = match &generated {
             Some(Ok(generated)) => unsent_markdown(&generated.text, shown),
-            Some(Err(f)) if f.busy => BUSY.to_owned(),
-            Some(Err(f)) if shown > 0 => {
+            Some(Err(Failure::Busy)) => BUSY.to_owned(),
+            Some(Err(Failure::Error(reason))) if shown > 0 => {
                 let draft = unsent_markdown(&failure.draft, shown);
                 format!(
                     "{draft}{}\n\nSorry, I could not finish this answer ({}).",
                     split::closing(&draft),
-                    f.reason
+                    reason
                 )
             }
-            Some(Err(f)) => format!("Sorry, I could not answer this message ({}).", f.reason),
+            Some(Err(Failure::Error(reason))) => format!("Sorry, I could not answer this message ({reason})."),
             None => unsent_markdown(&failure.draft, shown),
         };
         (self.fallback(job, &failure, &text).await, generated)
@@ -884,16 +885,14 @@ fn final_text(text: String, end: Result<(), Failure>) -> (String, bool) {
     match end {
         Ok(()) if text.trim().is_empty() => ("(no answer)".to_owned(), false),
         Ok(()) => (text, false),
-        Err(failure) if failure.busy => (BUSY.to_owned(), false),
-        Err(failure) if text.trim().is_empty() => (
-            format!("Sorry, I could not finish this answer ({}).", failure.reason),
-            true,
-        ),
-        Err(failure) => (
+        Err(Failure::Busy) => (BUSY.to_owned(), false),
+        Err(Failure::Error(reason)) if text.trim().is_empty() => {
+            (format!("Sorry, I could not finish this answer ({reason})."), true)
+        }
+        Err(Failure::Error(reason)) => (
             format!(
-                "{text}{}\n\nSorry, I could not finish this answer ({}).",
+                "{text}{}\n\nSorry, I could not finish this answer ({reason}).",
                 split::closing(&text),
-                failure.reason
             ),
             true,
         ),
@@ -956,7 +955,6 @@ async fn generate(
         draft.send_modify(|d| d.end = Some(Err(failure.clone())));
         Err(failure)
     };
-    let other = |reason: String| Failure { busy: false, reason };
     let handle = engine.clone();
     let context_length = engine.info().context_length;
     let reserve = max_tokens.min(context_length / 2);
@@ -968,22 +966,16 @@ async fn generate(
             .and_then(|r| r.map_err(|e: EngineError| e.to_string()));
     let (prompt, context_turns) = match prompt {
         Ok(built) => built,
-        Err(reason) => return fail(&draft, other(reason)),
+        Err(reason) => return fail(&draft, Failure::Error(reason)),
     };
     let room = context_length.saturating_sub(prompt.len()).max(1);
     let mut events = match engine.submit(GenerateRequest::greedy(prompt, max_tokens.min(room))) {
         Ok(events) => events,
         Err(err @ EngineError::Overloaded { .. }) => {
             tracing::info!(cause = %err, "the engine is overloaded; answering busy");
-            return fail(
-                &draft,
-                Failure {
-                    busy: true,
-                    reason: err.to_string(),
-                },
-            );
+            return fail(&draft, Failure::Busy);
         }
-        Err(err) => return fail(&draft, other(err.to_string())),
+        Err(err) => return fail(&draft, Failure::Error(err.to_string())),
     };
     let mut text = String::new();
     loop {
@@ -1002,8 +994,8 @@ async fn generate(
                     context_turns,
                 });
             }
-            Some(Event::Error(err)) => return fail(&draft, other(err.to_string())),
-            None => return fail(&draft, other(EngineError::ShutDown.to_string())),
+            Some(Event::Error(err)) => return fail(&draft, Failure::Error(err.to_string())),
+            None => return fail(&draft, Failure::Error(EngineError::ShutDown.to_string())),
         }
     }
 }
