@@ -4,10 +4,13 @@
 //! numbers and Chinese ID numbers by default) never reach the disk. [`export`] writes the rows as JSON lines
 //! or CSV (`hearth audit export`).
 
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use regex::Regex;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +70,80 @@ pub enum AuditError {
     Csv(#[from] csv::Error),
 }
 
+/// How a message ended: the audit record's `outcome`, and the final state of an IM connector's outbox row.
+/// Stored, exported and counted in metrics as [`Outcome::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Answered in the platform's rich form (DingTalk: AI cards).
+    Answered,
+    /// Answered in plain markdown after the rich form failed.
+    AnsweredMarkdown,
+    /// The engine was too busy; the user was asked to try again (audit only: the outbox keeps how the busy
+    /// answer was delivered).
+    Busy,
+    /// Nothing could be delivered.
+    Failed,
+    /// Not answered on purpose (outbox only).
+    Ignored,
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 5] = [
+        Self::Answered,
+        Self::AnsweredMarkdown,
+        Self::Busy,
+        Self::Failed,
+        Self::Ignored,
+    ];
+
+    /// The name stored in SQLite and written by [`export`].
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::AnsweredMarkdown => "answered_markdown",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored outcome this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown outcome {0:?}")]
+pub struct UnknownOutcome(pub String);
+
+impl FromStr for Outcome {
+    type Err = UnknownOutcome;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
+            .ok_or_else(|| UnknownOutcome(text.to_owned()))
+    }
+}
+
+impl ToSql for Outcome {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Outcome {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
 /// One audited message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -93,8 +170,8 @@ pub struct AuditRecord {
     pub completion_tokens: i64,
     /// Earlier turns of the session sent with the question.
     pub context_turns: i64,
-    /// `answered`, `answered_markdown`, `busy` or `failed`.
-    pub outcome: String,
+    /// How the message ended (never [`Outcome::Ignored`]).
+    pub outcome: Outcome,
 }
 
 /// The audit log of one database.
@@ -350,6 +427,24 @@ mod tests {
         );
         assert_eq!(masker.mask("order 12345"), "order 12345");
         assert!(Masker::new(&["(".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn outcomes_keep_their_stored_and_exported_names() {
+        let names = ["answered", "answered_markdown", "busy", "failed", "ignored"];
+        assert_eq!(Outcome::ALL.map(Outcome::as_str), names);
+        for outcome in Outcome::ALL {
+            assert_eq!(outcome.as_str().parse(), Ok(outcome));
+            assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.as_str());
+            assert_eq!(
+                serde_json::from_value::<Outcome>(outcome.as_str().into()).unwrap(),
+                outcome
+            );
+        }
+        assert_eq!(
+            "finalized".parse::<Outcome>(),
+            Err(UnknownOutcome("finalized".to_owned()))
+        );
     }
 
     #[test]

@@ -11,89 +11,33 @@
 # The client and pytest are installed, pinned, into a virtual environment under target/ on first use.
 # The server runs on a free port and is stopped with SIGTERM at the end, which must exit cleanly.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-HEARTH=${HEARTH_BIN:-$ROOT/target/release/hearth}
 VENV=${HEARTH_PY_VENV:-$ROOT/target/python-venv}
+FRESH_HOME=
 if [[ ${1:-} == --default-model ]]; then
     FRESH_HOME=$(mktemp -d -t hearth-fresh-home.XXXXXX)
-    trap 'rm -rf "$FRESH_HOME"' EXIT
+    CLEANUP+=("$FRESH_HOME")
     SERVE=(env -u HEARTH_MODEL -u HEARTH_MODELS_DIR -u HEARTH_CONFIG HOME="$FRESH_HOME" "$HEARTH" serve)
     TESTS=("$ROOT/tests/python/test_default_model.py")
     READY_SECS=900
 else
     MODEL=${1:-${HEARTH_MODELS_DIR:-$HOME/.cache/hearth/models}/SmolLM2-135M-Instruct.Q4_1.gguf}
-    [[ -f $MODEL ]] || { echo "run.sh: $MODEL is missing: run scripts/fetch-models.sh" >&2; exit 1; }
+    [[ -f $MODEL ]] || { echo "$SCRIPT: $MODEL is missing: run scripts/fetch-models.sh" >&2; exit 1; }
     SERVE=("$HEARTH" serve --model "$MODEL")
     TESTS=("$ROOT/tests/python/test_openai.py" "$ROOT/tests/python/test_metrics.py")
     READY_SECS=120
 fi
-OPENAI_VERSION=3.51.0
-PYTEST_VERSION=9.2.0
-PROMETHEUS_CLIENT_VERSION=0.26.0
 
-[[ -x $HEARTH ]] || { echo "run.sh: $HEARTH is missing: cargo build --release -p gateway" >&2; exit 1; }
+require_hearth
+pinned_venv "$VENV" openai==3.51.0 pytest==9.2.0 prometheus-client==0.26.0
 
-if ! "$VENV/bin/python" -c "import sys, importlib.metadata as m, openai, pytest; sys.exit(openai.__version__ != '$OPENAI_VERSION' or pytest.__version__ != '$PYTEST_VERSION' or m.version('prometheus-client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
-    echo "run.sh: installing openai==$OPENAI_VERSION, pytest==$PYTEST_VERSION and prometheus-client==$PROMETHEUS_CLIENT_VERSION into $VENV" >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" "pytest==$PYTEST_VERSION" \
-        "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
-fi
-PY=$VENV/bin/python
-
-PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-LOG=$(mktemp -t hearth-serve.XXXXXX)
-"${SERVE[@]}" --host 127.0.0.1 --port "$PORT" --ctx-size 2048 >"$LOG" 2>&1 &
-SERVER=$!
-stop_server() {
-    if kill -0 "$SERVER" 2>/dev/null; then
-        kill -TERM "$SERVER" 2>/dev/null || true
-        wait "$SERVER" 2>/dev/null || true
-    fi
-    [[ -z ${FRESH_HOME:-} ]] || rm -rf "$FRESH_HOME"
-}
-trap stop_server EXIT
-
-# Wait for /health (loading takes a few seconds, a first fetch longer); give up if the server exits or after
-# READY_SECS.
-if ! "$PY" - "$PORT" "$SERVER" "$READY_SECS" <<'PY'
-import os, sys, time, urllib.request
-port, pid, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-deadline = time.monotonic() + limit
-while time.monotonic() < deadline:
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-        sys.exit(0)
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            sys.exit("hearth serve exited before it was ready")
-        time.sleep(0.2)
-sys.exit(f"hearth serve was not ready within {limit} s")
-PY
-then
-    echo "run.sh: server log:" >&2
-    tail -n 50 "$LOG" >&2
-    exit 1
-fi
+PORT=$(free_port)
+start_process "hearth serve" "${SERVE[@]}" --host 127.0.0.1 --port "$PORT" --ctx-size 2048
+# Loading takes a few seconds, a first fetch longer.
+wait_health "$PORT" "$READY_SECS"
 
 status=0
-HEARTH_BASE_URL="http://127.0.0.1:$PORT" HEARTH_FRESH_HOME="${FRESH_HOME:-}" PYTHONDONTWRITEBYTECODE=1 \
+HEARTH_BASE_URL="http://127.0.0.1:$PORT" HEARTH_FRESH_HOME="$FRESH_HOME" PYTHONDONTWRITEBYTECODE=1 \
     "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || status=$?
-
-# Graceful shutdown: SIGTERM must stop the server with exit status 0.
-kill -TERM "$SERVER"
-server_status=0
-wait "$SERVER" || server_status=$?
-trap - EXIT
-[[ -z ${FRESH_HOME:-} ]] || rm -rf "$FRESH_HOME"
-if [[ $status -ne 0 || $server_status -ne 0 ]]; then
-    [[ $server_status -ne 0 ]] && echo "run.sh: hearth serve exited with status $server_status after SIGTERM" >&2
-    echo "run.sh: server log (last 50 lines):" >&2
-    tail -n 50 "$LOG" >&2
-    rm -f "$LOG"
-    exit $(( status != 0 ? status : 1 ))
-fi
-rm -f "$LOG"
+finish "$status"

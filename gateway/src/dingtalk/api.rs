@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::config::DingTalkConfig;
 use super::message::{Addressee, BotMessage, ConversationType};
+use super::wire;
 use crate::platform::PlatformHealth;
 
 /// Permission scope needed by the card create/deliver calls.
@@ -143,14 +145,15 @@ impl OpenApi {
     /// `POST /v1.0/gateway/connections/open`, subscribed to robot messages.
     pub async fn open_connection(&self) -> Result<Endpoint, DingTalkError> {
         const API: &str = "gateway/connections/open";
-        let body = json!({
-            "clientId": self.config.app_key,
-            "clientSecret": self.config.app_secret.expose(),
-            "subscriptions": [
-                {"type": "CALLBACK", "topic": super::message::TOPIC_BOT_MESSAGE},
-            ],
-            "ua": concat!("hearth/", env!("CARGO_PKG_VERSION")),
-        });
+        let body = wire::OpenConnection {
+            client_id: &self.config.app_key,
+            client_secret: self.config.app_secret.expose(),
+            subscriptions: vec![wire::Subscription {
+                kind: "CALLBACK",
+                topic: super::message::TOPIC_BOT_MESSAGE,
+            }],
+            ua: concat!("hearth/", env!("CARGO_PKG_VERSION")),
+        };
         let url = format!("{}/v1.0/gateway/connections/open", self.config.base());
         let answer = self.send(API, Method::POST, &url, &body, None, None).await?;
         let field = |name: &str| {
@@ -181,42 +184,79 @@ impl OpenApi {
     /// token (and as the emulator does). `Ok(true)`: granted; `Ok(false)`: refused; `Err`: no verdict.
     pub async fn probe_permissions(&self) -> Vec<(&'static str, Result<bool, DingTalkError>)> {
         let probe_id = format!("hearth-permission-probe-{}", std::process::id());
-        let instance = json!({"outTrackId": probe_id, "cardData": {"cardParamMap": {"probe": "1"}}});
-        let streaming = json!({"outTrackId": probe_id, "guid": probe_id, "key": self.config.card_content_key, "content": "probe", "isFull": true, "isFinalize": false, "isError": false});
-        let robot = json!({"robotCode": self.config.robot(), "userIds": [], "msgKey": "sampleText", "msgParam": "{\"content\":\"probe\"}"});
-        let probes = [
+        let instance = wire::UpdateCard {
+            out_track_id: &probe_id,
+            card_data: wire::CardData {
+                card_param_map: wire::ProbeCardParams { probe: "1" },
+            },
+            card_update_options: None,
+        };
+        let streaming = wire::CardStreaming {
+            out_track_id: &probe_id,
+            guid: &probe_id,
+            key: &self.config.card_content_key,
+            content: "probe",
+            is_full: true,
+            is_finalize: false,
+            is_error: false,
+        };
+        let robot = wire::RobotBatchSend {
+            robot_code: self.config.robot(),
+            user_ids: vec![],
+            msg_key: "sampleText",
+            msg_param: wire::Text { content: "probe" },
+        };
+        vec![
             (
                 PERM_CARD_INSTANCE,
-                "card/instances",
-                Method::PUT,
-                "/v1.0/card/instances",
-                instance,
+                self.probe(
+                    PERM_CARD_INSTANCE,
+                    "card/instances",
+                    Method::PUT,
+                    "/v1.0/card/instances",
+                    &instance,
+                )
+                .await,
             ),
             (
                 PERM_CARD_STREAMING,
-                "card/streaming",
-                Method::PUT,
-                "/v1.0/card/streaming",
-                streaming,
+                self.probe(
+                    PERM_CARD_STREAMING,
+                    "card/streaming",
+                    Method::PUT,
+                    "/v1.0/card/streaming",
+                    &streaming,
+                )
+                .await,
             ),
             (
                 PERM_ROBOT_SEND,
-                "robot/oToMessages/batchSend",
-                Method::POST,
-                "/v1.0/robot/oToMessages/batchSend",
-                robot,
+                self.probe(
+                    PERM_ROBOT_SEND,
+                    "robot/oToMessages/batchSend",
+                    Method::POST,
+                    "/v1.0/robot/oToMessages/batchSend",
+                    &robot,
+                )
+                .await,
             ),
-        ];
-        let mut verdicts = Vec::new();
-        for (permission, api, method, path, body) in probes {
-            let verdict = match self.call(api, method, path, &body, permission).await {
-                Ok(_) | Err(DingTalkError::Platform { status: 400..=404, .. }) => Ok(true),
-                Err(DingTalkError::PermissionDenied { .. }) => Ok(false),
-                Err(err) => Err(err),
-            };
-            verdicts.push((permission, verdict));
+        ]
+    }
+
+    /// One permission probe: a parameter error means the scope was granted.
+    async fn probe(
+        &self,
+        permission: &'static str,
+        api: &'static str,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<bool, DingTalkError> {
+        match self.call(api, method, path, body, permission).await {
+            Ok(_) | Err(DingTalkError::Platform { status: 400..=404, .. }) => Ok(true),
+            Err(DingTalkError::PermissionDenied { .. }) => Ok(false),
+            Err(err) => Err(err),
         }
-        verdicts
     }
 
     /// The cached access token, refreshed when it is within the margin of expiring.
@@ -229,7 +269,10 @@ impl OpenApi {
             }
         }
         let url = format!("{}/v1.0/oauth2/accessToken", self.config.base());
-        let body = json!({"appKey": self.config.app_key, "appSecret": self.config.app_secret.expose()});
+        let body = wire::AccessToken {
+            app_key: &self.config.app_key,
+            app_secret: self.config.app_secret.expose(),
+        };
         let answer = self.send(API, Method::POST, &url, &body, None, None).await?;
         let token = answer
             .get("accessToken")
@@ -254,7 +297,7 @@ impl OpenApi {
         api: &'static str,
         method: Method,
         path: &str,
-        body: &Value,
+        body: &impl Serialize,
         permission: &'static str,
     ) -> Result<Value, DingTalkError> {
         let url = format!("{}{path}", self.config.base());
@@ -294,16 +337,20 @@ impl OpenApi {
         api: &'static str,
         method: Method,
         url: &str,
-        body: &Value,
+        body: &impl Serialize,
         token: Option<&str>,
         permission: Option<&'static str>,
     ) -> Result<Value, DingTalkError> {
+        let body = serde_json::to_vec(body).map_err(|err| DingTalkError::Unexpected {
+            api,
+            detail: format!("cannot serialise the request: {err}"),
+        })?;
         let mut request = self
             .http
             .request(method, url)
             .header("content-type", "application/json")
             .header("accept", "application/json")
-            .body(body.to_string());
+            .body(body);
         if let Some(token) = token {
             request = request.header("x-acs-dingtalk-access-token", token);
         }
@@ -331,20 +378,28 @@ impl OpenApi {
         message: &BotMessage,
     ) -> Result<CardCreation, DingTalkError> {
         const API: &str = "card/instances/createAndDeliver";
-        let key = &self.config.card_content_key;
-        let mut body = json!({
-            "cardTemplateId": self.config.card_template_id,
-            "outTrackId": out_track_id,
-            "cardData": {"cardParamMap": {key.as_str(): "", "flowStatus": "1"}},
-            "callbackType": "STREAM",
-            "imGroupOpenSpaceModel": {"supportForward": true},
-            "imRobotOpenSpaceModel": {"supportForward": true},
-            "userIdType": 1,
-        });
+        let mut body = wire::CreateAndDeliver {
+            card_template_id: &self.config.card_template_id,
+            out_track_id,
+            card_data: wire::CardData {
+                card_param_map: wire::InitialCardParams {
+                    content_key: &self.config.card_content_key,
+                },
+            },
+            callback_type: "STREAM",
+            im_group_open_space_model: wire::OpenSpaceModel { support_forward: true },
+            im_robot_open_space_model: wire::OpenSpaceModel { support_forward: true },
+            user_id_type: 1,
+            open_space_id: String::new(),
+            im_group_open_deliver_model: None,
+            im_robot_open_deliver_model: None,
+        };
         match message.conversation_type {
             ConversationType::Group => {
-                body["openSpaceId"] = json!(format!("dtv1.card//IM_GROUP.{}", message.conversation_id));
-                body["imGroupOpenDeliverModel"] = json!({"robotCode": self.config.robot()});
+                body.open_space_id = format!("dtv1.card//IM_GROUP.{}", message.conversation_id);
+                body.im_group_open_deliver_model = Some(wire::GroupDeliverModel {
+                    robot_code: self.config.robot(),
+                });
             }
             ConversationType::Single => {
                 let (user, user_id_type) = match message.addressee() {
@@ -352,9 +407,12 @@ impl OpenApi {
                     Addressee::UnionId(union) => (union, 2),
                     Addressee::Unknown => return Err(DingTalkError::NoAddressee { api: API }),
                 };
-                body["openSpaceId"] = json!(format!("dtv1.card//IM_ROBOT.{user}"));
-                body["userIdType"] = json!(user_id_type);
-                body["imRobotOpenDeliverModel"] = json!({"spaceType": "IM_ROBOT", "robotCode": self.config.robot()});
+                body.open_space_id = format!("dtv1.card//IM_ROBOT.{user}");
+                body.user_id_type = user_id_type;
+                body.im_robot_open_deliver_model = Some(wire::RobotDeliverModel {
+                    space_type: "IM_ROBOT",
+                    robot_code: self.config.robot(),
+                });
             }
         }
         let answer = match self
@@ -404,15 +462,15 @@ impl OpenApi {
         finalize: bool,
         error: bool,
     ) -> Result<(), DingTalkError> {
-        let body = json!({
-            "outTrackId": out_track_id,
-            "guid": guid,
-            "key": self.config.card_content_key,
-            "content": content,
-            "isFull": true,
-            "isFinalize": finalize,
-            "isError": error,
-        });
+        let body = wire::CardStreaming {
+            out_track_id,
+            guid,
+            key: &self.config.card_content_key,
+            content,
+            is_full: true,
+            is_finalize: finalize,
+            is_error: error,
+        };
         self.call(
             "card/streaming",
             Method::PUT,
@@ -426,12 +484,20 @@ impl OpenApi {
 
     /// `PUT /v1.0/card/instances` merging `flowStatus` (the AI card's state variable: "3" finished, "5"
     /// failed, as the official SDK's AI card sets it) into the card's data.
-    pub async fn set_flow_status(&self, out_track_id: &str, flow_status: &str) -> Result<(), DingTalkError> {
-        let body = json!({
-            "outTrackId": out_track_id,
-            "cardData": {"cardParamMap": {"flowStatus": flow_status}},
-            "cardUpdateOptions": {"updateCardDataByKey": true},
-        });
+    pub async fn set_flow_status(
+        &self,
+        out_track_id: &str,
+        flow_status: wire::FlowStatus,
+    ) -> Result<(), DingTalkError> {
+        let body = wire::UpdateCard {
+            out_track_id,
+            card_data: wire::CardData {
+                card_param_map: wire::FlowStatusParams { flow_status },
+            },
+            card_update_options: Some(wire::CardUpdateOptions {
+                update_card_data_by_key: true,
+            }),
+        };
         self.call(
             "card/instances",
             Method::PUT,
@@ -455,7 +521,14 @@ impl OpenApi {
         const API: &str = "sessionWebhook";
         // An empty staff id (an external member) is left out rather than sent as `[""]`.
         let at_users: Vec<&str> = Some(at_user).filter(|u| !u.is_empty()).into_iter().collect();
-        let body = json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}, "at": {"atUserIds": at_users, "isAtAll": false}});
+        let body = wire::WebhookMarkdown {
+            msgtype: "markdown",
+            markdown: wire::Markdown { text, title },
+            at: wire::At {
+                at_user_ids: at_users,
+                is_at_all: false,
+            },
+        };
         let answer = self.send(API, Method::POST, webhook, &body, None, None).await?;
         match answer.get("errcode").and_then(Value::as_i64) {
             Some(0) | None => Ok(()),
@@ -477,8 +550,12 @@ impl OpenApi {
 
     /// Markdown to one person through the robot's 1:1 batchSend (escalations).
     pub async fn robot_markdown_to(&self, user_id: &str, title: &str, text: &str) -> Result<(), DingTalkError> {
-        let msg_param = json!({"title": title, "text": text}).to_string();
-        let body = json!({"robotCode": self.config.robot(), "userIds": [user_id], "msgKey": "sampleMarkdown", "msgParam": msg_param});
+        let body = wire::RobotBatchSend {
+            robot_code: self.config.robot(),
+            user_ids: vec![user_id],
+            msg_key: "sampleMarkdown",
+            msg_param: wire::Markdown { text, title },
+        };
         self.call(
             "robot/oToMessages/batchSend",
             Method::POST,
@@ -492,7 +569,7 @@ impl OpenApi {
 
     /// Markdown through the robot send API (1:1 batchSend or group send).
     pub async fn robot_markdown(&self, message: &BotMessage, title: &str, text: &str) -> Result<(), DingTalkError> {
-        let msg_param = json!({"title": title, "text": text}).to_string();
+        let msg_param = wire::Markdown { text, title };
         match message.conversation_type {
             ConversationType::Single => {
                 // The robot send API takes staff ids only.
@@ -501,7 +578,12 @@ impl OpenApi {
                         api: "robot/oToMessages/batchSend",
                     });
                 };
-                let body = json!({"robotCode": self.config.robot(), "userIds": [staff], "msgKey": "sampleMarkdown", "msgParam": msg_param});
+                let body = wire::RobotBatchSend {
+                    robot_code: self.config.robot(),
+                    user_ids: vec![staff],
+                    msg_key: "sampleMarkdown",
+                    msg_param,
+                };
                 self.call(
                     "robot/oToMessages/batchSend",
                     Method::POST,
@@ -513,7 +595,12 @@ impl OpenApi {
                 .map(drop)
             }
             ConversationType::Group => {
-                let body = json!({"robotCode": self.config.robot(), "openConversationId": message.conversation_id, "msgKey": "sampleMarkdown", "msgParam": msg_param});
+                let body = wire::RobotGroupSend {
+                    robot_code: self.config.robot(),
+                    open_conversation_id: &message.conversation_id,
+                    msg_key: "sampleMarkdown",
+                    msg_param,
+                };
                 self.call(
                     "robot/groupMessages/send",
                     Method::POST,
@@ -565,6 +652,8 @@ fn classify(api: &'static str, status: StatusCode, body: &Value, permission: Opt
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

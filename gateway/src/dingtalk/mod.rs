@@ -24,6 +24,7 @@ mod reply;
 mod split;
 pub mod store;
 mod stream;
+pub mod wire;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, AuditRecord};
+use crate::audit::{AuditLog, AuditRecord, Outcome};
 use crate::metrics;
 use crate::routing::{Loaded, ModelRouter};
 use crate::sessions::SessionStore;
@@ -48,7 +48,8 @@ use super::api::{CardCreation, DingTalkError, OpenApi};
 use super::config::GroupSessions;
 use super::message::{Addressee, BotMessage, ConversationType};
 use super::split;
-use super::store::{Job, Outbox, Outcome, SHOWN_ALL};
+use super::store::{Job, Outbox, SHOWN_ALL};
+use super::wire::FlowStatus;
 
 /// Paces card calls: at most `per_second` shared by every card, and a pause after throttling.
 pub struct DeliveryBudget {
@@ -178,10 +179,11 @@ pub enum Route {
 
 /// Why generation ended without an answer.
 #[derive(Debug, Clone)]
-struct Failure {
-    /// The engine's queue was full (`EngineError::Overloaded`).
-    busy: bool,
-    reason: String,
+enum Failure {
+    /// The engine's queue was full (`EngineError::Overloaded`): the user is asked to try again.
+    Busy,
+    /// Anything else, with the reason the user is told.
+    Error(String),
 }
 
 /// The generated text so far, and whether generation ended (and how).
@@ -201,11 +203,6 @@ struct Generated {
     context_turns: usize,
 }
 
-/// The AI card's `flowStatus` once it is done (the official SDK's AI-card convention, protocol notes §6.5).
-const FLOW_FINISHED: &str = "3";
-/// The AI card's `flowStatus` once it failed.
-const FLOW_FAILED: &str = "5";
-
 /// How delivery ended.
 struct Delivered {
     outcome: Outcome,
@@ -214,13 +211,13 @@ struct Delivered {
     first_visible: Option<Instant>,
     /// The answer's last card and the `flowStatus` it gets before the message is settled (its earlier cards
     /// got theirs as they were finalized).
-    flow: Option<(String, &'static str)>,
+    flow: Option<(String, FlowStatus)>,
     /// Marking a failed card, started beside the fallback message; awaited once the message is settled.
     marking: Option<JoinHandle<()>>,
 }
 
 impl Delivered {
-    fn answered(first_visible: Option<Instant>, flow: Option<(String, &'static str)>) -> Self {
+    fn answered(first_visible: Option<Instant>, flow: Option<(String, FlowStatus)>) -> Self {
         Self {
             outcome: Outcome::Answered,
             detail: "card finalized".to_owned(),
@@ -268,8 +265,10 @@ impl Replier {
             prompt_tokens: 0,
             completion_tokens: 0,
             context_turns: 0,
-            outcome: String::new(),
+            // Set once delivery ended.
+            outcome: Outcome::Failed,
         };
+        let mut busy = false;
         let mut turn = None;
         let matched = match route {
             Route::Normal => self.skills.find(&question),
@@ -329,11 +328,11 @@ impl Replier {
                     record.context_turns = generated.context_turns as i64;
                     turn = Some((session.clone(), question.clone(), generated.text));
                 }
-                Some(Err(failure)) if failure.busy => {
+                Some(Err(Failure::Busy)) => {
                     record.answer = BUSY.to_owned();
-                    record.outcome = "busy".to_owned();
+                    busy = true;
                 }
-                Some(Err(failure)) => record.answer = failure.reason,
+                Some(Err(Failure::Error(reason))) => record.answer = reason,
                 None => {}
             }
             delivered
@@ -341,13 +340,11 @@ impl Replier {
         record.first_visible_ms = delivered
             .first_visible
             .map(|t| t.duration_since(started).as_millis() as i64);
-        if record.outcome.is_empty() {
-            record.outcome = delivered.outcome.as_str().to_owned();
-        }
+        record.outcome = if busy { Outcome::Busy } else { delivered.outcome };
         metrics::im_delivery("dingtalk", delivered.outcome.as_str());
         // Before the commit: a crash before it answers the message again, which sets the flowStatus again.
         if let Some((card, status)) = &delivered.flow {
-            self.set_flow_status(card, status).await;
+            self.set_flow_status(card, *status).await;
         }
         let record = self.audit.masked(record);
         match self
@@ -418,16 +415,16 @@ impl Replier {
         let shown = failure.shown;
         let text = match &generated {
             Some(Ok(generated)) => unsent_markdown(&generated.text, shown),
-            Some(Err(f)) if f.busy => BUSY.to_owned(),
-            Some(Err(f)) if shown > 0 => {
+            Some(Err(Failure::Busy)) => BUSY.to_owned(),
+            Some(Err(Failure::Error(reason))) if shown > 0 => {
                 let draft = unsent_markdown(&failure.draft, shown);
                 format!(
                     "{draft}{}\n\nSorry, I could not finish this answer ({}).",
                     split::closing(&draft),
-                    f.reason
+                    reason
                 )
             }
-            Some(Err(f)) => format!("Sorry, I could not answer this message ({}).", f.reason),
+            Some(Err(Failure::Error(reason))) => format!("Sorry, I could not answer this message ({reason})."),
             None => unsent_markdown(&failure.draft, shown),
         };
         (self.fallback(job, &failure, &text).await, generated)
@@ -444,7 +441,7 @@ impl Replier {
         job: &Job,
         mut draft: watch::Receiver<Draft>,
         first_visible: &mut Option<Instant>,
-    ) -> Result<Option<(String, &'static str)>, CardFailure> {
+    ) -> Result<Option<(String, FlowStatus)>, CardFailure> {
         let interval = Duration::from_millis(self.api.config().card_update_interval_ms);
         let bound = self.api.config().card_retry();
         let mut cards = Cards {
@@ -598,7 +595,7 @@ impl Replier {
     }
 
     /// Set `card`'s `flowStatus` (best effort, with the retries and bound of every card call).
-    async fn set_flow_status(&self, card: &str, status: &str) {
+    async fn set_flow_status(&self, card: &str, status: FlowStatus) {
         let config = self.api.config();
         let give_up_at = Instant::now() + config.card_retry();
         if let Err(err) = self
@@ -607,7 +604,7 @@ impl Replier {
             })
             .await
         {
-            tracing::warn!(card, status, cause = %err, "cannot set the card's flowStatus");
+            tracing::warn!(card, ?status, cause = %err, "cannot set the card's flowStatus");
         }
     }
 
@@ -629,7 +626,7 @@ impl Replier {
             })
             .await
         {
-            Ok(()) => self.set_flow_status(card, FLOW_FAILED).await,
+            Ok(()) => self.set_flow_status(card, FlowStatus::Failed).await,
             Err(err) => tracing::warn!(card, cause = %err, "cannot mark the card failed"),
         }
     }
@@ -772,7 +769,7 @@ struct Cards<'a> {
     /// given up `card_retry_secs` after it.
     refused_since: Option<Instant>,
     /// The last card and its `flowStatus`, once it is finalized.
-    flow: Option<(String, &'static str)>,
+    flow: Option<(String, FlowStatus)>,
 }
 
 impl Cards<'_> {
@@ -819,7 +816,7 @@ impl Cards<'_> {
             tracing::info!(card = %self.card.id, bytes = end - self.card.start, "the answer continues in a new card");
             self.finalize(&split::card_text(text, self.card.start, Some(end), max), false, end)
                 .await?;
-            self.replier.set_flow_status(&self.card.id, FLOW_FINISHED).await;
+            self.replier.set_flow_status(&self.card.id, FlowStatus::Finished).await;
             self.card = self.card.next(self.job, end);
         }
         Ok(())
@@ -836,7 +833,14 @@ impl Cards<'_> {
         let max = self.replier.api.config().card_max_bytes;
         self.finalize(&split::card_text(text, self.card.start, None, max), error, SHOWN_ALL)
             .await?;
-        self.flow = Some((self.card.id.clone(), if error { FLOW_FAILED } else { FLOW_FINISHED }));
+        self.flow = Some((
+            self.card.id.clone(),
+            if error {
+                FlowStatus::Failed
+            } else {
+                FlowStatus::Finished
+            },
+        ));
         Ok(())
     }
 
@@ -881,16 +885,14 @@ fn final_text(text: String, end: Result<(), Failure>) -> (String, bool) {
     match end {
         Ok(()) if text.trim().is_empty() => ("(no answer)".to_owned(), false),
         Ok(()) => (text, false),
-        Err(failure) if failure.busy => (BUSY.to_owned(), false),
-        Err(failure) if text.trim().is_empty() => (
-            format!("Sorry, I could not finish this answer ({}).", failure.reason),
-            true,
-        ),
-        Err(failure) => (
+        Err(Failure::Busy) => (BUSY.to_owned(), false),
+        Err(Failure::Error(reason)) if text.trim().is_empty() => {
+            (format!("Sorry, I could not finish this answer ({reason})."), true)
+        }
+        Err(Failure::Error(reason)) => (
             format!(
-                "{text}{}\n\nSorry, I could not finish this answer ({}).",
+                "{text}{}\n\nSorry, I could not finish this answer ({reason}).",
                 split::closing(&text),
-                failure.reason
             ),
             true,
         ),
@@ -953,7 +955,6 @@ async fn generate(
         draft.send_modify(|d| d.end = Some(Err(failure.clone())));
         Err(failure)
     };
-    let other = |reason: String| Failure { busy: false, reason };
     let handle = engine.clone();
     let context_length = engine.info().context_length;
     let reserve = max_tokens.min(context_length / 2);
@@ -965,22 +966,16 @@ async fn generate(
             .and_then(|r| r.map_err(|e: EngineError| e.to_string()));
     let (prompt, context_turns) = match prompt {
         Ok(built) => built,
-        Err(reason) => return fail(&draft, other(reason)),
+        Err(reason) => return fail(&draft, Failure::Error(reason)),
     };
     let room = context_length.saturating_sub(prompt.len()).max(1);
     let mut events = match engine.submit(GenerateRequest::greedy(prompt, max_tokens.min(room))) {
         Ok(events) => events,
         Err(err @ EngineError::Overloaded { .. }) => {
             tracing::info!(cause = %err, "the engine is overloaded; answering busy");
-            return fail(
-                &draft,
-                Failure {
-                    busy: true,
-                    reason: err.to_string(),
-                },
-            );
+            return fail(&draft, Failure::Busy);
         }
-        Err(err) => return fail(&draft, other(err.to_string())),
+        Err(err) => return fail(&draft, Failure::Error(err.to_string())),
     };
     let mut text = String::new();
     loop {
@@ -999,8 +994,8 @@ async fn generate(
                     context_turns,
                 });
             }
-            Some(Event::Error(err)) => return fail(&draft, other(err.to_string())),
-            None => return fail(&draft, other(EngineError::ShutDown.to_string())),
+            Some(Event::Error(err)) => return fail(&draft, Failure::Error(err.to_string())),
+            None => return fail(&draft, Failure::Error(EngineError::ShutDown.to_string())),
         }
     }
 }

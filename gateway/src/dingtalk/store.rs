@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::message::{BotMessage, ConversationType, TextContent};
+use crate::audit::Outcome;
 
 /// The platform name in keys.
 const PLATFORM: &str = "dingtalk";
@@ -29,27 +30,6 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("outbox task failed: {0}")]
     Join(String),
-}
-
-/// How a message ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Answered,
-    AnsweredMarkdown,
-    Failed,
-    Ignored,
-}
-
-impl Outcome {
-    /// The state name stored in the outbox.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Answered => "answered",
-            Self::AnsweredMarkdown => "answered_markdown",
-            Self::Failed => "failed",
-            Self::Ignored => "ignored",
-        }
-    }
 }
 
 /// A message taken up for answering.

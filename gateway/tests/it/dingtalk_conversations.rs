@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emulator::dingtalk::{CardStatus, ConversationKind, DingTalkEmulator, FaultCommand, World, DEFAULT_CLIENT_ID};
-use gateway::audit::{AuditRecord, ExportFormat};
+use gateway::audit::{AuditRecord, ExportFormat, Outcome};
 use gateway::dingtalk::{DingTalkConfig, DingTalkConnector, BUSY, SLOW_DOWN};
 use gateway::routing::ModelRouter;
 use gateway::skills::{CustomSkill, SkillSet, SkillsConfig, TriggerKind};
@@ -124,7 +124,7 @@ async fn dingtalk_100_messages_from_20_users_each_get_one_card_and_sessions_carr
     let records = audit(&connector, 100).await;
     assert_eq!(records.len(), 100);
     assert!(records.iter().all(|r| r.handler == format!("model:{MODEL_NAME}")
-        && r.outcome == "answered"
+        && r.outcome == Outcome::Answered
         && r.first_visible_ms.is_some()));
     assert!(records.iter().all(|r| r.completion_tokens >= 1 && r.prompt_tokens > 0));
 
@@ -429,7 +429,7 @@ async fn dingtalk_rate_limited_users_are_told_to_slow_down_and_a_full_engine_ans
     );
     assert!(texts.iter().filter(|t| *t != BUSY).all(|t| !t.trim().is_empty()));
     let records = audit(&connector, 6).await;
-    assert_eq!(records.iter().filter(|r| r.outcome == "busy").count(), busy);
+    assert_eq!(records.iter().filter(|r| r.outcome == Outcome::Busy).count(), busy);
     connector.shutdown(Duration::from_secs(30)).await;
     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     dingtalk.shutdown().await.unwrap();
@@ -483,7 +483,7 @@ async fn dingtalk_audit_masks_sensitive_text_and_exports_jsonl_and_csv() {
     assert_eq!(from_jsonl[1].handler, format!("model:{MODEL_NAME}"));
     assert!(from_jsonl
         .iter()
-        .all(|r| r.outcome == "answered" && r.first_visible_ms.is_some()));
+        .all(|r| r.outcome == Outcome::Answered && r.first_visible_ms.is_some()));
 
     // The CLI writes the same records as CSV.
     let out = dir.path().join("audit.csv");
@@ -718,7 +718,7 @@ async fn dingtalk_long_answers_continue_in_new_cards_cut_on_character_boundaries
         .iter()
         .any(|c| c.updates.iter().any(|u| u.is_finalize == Some(false)));
     assert!(streamed, "continuation cards show the answer as it grows");
-    assert!(records.iter().all(|r| r.outcome == "answered"));
+    assert!(records.iter().all(|r| r.outcome == Outcome::Answered));
     connector.shutdown(Duration::from_secs(30)).await;
     dingtalk.shutdown().await.unwrap();
 }
