@@ -147,8 +147,13 @@ pub(crate) fn load_checked(
         path: path.display().to_string(),
         reason,
     };
-    let tokenizer = Tokenizer::from_gguf(path)?;
-    let model = models::load(path, device, max_positions).map_err(|e| load_err(e.to_string()))?;
+    // One header parse serves both: the tokenizer reads the metadata, then the model takes the open file.
+    let gguf = models::Gguf::open(path, device).map_err(|e| load_err(e.to_string()))?;
+    let tokenizer = Tokenizer::from_gguf_metadata(gguf.metadata_map()).map_err(|err| match err {
+        EngineError::Load { reason, .. } => load_err(reason),
+        other => other,
+    })?;
+    let model = models::load_gguf(gguf, max_positions).map_err(|e| load_err(e.to_string()))?;
     let rows = model.spec().vocab_size;
     if tokenizer.vocab_size() > rows {
         return Err(load_err(format!(

@@ -461,14 +461,13 @@ impl ServeArgs {
     /// The server settings: flags over the file's `[server]` section. Fails when `--api-key-file` cannot be
     /// read or `--api-key`/`--api-key-file` holds a key with whitespace (it could never match).
     pub fn gateway_config(&self, file: &Config) -> anyhow::Result<GatewayConfig> {
-        let server = &file.server;
-        let mut api_keys: Vec<String> = server.api_keys.iter().map(|k| k.expose().to_owned()).collect();
+        let mut server = file.server.clone();
         if let Some(key) = self.api_key.as_deref().filter(|k| !k.is_empty()) {
             anyhow::ensure!(
                 !key.chars().any(char::is_whitespace),
                 "--api-key (or $HEARTH_API_KEY) contains whitespace, which no Authorization header can carry"
             );
-            api_keys.push(key.to_owned());
+            server.api_keys.push(Secret(key.to_owned()));
         }
         if let Some(path) = &self.api_key_file {
             let mut from_file = Config::default();
@@ -478,44 +477,21 @@ impl ServeArgs {
                 .map_err(|e| anyhow::anyhow!("--api-key-file: {e}"))?
                 .server
                 .api_keys;
-            api_keys.extend(keys.iter().map(|k| k.expose().to_owned()));
+            server.api_keys.extend(keys);
         }
-        let served_model_name = self
-            .served_model_name
-            .clone()
-            .or_else(|| server.served_model_name.clone())
-            .or_else(|| {
-                (self.engine.model.is_none())
-                    .then(|| file.models.first().map(|m| m.name.clone()))
-                    .flatten()
-            });
+        server.served_model_name = self.served_model_name.clone().or(server.served_model_name).or_else(|| {
+            (self.engine.model.is_none())
+                .then(|| file.models.first().map(|m| m.name.clone()))
+                .flatten()
+        });
+        if let Some(host) = &self.host {
+            server.host.clone_from(host);
+        }
+        server.port = self.port.unwrap_or(server.port);
+        server.shutdown_timeout_secs = self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs);
         Ok(GatewayConfig {
-            host: self.host.clone().unwrap_or_else(|| server.host.clone()),
-            port: self.port.unwrap_or(server.port),
-            served_model_name,
-            api_keys,
-            admin_token: server.admin_token.as_ref().map(|t| t.expose().to_owned()),
-            keys: server
-                .keys
-                .iter()
-                .filter_map(|entry| {
-                    Some(gateway::access::ScopedKey {
-                        name: entry.name.clone(),
-                        key: entry.key.as_ref()?.expose().to_owned(),
-                        scopes: entry.scopes.clone(),
-                    })
-                })
-                .collect(),
-            max_body_bytes: server.max_body_bytes,
-            drain_timeout: Duration::from_secs(self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs)),
+            server,
             emulator_url: self.emulator_url.clone(),
-            allowed_hosts: server.allowed_hosts.clone(),
-            connections: gateway::ConnectionLimits {
-                max_connections: server.max_connections,
-                header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
-            },
-            max_prompt_bytes: server.max_prompt_bytes,
-            default_max_tokens: server.default_max_tokens,
         })
     }
 }
@@ -580,6 +556,49 @@ fn positive(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_flags_override_the_server_section() {
+        let serve = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["hearth", "serve"].iter().chain(args)).unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("expected serve")
+            };
+            args
+        };
+        let mut file = Config::default();
+        file.server.host = "10.0.0.1".into();
+        file.server.port = 9000;
+        file.server.api_keys = vec![Secret("from-file".into())];
+        file.server.shutdown_timeout_secs = 5;
+        file.server.max_connections = 7;
+        let config = serve(&[]).gateway_config(&file).unwrap();
+        assert_eq!(config.server, file.server, "no flags: the file's section as it is");
+        let config = serve(&[
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "1234",
+            "--shutdown-timeout",
+            "2",
+            "--served-model-name",
+            "m",
+            "--api-key",
+            "from-flag",
+        ])
+        .gateway_config(&file)
+        .unwrap();
+        assert_eq!((config.server.host.as_str(), config.server.port), ("0.0.0.0", 1234));
+        assert_eq!(config.drain_timeout(), Duration::from_secs(2));
+        assert_eq!(config.server.served_model_name.as_deref(), Some("m"));
+        let keys: Vec<_> = config.server.api_keys.iter().map(Secret::expose).collect();
+        assert_eq!(keys, ["from-file", "from-flag"]);
+        assert_eq!(
+            config.connection_limits().max_connections,
+            7,
+            "what no flag sets comes from the file"
+        );
+    }
 
     #[test]
     fn arguments_parse() {

@@ -30,6 +30,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
     let engine_config = args.engine.engine_config(config)?;
     let engine = load_engine(engine_config.clone())?;
     let name = gateway_config
+        .server
         .served_model_name
         .clone()
         .unwrap_or_else(|| engine.info().name.clone());
@@ -75,9 +76,12 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = server::bind(&gateway_config)
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", gateway_config.host, gateway_config.port))?;
+        let listener = server::bind(&gateway_config).await.with_context(|| {
+            format!(
+                "cannot listen on {}:{}",
+                gateway_config.server.host, gateway_config.server.port
+            )
+        })?;
         let connector = match dingtalk_config {
             Some(config) => {
                 let base = config.api_base_url.clone();
@@ -99,13 +103,13 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
         let platforms = connector.iter().map(DingTalkConnector::link).collect();
         let state = AppState::with_shared_router(router.clone(), &gateway_config).with_platforms(platforms);
         let addr = listener.local_addr().context("cannot read the listening address")?;
-        if gateway_config.admin_token.is_none()
-            && gateway_config.api_keys.is_empty()
-            && gateway_config.keys.is_empty()
-            && !gateway::access::is_loopback_host(&gateway_config.host)
+        if gateway_config.server.admin_token.is_none()
+            && gateway_config.server.api_keys.is_empty()
+            && gateway_config.server.keys.is_empty()
+            && !gateway::access::is_loopback_host(&gateway_config.server.host)
         {
             tracing::warn!(
-                host = %gateway_config.host,
+                host = %gateway_config.server.host,
                 "no server.admin_token or server.api_keys: the API is open to the network, and the web \
                  console's data (/console/api/*) is refused until one is configured"
             );
@@ -113,11 +117,11 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
         tracing::info!(
             %addr,
             model = %state.models.active().name,
-            api_keys = gateway_config.api_keys.len(),
-            named_keys = gateway_config.keys.len(),
+            api_keys = gateway_config.server.api_keys.len(),
+            named_keys = gateway_config.server.keys.len(),
             "listening: OpenAI-compatible API at http://{addr}/v1"
         );
-        let drain = gateway_config.drain_timeout;
+        let drain = gateway_config.drain_timeout();
         // On SIGINT/SIGTERM the connector stops taking messages and drains its answers first, then HTTP drains.
         let shutdown = async move {
             server::shutdown_signal().await;
@@ -125,7 +129,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
                 connector.shutdown(drain).await;
             }
         };
-        server::serve(listener, state, shutdown, gateway_config.drain_timeout)
+        server::serve(listener, state, shutdown, gateway_config.drain_timeout())
             .await
             .context("the HTTP server failed")
     })?;

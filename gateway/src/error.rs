@@ -13,7 +13,7 @@ use axum::Json;
 use engine::EngineError;
 use serde::de::DeserializeOwned;
 
-use crate::openai::{ErrorBody, ErrorDetail};
+use crate::openai::{ErrorBody, ErrorDetail, SamplingFields};
 
 /// The kinds of failure a client can see; each has one HTTP status and one OpenAI `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,28 +221,13 @@ where
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                // Missing fields are reported at the parent path (`.` for the top level).
-                let param = (path != ".").then_some(path);
-                let message = match &param {
-                    Some(p) => format!("Invalid value for `{p}`: {inner}"),
-                    None => format!("Invalid request body: {inner}"),
-                };
-                ApiError {
-                    param,
-                    ..ApiError::new(ErrorKind::InvalidRequest, message).with_code("invalid_value")
-                }
-            }
-            serde_json::error::Category::Syntax
-            | serde_json::error::Category::Eof
-            | serde_json::error::Category::Io => ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("The request body is not valid JSON: {inner}"),
-            )
-            .with_code("invalid_json"),
+        let error = json_error(err);
+        // A malformed field of a `#[serde(flatten)]`-ed struct fails at the top level, nameless: serde
+        // deserializes it from a buffer after the whole object. Reading that struct alone names it.
+        if error.param.is_none() && error.code == Some("invalid_value") {
+            flattened_field_error(body).unwrap_or(error)
+        } else {
+            error
         }
     })?;
     de.end().map_err(|err| {
@@ -253,6 +238,41 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         .with_code("invalid_json")
     })?;
     Ok(value)
+}
+
+/// The error naming a malformed field of [`SamplingFields`] in `body`, the one struct the request types
+/// flatten; `None` when those fields are well formed.
+fn flattened_field_error(body: &[u8]) -> Option<ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let err = serde_path_to_error::deserialize::<_, SamplingFields>(&mut de).err()?;
+    (err.path().to_string() != ".").then(|| json_error(err))
+}
+
+/// A deserialization error as a 400: the JSON path of the bad field is its `param`.
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Data => {
+            // Missing fields are reported at the parent path (`.` for the top level).
+            let param = (path != ".").then_some(path);
+            let message = match &param {
+                Some(p) => format!("Invalid value for `{p}`: {inner}"),
+                None => format!("Invalid request body: {inner}"),
+            };
+            ApiError {
+                param,
+                ..ApiError::new(ErrorKind::InvalidRequest, message).with_code("invalid_value")
+            }
+        }
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof | serde_json::error::Category::Io => {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("The request body is not valid JSON: {inner}"),
+            )
+            .with_code("invalid_json")
+        }
+    }
 }
 
 /// `application/json` or any `application/*+json`, with or without parameters (same rule as `axum::Json`).

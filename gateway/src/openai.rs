@@ -4,8 +4,7 @@
 //! ignored. They are plain data: [`crate::validation`] turns them into `Valid*` types, and nothing past the
 //! handlers sees them. Response types serialize to exactly OpenAI's shapes.
 //!
-//! The sampling fields are repeated in both request types instead of `#[serde(flatten)]`-ed, because
-//! flattening would hide the JSON path of a malformed field, which 400 responses report as `param`.
+//! The settings both endpoints share are one [`SamplingFields`], `#[serde(flatten)]`-ed into each.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,48 +19,16 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    /// Extension (vLLM): `-1` or absent disables.
-    #[serde(default)]
-    pub top_k: Option<i64>,
-    /// Extension (vLLM, llama.cpp).
-    #[serde(default)]
-    pub min_p: Option<f64>,
-    #[serde(default)]
-    pub presence_penalty: Option<f64>,
-    #[serde(default)]
-    pub frequency_penalty: Option<f64>,
-    /// Extension (vLLM, llama.cpp).
-    #[serde(default)]
-    pub repetition_penalty: Option<f64>,
-    #[serde(default)]
-    pub seed: Option<i64>,
-    /// Deprecated by OpenAI in favour of `max_completion_tokens`; both are accepted, the latter wins.
-    #[serde(default)]
-    pub max_tokens: Option<u64>,
+    /// The settings this endpoint shares with `/v1/completions`.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    /// OpenAI's newer name for `max_tokens`; both are accepted, this one wins.
     #[serde(default)]
     pub max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    pub stop: Option<StopSpec>,
-    /// Extension (vLLM).
-    #[serde(default)]
-    pub stop_token_ids: Option<Vec<u32>>,
-    #[serde(default)]
-    pub n: Option<u64>,
     #[serde(default)]
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<u64>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    /// Extension (vLLM, llama.cpp): keep generating past end-of-sequence.
-    #[serde(default)]
-    pub ignore_eos: Option<bool>,
     /// Not supported: a non-empty list is a 400 rather than an answer that ignores it.
     #[serde(default)]
     pub tools: Option<serde_json::Value>,
@@ -83,32 +50,9 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
     pub prompt: PromptSpec,
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    /// Extension (vLLM): `-1` or absent disables.
-    #[serde(default)]
-    pub top_k: Option<i64>,
-    #[serde(default)]
-    pub min_p: Option<f64>,
-    #[serde(default)]
-    pub presence_penalty: Option<f64>,
-    #[serde(default)]
-    pub frequency_penalty: Option<f64>,
-    #[serde(default)]
-    pub repetition_penalty: Option<f64>,
-    #[serde(default)]
-    pub seed: Option<i64>,
-    /// OpenAI's default for this endpoint is 16.
-    #[serde(default)]
-    pub max_tokens: Option<u64>,
-    #[serde(default)]
-    pub stop: Option<StopSpec>,
-    #[serde(default)]
-    pub stop_token_ids: Option<Vec<u32>>,
-    #[serde(default)]
-    pub n: Option<u64>,
+    /// The settings this endpoint shares with `/v1/chat/completions`.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
     #[serde(default)]
     pub best_of: Option<u64>,
     /// Not supported: `true` is rejected rather than silently ignored.
@@ -120,10 +64,50 @@ pub struct CompletionRequest {
     /// Number of top alternatives to return per token (the legacy API's integer form).
     #[serde(default)]
     pub logprobs: Option<u64>,
+}
+
+/// The sampling, stop and streaming settings both request types accept, under the same names.
+///
+/// Flattened into each request. serde buffers a flattened struct's fields and deserializes them after the
+/// whole object, so a malformed one fails at the top level; [`crate::error::parse_json`] then reads this
+/// struct alone to name the field in the 400's `param`, as for any other field.
+#[derive(Debug, Default, Deserialize)]
+pub struct SamplingFields {
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Extension (vLLM): `-1` or absent disables.
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    /// Extension (vLLM, llama.cpp).
+    #[serde(default)]
+    pub min_p: Option<f64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// Extension (vLLM, llama.cpp).
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Deprecated by OpenAI for chat in favour of `max_completion_tokens`. The legacy completions
+    /// endpoint defaults to 16; chat to the rest of the context window.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub stop: Option<StopSpec>,
+    /// Extension (vLLM).
+    #[serde(default)]
+    pub stop_token_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    pub n: Option<u64>,
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Extension (vLLM, llama.cpp): keep generating past end-of-sequence.
     #[serde(default)]
     pub ignore_eos: Option<bool>,
 }

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::access::{self, Access, Credentials, Scope, ScopedKey};
+use crate::config::{Secret, ServerSection};
 use crate::connections::{self, ConnectionLimits};
 use crate::console::{self, ConsoleState, ImLink};
 use crate::error::{ApiError, ErrorKind};
@@ -41,60 +42,53 @@ use crate::openai::{ModelCard, ModelList};
 use crate::routing::ModelRouter;
 use crate::{admin, completions};
 
-/// Where and how to serve. Defaults are the `hearth serve` defaults.
-#[derive(Debug, Clone)]
+/// Where and how to serve: the config file's `[server]` section, with the command line's overrides applied
+/// (see `ServeArgs::gateway_config`), plus what only the command line says. Defaults are the `hearth serve`
+/// defaults.
+#[derive(Debug, Clone, Default)]
 pub struct GatewayConfig {
-    pub host: String,
-    pub port: u16,
-    /// The model name clients see in `/v1/models` and responses; `None` uses the GGUF file stem.
-    pub served_model_name: Option<String>,
-    /// When not empty, `/v1/*` requires `Authorization: Bearer <key>` with one of these keys.
-    pub api_keys: Vec<String>,
-    /// Bearer token of `/admin/*`; `None` turns the admin API off.
-    pub admin_token: Option<String>,
-    /// Named keys with their scopes (`[[server.keys]]`), besides `api_keys` (chat) and `admin_token` (admin).
-    pub keys: Vec<ScopedKey>,
-    /// Request bodies above this many bytes get a 413 before they are parsed.
-    pub max_body_bytes: usize,
-    /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
-    pub drain_timeout: Duration,
+    /// Every `[server]` setting. Its `*_file` keys must already be read into `api_keys`, `admin_token` and
+    /// each key's `key` (`Config::with_secret_files`): they are not looked at here, and a named key with no
+    /// key is skipped.
+    pub server: ServerSection,
     /// A DingTalk emulator (`http://HOST:PORT`) whose conversations the console's IM page shows.
     pub emulator_url: Option<String>,
-    /// Host names requests may carry in their `Host` header besides loopback ones and `host` itself.
-    pub allowed_hosts: Vec<String>,
-    /// The connection cap and the header-read (and idle) timeout.
-    pub connections: ConnectionLimits,
-    /// Prompts longer than this many bytes get a 400 before they are tokenized; `None`:
-    /// [`PROMPT_BYTES_PER_TOKEN`] times the model's context length.
-    pub max_prompt_bytes: Option<usize>,
-    /// `max_tokens` of a chat request that gives none (capped by the room left in the context window).
-    pub default_max_tokens: usize,
 }
 
-/// Bytes of prompt text per token of context that [`GatewayConfig::max_prompt_bytes`] allows by default.
+impl GatewayConfig {
+    /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_timeout_secs)
+    }
+
+    /// The connection cap and the header-read (and idle) timeout.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.server.max_connections,
+            header_read_timeout: Duration::from_secs(self.server.header_read_timeout_secs),
+        }
+    }
+
+    /// `[[server.keys]]` entries that hold a key, as the credentials check takes them.
+    fn scoped_keys(&self) -> Vec<ScopedKey> {
+        self.server
+            .keys
+            .iter()
+            .filter_map(|entry| {
+                Some(ScopedKey {
+                    name: entry.name.clone(),
+                    key: entry.key.as_ref()?.expose().to_owned(),
+                    scopes: entry.scopes.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Bytes of prompt text per token of context that `[server] max_prompt_bytes` allows by default.
 /// Real text runs 1 to 6 bytes per token (Chinese about 1.5 to 3, English about 4, code up to 8): a prompt
 /// longer than 16 bytes per context token cannot fit, and is refused without tokenizing it.
 pub const PROMPT_BYTES_PER_TOKEN: usize = 16;
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        Self {
-            host: "127.0.0.1".to_owned(),
-            port: 8080,
-            served_model_name: None,
-            api_keys: Vec::new(),
-            admin_token: None,
-            keys: Vec::new(),
-            max_body_bytes: 4 * 1024 * 1024,
-            drain_timeout: Duration::from_secs(30),
-            emulator_url: None,
-            allowed_hosts: Vec::new(),
-            connections: ConnectionLimits::default(),
-            max_prompt_bytes: None,
-            default_max_tokens: 1024,
-        }
-    }
-}
 
 /// What every handler may use: cheap to clone, no globals.
 #[derive(Clone)]
@@ -142,9 +136,10 @@ impl PromptLimits {
 }
 
 impl AppState {
-    /// State serving one model, named `config.served_model_name` or after its file.
+    /// State serving one model, named `config.server.served_model_name` or after its file.
     pub fn new(engine: EngineHandle, config: &GatewayConfig) -> Self {
         let model_name = config
+            .server
             .served_model_name
             .clone()
             .unwrap_or_else(|| engine.info().name.clone());
@@ -161,22 +156,24 @@ impl AppState {
         let started_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let server = &config.server;
+        let api_keys: Vec<String> = server.api_keys.iter().map(|k| k.expose().to_owned()).collect();
         Self {
             models,
             credentials: Arc::new(Credentials::new(
-                &config.api_keys,
-                config.admin_token.as_deref(),
-                &config.keys,
+                &api_keys,
+                server.admin_token.as_ref().map(Secret::expose),
+                &config.scoped_keys(),
             )),
-            max_body_bytes: config.max_body_bytes,
+            max_body_bytes: server.max_body_bytes,
             started_at,
             ready: Arc::new(AtomicBool::new(true)),
             console: Arc::new(ConsoleState::new(config.emulator_url.clone(), Vec::new())),
-            access: Arc::new(Access::new(&config.host, &config.allowed_hosts)),
-            connections: config.connections,
+            access: Arc::new(Access::new(&server.host, &server.allowed_hosts)),
+            connections: config.connection_limits(),
             prompts: Arc::new(PromptLimits {
-                max_prompt_bytes: config.max_prompt_bytes,
-                default_max_tokens: config.default_max_tokens,
+                max_prompt_bytes: server.max_prompt_bytes,
+                default_max_tokens: server.default_max_tokens,
                 tokenizers: Arc::new(tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
@@ -320,9 +317,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Bind `config.host:config.port`.
+/// Bind `config.server.host:config.server.port`.
 pub async fn bind(config: &GatewayConfig) -> std::io::Result<TcpListener> {
-    TcpListener::bind((config.host.as_str(), config.port)).await
+    TcpListener::bind((config.server.host.as_str(), config.server.port)).await
 }
 
 /// One span per request (id, method, route), an `x-request-id` header, one log line when the response

@@ -8,7 +8,9 @@
 use engine::{ChatMessage, GenerateRequest, SamplingParams, StopParams};
 
 use crate::error::ApiError;
-use crate::openai::{ChatCompletionRequest, CompletionRequest, ContentPart, MessageContent, PromptSpec, StopSpec};
+use crate::openai::{
+    ChatCompletionRequest, CompletionRequest, ContentPart, MessageContent, PromptSpec, SamplingFields, StopSpec,
+};
 
 /// The most top alternatives per token the engine returns.
 const MAX_TOP_LOGPROBS: u64 = 20;
@@ -112,25 +114,10 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
             }
             (true, top) => Some(check_top_logprobs("top_logprobs", top.unwrap_or(0))?),
         };
-        let common = Common {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            min_p: req.min_p,
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            repetition_penalty: req.repetition_penalty,
-            seed: req.seed,
-            // OpenAI's newer name wins over the deprecated one.
-            max_tokens: req.max_completion_tokens.or(req.max_tokens),
-            stop: req.stop,
-            stop_token_ids: req.stop_token_ids,
-            n: req.n,
-            stream: req.stream,
-            include_usage: req.stream_options.map(|o| o.include_usage),
-            ignore_eos: req.ignore_eos,
-        };
-        let params = common.validate(logprobs, None)?;
+        let mut sampling = req.sampling;
+        // OpenAI's newer name wins over the deprecated one.
+        sampling.max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
+        let params = validate_sampling(sampling, logprobs, None)?;
         Ok(ValidChatRequest { messages, params })
     }
 }
@@ -174,102 +161,69 @@ impl TryFrom<CompletionRequest> for ValidCompletionRequest {
             .logprobs
             .map(|top| check_top_logprobs("logprobs", top))
             .transpose()?;
-        let common = Common {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            min_p: req.min_p,
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            repetition_penalty: req.repetition_penalty,
-            seed: req.seed,
-            max_tokens: req.max_tokens,
-            stop: req.stop,
-            stop_token_ids: req.stop_token_ids,
-            n: req.n,
-            stream: req.stream,
-            include_usage: req.stream_options.map(|o| o.include_usage),
-            ignore_eos: req.ignore_eos,
-        };
-        let params = common.validate(logprobs, Some(DEFAULT_COMPLETION_MAX_TOKENS))?;
+        let params = validate_sampling(req.sampling, logprobs, Some(DEFAULT_COMPLETION_MAX_TOKENS))?;
         Ok(ValidCompletionRequest { prompt, params })
     }
 }
 
-/// The fields both endpoints share, gathered so they are checked by one function.
-struct Common {
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<i64>,
-    min_p: Option<f64>,
-    presence_penalty: Option<f64>,
-    frequency_penalty: Option<f64>,
-    repetition_penalty: Option<f64>,
-    seed: Option<i64>,
-    max_tokens: Option<u64>,
-    stop: Option<StopSpec>,
-    stop_token_ids: Option<Vec<u32>>,
-    n: Option<u64>,
-    stream: Option<bool>,
-    include_usage: Option<bool>,
-    ignore_eos: Option<bool>,
-}
-
-impl Common {
-    fn validate(self, logprobs: Option<usize>, default_max_tokens: Option<usize>) -> Result<ValidParams, ApiError> {
-        if let Some(n) = self.n.filter(|&n| n != 1) {
-            return Err(ApiError::invalid_param(
-                "n",
-                format!("`n` must be 1 (got {n}); this server returns one choice per request."),
-            ));
-        }
-        let defaults = SamplingParams::default();
-        let top_k = match self.top_k {
-            None | Some(-1) => None,
-            Some(k) if k >= 1 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
-            Some(k) => {
-                return Err(ApiError::invalid_param(
-                    "top_k",
-                    format!("invalid `top_k`: got {k}, expected at least 1, or -1 to disable"),
-                ))
-            }
-        };
-        // f64 → f32 saturates to ±inf for absurd values, which the engine's range check rejects.
-        let f = |v: Option<f64>, default: f32| v.map_or(default, |v| v as f32);
-        let sampling = SamplingParams {
-            temperature: f(self.temperature, defaults.temperature),
-            top_k,
-            top_p: f(self.top_p, defaults.top_p),
-            min_p: f(self.min_p, defaults.min_p),
-            repetition_penalty: f(self.repetition_penalty, defaults.repetition_penalty),
-            presence_penalty: f(self.presence_penalty, defaults.presence_penalty),
-            frequency_penalty: f(self.frequency_penalty, defaults.frequency_penalty),
-            // OpenAI seeds are signed 64-bit integers; the engine's RNG takes the same 64 bits.
-            seed: self.seed.map(|s| s as u64),
-        };
-        let max_tokens = self.max_tokens.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
-        let stop = StopParams {
-            max_tokens: max_tokens.unwrap_or(1),
-            stop_strings: match self.stop {
-                None => Vec::new(),
-                Some(StopSpec::One(s)) => vec![s],
-                Some(StopSpec::Many(v)) => v,
-            },
-            stop_token_ids: self.stop_token_ids.unwrap_or_default(),
-            ignore_eos: self.ignore_eos.unwrap_or(false),
-        };
-        engine::validate(&sampling, &stop)?;
-        let stream = self.stream.unwrap_or(false);
-        Ok(ValidParams {
-            sampling,
-            stop,
-            max_tokens,
-            default_max_tokens,
-            logprobs,
-            stream,
-            include_usage: stream && self.include_usage.unwrap_or(false),
-        })
+/// The one check of the settings both endpoints share.
+fn validate_sampling(
+    fields: SamplingFields,
+    logprobs: Option<usize>,
+    default_max_tokens: Option<usize>,
+) -> Result<ValidParams, ApiError> {
+    if let Some(n) = fields.n.filter(|&n| n != 1) {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("`n` must be 1 (got {n}); this server returns one choice per request."),
+        ));
     }
+    let defaults = SamplingParams::default();
+    let top_k = match fields.top_k {
+        None | Some(-1) => None,
+        Some(k) if k >= 1 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
+        Some(k) => {
+            return Err(ApiError::invalid_param(
+                "top_k",
+                format!("invalid `top_k`: got {k}, expected at least 1, or -1 to disable"),
+            ))
+        }
+    };
+    // f64 → f32 saturates to ±inf for absurd values, which the engine's range check rejects.
+    let f = |v: Option<f64>, default: f32| v.map_or(default, |v| v as f32);
+    let sampling = SamplingParams {
+        temperature: f(fields.temperature, defaults.temperature),
+        top_k,
+        top_p: f(fields.top_p, defaults.top_p),
+        min_p: f(fields.min_p, defaults.min_p),
+        repetition_penalty: f(fields.repetition_penalty, defaults.repetition_penalty),
+        presence_penalty: f(fields.presence_penalty, defaults.presence_penalty),
+        frequency_penalty: f(fields.frequency_penalty, defaults.frequency_penalty),
+        // OpenAI seeds are signed 64-bit integers; the engine's RNG takes the same 64 bits.
+        seed: fields.seed.map(|s| s as u64),
+    };
+    let max_tokens = fields.max_tokens.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+    let stop = StopParams {
+        max_tokens: max_tokens.unwrap_or(1),
+        stop_strings: match fields.stop {
+            None => Vec::new(),
+            Some(StopSpec::One(s)) => vec![s],
+            Some(StopSpec::Many(v)) => v,
+        },
+        stop_token_ids: fields.stop_token_ids.unwrap_or_default(),
+        ignore_eos: fields.ignore_eos.unwrap_or(false),
+    };
+    engine::validate(&sampling, &stop)?;
+    let stream = fields.stream.unwrap_or(false);
+    Ok(ValidParams {
+        sampling,
+        stop,
+        max_tokens,
+        default_max_tokens,
+        logprobs,
+        stream,
+        include_usage: stream && fields.stream_options.is_some_and(|o| o.include_usage),
+    })
 }
 
 fn check_top_logprobs(param: &'static str, top: u64) -> Result<usize, ApiError> {
@@ -395,6 +349,27 @@ mod tests {
         check_rejected(r#""top_logprobs": 3"#, "top_logprobs");
         check_rejected(r#""logprobs": true, "top_logprobs": 50"#, "top_logprobs");
         check_rejected(r#""stop": [""]"#, "stop");
+    }
+
+    #[test]
+    fn malformed_shared_fields_are_named_in_both_requests() {
+        // The shared fields are flattened into each request; a malformed one is still named by its path.
+        for (body, param) in [
+            (r#"{"prompt": "a", "temperature": "hot"}"#, "temperature"),
+            (r#"{"prompt": "a", "stop": 3}"#, "stop"),
+            (
+                r#"{"prompt": "a", "stream_options": {"include_usage": 1}}"#,
+                "stream_options.include_usage",
+            ),
+        ] {
+            let err = parse_json::<CompletionRequest>(body.as_bytes()).expect_err(body);
+            assert_eq!(err.param.as_deref(), Some(param), "{body}: {}", err.message);
+            assert!(err.message.contains(param), "{body}: {}", err.message);
+        }
+        // A missing required field is still reported at the top level.
+        let err = parse_json::<ChatCompletionRequest>(br#"{"temperature": 0}"#).expect_err("no messages");
+        assert_eq!(err.param, None);
+        assert!(err.message.contains("messages"), "{}", err.message);
     }
 
     #[test]

@@ -122,7 +122,12 @@ pub trait CausalLm: Send {
 /// `max_positions` positions at most (fewer when the model's context is shorter), so a file claiming a huge
 /// context costs nothing more: pass the context the caller will serve.
 pub fn load(path: &Path, device: &Device, max_positions: usize) -> Result<Box<dyn CausalLm>, ModelError> {
-    let mut gguf = Gguf::open(path, device)?;
+    load_gguf(Gguf::open(path, device)?, max_positions)
+}
+
+/// [`load`] from a file already opened, so a caller that read its metadata first (the engine builds its
+/// tokenizer from [`Gguf::metadata_map`]) parses the header once.
+pub fn load_gguf(mut gguf: Gguf, max_positions: usize) -> Result<Box<dyn CausalLm>, ModelError> {
     gguf.set_max_positions(max_positions);
     let arch_name = gguf.metadata_str("general.architecture")?.to_string();
     let model: Box<dyn CausalLm> = match Architecture::from_gguf_name(&arch_name)? {
@@ -131,7 +136,7 @@ pub fn load(path: &Path, device: &Device, max_positions: usize) -> Result<Box<dy
         Architecture::Qwen3 => Box::new(qwen3::load(&mut gguf)?),
     };
     tracing::info!(
-        path = %path.display(),
+        path = %gguf.path().display(),
         architecture = %arch_name,
         layers = model.spec().num_layers,
         file_type = %model.spec().quantization,

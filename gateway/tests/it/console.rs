@@ -4,6 +4,7 @@
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig};
+use gateway::config::{Secret, ServerSection};
 use gateway::console::{ASSETS, INDEX_HTML};
 use gateway::{AppState, GatewayConfig};
 use serde_json::json;
@@ -192,7 +193,10 @@ async fn status_shows_im_health_and_masked_audit_and_the_admin_reloads_skills() 
         .await
         .unwrap();
     let config = GatewayConfig {
-        admin_token: Some(ADMIN_TOKEN.into()),
+        server: ServerSection {
+            admin_token: Some(Secret(ADMIN_TOKEN.into())),
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     };
     let app = gateway::app(AppState::new(shared_engine(), &config).with_platforms(vec![connector.link()]));

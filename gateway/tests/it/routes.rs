@@ -2,6 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
+use gateway::config::{Secret, ServerSection};
 use gateway::{AppState, GatewayConfig};
 use serde_json::json;
 use tower::ServiceExt;
@@ -26,7 +27,10 @@ async fn models_lists_the_served_model() {
 #[tokio::test]
 async fn served_model_name_is_used_everywhere() {
     let config = GatewayConfig {
-        served_model_name: Some("smol".into()),
+        server: ServerSection {
+            served_model_name: Some("smol".into()),
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     };
     let app = gateway::app(AppState::new(shared_engine(), &config));
@@ -95,7 +99,10 @@ async fn responses_carry_a_request_id() {
 #[tokio::test]
 async fn api_key_guards_v1_but_not_health() {
     let config = GatewayConfig {
-        api_keys: vec!["sesame".into(), "open".into()],
+        server: ServerSection {
+            api_keys: vec![Secret("sesame".into()), Secret("open".into())],
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     };
     let app = gateway::app(AppState::new(shared_engine(), &config));

@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use emulator::dingtalk::{DingTalkEmulator, EmulatorConfig};
-use gateway::{AppState, ConnectionLimits, GatewayConfig};
+use gateway::config::{Secret, ServerSection};
+use gateway::{AppState, GatewayConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,8 +64,11 @@ fn error_code(body: &str) -> String {
 #[tokio::test]
 async fn console_data_needs_the_admin_token_or_an_api_key() {
     let addr = spawn(GatewayConfig {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        api_keys: vec![API_KEY.into()],
+        server: ServerSection {
+            admin_token: Some(Secret(ADMIN_TOKEN.into())),
+            api_keys: vec![Secret(API_KEY.into())],
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     })
     .await;
@@ -100,7 +104,10 @@ async fn without_credentials_console_data_is_served_on_loopback_only() {
     assert_eq!(get(loopback, "/console/api/status", "").await.0, 200);
     // The same server told it listens on every address (the test socket is on loopback either way).
     let everywhere = spawn(GatewayConfig {
-        host: "0.0.0.0".into(),
+        server: ServerSection {
+            host: "0.0.0.0".into(),
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     })
     .await;
@@ -115,7 +122,10 @@ async fn without_credentials_console_data_is_served_on_loopback_only() {
 #[tokio::test]
 async fn host_headers_naming_other_servers_are_refused() {
     let addr = spawn(GatewayConfig {
-        allowed_hosts: vec!["hearth.corp.example".into()],
+        server: ServerSection {
+            allowed_hosts: vec!["hearth.corp.example".into()],
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     })
     .await;
@@ -226,9 +236,9 @@ async fn slow_and_idle_connections_are_closed_and_healthz_stays_fast() {
     );
     let timeout = Duration::from_secs(2);
     let addr = spawn(GatewayConfig {
-        connections: ConnectionLimits {
-            header_read_timeout: timeout,
-            ..ConnectionLimits::default()
+        server: ServerSection {
+            header_read_timeout_secs: timeout.as_secs(),
+            ..ServerSection::default()
         },
         ..GatewayConfig::default()
     })
@@ -321,9 +331,10 @@ async fn slow_and_idle_connections_are_closed_and_healthz_stays_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_cap_busy_connections_are_kept_and_new_ones_closed() {
     let addr = spawn(GatewayConfig {
-        connections: ConnectionLimits {
+        server: ServerSection {
             max_connections: 2,
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout_secs: 30,
+            ..ServerSection::default()
         },
         ..GatewayConfig::default()
     })
@@ -494,7 +505,10 @@ async fn sixteen_concurrent_4mb_prompts_stay_within_the_memory_bound_and_stall_n
 #[tokio::test]
 async fn a_chat_without_max_tokens_stops_at_the_configured_default() {
     let config = GatewayConfig {
-        default_max_tokens: 3,
+        server: ServerSection {
+            default_max_tokens: 3,
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     };
     let app = gateway::app(AppState::new(shared_engine(), &config));
@@ -632,18 +646,23 @@ fn careless_configurations_are_refused_or_warned_about_by_name() {
 
 #[tokio::test]
 async fn named_keys_grant_only_their_scopes() {
-    use gateway::access::{Scope, ScopedKey};
-    let named = |name: &str, key: &str, scopes: &[Scope]| ScopedKey {
+    use gateway::access::Scope;
+    use gateway::config::KeyEntry;
+    let named = |name: &str, key: &str, scopes: &[Scope]| KeyEntry {
         name: name.to_owned(),
-        key: key.to_owned(),
+        key: Some(Secret(key.to_owned())),
+        key_file: None,
         scopes: scopes.to_vec(),
     };
     let addr = spawn(GatewayConfig {
-        keys: vec![
-            named("grafana", "sk-metrics-only", &[Scope::Metrics]),
-            named("ci", "sk-chat-only", &[Scope::Chat]),
-            named("ops", "sk-ops-admin-0123456789", &[Scope::Admin, Scope::Metrics]),
-        ],
+        server: ServerSection {
+            keys: vec![
+                named("grafana", "sk-metrics-only", &[Scope::Metrics]),
+                named("ci", "sk-chat-only", &[Scope::Chat]),
+                named("ops", "sk-ops-admin-0123456789", &[Scope::Admin, Scope::Metrics]),
+            ],
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     })
     .await;

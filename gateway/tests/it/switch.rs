@@ -9,6 +9,7 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use engine::EngineConfig;
 use futures::StreamExt;
+use gateway::config::{Secret, ServerSection};
 use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
 use gateway::{AppState, GatewayConfig};
 use serde_json::{json, Value};
@@ -111,7 +112,10 @@ async fn switching_under_load_loses_no_request() {
         Some(template),
     );
     let config = GatewayConfig {
-        admin_token: Some(ADMIN_TOKEN.into()),
+        server: ServerSection {
+            admin_token: Some(Secret(ADMIN_TOKEN.into())),
+            ..ServerSection::default()
+        },
         ..GatewayConfig::default()
     };
     let app = gateway::app(AppState::with_router(router, &config));
