@@ -40,6 +40,9 @@ cargo test --release --workspace -- --test-threads 1
 echo "== the official OpenAI Python client against hearth serve"
 tests/python/run.sh
 
+echo "== the official OpenAI Python client against hearth serve over TLS (a self-signed certificate)"
+tests/python/run.sh --tls
+
 echo "== a new user's first run: hearth serve in a fresh HOME fetches the default model and answers in Chinese"
 tests/python/run.sh --default-model
 

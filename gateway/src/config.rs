@@ -77,6 +77,11 @@ pub struct ServerSection {
     /// Seconds a client has to send a request head, an idle keep-alive connection stays open, and a request
     /// body may send nothing.
     pub header_read_timeout_secs: u64,
+    /// A PEM certificate chain (the server's certificate first): with `tls_key_file`, the listener speaks
+    /// HTTPS only; neither: plain HTTP (behind a reverse proxy that terminates TLS, or on loopback).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -97,6 +102,8 @@ impl Default for ServerSection {
             allowed_hosts: Vec::new(),
             max_connections: 512,
             header_read_timeout_secs: 10,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -413,6 +420,16 @@ impl Config {
                 return invalid(key, "must be at least 1");
             }
         }
+        match (&server.tls_cert_file, &server.tls_key_file) {
+            (Some(_), None) => return invalid("server.tls_key_file", "is missing: server.tls_cert_file needs its key"),
+            (None, Some(_)) => {
+                return invalid(
+                    "server.tls_cert_file",
+                    "is missing: server.tls_key_file needs its certificate",
+                )
+            }
+            _ => {}
+        }
         if server.api_keys.iter().any(|k| k.0.trim().is_empty()) {
             return invalid("server.api_keys", "must not contain an empty key");
         }
@@ -664,6 +681,30 @@ mod tests {
         ] {
             assert!(EXAMPLE.contains(key), "{key} is not in the example");
         }
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_from_the_environment() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("HEARTH_SERVER__TLS_CERT_FILE", "/etc/hearth/cert.pem"),
+                ("HEARTH_SERVER__TLS_KEY_FILE", "/etc/hearth/key.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.tls_cert_file, Some(PathBuf::from("/etc/hearth/cert.pem")));
+        assert_eq!(config.server.tls_key_file, Some(PathBuf::from("/etc/hearth/key.pem")));
+        let err = Config::load_with_env(None, env(&[("HEARTH_SERVER__TLS_CERT_FILE", "/c.pem")])).unwrap_err();
+        assert!(err.to_string().contains("server.tls_key_file"), "{err}");
+        let err = Config::load_with_env(None, env(&[("HEARTH_SERVER__TLS_KEY_FILE", "/k.pem")])).unwrap_err();
+        assert!(err.to_string().contains("server.tls_cert_file"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! Every request runs in a `request` span carrying its id (also returned as `x-request-id`) and route.
 //!
 //! Connections are accepted under [`ConnectionLimits`] (header-read and idle timeout, a connection cap), see
-//! [`crate::connections`].
+//! [`crate::connections`], and speak TLS when [`GatewayConfig::tls`] is set (see [`crate::tls`]).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -39,6 +39,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
 use crate::openai::{ModelCard, ModelList};
 use crate::routing::ModelRouter;
+use crate::tls::Tls;
 use crate::{admin, completions};
 
 /// Where and how to serve. Defaults are the `hearth serve` defaults.
@@ -64,6 +65,8 @@ pub struct GatewayConfig {
     pub allowed_hosts: Vec<String>,
     /// The connection cap and the header-read (and idle) timeout.
     pub connections: ConnectionLimits,
+    /// The certificate and key to speak HTTPS with; `None`: plain HTTP.
+    pub tls: Option<Tls>,
     /// Prompts longer than this many bytes get a 400 before they are tokenized; `None`:
     /// [`PROMPT_BYTES_PER_TOKEN`] times the model's context length.
     pub max_prompt_bytes: Option<usize>,
@@ -90,6 +93,7 @@ impl Default for GatewayConfig {
             emulator_url: None,
             allowed_hosts: Vec::new(),
             connections: ConnectionLimits::default(),
+            tls: None,
             max_prompt_bytes: None,
             default_max_tokens: 1024,
         }
@@ -116,6 +120,8 @@ pub struct AppState {
     pub access: Arc<Access>,
     /// The connection cap and timeouts [`serve`] applies.
     pub connections: ConnectionLimits,
+    /// TLS [`serve`] speaks on every connection; `None`: plain HTTP.
+    pub tls: Option<Tls>,
     /// The prompt-size bound and the tokenizer pool.
     pub prompts: Arc<PromptLimits>,
 }
@@ -174,6 +180,7 @@ impl AppState {
             console: Arc::new(ConsoleState::new(config.emulator_url.clone(), Vec::new())),
             access: Arc::new(Access::new(&config.host, &config.allowed_hosts)),
             connections: config.connections,
+            tls: config.tls.clone(),
             prompts: Arc::new(PromptLimits {
                 max_prompt_bytes: config.max_prompt_bytes,
                 default_max_tokens: config.default_max_tokens,
@@ -244,8 +251,9 @@ pub async fn serve(
     let models = state.models.clone();
     let ready = state.ready.clone();
     let limits = state.connections;
+    let tls = state.tls.clone();
     let (stop_accepting, stop_rx) = tokio::sync::watch::channel(false);
-    let server = connections::serve_connections(listener, app(state), limits, stop_rx);
+    let server = connections::serve_connections(listener, app(state), limits, tls, stop_rx);
     let mut server = tokio::spawn(server);
 
     tokio::select! {
