@@ -366,6 +366,12 @@ impl Config {
             let token = read("server.admin_token_file", path)?;
             self.server.admin_token = Some(Secret(token.trim().to_owned()));
         }
+        if let Some(dingtalk) = &mut self.dingtalk {
+            dingtalk.read_secret_file().map_err(|err| ConfigError::Value {
+                key: "dingtalk.app_secret_file".to_owned(),
+                problem: err.to_string(),
+            })?;
+        }
         Ok(())
     }
 
@@ -578,6 +584,9 @@ pub fn permission_warnings(file: Option<&Path>, config: &Config) -> Vec<String> 
     }
     if let Some(path) = &config.server.admin_token_file {
         check(path, "the admin token (server.admin_token_file)");
+    }
+    if let Some(path) = config.dingtalk.as_ref().and_then(|d| d.app_secret_file.as_ref()) {
+        check(path, "the DingTalk app secret (dingtalk.app_secret_file)");
     }
     warnings
 }
@@ -798,6 +807,28 @@ mod tests {
         ] {
             assert_eq!(check_log_level(level), Ok(()), "{level}");
         }
+    }
+
+    #[test]
+    fn the_dingtalk_app_secret_comes_from_a_file() {
+        let secret = write("dingtalk-secret\n");
+        let file = write(&format!(
+            "[dingtalk]\napp_key = \"k\"\ncard_template_id = \"t\"\napp_secret_file = {:?}\n",
+            secret.path()
+        ));
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        let dingtalk = config.dingtalk.as_ref().unwrap();
+        assert_eq!(dingtalk.app_secret.expose(), "dingtalk-secret");
+        assert!(!config.to_redacted_toml().contains("dingtalk-secret"));
+        let env = [(
+            "HEARTH_DINGTALK__APP_SECRET_FILE".to_owned(),
+            "/nonexistent/secret".to_owned(),
+        )];
+        let err = Config::load_with_env(Some(file.path()), env).unwrap_err().to_string();
+        assert!(
+            err.contains("dingtalk.app_secret_file") && err.contains("/nonexistent/secret"),
+            "{err}"
+        );
     }
 
     #[test]
