@@ -33,6 +33,14 @@ cargo fmt --all --check
 echo "== lints: cargo clippy -D warnings (the allows are in Cargo.toml's [workspace.lints], each with its reason)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== supply chain: cargo deny check licenses bans sources (deny.toml; advisories need the network)"
+CARGO_DENY_VERSION=0.20.2
+if [[ $(cargo deny --version 2>/dev/null) != "cargo-deny $CARGO_DENY_VERSION" ]]; then
+    # A from-source build: about 36 minutes on 2 busy cores (measured), once per machine.
+    cargo install --locked "cargo-deny@$CARGO_DENY_VERSION"
+fi
+cargo deny check licenses bans sources
+
 echo "== cargo test"
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 1
