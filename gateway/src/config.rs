@@ -77,6 +77,11 @@ pub struct ServerSection {
     /// Seconds a client has to send a request head, an idle keep-alive connection stays open, and a request
     /// body may send nothing.
     pub header_read_timeout_secs: u64,
+    /// A PEM certificate chain (the server's certificate first): with `tls_key_file`, the listener speaks
+    /// HTTPS only; neither: plain HTTP (behind a reverse proxy that terminates TLS, or on loopback).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -97,6 +102,8 @@ impl Default for ServerSection {
             allowed_hosts: Vec::new(),
             max_connections: 512,
             header_read_timeout_secs: 10,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -359,6 +366,12 @@ impl Config {
             let token = read("server.admin_token_file", path)?;
             self.server.admin_token = Some(Secret(token.trim().to_owned()));
         }
+        if let Some(dingtalk) = &mut self.dingtalk {
+            dingtalk.read_secret_file().map_err(|err| ConfigError::Value {
+                key: "dingtalk.app_secret_file".to_owned(),
+                problem: err.to_string(),
+            })?;
+        }
         Ok(())
     }
 
@@ -412,6 +425,16 @@ impl Config {
             if value == 0 {
                 return invalid(key, "must be at least 1");
             }
+        }
+        match (&server.tls_cert_file, &server.tls_key_file) {
+            (Some(_), None) => return invalid("server.tls_key_file", "is missing: server.tls_cert_file needs its key"),
+            (None, Some(_)) => {
+                return invalid(
+                    "server.tls_cert_file",
+                    "is missing: server.tls_key_file needs its certificate",
+                )
+            }
+            _ => {}
         }
         if server.api_keys.iter().any(|k| k.0.trim().is_empty()) {
             return invalid("server.api_keys", "must not contain an empty key");
@@ -562,6 +585,9 @@ pub fn permission_warnings(file: Option<&Path>, config: &Config) -> Vec<String> 
     if let Some(path) = &config.server.admin_token_file {
         check(path, "the admin token (server.admin_token_file)");
     }
+    if let Some(path) = config.dingtalk.as_ref().and_then(|d| d.app_secret_file.as_ref()) {
+        check(path, "the DingTalk app secret (dingtalk.app_secret_file)");
+    }
     warnings
 }
 
@@ -667,6 +693,30 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_in_pairs_and_from_the_environment() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("HEARTH_SERVER__TLS_CERT_FILE", "/etc/hearth/cert.pem"),
+                ("HEARTH_SERVER__TLS_KEY_FILE", "/etc/hearth/key.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.tls_cert_file, Some(PathBuf::from("/etc/hearth/cert.pem")));
+        assert_eq!(config.server.tls_key_file, Some(PathBuf::from("/etc/hearth/key.pem")));
+        let err = Config::load_with_env(None, env(&[("HEARTH_SERVER__TLS_CERT_FILE", "/c.pem")])).unwrap_err();
+        assert!(err.to_string().contains("server.tls_key_file"), "{err}");
+        let err = Config::load_with_env(None, env(&[("HEARTH_SERVER__TLS_KEY_FILE", "/k.pem")])).unwrap_err();
+        assert!(err.to_string().contains("server.tls_cert_file"), "{err}");
+    }
+
+    #[test]
     fn file_then_environment() {
         let file = write("[server]\nport = 9000\nhost = \"0.0.0.0\"\n[engine]\nmax_running = 8\n[[models]]\nname = \"a\"\npath = \"/m/a.gguf\"\n");
         let env = [
@@ -757,6 +807,28 @@ mod tests {
         ] {
             assert_eq!(check_log_level(level), Ok(()), "{level}");
         }
+    }
+
+    #[test]
+    fn the_dingtalk_app_secret_comes_from_a_file() {
+        let secret = write("dingtalk-secret\n");
+        let file = write(&format!(
+            "[dingtalk]\napp_key = \"k\"\ncard_template_id = \"t\"\napp_secret_file = {:?}\n",
+            secret.path()
+        ));
+        let config = Config::load_with_env(Some(file.path()), []).unwrap();
+        let dingtalk = config.dingtalk.as_ref().unwrap();
+        assert_eq!(dingtalk.app_secret.expose(), "dingtalk-secret");
+        assert!(!config.to_redacted_toml().contains("dingtalk-secret"));
+        let env = [(
+            "HEARTH_DINGTALK__APP_SECRET_FILE".to_owned(),
+            "/nonexistent/secret".to_owned(),
+        )];
+        let err = Config::load_with_env(Some(file.path()), env).unwrap_err().to_string();
+        assert!(
+            err.contains("dingtalk.app_secret_file") && err.contains("/nonexistent/secret"),
+            "{err}"
+        );
     }
 
     #[test]

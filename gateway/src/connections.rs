@@ -20,6 +20,11 @@
 //! A connection is busy from the moment its request reaches the router until its response body has been
 //! sent or dropped (`Busy` rides on the body), so a long SSE stream is never taken for idle.
 //!
+//! With [`Tls`], each accepted socket does its TLS handshake inside its connection's task, under the same
+//! rules: it holds a slot of the cap from the moment it is accepted, it counts as idle (so it is the first
+//! to be closed to make room), and a handshake not finished within the header-read timeout closes the
+//! socket, so a client that connects and stays silent holds a slot no longer over TLS than without.
+//!
 //! HTTP/1.1 only: the header-read timer is an HTTP/1 feature, and the OpenAI clients speak HTTP/1.1.
 
 use std::collections::HashMap;
@@ -37,10 +42,13 @@ use axum::Router;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
+
+use crate::tls::Tls;
 
 /// How many connections, and how slow, the server tolerates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,14 +138,17 @@ impl Table {
     }
 }
 
-/// Serve `app` on `listener` under `limits` until `stop` turns true; then stop accepting, let every
-/// connection finish its request in flight (idle ones close at once), and return when all are closed.
+/// Serve `app` on `listener` under `limits` (over TLS when `tls` is given) until `stop` turns true; then
+/// stop accepting, let every connection finish its request in flight (idle ones close at once), and return
+/// when all are closed.
 pub(crate) async fn serve_connections(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<Tls>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let acceptor = tls.as_ref().map(Tls::acceptor);
     let epoch = Instant::now();
     let table = Arc::new(Mutex::new(Table::default()));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -193,6 +204,7 @@ pub(crate) async fn serve_connections(
                 table: table.clone(),
                 body_idle: limits.header_read_timeout,
             },
+            acceptor.clone(),
             stop.clone(),
         ));
     }
@@ -211,13 +223,58 @@ struct Connection {
     body_idle: Duration,
 }
 
+/// One accepted socket: its TLS handshake when `acceptor` is given, then HTTP; it leaves the table when
+/// it closes, whichever way.
 async fn serve_one(
     stream: TcpStream,
     app: Router,
     http: hyper::server::conn::http1::Builder,
     connection: Connection,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let _ = stream.set_nodelay(true);
+    let (id, table) = (connection.id, connection.table.clone());
+    match acceptor {
+        None => serve_http(stream, app, http, connection, stop).await,
+        Some(acceptor) => {
+            let conn = connection.conn.clone();
+            // The handshake is bounded like a request head; the connection is idle meanwhile, so eviction
+            // and shutdown close it too.
+            let handshake = tokio::time::timeout(connection.body_idle, acceptor.accept(stream));
+            let stream = tokio::select! {
+                result = handshake => match result {
+                    Ok(Ok(stream)) => Some(stream),
+                    Ok(Err(err)) => {
+                        tracing::debug!(cause = %err, "TLS handshake failed");
+                        None
+                    }
+                    Err(_elapsed) => {
+                        tracing::debug!("TLS handshake not finished within the header-read timeout");
+                        None
+                    }
+                },
+                () = conn.close.notified() => None,
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            if let Some(stream) = stream {
+                serve_http(stream, app, http, connection, stop).await;
+            }
+        }
+    }
+    lock(&table).open.remove(&id);
+}
+
+/// HTTP/1.1 on one connection until it ends, it is closed to make room, or the server stops.
+async fn serve_http<S>(
+    stream: S,
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    connection: Connection,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Connection {
         id,
         conn,
@@ -225,7 +282,6 @@ async fn serve_one(
         table,
         body_idle,
     } = connection;
-    let _ = stream.set_nodelay(true);
     let tracked = conn.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let busy = Busy::new(tracked.clone(), epoch);
@@ -271,7 +327,6 @@ async fn serve_one(
             }
         }
     }
-    lock(&table).open.remove(&id);
 }
 
 /// A request body that fails when no frame arrives for `idle` (from the request head on, then from frame

@@ -4,7 +4,8 @@
 //! Checks: CPU features the binary was built for, GPU (when `nvidia-smi` exists), each model file (whole,
 //! checksum when known, supported architecture, fits in memory with its KV cache, then loaded once on the
 //! CPU with every check `hearth serve`'s load makes, and dropped), config file
-//! permissions, the listening port, the data directory, and the IM app's credentials (the platform must
+//! permissions, the listening port, TLS (on or off; a certificate and key that do not parse or belong
+//! together, a certificate expired or about to), the data directory, and the IM app's credentials (the platform must
 //! issue an access token for them).
 
 use std::fmt;
@@ -17,10 +18,12 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, ServerSection};
 use crate::dingtalk::{DingTalkConfig, OpenApi};
 use crate::model_path;
 use crate::presets::Preset;
+use crate::tls::Tls;
+use rustls::pki_types::pem::PemObject;
 
 /// CPU flags the default (x86-64-v3) build executes; without any of them it dies with SIGILL.
 pub const REQUIRED_CPU_FLAGS: &[&str] = &["avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe"];
@@ -107,6 +110,7 @@ pub fn run(inputs: &Inputs) -> Report {
     check_models(&mut report, inputs);
     check_config_file(&mut report, inputs.config_path.as_deref());
     check_port(&mut report, &inputs.host, inputs.port);
+    check_tls(&mut report, &inputs.config.server);
     check_data_dir(&mut report, &inputs.config.data.dir);
     check_dingtalk(&mut report, inputs.config.dingtalk.as_ref());
     report
@@ -370,6 +374,76 @@ fn check_port(report: &mut Report, host: &str, port: u16) {
             format!("{host}:{port} is already in use by another process (is hearth already running? see `ss -ltnp 'sport = :{port}'`); pick another server.port"),
         ),
         Err(err) => report.push("port", Status::Fail, format!("cannot listen on {host}:{port}: {err}")),
+    }
+}
+
+/// A certificate expiring sooner than this is worth a note.
+const CERT_EXPIRY_NOTE_SECS: i64 = 30 * 86_400;
+
+fn check_tls(report: &mut Report, server: &ServerSection) {
+    let tls = match Tls::from_config(server) {
+        Ok(Some(tls)) => tls,
+        Ok(None) if crate::access::is_loopback_host(&server.host) => {
+            return report.push("tls", Status::Ok, "off: plain HTTP on loopback");
+        }
+        Ok(None) => {
+            return report.push(
+                "tls",
+                Status::Note,
+                format!(
+                    "off: plain HTTP on {}; terminate TLS in a reverse proxy, or set server.tls_cert_file and \
+                     server.tls_key_file",
+                    server.host
+                ),
+            )
+        }
+        Err(err) => return report.push("tls", Status::Fail, err.to_string()),
+    };
+    let shown = tls.cert_file().display();
+    let validity = fs::read(tls.cert_file())
+        .ok()
+        .and_then(|pem| rustls::pki_types::CertificateDer::from_pem_slice(&pem).ok())
+        .and_then(|der| crate::tls::certificate_validity(&der));
+    let Some((not_before, not_after)) = validity else {
+        return report.push(
+            "tls",
+            Status::Note,
+            format!("on: {shown} (cannot read its validity period)"),
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if now > not_after.unix {
+        report.push(
+            "tls",
+            Status::Fail,
+            format!(
+                "{shown} expired on {}: clients will refuse it; renew it",
+                not_after.shown
+            ),
+        );
+    } else if now < not_before.unix {
+        report.push(
+            "tls",
+            Status::Fail,
+            format!(
+                "{shown} is not valid before {}: check the clock or the certificate",
+                not_before.shown
+            ),
+        );
+    } else if not_after.unix - now < CERT_EXPIRY_NOTE_SECS {
+        report.push(
+            "tls",
+            Status::Note,
+            format!("on: {shown} expires on {}, in under 30 days: renew it", not_after.shown),
+        );
+    } else {
+        report.push(
+            "tls",
+            Status::Ok,
+            format!("on: {shown}, valid until {}", not_after.shown),
+        );
     }
 }
 

@@ -7,7 +7,8 @@
 //!   single `EngineError` → HTTP status mapping; and [`ApiJson`], the JSON extractor whose rejections use it.
 //! - [`validation`]: DTOs become `Valid*` requests; nothing downstream takes an unvalidated DTO.
 //! - [`access`]: the `Host` check (DNS rebinding), the console's credential, same-origin JSON for its calls.
-//! - [`connections`]: the accept loop: connection cap, header-read and idle timeouts.
+//! - [`connections`]: the accept loop: connection cap, header-read and idle timeouts, TLS handshakes.
+//! - [`tls`]: the listener's certificate and key (rustls), and reading a certificate's validity.
 //! - [`admin`]: the admin API (bearer token): list models, switch the active one.
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
 //! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
@@ -48,6 +49,7 @@ pub mod routing;
 pub mod server;
 pub mod sessions;
 pub mod skills;
+pub mod tls;
 pub mod validation;
 
 pub use connections::ConnectionLimits;

@@ -11,7 +11,7 @@
 //! Every request runs in a `request` span carrying its id (also returned as `x-request-id`) and route.
 //!
 //! Connections are accepted under [`ConnectionLimits`] (header-read and idle timeout, a connection cap), see
-//! [`crate::connections`].
+//! [`crate::connections`], and speak TLS when [`GatewayConfig::tls`] is set (see [`crate::tls`]).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -40,6 +40,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::metrics;
 use crate::openai::{ModelCard, ModelList};
 use crate::routing::ModelRouter;
+use crate::tls::Tls;
 use crate::{admin, completions};
 
 /// Where and how to serve: the config file's `[server]` section, with the command line's overrides applied
@@ -53,6 +54,9 @@ pub struct GatewayConfig {
     pub server: ServerSection,
     /// A DingTalk emulator (`http://HOST:PORT`) whose conversations the console's IM page shows.
     pub emulator_url: Option<String>,
+    /// The certificate and key to speak HTTPS with, read from `server.tls_cert_file`/`tls_key_file` or the
+    /// `--tls-cert`/`--tls-key` flags; `None`: plain HTTP.
+    pub tls: Option<Tls>,
 }
 
 impl GatewayConfig {
@@ -110,6 +114,8 @@ pub struct AppState {
     pub access: Arc<Access>,
     /// The connection cap and timeouts [`serve`] applies.
     pub connections: ConnectionLimits,
+    /// TLS [`serve`] speaks on every connection; `None`: plain HTTP.
+    pub tls: Option<Tls>,
     /// The prompt-size bound and the tokenizer pool.
     pub prompts: Arc<PromptLimits>,
 }
@@ -171,6 +177,7 @@ impl AppState {
             console: Arc::new(ConsoleState::new(config.emulator_url.clone(), Vec::new())),
             access: Arc::new(Access::new(&server.host, &server.allowed_hosts)),
             connections: config.connection_limits(),
+            tls: config.tls.clone(),
             prompts: Arc::new(PromptLimits {
                 max_prompt_bytes: server.max_prompt_bytes,
                 default_max_tokens: server.default_max_tokens,
@@ -241,8 +248,9 @@ pub async fn serve(
     let models = state.models.clone();
     let ready = state.ready.clone();
     let limits = state.connections;
+    let tls = state.tls.clone();
     let (stop_accepting, stop_rx) = tokio::sync::watch::channel(false);
-    let server = connections::serve_connections(listener, app(state), limits, stop_rx);
+    let server = connections::serve_connections(listener, app(state), limits, tls, stop_rx);
     let mut server = tokio::spawn(server);
 
     tokio::select! {

@@ -16,6 +16,10 @@ pub struct DingTalkConfig {
     pub app_key: String,
     /// The app's AppSecret (= `clientSecret`).
     pub app_secret: Secret,
+    /// A file holding the AppSecret (instead of `app_secret`), as systemd and Kubernetes credentials provide
+    /// it; read at load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_secret_file: Option<PathBuf>,
     /// The robot's code; empty means the AppKey (true for internal-app robots).
     pub robot_code: String,
     /// The AI-card template whose streaming variable is [`card_content_key`](Self::card_content_key).
@@ -99,6 +103,7 @@ impl Default for DingTalkConfig {
         Self {
             app_key: String::new(),
             app_secret: Secret(String::new()),
+            app_secret_file: None,
             robot_code: String::new(),
             card_template_id: String::new(),
             card_content_key: "content".to_owned(),
@@ -145,6 +150,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("DingTalk `{field}` must be {rule}")]
     Invalid { field: &'static str, rule: &'static str },
+    #[error("DingTalk `app_secret_file`: cannot read {path}: {source}")]
+    SecretFile { path: PathBuf, source: std::io::Error },
 }
 
 impl DingTalkConfig {
@@ -154,10 +161,31 @@ impl DingTalkConfig {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
-        })
+        })?;
+        config.read_secret_file()?;
+        Ok(config)
+    }
+
+    /// Set `app_secret` from `app_secret_file` (trimmed), when one is named; both set is an error.
+    pub fn read_secret_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.app_secret_file else {
+            return Ok(());
+        };
+        if !self.app_secret.expose().is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "app_secret_file",
+                rule: "set without `app_secret`: keep one",
+            });
+        }
+        let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.app_secret = Secret(secret.trim().to_owned());
+        Ok(())
     }
 
     /// Check that the connector can start with these settings.
@@ -265,5 +293,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_app_secret_comes_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("app_secret");
+        std::fs::write(&secret, "s3cret-from-a-file\n").unwrap();
+        let config_file = dir.path().join("dingtalk.toml");
+        let fields = format!("app_key = \"k\"\ncard_template_id = \"t\"\napp_secret_file = {secret:?}\n");
+        std::fs::write(&config_file, &fields).unwrap();
+        let config = DingTalkConfig::from_file(&config_file).unwrap();
+        assert_eq!(config.app_secret.expose(), "s3cret-from-a-file");
+        config.validate().unwrap();
+
+        std::fs::write(&config_file, format!("{fields}app_secret = \"inline\"\n")).unwrap();
+        let err = DingTalkConfig::from_file(&config_file).unwrap_err();
+        assert!(err.to_string().contains("app_secret_file"), "{err}");
+        std::fs::remove_file(&secret).unwrap();
+        std::fs::write(&config_file, &fields).unwrap();
+        let err = DingTalkConfig::from_file(&config_file).unwrap_err().to_string();
+        assert!(err.contains("app_secret_file") && err.contains("app_secret"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! Integration tests of the gateway against the real engine and the real SmolLM2-135M model.
 //!
-//! Most tests drive the router with `tower::ServiceExt::oneshot` (no socket); `disconnect` and `shutdown`
+//! Most tests drive the router with `tower::ServiceExt::oneshot` (no socket); `disconnect`, `shutdown` and `tls`
 //! run a real server on `127.0.0.1:0`. The engine is loaded once per binary (see `support`), except where a
 //! test needs its own limits or stops its engine.
 
@@ -20,3 +20,4 @@ mod security;
 mod shutdown;
 mod support;
 mod switch;
+mod tls;
