@@ -212,7 +212,7 @@ struct Delivered {
     /// The answer's last card and the `flowStatus` it gets before the message is settled (its earlier cards
     /// got theirs as they were finalized).
     flow: Option<(String, FlowStatus)>,
-    /// Marking a failed card, started beside the fallback message; awaited once the message is settled.
+    /// Marking a failed card, started beside the fallback message; awaited before the message is settled.
     marking: Option<JoinHandle<()>>,
 }
 
@@ -346,6 +346,13 @@ impl Replier {
         if let Some((card, status)) = &delivered.flow {
             self.set_flow_status(card, *status).await;
         }
+        // A failed card is marked beside the fallback message (the user's answer never waits for it), and the
+        // commit waits for the mark, bounded by `card_retry_secs`: a crash in that window answers the message
+        // again, while a commit first would leave the card "typing" for good if the process died before the
+        // mark went through.
+        if let Some(marking) = delivered.marking {
+            let _ = marking.await;
+        }
         let record = self.audit.masked(record);
         match self
             .outbox
@@ -366,11 +373,6 @@ impl Replier {
             Err(err) => {
                 tracing::error!(cause = %err, "cannot record the message's end; it will be answered again after a restart")
             }
-        }
-        // A failed card is marked beside the fallback message, which the commit followed at once: a message
-        // answered twice after a crash would be worse than a card left unmarked.
-        if let Some(marking) = delivered.marking {
-            let _ = marking.await;
         }
     }
 
