@@ -127,12 +127,8 @@ pub(crate) fn all_answered(world: &World) -> Option<usize> {
 /// `Some(settled messages)` once every message the robot must answer has exactly one outcome: an answer
 /// whose cards are all finished (each finalized once), or one plain reply sent after its card failed (or
 /// could not be created); `None` while a card is still open or a message has no outcome. Panics when a
-/// conversation holds more outcomes than messages.
-pub(crate) fn all_settled(world: &World) -> Option<usize> {
-    settled_cards(world, true)
-}
-
-/// [`all_settled`], with `check_flow` false taking a finished or failed card as done whatever its flowStatus.
+/// conversation holds more outcomes than messages. A card is done when it is finished with flowStatus "3"
+/// or failed with "5"; with `check_flow` false, when it is finished or failed whatever its flowStatus.
 /// The kill -9 test needs that: a card finalized with its flowStatus still "1" has been seen there after the
 /// restart (a race not yet found, 2 runs in 6); every other test checks the flowStatus.
 fn settled_cards(world: &World, check_flow: bool) -> Option<usize> {
