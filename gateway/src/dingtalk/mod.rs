@@ -38,7 +38,7 @@ use crate::platform::PlatformHealth;
 use crate::routing::ModelRouter;
 use crate::sessions::SessionStore;
 use crate::skills::{SkillContext, SkillSet, SkillsConfig};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -175,6 +175,20 @@ impl Connector {
         }
     }
 
+    /// Set owed card marks as the platform takes them: at start, whenever one is owed, and every
+    /// `card_retry_secs` while some are, until `shutdown` turns true (what is left is owed at next start).
+    async fn mark_owed_cards(&self, mut shutdown: watch::Receiver<bool>) {
+        let pause = self.replier.api.config().card_retry();
+        loop {
+            let left = self.replier.settle_marks().await;
+            tokio::select! {
+                () = self.replier.marks_owed.notified() => {}
+                () = tokio::time::sleep(pause), if left > 0 => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     fn spawn_answer(&self, job: Job, route: Route) {
         let span = tracing::info_span!(
             "dingtalk_message",
@@ -204,6 +218,8 @@ pub struct DingTalkConnector {
     stream: tokio::task::JoinHandle<()>,
     /// Deletes rows past `retention_days` and expired sessions, hourly.
     pruning: tokio::task::JoinHandle<()>,
+    /// Sets card marks (`flowStatus`) the platform refused at first.
+    marking: tokio::task::JoinHandle<()>,
     outbox: Outbox,
 }
 
@@ -257,6 +273,7 @@ impl DingTalkConnector {
             skills,
             skill_context,
             audit,
+            marks_owed: Notify::new(),
         });
         let connector = Arc::new(Connector {
             replier,
@@ -278,14 +295,20 @@ impl DingTalkConnector {
         let stream =
             tokio::spawn(stream::run(connector.clone(), rx.clone()).instrument(tracing::info_span!("dingtalk_stream")));
         let pruner = connector.clone();
+        let marker = connector.clone();
+        let marks_rx = rx.clone();
         let pruning = tokio::spawn(
             async move { pruner.prune_periodically(rx).await }.instrument(tracing::info_span!("dingtalk_prune")),
+        );
+        let marking = tokio::spawn(
+            async move { marker.mark_owed_cards(marks_rx).await }.instrument(tracing::info_span!("dingtalk_marks")),
         );
         Ok(Self {
             connector,
             shutdown,
             stream,
             pruning,
+            marking,
             outbox,
         })
     }
@@ -336,6 +359,7 @@ impl DingTalkConnector {
         let _ = self.shutdown.send(true);
         let _ = self.stream.await;
         let _ = self.pruning.await;
+        let _ = self.marking.await;
         let mut answers = std::mem::take(&mut *self.connector.answers.lock().unwrap_or_else(|p| p.into_inner()));
         let drained = tokio::time::timeout(drain, async { while answers.join_next().await.is_some() {} }).await;
         if drained.is_err() {

@@ -7,7 +7,9 @@
 //! Once the platform refuses a card's calls (403/429 throttles, server errors), they are retried for at
 //! most `card_retry_secs`; then the card is given up: the rest of the answer goes out as markdown while
 //! the card is marked failed beside it (final frame with `isError`, then `flowStatus` "5"), through the
-//! same retries and budget. A finished card gets `flowStatus` "3" (the official SDK's AI-card states).
+//! same retries and budget. A finished card gets `flowStatus` "3" (the official SDK's AI-card states). A
+//! mark the platform still refuses after the retries is owed: kept in the outbox (`card_marks`) and set by
+//! the connector's marker once the platform takes it, after a restart too.
 //!
 //! Guids: intermediate updates use `{outTrackId}-{attempt}-{n}`; the final frame always uses
 //! `{outTrackId}-final` (or `-error`), so a finalize retried after a crash is applied once by the platform.
@@ -33,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engine::{ChatMessage, EngineError, Event, GenerateRequest};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -166,6 +168,8 @@ pub struct Replier {
     /// What skills may look at.
     pub skill_context: SkillContext,
     pub audit: AuditLog,
+    /// Woken when a card mark is owed (see [`Replier::settle_marks`]).
+    pub marks_owed: Notify,
 }
 
 /// How a job is to be answered.
@@ -596,41 +600,95 @@ impl Replier {
         Err(last.unwrap_or_else(|| given_up(bound)))
     }
 
-    /// Set `card`'s `flowStatus` (best effort, with the retries and bound of every card call).
+    /// Set `card`'s `flowStatus` with the retries and bound of every card call. When the platform still
+    /// refuses it, the mark is owed: kept in the outbox and set by the marker once the platform takes it
+    /// (after a restart too), so a card never stays "typing" because of a throttle.
     async fn set_flow_status(&self, card: &str, status: FlowStatus) {
-        let config = self.api.config();
-        let give_up_at = Instant::now() + config.card_retry();
-        if let Err(err) = self
-            .with_retries(config.card_call_attempts, give_up_at, || {
-                self.api.set_flow_status(card, status)
-            })
-            .await
-        {
-            tracing::warn!(card, ?status, cause = %err, "cannot set the card's flowStatus");
+        if let Err(err) = self.try_flow_status(card, status).await {
+            tracing::warn!(card, ?status, cause = %err, "cannot set the card's flowStatus yet; it is owed and retried");
+            self.defer_mark(card, status).await;
         }
     }
 
-    /// Mark `card` failed: its final frame with `isError` (fixed guid), then `flowStatus` "5", with the
-    /// retries and bound of every card call.
+    async fn try_flow_status(&self, card: &str, status: FlowStatus) -> Result<(), DingTalkError> {
+        let config = self.api.config();
+        let give_up_at = Instant::now() + config.card_retry();
+        self.with_retries(config.card_call_attempts, give_up_at, || {
+            self.api.set_flow_status(card, status)
+        })
+        .await
+    }
+
+    /// Mark `card` failed (see [`Self::try_mark_failed`]); when the platform still refuses, the mark is
+    /// owed as in [`Self::set_flow_status`].
     async fn mark_failed(&self, card: &str) {
+        if let Err(err) = self.try_mark_failed(card).await {
+            tracing::warn!(card, cause = %err, "cannot mark the card failed yet; it is owed and retried");
+            self.defer_mark(card, FlowStatus::Failed).await;
+        }
+    }
+
+    /// Mark `card` failed: its final frame with `isError` (fixed guid, so a repeat is applied once), then
+    /// `flowStatus` "5", with the retries and bound of every card call.
+    async fn try_mark_failed(&self, card: &str) -> Result<(), DingTalkError> {
         let config = self.api.config();
         let give_up_at = Instant::now() + config.card_retry();
         let guid = format!("{card}-error");
-        match self
-            .with_retries(config.card_call_attempts, give_up_at, || {
-                self.api.stream(
-                    card,
-                    &guid,
-                    "This answer could not be shown here; it was sent as a message.",
-                    true,
-                    true,
-                )
-            })
-            .await
-        {
-            Ok(()) => self.set_flow_status(card, FlowStatus::Failed).await,
-            Err(err) => tracing::warn!(card, cause = %err, "cannot mark the card failed"),
+        self.with_retries(config.card_call_attempts, give_up_at, || {
+            self.api.stream(
+                card,
+                &guid,
+                "This answer could not be shown here; it was sent as a message.",
+                true,
+                true,
+            )
+        })
+        .await?;
+        self.try_flow_status(card, FlowStatus::Failed).await
+    }
+
+    /// Record that `card` is owed `status` and wake the marker.
+    async fn defer_mark(&self, card: &str, status: FlowStatus) {
+        match self.outbox.defer_mark(card, status.wire()).await {
+            Ok(()) => self.marks_owed.notify_one(),
+            Err(err) => tracing::error!(card, cause = %err, "cannot record the card's owed mark"),
         }
+    }
+
+    /// Set every owed card mark the platform takes now; returns how many are still owed. A mark the
+    /// platform can never take (the card is gone, the call is refused as malformed) is dropped, logged.
+    pub async fn settle_marks(&self) -> usize {
+        let owed = match self.outbox.pending_marks().await {
+            Ok(owed) => owed,
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot read the owed card marks");
+                return 0;
+            }
+        };
+        let mut left = 0;
+        for (card, wire) in owed {
+            let result = match FlowStatus::from_wire(&wire) {
+                Some(FlowStatus::Failed) => self.try_mark_failed(&card).await,
+                Some(status) => self.try_flow_status(&card, status).await,
+                None => Err(DingTalkError::Unexpected {
+                    api: "card mark",
+                    detail: format!("unknown flowStatus {wire:?} in the outbox"),
+                }),
+            };
+            match result {
+                Ok(()) => tracing::info!(card, status = wire, "owed card mark set"),
+                Err(err) if err.is_transient() => {
+                    tracing::debug!(card, cause = %err, "owed card mark still refused");
+                    left += 1;
+                    continue;
+                }
+                Err(err) => tracing::warn!(card, cause = %err, "owed card mark cannot be set; dropped"),
+            }
+            if let Err(err) = self.outbox.mark_done(&card, &wire).await {
+                tracing::warn!(card, cause = %err, "cannot clear the owed card mark");
+            }
+        }
+        left
     }
 
     /// Send `text` as markdown (sessionWebhook while valid and not throttled, else the robot send API,

@@ -95,6 +95,14 @@ impl Outbox {
                  sender_union_id TEXT,
                  shown_bytes INTEGER NOT NULL DEFAULT 0,
                  PRIMARY KEY (platform, robot, msg_id)
+             );
+             CREATE TABLE IF NOT EXISTS card_marks (
+                 platform TEXT NOT NULL,
+                 robot TEXT NOT NULL,
+                 card TEXT NOT NULL,
+                 status TEXT NOT NULL,
+                 added_ms INTEGER NOT NULL,
+                 PRIMARY KEY (platform, robot, card)
              );",
         )?;
         // Databases written before these columns existed.
@@ -282,6 +290,45 @@ impl Outbox {
             )?;
             tx.commit()?;
             Ok(true)
+        })
+        .await
+    }
+
+    /// Keep `status` (a card state's wire value) as owed to `card`: the platform refused it for now, and
+    /// the connector's marker sets it once the platform takes it, after a restart too.
+    pub async fn defer_mark(&self, card: &str, status: &str) -> Result<(), StoreError> {
+        let (card, status) = (card.to_owned(), status.to_owned());
+        self.run(move |conn, robot| {
+            conn.execute(
+                "INSERT OR REPLACE INTO card_marks (platform, robot, card, status, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![PLATFORM, robot, card, status, now_ms()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// The owed card marks, oldest first: (card, state's wire value).
+    pub async fn pending_marks(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.run(|conn, robot| {
+            let mut statement = conn
+                .prepare("SELECT card, status FROM card_marks WHERE platform = ?1 AND robot = ?2 ORDER BY added_ms")?;
+            let rows = statement.query_map(params![PLATFORM, robot], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// `card` got its mark `status` (or it can never get it): it is no longer owed. A mark deferred again
+    /// with another status meanwhile stays.
+    pub async fn mark_done(&self, card: &str, status: &str) -> Result<(), StoreError> {
+        let (card, status) = (card.to_owned(), status.to_owned());
+        self.run(move |conn, robot| {
+            conn.execute(
+                "DELETE FROM card_marks WHERE platform = ?1 AND robot = ?2 AND card = ?3 AND status = ?4",
+                params![PLATFORM, robot, card, status],
+            )
+            .map(drop)
         })
         .await
     }
