@@ -165,7 +165,10 @@ impl From<EngineError> for ApiError {
             EngineError::ShutDown => {
                 ApiError::new(ErrorKind::Unavailable, "The server is shutting down.").with_code("shutting_down")
             }
-            EngineError::Model(_) | EngineError::Load { .. } | EngineError::Tokenizer(_) => ApiError::internal(&err),
+            EngineError::Model(_)
+            | EngineError::Load { .. }
+            | EngineError::KvCacheTooLarge { .. }
+            | EngineError::Tokenizer(_) => ApiError::internal(&err),
         }
     }
 }
