@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod access_rules;
 pub mod admin;
 pub mod audit;
 pub mod completions;
