@@ -183,7 +183,10 @@ impl AccessConfig {
                 }
             }
         }
-        for (name, list) in [("admin_skills", &self.admin_skills), ("admin_models", &self.admin_models)] {
+        for (name, list) in [
+            ("admin_skills", &self.admin_skills),
+            ("admin_models", &self.admin_models),
+        ] {
             if let Some(i) = list.iter().position(|entry| entry.trim().is_empty()) {
                 return Err(AccessError::Invalid {
                     key: format!("{name}[{i}]"),
@@ -313,8 +316,7 @@ impl AccessRules {
         {
             return Err(refusal);
         }
-        let admin =
-            rules.admins.iter().any(|e| is_user(e)) || rules.admin_departments.iter().any(|e| in_department(e));
+        let admin = rules.admins.iter().any(|e| is_user(e)) || rules.admin_departments.iter().any(|e| in_department(e));
         if admin {
             return Ok(Role::Admin);
         }
@@ -483,7 +485,10 @@ mod tests {
     fn careless_configs_are_refused_naming_the_key() {
         let config: AccessConfig = toml::from_str("[slack]\nallow_users = [\"x\"]\n").unwrap();
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("access.slack") && err.contains("unknown platform"), "{err}");
+        assert!(
+            err.contains("access.slack") && err.contains("unknown platform"),
+            "{err}"
+        );
         let config: AccessConfig = toml::from_str("[wecom]\nadmins = [\"ok\", \" \"]\n").unwrap();
         assert_eq!(
             config.validate().unwrap_err().to_string(),
@@ -491,12 +496,17 @@ mod tests {
         );
         assert!(toml::from_str::<AccessConfig>("[dingtalk]\nallow = [\"x\"]\n").is_err());
         assert!(Directory::parse("[dingtalk]\namy = \"Sales\"\n").is_err());
-        assert!(Directory::parse("[icq]\namy = [\"Sales\"]\n").unwrap_err().contains("unknown platform"));
+        assert!(Directory::parse("[icq]\namy = [\"Sales\"]\n")
+            .unwrap_err()
+            .contains("unknown platform"));
         let missing = AccessConfig {
             directory: Some("/nonexistent/hearth-directory.toml".into()),
             ..AccessConfig::default()
         };
         let err = missing.rules().unwrap_err().to_string();
-        assert!(err.starts_with("access.directory: cannot read /nonexistent/hearth-directory.toml"), "{err}");
+        assert!(
+            err.starts_with("access.directory: cannot read /nonexistent/hearth-directory.toml"),
+            "{err}"
+        );
     }
 }
