@@ -51,6 +51,7 @@ pub mod server;
 pub mod sessions;
 pub mod skills;
 pub mod tls;
+pub mod tools;
 pub mod validation;
 
 pub use connections::ConnectionLimits;
