@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -447,23 +447,6 @@ impl Shared {
             }
         })
     }
-
-    /// Wait until the change counter passes `after`, or `timeout` passes; returns the counter.
-    pub(crate) async fn wait_change(&self, after: u64, timeout: Duration) -> u64 {
-        let mut rx = self.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > after)).await;
-        self.version()
-    }
-}
-
-impl IntoResponse for EmulatorError {
-    fn into_response(self) -> Response {
-        let status = match self {
-            EmulatorError::NotFound(_) => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        (status, Json(json!({"error": self.to_string()}))).into_response()
-    }
 }
 
 /// `GET /_emulator`.
@@ -533,6 +516,7 @@ fn default_wait_ms() -> u64 {
 /// `GET /_emulator/api/wait?after=V&timeout_ms=T` (T at most 60 000).
 pub(crate) async fn wait(State(shared): State<Arc<Shared>>, Query(query): Query<WaitQuery>) -> Json<serde_json::Value> {
     let version = shared
+        .state
         .wait_change(query.after, Duration::from_millis(query.timeout_ms.min(60_000)))
         .await;
     Json(json!({ "version": version }))
