@@ -19,7 +19,8 @@ use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
 use crate::cli::{
-    AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, SamplingArgs, ServeArgs,
+    AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, FeishuEmulatorArgs, GenerateArgs,
+    SamplingArgs, ServeArgs,
 };
 
 /// `hearth serve`.
@@ -158,6 +159,31 @@ pub fn emulate_dingtalk(args: DingTalkEmulatorArgs) -> anyhow::Result<ExitCode> 
         // One line on stdout, for scripts that start the emulator on port 0.
         println!("{base}");
         dingtalk.run_until(server::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hearth emulate feishu`: a local Feishu until SIGINT/SIGTERM.
+pub fn emulate_feishu(args: FeishuEmulatorArgs) -> anyhow::Result<ExitCode> {
+    let config = args.emulator_config();
+    let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {} is not a socket address", args.host, args.port))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let feishu = emulator::feishu::FeishuEmulator::start(config, addr).await?;
+        let base = feishu.base_url();
+        tracing::info!(
+            app_id = %feishu.config().app_id,
+            "Feishu emulator: discovery, long connection and OpenAPI at {base} (an SDK's domain), page at {base}/_emulator"
+        );
+        // One line on stdout, for scripts that start the emulator on port 0.
+        println!("{base}");
+        feishu.run_until(server::shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
