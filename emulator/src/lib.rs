@@ -18,6 +18,7 @@ pub mod feishu;
 
 pub use error::EmulatorError;
 
+mod control;
 mod error;
 mod fault;
 mod ids;

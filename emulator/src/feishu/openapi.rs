@@ -174,7 +174,7 @@ impl Shared {
                     ApiError::new(status, CODE_TOKEN_MALFORMED, "Invalid token: must start with t- or u-."),
                 ));
             }
-            if !world.tokens.get(token).is_some_and(|expiry| *expiry > now) {
+            if world.tokens.get(token).is_none_or(|expiry| *expiry <= now) {
                 return Err(refused(
                     world,
                     ApiError::new(status, CODE_TOKEN_INVALID, "Invalid access token for authorization."),
@@ -326,10 +326,10 @@ pub async fn send_message(
         }
         let chat_id = match id_type {
             "chat_id" => world.chat(receive_id).map(|c| c.chat_id.clone()),
-            "open_id" | "union_id" | "user_id" => match world.find_user(id_type, receive_id).cloned() {
-                Some(user) => Some(world.p2p_chat(&user).chat_id.clone()),
-                None => None,
-            },
+            "open_id" | "union_id" | "user_id" => world
+                .find_user(id_type, receive_id)
+                .cloned()
+                .map(|user| world.p2p_chat(&user).chat_id.clone()),
             "" => return Err(refused(world, ApiError::bad(230_001, "receive_id_type is required"))),
             other => {
                 return Err(refused(

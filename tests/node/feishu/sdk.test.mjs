@@ -12,37 +12,16 @@ import { test } from "node:test";
 
 import * as lark from "@larksuiteoapi/node-sdk";
 
+import { emulator } from "../control.mjs";
+
 const BASE = process.env.FEISHU_EMULATOR_URL;
 assert.ok(BASE, "FEISHU_EMULATOR_URL is set by run-feishu.sh");
 const APP_ID = process.env.FEISHU_APP_ID ?? "cli_a1b2c3d4e5f60718";
 const APP_SECRET = process.env.FEISHU_APP_SECRET ?? "emulator-app-secret";
-const PATIENCE_MS = 30_000;
 
-async function control(path, body) {
-  const response = await fetch(BASE + path, {
-    method: body === undefined ? "GET" : "POST",
-    headers: { "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  assert.ok(response.ok, `${path}: HTTP ${response.status}`);
-  return response.json();
-}
-
+// Errors of the reply chains the event handler starts; reported at the next state check.
 const failures = [];
-
-/** Await `check(state)` being truthy, re-reading the state after each change (long-poll, no sleeps). */
-async function waitUntil(check, what) {
-  const deadline = Date.now() + PATIENCE_MS;
-  for (;;) {
-    const state = await control("/_emulator/api/state");
-    assert.deepEqual(failures, []);
-    const found = check(state);
-    if (found) return found;
-    const left = deadline - Date.now();
-    assert.ok(left > 0, `timed out waiting for ${what}; state: ${JSON.stringify(state).slice(0, 3000)}`);
-    await control(`/_emulator/api/wait?after=${state.version}&timeout_ms=${left}`);
-  }
-}
+const { control, waitUntil } = emulator(BASE, { onState: () => assert.deepEqual(failures, []) });
 
 function checked(response, what) {
   assert.equal(response?.code, 0, `${what}: ${JSON.stringify(response)}`);

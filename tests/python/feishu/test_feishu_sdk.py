@@ -10,9 +10,8 @@ run-feishu.sh.
 
 import json
 import os
+import sys
 import threading
-import time
-import urllib.request
 import uuid
 
 import lark_oapi as lark
@@ -32,6 +31,9 @@ from lark_oapi.api.im.v1 import (
     ReplyMessageRequestBody,
 )
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from emulator_control import Emulator  # noqa: E402
+
 BASE = os.environ["FEISHU_EMULATOR_URL"]
 APP_ID = os.environ.get("FEISHU_APP_ID", "cli_a1b2c3d4e5f60718")
 APP_SECRET = os.environ.get("FEISHU_APP_SECRET", "emulator-app-secret")
@@ -42,25 +44,13 @@ CLIENT = lark.Client.builder().app_id(APP_ID).app_secret(APP_SECRET).domain(BASE
 FAILURES = []
 
 
-def control(path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(BASE + path, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=PATIENCE + 5) as response:
-        return json.loads(response.read())
+def no_failures():
+    assert not FAILURES, FAILURES
 
 
-def wait_until(check, what):
-    """Await `check(state)` being truthy, re-reading the state after each change (long-poll, no sleeps)."""
-    deadline = time.monotonic() + PATIENCE
-    while True:
-        state = control("/_emulator/api/state")
-        assert not FAILURES, FAILURES
-        found = check(state)
-        if found:
-            return found
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out waiting for {what}; state: {json.dumps(state)[:3000]}"
-        control(f"/_emulator/api/wait?after={state['version']}&timeout_ms={int(left * 1000)}")
+EMULATOR = Emulator(BASE, patience=PATIENCE, on_state=no_failures)
+control = EMULATOR.call
+wait_until = EMULATOR.wait_until
 
 
 def checked(response, what):
