@@ -6,7 +6,7 @@
 //! - [`config`]: [`EmulatorConfig`], the accepted app and every timing, limit and UNCONFIRMED choice.
 //! - [`wire`]: the `pbbp2` protobuf frames (prost) and the JSON bodies.
 //! - `world`: the platform's state ([`World`]) behind one lock, with a change counter to await, and its
-//!   clock ([`World::tick`]): pushes, response deadlines, retries, streaming windows.
+//!   clock (`World::tick`): pushes, response deadlines, retries, streaming windows.
 //! - `card`: one CardKit card entity ([`Card`]): sequence rule, uuid replays, streaming mode, history.
 //! - `openapi`: `POST /callback/ws/endpoint`, `POST /open-apis/auth/v3/tenant_access_token/internal`,
 //!   `POST /open-apis/im/v1/messages`, `POST /open-apis/im/v1/messages/{message_id}/reply`, the error envelope
