@@ -41,6 +41,18 @@ pub(crate) fn page(html: &'static str) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
+/// `GET /_emulator/page.js`: the script every emulator's page shares (`el`, `follow`, `postMessage`).
+pub(crate) async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("page.js"),
+    )
+        .into_response()
+}
+
 /// The answer of `POST /_emulator/api/faults`: how many connections (or switches) a fault touched.
 pub(crate) fn affected(count: usize) -> Json<Value> {
     Json(json!({ "affected": count }))

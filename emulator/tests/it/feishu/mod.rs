@@ -2,6 +2,7 @@
 //! prost, exactly as a client of the real platform talks to it.
 
 mod cards;
+mod control;
 mod longconn;
 mod openapi;
 
