@@ -167,8 +167,9 @@ impl FeishuEmulator {
     /// Stop serving and wait for the server to finish.
     pub async fn shutdown(self) -> Result<(), EmulatorError> {
         let _ = self.shutdown.send(true);
-        // Open WebSockets keep graceful shutdown waiting: tell each to close now.
-        self.shared.read(|world| {
+        // Open WebSockets keep graceful shutdown waiting: tell each to close now. Being a change, this also
+        // answers the change feed's pending long polls (an open page's), which would hold it up as well.
+        self.shared.with(|world, _| {
             for connection in world.connections.values() {
                 let _ = connection.tx.send(Outbound::Close);
             }
