@@ -53,6 +53,18 @@ pub(crate) async fn script() -> Response {
         .into_response()
 }
 
+/// `GET /_emulator/page.css`: the stylesheet every emulator's page shares.
+pub(crate) async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("page.css"),
+    )
+        .into_response()
+}
+
 /// The answer of `POST /_emulator/api/faults`: how many connections (or switches) a fault touched.
 pub(crate) fn affected(count: usize) -> Json<Value> {
     Json(json!({ "affected": count }))

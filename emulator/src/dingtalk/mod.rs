@@ -68,6 +68,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/robot/sendBySession", post(openapi::session_webhook))
         .route("/_emulator", get(control::page))
         .route("/_emulator/page.js", get(crate::control::script))
+        .route("/_emulator/page.css", get(crate::control::stylesheet))
         .route("/_emulator/api/state", get(control::state))
         .route("/_emulator/api/conversations/{id}", get(control::conversation))
         .route("/_emulator/api/cards/{id}", get(control::card))

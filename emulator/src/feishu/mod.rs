@@ -89,6 +89,7 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/_emulator", get(control::page))
         .route("/_emulator/page.js", get(crate::control::script))
+        .route("/_emulator/page.css", get(crate::control::stylesheet))
         .route("/_emulator/api/state", get(control::state))
         .route("/_emulator/api/chats/{id}", get(control::chat))
         .route("/_emulator/api/cards/{id}", get(control::card))
@@ -167,8 +168,9 @@ impl FeishuEmulator {
     /// Stop serving and wait for the server to finish.
     pub async fn shutdown(self) -> Result<(), EmulatorError> {
         let _ = self.shutdown.send(true);
-        // Open WebSockets keep graceful shutdown waiting: tell each to close now.
-        self.shared.read(|world| {
+        // Open WebSockets keep graceful shutdown waiting: tell each to close now. Being a change, this also
+        // answers the change feed's pending long polls (an open page's), which would hold it up as well.
+        self.shared.with(|world, _| {
             for connection in world.connections.values() {
                 let _ = connection.tx.send(Outbound::Close);
             }

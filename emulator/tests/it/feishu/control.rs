@@ -15,6 +15,7 @@ async fn the_control_api_posts_messages_injects_faults_and_feeds_changes() {
     assert_eq!(page.headers()["cache-control"], "no-store");
     let html = page.text().await.unwrap();
     assert!(html.contains("Feishu emulator") && html.contains(r#"<script src="/_emulator/page.js">"#));
+    assert!(html.contains(r#"<link rel="stylesheet" href="/_emulator/page.css">"#));
     let script = reqwest::get(format!("{base}/_emulator/page.js")).await.unwrap();
     assert_eq!(script.status(), 200);
     assert!(script.headers()["content-type"]
@@ -22,6 +23,9 @@ async fn the_control_api_posts_messages_injects_faults_and_feeds_changes() {
         .unwrap()
         .starts_with("text/javascript"));
     assert!(script.text().await.unwrap().contains("async function follow(render)"));
+    let css = reqwest::get(format!("{base}/_emulator/page.css")).await.unwrap();
+    assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
+    assert!(css.text().await.unwrap().contains("section.thread"));
 
     let state: Value = reqwest::get(format!("{base}/_emulator/api/state"))
         .await
