@@ -35,7 +35,7 @@ use crate::openai::{
     UsageDto,
 };
 use crate::routing::Loaded;
-use crate::server::{AppState, PromptLimits, RequestId};
+use crate::state::{AppState, PromptLimits, RequestId};
 use crate::validation::{ValidChatRequest, ValidCompletionRequest, ValidParams, ValidPrompt};
 
 /// `POST /v1/chat/completions`.

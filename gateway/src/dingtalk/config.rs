@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The connector's settings. Durations are whole seconds or milliseconds, as the field names say.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

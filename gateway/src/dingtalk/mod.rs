@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::audit::{AuditLog, Masker};
-use crate::console::ImLink;
+use crate::im::link::ImLink;
 use crate::platform::PlatformHealth;
 use crate::routing::ModelRouter;
 use crate::sessions::SessionStore;

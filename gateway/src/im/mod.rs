@@ -1,0 +1,3 @@
+//! The IM core: what every chat platform shares.
+
+pub mod link;
