@@ -11,6 +11,8 @@
 //! - [`tls`]: the listener's certificate and key (rustls), and reading a certificate's validity.
 //! - [`admin`]: the admin API (bearer token): list models, switch the active one.
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
+//! - [`generation`]: the one generation path (prompt bounds, tokenizing on the blocking pool, submit,
+//!   collect) the completion handlers and the IM answers share.
 //! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
 //! - [`console`]: the web console at `/` (chat, IM preview, status, admin), its assets embedded.
 //! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
@@ -40,6 +42,7 @@ pub mod console;
 pub mod dingtalk;
 pub mod doctor;
 pub mod error;
+pub mod generation;
 pub mod guards;
 pub mod im;
 pub mod metrics;

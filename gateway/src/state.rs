@@ -11,6 +11,7 @@ use engine::EngineHandle;
 use crate::access::{Access, Credentials, ScopedKey};
 use crate::config::ServerSection;
 use crate::connections::ConnectionLimits;
+use crate::generation::PromptLimits;
 use crate::im::link::ImLink;
 use crate::routing::ModelRouter;
 use crate::secret::Secret;
@@ -62,11 +63,6 @@ impl GatewayConfig {
     }
 }
 
-/// Bytes of prompt text per token of context that `[server] max_prompt_bytes` allows by default.
-/// Real text runs 1 to 6 bytes per token (Chinese about 1.5 to 3, English about 4, code up to 8): a prompt
-/// longer than 16 bytes per context token cannot fit, and is refused without tokenizing it.
-pub const PROMPT_BYTES_PER_TOKEN: usize = 16;
-
 /// What every handler may use: cheap to clone, no globals.
 #[derive(Clone)]
 pub struct AppState {
@@ -91,27 +87,6 @@ pub struct AppState {
     pub tls: Option<Tls>,
     /// The prompt-size bound and the tokenizer pool.
     pub prompts: Arc<PromptLimits>,
-}
-
-/// What bounds the work done on a prompt before the engine admits it.
-#[derive(Debug)]
-pub struct PromptLimits {
-    /// Prompts over this many bytes get a 400 before tokenizing; `None`: [`PROMPT_BYTES_PER_TOKEN`] times
-    /// the context length of the model that takes the request.
-    pub max_prompt_bytes: Option<usize>,
-    /// `max_tokens` of a chat request without one.
-    pub default_max_tokens: usize,
-    /// Tokenizing (template rendering and encoding) runs on the blocking pool, at most this many at once
-    /// (one per CPU): more concurrent prompts wait here, so the memory tokenizing takes stays bounded.
-    pub tokenizers: Arc<tokio::sync::Semaphore>,
-}
-
-impl PromptLimits {
-    /// The byte bound for a model with `context_length` tokens of context.
-    pub fn max_bytes(&self, context_length: usize) -> usize {
-        self.max_prompt_bytes
-            .unwrap_or_else(|| context_length.saturating_mul(PROMPT_BYTES_PER_TOKEN))
-    }
 }
 
 impl AppState {
@@ -151,13 +126,7 @@ impl AppState {
             access: Arc::new(Access::new(&server.host, &server.allowed_hosts)),
             connections: config.connection_limits(),
             tls: config.tls.clone(),
-            prompts: Arc::new(PromptLimits {
-                max_prompt_bytes: server.max_prompt_bytes,
-                default_max_tokens: server.default_max_tokens,
-                tokenizers: Arc::new(tokio::sync::Semaphore::new(
-                    std::thread::available_parallelism().map_or(2, |n| n.get()),
-                )),
-            }),
+            prompts: Arc::new(PromptLimits::new(server.max_prompt_bytes, server.default_max_tokens)),
         }
     }
 
