@@ -16,14 +16,19 @@
 //! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
 //! - [`console`]: the web console at `/` (chat, IM preview, status, admin), its assets embedded.
 //! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
+//! - [`state`]: [`AppState`] and [`GatewayConfig`], below every handler that uses them; [`guards`]: the
+//!   middleware applying [`access`]'s rules; [`secret`]: [`secret::Secret`].
 //! - [`model_path`]: which GGUF to load (a path or a preset's name; the default preset when `--model` is
 //!   absent), and fetching a preset's file.
 //! - [`presets`]: the named models hearth can fetch (`hearth pull --list`).
 //! - [`config`]: the TOML configuration file with its `HEARTH_<SECTION>__<KEY>` environment overrides.
 //! - [`doctor`]: `hearth doctor`'s checks of the machine, the model files and the configuration.
 //! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
-//! - [`sessions`], [`skills`], [`audit`]: what IM connectors share: conversation history in SQLite,
-//!   answers without the model, and the audit log with its export.
+//! - [`im`]: the IM core every chat platform shares (outbox, routing, card streaming, fallback, retention),
+//!   driving one adapter per platform; [`dingtalk`] is the first adapter.
+//! - [`db`], [`sessions`], [`skills`], [`audit`], [`platform`]: what the IM core keeps and uses: the one
+//!   SQLite file, conversation history, answers without the model, the audit log with its export, and each
+//!   connector's health.
 //!
 //! The binary (`src/main.rs` with its `cli` and `commands` modules) parses arguments, loads the engine and
 //! runs `serve`, `generate` or `chat`.
@@ -39,6 +44,7 @@ pub mod completions;
 pub mod config;
 pub mod connections;
 pub mod console;
+pub mod db;
 pub mod dingtalk;
 pub mod doctor;
 pub mod error;
