@@ -184,19 +184,24 @@ impl From<&str> for Handler {
 
 impl PartialEq<str> for Handler {
     fn eq(&self, other: &str) -> bool {
-        *self == Self::from(other)
+        match self {
+            Self::RateLimited => other == "rate_limited",
+            Self::Skill(name) => other.strip_prefix("skill:") == Some(name.as_str()),
+            Self::Model(name) => other.strip_prefix("model:") == Some(name.as_str()),
+            Self::Other(text) => other == text,
+        }
     }
 }
 
 impl PartialEq<&str> for Handler {
     fn eq(&self, other: &&str) -> bool {
-        *self == Self::from(*other)
+        self == *other
     }
 }
 
 impl PartialEq<String> for Handler {
     fn eq(&self, other: &String) -> bool {
-        *self == Self::from(other.as_str())
+        self == other.as_str()
     }
 }
 

@@ -28,4 +28,4 @@ pub mod link;
 pub mod outbox;
 pub mod retry;
 pub mod settings;
-pub mod split;
+pub(crate) mod split;

@@ -51,7 +51,7 @@ fn cut_point(text: &str, max_bytes: usize) -> usize {
 /// `None` when it fits. The card's share is cut by [`cut_point`], with room left for the fence line that
 /// reopens a code block open at `start`, and, when the cut falls inside a code block, for the line that
 /// closes it (see [`card_text`]). Like `cut_point`, it depends only on the text up to `start + max_bytes`.
-pub fn card_end(text: &str, start: usize, max_bytes: usize) -> Option<usize> {
+pub(crate) fn card_end(text: &str, start: usize, max_bytes: usize) -> Option<usize> {
     let part = text.get(start..)?;
     let room = max_bytes.saturating_sub(head(text, start, max_bytes).len());
     if part.len() <= room {
@@ -69,7 +69,7 @@ pub fn card_end(text: &str, start: usize, max_bytes: usize) -> Option<usize> {
 /// with the fence line of a code block open at `start` first, and, when `end` falls inside a code block,
 /// a closing fence last, so that every card's markdown opens and closes its own blocks. Without them a
 /// cut inside a block would leave one card's block unclosed and show the next card's code as prose.
-pub fn card_text(text: &str, start: usize, end: Option<usize>, max_bytes: usize) -> String {
+pub(crate) fn card_text(text: &str, start: usize, end: Option<usize>, max_bytes: usize) -> String {
     let share = match end {
         Some(end) => text.get(start..end),
         None => text.get(start..),
@@ -92,7 +92,7 @@ pub fn card_text(text: &str, start: usize, end: Option<usize>, max_bytes: usize)
 
 /// What closes a code block left open at the end of `text` (a newline and the fence), so that text added
 /// after it (an apology for an answer cut short) is not shown as code; empty if none is open.
-pub fn closing(text: &str) -> String {
+pub(crate) fn closing(text: &str) -> String {
     match fence_at(text, text.len()) {
         Some(fence) => format!("\n{}", fence.marker.to_string().repeat(fence.len)),
         None => String::new(),
