@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
-use crate::chat_template::ChatMessage;
+use crate::chat_template::{ChatMessage, ChatTools};
 use crate::EngineError;
 
 /// The first sentinel: Supplementary Private Use Area-A, which no tokenizer gives meaning to. A message
@@ -47,17 +47,26 @@ impl ControlTokens {
         })
     }
 
-    /// Render `messages` with `render` and encode the result with `inner` (control-token parsing on) such
-    /// that only the template's own control tokens become control tokens.
+    /// Render `messages` (with `tools`) with `render` and encode the result with `inner` (control-token
+    /// parsing on) such that only the template's own control tokens become control tokens. Every string of
+    /// `tools` (tool definitions, tool calls, tool results) is kept apart as message text is.
     pub(crate) fn encode_chat(
         &self,
         inner: &tokenizers::Tokenizer,
         messages: &[ChatMessage],
-        render: impl Fn(&[ChatMessage]) -> Result<String, EngineError>,
+        tools: &ChatTools,
+        render: impl Fn(&[ChatMessage], &ChatTools) -> Result<String, EngineError>,
     ) -> Result<Vec<u32>, EngineError> {
         let forged = |s: &str| self.automaton.is_match(s);
-        if !messages.iter().any(|m| forged(&m.content) || forged(&m.role)) {
-            return encode(inner, &render(messages)?);
+        let forged_json = |v: &serde_json::Value| json_strings_any(v, &forged);
+        let forged_tools = tools.tools.iter().any(forged_json)
+            || tools
+                .extras
+                .iter()
+                .flatten()
+                .any(|extras| extras.iter().any(|(k, v)| forged(k) || forged_json(v)));
+        if !forged_tools && !messages.iter().any(|m| forged(&m.content) || forged(&m.role)) {
+            return encode(inner, &render(messages, tools)?);
         }
         if self.tokens.len() > SENTINELS {
             return Err(EngineError::Tokenizer(format!(
@@ -83,7 +92,19 @@ impl ControlTokens {
                 content: hide(&m.content),
             })
             .collect();
-        let rendered = render(&hidden)?;
+        let hidden_tools = ChatTools {
+            tools: tools.tools.iter().map(|v| json_strings_map(v, &hide)).collect(),
+            extras: tools
+                .extras
+                .iter()
+                .map(|extras| {
+                    extras
+                        .as_ref()
+                        .map(|m| m.iter().map(|(k, v)| (hide(k), json_strings_map(v, &hide))).collect())
+                })
+                .collect(),
+        };
+        let rendered = render(&hidden, &hidden_tools)?;
         let mut ids = Vec::new();
         let mut last = 0;
         for m in self.automaton.find_iter(&rendered) {
@@ -117,6 +138,26 @@ impl ControlTokens {
         });
         ids.extend(encode(text_only, &restored)?);
         Ok(())
+    }
+}
+
+/// Whether any string (or object key) in `value` satisfies `test`.
+fn json_strings_any(value: &serde_json::Value, test: &impl Fn(&str) -> bool) -> bool {
+    match value {
+        serde_json::Value::String(s) => test(s),
+        serde_json::Value::Array(items) => items.iter().any(|v| json_strings_any(v, test)),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| test(k) || json_strings_any(v, test)),
+        _ => false,
+    }
+}
+
+/// `value` with every string (and object key) passed through `map`.
+fn json_strings_map(value: &serde_json::Value, map: &impl Fn(&str) -> String) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(s) => serde_json::Value::String(map(s)),
+        serde_json::Value::Array(items) => items.iter().map(|v| json_strings_map(v, map)).collect(),
+        serde_json::Value::Object(object) => object.iter().map(|(k, v)| (map(k), json_strings_map(v, map))).collect(),
+        other => other.clone(),
     }
 }
 

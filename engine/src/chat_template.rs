@@ -4,8 +4,10 @@
 //! We render with minijinja, set up the way HuggingFace `transformers` sets up Jinja2 for `apply_chat_template`:
 //! `trim_blocks` and `lstrip_blocks` on, Python string and dict methods (`.strip()`, `.startswith()`,
 //! `.items()` ...) through minijinja-contrib's pycompat callback, and the globals templates expect:
-//! `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools` and `documents` (both `none`), and the
-//! functions `raise_exception(message)` and `strftime_now(format)`.
+//! `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (none, or the request's tools) and
+//! `documents` (none), and the functions `raise_exception(message)` and `strftime_now(format)`. `tojson` writes
+//! JSON as Python's `json.dumps` does (`", "` and `": "` separators, no ASCII or HTML escaping, `indent`), as
+//! the templates were trained with.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +22,25 @@ pub struct ChatMessage {
     /// `system`, `user`, `assistant` or whatever else the template accepts.
     pub role: String,
     pub content: String,
+}
+
+/// The tool-calling parts of a conversation, for templates that take tools (Qwen2.5's, Hermes'): the tools
+/// offered (the template's `tools`), and per message the fields besides `role` and `content` (an assistant
+/// turn's `tool_calls`, a tool result's `tool_call_id` and `name`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatTools {
+    /// `[{"type": "function", "function": {"name": …, "description": …, "parameters": {…}}}]`; empty: the
+    /// template's `tools` is none.
+    pub tools: Vec<serde_json::Value>,
+    /// Extra fields of message `i` at index `i` (shorter than the messages, or `None`: no extra fields).
+    pub extras: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
+}
+
+impl ChatTools {
+    /// Nothing tool-related: the plain chat.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty() && self.extras.iter().all(Option::is_none)
+    }
 }
 
 /// A compiled chat template; compile once per model with [`ChatTemplate::new`], render per request.
@@ -53,6 +74,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|err| EngineError::Template(format!("cannot compile the chat template: {err}")))?;
         Ok(Self {
@@ -66,10 +88,26 @@ impl ChatTemplate {
     /// A template that rejects the conversation (`raise_exception`, e.g. roles not alternating) gives
     /// [`EngineError::Template`] with its message.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
+        self.render_with_tools(messages, &ChatTools::default(), add_generation_prompt)
+    }
+
+    /// [`Self::render`] with `tools` offered and the messages' tool-calling fields.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &ChatTools,
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
         let messages: Vec<Value> = messages
             .iter()
-            .map(|message| {
+            .enumerate()
+            .map(|(i, message)| {
                 let mut fields = BTreeMap::new();
+                if let Some(Some(extras)) = tools.extras.get(i) {
+                    for (key, value) in extras {
+                        fields.insert(key.as_str(), Value::from_serialize(value));
+                    }
+                }
                 fields.insert("role", Value::from(message.role.as_str()));
                 fields.insert("content", Value::from(message.content.as_str()));
                 Value::from_iter(fields)
@@ -81,7 +119,11 @@ impl ChatTemplate {
         context.insert("bos_token", Value::from(self.bos_token.as_str()));
         context.insert("eos_token", Value::from(self.eos_token.as_str()));
         // HF passes `tools=None, documents=None`: defined but none, so `tools is not none` is false.
-        context.insert("tools", Value::from(()));
+        let offered = match tools.tools.is_empty() {
+            true => Value::from(()),
+            false => Value::from_serialize(&tools.tools),
+        };
+        context.insert("tools", offered);
         context.insert("documents", Value::from(()));
 
         let template = self
@@ -91,6 +133,99 @@ impl ChatTemplate {
         template
             .render(Value::from_iter(context))
             .map_err(|err| EngineError::Template(describe(&err)))
+    }
+
+    /// Whether the template writes tool calls as Hermes-style `<tool_call>` blocks (Qwen2.5, Hermes), the
+    /// format [`crate::tool_calls`] reads back.
+    pub fn takes_hermes_tools(&self) -> bool {
+        self.env
+            .get_template(TEMPLATE_NAME)
+            .is_ok_and(|t| t.source().contains("<tool_call>") && t.source().contains("tools"))
+    }
+}
+
+/// `tojson(indent=None)`: `json.dumps(value, ensure_ascii=False, indent=indent)` as HF's templates get it.
+fn tojson(value: &Value, kwargs: minijinja::value::Kwargs) -> Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = Vec::new();
+    let formatter = PyJson {
+        indent: indent.map(|n| " ".repeat(n)),
+        level: 0,
+        first: true,
+    };
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(&json, &mut serializer)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    // serde_json writes UTF-8; the template output is marked safe as Jinja2's `tojson` is.
+    Ok(Value::from_safe_string(String::from_utf8(out).unwrap_or_default()))
+}
+
+/// Python's `json.dumps` layout: `", "` and `": "` without indent; with it, one item a line and `","`.
+struct PyJson {
+    indent: Option<String>,
+    level: usize,
+    first: bool,
+}
+
+impl PyJson {
+    fn newline<W: ?Sized + std::io::Write>(&self, writer: &mut W) -> std::io::Result<()> {
+        if let Some(indent) = &self.indent {
+            writer.write_all(b"\n")?;
+            for _ in 0..self.level {
+                writer.write_all(indent.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
+        self.level += 1;
+        self.first = true;
+        writer.write_all(bracket)
+    }
+
+    fn close<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
+        self.level -= 1;
+        if !self.first {
+            self.newline(writer)?;
+        }
+        self.first = false;
+        writer.write_all(bracket)
+    }
+
+    fn item<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        if !first {
+            writer.write_all(if self.indent.is_some() { b"," } else { b", " })?;
+        }
+        self.first = false;
+        self.newline(writer)
+    }
+}
+
+impl serde_json::ser::Formatter for PyJson {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.open(writer, b"[")
+    }
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.close(writer, b"]")
+    }
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.item(writer, first)
+    }
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.open(writer, b"{")
+    }
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.close(writer, b"}")
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.item(writer, first)
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        writer.write_all(b": ")
     }
 }
 
@@ -380,5 +515,32 @@ mod tests {
         let template = ChatTemplate::new("{{ strftime_now('%Y') }}", "", "").unwrap();
         let year: i64 = template.render(&[], false).unwrap().parse().unwrap();
         assert!(year >= 2024);
+    }
+
+    #[test]
+    fn tojson_writes_what_pythons_json_dumps_writes_and_tools_reach_the_template() {
+        let source = "{% for tool in tools %}{{ tool | tojson }}|{{ tool | tojson(indent=2) }}{% endfor %}\
+                      {% for m in messages %}{% for c in m.tool_calls %}[{{ c.function.name }}]{% endfor %}{% endfor %}";
+        let template = ChatTemplate::new(source, "", "").unwrap();
+        let tools = ChatTools {
+            tools: vec![serde_json::json!({"b": [1, "é<&>\"", null, true], "a": {}, "c": []})],
+            extras: vec![
+                None,
+                Some(serde_json::Map::from_iter([(
+                    "tool_calls".to_owned(),
+                    serde_json::json!([{"function": {"name": "f"}}]),
+                )])),
+            ],
+        };
+        let rendered = template
+            .render_with_tools(&[msg("user", "a"), msg("assistant", "")], &tools, false)
+            .unwrap();
+        // json.dumps({"a": {}, "b": [1, "é<&>\"", None, True], "c": []}) and with indent=2.
+        assert_eq!(
+            rendered,
+            "{\"a\": {}, \"b\": [1, \"é<&>\\\"\", null, true], \"c\": []}|{\n  \"a\": {},\n  \"b\": [\n    1,\n    \
+             \"é<&>\\\"\",\n    null,\n    true\n  ],\n  \"c\": []\n}[f]"
+        );
+        assert!(ChatTools::default().is_empty() && !tools.is_empty());
     }
 }

@@ -18,6 +18,19 @@ pub enum EngineError {
     /// rather than a request a client could shorten; the numbers say which.
     #[error("the sequence needs {needed_tokens} tokens of KV cache, but the whole pool holds {pool_tokens} tokens")]
     KvCacheTooSmall { needed_tokens: usize, pool_tokens: usize },
+    /// The configured KV cache would not fit in this machine's memory (checked before it is allocated, which
+    /// would abort the process).
+    #[error(
+        "a KV cache of {tokens} tokens (kv_cache_tokens) would take {:.1} GiB, more than this machine's {:.1} GiB \
+         of memory",
+        *needed_bytes as f64 / (1u64 << 30) as f64,
+        *memory_bytes as f64 / (1u64 << 30) as f64
+    )]
+    KvCacheTooLarge {
+        tokens: usize,
+        needed_bytes: u64,
+        memory_bytes: u64,
+    },
     /// The prompt is empty.
     #[error("the prompt is empty")]
     EmptyPrompt,

@@ -165,6 +165,27 @@ pub(crate) fn load_checked(
     Ok((tokenizer, model))
 }
 
+/// Refuse a KV cache of `tokens` tokens at `bytes_per_token` that would not fit in this machine's memory
+/// (`MemTotal`; no check where it cannot be read).
+fn check_kv_cache_fits(bytes_per_token: usize, tokens: usize) -> Result<(), EngineError> {
+    let needed_bytes = (bytes_per_token as u64).saturating_mul(tokens as u64);
+    match mem_total_bytes() {
+        Some(memory_bytes) if needed_bytes > memory_bytes => Err(EngineError::KvCacheTooLarge {
+            tokens,
+            needed_bytes,
+            memory_bytes,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn mem_total_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 /// Loads models and starts engines.
 pub struct Engine;
 
@@ -214,6 +235,9 @@ impl Engine {
             .min(num_blocks.saturating_mul(config.block_size));
         let (tokenizer, model) = load_checked(&path, &device, max_positions)?;
         let spec = model.spec().clone();
+        if device.is_cpu() {
+            check_kv_cache_fits(spec.kv_layout().bytes_per_token(), num_blocks * config.block_size)?;
+        }
         let cache = match attention {
             AttentionPath::Kernel => models::KvCache::new(spec.kv_layout(), num_blocks, config.block_size),
             AttentionPath::TensorOps => {

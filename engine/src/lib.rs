@@ -24,8 +24,9 @@ mod stop;
 
 pub mod chat_template;
 pub mod tokenizer;
+pub mod tool_calls;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{ChatMessage, ChatTemplate, ChatTools};
 pub use detokenizer::Detokenizer;
 pub use device::{AttentionPath, Device, ParseDeviceError};
 pub use error::EngineError;

@@ -36,7 +36,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::chat_template::{ChatMessage, ChatTemplate, ChatTools};
 use crate::EngineError;
 
 /// The `path` reported in [`EngineError::Load`] when the tokenizer is built from metadata the caller read.
@@ -198,9 +198,22 @@ impl Tokenizer {
     /// inside a message (or role) is encoded as ordinary text, so no one can forge a turn. Messages without
     /// such text get exactly `encode(&apply_chat_template(..)?, false)`. Use this for every chat prompt.
     pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, EngineError> {
-        self.control.encode_chat(&self.inner, messages, |messages| {
-            self.apply_chat_template(messages, add_generation_prompt)
-        })
+        self.encode_chat_with_tools(messages, &ChatTools::default(), add_generation_prompt)
+    }
+
+    /// [`Self::encode_chat`] with tools offered and the messages' tool-calling fields; the strings in `tools`
+    /// are kept apart from control tokens as message text is.
+    pub fn encode_chat_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &ChatTools,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        self.control
+            .encode_chat(&self.inner, messages, tools, |messages, tools| {
+                self.template()?
+                    .render_with_tools(messages, tools, add_generation_prompt)
+            })
     }
 
     /// Render `messages` with the model's chat template, as text (for display and tests). To build a prompt,
@@ -211,8 +224,13 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, EngineError> {
+        self.template()?.render(messages, add_generation_prompt)
+    }
+
+    /// The chat template, or why there is none to use.
+    fn template(&self) -> Result<&ChatTemplate, EngineError> {
         match &self.chat_template {
-            Some(Ok(template)) => template.render(messages, add_generation_prompt),
+            Some(Ok(template)) => Ok(template),
             Some(Err(compile_error)) => Err(compile_error.clone()),
             None => Err(EngineError::Template(
                 "the model has no chat template (no `tokenizer.chat_template` in its GGUF file)".to_string(),

@@ -410,10 +410,18 @@ fn request(engine: &EngineHandle, prompt: Vec<u32>, sampling: &SamplingArgs) -> 
 
 fn load_engine(config: EngineConfig) -> anyhow::Result<EngineHandle> {
     let path = config.model_path.clone();
-    check_kv_cache_fits(&config)?;
+    check_kv_cache_tokens(&config)?;
     tracing::info!(model = %path.display(), "loading the model");
     let started = Instant::now();
-    let engine = Engine::load(config).with_context(|| format!("cannot load the model {}", path.display()))?;
+    let engine = Engine::load(config).map_err(|err| match err {
+        EngineError::KvCacheTooLarge { .. } => {
+            anyhow::anyhow!(
+                "engine.kv_cache_tokens (--kv-cache-tokens): {err}; lower it (the default is {})",
+                EngineConfig::new("").kv_cache_tokens
+            )
+        }
+        err => anyhow::Error::new(err).context(format!("cannot load the model {}", path.display())),
+    })?;
     let info = engine.info();
     tracing::info!(
         name = %info.name,
@@ -426,38 +434,16 @@ fn load_engine(config: EngineConfig) -> anyhow::Result<EngineHandle> {
     Ok(engine)
 }
 
-/// Refuse a KV cache larger than this machine's memory with an error naming `engine.kv_cache_tokens`, before
-/// the engine tries to allocate it (which would abort the process).
-fn check_kv_cache_fits(config: &EngineConfig) -> anyhow::Result<()> {
+/// Refuse an absurd `engine.kv_cache_tokens` at once (the engine refuses one past this machine's memory
+/// before allocating it).
+fn check_kv_cache_tokens(config: &EngineConfig) -> anyhow::Result<()> {
     let tokens = config.kv_cache_tokens;
     anyhow::ensure!(
         tokens <= config::MAX_KV_CACHE_TOKENS,
         "engine.kv_cache_tokens (--kv-cache-tokens) is {tokens}, more than {}: no machine has the memory for it",
         config::MAX_KV_CACHE_TOKENS
     );
-    // A file that cannot be inspected fails to load with its own, better error.
-    let Ok(summary) = engine::inspect_model(&config.model_path) else {
-        return Ok(());
-    };
-    let needed = (summary.kv_bytes_per_token as u64).saturating_mul(tokens as u64);
-    if let Some(total) = mem_total_bytes() {
-        anyhow::ensure!(
-            needed <= total,
-            "engine.kv_cache_tokens (--kv-cache-tokens) is {tokens}: its KV cache would take {:.1} GiB, more than this \
-             machine's {:.1} GiB of memory; lower it (the default is {})",
-            needed as f64 / (1u64 << 30) as f64,
-            total as f64 / (1u64 << 30) as f64,
-            EngineConfig::new("").kv_cache_tokens
-        );
-    }
     Ok(())
-}
-
-fn mem_total_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib.saturating_mul(1024))
 }
 
 /// `hearth audit export`: the audit log of the DingTalk database as JSON lines or CSV.

@@ -146,7 +146,7 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// The one place that maps engine failures to HTTP statuses.
+/// A failed generation: an engine failure as below, a prompt too long as a 400.
 impl From<GenerateError> for ApiError {
     fn from(err: GenerateError) -> Self {
         match err {
@@ -159,6 +159,7 @@ impl From<GenerateError> for ApiError {
     }
 }
 
+/// The one place that maps engine failures to HTTP statuses.
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
         match &err {
@@ -178,7 +179,10 @@ impl From<EngineError> for ApiError {
             EngineError::ShutDown => {
                 ApiError::new(ErrorKind::Unavailable, "The server is shutting down.").with_code("shutting_down")
             }
-            EngineError::Model(_) | EngineError::Load { .. } | EngineError::Tokenizer(_) => ApiError::internal(&err),
+            EngineError::Model(_)
+            | EngineError::Load { .. }
+            | EngineError::KvCacheTooLarge { .. }
+            | EngineError::Tokenizer(_) => ApiError::internal(&err),
         }
     }
 }

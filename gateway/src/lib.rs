@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod access_rules;
 pub mod admin;
 pub mod audit;
 pub mod completions;
@@ -63,6 +64,7 @@ pub mod sessions;
 pub mod skills;
 pub mod state;
 pub mod tls;
+pub mod tools;
 pub mod validation;
 
 pub use connections::ConnectionLimits;

@@ -86,6 +86,10 @@ fn describe() {
         "Requests the engine ended with an error."
     );
     describe_counter!("hearth_engine_steps_total", "Engine steps run.");
+    describe_counter!(
+        "hearth_tool_calls_malformed_total",
+        "Tool-call blocks from the model that were not valid calls of an offered tool (returned as text)."
+    );
     describe_gauge!("hearth_requests_running", "Sequences generating now.");
     describe_gauge!("hearth_queue_depth", "Requests admitted and waiting for a slot.");
     describe_gauge!("hearth_kv_cache_blocks_used", "KV-cache blocks held by sequences.");
@@ -133,6 +137,11 @@ pub fn generation_ended(outcome: &'static str) {
 /// Record one IM reply's delivery outcome (`answered`, `answered_markdown`, `failed`, `busy`, …).
 pub fn im_delivery(platform: &'static str, outcome: &'static str) {
     counter!("hearth_im_deliveries_total", "platform" => platform, "outcome" => outcome).increment(1);
+}
+
+/// Record one tool-call block from the model that was not a valid call (it went back as text).
+pub fn tool_call_malformed() {
+    counter!("hearth_tool_calls_malformed_total").increment(1);
 }
 
 /// Record one card update that failed or was refused.

@@ -130,6 +130,13 @@ pub enum FaultCommand {
         #[serde(default = "default_busy")]
         status: u16,
     },
+    /// Fail `fraction` of card data updates (`PUT /v1.0/card/instances`, e.g. `flowStatus`) only, with
+    /// `status` as [`FaultCommand::CardUpdateFailures`] does; streaming still works.
+    CardDataUpdateFailures {
+        fraction: f64,
+        #[serde(default = "default_busy")]
+        status: u16,
+    },
     /// Answer `fraction` of card deliveries with `success: false` in an HTTP 200.
     DeliveryFailures { fraction: f64 },
     /// Push `fraction` of CALLBACKs twice at once, with the same `headers.messageId` and `data` (the
@@ -147,6 +154,20 @@ pub enum FaultCommand {
     ExpireWebhooks,
     /// Switch every fault off (does not revive zombies).
     Clear,
+}
+
+/// A fault refusing `fraction` of calls with `status` (403 or 429); `None` for a fraction of 0.
+fn throttle_fault(fraction: f64, status: u16) -> Result<Option<FractionFault>, EmulatorError> {
+    if !(0.0..=1.0).contains(&fraction) || !matches!(status, 403 | 429) {
+        return Err(EmulatorError::InvalidRequest(
+            "`fraction` must be in 0..=1 and `status` 403 or 429".to_owned(),
+        ));
+    }
+    Ok((fraction > 0.0).then_some(FractionFault {
+        fraction,
+        status,
+        acc: 0.0,
+    }))
 }
 
 fn default_busy() -> u16 {
@@ -382,16 +403,11 @@ impl Shared {
                 Ok(n)
             }
             FaultCommand::CardUpdateFailures { fraction, status } => {
-                if !fraction_ok(fraction) || !matches!(status, 403 | 429) {
-                    return Err(EmulatorError::InvalidRequest(
-                        "`fraction` must be in 0..=1 and `status` 403 or 429".to_owned(),
-                    ));
-                }
-                world.faults.card_update_failures = (fraction > 0.0).then_some(FractionFault {
-                    fraction,
-                    status,
-                    acc: 0.0,
-                });
+                world.faults.card_update_failures = throttle_fault(fraction, status)?;
+                Ok(1)
+            }
+            FaultCommand::CardDataUpdateFailures { fraction, status } => {
+                world.faults.card_data_update_failures = throttle_fault(fraction, status)?;
                 Ok(1)
             }
             FaultCommand::DeliveryFailures { fraction } => {

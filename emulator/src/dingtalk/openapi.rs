@@ -520,7 +520,25 @@ fn injected_update_failure(world: &mut World) -> Option<PlatformError> {
     if !fault.hit() {
         return None;
     }
-    Some(if fault.status == 403 {
+    Some(throttle_error(fault.status))
+}
+
+/// The injected card-data-update failure (`PUT /v1.0/card/instances` only), if this call is one of the
+/// failing fraction; the faults of every card update come first.
+fn injected_data_update_failure(world: &mut World) -> Option<PlatformError> {
+    if let Some(err) = injected_update_failure(world) {
+        return Some(err);
+    }
+    let fault = world.faults.card_data_update_failures.as_mut()?;
+    if !fault.hit() {
+        return None;
+    }
+    Some(throttle_error(fault.status))
+}
+
+/// The platform's answer to a throttled call: 403 `QpsLimitForAppkeyAndApi` or 429 `system.busy`.
+fn throttle_error(status: u16) -> PlatformError {
+    if status == 403 {
         PlatformError::new(
             403,
             "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi",
@@ -528,7 +546,7 @@ fn injected_update_failure(world: &mut World) -> Option<PlatformError> {
         )
     } else {
         PlatformError::new(429, "system.busy", "system busy, request too frequest")
-    })
+    }
 }
 
 /// `PUT /v1.0/card/instances`: replace the card data, or merge it by key.
@@ -550,7 +568,7 @@ pub async fn update_instance(
         if !world.cards.contains_key(&out_track_id) {
             return Err(PlatformError::bad("param.cardNotExist", "card is not exist"));
         }
-        if let Some(err) = injected_update_failure(world) {
+        if let Some(err) = injected_data_update_failure(world) {
             return Err(reject(world, Some(&out_track_id), err));
         }
         let card = world.cards.get_mut(&out_track_id).expect("checked above");

@@ -335,6 +335,9 @@ impl FractionFault {
 pub struct Faults {
     /// Fails a fraction of `PUT /v1.0/card/streaming` and `PUT /v1.0/card/instances` calls.
     pub card_update_failures: Option<FractionFault>,
+    /// Fails a fraction of `PUT /v1.0/card/instances` calls only (card data such as `flowStatus`; streaming
+    /// still works).
+    pub card_data_update_failures: Option<FractionFault>,
     /// Answers a fraction of deliveries with `deliverResults[].success = false` (HTTP 200).
     pub delivery_failures: Option<FractionFault>,
     /// Pushes a fraction of CALLBACKs twice at once (same `messageId` and `data`), the second copy on

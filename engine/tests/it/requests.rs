@@ -194,3 +194,107 @@ fn a_missing_or_broken_model_file_is_a_load_error() {
     let e = engine::Engine::load(engine::EngineConfig::new(&junk)).unwrap_err();
     assert!(e.to_string().contains("junk.gguf"), "{e}");
 }
+
+/// Greedy text of `prompt` (at most `max_tokens`).
+fn greedy_text(engine: &engine::EngineHandle, prompt: Vec<u32>, max_tokens: usize) -> String {
+    let mut stream = engine.submit(GenerateRequest::greedy(prompt, max_tokens)).unwrap();
+    let mut text = String::new();
+    while let Some(ev) = stream.blocking_next() {
+        match ev {
+            Event::Token(t) => text.push_str(&t.text),
+            Event::Finished(_) => break,
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    text
+}
+
+#[test]
+fn qwen2_5_coder_1_5b_calls_a_tool_through_its_template_and_answers_from_the_result() {
+    use engine::tool_calls::{parse_hermes, parse_hermes_lenient};
+    use engine::ChatTools;
+    let engine = engine(crate::QWEN_1_5B, |_| {});
+    let tok = engine.tokenizer();
+    assert!(tok.chat_template().unwrap().takes_hermes_tools());
+    let weather = serde_json::json!({
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "description": "The city, e.g. Hangzhou"}},
+                "required": ["city"],
+            },
+        },
+    });
+    let mut tools = ChatTools {
+        tools: vec![weather],
+        extras: Vec::new(),
+    };
+    let mut messages = vec![
+        ChatMessage {
+            role: "system".into(),
+            content: "You are a helpful assistant.".into(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: "What is the weather like in Hangzhou right now?".into(),
+        },
+    ];
+    let prompt = tok.encode_chat_with_tools(&messages, &tools, true).unwrap();
+    let rendered = tok
+        .chat_template()
+        .unwrap()
+        .render_with_tools(&messages, &tools, true)
+        .unwrap();
+    // The tool as Python's json.dumps writes it (keys in order, ", " and ": ").
+    assert!(rendered.contains("<tools>\n{\"function\": {\"description\": \"Get the current weather in a city.\", \"name\": \"get_weather\""), "{rendered}");
+    let output = greedy_text(&engine, prompt, 64);
+    // The 1.5B coder model answers with the call as a fenced JSON object rather than in tags.
+    let parsed = parse_hermes_lenient(&output, &["get_weather".to_owned()]);
+    assert_eq!(parsed.calls.len(), 1, "{output:?}");
+    let call = parsed.calls[0].clone().unwrap();
+    assert_eq!(call.name, "get_weather", "{output:?}");
+    assert!(
+        call.arguments["city"].as_str().unwrap_or_default().contains("Hangzhou"),
+        "{output:?}"
+    );
+
+    // The call and its result go back; the model answers from the result.
+    messages.push(ChatMessage {
+        role: "assistant".into(),
+        content: String::new(),
+    });
+    messages.push(ChatMessage {
+        role: "tool".into(),
+        content: "{\"city\": \"Hangzhou\", \"temperature_c\": 31, \"sky\": \"sunny\"}".into(),
+    });
+    let call_json = serde_json::json!([{
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": "Hangzhou"}},
+    }]);
+    let serde_json::Value::Object(extras) = serde_json::json!({"tool_calls": call_json}) else {
+        unreachable!()
+    };
+    // With the tools still offered this model calls the tool again; as `tool_choice: "none"` renders it
+    // (no tools, the call and its result kept) it answers from the result.
+    tools.tools.clear();
+    tools.extras = vec![None, None, Some(extras)];
+    let rendered = tok
+        .chat_template()
+        .unwrap()
+        .render_with_tools(&messages, &tools, true)
+        .unwrap();
+    assert!(
+        rendered.contains(
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Hangzhou\"}}\n</tool_call>"
+        ) && rendered.contains("<tool_response>\n{\"city\": \"Hangzhou\""),
+        "{rendered}"
+    );
+    let prompt = tok.encode_chat_with_tools(&messages, &tools, true).unwrap();
+    let answer = greedy_text(&engine, prompt, 48);
+    assert!(parse_hermes(&answer).calls.is_empty(), "{answer:?}");
+    assert!(answer.contains("31"), "{answer:?}");
+}

@@ -60,6 +60,10 @@ impl PlatformError for DingTalkError {
             _ => CallFailure::Final,
         }
     }
+
+    fn may_pass_later(&self) -> bool {
+        self.is_transient()
+    }
 }
 
 /// The DingTalk adapter: one robot's OpenAPI client and settings.

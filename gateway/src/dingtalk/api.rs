@@ -77,6 +77,21 @@ impl DingTalkError {
         matches!(self, Self::Throttled { .. })
     }
 
+    /// A refusal that may pass later: throttles, server errors, a failed request, a bound that ran out, a
+    /// token or permission the platform may take again. Anything else (a card that does not exist, a
+    /// malformed call) would be refused again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Http { .. }
+                | Self::Throttled { .. }
+                | Self::GaveUp { .. }
+                | Self::InvalidToken { .. }
+                | Self::PermissionDenied { .. }
+                | Self::Platform { status: 500..=599, .. }
+        )
+    }
+
     /// The platform code, for errors that carry one.
     pub fn code(&self) -> Option<&str> {
         match self {

@@ -48,6 +48,24 @@ pub enum FlowStatus {
     Failed,
 }
 
+impl FlowStatus {
+    /// The wire value.
+    pub fn wire(self) -> &'static str {
+        match self {
+            Self::Processing => "1",
+            Self::Finished => "3",
+            Self::Failed => "5",
+        }
+    }
+
+    /// The status a wire value names, if any.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        [Self::Processing, Self::Finished, Self::Failed]
+            .into_iter()
+            .find(|status| status.wire() == value)
+    }
+}
+
 /// `cardData` of a card body: `{"cardParamMap": …}`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -362,7 +380,10 @@ mod tests {
                 "cardUpdateOptions": {"updateCardDataByKey": true},
             });
             assert_eq!(to_value(&body).unwrap(), old);
+            assert_eq!(to_value(status).unwrap(), json!(status.wire()));
+            assert_eq!(FlowStatus::from_wire(wire), Some(status));
         }
+        assert_eq!(FlowStatus::from_wire("9"), None);
     }
 
     #[test]

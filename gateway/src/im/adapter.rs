@@ -50,7 +50,8 @@ pub struct CardRef {
     /// 1 for the message's first card.
     pub number: u32,
     /// How many times answering this message began (1 on the first run), for ids that must differ
-    /// between runs.
+    /// between runs. `number` and `attempt` are 0 for a card whose close is owed from an earlier run: only
+    /// its id is kept.
     pub attempt: u32,
 }
 

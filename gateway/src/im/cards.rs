@@ -8,7 +8,9 @@
 //! Once the platform refuses a card's calls (throttles, server errors), they are retried for at most the
 //! retry bound; then the card is given up: the rest of the answer goes out as plain text while the card is
 //! marked failed beside it (its final frame [`Ending::Abandoned`], then [`CardState::Failed`]), through the
-//! same retries and budget. A finished card is closed [`CardState::Finished`].
+//! same retries and budget. A finished card is closed [`CardState::Finished`]. A close the platform still
+//! refuses after the retries is owed: kept in the outbox (`card_marks`) and done by the connector's marker
+//! once the platform takes it, after a restart too, so no card stays "typing" because of a throttle.
 //!
 //! The outbox keeps how far into the answer the user has seen it (`shown_bytes`, set to "all" before the
 //! last final frame): a card that an earlier run created (a resumed answer) streams again once the
@@ -21,14 +23,14 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::adapter::{Adapter, CardRef, CardState, Ending, Opened, Update};
 use super::draft::{Draft, Failure, Generated, BUSY};
-use super::outbox::{Job, Outbox, SHOWN_ALL};
+use super::outbox::{parse_mark, Job, Outbox, SHOWN_ALL};
 use super::retry::{CallFailure, DeliveryBudget, DeliveryError, PlatformError, Retrier};
 use super::split;
 use crate::audit::Outcome;
@@ -89,6 +91,8 @@ pub struct Deliverer<A: Adapter> {
     pub adapter: Arc<A>,
     pub outbox: Outbox,
     pub budget: DeliveryBudget,
+    /// Woken when a card mark is owed (see [`Deliverer::settle_marks`]).
+    pub marks_owed: Notify,
 }
 
 impl<A: Adapter> Deliverer<A> {
@@ -106,6 +110,7 @@ impl<A: Adapter> Deliverer<A> {
             adapter,
             outbox,
             budget,
+            marks_owed: Notify::new(),
         }
     }
 
@@ -305,24 +310,85 @@ impl<A: Adapter> Deliverer<A> {
         Err(cards.failure(DeliveryError::NoAnswer, sent))
     }
 
-    /// Close `card` in `state` (best effort, with the retries and bound of every card call).
+    /// Close `card` in `state` with the retries and bound of every card call. When the platform still
+    /// refuses, the close is owed: kept in the outbox and done by the marker once the platform takes it.
     pub async fn close(&self, card: &CardRef, state: CardState) {
-        if let Err(err) = self.retrier(None).run(|| self.adapter.close_card(card, state)).await {
-            tracing::warn!(card = card.id, ?state, cause = %err, "cannot close the card");
+        if let Err(err) = self.try_close(card, state).await {
+            tracing::warn!(card = card.id, ?state, cause = %err, "cannot close the card yet; it is owed and retried");
+            self.defer_mark(card, state).await;
         }
     }
 
-    /// Mark `card` failed: its final frame says the answer went out as text, then it is closed failed,
-    /// with the retries and bound of every card call.
+    async fn try_close(&self, card: &CardRef, state: CardState) -> Result<(), DeliveryError<A::Error>> {
+        self.retrier(None).run(|| self.adapter.close_card(card, state)).await
+    }
+
+    /// Mark `card` failed (see [`Self::try_mark_failed`]); when the platform still refuses, the mark is
+    /// owed as in [`Self::close`].
     async fn mark_failed(&self, card: &CardRef) {
-        match self
-            .retrier(None)
-            .run(|| self.adapter.finish_card(card, ABANDONED_NOTICE, Ending::Abandoned))
-            .await
-        {
-            Ok(()) => self.close(card, CardState::Failed).await,
-            Err(err) => tracing::warn!(card = card.id, cause = %err, "cannot mark the card failed"),
+        if let Err(err) = self.try_mark_failed(card).await {
+            tracing::warn!(card = card.id, cause = %err, "cannot mark the card failed yet; it is owed and retried");
+            self.defer_mark(card, CardState::Failed).await;
         }
+    }
+
+    /// Mark `card` failed: its final frame says the answer went out as text (idempotent, so a repeat is
+    /// applied once), then it is closed failed, with the retries and bound of every card call.
+    async fn try_mark_failed(&self, card: &CardRef) -> Result<(), DeliveryError<A::Error>> {
+        self.retrier(None)
+            .run(|| self.adapter.finish_card(card, ABANDONED_NOTICE, Ending::Abandoned))
+            .await?;
+        self.try_close(card, CardState::Failed).await
+    }
+
+    /// Record that `card` is owed `state` and wake the marker.
+    async fn defer_mark(&self, card: &CardRef, state: CardState) {
+        match self.outbox.defer_mark(&card.id, state).await {
+            Ok(()) => self.marks_owed.notify_one(),
+            Err(err) => tracing::error!(card = card.id, cause = %err, "cannot record the card's owed mark"),
+        }
+    }
+
+    /// Set every owed card mark the platform takes now; returns how many are still owed. A mark the
+    /// platform can never take (the card is gone, the call is refused as malformed) is dropped, logged.
+    pub async fn settle_marks(&self) -> usize {
+        let owed = match self.outbox.pending_marks().await {
+            Ok(owed) => owed,
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot read the owed card marks");
+                return 0;
+            }
+        };
+        let mut left = 0;
+        for (id, code) in owed {
+            // An owed mark knows only its card's id.
+            let card = CardRef {
+                id,
+                number: 0,
+                attempt: 0,
+            };
+            let result = match parse_mark(&code) {
+                Some(CardState::Failed) => self.try_mark_failed(&card).await,
+                Some(CardState::Finished) => self.try_close(&card, CardState::Finished).await,
+                None => {
+                    tracing::warn!(card = card.id, code, "unknown owed card mark; dropped");
+                    Ok(())
+                }
+            };
+            match result {
+                Ok(()) => tracing::info!(card = card.id, code, "owed card mark set"),
+                Err(err) if err.may_pass_later() => {
+                    tracing::debug!(card = card.id, cause = %err, "owed card mark still refused");
+                    left += 1;
+                    continue;
+                }
+                Err(err) => tracing::warn!(card = card.id, cause = %err, "owed card mark cannot be set; dropped"),
+            }
+            if let Err(err) = self.outbox.mark_done(&card.id, &code).await {
+                tracing::warn!(card = card.id, cause = %err, "cannot clear the owed card mark");
+            }
+        }
+        left
     }
 
     /// Send `text` as plain text while the failed card, if it exists, is marked failed beside it: the

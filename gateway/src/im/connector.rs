@@ -167,6 +167,21 @@ impl<A: Adapter> Connector<A> {
         }
     }
 
+    /// Set owed card marks as the platform takes them: at start, whenever one is owed, and every retry
+    /// bound while some are, until `shutdown` turns true (what is left is owed at next start).
+    async fn mark_owed_cards(&self, mut shutdown: watch::Receiver<bool>) {
+        let deliverer = &self.answerer.deliverer;
+        let pause = self.adapter().settings().retry_bound;
+        loop {
+            let left = deliverer.settle_marks().await;
+            tokio::select! {
+                () = deliverer.marks_owed.notified() => {}
+                () = tokio::time::sleep(pause), if left > 0 => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     fn spawn_answer(&self, job: Job<A::Message>, route: Route) {
         let span = tracing::info_span!(
             "im_message",
@@ -199,6 +214,8 @@ pub struct ImConnector<A: Adapter> {
     intake: JoinHandle<()>,
     /// Deletes rows past `retention_days` and expired sessions, hourly.
     pruning: JoinHandle<()>,
+    /// Sets card marks the platform refused at first.
+    marking: JoinHandle<()>,
 }
 
 impl<A: Adapter> ImConnector<A> {
@@ -259,10 +276,14 @@ impl<A: Adapter> ImConnector<A> {
                 .receive(inbox, rx.clone())
                 .instrument(tracing::info_span!("im_receive", platform = A::PLATFORM)),
         );
-        let pruner = connector.clone();
+        let (pruner, marker, marks_rx) = (connector.clone(), connector.clone(), rx.clone());
         let pruning = tokio::spawn(
             async move { pruner.prune_periodically(rx).await }
                 .instrument(tracing::info_span!("im_prune", platform = A::PLATFORM)),
+        );
+        let marking = tokio::spawn(
+            async move { marker.mark_owed_cards(marks_rx).await }
+                .instrument(tracing::info_span!("im_marks", platform = A::PLATFORM)),
         );
         Ok(Self {
             connector,
@@ -270,6 +291,7 @@ impl<A: Adapter> ImConnector<A> {
             receiving,
             intake,
             pruning,
+            marking,
         })
     }
 
@@ -326,6 +348,7 @@ impl<A: Adapter> ImConnector<A> {
         // The receive loop dropped its inbox, so the intake ends once it has stored what it was handed.
         let _ = self.intake.await;
         let _ = self.pruning.await;
+        let _ = self.marking.await;
         let mut answers = std::mem::take(&mut *self.connector.answers.lock().unwrap_or_else(|p| p.into_inner()));
         let drained = tokio::time::timeout(drain, async { while answers.join_next().await.is_some() {} }).await;
         if drained.is_err() {

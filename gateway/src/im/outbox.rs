@@ -11,7 +11,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::adapter::{ChatKind, Envelope};
+use super::adapter::{CardState, ChatKind, Envelope};
 use crate::audit::{AuditRecord, Outcome};
 use crate::db::{add_column, now_ms, run, Database, DbError, SharedConnection};
 
@@ -76,6 +76,22 @@ fn chat_kind(kind: ChatKind) -> &'static str {
         ChatKind::Direct => "direct",
         ChatKind::Group => "group",
     }
+}
+
+/// The stored code of a card state owed to a card: the codes the outbox has kept since owed marks were
+/// added, which are DingTalk's `flowStatus` values (its first adapter), so older databases read the same.
+fn mark_code(state: CardState) -> &'static str {
+    match state {
+        CardState::Finished => "3",
+        CardState::Failed => "5",
+    }
+}
+
+/// The card state an owed mark's stored code names, if any.
+pub fn parse_mark(code: &str) -> Option<CardState> {
+    [CardState::Finished, CardState::Failed]
+        .into_iter()
+        .find(|state| mark_code(*state) == code)
 }
 
 /// A stored chat kind; `1` and `2` are DingTalk's `conversationType`, as rows before adapters had them.
@@ -266,6 +282,45 @@ impl Outbox {
         .await
     }
 
+    /// Keep `state` as owed to `card`: the platform refused to close the card for now, and the connector's
+    /// marker closes it once the platform takes it, after a restart too.
+    pub async fn defer_mark(&self, card: &str, state: CardState) -> Result<(), DbError> {
+        let card = card.to_owned();
+        self.run(move |conn, platform, account| {
+            conn.execute(
+                "INSERT OR REPLACE INTO card_marks (platform, robot, card, status, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![platform, account, card, mark_code(state), now_ms()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// The owed card marks, oldest first: (card, the state's stored code, see [`parse_mark`]).
+    pub async fn pending_marks(&self) -> Result<Vec<(String, String)>, DbError> {
+        self.run(|conn, platform, account| {
+            let mut statement = conn
+                .prepare("SELECT card, status FROM card_marks WHERE platform = ?1 AND robot = ?2 ORDER BY added_ms")?;
+            let rows = statement.query_map(params![platform, account], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// `card` got its mark `code` (or it can never get it): it is no longer owed. A mark deferred again
+    /// with another state meanwhile stays.
+    pub async fn mark_done(&self, card: &str, code: &str) -> Result<(), DbError> {
+        let (card, code) = (card.to_owned(), code.to_owned());
+        self.run(move |conn, platform, account| {
+            conn.execute(
+                "DELETE FROM card_marks WHERE platform = ?1 AND robot = ?2 AND card = ?3 AND status = ?4",
+                params![platform, account, card, code],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     /// Delete the settled messages (answered, failed or ignored) received before `before_ms`; a message
     /// still `accepted` stays whatever its age. Returns how many rows went.
     pub async fn prune(&self, before_ms: i64) -> Result<usize, DbError> {
@@ -321,6 +376,14 @@ fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
              shown_bytes INTEGER NOT NULL DEFAULT 0,
              payload TEXT,
              PRIMARY KEY (platform, robot, msg_id)
+         );
+         CREATE TABLE IF NOT EXISTS card_marks (
+             platform TEXT NOT NULL,
+             robot TEXT NOT NULL,
+             card TEXT NOT NULL,
+             status TEXT NOT NULL,
+             added_ms INTEGER NOT NULL,
+             PRIMARY KEY (platform, robot, card)
          );",
     )?;
     // Databases written before these columns existed.

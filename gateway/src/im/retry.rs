@@ -27,6 +27,12 @@ pub enum CallFailure {
 pub trait PlatformError: std::error::Error + Send + Sync + 'static {
     /// Whether and how the call may be tried again.
     fn failure(&self) -> CallFailure;
+
+    /// Whether the platform may take the call later (minutes or a restart on): an owed card mark is kept
+    /// while its failure may pass. By default, anything but a [`CallFailure::Final`] one.
+    fn may_pass_later(&self) -> bool {
+        self.failure() != CallFailure::Final
+    }
 }
 
 /// Why delivering through a platform failed.
@@ -44,6 +50,16 @@ pub enum DeliveryError<E: PlatformError> {
 }
 
 impl<E: PlatformError> DeliveryError<E> {
+    /// Whether the platform may take the call later: a bound that ran out, or a platform error that may
+    /// pass ([`PlatformError::may_pass_later`]).
+    pub fn may_pass_later(&self) -> bool {
+        match self {
+            Self::Platform(err) => err.may_pass_later(),
+            Self::GaveUp { .. } => true,
+            Self::NoAnswer => false,
+        }
+    }
+
     /// The error of calls given up after the platform refused them for `bound`.
     pub fn given_up(bound: Duration) -> Self {
         Self::GaveUp {

@@ -1,7 +1,8 @@
 //! DingTalk as a real tenant meets it (issue 22): a card throttled throughout ends failed within the retry
-//! bound, cards say they are done (`flowStatus`), a silent socket is found by hearth's own pings, external
-//! senders without a staff id, audit and history written once in one transaction, and an answer resumed
-//! after `kill -9` streaming on from what its card showed.
+//! bound, cards say they are done (`flowStatus`), a refused `flowStatus` is owed and set later (after a
+//! restart too), a silent socket is found by hearth's own pings, external senders without a staff id, audit
+//! and history written once in one transaction, and an answer resumed after `kill -9` streaming on from what
+//! its card showed.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -272,6 +273,81 @@ async fn a_failure_before_the_message_is_closed_leaves_no_audit_record_or_turn_t
     assert_eq!(audit.records(0).await.unwrap().len(), 1, "still one record");
     assert_eq!(outbox.state(&posted.msg_id).await.unwrap().as_deref(), Some("answered"));
     assert_eq!(dingtalk.inspect(all_answered), Some(1), "one card, finalized once");
+    dingtalk.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_status_refused_past_the_retry_bound_is_owed_and_set_once_the_platform_takes_it_after_a_restart_too() {
+    let dingtalk = emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DingTalkConfig {
+        card_retry_secs: 1,
+        ..connector_config(&dingtalk, &dir.path().join("outbox.sqlite3"))
+    };
+    let connector = DingTalkConnector::start(config.clone(), shared_models()).await.unwrap();
+    connected(&dingtalk).await;
+
+    // Card data updates (the flowStatus) are refused from here on; creating and streaming cards still works.
+    dingtalk
+        .fault(FaultCommand::CardDataUpdateFailures {
+            fraction: 1.0,
+            status: 429,
+        })
+        .unwrap();
+    let posted = say(&dingtalk, ConversationKind::Single, None, "fay", "Name a color.", false);
+    let conversation = posted.conversation_id.clone();
+    let card = dingtalk
+        .wait_for(PATIENCE, |w| {
+            w.cards_in(&conversation)
+                .pop()
+                .filter(|c| c.status == CardStatus::Finished && c.rejected_calls > 0)
+        })
+        .await
+        .unwrap();
+    // The answer is settled once its flowStatus was refused for the retry bound: the mark is owed, not lost.
+    let records = tokio::time::timeout(PATIENCE, connector.audit().wait_for_records(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(records[0].msg_id, posted.msg_id);
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(outbox.state(&posted.msg_id).await.unwrap().as_deref(), Some("answered"));
+    assert_eq!(
+        outbox.pending_marks().await.unwrap(),
+        vec![(card.out_track_id.clone(), "3".to_owned())]
+    );
+    let shown = dingtalk.inspect(|w| w.cards_in(&conversation).pop().unwrap());
+    assert_eq!(
+        shown.flow_status.as_deref(),
+        Some("1"),
+        "still typing while the platform refuses"
+    );
+
+    // Restarted, with the platform taking card updates again: the owed mark is set, and only it.
+    dingtalk.fault(FaultCommand::Clear).unwrap();
+    let connector = DingTalkConnector::start(config, shared_models()).await.unwrap();
+    let done = dingtalk
+        .wait_for(PATIENCE, |w| {
+            w.cards_in(&conversation)
+                .pop()
+                .filter(|c| c.flow_status.as_deref() == Some("3"))
+        })
+        .await
+        .unwrap();
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(done.status, CardStatus::Finished);
+    assert_eq!(
+        done.updates.iter().filter(|u| u.is_finalize == Some(true)).count(),
+        1,
+        "finalized once: {done:#?}"
+    );
+    assert!(
+        outbox.pending_marks().await.unwrap().is_empty(),
+        "the mark is no longer owed"
+    );
+    assert_eq!(dingtalk.inspect(all_answered), Some(1), "one card, no second answer");
     dingtalk.shutdown().await.unwrap();
 }
 
