@@ -74,6 +74,10 @@ echo "== the official DingTalk Stream SDK against hearth emulate dingtalk"
 tests/python/run-dingtalk.sh
 tests/node/run-dingtalk.sh
 
+echo "== the official Feishu/Lark SDKs (lark-oapi, @larksuiteoapi/node-sdk) against hearth emulate feishu"
+tests/python/run-feishu.sh
+tests/node/run-feishu.sh
+
 echo "== the web console in headless Chromium against hearth serve and hearth emulate dingtalk, with no network"
 tests/browser/run.sh --prepare
 unshare -n bash -c 'ip link set lo up && exec tests/browser/run.sh'

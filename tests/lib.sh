@@ -1,5 +1,6 @@
 # Shared by the scripts that run a client test suite against a real `hearth` process (tests/python/run.sh,
-# tests/python/run-dingtalk.sh, tests/node/run-dingtalk.sh); source it after `set -euo pipefail`.
+# tests/python/run-dingtalk.sh, tests/node/run-dingtalk.sh, tests/python/run-feishu.sh,
+# tests/node/run-feishu.sh); source it after `set -euo pipefail`.
 #
 # It sets ROOT (the repository) and HEARTH (target/release/hearth, or $HEARTH_BIN), and gives:
 #   require_hearth                     stop unless $HEARTH is built

@@ -6,9 +6,21 @@
 //!
 //! - [`dingtalk`]: DingTalk Stream mode, access tokens, AI cards, robot sends and sessionWebhooks, as
 //!   described in `shared/protocols/dingtalk.md`.
+//! - [`feishu`]: Feishu (Lark) endpoint discovery, the protobuf long connection, tenant tokens, IM messages
+//!   and CardKit streaming cards, as described in `shared/protocols/feishu.md`.
 //!
 //! **Architecture invariant:** emulators know nothing of the engine or the gateway; they depend only on
 //! the wire protocol.
 #![forbid(unsafe_code)]
 
 pub mod dingtalk;
+pub mod feishu;
+
+pub use error::EmulatorError;
+
+mod control;
+mod error;
+mod fault;
+mod ids;
+mod server;
+mod watched;

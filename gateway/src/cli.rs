@@ -139,6 +139,9 @@ pub enum EmulatePlatform {
     /// DingTalk: Stream mode, access tokens, AI cards, robot sends, sessionWebhooks. The page is at
     /// http://HOST:PORT/_emulator.
     Dingtalk(DingTalkEmulatorArgs),
+    /// Feishu (Lark): endpoint discovery, the protobuf long connection, tenant tokens, IM messages, CardKit
+    /// streaming cards. Point an SDK's domain at http://HOST:PORT; the page is at http://HOST:PORT/_emulator.
+    Feishu(FeishuEmulatorArgs),
 }
 
 /// Settings of `hearth emulate dingtalk`; defaults are the platform's documented behaviour
@@ -235,6 +238,75 @@ impl DingTalkEmulatorArgs {
             markdown_keys: self.markdown_key.clone(),
             deliver_unmentioned_group_messages: self.deliver_unmentioned_group_messages,
             ..emulator::dingtalk::EmulatorConfig::default()
+        }
+    }
+}
+
+/// Settings of `hearth emulate feishu`; defaults are the platform's documented behaviour
+/// (`emulator::feishu::EmulatorConfig::default`).
+#[derive(Debug, Args)]
+pub struct FeishuEmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8091)]
+    pub port: u16,
+    /// The app's app_id the emulator accepts (the Node SDK wants `cli_` and 16 hex digits).
+    #[arg(long, value_name = "ID", default_value = emulator::feishu::DEFAULT_APP_ID)]
+    pub app_id: String,
+    /// The app's app_secret.
+    #[arg(long, value_name = "SECRET", default_value = emulator::feishu::DEFAULT_APP_SECRET)]
+    pub app_secret: String,
+    /// PingInterval handed to clients (discovery and pongs), in seconds.
+    #[arg(long, value_name = "N", default_value_t = 120)]
+    pub ping_secs: i64,
+    /// Milliseconds a pushed event may wait for its response before the push counts as failed.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub response_timeout_ms: u64,
+    /// Seconds before each retry of a failed push (repeatable; default 15, 300, 3600, 21600).
+    #[arg(long = "retry-secs", value_name = "N")]
+    pub retry_secs: Vec<u64>,
+    /// Lifetime of a tenant_access_token, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 7200)]
+    pub token_ttl_secs: u64,
+    /// Seconds after which the platform closes a card's streaming mode.
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    pub streaming_window_secs: u64,
+    /// Operations per second on one card entity before 429 / 99991400 (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub card_ops_per_sec: u32,
+    /// Calls per second to one API before 429 / 99991400 (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub api_calls_per_sec: u32,
+    /// Also push group messages that do not @-mention the bot.
+    #[arg(long)]
+    pub deliver_unmentioned_group_messages: bool,
+}
+
+impl FeishuEmulatorArgs {
+    /// The emulator's config.
+    pub fn emulator_config(&self) -> emulator::feishu::EmulatorConfig {
+        let defaults = emulator::feishu::EmulatorConfig::default();
+        emulator::feishu::EmulatorConfig {
+            app_id: self.app_id.clone(),
+            app_secret: self.app_secret.clone(),
+            client_config: emulator::feishu::ClientConfig {
+                ping_interval: self.ping_secs,
+                ..defaults.client_config
+            },
+            response_timeout: Duration::from_millis(self.response_timeout_ms),
+            retry_intervals: if self.retry_secs.is_empty() {
+                defaults.retry_intervals.clone()
+            } else {
+                self.retry_secs.iter().copied().map(Duration::from_secs).collect()
+            },
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
+            streaming_window: Duration::from_secs(self.streaming_window_secs),
+            card_ops_per_window: self.card_ops_per_sec,
+            api_calls_per_window: self.api_calls_per_sec,
+            deliver_unmentioned_group_messages: self.deliver_unmentioned_group_messages,
+            ..defaults
         }
     }
 }
@@ -671,6 +743,34 @@ mod tests {
         assert_eq!(
             (config.webhook_messages_per_minute, config.webhook_throttle),
             (defaults.webhook_messages_per_minute, defaults.webhook_throttle)
+        );
+        let cli = Cli::try_parse_from([
+            "hearth",
+            "emulate",
+            "feishu",
+            "--port",
+            "0",
+            "--ping-secs",
+            "1",
+            "--retry-secs",
+            "1",
+            "--retry-secs",
+            "2",
+        ])
+        .unwrap();
+        let Command::Emulate(EmulateArgs {
+            platform: EmulatePlatform::Feishu(args),
+        }) = cli.command
+        else {
+            panic!("expected emulate feishu")
+        };
+        let config = args.emulator_config();
+        assert_eq!(config.client_config.ping_interval, 1);
+        assert_eq!(config.retry_intervals, [Duration::from_secs(1), Duration::from_secs(2)]);
+        assert_eq!(config.app_id, emulator::feishu::DEFAULT_APP_ID);
+        assert_eq!(
+            config.streaming_window,
+            emulator::feishu::EmulatorConfig::default().streaming_window
         );
     }
 }

@@ -19,7 +19,8 @@ use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
 use crate::cli::{
-    AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, GenerateArgs, SamplingArgs, ServeArgs,
+    AuditExportArgs, ChatArgs, ConfigCommand, DingTalkEmulatorArgs, DoctorArgs, FeishuEmulatorArgs, GenerateArgs,
+    SamplingArgs, ServeArgs,
 };
 
 /// `hearth serve`.
@@ -141,25 +142,48 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
 /// `hearth emulate dingtalk`: a local DingTalk until SIGINT/SIGTERM.
 pub fn emulate_dingtalk(args: DingTalkEmulatorArgs) -> anyhow::Result<ExitCode> {
     let config = args.emulator_config();
-    let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .with_context(|| format!("--host {} --port {} is not a socket address", args.host, args.port))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    emulate(&args.host, args.port, |addr| async move {
         let dingtalk = emulator::dingtalk::DingTalkEmulator::start(config, addr).await?;
         let base = dingtalk.base_url();
         tracing::info!(
             client_id = %dingtalk.config().client_id,
             "DingTalk emulator: OpenAPI and Stream at {base} (point DINGTALK_OPENAPI_ENDPOINT there), page at {base}/_emulator"
         );
-        // One line on stdout, for scripts that start the emulator on port 0.
         println!("{base}");
-        dingtalk.run_until(server::shutdown_signal()).await?;
-        anyhow::Ok(())
-    })?;
+        Ok(dingtalk.run_until(server::shutdown_signal()).await?)
+    })
+}
+
+/// `hearth emulate feishu`: a local Feishu until SIGINT/SIGTERM.
+pub fn emulate_feishu(args: FeishuEmulatorArgs) -> anyhow::Result<ExitCode> {
+    let config = args.emulator_config();
+    emulate(&args.host, args.port, |addr| async move {
+        let feishu = emulator::feishu::FeishuEmulator::start(config, addr).await?;
+        let base = feishu.base_url();
+        tracing::info!(
+            app_id = %feishu.config().app_id,
+            "Feishu emulator: discovery, long connection and OpenAPI at {base} (an SDK's domain), page at {base}/_emulator"
+        );
+        println!("{base}");
+        Ok(feishu.run_until(server::shutdown_signal()).await?)
+    })
+}
+
+/// Run an emulator on HOST:PORT in a fresh runtime: `serve` starts it, prints its base URL as the one line on
+/// stdout (for scripts that start it on port 0) and serves until SIGINT/SIGTERM.
+fn emulate<F, Fut>(host: &str, port: u16, serve: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let addr: std::net::SocketAddr = format!("{host}:{port}")
+        .parse()
+        .with_context(|| format!("--host {host} --port {port} is not a socket address"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(addr))?;
     Ok(ExitCode::SUCCESS)
 }
 

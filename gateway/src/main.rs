@@ -56,6 +56,9 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Emulate(cli::EmulateArgs {
             platform: cli::EmulatePlatform::Dingtalk(args),
         }) => commands::emulate_dingtalk(args),
+        cli::Command::Emulate(cli::EmulateArgs {
+            platform: cli::EmulatePlatform::Feishu(args),
+        }) => commands::emulate_feishu(args),
         cli::Command::Config(_) => unreachable!("handled before the configuration is loaded"),
     }
 }

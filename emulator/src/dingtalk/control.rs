@@ -13,11 +13,9 @@
 //! | `GET /_emulator/api/wait?after=V&timeout_ms=T` | returns `{"version"}` once the version passes V (or T ms pass) |
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -28,6 +26,7 @@ use super::world::{
     Webhook, World,
 };
 use super::EmulatorError;
+use crate::control::WaitQuery;
 
 /// A simulated user's message.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -463,28 +462,11 @@ impl Shared {
             }
         })
     }
-
-    /// Wait until the change counter passes `after`, or `timeout` passes; returns the counter.
-    pub(crate) async fn wait_change(&self, after: u64, timeout: Duration) -> u64 {
-        let mut rx = self.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > after)).await;
-        self.version()
-    }
-}
-
-impl IntoResponse for EmulatorError {
-    fn into_response(self) -> Response {
-        let status = match self {
-            EmulatorError::NotFound(_) => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        (status, Json(json!({"error": self.to_string()}))).into_response()
-    }
 }
 
 /// `GET /_emulator`.
 pub(crate) async fn page() -> Response {
-    ([(header::CACHE_CONTROL, "no-store")], Html(include_str!("page.html"))).into_response()
+    crate::control::page(include_str!("page.html"))
 }
 
 /// `GET /_emulator/api/state`.
@@ -528,28 +510,10 @@ pub(crate) async fn fault(
     State(shared): State<Arc<Shared>>,
     Json(command): Json<FaultCommand>,
 ) -> Result<Json<serde_json::Value>, EmulatorError> {
-    shared
-        .apply_fault(command)
-        .map(|affected| Json(json!({ "affected": affected })))
+    shared.apply_fault(command).map(crate::control::affected)
 }
 
-/// Query of the change feed.
-#[derive(Debug, Deserialize)]
-pub(crate) struct WaitQuery {
-    #[serde(default)]
-    after: u64,
-    #[serde(default = "default_wait_ms")]
-    timeout_ms: u64,
-}
-
-fn default_wait_ms() -> u64 {
-    10_000
-}
-
-/// `GET /_emulator/api/wait?after=V&timeout_ms=T` (T at most 60 000).
+/// `GET /_emulator/api/wait?after=V&timeout_ms=T`.
 pub(crate) async fn wait(State(shared): State<Arc<Shared>>, Query(query): Query<WaitQuery>) -> Json<serde_json::Value> {
-    let version = shared
-        .wait_change(query.after, Duration::from_millis(query.timeout_ms.min(60_000)))
-        .await;
-    Json(json!({ "version": version }))
+    crate::control::wait(&shared.state, query).await
 }

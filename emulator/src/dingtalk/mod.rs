@@ -36,7 +36,6 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub use config::{EmulatorConfig, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
 pub use control::{ConversationView, FaultCommand, PostedMessage, StateView, UserMessage};
@@ -45,25 +44,7 @@ pub use world::{Card, CardStatus, CardUpdate, ChatEntry, Conversation, Conversat
 
 use world::Shared;
 
-/// What can go wrong running or driving the emulator.
-#[derive(Debug, thiserror::Error)]
-pub enum EmulatorError {
-    /// The listening socket could not be opened.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    /// The HTTP server stopped with an error.
-    #[error("the emulator's server failed: {0}")]
-    Serve(std::io::Error),
-    /// A control request was malformed.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// A control request named something that does not exist.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// A condition awaited with [`DingTalkEmulator::wait_for`] did not come true in time.
-    #[error("timed out after {0:?} waiting for the emulator")]
-    Timeout(Duration),
-}
+pub use crate::error::EmulatorError;
 
 /// The router: platform routes at their real paths, the control surface under `/_emulator`.
 fn router(shared: Arc<Shared>) -> Router {
@@ -86,6 +67,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1.0/robot/groupMessages/send", post(openapi::group_send))
         .route("/robot/sendBySession", post(openapi::session_webhook))
         .route("/_emulator", get(control::page))
+        .route("/_emulator/page.js", get(crate::control::script))
         .route("/_emulator/api/state", get(control::state))
         .route("/_emulator/api/conversations/{id}", get(control::conversation))
         .route("/_emulator/api/cards/{id}", get(control::card))
@@ -103,31 +85,17 @@ fn router(shared: Arc<Shared>) -> Router {
 pub struct DingTalkEmulator {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<Result<(), EmulatorError>>,
+    server: crate::server::ServerTask,
 }
 
 impl DingTalkEmulator {
     /// Listen on `addr` (port 0 picks a free one) and serve until [`shutdown`](Self::shutdown).
     pub async fn start(config: EmulatorConfig, addr: SocketAddr) -> Result<Self, EmulatorError> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| EmulatorError::Bind { addr, source })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| EmulatorError::Bind { addr, source })?;
+        let (listener, local) = crate::server::bind(addr).await?;
         let shared = Shared::new(config, local);
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(stream::dispatcher(shared.clone(), rx.clone()));
-        let app = router(shared.clone());
-        let mut stop = rx;
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-                .map_err(EmulatorError::Serve)
-        });
+        let server = crate::server::spawn(listener, router(shared.clone()), rx);
         tracing::info!(addr = %local, "DingTalk emulator listening");
         Ok(Self {
             shared,
@@ -170,20 +138,13 @@ impl DingTalkEmulator {
     pub async fn wait_for<T>(
         &self,
         timeout: Duration,
-        mut check: impl FnMut(&World) -> Option<T>,
+        check: impl FnMut(&World) -> Option<T>,
     ) -> Result<T, EmulatorError> {
-        let mut changes = self.shared.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            changes.borrow_and_update();
-            if let Some(found) = self.shared.read(&mut check) {
-                return Ok(found);
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return Err(EmulatorError::Timeout(timeout)),
-            }
-        }
+        self.shared
+            .state
+            .wait_for(timeout, check)
+            .await
+            .ok_or(EmulatorError::Timeout(timeout))
     }
 
     /// Stop serving and wait for the server to finish.
@@ -195,10 +156,7 @@ impl DingTalkEmulator {
                 let _ = connection.tx.send(world::Outbound::CloseAfter(Duration::ZERO));
             }
         });
-        match self.server.await {
-            Ok(result) => result,
-            Err(join) => Err(EmulatorError::Serve(std::io::Error::other(join.to_string()))),
-        }
+        crate::server::join(self.server).await
     }
 
     /// Serve until `signal` completes, then shut down.

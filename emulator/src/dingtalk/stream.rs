@@ -2,10 +2,8 @@
 //! frames, ACK tracking, and the dispatcher that pushes CALLBACKs to a random live connection and pushes
 //! them again when no ACK came within the redelivery window.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -19,6 +17,7 @@ use tracing::Instrument;
 use super::openapi::PlatformError;
 use super::wire::{AckFrame, Subscription};
 use super::world::{now_ms, system_frame, Connection, Outbound, Shared, World};
+use crate::watched::timer;
 
 /// Query of the WebSocket URL.
 #[derive(Debug, Deserialize)]
@@ -82,15 +81,6 @@ async fn run_connection(shared: Arc<Shared>, socket: WebSocket, subscriptions: V
     // Pushes left un-ACKed on this socket are redelivered when their window ends.
     shared.dispatch.notify_one();
     span.in_scope(|| tracing::info!("connection closed"));
-}
-
-type Timer = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-fn timer(after: Option<Duration>) -> Timer {
-    match after {
-        Some(after) => Box::pin(tokio::time::sleep(after)),
-        None => Box::pin(std::future::pending()),
-    }
 }
 
 async fn connection_loop(shared: &Arc<Shared>, id: u64, socket: WebSocket, mut rx: mpsc::UnboundedReceiver<Outbound>) {

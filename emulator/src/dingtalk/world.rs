@@ -4,90 +4,56 @@
 //! instead of polling.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::config::EmulatorConfig;
 use super::wire::{Frame, Subscription, TOPIC_BOT_MESSAGE};
+use crate::watched::Watched;
 
 /// State shared by the HTTP handlers, the WebSocket connections and the dispatcher.
 pub(crate) struct Shared {
     pub config: EmulatorConfig,
     /// Where the emulator listens; base of the WebSocket endpoint and sessionWebhook URLs.
     pub addr: std::net::SocketAddr,
-    world: Mutex<World>,
+    /// The world, whose change counter the control API and tests await.
+    pub state: Watched<World>,
     /// Wakes the dispatcher: a message was posted, a connection opened, or an ACK arrived.
     pub dispatch: Notify,
-    /// Bumped after every change, so the control API and tests can await one.
-    version: watch::Sender<u64>,
 }
 
 impl Shared {
     pub fn new(config: EmulatorConfig, addr: std::net::SocketAddr) -> Arc<Self> {
         Arc::new(Self {
-            world: Mutex::new(World::default()),
+            state: Watched::new(World::default()),
             config,
             addr,
             dispatch: Notify::new(),
-            version: watch::channel(0).0,
         })
     }
 
     /// Run `f` on the world, then tell observers something may have changed.
     pub fn with<T>(&self, f: impl FnOnce(&mut World, &EmulatorConfig) -> T) -> T {
-        let out = {
-            let mut world = self.lock();
-            f(&mut world, &self.config)
-        };
-        self.version.send_modify(|v| *v += 1);
-        out
+        self.state.with(|world| f(world, &self.config))
     }
 
     /// Read the world without signalling a change.
     pub fn read<T>(&self, f: impl FnOnce(&World) -> T) -> T {
-        f(&self.lock())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, World> {
-        // A panic while holding the lock is a bug in the emulator; the state is still usable for reading.
-        self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.read(f)
     }
 
     /// The current change counter.
     pub fn version(&self) -> u64 {
-        *self.version.borrow()
-    }
-
-    /// A receiver of change counters.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
+        self.state.version()
     }
 }
 
-/// Epoch milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// `len` random lowercase hex digits.
-pub fn hex(len: usize) -> String {
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| char::from_digit(rng.random_range(0..16), 16).expect("digit below 16"))
-        .collect()
-}
-
-/// A UUID-shaped random id (`8-4-4-4-12` hex), as the platform's `requestid` and tickets look.
-pub fn uuid_like() -> String {
-    format!("{}-{}-{}-{}-{}", hex(8), hex(4), hex(4), hex(4), hex(12))
-}
+pub(crate) use crate::fault::FractionFault;
+pub(crate) use crate::ids::{hex, now_ms, uuid_like};
 
 /// What the writer half of one WebSocket is told to do.
 #[derive(Debug)]
@@ -301,32 +267,6 @@ impl Card {
 pub(crate) struct Webhook {
     pub conversation_id: String,
     pub expires_ms: u64,
-}
-
-/// A fault that fails a fraction of calls, deterministically: every call adds `fraction` to an
-/// accumulator and fails when it reaches 1 (a fifth fails exactly every fifth call).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FractionFault {
-    pub fraction: f64,
-    /// 429 (`system.busy`) or 403 (`Forbidden.AccessDenied.QpsLimitForAppkeyAndApi`) for card updates;
-    /// 200 for faults that refuse no call (failed deliveries, duplicate pushes).
-    pub status: u16,
-    #[serde(skip)]
-    pub acc: f64,
-}
-
-impl FractionFault {
-    /// Whether this call fails.
-    pub fn hit(&mut self) -> bool {
-        self.acc += self.fraction;
-        if self.acc >= 1.0 - 1e-9 {
-            self.acc -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Faults currently switched on.

@@ -1,7 +1,9 @@
-//! The DingTalk emulator over real sockets: HTTP with reqwest, the Stream with tokio-tungstenite, exactly
-//! as a client of the real platform talks to it.
+//! The emulators over real sockets: HTTP with reqwest, WebSockets with tokio-tungstenite, exactly as a
+//! client of the real platform talks to it. The DingTalk tests are at the top level (`cards`, `stream`),
+//! Feishu's in `feishu/`.
 
 mod cards;
+mod feishu;
 mod stream;
 
 use std::time::Duration;

@@ -6,18 +6,19 @@ ACKs them, answers pings, and streams an AI card with its own AICardReplier. The
 """
 
 import asyncio
-import json
 import os
+import sys
 import threading
-import time
-import urllib.request
 
 BASE = os.environ["DINGTALK_EMULATOR_URL"]
 # The SDK reads its OpenAPI base from this variable when it is imported.
 os.environ["DINGTALK_OPENAPI_ENDPOINT"] = BASE
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import dingtalk_stream  # noqa: E402
 from dingtalk_stream import card_replier, chatbot, stream, utils  # noqa: E402
+from emulator_control import Emulator  # noqa: E402
 
 # Belt and braces: redirect the module-level URL constants too, in case an SDK version hardcodes them.
 for module in (utils, card_replier, chatbot, stream):
@@ -30,24 +31,9 @@ TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema"
 PATIENCE = 30.0
 
 
-def control(path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(BASE + path, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=PATIENCE + 5) as response:
-        return json.loads(response.read())
-
-
-def wait_until(check, what):
-    """Await `check(state)` being truthy, re-reading the state after each change (long-poll, no sleeps)."""
-    deadline = time.monotonic() + PATIENCE
-    while True:
-        state = control("/_emulator/api/state")
-        found = check(state)
-        if found:
-            return found
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out waiting for {what}; state: {json.dumps(state)[:2000]}"
-        control(f"/_emulator/api/wait?after={state['version']}&timeout_ms={int(left * 1000)}")
+EMULATOR = Emulator(BASE, patience=PATIENCE)
+control = EMULATOR.call
+wait_until = EMULATOR.wait_until
 
 
 class StreamingCardBot(dingtalk_stream.ChatbotHandler):
