@@ -468,4 +468,42 @@ mod tests {
         assert_eq!(outbox.state("m1").await.unwrap().as_deref(), Some("answered"));
         assert!(outbox.resume().await.unwrap().is_empty());
     }
+
+    #[tokio::test]
+    async fn owed_card_marks_stay_until_done_with_their_own_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::open(&dir.path().join("im.sqlite3")).unwrap();
+        let outbox = Outbox::open(&database, "test", "robot").unwrap();
+        outbox.defer_mark("card-1", CardState::Finished).await.unwrap();
+        outbox.defer_mark("card-2", CardState::Failed).await.unwrap();
+        let mut owed = outbox.pending_marks().await.unwrap();
+        owed.sort();
+        let states: Vec<_> = owed
+            .iter()
+            .map(|(card, code)| (card.as_str(), parse_mark(code)))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("card-1", Some(CardState::Finished)),
+                ("card-2", Some(CardState::Failed))
+            ]
+        );
+        // Done with another state than the one owed (it was deferred again meanwhile): still owed.
+        outbox.mark_done("card-1", mark_code(CardState::Failed)).await.unwrap();
+        assert_eq!(outbox.pending_marks().await.unwrap().len(), 2);
+        outbox
+            .mark_done("card-1", mark_code(CardState::Finished))
+            .await
+            .unwrap();
+        let left = outbox.pending_marks().await.unwrap();
+        assert_eq!(left, [("card-2".to_owned(), mark_code(CardState::Failed).to_owned())]);
+        assert!(Outbox::open(&database, "test", "robot2")
+            .unwrap()
+            .pending_marks()
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(parse_mark("9"), None);
+    }
 }
