@@ -29,6 +29,9 @@ if grep -rnE "candle[_-]" gateway/src gateway/Cargo.toml; then
     exit 1
 fi
 
+echo "== architecture check: the gateway's import graph has no cycle (file by file)"
+python3 scripts/import-graph.py gateway/src
+
 echo "== formatting: cargo fmt --check (rustfmt.toml)"
 cargo fmt --all --check
 

@@ -3,9 +3,9 @@
 //!   chat, the admin token admin, and `[[server.keys]]` what they list. An area is guarded once any credential
 //!   grants its scope: `/v1/*` by chat, `/admin/*` by admin (off without one), `/metrics` by metrics (open
 //!   without one, for scrapers); a known key without the scope gets 403 `insufficient_scope`;
-//! - [`check_host`]: the `Host` header must name this server ([`HostPolicy`]), so a web page cannot reach a
+//! - `guards::check_host`: the `Host` header must name this server ([`HostPolicy`]), so a web page cannot reach a
 //!   hearth on loopback through a DNS name it rebinds to 127.0.0.1 (DNS rebinding);
-//! - [`require_console_credential`]: the console's data (`/console/api/*`: audit records, the IM proxy)
+//! - `guards::require_console_credential`: the console's data (`/console/api/*`: audit records, the IM proxy)
 //!   needs the admin token or an API key when either is configured; with neither, it is served only when
 //!   hearth listens on loopback (on any other address it is refused, and `serve` says so at start);
 //! - [`check_same_origin_json`]: a state-changing console call must be a same-origin JSON request, which a
@@ -13,14 +13,11 @@
 
 use std::net::IpAddr;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorKind};
-use crate::server::{bearer_token, constant_time_eq, AppState};
 
 /// What a credential may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,50 +115,6 @@ impl Credentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
 
-/// Let `req` on when its bearer token grants one of `scopes` (noting the [`Caller`]), else answer 401 with
-/// `unknown` or 403 `insufficient_scope`.
-pub(crate) async fn grant(
-    state: &AppState,
-    mut req: Request,
-    next: Next,
-    scopes: &[Scope],
-    unknown: ApiError,
-) -> Response {
-    match state.credentials.grant(bearer_token(&req), scopes) {
-        Ok(name) => {
-            req.extensions_mut().insert(Caller(name.to_owned()));
-            next.run(req).await
-        }
-        Err(Refusal::Unknown) => unknown.into_response(),
-        Err(Refusal::OutOfScope) => ApiError::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "This key may not do this: it needs the scope {}.",
-                scopes
-                    .iter()
-                    .map(|s| format!("{s:?}").to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
-        )
-        .with_code("insufficient_scope")
-        .into_response(),
-    }
-}
-
-/// `/metrics`: open unless a credential has the metrics scope, then it needs one.
-pub async fn require_metrics_scope(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.credentials.guards(Scope::Metrics) {
-        return next.run(req).await;
-    }
-    let unknown = ApiError::new(
-        ErrorKind::Authentication,
-        "Missing or incorrect key: send `Authorization: Bearer <key with the metrics scope>`.",
-    )
-    .with_code("invalid_api_key");
-    grant(&state, req, next, &[Scope::Metrics], unknown).await
-}
-
 /// Which `Host` header values requests may carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPolicy {
@@ -226,29 +179,6 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// Refuse a request whose `Host` header names another server (403 `host_not_allowed`). A request without
-/// one (HTTP/1.0) passes: browsers always send it, so DNS rebinding cannot leave it out.
-pub async fn check_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .map(|h| h.to_str().unwrap_or("\u{fffd}"));
-    match host {
-        Some(host) if !state.access.hosts.allows(host) => {
-            tracing::warn!(host, "refused a request for another host (DNS rebinding?)");
-            ApiError::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "This server does not answer for the host {host:?}: add it to server.allowed_hosts to allow it."
-                ),
-            )
-            .with_code("host_not_allowed")
-            .into_response()
-        }
-        _ => next.run(req).await,
-    }
-}
-
 /// What the console's data needs, fixed at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
@@ -268,29 +198,18 @@ impl Access {
     }
 }
 
-/// `/console/api/*`: `Authorization: Bearer <a credential with the chat or admin scope>` when one is
-/// configured (401 otherwise); with none, only a loopback listener serves it (403 otherwise).
-pub async fn require_console_credential(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let configured = state.credentials.guards(Scope::Chat) || state.credentials.guards(Scope::Admin);
-    if !configured {
-        if state.access.console_open_without_credential {
-            return next.run(req).await;
-        }
-        return ApiError::new(
-            ErrorKind::PermissionDenied,
-            "The console's data needs a credential when hearth listens on a non-loopback address: set \
-             server.admin_token or server.api_keys.",
-        )
-        .with_code("console_credential_required")
-        .into_response();
-    }
-    let unknown = ApiError::new(
-        ErrorKind::Authentication,
-        "The console's data needs a credential: send `Authorization: Bearer <admin token or API key>` \
-         (the console asks for it on its Admin page).",
-    )
-    .with_code("invalid_console_credential");
-    grant(&state, req, next, &[Scope::Chat, Scope::Admin], unknown).await
+/// The token of an `Authorization: Bearer <token>` header, if the request has one.
+pub fn bearer_token(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Compare keys without an early exit, so response timing does not reveal a matching prefix.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A state-changing console call must declare a JSON body (`Content-Type: application/json`, which a

@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use crate::access::{self, Caller, Scope};
+use crate::access::{Caller, Scope};
 use crate::error::{ApiError, ApiJson, ErrorKind};
+use crate::guards;
 use crate::routing::SwitchError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// `Authorization: Bearer <admin token>`; without a credential of the admin scope the admin routes do not
 /// exist.
@@ -31,7 +32,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         "Missing or incorrect admin token: send `Authorization: Bearer <admin_token>`.",
     )
     .with_code("invalid_admin_token");
-    access::grant(&state, req, next, &[Scope::Admin], unknown).await
+    guards::grant(&state, req, next, &[Scope::Admin], unknown).await
 }
 
 /// One model in `GET /admin/models`.

@@ -14,7 +14,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
-use crate::sessions::{run, DbError, SharedConnection};
+use crate::db::{run, Database, DbError, SharedConnection};
 
 /// The default sensitive patterns: mainland Chinese ID numbers (18 characters) first, then mobile numbers.
 pub fn default_mask_patterns() -> Vec<String> {
@@ -144,6 +144,91 @@ impl FromSql for Outcome {
     }
 }
 
+/// Who answered a message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Handler {
+    /// The sender was over their rate and was asked to slow down.
+    RateLimited,
+    /// A skill, by name.
+    Skill(String),
+    /// The model, by its served name.
+    Model(String),
+    /// A handler this version does not know (written by a newer one), kept as stored.
+    Other(String),
+}
+
+impl fmt::Display for Handler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RateLimited => f.write_str("rate_limited"),
+            Self::Skill(name) => write!(f, "skill:{name}"),
+            Self::Model(name) => write!(f, "model:{name}"),
+            Self::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<&str> for Handler {
+    fn from(text: &str) -> Self {
+        if text == "rate_limited" {
+            Self::RateLimited
+        } else if let Some(name) = text.strip_prefix("skill:") {
+            Self::Skill(name.to_owned())
+        } else if let Some(name) = text.strip_prefix("model:") {
+            Self::Model(name.to_owned())
+        } else {
+            Self::Other(text.to_owned())
+        }
+    }
+}
+
+impl PartialEq<str> for Handler {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            Self::RateLimited => other == "rate_limited",
+            Self::Skill(name) => other.strip_prefix("skill:") == Some(name.as_str()),
+            Self::Model(name) => other.strip_prefix("model:") == Some(name.as_str()),
+            Self::Other(text) => other == text,
+        }
+    }
+}
+
+impl PartialEq<&str> for Handler {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
+    }
+}
+
+impl PartialEq<String> for Handler {
+    fn eq(&self, other: &String) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl Serialize for Handler {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Handler {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::from(String::deserialize(deserializer)?.as_str()))
+    }
+}
+
+impl ToSql for Handler {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.to_string()))
+    }
+}
+
+impl FromSql for Handler {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        Ok(Self::from(value.as_str()?))
+    }
+}
+
 /// One audited message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -158,8 +243,8 @@ pub struct AuditRecord {
     pub session: String,
     pub sender_id: String,
     pub sender_nick: String,
-    /// `skill:NAME`, `model:NAME`, or `rate_limited`.
-    pub handler: String,
+    /// Who answered: stored and exported as `skill:NAME`, `model:NAME` or `rate_limited`.
+    pub handler: Handler,
     /// Masked.
     pub question: String,
     /// Masked.
@@ -210,7 +295,7 @@ fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
          CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);",
     )?;
     // Databases from before the message id was kept.
-    crate::sessions::add_column(conn, "audit", "msg_id", "TEXT NOT NULL DEFAULT ''")
+    crate::db::add_column(conn, "audit", "msg_id", "TEXT NOT NULL DEFAULT ''")
 }
 
 /// Insert `record` as it is (already masked), as part of the caller's transaction.
@@ -355,13 +440,12 @@ pub enum ExportFormat {
 
 /// Write the records of the database at `database` since `since_ms` to `out`; returns how many.
 pub fn export(database: &Path, format: ExportFormat, since_ms: i64, out: impl Write) -> Result<usize, AuditError> {
-    let conn =
-        Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|source| {
-            AuditError::Open {
-                path: database.to_owned(),
-                source,
-            }
-        })?;
+    let database = Database::open_existing(database).map_err(|source| AuditError::Open {
+        path: database.to_owned(),
+        source,
+    })?;
+    let conn = database.connection();
+    let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
     create(&conn).map_err(DbError::from)?;
     let records = select(&conn, since_ms).map_err(DbError::from)?;
     write_records(&records, format, out)?;
@@ -427,6 +511,24 @@ mod tests {
         );
         assert_eq!(masker.mask("order 12345"), "order 12345");
         assert!(Masker::new(&["(".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn handlers_keep_their_stored_and_exported_names() {
+        for (handler, name) in [
+            (Handler::RateLimited, "rate_limited"),
+            (Handler::Skill("echo".to_owned()), "skill:echo"),
+            (Handler::Model("smollm2".to_owned()), "model:smollm2"),
+            (Handler::Other("admin:switch".to_owned()), "admin:switch"),
+        ] {
+            assert_eq!(handler.to_string(), name);
+            assert_eq!(Handler::from(name), handler);
+            assert_eq!(serde_json::to_value(&handler).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Handler>(name.into()).unwrap(), handler);
+            assert!(handler == name, "{handler:?} == {name}");
+        }
+        // A model whose name has a colon stays that model.
+        assert_eq!(Handler::from("model:qwen:7b"), Handler::Model("qwen:7b".to_owned()));
     }
 
     #[test]

@@ -481,8 +481,9 @@ pub fn audit_export(args: AuditExportArgs, config: &Config) -> anyhow::Result<Ex
         anyhow::bail!("the audit database {} does not exist", database.display());
     }
     let since = match &args.since {
-        Some(since) => gateway::audit::parse_since(since, gateway::sessions::now_ms())
-            .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        Some(since) => {
+            gateway::audit::parse_since(since, gateway::db::now_ms()).map_err(|e| anyhow::anyhow!("--since: {e}"))?
+        }
         None => 0,
     };
     let file =

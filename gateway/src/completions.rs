@@ -1,7 +1,7 @@
 //! The two generating endpoints, `POST /v1/chat/completions` and `POST /v1/completions`.
 //!
 //! Both run the same pipeline: validate the DTO into a `Valid*` request, refuse a prompt longer than
-//! [`PromptLimits::max_bytes`] by its byte length alone, build the prompt token ids off the async executor
+//! `PromptLimits::max_bytes` by its byte length alone, build the prompt token ids off the async executor
 //! (chat template + encode, on `spawn_blocking`, at most one prompt per CPU at once), submit to the engine (which admits or
 //! answers `Overloaded` at once, so a 429 comes before any byte of the response), then either collect the
 //! event stream into one JSON body or turn it into server-sent events. `Shape` holds what differs
@@ -20,14 +20,13 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use engine::{
-    ChatMessage, Completion as EngineCompletion, EngineError, EngineHandle, Event, RequestStream, TokenLogprob,
-};
+use engine::{Completion as EngineCompletion, EngineError, Event, RequestStream, TokenLogprob};
 use futures::Stream;
 use serde::Serialize;
 use tracing::{Instrument, Span};
 
 use crate::error::{ApiError, ApiJson};
+use crate::generation;
 use crate::metrics;
 use crate::openai::{
     self, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
@@ -35,7 +34,7 @@ use crate::openai::{
     UsageDto,
 };
 use crate::routing::Loaded;
-use crate::server::{AppState, PromptLimits, RequestId};
+use crate::state::{AppState, RequestId};
 use crate::validation::{ValidChatRequest, ValidCompletionRequest, ValidParams, ValidPrompt};
 
 /// `POST /v1/chat/completions`.
@@ -48,8 +47,8 @@ pub async fn chat_completions(
     params.default_max_tokens = Some(state.prompts.default_max_tokens);
     let model = state.models.route();
     let bytes = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
-    check_prompt_bytes(&state.prompts, &model, "messages", bytes)?;
-    let prompt = chat_prompt(&state.prompts, model.engine.clone(), messages).await?;
+    generation::check_prompt_bytes(&state.prompts, &model, "messages", bytes)?;
+    let prompt = generation::chat_prompt(&state.prompts, model.engine.clone(), messages).await?;
     let shape = Shape::new(Api::Chat, &request_id, &model);
     generate(model, shape, prompt, params).await
 }
@@ -65,8 +64,8 @@ pub async fn completions(
     let prompt = match prompt {
         ValidPrompt::Tokens(ids) => ids,
         ValidPrompt::Text(text) => {
-            check_prompt_bytes(&state.prompts, &model, "prompt", text.len())?;
-            on_blocking_pool(&state.prompts, model.engine.clone(), move |engine| {
+            generation::check_prompt_bytes(&state.prompts, &model, "prompt", text.len())?;
+            generation::on_blocking_pool(&state.prompts, model.engine.clone(), move |engine| {
                 engine.tokenizer().encode(&text, true)
             })
             .await?
@@ -74,62 +73,6 @@ pub async fn completions(
     };
     let shape = Shape::new(Api::Completion, &request_id, &model);
     generate(model, shape, prompt, params).await
-}
-
-/// Render the chat template (with the assistant generation prompt) and encode it. Control tokens written by
-/// the template are recognised, so no extra BOS is added; the same text typed in a message stays text.
-async fn chat_prompt(
-    limits: &PromptLimits,
-    engine: EngineHandle,
-    messages: Vec<ChatMessage>,
-) -> Result<Vec<u32>, ApiError> {
-    on_blocking_pool(limits, engine, move |engine| {
-        let tokenizer = engine.tokenizer();
-        tokenizer.encode_chat(&messages, true)
-    })
-    .await
-}
-
-/// A prompt of `bytes` bytes (text of `param`) longer than the model's bound is a 400 before any tokenizing:
-/// it cannot fit the context window, and tokenizing megabytes would cost memory and CPU for nothing.
-fn check_prompt_bytes(limits: &PromptLimits, model: &Loaded, param: &str, bytes: usize) -> Result<(), ApiError> {
-    let context_length = model.engine.info().context_length;
-    let limit = limits.max_bytes(context_length);
-    if bytes > limit {
-        return Err(ApiError::invalid_param(
-            param,
-            format!(
-                "`{param}` is {bytes} bytes long, more than the {limit} bytes a prompt may have for this model's \
-                 context of {context_length} tokens (server.max_prompt_bytes)."
-            ),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    Ok(())
-}
-
-/// Run tokenizer work on tokio's blocking pool, never on the async executor, and at most
-/// [`PromptLimits::tokenizers`] prompts at once.
-async fn on_blocking_pool<T: Send + 'static>(
-    limits: &PromptLimits,
-    engine: EngineHandle,
-    work: impl FnOnce(&EngineHandle) -> Result<T, EngineError> + Send + 'static,
-) -> Result<T, ApiError> {
-    // The permit moves into the blocking task, so a client that goes away does not free it early.
-    let permit = limits
-        .tokenizers
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|closed| ApiError::internal(&closed))?;
-    let span = Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        span.in_scope(|| work(&engine))
-    })
-    .await
-    .map_err(|join_err| ApiError::internal(&join_err))?
-    .map_err(ApiError::from)
 }
 
 /// Submit and answer, as one JSON body or as an SSE stream. `model` is held until the response ends, so a
@@ -146,13 +89,8 @@ async fn generate(
     let want_logprobs = params.logprobs.is_some();
     let prompt_tokens = prompt.len();
     let request = params.into_request(prompt, engine.info().context_length);
-    tracing::debug!(
-        prompt_tokens,
-        max_tokens = request.stop.max_tokens,
-        stream,
-        "submitting"
-    );
-    let events = engine.submit(request)?;
+    tracing::debug!(prompt_tokens, stream, "answering");
+    let events = generation::submit(&model, request)?;
     let output = Output {
         model,
         shape,
@@ -210,26 +148,12 @@ impl Output {
     /// Read events until the end and answer with one JSON body. Dropping this future (client gone) drops
     /// `events`, which cancels the request.
     async fn collect(self, mut events: RequestStream) -> Result<Response, ApiError> {
-        let mut text = String::new();
         let mut logprobs = Vec::new();
-        loop {
-            match events.next().await {
-                Some(Event::Token(chunk)) => {
-                    logprobs.extend(chunk.logprob.map(|lp| (text.len(), lp)));
-                    text.push_str(&chunk.text);
-                }
-                Some(Event::Finished(done)) => {
-                    log_finished(&done);
-                    return Ok(self.full_response(text, logprobs, &done));
-                }
-                Some(Event::Error(err)) => {
-                    metrics::generation_ended("error");
-                    return Err(err.into());
-                }
-                // The engine dropped the request without a final event: it is gone.
-                None => return Err(EngineError::ShutDown.into()),
-            }
-        }
+        let (text, done) = generation::collect(&mut events, |chunk, text| {
+            logprobs.extend(chunk.logprob.map(|lp| (text.len() - chunk.text.len(), lp)));
+        })
+        .await?;
+        Ok(self.full_response(text, logprobs, &done))
     }
 
     fn full_response(&self, text: String, logprobs: Vec<(usize, TokenLogprob)>, done: &EngineCompletion) -> Response {
@@ -471,7 +395,7 @@ impl SseState {
                     }
                 }
                 Some(Event::Finished(done)) => {
-                    log_finished(&done);
+                    generation::log_finished(&done);
                     let logprobs = std::mem::take(&mut self.pending_logprobs);
                     let finish = openai::finish_reason(done.reason);
                     self.queue
@@ -510,20 +434,6 @@ impl Drop for SseState {
             metrics::generation_ended("cancelled");
         }
     }
-}
-
-fn log_finished(done: &EngineCompletion) {
-    metrics::generation_finished(done, openai::finish_reason(done.reason));
-    tracing::info!(
-        finish_reason = openai::finish_reason(done.reason),
-        prompt_tokens = done.usage.prompt_tokens,
-        cached_prompt_tokens = done.usage.cached_prompt_tokens,
-        completion_tokens = done.usage.completion_tokens,
-        queue_ms = done.timings.queue.as_millis() as u64,
-        ttft_ms = done.timings.time_to_first_token.as_millis() as u64,
-        decode_tokens_per_second = done.timings.decode_tokens_per_second(done.usage.completion_tokens),
-        "generation finished"
-    );
 }
 
 fn sse_json<T: Serialize>(value: &T) -> SseEvent {

@@ -7,7 +7,6 @@
 //! so logging a [`Config`] never leaks them, and [`permission_warnings`] names a file holding them that
 //! other users can read.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Format, Serialized, Toml};
@@ -15,8 +14,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::access::Scope;
-use crate::dingtalk::DingTalkConfig;
-use crate::skills::SkillsConfig;
+use crate::dingtalk::config::DingTalkConfig;
+pub use crate::secret::Secret;
+use crate::skills::config::SkillsConfig;
 
 /// The commented example configuration, with every key at its default.
 pub const EXAMPLE: &str = include_str!("../hearth.example.toml");
@@ -208,24 +208,6 @@ impl Default for DataSection {
             .map(|home| PathBuf::from(home).join(".local/share/hearth"))
             .unwrap_or_else(|| PathBuf::from("/var/lib/hearth"));
         Self { dir }
-    }
-}
-
-/// A secret string: deserialized as a plain string, never shown by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl Secret {
-    /// The secret itself, for comparing or sending it; never log this.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
     }
 }
 
@@ -671,7 +653,7 @@ mod tests {
             }
         }
         // [dingtalk] is absent by default, so its keys are checked from the connector's own defaults.
-        let dingtalk = toml::Table::try_from(crate::dingtalk::DingTalkConfig::default()).unwrap();
+        let dingtalk = toml::Table::try_from(crate::dingtalk::config::DingTalkConfig::default()).unwrap();
         for key in dingtalk.keys() {
             assert!(
                 EXAMPLE.contains(&format!("# {key} =")),

@@ -13,6 +13,7 @@ use axum::Json;
 use engine::EngineError;
 use serde::de::DeserializeOwned;
 
+use crate::generation::GenerateError;
 use crate::openai::{ErrorBody, ErrorDetail, SamplingFields};
 
 /// The kinds of failure a client can see; each has one HTTP status and one OpenAI `type`.
@@ -144,6 +145,19 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+/// A failed generation: an engine failure as below, a prompt too long as a 400.
+impl From<GenerateError> for ApiError {
+    fn from(err: GenerateError) -> Self {
+        match err {
+            GenerateError::Engine(err) => err.into(),
+            GenerateError::PromptTooLong { param, .. } => {
+                ApiError::invalid_param(param, err.to_string()).with_code("context_length_exceeded")
+            }
+            GenerateError::PoolClosed | GenerateError::Worker(_) => ApiError::internal(&err),
+        }
+    }
+}
 
 /// The one place that maps engine failures to HTTP statuses.
 impl From<EngineError> for ApiError {

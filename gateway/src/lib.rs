@@ -11,17 +11,24 @@
 //! - [`tls`]: the listener's certificate and key (rustls), and reading a certificate's validity.
 //! - [`admin`]: the admin API (bearer token): list models, switch the active one.
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
+//! - [`generation`]: the one generation path (prompt bounds, tokenizing on the blocking pool, submit,
+//!   collect) the completion handlers and the IM answers share.
 //! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
 //! - [`console`]: the web console at `/` (chat, IM preview, status, admin), its assets embedded.
 //! - [`server`]: [`app`] builds the router from an [`AppState`]; [`serve`] runs it with graceful shutdown.
+//! - [`state`]: [`AppState`] and [`GatewayConfig`], below every handler that uses them; [`guards`]: the
+//!   middleware applying [`access`]'s rules; [`secret`]: [`secret::Secret`].
 //! - [`model_path`]: which GGUF to load (a path or a preset's name; the default preset when `--model` is
 //!   absent), and fetching a preset's file.
 //! - [`presets`]: the named models hearth can fetch (`hearth pull --list`).
 //! - [`config`]: the TOML configuration file with its `HEARTH_<SECTION>__<KEY>` environment overrides.
 //! - [`doctor`]: `hearth doctor`'s checks of the machine, the model files and the configuration.
 //! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
-//! - [`sessions`], [`skills`], [`audit`]: what IM connectors share: conversation history in SQLite,
-//!   answers without the model, and the audit log with its export.
+//! - [`im`]: the IM core every chat platform shares (outbox, routing, card streaming, fallback, retention),
+//!   driving one adapter per platform; [`dingtalk`] is the first adapter.
+//! - [`db`], [`sessions`], [`skills`], [`audit`], [`platform`]: what the IM core keeps and uses: the one
+//!   SQLite file, conversation history, answers without the model, the audit log with its export, and each
+//!   connector's health.
 //!
 //! The binary (`src/main.rs` with its `cli` and `commands` modules) parses arguments, loads the engine and
 //! runs `serve`, `generate` or `chat`.
@@ -38,22 +45,29 @@ pub mod completions;
 pub mod config;
 pub mod connections;
 pub mod console;
+pub mod db;
 pub mod dingtalk;
 pub mod doctor;
 pub mod error;
+pub mod generation;
+pub mod guards;
+pub mod im;
 pub mod metrics;
 pub mod model_path;
 pub mod openai;
 pub mod platform;
 pub mod presets;
 pub mod routing;
+pub mod secret;
 pub mod server;
 pub mod sessions;
 pub mod skills;
+pub mod state;
 pub mod tls;
 pub mod tools;
 pub mod validation;
 
 pub use connections::ConnectionLimits;
 pub use error::{ApiError, ApiJson, ErrorKind};
-pub use server::{app, serve, AppState, GatewayConfig};
+pub use server::{app, serve};
+pub use state::{AppState, GatewayConfig};

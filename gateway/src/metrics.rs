@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use engine::{Completion as EngineCompletion, EngineStats};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
 
 /// Latency buckets in seconds, from 1 ms to 2 minutes.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -233,5 +234,41 @@ mod tests {
     fn unknown_routes_share_one_label() {
         assert_eq!(route_label("/v1/completions"), "/v1/completions");
         assert_eq!(route_label("/wp-admin/x.php"), "other");
+    }
+}
+
+/// The engine's load as `/health` and the console's status report it (flattened into both).
+#[derive(Debug, Serialize)]
+pub struct EngineLoad {
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub requests_total: u64,
+    pub requests_finished: u64,
+    pub requests_cancelled: u64,
+    pub requests_failed: u64,
+    pub prompt_tokens_total: u64,
+    pub generated_tokens_total: u64,
+    pub prefix_cache_hit_tokens: u64,
+    pub preemptions_total: u64,
+}
+
+impl From<&engine::EngineStats> for EngineLoad {
+    fn from(stats: &engine::EngineStats) -> Self {
+        Self {
+            running: stats.running,
+            waiting: stats.waiting,
+            kv_blocks_used: stats.kv_blocks_used,
+            kv_blocks_total: stats.kv_blocks_total,
+            requests_total: stats.requests_total,
+            requests_finished: stats.requests_finished,
+            requests_cancelled: stats.requests_cancelled,
+            requests_failed: stats.requests_failed,
+            prompt_tokens_total: stats.prompt_tokens_total,
+            generated_tokens_total: stats.generated_tokens_total,
+            prefix_cache_hit_tokens: stats.prefix_cache_hit_tokens,
+            preemptions_total: stats.preemptions_total,
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::sessions::now_ms;
+use crate::db::now_ms;
 
 /// The live health of one connector. Share it as `Arc<PlatformHealth>`.
 #[derive(Debug)]

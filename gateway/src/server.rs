@@ -7,16 +7,16 @@
 //! keys); `GET /health` (engine load as JSON), `/healthz` (liveness), `/readyz` (readiness) and `/metrics`
 //! (Prometheus) are always open, for probes and scrapers; so is the web console's page at `/`, while its data
 //! (`/console/api/*`) needs a credential (see [`crate::access`] and [`crate::console`]). Anything else is a
-//! 404 or 405 in OpenAI's error shape. Every route checks the `Host` header ([`crate::access::check_host`]).
+//! 404 or 405 in OpenAI's error shape. Every route checks the `Host` header ([`crate::guards::check_host`]).
 //! Every request runs in a `request` span carrying its id (also returned as `x-request-id`) and route.
 //!
-//! Connections are accepted under [`ConnectionLimits`] (header-read and idle timeout, a connection cap), see
-//! [`crate::connections`], and speak TLS when [`GatewayConfig::tls`] is set (see [`crate::tls`]).
+//! Connections are accepted under [`ConnectionLimits`](crate::ConnectionLimits) (header-read and idle timeout,
+//! a connection cap), see [`crate::connections`], and speak TLS when [`GatewayConfig::tls`] is set (see
+//! [`crate::tls`]).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -25,182 +25,21 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use engine::EngineHandle;
 use futures::FutureExt;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::access::{self, Access, Credentials, Scope, ScopedKey};
-use crate::config::{Secret, ServerSection};
-use crate::connections::{self, ConnectionLimits};
-use crate::console::{self, ConsoleState, ImLink};
+use crate::access::Scope;
+use crate::connections;
+use crate::console;
 use crate::error::{ApiError, ErrorKind};
-use crate::metrics;
+use crate::metrics::{self, EngineLoad};
 use crate::openai::{ModelCard, ModelList};
 use crate::routing::ModelRouter;
-use crate::tls::Tls;
-use crate::{admin, completions};
-
-/// Where and how to serve: the config file's `[server]` section, with the command line's overrides applied
-/// (see `ServeArgs::gateway_config`), plus what only the command line says. Defaults are the `hearth serve`
-/// defaults.
-#[derive(Debug, Clone, Default)]
-pub struct GatewayConfig {
-    /// Every `[server]` setting. Its `*_file` keys must already be read into `api_keys`, `admin_token` and
-    /// each key's `key` (`Config::with_secret_files`): they are not looked at here, and a named key with no
-    /// key is skipped.
-    pub server: ServerSection,
-    /// A DingTalk emulator (`http://HOST:PORT`) whose conversations the console's IM page shows.
-    pub emulator_url: Option<String>,
-    /// The certificate and key to speak HTTPS with, read from `server.tls_cert_file`/`tls_key_file` or the
-    /// `--tls-cert`/`--tls-key` flags; `None`: plain HTTP.
-    pub tls: Option<Tls>,
-}
-
-impl GatewayConfig {
-    /// After SIGINT/SIGTERM, how long in-flight requests may run before the engine is stopped under them.
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs(self.server.shutdown_timeout_secs)
-    }
-
-    /// The connection cap and the header-read (and idle) timeout.
-    pub fn connection_limits(&self) -> ConnectionLimits {
-        ConnectionLimits {
-            max_connections: self.server.max_connections,
-            header_read_timeout: Duration::from_secs(self.server.header_read_timeout_secs),
-        }
-    }
-
-    /// `[[server.keys]]` entries that hold a key, as the credentials check takes them.
-    fn scoped_keys(&self) -> Vec<ScopedKey> {
-        self.server
-            .keys
-            .iter()
-            .filter_map(|entry| {
-                Some(ScopedKey {
-                    name: entry.name.clone(),
-                    key: entry.key.as_ref()?.expose().to_owned(),
-                    scopes: entry.scopes.clone(),
-                })
-            })
-            .collect()
-    }
-}
-
-/// Bytes of prompt text per token of context that `[server] max_prompt_bytes` allows by default.
-/// Real text runs 1 to 6 bytes per token (Chinese about 1.5 to 3, English about 4, code up to 8): a prompt
-/// longer than 16 bytes per context token cannot fit, and is refused without tokenizing it.
-pub const PROMPT_BYTES_PER_TOKEN: usize = 16;
-
-/// What every handler may use: cheap to clone, no globals.
-#[derive(Clone)]
-pub struct AppState {
-    /// The loaded models: which one takes a request, and switching between them.
-    pub models: Arc<ModelRouter>,
-    /// Every credential and its scopes: `/v1/*` needs chat, `/admin/*` admin, `/metrics` metrics, each once
-    /// any credential grants it (see [`crate::access`]).
-    pub credentials: Arc<Credentials>,
-    /// Body limit applied to every route.
-    pub max_body_bytes: usize,
-    /// Reported as `created` by `/v1/models`: when this server started, in Unix seconds.
-    pub started_at: u64,
-    /// False once shutdown has begun: `/readyz` answers 503 so load balancers stop sending requests.
-    pub ready: Arc<AtomicBool>,
-    /// The web console's emulator link and platform list.
-    pub console: Arc<ConsoleState>,
-    /// The `Host` check and the console's credential rule.
-    pub access: Arc<Access>,
-    /// The connection cap and timeouts [`serve`] applies.
-    pub connections: ConnectionLimits,
-    /// TLS [`serve`] speaks on every connection; `None`: plain HTTP.
-    pub tls: Option<Tls>,
-    /// The prompt-size bound and the tokenizer pool.
-    pub prompts: Arc<PromptLimits>,
-}
-
-/// What bounds the work done on a prompt before the engine admits it.
-#[derive(Debug)]
-pub struct PromptLimits {
-    /// Prompts over this many bytes get a 400 before tokenizing; `None`: [`PROMPT_BYTES_PER_TOKEN`] times
-    /// the context length of the model that takes the request.
-    pub max_prompt_bytes: Option<usize>,
-    /// `max_tokens` of a chat request without one.
-    pub default_max_tokens: usize,
-    /// Tokenizing (template rendering and encoding) runs on the blocking pool, at most this many at once
-    /// (one per CPU): more concurrent prompts wait here, so the memory tokenizing takes stays bounded.
-    pub tokenizers: Arc<tokio::sync::Semaphore>,
-}
-
-impl PromptLimits {
-    /// The byte bound for a model with `context_length` tokens of context.
-    pub fn max_bytes(&self, context_length: usize) -> usize {
-        self.max_prompt_bytes
-            .unwrap_or_else(|| context_length.saturating_mul(PROMPT_BYTES_PER_TOKEN))
-    }
-}
-
-impl AppState {
-    /// State serving one model, named `config.server.served_model_name` or after its file.
-    pub fn new(engine: EngineHandle, config: &GatewayConfig) -> Self {
-        let model_name = config
-            .server
-            .served_model_name
-            .clone()
-            .unwrap_or_else(|| engine.info().name.clone());
-        Self::with_router(ModelRouter::single(model_name, engine), config)
-    }
-
-    /// State serving `models`.
-    pub fn with_router(models: ModelRouter, config: &GatewayConfig) -> Self {
-        Self::with_shared_router(Arc::new(models), config)
-    }
-
-    /// State serving `models`, which the IM connectors share.
-    pub fn with_shared_router(models: Arc<ModelRouter>, config: &GatewayConfig) -> Self {
-        let started_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let server = &config.server;
-        let api_keys: Vec<String> = server.api_keys.iter().map(|k| k.expose().to_owned()).collect();
-        Self {
-            models,
-            credentials: Arc::new(Credentials::new(
-                &api_keys,
-                server.admin_token.as_ref().map(Secret::expose),
-                &config.scoped_keys(),
-            )),
-            max_body_bytes: server.max_body_bytes,
-            started_at,
-            ready: Arc::new(AtomicBool::new(true)),
-            console: Arc::new(ConsoleState::new(config.emulator_url.clone(), Vec::new())),
-            access: Arc::new(Access::new(&server.host, &server.allowed_hosts)),
-            connections: config.connection_limits(),
-            tls: config.tls.clone(),
-            prompts: Arc::new(PromptLimits {
-                max_prompt_bytes: server.max_prompt_bytes,
-                default_max_tokens: server.default_max_tokens,
-                tokenizers: Arc::new(tokio::sync::Semaphore::new(
-                    std::thread::available_parallelism().map_or(2, |n| n.get()),
-                )),
-            }),
-        }
-    }
-
-    /// This state with the IM connectors `platforms` shown by the console and reached by the admin API.
-    pub fn with_platforms(self, platforms: Vec<ImLink>) -> Self {
-        let console = ConsoleState::new(self.console.emulator_url.clone(), platforms);
-        Self {
-            console: Arc::new(console),
-            ..self
-        }
-    }
-}
-
-/// The id of one HTTP request: in its span, its `x-request-id` header and its completion id.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+use crate::state::{AppState, GatewayConfig, RequestId};
+use crate::{admin, completions, guards};
 
 /// The router, with state, limits and middleware applied.
 pub fn app(state: AppState) -> Router {
@@ -225,13 +64,13 @@ pub fn app(state: AppState) -> Router {
             "/metrics",
             get(metrics_page).route_layer(middleware::from_fn_with_state(
                 state.clone(),
-                access::require_metrics_scope,
+                guards::require_metrics_scope,
             )),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), access::check_host))
+        .layer(middleware::from_fn_with_state(state.clone(), guards::check_host))
         .layer(middleware::from_fn(request_span))
         .with_state(state)
 }
@@ -376,21 +215,7 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
         "Missing or incorrect API key: send `Authorization: Bearer <key>`.",
     )
     .with_code("invalid_api_key");
-    access::grant(&state, req, next, &[Scope::Chat], unknown).await
-}
-
-/// The token of an `Authorization: Bearer <token>` header, if the request has one.
-pub(crate) fn bearer_token(req: &Request) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
-/// Compare keys without an early exit, so response timing does not reveal a matching prefix.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    guards::grant(&state, req, next, &[Scope::Chat], unknown).await
 }
 
 /// `GET /v1/models`: the active model (requests name it or not: they go where the router sends them).
@@ -415,42 +240,6 @@ pub struct Health {
     pub model: String,
     #[serde(flatten)]
     pub load: EngineLoad,
-}
-
-/// The engine's load as `/health` and the console's status report it (flattened into both).
-#[derive(Debug, Serialize)]
-pub struct EngineLoad {
-    pub running: usize,
-    pub waiting: usize,
-    pub kv_blocks_used: usize,
-    pub kv_blocks_total: usize,
-    pub requests_total: u64,
-    pub requests_finished: u64,
-    pub requests_cancelled: u64,
-    pub requests_failed: u64,
-    pub prompt_tokens_total: u64,
-    pub generated_tokens_total: u64,
-    pub prefix_cache_hit_tokens: u64,
-    pub preemptions_total: u64,
-}
-
-impl From<&engine::EngineStats> for EngineLoad {
-    fn from(stats: &engine::EngineStats) -> Self {
-        Self {
-            running: stats.running,
-            waiting: stats.waiting,
-            kv_blocks_used: stats.kv_blocks_used,
-            kv_blocks_total: stats.kv_blocks_total,
-            requests_total: stats.requests_total,
-            requests_finished: stats.requests_finished,
-            requests_cancelled: stats.requests_cancelled,
-            requests_failed: stats.requests_failed,
-            prompt_tokens_total: stats.prompt_tokens_total,
-            generated_tokens_total: stats.generated_tokens_total,
-            prefix_cache_hit_tokens: stats.prefix_cache_hit_tokens,
-            preemptions_total: stats.preemptions_total,
-        }
-    }
 }
 
 async fn health(State(state): State<AppState>) -> Json<Health> {

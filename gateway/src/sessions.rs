@@ -6,46 +6,12 @@
 //! rusqlite is blocking: every call runs on the blocking pool through [`run`], and the connection's std
 //! mutex is held only inside that closure, never across an `.await`.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use engine::ChatMessage;
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// A connection shared by the stores of one database.
-pub type SharedConnection = Arc<Mutex<Connection>>;
-
-/// A database failure.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database task failed: {0}")]
-    Join(String),
-}
-
-/// Run `work` on the blocking pool with the connection locked.
-pub async fn run<T: Send + 'static>(
-    conn: &SharedConnection,
-    work: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
-) -> Result<T, DbError> {
-    let conn = conn.clone();
-    tokio::task::spawn_blocking(move || {
-        let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        work(&conn)
-    })
-    .await
-    .map_err(|err| DbError::Join(err.to_string()))?
-    .map_err(DbError::from)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::db::{now_ms, run, DbError, SharedConnection};
 
 /// Conversation histories.
 #[derive(Clone)]
@@ -160,23 +126,6 @@ pub(crate) fn append_turn(conn: &Connection, key: &str, question: &str, answer: 
     Ok(())
 }
 
-/// Add `column` (with its SQL `declaration`) to `table` unless it is there: databases written by an older
-/// version gain the columns a newer one needs.
-pub(crate) fn add_column(
-    conn: &Connection,
-    table: &str,
-    column: &str,
-    declaration: &str,
-) -> Result<(), rusqlite::Error> {
-    let present = conn
-        .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
-        .exists(params![column])?;
-    if !present {
-        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {declaration}"))?;
-    }
-    Ok(())
-}
-
 fn clear(conn: &Connection, key: &str) -> Result<(), rusqlite::Error> {
     conn.execute("DELETE FROM session_turns WHERE key = ?1", params![key])?;
     conn.execute("DELETE FROM sessions WHERE key = ?1", params![key])?;
@@ -185,6 +134,8 @@ fn clear(conn: &Connection, key: &str) -> Result<(), rusqlite::Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     #[tokio::test]

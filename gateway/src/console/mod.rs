@@ -3,7 +3,7 @@
 //! console works air-gapped; the pages are plain ES modules with no build step and no third-party code.
 //!
 //! The page and its assets hold no data and are open, like `/health`. The data under `/console/api/` (audit
-//! records, the IM proxy) needs a credential ([`crate::access::require_console_credential`]): the admin
+//! records, the IM proxy) needs a credential ([`crate::guards::require_console_credential`]): the admin
 //! token or an API key when either is configured, which the page sends as `Authorization: Bearer` (the
 //! user types it on the Admin page or in the chat settings); with neither configured it is served only on
 //! a loopback listener.
@@ -20,9 +20,6 @@
 //! ([`crate::access::check_same_origin_json`], against CSRF), and its paths stay under `/_emulator/api/`
 //! (no `.`/`..` segments, no encoded `/`, `\` or `.`).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
@@ -32,13 +29,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::access;
-use crate::audit::{AuditLog, AuditRecord};
+use crate::audit::AuditRecord;
 use crate::error::{ApiError, ErrorKind};
+use crate::im::link::ImLink;
 use crate::metrics;
-use crate::platform::{HealthView, PlatformHealth};
-use crate::server::{AppState, EngineLoad};
-use crate::skills::SkillSet;
+use crate::metrics::EngineLoad;
+use crate::platform::HealthView;
+use crate::state::AppState;
+use crate::{access, guards};
 
 /// One embedded file: its name under `/console/assets/`, its content type and its bytes.
 pub struct Asset {
@@ -106,45 +104,6 @@ pub const ASSETS: &[Asset] = &[
     },
 ];
 
-/// What the console needs besides the engine: where the emulator is, which IM connectors run.
-#[derive(Default)]
-pub struct ConsoleState {
-    /// Base URL of a DingTalk emulator (`http://127.0.0.1:PORT`) whose control API the IM page shows.
-    pub emulator_url: Option<String>,
-    /// IM connectors running in this process.
-    pub platforms: Vec<ImLink>,
-    /// Client of the IM proxy.
-    pub http: reqwest::Client,
-}
-
-/// An IM connector running in this process, as the console and the admin API see it.
-#[derive(Clone)]
-pub struct ImLink {
-    /// Its connection and permission health.
-    pub health: Arc<PlatformHealth>,
-    /// Its audit log (questions and answers stored masked).
-    pub audit: AuditLog,
-    /// Its live skills, reloaded by `POST /admin/skills/reload`.
-    pub skills: Arc<SkillSet>,
-}
-
-impl ConsoleState {
-    /// Console state for `emulator_url` and the connectors `platforms`.
-    pub fn new(emulator_url: Option<String>, platforms: Vec<ImLink>) -> Self {
-        let emulator_url = emulator_url.map(|u| u.trim_end_matches('/').to_owned());
-        // The change feed long-polls for up to 60 s; leave room above that.
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(75))
-            .build()
-            .unwrap_or_default();
-        Self {
-            emulator_url,
-            platforms,
-            http,
-        }
-    }
-}
-
 /// The console's routes: the page and assets open, the data behind the console credential.
 pub fn routes(state: &AppState) -> Router<AppState> {
     let data = Router::new()
@@ -152,7 +111,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/console/api/im/{*path}", get(im_proxy).post(im_proxy))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            access::require_console_credential,
+            guards::require_console_credential,
         ));
     Router::new()
         .route("/", get(index))

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::im::settings::{CardLimits, GroupSessions, Settings};
+use crate::secret::Secret;
 
 /// The connector's settings. Durations are whole seconds or milliseconds, as the field names say.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,16 +87,6 @@ pub struct DingTalkConfig {
     /// Days settled messages and audit records are kept; older ones are deleted (hourly). 0 keeps them
     /// forever. Export the audit log first (`hearth audit export`) where it must be kept longer.
     pub retention_days: u32,
-}
-
-/// Whose history a group message continues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupSessions {
-    /// One session per group.
-    Group,
-    /// One session per group and user.
-    GroupUser,
 }
 
 impl Default for DingTalkConfig {
@@ -256,6 +247,28 @@ impl DingTalkConfig {
 
     pub(crate) fn card_retry(&self) -> Duration {
         Duration::from_secs(self.card_retry_secs.max(1))
+    }
+
+    /// What the IM core takes from this section.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            database: self.database.clone(),
+            max_answer_tokens: self.max_answer_tokens,
+            group_sessions: self.group_sessions,
+            session_idle: Duration::from_secs(self.session_idle_secs),
+            user_requests_per_second: self.user_requests_per_second,
+            audit_mask_patterns: self.audit_mask_patterns.clone(),
+            retention_days: self.retention_days,
+            call_attempts: self.card_call_attempts,
+            retry_bound: self.card_retry(),
+            throttle_backoff: Duration::from_millis(self.throttle_backoff_ms),
+            cards: CardLimits {
+                max_bytes: self.card_max_bytes,
+                per_second: self.card_updates_per_second,
+                min_interval: Duration::from_millis(self.card_update_interval_ms),
+                max_age: None,
+            },
+        }
     }
 
     pub(crate) fn base(&self) -> &str {

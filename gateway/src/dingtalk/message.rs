@@ -1,7 +1,7 @@
 //! Stream frames parsed once at the edge into [`Inbound`] (with an explicit `Unknown`), the robot message
 //! they carry ([`BotMessage`]), and the ACK frames sent back.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// Topic of robot-message callbacks.
@@ -103,7 +103,7 @@ impl Inbound {
 }
 
 /// `conversationType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConversationType {
     #[serde(rename = "1")]
     Single,
@@ -131,14 +131,15 @@ impl ConversationType {
 }
 
 /// The text body of a message.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TextContent {
     #[serde(default)]
     pub content: String,
 }
 
-/// The fields of a robot-message callback the connector uses (§3 of the reference).
-#[derive(Debug, Clone, Deserialize)]
+/// The fields of a robot-message callback the connector uses (§3 of the reference); serialized the same way
+/// into the outbox, so an answer resumed after a crash has them all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BotMessage {
     pub conversation_id: String,

@@ -1,5 +1,5 @@
 //! The Stream client: open a connection (a fresh ticket every time), read frames, answer pings, hand robot
-//! messages to the connector (which persists them before the ACK), and keep one live connection.
+//! messages to the core's inbox (which persists them before the ACK), and keep one live connection.
 //!
 //! - A `disconnect` frame: open the replacement first, then close the old socket.
 //! - A WebSocket ping of our own every `ping_interval_secs`; no pong within `pong_timeout_secs`: the path is
@@ -8,7 +8,6 @@
 //! - Failures to connect: exponential backoff from `backoff_initial_ms` to `backoff_max_ms`, plus up to 100%
 //!   jitter; the delay resets once a connection delivers a frame. One connect attempt at a time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -21,8 +20,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::api::{DingTalkError, OpenApi};
 use super::config::DingTalkConfig;
-use super::message::{ack, Inbound};
-use super::Connector;
+use super::message::{ack, BotMessage, Inbound};
+use crate::im::adapter::Inbox;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -47,8 +46,8 @@ async fn connect(api: &OpenApi) -> Result<Socket, String> {
 }
 
 /// Keep a Stream connection until `shutdown` turns true.
-pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver<bool>) {
-    let config = connector.replier.api.config().clone();
+pub(crate) async fn run(api: &OpenApi, inbox: Inbox<BotMessage>, mut shutdown: watch::Receiver<bool>) {
+    let config = api.config().clone();
     let mut failures = 0u32;
     let mut retiring: Option<Box<Socket>> = None;
     loop {
@@ -56,7 +55,7 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
             return;
         }
         let socket = tokio::select! {
-            socket = connect(&connector.replier.api) => socket,
+            socket = connect(api) => socket,
             _ = shutdown.changed() => return,
         };
         // The replacement is open (or failed): the socket that announced its disconnect can go now.
@@ -66,10 +65,7 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
         let socket = match socket {
             Ok(socket) => socket,
             Err(err) => {
-                connector
-                    .replier
-                    .api
-                    .health()
+                api.health()
                     .disconnected(format!("cannot open a Stream connection: {err}"));
                 failures += 1;
                 let base = config
@@ -85,9 +81,9 @@ pub(crate) async fn run(connector: Arc<Connector>, mut shutdown: watch::Receiver
             }
         };
         tracing::info!("DingTalk Stream connected");
-        let health = connector.replier.api.health();
+        let health = api.health();
         health.connected();
-        match session(&connector, socket, &mut shutdown, &mut failures, &config).await {
+        match session(api, &inbox, socket, &mut shutdown, &mut failures, &config).await {
             SessionEnd::Notice(old) => retiring = Some(old),
             SessionEnd::Dead(reason) => {
                 tracing::warn!(reason, "DingTalk Stream connection lost; reconnecting");
@@ -111,7 +107,8 @@ async fn close_quickly(socket: &mut Socket) {
 /// (a dead path), or when no frame arrives for `idle_timeout_secs` (a socket that answers pings but
 /// delivers nothing). Only text frames count as frames: pongs prove the path, not the platform.
 async fn session(
-    connector: &Connector,
+    api: &OpenApi,
+    inbox: &Inbox<BotMessage>,
     mut socket: Socket,
     shutdown: &mut watch::Receiver<bool>,
     failures: &mut u32,
@@ -168,7 +165,7 @@ async fn session(
         };
         last_frame = Instant::now();
         *failures = 0;
-        connector.replier.api.health().heard();
+        api.health().heard();
         let inbound = match Inbound::parse(text.as_str()) {
             Ok(inbound) => inbound,
             Err(err) => {
@@ -192,7 +189,7 @@ async fn session(
                     .await;
                 return SessionEnd::Notice(Box::new(socket));
             }
-            Inbound::Bot { message_id, message } => match connector.receive(&message_id, *message).await {
+            Inbound::Bot { message_id, message } => match inbox.accept(*message).await {
                 // Persisted (or a known duplicate): now the ACK.
                 Ok(()) => ack(&message_id, 200, "OK", r#"{"response":null}"#),
                 Err(err) => {

@@ -1,8 +1,8 @@
 //! [`SkillsConfig`]: the `[skills]` section of the config file.
 
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
-use super::SkillError;
+use serde::{Deserialize, Serialize};
 
 /// `[skills]`: the built-in skills' settings and the configured ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,4 +104,15 @@ pub struct CustomSkill {
     /// Breaks ties between skills matched by the same kind of trigger; higher wins.
     #[serde(default)]
     pub priority: i32,
+}
+
+/// Why skills could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum SkillError {
+    #[error("skill `{skill}`: invalid regex: {reason}")]
+    Regex { skill: String, reason: String },
+    #[error("skills: {0}")]
+    Invalid(String),
+    #[error("cannot read the skills from {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
 }

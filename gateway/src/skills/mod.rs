@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::routing::ModelRouter;
 
-pub use config::{CustomSkill, SkillsConfig, TriggerKind};
+pub use config::{CustomSkill, SkillError, SkillsConfig, TriggerKind};
 
 /// What makes a skill answer a message.
 #[derive(Debug, Clone)]
@@ -228,17 +228,6 @@ fn help_triggers() -> Vec<Trigger> {
         Trigger::Keyword("help".to_owned()),
         Trigger::Keyword("帮助".to_owned()),
     ]
-}
-
-/// Why skills could not be configured.
-#[derive(Debug, thiserror::Error)]
-pub enum SkillError {
-    #[error("skill `{skill}`: invalid regex: {reason}")]
-    Regex { skill: String, reason: String },
-    #[error("skills: {0}")]
-    Invalid(String),
-    #[error("cannot read the skills from {path}: {reason}")]
-    Load { path: PathBuf, reason: String },
 }
 
 /// `help`: the configured help text and every skill's description.

@@ -314,7 +314,11 @@ async fn dingtalk_skills_score_reset_escalate_and_reload() {
     assert_eq!(ask(&dingtalk, &connector, "sam", "ping").await, "pong, reloaded");
     watcher.abort();
 
-    let handlers: Vec<String> = audit(&connector, 11).await.into_iter().map(|r| r.handler).collect();
+    let handlers: Vec<String> = audit(&connector, 11)
+        .await
+        .into_iter()
+        .map(|r| r.handler.to_string())
+        .collect();
     for expected in [
         "skill:ping",
         "skill:weather",
@@ -477,7 +481,10 @@ async fn dingtalk_audit_masks_sensitive_text_and_exports_jsonl_and_csv() {
     assert_eq!(from_jsonl[0].question, "/echo call [masked], ID [masked]");
     assert_eq!(from_jsonl[0].answer, "you said: call [masked], ID [masked]");
     assert_eq!(
-        (from_jsonl[0].handler.as_str(), from_jsonl[0].sender_id.as_str()),
+        (
+            from_jsonl[0].handler.to_string().as_str(),
+            from_jsonl[0].sender_id.as_str()
+        ),
         ("skill:echo", "pat")
     );
     assert_eq!(from_jsonl[1].handler, format!("model:{MODEL_NAME}"));
@@ -524,7 +531,7 @@ async fn dingtalk_audit_masks_sensitive_text_and_exports_jsonl_and_csv() {
     let connector = DingTalkConnector::start(fast_config(&dingtalk, &db), shared_models())
         .await
         .unwrap();
-    let pruned = connector.prune(gateway::sessions::now_ms() + 1).await.unwrap();
+    let pruned = connector.prune(gateway::db::now_ms() + 1).await.unwrap();
     assert_eq!((pruned.messages, pruned.audit_records, pruned.sessions), (2, 2, 0));
     assert_eq!(
         gateway::audit::export(&db, ExportFormat::Jsonl, 0, Vec::new()).unwrap(),

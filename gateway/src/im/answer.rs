@@ -1,0 +1,252 @@
+//! Answering one message, whatever its platform: route it, generate or fetch the answer, deliver it, and
+//! record how it ended.
+//!
+//! Routing: a sender over their rate gets a short "slow down" answer; a message a skill claims gets the
+//! skill's answer (its actions carried out: a session reset, an escalation through the adapter); everything
+//! else goes to the model with the conversation's session history (trimmed to its context, newest turns
+//! kept), through the shared generation path (`generation`); a full engine queue gets a "busy" answer and
+//! a failed generation says why. Every message ends with one delivery metric and one transaction: its
+//! audit record, its session turn and its outcome in the outbox.
+
+use std::sync::Arc;
+
+use engine::{ChatMessage, EngineError, GenerateRequest};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::adapter::{Adapter, ChatKind, Envelope};
+use super::cards::Deliverer;
+use super::draft::{Draft, Failure, Generated, BUSY, SLOW_DOWN};
+use super::outbox::Job;
+use super::settings::GroupSessions;
+use crate::audit::{AuditLog, AuditRecord, Handler, Outcome};
+use crate::generation::{self, PromptLimits};
+use crate::metrics;
+use crate::routing::{Loaded, ModelRouter};
+use crate::sessions::SessionStore;
+use crate::skills::{SkillAction, SkillContext, SkillInput, SkillSet};
+
+/// How a message is to be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A skill or the model.
+    Normal,
+    /// The sender is over their rate: a short "slow down" answer.
+    RateLimited,
+}
+
+/// What answering needs.
+pub struct Answerer<A: Adapter> {
+    /// The adapter's cards and text, under the connector's budget; and the outbox.
+    pub deliverer: Arc<Deliverer<A>>,
+    /// Which model answers; each answer holds its model until it ends (see `routing`).
+    pub models: Arc<ModelRouter>,
+    /// The tokenizer pool of the generation path.
+    pub prompts: Arc<PromptLimits>,
+    /// Conversation histories.
+    pub sessions: SessionStore,
+    /// Answers without the model; reloadable.
+    pub skills: Arc<SkillSet>,
+    /// What skills may look at.
+    pub skill_context: SkillContext,
+    pub audit: AuditLog,
+}
+
+impl<A: Adapter> Answerer<A> {
+    /// The session `envelope` continues: its 1:1 chat, its group, or (configured) its group and sender.
+    pub fn session_key(&self, envelope: &Envelope) -> String {
+        let adapter = &self.deliverer.adapter;
+        let base = format!("{}:{}:{}", A::PLATFORM, adapter.account(), envelope.conversation);
+        match (envelope.chat, adapter.settings().group_sessions) {
+            (ChatKind::Group, GroupSessions::GroupUser) => format!("{base}:{}", envelope.sender),
+            _ => base,
+        }
+    }
+
+    /// Answer `job` and record how it ended. Never panics on platform or engine errors; they end the job
+    /// with a fallback or a logged failure.
+    ///
+    /// The audit record, the session turn and the message's outcome are written in one transaction once
+    /// the answer is delivered and its last card closed. A crash before that commit leaves the message to
+    /// be answered again (its cards are found again), with nothing recorded twice.
+    pub async fn answer(self: &Arc<Self>, job: Job<A::Message>, route: Route) {
+        let started = Instant::now();
+        let envelope = &job.envelope;
+        let question = envelope.text.clone();
+        let session = self.session_key(envelope);
+        let mut record = AuditRecord {
+            at_ms: crate::db::now_ms(),
+            platform: A::PLATFORM.to_owned(),
+            msg_id: envelope.id.clone(),
+            conversation_id: envelope.conversation.clone(),
+            session: session.clone(),
+            sender_id: envelope.sender.clone(),
+            sender_nick: envelope.sender_nick.clone(),
+            handler: Handler::RateLimited,
+            question: question.clone(),
+            answer: String::new(),
+            first_visible_ms: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            context_turns: 0,
+            // Set once delivery ended.
+            outcome: Outcome::Failed,
+        };
+        let deliverer = &self.deliverer;
+        let mut busy = false;
+        let mut turn = None;
+        let matched = match route {
+            Route::Normal => self.skills.find(&question),
+            Route::RateLimited => None,
+        };
+        let delivered = if route == Route::RateLimited {
+            record.answer = SLOW_DOWN.to_owned();
+            deliverer.deliver_fixed(&job, SLOW_DOWN).await
+        } else if let Some(matched) = matched {
+            record.handler = Handler::Skill(matched.skill.name().to_owned());
+            let input = SkillInput {
+                text: &question,
+                args: &matched.args,
+                sender_id: &envelope.sender,
+                sender_nick: &envelope.sender_nick,
+            };
+            let reply = matched.skill.answer(&input, &self.skill_context);
+            let mut text = reply.text;
+            for action in reply.actions {
+                match action {
+                    SkillAction::ResetSession => {
+                        if let Err(err) = self.sessions.reset(&session).await {
+                            tracing::warn!(cause = %err, "cannot reset the session");
+                        }
+                    }
+                    SkillAction::Escalate { to, summary } => match deliverer.adapter.escalate(&to, &summary).await {
+                        Ok(()) => tracing::info!(to, "conversation escalated to a person"),
+                        Err(err) => {
+                            tracing::warn!(to, cause = %err, "cannot reach the escalation contact");
+                            text = "Sorry, I could not reach a colleague just now; please try again later.".to_owned();
+                        }
+                    },
+                }
+            }
+            record.answer = text.clone();
+            deliverer.deliver_fixed(&job, &text).await
+        } else {
+            let model = self.models.route();
+            record.handler = Handler::Model(model.name.to_string());
+            let history = self.sessions.history(&session).await.unwrap_or_else(|err| {
+                tracing::warn!(cause = %err, "cannot read the session; answering without history");
+                Vec::new()
+            });
+            let (draft_tx, draft_rx) = watch::channel(Draft::default());
+            let max_tokens = deliverer.adapter.settings().max_answer_tokens;
+            let generation = tokio::spawn(generate(
+                model,
+                self.prompts.clone(),
+                history,
+                question.clone(),
+                max_tokens,
+                draft_tx,
+            ));
+            let (delivered, generated) = deliverer.deliver_generated(&job, draft_rx, generation).await;
+            match generated {
+                Some(Ok(generated)) => {
+                    record.answer = generated.text.clone();
+                    record.prompt_tokens = generated.prompt_tokens as i64;
+                    record.completion_tokens = generated.completion_tokens as i64;
+                    record.context_turns = generated.context_turns as i64;
+                    turn = Some((session.clone(), question.clone(), generated.text));
+                }
+                Some(Err(Failure::Busy)) => {
+                    record.answer = BUSY.to_owned();
+                    busy = true;
+                }
+                Some(Err(Failure::Failed(reason))) => record.answer = reason.to_string(),
+                None => {}
+            }
+            delivered
+        };
+        record.first_visible_ms = delivered
+            .first_visible
+            .map(|t| t.duration_since(started).as_millis() as i64);
+        record.outcome = if busy { Outcome::Busy } else { delivered.outcome };
+        metrics::im_delivery(A::PLATFORM, delivered.outcome.as_str());
+        // Before the commit: a crash before it answers the message again, which closes the card again.
+        if let Some((card, state)) = &delivered.close {
+            deliverer.close(card, *state).await;
+        }
+        // A failed card is marked beside the fallback message (the user's answer never waits for it), and the
+        // commit waits for the mark, bounded by the retry bound: a crash in that window answers the message
+        // again, while a commit first would leave the card "typing" for good if the process died before the
+        // mark went through.
+        if let Some(marking) = delivered.marking {
+            let _ = marking.await;
+        }
+        let record = self.audit.masked(record);
+        let detail = delivered.via.detail();
+        match deliverer
+            .outbox
+            .settle(&envelope.id, delivered.outcome, detail, Some(record), turn)
+            .await
+        {
+            Ok(true) => {
+                self.audit.note_written();
+                tracing::info!(outcome = ?delivered.outcome, detail, "message finished")
+            }
+            Ok(false) => tracing::warn!("message was already finished"),
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot record the message's end; it will be answered again after a restart")
+            }
+        }
+    }
+}
+
+/// Generate the answer to `question` after the session's `history` through the shared generation path,
+/// publishing the text as it grows. Returns the whole text with its counts, or why it failed; the caller
+/// stores the turn with the message's outcome.
+async fn generate(
+    model: Arc<Loaded>,
+    prompts: Arc<PromptLimits>,
+    history: Vec<ChatMessage>,
+    question: String,
+    max_tokens: usize,
+    draft: watch::Sender<Draft>,
+) -> Result<Generated, Failure> {
+    let fail = |draft: &watch::Sender<Draft>, failure: Failure| {
+        draft.send_modify(|d| d.end = Some(Err(failure.clone())));
+        Err(failure)
+    };
+    let engine = model.engine.clone();
+    let context_length = engine.info().context_length;
+    let reserve = max_tokens.min(context_length / 2);
+    let (prompt, context_turns) =
+        match generation::fitted_chat_prompt(&prompts, engine, history, question, reserve).await {
+            Ok(built) => built,
+            Err(err) => return fail(&draft, Failure::Failed(Arc::new(err))),
+        };
+    let room = context_length.saturating_sub(prompt.len()).max(1);
+    let mut events = match generation::submit(&model, GenerateRequest::greedy(prompt, max_tokens.min(room))) {
+        Ok(events) => events,
+        Err(err @ EngineError::Overloaded { .. }) => {
+            tracing::info!(cause = %err, "the engine is overloaded; answering busy");
+            return fail(&draft, Failure::Busy);
+        }
+        Err(err) => return fail(&draft, Failure::Failed(Arc::new(err.into()))),
+    };
+    let collected = generation::collect(&mut events, |_, text| {
+        let snapshot = text.to_owned();
+        draft.send_modify(|d| d.text = snapshot);
+    })
+    .await;
+    match collected {
+        Ok((text, done)) => {
+            draft.send_modify(|d| d.end = Some(Ok(())));
+            Ok(Generated {
+                text,
+                prompt_tokens: done.usage.prompt_tokens,
+                completion_tokens: done.usage.completion_tokens,
+                context_turns,
+            })
+        }
+        Err(err) => fail(&draft, Failure::Failed(Arc::new(err.into()))),
+    }
+}
