@@ -153,6 +153,8 @@ pub enum Handler {
     Skill(String),
     /// The model, by its served name.
     Model(String),
+    /// The access rules refused the sender (or the skill or model they asked for), with why.
+    Refused(String),
     /// A handler this version does not know (written by a newer one), kept as stored.
     Other(String),
 }
@@ -163,6 +165,7 @@ impl fmt::Display for Handler {
             Self::RateLimited => f.write_str("rate_limited"),
             Self::Skill(name) => write!(f, "skill:{name}"),
             Self::Model(name) => write!(f, "model:{name}"),
+            Self::Refused(why) => write!(f, "refused:{why}"),
             Self::Other(text) => f.write_str(text),
         }
     }
@@ -176,6 +179,8 @@ impl From<&str> for Handler {
             Self::Skill(name.to_owned())
         } else if let Some(name) = text.strip_prefix("model:") {
             Self::Model(name.to_owned())
+        } else if let Some(why) = text.strip_prefix("refused:") {
+            Self::Refused(why.to_owned())
         } else {
             Self::Other(text.to_owned())
         }
@@ -188,6 +193,7 @@ impl PartialEq<str> for Handler {
             Self::RateLimited => other == "rate_limited",
             Self::Skill(name) => other.strip_prefix("skill:") == Some(name.as_str()),
             Self::Model(name) => other.strip_prefix("model:") == Some(name.as_str()),
+            Self::Refused(why) => other.strip_prefix("refused:") == Some(why.as_str()),
             Self::Other(text) => other == text,
         }
     }
@@ -519,6 +525,10 @@ mod tests {
             (Handler::RateLimited, "rate_limited"),
             (Handler::Skill("echo".to_owned()), "skill:echo"),
             (Handler::Model("smollm2".to_owned()), "model:smollm2"),
+            (
+                Handler::Refused("not in any allow list".to_owned()),
+                "refused:not in any allow list",
+            ),
             (Handler::Other("admin:switch".to_owned()), "admin:switch"),
         ] {
             assert_eq!(handler.to_string(), name);

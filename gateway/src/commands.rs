@@ -28,6 +28,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
     let gateway_config = args.gateway_config(config)?;
     let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
     let skills_config = config.skills.clone();
+    let access = Arc::new(config.access.rules().context("invalid [access]")?);
     let engine_config = args.engine.engine_config(config)?;
     let engine = load_engine(engine_config.clone())?;
     let name = gateway_config
@@ -93,7 +94,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
                 let skills = Arc::new(skills.context("invalid [skills]")?);
                 // Reload [skills] when the config file changes; the task ends with the process.
                 let _watcher = skills.watch(Duration::from_secs(2));
-                let connector = DingTalkConnector::start_with_skills(config, router.clone(), skills)
+                let connector = DingTalkConnector::start_with_access(config, router.clone(), skills, access)
                     .await
                     .context("cannot start the DingTalk connector")?;
                 tracing::info!(api = %base, "DingTalk connector started");

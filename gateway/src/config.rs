@@ -41,6 +41,8 @@ pub struct Config {
     pub dingtalk: Option<DingTalkConfig>,
     /// `[skills]`: answers without the model, for every IM connector.
     pub skills: SkillsConfig,
+    /// `[access]`: who may talk to the assistant over IM, per platform, and with what role.
+    pub access: crate::access_rules::AccessConfig,
 }
 
 /// `[server]`: where and how the HTTP API listens.
@@ -285,6 +287,11 @@ impl Config {
         config.validate()?;
         config.skills.validate().map_err(|e| ConfigError::Value {
             key: "skills".to_owned(),
+            problem: e.to_string(),
+        })?;
+        // The directory file is read too, so `hearth config check` catches a missing or malformed one.
+        config.access.rules().map_err(|e| ConfigError::Value {
+            key: "access".to_owned(),
             problem: e.to_string(),
         })?;
         Ok(config)

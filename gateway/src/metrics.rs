@@ -87,6 +87,10 @@ fn describe() {
     );
     describe_counter!("hearth_engine_steps_total", "Engine steps run.");
     describe_counter!(
+        "hearth_im_refusals_total",
+        "IM messages refused by the access rules ([access]); the refusal is answered and audited."
+    );
+    describe_counter!(
         "hearth_tool_calls_malformed_total",
         "Tool-call blocks from the model that were not valid calls of an offered tool (returned as text)."
     );
@@ -142,6 +146,11 @@ pub fn im_delivery(platform: &'static str, outcome: &'static str) {
 /// Record one tool-call block from the model that was not a valid call (it went back as text).
 pub fn tool_call_malformed() {
     counter!("hearth_tool_calls_malformed_total").increment(1);
+}
+
+/// Record one IM message refused by the access rules.
+pub fn im_refusal(platform: &'static str) {
+    counter!("hearth_im_refusals_total", "platform" => platform).increment(1);
 }
 
 /// Record one card update that failed or was refused.

@@ -51,6 +51,8 @@ pub enum StartError {
     Core(#[from] crate::im::connector::StartError),
 }
 
+use crate::access_rules::AccessRules;
+
 impl ImConnector<DingTalk> {
     /// [`start_with_skills`](Self::start_with_skills) with the default skills.
     pub async fn start(config: DingTalkConfig, models: Arc<ModelRouter>) -> Result<Self, StartError> {
@@ -68,9 +70,19 @@ impl ImConnector<DingTalk> {
         models: Arc<ModelRouter>,
         skills: Arc<SkillSet>,
     ) -> Result<Self, StartError> {
+        Self::start_with_access(config, models, skills, Arc::new(AccessRules::default())).await
+    }
+
+    /// [`start_with_skills`](Self::start_with_skills) under the IM access rules `access`.
+    pub async fn start_with_access(
+        config: DingTalkConfig,
+        models: Arc<ModelRouter>,
+        skills: Arc<SkillSet>,
+        access: Arc<AccessRules>,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let adapter = Arc::new(DingTalk::new(config)?);
-        Ok(ImConnector::run(adapter, models, skills).await?)
+        Ok(ImConnector::run(adapter, models, skills, access).await?)
     }
 }
 

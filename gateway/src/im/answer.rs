@@ -19,6 +19,7 @@ use super::cards::Deliverer;
 use super::draft::{Draft, Failure, Generated, BUSY, SLOW_DOWN};
 use super::outbox::Job;
 use super::settings::GroupSessions;
+use crate::access_rules::{AccessRules, Sender};
 use crate::audit::{AuditLog, AuditRecord, Handler, Outcome};
 use crate::generation::{self, PromptLimits};
 use crate::metrics;
@@ -50,6 +51,8 @@ pub struct Answerer<A: Adapter> {
     /// What skills may look at.
     pub skill_context: SkillContext,
     pub audit: AuditLog,
+    /// Who may be answered, and with which skills and models.
+    pub access: Arc<AccessRules>,
 }
 
 impl<A: Adapter> Answerer<A> {
@@ -95,11 +98,32 @@ impl<A: Adapter> Answerer<A> {
         let deliverer = &self.deliverer;
         let mut busy = false;
         let mut turn = None;
-        let matched = match route {
-            Route::Normal => self.skills.find(&question),
-            Route::RateLimited => None,
+        let sender = Sender {
+            platform: A::PLATFORM,
+            user: &envelope.sender,
+            group: (envelope.chat == ChatKind::Group).then_some(envelope.conversation.as_str()),
         };
-        let delivered = if route == Route::RateLimited {
+        let decision = self.access.decide(&sender);
+        let matched = match (route, &decision) {
+            (Route::Normal, Ok(_)) => self.skills.find(&question),
+            _ => None,
+        };
+        let refusal = match (&decision, &matched) {
+            (Err(refusal), _) => Some(refusal.clone()),
+            (Ok(role), Some(matched)) => self.access.may_use_skill(*role, matched.skill.name()).err(),
+            (Ok(role), None) if route == Route::Normal => {
+                self.access.may_use_model(*role, &self.models.route().name).err()
+            }
+            (Ok(_), None) => None,
+        };
+        let delivered = if let Some(refusal) = refusal {
+            tracing::info!(sender = %envelope.sender, %refusal, "refused by the access rules");
+            metrics::im_refusal(A::PLATFORM);
+            let text = self.access.answer(&refusal).to_owned();
+            record.handler = Handler::Refused(refusal.to_string());
+            record.answer = text.clone();
+            deliverer.deliver_fixed(&job, &text).await
+        } else if route == Route::RateLimited {
             record.answer = SLOW_DOWN.to_owned();
             deliverer.deliver_fixed(&job, SLOW_DOWN).await
         } else if let Some(matched) = matched {

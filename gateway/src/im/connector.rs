@@ -22,6 +22,7 @@ use super::answer::{Answerer, Route};
 use super::cards::Deliverer;
 use super::link::ImLink;
 use super::outbox::{Job, Outbox};
+use crate::access_rules::AccessRules;
 use crate::audit::{AuditError, AuditLog, Masker};
 use crate::db::{Database, DbError};
 use crate::generation::PromptLimits;
@@ -221,7 +222,13 @@ pub struct ImConnector<A: Adapter> {
 impl<A: Adapter> ImConnector<A> {
     /// Open the database (outbox, sessions, audit log), resume unfinished messages and start the adapter's
     /// receive loop. Answers come from `skills`, else from the model `models` routes each message to.
-    pub async fn run(adapter: Arc<A>, models: Arc<ModelRouter>, skills: Arc<SkillSet>) -> Result<Self, StartError> {
+    /// `access` decides who may be answered, and with which skills and models.
+    pub async fn run(
+        adapter: Arc<A>,
+        models: Arc<ModelRouter>,
+        skills: Arc<SkillSet>,
+        access: Arc<AccessRules>,
+    ) -> Result<Self, StartError> {
         let settings = adapter.settings().clone();
         let path = settings.database.clone();
         let database = tokio::task::spawn_blocking(move || Database::open(&path))
@@ -244,6 +251,7 @@ impl<A: Adapter> ImConnector<A> {
             skills,
             skill_context,
             audit,
+            access,
         });
         let connector = Arc::new(Connector {
             answerer,

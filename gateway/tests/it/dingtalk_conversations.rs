@@ -784,3 +784,65 @@ async fn connector_state(config: &DingTalkConfig, msg_id: &str) -> Option<String
     let outbox = gateway::dingtalk::Outbox::open(&config.database, config.robot()).unwrap();
     outbox.state(msg_id).await.unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dingtalk_access_rules_refuse_denied_users_and_reserved_skills_with_a_card_and_an_audit_row() {
+    use gateway::access_rules::AccessConfig;
+    let dingtalk = fast_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let access: AccessConfig = toml::from_str(
+        r#"
+        admin_skills = ["status"]
+        [dingtalk]
+        deny_users = ["mallory"]
+        admins = ["root"]
+        "#,
+    )
+    .unwrap();
+    let skills = Arc::new(SkillSet::new(&SkillsConfig::default()).unwrap());
+    let connector = DingTalkConnector::start_with_access(
+        fast_config(&dingtalk, &dir.path().join("db.sqlite3")),
+        shared_models(),
+        skills,
+        Arc::new(access.rules().unwrap()),
+    )
+    .await
+    .unwrap();
+    let defaults = AccessConfig::default();
+
+    // A denied user gets the refusal card, whatever they ask; a user asking for an admin-only skill gets
+    // the reserved card; an admin gets the skill, and a user any other skill.
+    assert_eq!(ask(&dingtalk, &connector, "mallory", "/help").await, defaults.refusal);
+    assert_eq!(ask(&dingtalk, &connector, "alice", "/status").await, defaults.reserved);
+    let status = ask(&dingtalk, &connector, "root", "/status").await;
+    assert!(status != defaults.reserved && status.contains("model"), "{status}");
+    let help = ask(&dingtalk, &connector, "alice", "/help").await;
+    assert!(help.starts_with(&SkillsConfig::default().help_text), "{help}");
+
+    let records = audit(&connector, 4).await;
+    let handler = |sender: &str, question: &str| {
+        records
+            .iter()
+            .find(|r| r.sender_id == sender && r.question == question)
+            .map(|r| (r.handler.to_string(), r.answer.clone()))
+            .unwrap_or_else(|| panic!("no audit row for {sender}: {records:#?}"))
+    };
+    assert_eq!(
+        handler("mallory", "/help"),
+        (
+            "refused:denied by deny_users (mallory)".to_owned(),
+            defaults.refusal.clone()
+        )
+    );
+    assert_eq!(
+        handler("alice", "/status"),
+        (
+            "refused:the skill \"status\" is reserved to admins".to_owned(),
+            defaults.reserved.clone()
+        )
+    );
+    assert_eq!(handler("root", "/status").0, "skill:status");
+    assert_eq!(handler("alice", "/help").0, "skill:help");
+    connector.shutdown(Duration::from_secs(30)).await;
+    dingtalk.shutdown().await.unwrap();
+}
