@@ -30,11 +30,12 @@ use crate::generation;
 use crate::metrics;
 use crate::openai::{
     self, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    ChatDelta, ChatLogprobs, ChatTokenLogprob, CompletionChoice, CompletionLogprobs, CompletionRequest, TopLogprob,
-    UsageDto,
+    ChatDelta, ChatLogprobs, ChatTokenLogprob, CompletionChoice, CompletionLogprobs, CompletionRequest,
+    ToolCallDeltaDto, ToolCallDto, TopLogprob, UsageDto,
 };
 use crate::routing::Loaded;
 use crate::state::{AppState, RequestId};
+use crate::tools::{CallReader, Output as CallOutput, ValidTools};
 use crate::validation::{ValidChatRequest, ValidCompletionRequest, ValidParams, ValidPrompt};
 
 /// `POST /v1/chat/completions`.
@@ -43,14 +44,43 @@ pub async fn chat_completions(
     Extension(request_id): Extension<RequestId>,
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let ValidChatRequest { messages, mut params } = ValidChatRequest::try_from(body)?;
+    let ValidChatRequest {
+        messages,
+        extras,
+        tools,
+        mut params,
+    } = ValidChatRequest::try_from(body)?;
     params.default_max_tokens = Some(state.prompts.default_max_tokens);
     let model = state.models.route();
-    let bytes = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+    let tool_bytes: usize = tools.offered.iter().map(|t| t.to_string().len()).sum::<usize>()
+        + extras
+            .iter()
+            .flatten()
+            .map(|e| serde_json::Value::Object(e.clone()).to_string().len())
+            .sum::<usize>();
+    let bytes = messages.iter().map(|m| m.content.len() + m.role.len()).sum::<usize>() + tool_bytes;
     generation::check_prompt_bytes(&state.prompts, &model, "messages", bytes)?;
-    let prompt = generation::chat_prompt(&state.prompts, model.engine.clone(), messages).await?;
+    let takes_tools = model
+        .engine
+        .tokenizer()
+        .chat_template()
+        .is_some_and(|t| t.takes_hermes_tools());
+    if tools.active() && !takes_tools {
+        return Err(ApiError::invalid_param(
+            "tools",
+            "`tools` needs a model whose chat template takes tools in the Hermes format (Qwen2.5, Hermes); this \
+             model's does not.",
+        )
+        .with_code("unsupported_parameter"));
+    }
+    let prompt = if tools.active() || extras.iter().any(Option::is_some) {
+        let (chat_tools, prefill) = (tools.chat_tools(extras), tools.prefill());
+        generation::chat_prompt_with_tools(&state.prompts, model.engine.clone(), messages, chat_tools, prefill).await?
+    } else {
+        generation::chat_prompt(&state.prompts, model.engine.clone(), messages).await?
+    };
     let shape = Shape::new(Api::Chat, &request_id, &model);
-    generate(model, shape, prompt, params).await
+    generate(model, shape, prompt, params, tools.reader()).await
 }
 
 /// `POST /v1/completions`.
@@ -72,7 +102,7 @@ pub async fn completions(
         }
     };
     let shape = Shape::new(Api::Completion, &request_id, &model);
-    generate(model, shape, prompt, params).await
+    generate(model, shape, prompt, params, ValidTools::none().reader()).await
 }
 
 /// Submit and answer, as one JSON body or as an SSE stream. `model` is held until the response ends, so a
@@ -82,6 +112,7 @@ async fn generate(
     shape: Shape,
     prompt: Vec<u32>,
     params: ValidParams,
+    calls: CallReader,
 ) -> Result<Response, ApiError> {
     let engine = &model.engine;
     let stream = params.stream;
@@ -95,6 +126,7 @@ async fn generate(
         model,
         shape,
         want_logprobs,
+        calls,
     };
     if stream {
         Ok(sse_response(events, output, include_usage).into_response())
@@ -142,12 +174,14 @@ struct Output {
     model: Arc<Loaded>,
     shape: Shape,
     want_logprobs: bool,
+    /// Reads the model's tool calls out of a chat answer (everything is text without tools).
+    calls: CallReader,
 }
 
 impl Output {
     /// Read events until the end and answer with one JSON body. Dropping this future (client gone) drops
     /// `events`, which cancels the request.
-    async fn collect(self, mut events: RequestStream) -> Result<Response, ApiError> {
+    async fn collect(mut self, mut events: RequestStream) -> Result<Response, ApiError> {
         let mut logprobs = Vec::new();
         let (text, done) = generation::collect(&mut events, |chunk, text| {
             logprobs.extend(chunk.logprob.map(|lp| (text.len() - chunk.text.len(), lp)));
@@ -156,43 +190,87 @@ impl Output {
         Ok(self.full_response(text, logprobs, &done))
     }
 
-    fn full_response(&self, text: String, logprobs: Vec<(usize, TokenLogprob)>, done: &EngineCompletion) -> Response {
-        let s = &self.shape;
+    fn full_response(
+        &mut self,
+        text: String,
+        logprobs: Vec<(usize, TokenLogprob)>,
+        done: &EngineCompletion,
+    ) -> Response {
         let usage = UsageDto::from(done.usage);
-        let finish_reason = openai::finish_reason(done.reason);
-        match s.api {
-            Api::Chat => Json(ChatCompletion {
-                id: s.id.clone(),
-                object: "chat.completion",
-                created: s.created,
-                model: s.model.clone(),
-                choices: vec![ChatChoice {
-                    index: 0,
-                    message: AssistantMessage {
-                        role: "assistant",
-                        content: text,
-                    },
-                    logprobs: self.chat_logprobs(&logprobs),
-                    finish_reason,
-                }],
-                usage,
-            })
-            .into_response(),
-            Api::Completion => Json(openai::Completion {
-                id: s.id.clone(),
-                object: "text_completion",
-                created: s.created,
-                model: s.model.clone(),
-                choices: vec![CompletionChoice {
-                    index: 0,
-                    text,
-                    logprobs: self.completion_logprobs(&logprobs),
-                    finish_reason: Some(finish_reason),
-                }],
-                usage: Some(usage),
-            })
-            .into_response(),
+        let mut finish_reason = openai::finish_reason(done.reason);
+        match self.shape.api {
+            Api::Chat => {
+                let mut outputs = self.calls.push(&text);
+                outputs.extend(self.calls.finish());
+                let mut content = String::new();
+                let mut tool_calls = Vec::new();
+                for output in outputs {
+                    match output {
+                        CallOutput::Text(text) => content.push_str(&text),
+                        CallOutput::Call { call, .. } => tool_calls.push(ToolCallDto::new(call)),
+                    }
+                }
+                if !tool_calls.is_empty() {
+                    finish_reason = "tool_calls";
+                }
+                let content = (tool_calls.is_empty() || !content.trim().is_empty()).then_some(content);
+                self.chat_response(content, tool_calls, &logprobs, finish_reason, usage)
+            }
+            Api::Completion => self.completion_response(text, &logprobs, finish_reason, usage),
         }
+    }
+
+    fn chat_response(
+        &self,
+        content: Option<String>,
+        tool_calls: Vec<ToolCallDto>,
+        logprobs: &[(usize, TokenLogprob)],
+        finish_reason: &'static str,
+        usage: UsageDto,
+    ) -> Response {
+        let s = &self.shape;
+        Json(ChatCompletion {
+            id: s.id.clone(),
+            object: "chat.completion",
+            created: s.created,
+            model: s.model.clone(),
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content,
+                    tool_calls,
+                },
+                logprobs: self.chat_logprobs(logprobs),
+                finish_reason,
+            }],
+            usage,
+        })
+        .into_response()
+    }
+
+    fn completion_response(
+        &self,
+        text: String,
+        logprobs: &[(usize, TokenLogprob)],
+        finish_reason: &'static str,
+        usage: UsageDto,
+    ) -> Response {
+        let s = &self.shape;
+        Json(openai::Completion {
+            id: s.id.clone(),
+            object: "text_completion",
+            created: s.created,
+            model: s.model.clone(),
+            choices: vec![CompletionChoice {
+                index: 0,
+                text,
+                logprobs: self.completion_logprobs(logprobs),
+                finish_reason: Some(finish_reason),
+            }],
+            usage: Some(usage),
+        })
+        .into_response()
     }
 
     /// The chunk that opens a chat stream (`delta: {role: "assistant"}`); completions have none.
@@ -201,7 +279,7 @@ impl Output {
             self.chat_chunk(
                 ChatDelta {
                     role: Some("assistant"),
-                    content: None,
+                    ..ChatDelta::default()
                 },
                 None,
                 None,
@@ -215,7 +293,11 @@ impl Output {
         match self.shape.api {
             Api::Chat => {
                 let content = (!text.is_empty()).then_some(text);
-                self.chat_chunk(ChatDelta { role: None, content }, self.chat_logprobs(logprobs), finish)
+                let delta = ChatDelta {
+                    content,
+                    ..ChatDelta::default()
+                };
+                self.chat_chunk(delta, self.chat_logprobs(logprobs), finish)
             }
             Api::Completion => self.completion_chunk(
                 vec![CompletionChoice {
@@ -227,6 +309,58 @@ impl Output {
                 None,
             ),
         }
+    }
+
+    /// The chunks for new text of the answer: for a chat with tools, what the call reader gives out of it
+    /// (text held while it may open a call, a call whole once read); `logprobs` ride on the first. `None`
+    /// when nothing can be sent yet (the log-probabilities then wait for the next chunk).
+    fn text_chunks(&mut self, text: String, logprobs: &[(usize, TokenLogprob)]) -> Option<Vec<SseEvent>> {
+        if self.shape.api == Api::Completion {
+            return Some(vec![self.delta_chunk(text, logprobs, None)]);
+        }
+        let outputs = self.calls.push(&text);
+        self.output_chunks(outputs, logprobs)
+    }
+
+    /// The last chunks of an answer: what the call reader still held, then the chunk with `finish_reason`
+    /// ("tool_calls" when the model called tools).
+    fn final_chunks(&mut self, logprobs: &[(usize, TokenLogprob)], reason: engine::FinishReason) -> Vec<SseEvent> {
+        let mut chunks = Vec::new();
+        let mut logprobs = logprobs;
+        if self.shape.api == Api::Chat {
+            let outputs = self.calls.finish();
+            if let Some(sent) = self.output_chunks(outputs, logprobs) {
+                chunks.extend(sent);
+                logprobs = &[];
+            }
+        }
+        let finish = match self.calls.calls() {
+            0 => openai::finish_reason(reason),
+            _ => "tool_calls",
+        };
+        chunks.push(self.delta_chunk(String::new(), logprobs, Some(finish)));
+        chunks
+    }
+
+    fn output_chunks(&self, outputs: Vec<CallOutput>, logprobs: &[(usize, TokenLogprob)]) -> Option<Vec<SseEvent>> {
+        let mut logprobs = Some(logprobs);
+        let chunks: Vec<SseEvent> = outputs
+            .into_iter()
+            .map(|output| match output {
+                CallOutput::Text(text) => self.delta_chunk(text, logprobs.take().unwrap_or_default(), None),
+                CallOutput::Call { index, call } => {
+                    let delta = ChatDelta {
+                        tool_calls: Some(vec![ToolCallDeltaDto {
+                            index,
+                            call: ToolCallDto::new(call),
+                        }]),
+                        ..ChatDelta::default()
+                    };
+                    self.chat_chunk(delta, self.chat_logprobs(logprobs.take().unwrap_or_default()), None)
+                }
+            })
+            .collect();
+        (!chunks.is_empty()).then_some(chunks)
     }
 
     /// The extra chunk `stream_options.include_usage` asks for: usage and no choices.
@@ -386,20 +520,20 @@ impl SseState {
                 Some(Event::Token(chunk)) => {
                     self.pending_logprobs
                         .extend(chunk.logprob.map(|lp| (self.text_len, lp)));
-                    // Empty deltas (half a character, a held-back stop string) are not sent.
+                    // Empty deltas (half a character, a held-back stop string or tool call) are not sent.
                     if !chunk.text.is_empty() {
                         self.text_len += chunk.text.len();
-                        let logprobs = std::mem::take(&mut self.pending_logprobs);
-                        self.queue
-                            .push_back(self.output.delta_chunk(chunk.text, &logprobs, None));
+                        if let Some(chunks) = self.output.text_chunks(chunk.text, &self.pending_logprobs) {
+                            self.pending_logprobs.clear();
+                            self.queue.extend(chunks);
+                        }
                     }
                 }
                 Some(Event::Finished(done)) => {
                     generation::log_finished(&done);
                     let logprobs = std::mem::take(&mut self.pending_logprobs);
-                    let finish = openai::finish_reason(done.reason);
-                    self.queue
-                        .push_back(self.output.delta_chunk(String::new(), &logprobs, Some(finish)));
+                    let chunks = self.output.final_chunks(&logprobs, done.reason);
+                    self.queue.extend(chunks);
                     if self.include_usage {
                         self.queue.push_back(self.output.usage_chunk(done.usage.into()));
                     }

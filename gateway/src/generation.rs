@@ -131,6 +131,27 @@ pub async fn chat_prompt(
     .await
 }
 
+/// [`chat_prompt`] with tools: the offered tools and the messages' tool parts rendered by the template, then
+/// `prefill` (text that opens the assistant's turn, e.g. `<tool_call>` for a forced call) encoded after the
+/// generation prompt.
+pub async fn chat_prompt_with_tools(
+    limits: &PromptLimits,
+    engine: EngineHandle,
+    messages: Vec<ChatMessage>,
+    tools: engine::ChatTools,
+    prefill: String,
+) -> Result<Vec<u32>, GenerateError> {
+    on_blocking_pool(limits, engine, move |engine| {
+        let tokenizer = engine.tokenizer();
+        let mut ids = tokenizer.encode_chat_with_tools(&messages, &tools, true)?;
+        if !prefill.is_empty() {
+            ids.extend(tokenizer.encode(&prefill, false)?);
+        }
+        Ok(ids)
+    })
+    .await
+}
+
 /// [`chat_prompt`] for `question` after a conversation's `history`, the oldest turns dropped until the
 /// prompt plus `reserve` answer tokens fits the model's context. Returns the tokens and how many history
 /// turns were kept.

@@ -29,10 +29,11 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<u64>,
-    /// Not supported: a non-empty list is a 400 rather than an answer that ignores it.
+    /// Functions the model may call (checked by [`crate::tools::validate`]); the model's template must take
+    /// tools.
     #[serde(default)]
     pub tools: Option<serde_json::Value>,
-    /// Not supported beyond `"none"` and `"auto"` (which, without tools, mean the same).
+    /// `"none"`, `"auto"`, `"required"` or `{"type": "function", "function": {"name": …}}`.
     #[serde(default)]
     pub tool_choice: Option<serde_json::Value>,
     /// The deprecated form of `tools`; not supported either.
@@ -119,6 +120,15 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// An assistant turn's calls (`[{"id", "type": "function", "function": {"name", "arguments"}}]`).
+    #[serde(default)]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A tool result's call id.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// A tool result's function name (or a participant's name).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// A message's content as OpenAI allows it.
@@ -192,7 +202,56 @@ pub struct ChatChoice {
 pub struct AssistantMessage {
     /// Always `"assistant"`.
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallDto>,
+}
+
+/// One call of the model's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDto {
+    /// `call_` and 24 random characters.
+    pub id: String,
+    /// Always `"function"`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallDto,
+}
+
+/// The function a call names and its arguments as a JSON string.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallDto {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A call in a streamed answer: sent whole, in one chunk, with its position among the answer's calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDeltaDto {
+    pub index: usize,
+    #[serde(flatten)]
+    pub call: ToolCallDto,
+}
+
+impl ToolCallDto {
+    /// The wire form of `call`, with a fresh id.
+    pub fn new(call: engine::tool_calls::ToolCall) -> Self {
+        use rand::Rng;
+        let id: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect();
+        Self {
+            id: format!("call_{id}"),
+            kind: "function",
+            function: FunctionCallDto {
+                name: call.name,
+                arguments: serde_json::Value::Object(call.arguments).to_string(),
+            },
+        }
+    }
 }
 
 /// One chunk of a streamed chat completion.
@@ -224,6 +283,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDeltaDto>>,
 }
 
 /// Chat log-probabilities: one entry per generated token.

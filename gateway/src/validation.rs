@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::openai::{
     ChatCompletionRequest, CompletionRequest, ContentPart, MessageContent, PromptSpec, SamplingFields, StopSpec,
 };
+use crate::tools::ValidTools;
 
 /// The most top alternatives per token the engine returns.
 const MAX_TOP_LOGPROBS: u64 = 20;
@@ -22,6 +23,10 @@ const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
 #[derive(Debug, Clone)]
 pub struct ValidChatRequest {
     pub messages: Vec<ChatMessage>,
+    /// The messages' tool parts (an assistant's calls, a tool result's id), by message index.
+    pub extras: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
+    /// The offered tools and what the model may do with them.
+    pub tools: ValidTools,
     pub params: ValidParams,
 }
 
@@ -87,6 +92,8 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
             ));
         }
         check_unsupported_chat_features(&req)?;
+        let tools = crate::tools::validate(req.tools.as_ref(), req.tool_choice.as_ref())?;
+        let mut extras = Vec::with_capacity(req.messages.len());
         let messages = req
             .messages
             .into_iter()
@@ -97,10 +104,15 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
                     Some(MessageContent::Text(text)) => text,
                     Some(MessageContent::Parts(parts)) => join_text_parts(i, parts)?,
                 };
-                Ok(ChatMessage {
-                    role: normalize_role(i, m.role)?,
-                    content,
-                })
+                let role = normalize_role(i, m.role)?;
+                extras.push(crate::tools::message_extras(
+                    i,
+                    &role,
+                    m.tool_calls.as_ref(),
+                    m.tool_call_id.as_deref(),
+                    m.name.as_deref(),
+                )?);
+                Ok(ChatMessage { role, content })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
 
@@ -118,7 +130,12 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
         // OpenAI's newer name wins over the deprecated one.
         sampling.max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
         let params = validate_sampling(sampling, logprobs, None)?;
-        Ok(ValidChatRequest { messages, params })
+        Ok(ValidChatRequest {
+            messages,
+            extras,
+            tools,
+            params,
+        })
     }
 }
 
@@ -258,13 +275,13 @@ fn join_text_parts(message: usize, parts: Vec<ContentPart>) -> Result<String, Ap
 /// turn the template would drop or mislabel.
 fn normalize_role(message: usize, role: String) -> Result<String, ApiError> {
     match role.as_str() {
-        "system" | "user" | "assistant" => Ok(role),
+        "system" | "user" | "assistant" | "tool" => Ok(role),
         "developer" => Ok("system".to_owned()),
         _ => Err(ApiError::invalid_param(
             format!("messages[{message}].role"),
             format!(
-                "`messages[{message}].role` is {role:?}; expected \"system\", \"developer\", \"user\" or \"assistant\" \
-                 (tool calls are not supported)."
+                "`messages[{message}].role` is {role:?}; expected \"system\", \"developer\", \"user\", \"assistant\" \
+                 or \"tool\"."
             ),
         )),
     }
@@ -278,23 +295,12 @@ fn check_unsupported_chat_features(req: &ChatCompletionRequest) -> Result<(), Ap
         Some(serde_json::Value::Array(items)) => !items.is_empty(),
         Some(_) => true,
     };
-    for (param, value) in [("tools", &req.tools), ("functions", &req.functions)] {
-        if given(value) {
-            return Err(ApiError::invalid_param(
-                param,
-                format!("`{param}` is not supported: this server does not call tools."),
-            )
-            .with_code("unsupported_parameter"));
-        }
-    }
-    if let Some(choice) = req.tool_choice.as_ref().filter(|c| !c.is_null()) {
-        if !matches!(choice.as_str(), Some("none" | "auto")) {
-            return Err(ApiError::invalid_param(
-                "tool_choice",
-                "`tool_choice` must be \"none\" or \"auto\": this server does not call tools.",
-            )
-            .with_code("unsupported_parameter"));
-        }
+    if given(&req.functions) {
+        return Err(ApiError::invalid_param(
+            "functions",
+            "`functions` (deprecated by OpenAI) is not supported; send them as `tools`.",
+        )
+        .with_code("unsupported_parameter"));
     }
     if let Some(format) = req.response_format.as_ref().filter(|f| !f.is_null()) {
         let kind = format.get("type").and_then(|t| t.as_str());
@@ -402,7 +408,7 @@ mod tests {
 
     #[test]
     fn unknown_roles_and_unsupported_features_are_400s_naming_them() {
-        for role in ["tool", "function", "robot", "User"] {
+        for role in ["function", "robot", "User"] {
             let body = format!(
                 r#"{{"messages": [{{"role": "user", "content": "a"}}, {{"role": "{role}", "content": "b"}}]}}"#
             );
@@ -410,7 +416,7 @@ mod tests {
             assert_eq!(err.param.as_deref(), Some("messages[1].role"), "{body}");
             assert!(err.message.contains(role), "{}", err.message);
         }
-        check_rejected(r#""tools": [{"type": "function", "function": {"name": "f"}}]"#, "tools");
+        check_rejected(r#""tools": [{"type": "function"}]"#, "tools[0].function");
         check_rejected(r#""functions": [{"name": "f"}]"#, "functions");
         check_rejected(r#""tool_choice": "required""#, "tool_choice");
         check_rejected(r#""response_format": {"type": "json_object"}"#, "response_format");

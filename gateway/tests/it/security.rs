@@ -532,11 +532,11 @@ async fn a_chat_without_max_tokens_stops_at_the_configured_default() {
 }
 
 #[tokio::test]
-async fn unknown_roles_tools_and_response_formats_are_400s() {
+async fn unknown_roles_tools_for_a_template_without_them_and_response_formats_are_400s() {
     let app = crate::support::shared_app();
     let cases = [
         (
-            json!({"messages": [{"role": "tool", "content": "42", "tool_call_id": "a"}]}),
+            json!({"messages": [{"role": "function", "content": "42", "name": "a"}]}),
             "messages[0].role",
         ),
         (
