@@ -7,8 +7,12 @@
 //! - [`dingtalk`]: DingTalk Stream mode, access tokens, AI cards, robot sends and sessionWebhooks, as
 //!   described in `shared/protocols/dingtalk.md`.
 //!
+//! Emulator-wide pieces: `state` (the state lock with a change counter), `ids` (clock and random ids).
+//!
 //! **Architecture invariant:** emulators know nothing of the engine or the gateway; they depend only on
 //! the wire protocol.
 #![forbid(unsafe_code)]
 
 pub mod dingtalk;
+mod ids;
+mod state;

@@ -447,13 +447,6 @@ impl Shared {
             }
         })
     }
-
-    /// Wait until the change counter passes `after`, or `timeout` passes; returns the counter.
-    pub(crate) async fn wait_change(&self, after: u64, timeout: Duration) -> u64 {
-        let mut rx = self.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > after)).await;
-        self.version()
-    }
 }
 
 impl IntoResponse for EmulatorError {
@@ -473,7 +466,7 @@ pub(crate) async fn page() -> Response {
 
 /// `GET /_emulator/api/state`.
 pub(crate) async fn state(State(shared): State<Arc<Shared>>) -> Json<StateView> {
-    let version = shared.version();
+    let version = shared.state.version();
     Json(shared.read(|world| world.state_view(version, &shared.config.client_id)))
 }
 
@@ -533,6 +526,7 @@ fn default_wait_ms() -> u64 {
 /// `GET /_emulator/api/wait?after=V&timeout_ms=T` (T at most 60 000).
 pub(crate) async fn wait(State(shared): State<Arc<Shared>>, Query(query): Query<WaitQuery>) -> Json<serde_json::Value> {
     let version = shared
+        .state
         .wait_change(query.after, Duration::from_millis(query.timeout_ms.min(60_000)))
         .await;
     Json(json!({ "version": version }))

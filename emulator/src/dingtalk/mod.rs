@@ -170,20 +170,13 @@ impl DingTalkEmulator {
     pub async fn wait_for<T>(
         &self,
         timeout: Duration,
-        mut check: impl FnMut(&World) -> Option<T>,
+        check: impl FnMut(&World) -> Option<T>,
     ) -> Result<T, EmulatorError> {
-        let mut changes = self.shared.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            changes.borrow_and_update();
-            if let Some(found) = self.shared.read(&mut check) {
-                return Ok(found);
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return Err(EmulatorError::Timeout(timeout)),
-            }
-        }
+        self.shared
+            .state
+            .wait_for(timeout, check)
+            .await
+            .ok_or(EmulatorError::Timeout(timeout))
     }
 
     /// Stop serving and wait for the server to finish.

@@ -1,88 +1,53 @@
 //! [`World`]: everything the emulated platform knows — tickets, tokens, live connections, un-ACKed pushes,
-//! conversations, cards, faults and counters. It lives behind one std `Mutex` in [`Shared`]; no lock is
-//! ever held across an `.await`, and every change bumps a `watch` version so observers await changes
+//! conversations, cards, faults and counters. It lives behind one lock in [`Shared`] (`crate::state::Watched`):
+//! no lock is ever held across an `.await`, and every change bumps a version so observers await changes
 //! instead of polling.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::config::EmulatorConfig;
 use super::wire::{Frame, Subscription, TOPIC_BOT_MESSAGE};
+use crate::state::Watched;
 
 /// State shared by the HTTP handlers, the WebSocket connections and the dispatcher.
 pub(crate) struct Shared {
     pub config: EmulatorConfig,
     /// Where the emulator listens; base of the WebSocket endpoint and sessionWebhook URLs.
     pub addr: std::net::SocketAddr,
-    world: Mutex<World>,
+    /// The world, with the change counter the control API and tests await.
+    pub state: Watched<World>,
     /// Wakes the dispatcher: a message was posted, a connection opened, or an ACK arrived.
     pub dispatch: Notify,
-    /// Bumped after every change, so the control API and tests can await one.
-    version: watch::Sender<u64>,
 }
 
 impl Shared {
     pub fn new(config: EmulatorConfig, addr: std::net::SocketAddr) -> Arc<Self> {
         Arc::new(Self {
-            world: Mutex::new(World::default()),
+            state: Watched::new(World::default()),
             config,
             addr,
             dispatch: Notify::new(),
-            version: watch::channel(0).0,
         })
     }
 
     /// Run `f` on the world, then tell observers something may have changed.
     pub fn with<T>(&self, f: impl FnOnce(&mut World, &EmulatorConfig) -> T) -> T {
-        let out = {
-            let mut world = self.lock();
-            f(&mut world, &self.config)
-        };
-        self.version.send_modify(|v| *v += 1);
-        out
+        self.state.with(|world| f(world, &self.config))
     }
 
     /// Read the world without signalling a change.
     pub fn read<T>(&self, f: impl FnOnce(&World) -> T) -> T {
-        f(&self.lock())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, World> {
-        // A panic while holding the lock is a bug in the emulator; the state is still usable for reading.
-        self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The current change counter.
-    pub fn version(&self) -> u64 {
-        *self.version.borrow()
-    }
-
-    /// A receiver of change counters.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
+        self.state.read(f)
     }
 }
 
-/// Epoch milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// `len` random lowercase hex digits.
-pub fn hex(len: usize) -> String {
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| char::from_digit(rng.random_range(0..16), 16).expect("digit below 16"))
-        .collect()
-}
+pub(crate) use crate::ids::{hex, now_ms};
 
 /// A UUID-shaped random id (`8-4-4-4-12` hex), as the platform's `requestid` and tickets look.
 pub fn uuid_like() -> String {
