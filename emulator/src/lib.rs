@@ -6,13 +6,18 @@
 //!
 //! - [`dingtalk`]: DingTalk Stream mode, access tokens, AI cards, robot sends and sessionWebhooks, as
 //!   described in `shared/protocols/dingtalk.md`.
+//! - [`wecom`]: the WeCom intelligent robot, long connection and encrypted URL callback, as described in
+//!   `shared/protocols/wecom.md`; its callback crypto is [`wecom::crypto`].
 //!
-//! Emulator-wide pieces: `state` (the state lock with a change counter), `ids` (clock and random ids).
+//! Emulator-wide pieces: `state` (the state lock with a change counter), `ids` (clock and random ids),
+//! `fault` (fraction faults).
 //!
 //! **Architecture invariant:** emulators know nothing of the engine or the gateway; they depend only on
 //! the wire protocol.
 #![forbid(unsafe_code)]
 
 pub mod dingtalk;
+mod fault;
 mod ids;
 mod state;
+pub mod wecom;

@@ -1,8 +1,9 @@
-//! The DingTalk emulator over real sockets: HTTP with reqwest, the Stream with tokio-tungstenite, exactly
-//! as a client of the real platform talks to it.
+//! The emulators over real sockets: HTTP with reqwest, WebSockets with tokio-tungstenite, exactly as a
+//! client of the real platform talks to it. The DingTalk helpers are here; `wecom` has its own.
 
 mod cards;
 mod stream;
+mod wecom;
 
 use std::time::Duration;
 
