@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,9 @@ use super::wire::{cmd, Ack, ClientFrame, Headers, Push, ReplyBody, SubscribeBody
 use super::world::{Connection, Outbound, Refusal, Shared, Via, World};
 use super::EmulatorConfig;
 use crate::ids::{hex, now_ms};
+
+/// How long a server-initiated close waits for the peer's answering close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// `GET /`: upgrade to a long connection, unless [`EmulatorConfig::max_connections`] are open.
 pub(crate) async fn connect(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
@@ -94,7 +97,17 @@ async fn connection_loop(
                     }
                 }
                 Some(Outbound::Close) => {
-                    let _ = sink.send(Message::Close(None)).await;
+                    let normal = CloseFrame { code: close_code::NORMAL, reason: "".into() };
+                    let _ = sink.send(Message::Close(Some(normal))).await;
+                    // Let the peer answer the close, so it sees a clean one rather than a reset.
+                    let answered = async {
+                        while let Some(Ok(message)) = stream.next().await {
+                            if matches!(message, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(CLOSE_GRACE, answered).await;
                     break;
                 }
                 Some(Outbound::Silence) => silent = true,
@@ -116,7 +129,12 @@ async fn connection_loop(
                 Some(Ok(Message::Binary(_))) => {
                     tracing::info!("ignoring a binary frame: the protocol is JSON text frames");
                 }
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(_))) => {
+                    // The library queued the answering close frame; send it before dropping the socket.
+                    let _ = sink.flush().await;
+                    break;
+                }
+                None => break,
                 Some(Err(err)) => {
                     tracing::info!(cause = %err, "connection failed");
                     break;
