@@ -139,6 +139,9 @@ pub enum EmulatePlatform {
     /// DingTalk: Stream mode, access tokens, AI cards, robot sends, sessionWebhooks. The page is at
     /// http://HOST:PORT/_emulator.
     Dingtalk(DingTalkEmulatorArgs),
+    /// WeCom intelligent robot: the long connection (the SDK's wsUrl is ws://HOST:PORT) and the encrypted
+    /// URL callback. The page is at http://HOST:PORT/_emulator.
+    Wecom(crate::emulate_wecom::WeComEmulatorArgs),
 }
 
 /// Settings of `hearth emulate dingtalk`; defaults are the platform's documented behaviour
