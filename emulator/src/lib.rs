@@ -9,8 +9,8 @@
 //! - [`wecom`]: the WeCom intelligent robot, long connection and encrypted URL callback, as described in
 //!   `shared/protocols/wecom.md`; its callback crypto is [`wecom::crypto`].
 //!
-//! Emulator-wide pieces: `state` (the state lock with a change counter), `ids` (clock and random ids),
-//! `fault` (fraction faults).
+//! Emulator-wide pieces: `state` (the state lock with a change counter and the change feed), `serving`
+//! (listen, serve until stopped), `ids` (clock and random ids), `fault` (fraction faults).
 //!
 //! **Architecture invariant:** emulators know nothing of the engine or the gateway; they depend only on
 //! the wire protocol.
@@ -19,5 +19,6 @@
 pub mod dingtalk;
 mod fault;
 mod ids;
+mod serving;
 mod state;
 pub mod wecom;

@@ -7,7 +7,23 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde::Deserialize;
 use tokio::sync::watch;
+
+/// Query of the control APIs' change feed, `GET /_emulator/api/wait?after=V&timeout_ms=T`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WaitQuery {
+    /// The version the caller has seen.
+    #[serde(default)]
+    after: u64,
+    /// How long to wait at most, in milliseconds (default 10 000, at most 60 000).
+    #[serde(default = "default_wait_ms")]
+    timeout_ms: u64,
+}
+
+fn default_wait_ms() -> u64 {
+    10_000
+}
 
 /// A value behind one lock, with a version bumped after every change.
 pub(crate) struct Watched<T> {
@@ -64,10 +80,11 @@ impl<T> Watched<T> {
         }
     }
 
-    /// Wait until the change counter passes `after`, or `timeout` passes; returns the counter.
-    pub async fn wait_change(&self, after: u64, timeout: Duration) -> u64 {
+    /// Answer a change-feed query: `{"version"}` once the version passes `after`, or when the time is up.
+    pub async fn wait_change(&self, query: &WaitQuery) -> serde_json::Value {
         let mut changes = self.version.subscribe();
-        let _ = tokio::time::timeout(timeout, changes.wait_for(|v| *v > after)).await;
-        self.version()
+        let timeout = Duration::from_millis(query.timeout_ms.min(60_000));
+        let _ = tokio::time::timeout(timeout, changes.wait_for(|v| *v > query.after)).await;
+        serde_json::json!({ "version": self.version() })
     }
 }

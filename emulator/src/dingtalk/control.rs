@@ -13,14 +13,13 @@
 //! | `GET /_emulator/api/wait?after=V&timeout_ms=T` | returns `{"version"}` once the version passes V (or T ms pass) |
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::stream::disconnect;
 use super::world::{
@@ -28,6 +27,7 @@ use super::world::{
     Webhook, World,
 };
 use super::EmulatorError;
+use crate::state::WaitQuery;
 
 /// A simulated user's message.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -510,24 +510,7 @@ pub(crate) async fn fault(
         .map(|affected| Json(json!({ "affected": affected })))
 }
 
-/// Query of the change feed.
-#[derive(Debug, Deserialize)]
-pub(crate) struct WaitQuery {
-    #[serde(default)]
-    after: u64,
-    #[serde(default = "default_wait_ms")]
-    timeout_ms: u64,
-}
-
-fn default_wait_ms() -> u64 {
-    10_000
-}
-
-/// `GET /_emulator/api/wait?after=V&timeout_ms=T` (T at most 60 000).
-pub(crate) async fn wait(State(shared): State<Arc<Shared>>, Query(query): Query<WaitQuery>) -> Json<serde_json::Value> {
-    let version = shared
-        .state
-        .wait_change(query.after, Duration::from_millis(query.timeout_ms.min(60_000)))
-        .await;
-    Json(json!({ "version": version }))
+/// `GET /_emulator/api/wait?after=V&timeout_ms=T`.
+pub(crate) async fn wait(State(shared): State<Arc<Shared>>, Query(query): Query<WaitQuery>) -> Json<Value> {
+    Json(shared.state.wait_change(&query).await)
 }

@@ -38,6 +38,8 @@ use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::serving;
+
 pub use config::{EmulatorConfig, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET};
 pub use control::{ConversationView, FaultCommand, PostedMessage, StateView, UserMessage};
 pub use openapi::{PERM_CARD_INSTANCE, PERM_CARD_STREAMING, PERM_ROBOT_SEND, TOKEN_HEADER};
@@ -103,31 +105,20 @@ fn router(shared: Arc<Shared>) -> Router {
 pub struct DingTalkEmulator {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<Result<(), EmulatorError>>,
+    server: JoinHandle<std::io::Result<()>>,
 }
 
 impl DingTalkEmulator {
     /// Listen on `addr` (port 0 picks a free one) and serve until [`shutdown`](Self::shutdown).
     pub async fn start(config: EmulatorConfig, addr: SocketAddr) -> Result<Self, EmulatorError> {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let (listener, local) = serving::bind(addr)
             .await
-            .map_err(|source| EmulatorError::Bind { addr, source })?;
-        let local = listener
-            .local_addr()
             .map_err(|source| EmulatorError::Bind { addr, source })?;
         let shared = Shared::new(config, local);
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(stream::dispatcher(shared.clone(), rx.clone()));
         let app = router(shared.clone());
-        let mut stop = rx;
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-                .map_err(EmulatorError::Serve)
-        });
+        let server = serving::spawn(listener, app, rx);
         tracing::info!(addr = %local, "DingTalk emulator listening");
         Ok(Self {
             shared,
@@ -188,10 +179,7 @@ impl DingTalkEmulator {
                 let _ = connection.tx.send(world::Outbound::CloseAfter(Duration::ZERO));
             }
         });
-        match self.server.await {
-            Ok(result) => result,
-            Err(join) => Err(EmulatorError::Serve(std::io::Error::other(join.to_string()))),
-        }
+        serving::join(self.server).await.map_err(EmulatorError::Serve)
     }
 
     /// Serve until `signal` completes, then shut down.

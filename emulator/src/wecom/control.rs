@@ -35,6 +35,7 @@ use super::world::{
 use super::EmulatorError;
 use crate::fault::FractionFault;
 use crate::ids::{hex, now_ms};
+use crate::state::WaitQuery;
 
 /// A simulated user's text message.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -548,26 +549,9 @@ pub(crate) async fn fault(
         .map(|affected| Json(json!({ "affected": affected })))
 }
 
-/// Query of the change feed.
-#[derive(Debug, Deserialize)]
-pub(crate) struct WaitQuery {
-    #[serde(default)]
-    after: u64,
-    #[serde(default = "default_wait_ms")]
-    timeout_ms: u64,
-}
-
-fn default_wait_ms() -> u64 {
-    10_000
-}
-
-/// `GET /_emulator/api/wait?after=V&timeout_ms=T` (T at most 60 000).
+/// `GET /_emulator/api/wait?after=V&timeout_ms=T`.
 pub(crate) async fn wait(State(shared): State<Arc<Shared>>, Query(query): Query<WaitQuery>) -> Json<Value> {
-    let version = shared
-        .state
-        .wait_change(query.after, Duration::from_millis(query.timeout_ms.min(60_000)))
-        .await;
-    Json(json!({ "version": version }))
+    Json(shared.state.wait_change(&query).await)
 }
 
 /// Query of the `response_url`.

@@ -43,6 +43,8 @@ use axum::Router;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::serving;
+
 pub use config::{
     EmulatorConfig, ErrorCodes, InFlightOverflow, StreamExpiry, DEFAULT_BOT_ID, DEFAULT_ENCODING_AES_KEY,
     DEFAULT_SECRET, DEFAULT_TOKEN,
@@ -106,7 +108,7 @@ fn router(shared: Arc<Shared>) -> Router {
 pub struct WeComEmulator {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<Result<(), EmulatorError>>,
+    server: JoinHandle<std::io::Result<()>>,
 }
 
 impl WeComEmulator {
@@ -118,11 +120,8 @@ impl WeComEmulator {
             .no_proxy()
             .build()
             .map_err(|err| EmulatorError::Config(format!("cannot build the HTTP client: {err}")))?;
-        let listener = tokio::net::TcpListener::bind(addr)
+        let (listener, local) = serving::bind(addr)
             .await
-            .map_err(|source| EmulatorError::Bind { addr, source })?;
-        let local = listener
-            .local_addr()
             .map_err(|source| EmulatorError::Bind { addr, source })?;
         let world = World {
             callback_url: config.callback_url.clone(),
@@ -139,15 +138,7 @@ impl WeComEmulator {
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(callback::driver(shared.clone(), rx.clone()));
         let app = router(shared.clone());
-        let mut stop = rx;
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-                .map_err(EmulatorError::Serve)
-        });
+        let server = serving::spawn(listener, app, rx);
         tracing::info!(addr = %local, "WeCom emulator listening");
         Ok(Self {
             shared,
@@ -231,10 +222,7 @@ impl WeComEmulator {
                 }
             }
         });
-        match self.server.await {
-            Ok(result) => result,
-            Err(join) => Err(EmulatorError::Serve(std::io::Error::other(join.to_string()))),
-        }
+        serving::join(self.server).await.map_err(EmulatorError::Serve)
     }
 
     /// Serve until `signal` completes, then shut down.
