@@ -186,28 +186,13 @@ fn reply_for(msgid: &str) -> Value {
 async fn a_response_url_takes_one_markdown_reply() {
     let wecom = start(|_| {}).await;
     let posted = single(&wecom, "alice", "answer me later");
-    let client = reqwest::Client::new();
-    let post = |body: Value| {
-        let request = client.post(&posted.response_url).json(&body);
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
-    };
-    let first = post(json!({"msgtype": "markdown", "markdown": {"content": "late **answer**"}})).await;
+    let markdown = |content: &str| json!({"msgtype": "markdown", "markdown": {"content": content}});
+    let first = post_json(&posted.response_url, markdown("late **answer**")).await;
     assert_eq!(first, json!({"errcode": 0, "errmsg": "ok"}));
-    let second = post(json!({"msgtype": "markdown", "markdown": {"content": "again"}})).await;
+    let second = post_json(&posted.response_url, markdown("again")).await;
     assert_eq!(second["errcode"], 40058, "one use: {second}");
-    let bogus = client
-        .post(format!(
-            "{}/cgi-bin/aibot/response?response_code=nope",
-            wecom.base_url()
-        ))
-        .json(&json!({"msgtype": "markdown", "markdown": {"content": "x"}}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(bogus["errcode"], 40058);
+    let unknown = format!("{}/cgi-bin/aibot/response?response_code=nope", wecom.base_url());
+    assert_eq!(post_json(&unknown, markdown("x")).await["errcode"], 40058);
     let (message, last) = wecom.inspect(|w| {
         (
             w.message(&posted.msgid).cloned().unwrap(),
@@ -221,16 +206,13 @@ async fn a_response_url_takes_one_markdown_reply() {
     // An expired one is refused too.
     let other = single(&wecom, "bob", "and me");
     wecom.fault(emulator::wecom::FaultCommand::ExpireResponseUrls).unwrap();
-    let expired = client
-        .post(&other.response_url)
-        .json(&json!({"msgtype": "markdown", "markdown": {"content": "x"}}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(expired["errcode"], 40058);
+    assert_eq!(post_json(&other.response_url, markdown("x")).await["errcode"], 40058);
     assert_eq!(wecom.inspect(|w| w.stats().response_urls_refused), 3);
     wecom.shutdown().await.unwrap();
+}
+
+/// POST JSON; the JSON answer.
+async fn post_json(url: &str, body: Value) -> Value {
+    let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    response.json().await.unwrap()
 }

@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{call, connect, next_push, open, respond, single, start, until, SHORT};
+use super::{ask, call, connect, next_push, open, respond, single, start, until, SHORT};
 use crate::{next_frame, PATIENCE};
 
 #[tokio::test]
@@ -195,11 +195,8 @@ async fn an_expired_stream_refuses_updates_with_846608_in_both_readings() {
     // never answered is the clock: once it has expired, so has the first one's stream.
     let wecom = start(|c| c.stream_ttl = SHORT).await;
     let mut ws = connect(&wecom).await;
-    single(&wecom, "alice", "first");
-    let push = next_push(&mut ws, "aibot_msg_callback").await;
-    let clock = single(&wecom, "bob", "clock");
-    next_push(&mut ws, "aibot_msg_callback").await;
-    let req_id = push["headers"]["req_id"].as_str().unwrap().to_owned();
+    let (_, req_id) = ask(&wecom, &mut ws, "alice", "first").await;
+    let (clock, _) = ask(&wecom, &mut ws, "bob", "clock").await;
     assert_eq!(respond(&mut ws, &req_id, "s-abs", "partial", false).await["errcode"], 0);
     until(&wecom, |w| {
         (w.message(&clock.msgid)?.state == MessageState::Expired).then_some(())
@@ -224,11 +221,8 @@ async fn an_expired_stream_refuses_updates_with_846608_in_both_readings() {
     })
     .await;
     let mut ws = connect(&wecom).await;
-    single(&wecom, "alice", "first");
-    let push = next_push(&mut ws, "aibot_msg_callback").await;
-    let clock = single(&wecom, "bob", "clock");
-    next_push(&mut ws, "aibot_msg_callback").await;
-    let req_id = push["headers"]["req_id"].as_str().unwrap().to_owned();
+    let (_, req_id) = ask(&wecom, &mut ws, "alice", "first").await;
+    let (clock, _) = ask(&wecom, &mut ws, "bob", "clock").await;
     let mut keep_alive = tokio::time::interval(ttl / 10);
     let mut n = 0;
     loop {
@@ -261,9 +255,7 @@ async fn expired_updates_may_be_acknowledged_and_dropped_instead() {
     })
     .await;
     let mut ws = connect(&wecom).await;
-    single(&wecom, "alice", "first");
-    let push = next_push(&mut ws, "aibot_msg_callback").await;
-    let req_id = push["headers"]["req_id"].as_str().unwrap().to_owned();
+    let (_, req_id) = ask(&wecom, &mut ws, "alice", "first").await;
     assert_eq!(respond(&mut ws, &req_id, "s", "partial", false).await["errcode"], 0);
     until(&wecom, |w| {
         (w.stream("s")?.status == StreamStatus::Expired).then_some(())
@@ -280,9 +272,7 @@ async fn expired_updates_may_be_acknowledged_and_dropped_instead() {
 async fn snapshots_over_20480_bytes_are_refused() {
     let wecom = start(|_| {}).await;
     let mut ws = connect(&wecom).await;
-    single(&wecom, "alice", "write a lot");
-    let push = next_push(&mut ws, "aibot_msg_callback").await;
-    let req_id = push["headers"]["req_id"].as_str().unwrap().to_owned();
+    let (_, req_id) = ask(&wecom, &mut ws, "alice", "write a lot").await;
     // Bytes, not characters: 6 827 three-byte characters are 20 481 bytes.
     let over = "你".repeat(6827);
     assert_eq!(over.len(), 20_481);
@@ -464,9 +454,7 @@ async fn events_are_pushed_and_welcome_replies_answer_enter_chat() {
 async fn faults_fail_replies_and_drop_ping_acks() {
     let wecom = start(|_| {}).await;
     let mut ws = connect(&wecom).await;
-    single(&wecom, "alice", "hi");
-    let push = next_push(&mut ws, "aibot_msg_callback").await;
-    let req_id = push["headers"]["req_id"].as_str().unwrap().to_owned();
+    let (_, req_id) = ask(&wecom, &mut ws, "alice", "hi").await;
     wecom
         .fault(FaultCommand::ReplyFailures {
             fraction: 0.5,

@@ -78,6 +78,14 @@ pub fn single(wecom: &WeComEmulator, user: &str, text: &str) -> PostedMessage {
         .expect("the message is posted")
 }
 
+/// A 1:1 message from `user`, and the `req_id` of its push on `ws`.
+pub async fn ask(wecom: &WeComEmulator, ws: &mut Ws, user: &str, text: &str) -> (PostedMessage, String) {
+    let posted = single(wecom, user, text);
+    let push = next_push(ws, "aibot_msg_callback").await;
+    assert_eq!(push["body"]["msgid"], posted.msgid.as_str(), "{push}");
+    (posted, push["headers"]["req_id"].as_str().unwrap().to_owned())
+}
+
 /// The next push, which must be `cmd`.
 pub async fn next_push(ws: &mut Ws, cmd: &str) -> Value {
     let frame = next_frame(ws).await;
