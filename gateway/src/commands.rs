@@ -141,14 +141,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
 /// `hearth emulate dingtalk`: a local DingTalk until SIGINT/SIGTERM.
 pub fn emulate_dingtalk(args: DingTalkEmulatorArgs) -> anyhow::Result<ExitCode> {
     let config = args.emulator_config();
-    let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .with_context(|| format!("--host {} --port {} is not a socket address", args.host, args.port))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    run_emulator(&args.host, args.port, |addr| async move {
         let dingtalk = emulator::dingtalk::DingTalkEmulator::start(config, addr).await?;
         let base = dingtalk.base_url();
         tracing::info!(
@@ -158,8 +151,24 @@ pub fn emulate_dingtalk(args: DingTalkEmulatorArgs) -> anyhow::Result<ExitCode> 
         // One line on stdout, for scripts that start the emulator on port 0.
         println!("{base}");
         dingtalk.run_until(server::shutdown_signal()).await?;
-        anyhow::Ok(())
-    })?;
+        Ok(())
+    })
+}
+
+/// Run an emulator on `host:port` in a fresh async runtime: `run` starts it at the address and serves
+/// until the shutdown signal.
+pub fn run_emulator<F>(host: &str, port: u16, run: impl FnOnce(std::net::SocketAddr) -> F) -> anyhow::Result<ExitCode>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let addr: std::net::SocketAddr = format!("{host}:{port}")
+        .parse()
+        .with_context(|| format!("--host {host} --port {port} is not a socket address"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(addr))?;
     Ok(ExitCode::SUCCESS)
 }
 

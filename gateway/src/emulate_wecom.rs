@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use emulator::wecom::{EmulatorConfig, InFlightOverflow, StreamExpiry};
 
@@ -101,14 +100,7 @@ impl WeComEmulatorArgs {
 /// `hearth emulate wecom`: a local WeCom until SIGINT/SIGTERM.
 pub fn emulate(args: WeComEmulatorArgs) -> anyhow::Result<ExitCode> {
     let config = args.emulator_config();
-    let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .with_context(|| format!("--host {} --port {} is not a socket address", args.host, args.port))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    crate::commands::run_emulator(&args.host, args.port, |addr| async move {
         let wecom = emulator::wecom::WeComEmulator::start(config, addr).await?;
         let base = wecom.base_url();
         tracing::info!(
@@ -119,9 +111,8 @@ pub fn emulate(args: WeComEmulatorArgs) -> anyhow::Result<ExitCode> {
         // One line on stdout, for scripts that start the emulator on port 0.
         println!("{base}");
         wecom.run_until(gateway::server::shutdown_signal()).await?;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        Ok(())
+    })
 }
 
 #[cfg(test)]
