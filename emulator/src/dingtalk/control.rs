@@ -387,33 +387,18 @@ impl Shared {
                         "`fraction` must be in 0..=1 and `status` 403 or 429".to_owned(),
                     ));
                 }
-                world.faults.card_update_failures = (fraction > 0.0).then_some(FractionFault {
-                    fraction,
-                    status,
-                    acc: 0.0,
-                });
+                world.faults.card_update_failures =
+                    FractionFault::new(fraction, status).map_err(EmulatorError::InvalidRequest)?;
                 Ok(1)
             }
             FaultCommand::DeliveryFailures { fraction } => {
-                if !fraction_ok(fraction) {
-                    return Err(EmulatorError::InvalidRequest("`fraction` must be in 0..=1".to_owned()));
-                }
-                world.faults.delivery_failures = (fraction > 0.0).then_some(FractionFault {
-                    fraction,
-                    status: 200,
-                    acc: 0.0,
-                });
+                world.faults.delivery_failures =
+                    FractionFault::new(fraction, 200).map_err(EmulatorError::InvalidRequest)?;
                 Ok(1)
             }
             FaultCommand::DuplicatePushes { fraction } => {
-                if !fraction_ok(fraction) {
-                    return Err(EmulatorError::InvalidRequest("`fraction` must be in 0..=1".to_owned()));
-                }
-                world.faults.duplicate_pushes = (fraction > 0.0).then_some(FractionFault {
-                    fraction,
-                    status: 200,
-                    acc: 0.0,
-                });
+                world.faults.duplicate_pushes =
+                    FractionFault::new(fraction, 200).map_err(EmulatorError::InvalidRequest)?;
                 Ok(1)
             }
             FaultCommand::ExpireTokens => {

@@ -268,29 +268,27 @@ pub(crate) struct Webhook {
     pub expires_ms: u64,
 }
 
-/// A fault that fails a fraction of calls, deterministically: every call adds `fraction` to an
-/// accumulator and fails when it reaches 1 (a fifth fails exactly every fifth call).
+/// A fault that fails a fraction of calls (`crate::fault::FractionFault`, deterministic), with the HTTP
+/// status a failed call gets.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FractionFault {
-    pub fraction: f64,
+    #[serde(flatten)]
+    pub fault: crate::fault::FractionFault,
     /// 429 (`system.busy`) or 403 (`Forbidden.AccessDenied.QpsLimitForAppkeyAndApi`) for card updates;
     /// 200 for faults that refuse no call (failed deliveries, duplicate pushes).
     pub status: u16,
-    #[serde(skip)]
-    pub acc: f64,
 }
 
 impl FractionFault {
+    /// A fault failing `fraction` of calls with `status`; `None` for 0; an error outside `0..=1`.
+    pub(crate) fn new(fraction: f64, status: u16) -> Result<Option<Self>, String> {
+        Ok(crate::fault::FractionFault::new(fraction)?.map(|fault| Self { fault, status }))
+    }
+
     /// Whether this call fails.
     pub fn hit(&mut self) -> bool {
-        self.acc += self.fraction;
-        if self.acc >= 1.0 - 1e-9 {
-            self.acc -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.fault.hit()
     }
 }
 
