@@ -481,3 +481,76 @@ async fn request_ping_and_expect_silence(ws: &mut crate::Ws) {
     let ack = call(ws, "aibot_send_msg", "aibot_send_msg_after_ping", json!({})).await;
     assert_eq!(ack["errcode"], 40058);
 }
+
+#[tokio::test]
+async fn zombie_and_disconnect_faults_cut_the_long_connection() {
+    let wecom = start(|_| {}).await;
+    let mut zombie = connect(&wecom).await;
+    assert_eq!(wecom.fault(FaultCommand::Zombie { connection: None }).unwrap(), 1);
+    // Frames to a zombie vanish: the push and the ping's ack never arrive.
+    let posted = single(&wecom, "alice", "into the void");
+    until(&wecom, |w| (w.message(&posted.msgid)?.pushes == 1).then_some(())).await;
+    super::request(&mut zombie, "ping", "ping_into_the_void", Value::Null).await;
+    // A fresh connection takes the robot over; redelivery reaches it.
+    let mut fresh = connect(&wecom).await;
+    wecom.redeliver(&posted.msgid).unwrap();
+    let push = next_push(&mut fresh, "aibot_msg_callback").await;
+    assert_eq!(push["body"]["msgid"], posted.msgid.as_str());
+    // The zombie got nothing but the close.
+    loop {
+        match tokio::time::timeout(PATIENCE, zombie.next())
+            .await
+            .expect("the zombie is closed")
+        {
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(Message::Text(text))) => panic!("a frame reached a zombie: {text}"),
+            Some(Ok(_)) => {}
+        }
+    }
+    until(&wecom, |w| (w.stats().live_connections == 1).then_some(())).await;
+    // Disconnect closes the socket without a notice.
+    assert_eq!(wecom.fault(FaultCommand::Disconnect { connection: None }).unwrap(), 1);
+    match tokio::time::timeout(PATIENCE, fresh.next())
+        .await
+        .expect("the socket closes")
+    {
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {}
+        Some(Ok(other)) => panic!("expected the close, got {other:?}"),
+    }
+    until(&wecom, |w| {
+        (w.stats().live_connections == 0 && !w.subscribed()).then_some(())
+    })
+    .await;
+    wecom.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_page_and_the_state_api_are_served() {
+    let wecom = start(|_| {}).await;
+    single(&wecom, "alice", "hello page");
+    let page = reqwest::get(format!("{}/_emulator", wecom.base_url())).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("WeCom emulator"));
+    let state: Value = reqwest::get(format!("{}/_emulator/api/state", wecom.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["mode"], "long_connection");
+    assert_eq!(state["conversations"][0]["chatid"], "alice");
+    assert_eq!(state["messages"][0]["state"], "queued");
+    let missing = reqwest::get(format!("{}/_emulator/api/streams/nope", wecom.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let bad = reqwest::Client::new()
+        .post(format!("{}/_emulator/api/messages", wecom.base_url()))
+        .json(&json!({"chattype": "group", "userid": "bob", "text": "no chatid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("chatid"));
+    wecom.shutdown().await.unwrap();
+}
