@@ -13,12 +13,13 @@ import { test } from "node:test";
 import axios from "axios";
 import { DWClient, TOPIC_ROBOT } from "dingtalk-stream";
 
+import { emulatorControl } from "../emulator-control.mjs";
+
 const BASE = process.env.DINGTALK_EMULATOR_URL;
 assert.ok(BASE, "DINGTALK_EMULATOR_URL is set by run-dingtalk.sh");
 const CLIENT_ID = process.env.DINGTALK_CLIENT_ID ?? "dingemulatorappkey";
 const CLIENT_SECRET = process.env.DINGTALK_CLIENT_SECRET ?? "emulator-app-secret";
 const TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema";
-const PATIENCE_MS = 30_000;
 
 // What a deployment does to aim the SDK at the emulator: rewrite the platform hosts on axios's default
 // instance, which the SDK shares (it is hoisted to one copy by npm).
@@ -30,28 +31,7 @@ axios.interceptors.request.use((config) => {
   return config;
 });
 
-async function control(path, body) {
-  const response = await fetch(BASE + path, {
-    method: body === undefined ? "GET" : "POST",
-    headers: { "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  assert.ok(response.ok, `${path}: HTTP ${response.status}`);
-  return response.json();
-}
-
-/** Await `check(state)` being truthy, re-reading the state after each change (long-poll, no sleeps). */
-async function waitUntil(check, what) {
-  const deadline = Date.now() + PATIENCE_MS;
-  for (;;) {
-    const state = await control("/_emulator/api/state");
-    const found = check(state);
-    if (found) return found;
-    const left = deadline - Date.now();
-    assert.ok(left > 0, `timed out waiting for ${what}; state: ${JSON.stringify(state).slice(0, 2000)}`);
-    await control(`/_emulator/api/wait?after=${state.version}&timeout_ms=${left}`);
-  }
-}
+const { control, waitUntil } = emulatorControl(BASE);
 
 function conversation(state, id) {
   return state.conversations.find((c) => c.conversationId === id);

@@ -10,36 +10,16 @@ import { test } from "node:test";
 
 import { WSClient } from "@wecom/aibot-node-sdk";
 
+import { emulatorControl } from "../emulator-control.mjs";
+
 const BASE = process.env.WECOM_EMULATOR_URL;
 assert.ok(BASE, "WECOM_EMULATOR_URL is set by run-wecom.sh");
 const WS_URL = BASE.replace(/^http/, "ws");
 const BOT_ID = process.env.WECOM_BOT_ID ?? "aibemulatorbot";
 const SECRET = process.env.WECOM_SECRET ?? "emulator-bot-secret";
-const PATIENCE_MS = 30_000;
 const quiet = { debug() {}, info() {}, warn: (...a) => console.warn(...a), error: (...a) => console.error(...a) };
 
-async function control(path, body) {
-  const response = await fetch(BASE + path, {
-    method: body === undefined ? "GET" : "POST",
-    headers: { "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  assert.ok(response.ok, `${path}: HTTP ${response.status} ${await response.clone().text()}`);
-  return response.json();
-}
-
-/** Await `check(state)` being truthy, re-reading the state after each change (long-poll, no sleeps). */
-async function waitUntil(check, what) {
-  const deadline = Date.now() + PATIENCE_MS;
-  for (;;) {
-    const state = await control("/_emulator/api/state");
-    const found = check(state);
-    if (found) return found;
-    const left = deadline - Date.now();
-    assert.ok(left > 0, `timed out waiting for ${what}; state: ${JSON.stringify(state).slice(0, 3000)}`);
-    await control(`/_emulator/api/wait?after=${state.version}&timeout_ms=${left}`);
-  }
-}
+const { control, waitUntil } = emulatorControl(BASE);
 
 function client(options = {}) {
   return new WSClient({ botId: BOT_ID, secret: SECRET, wsUrl: WS_URL, heartbeatInterval: 500, logger: quiet, ...options });

@@ -6,11 +6,12 @@ ACKs them, answers pings, and streams an AI card with its own AICardReplier. The
 """
 
 import asyncio
-import json
 import os
+import sys
 import threading
-import time
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from emulator_control import Control  # noqa: E402
 
 BASE = os.environ["DINGTALK_EMULATOR_URL"]
 # The SDK reads its OpenAPI base from this variable when it is imported.
@@ -30,24 +31,8 @@ TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema"
 PATIENCE = 30.0
 
 
-def control(path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(BASE + path, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=PATIENCE + 5) as response:
-        return json.loads(response.read())
-
-
-def wait_until(check, what):
-    """Await `check(state)` being truthy, re-reading the state after each change (long-poll, no sleeps)."""
-    deadline = time.monotonic() + PATIENCE
-    while True:
-        state = control("/_emulator/api/state")
-        found = check(state)
-        if found:
-            return found
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out waiting for {what}; state: {json.dumps(state)[:2000]}"
-        control(f"/_emulator/api/wait?after={state['version']}&timeout_ms={int(left * 1000)}")
+control = Control(BASE)
+wait_until = control.wait_until
 
 
 class StreamingCardBot(dingtalk_stream.ChatbotHandler):

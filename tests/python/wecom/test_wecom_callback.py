@@ -14,19 +14,21 @@ import json
 import os
 import queue
 import struct
+import sys
 import threading
 import urllib.parse
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from emulator_control import PATIENCE as PATIENCE_S, Control  # noqa: E402
+
 BASE = os.environ["WECOM_EMULATOR_URL"]
 TOKEN = os.environ.get("WECOM_TOKEN", "emulatortoken")
 ENCODING_AES_KEY = os.environ.get("WECOM_ENCODING_AES_KEY", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
 KEY = base64.b64decode(ENCODING_AES_KEY + "=")
-PATIENCE_S = 30
 
 
 def signature(timestamp: str, nonce: str, encrypt: str) -> str:
@@ -112,26 +114,8 @@ class Robot:
         return self.calls.get(timeout=PATIENCE_S)
 
 
-def control(path: str, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(BASE + path, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=PATIENCE_S) as response:
-        return json.loads(response.read())
-
-
-def wait_until(check, what):
-    """Re-read the state after each change until `check` returns something truthy (long-poll, no sleeps)."""
-    import time
-
-    deadline = time.monotonic() + PATIENCE_S
-    while True:
-        state = control("/_emulator/api/state")
-        found = check(state)
-        if found:
-            return found
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out waiting for {what}"
-        control(f"/_emulator/api/wait?after={state['version']}&timeout_ms={int(left * 1000)}")
+control = Control(BASE)
+wait_until = control.wait_until
 
 
 @pytest.fixture(scope="module")
