@@ -78,6 +78,10 @@ echo "== the official Feishu/Lark SDKs (lark-oapi, @larksuiteoapi/node-sdk) agai
 tests/python/run-feishu.sh
 tests/node/run-feishu.sh
 
+echo "== the official WeCom robot SDK against hearth emulate wecom; its URL mode against Python's cryptography"
+tests/node/run-wecom.sh
+tests/python/run-wecom.sh
+
 echo "== the web console in headless Chromium against hearth serve and hearth emulate dingtalk, with no network"
 tests/browser/run.sh --prepare
 unshare -n bash -c 'ip link set lo up && exec tests/browser/run.sh'

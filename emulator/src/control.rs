@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::watched::Watched;
+use crate::EmulatorError;
 
 /// Longest wait one change-feed call may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -43,26 +44,29 @@ pub(crate) fn page(html: &'static str) -> Response {
 
 /// `GET /_emulator/page.js`: the script every emulator's page shares (`el`, `follow`, `postMessage`).
 pub(crate) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("page.js"))
+}
+
+/// `GET /_emulator/page.css`: the style every emulator's page shares (each page adds its colours).
+pub(crate) async fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("page.css"))
+}
+
+/// A file embedded in the binary, never cached (it changes with the binary).
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        include_str!("page.js"),
+        body,
     )
         .into_response()
 }
 
-/// `GET /_emulator/page.css`: the stylesheet every emulator's page shares.
-pub(crate) async fn stylesheet() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        include_str!("page.css"),
-    )
-        .into_response()
+/// A read-back answer: `found` as JSON, or [`EmulatorError::NotFound`] naming `what` (a 404).
+pub(crate) fn found<T>(found: Option<T>, what: impl FnOnce() -> String) -> Result<Json<T>, EmulatorError> {
+    found.map(Json).ok_or_else(|| EmulatorError::NotFound(what()))
 }
 
 /// The answer of `POST /_emulator/api/faults`: how many connections (or switches) a fault touched.

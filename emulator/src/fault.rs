@@ -24,6 +24,14 @@ impl FractionFault {
         })
     }
 
+    /// Like [`new`](Self::new), but an error naming the field for a fraction outside `0..=1`.
+    pub fn checked(fraction: f64, status: u16) -> Result<Option<Self>, String> {
+        if !valid_fraction(fraction) {
+            return Err(format!("`fraction` must be in 0..=1, not {fraction}"));
+        }
+        Ok(Self::new(fraction, status))
+    }
+
     /// Whether this call fails.
     pub fn hit(&mut self) -> bool {
         self.acc += self.fraction;

@@ -8,6 +8,12 @@
 //!   described in `shared/protocols/dingtalk.md`.
 //! - [`feishu`]: Feishu (Lark) endpoint discovery, the protobuf long connection, tenant tokens, IM messages
 //!   and CardKit streaming cards, as described in `shared/protocols/feishu.md`.
+//! - [`wecom`]: the WeCom intelligent robot, long connection and encrypted URL callback, as described in
+//!   `shared/protocols/wecom.md`; its callback crypto is [`wecom::crypto`].
+//!
+//! Emulator-wide pieces, one of each for all three: `watched` (the state lock with a change counter),
+//! `control` (the change feed, page and fault answers of the control API), `server` (listen, serve until
+//! stopped), `ids` (clock and random ids), `fault` (fraction faults) and [`EmulatorError`].
 //!
 //! **Architecture invariant:** emulators know nothing of the engine or the gateway; they depend only on
 //! the wire protocol.
@@ -15,6 +21,7 @@
 
 pub mod dingtalk;
 pub mod feishu;
+pub mod wecom;
 
 pub use error::EmulatorError;
 

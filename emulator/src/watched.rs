@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::EmulatorError;
+
 /// A value behind a lock whose every change bumps a version.
 pub struct Watched<W> {
     inner: Mutex<W>,
@@ -65,6 +67,18 @@ impl<W> Watched<W> {
                 _ => return None,
             }
         }
+    }
+
+    /// [`wait_for`](Self::wait_for) for an emulator's public `wait_for`: [`EmulatorError::Timeout`] when the
+    /// time ran out.
+    pub async fn wait_or_timeout<T>(
+        &self,
+        timeout: Duration,
+        check: impl FnMut(&W) -> Option<T>,
+    ) -> Result<T, EmulatorError> {
+        self.wait_for(timeout, check)
+            .await
+            .ok_or(EmulatorError::Timeout(timeout))
     }
 
     /// Wait until the counter passes `after`, or `timeout` passes; returns the counter.

@@ -142,6 +142,9 @@ pub enum EmulatePlatform {
     /// Feishu (Lark): endpoint discovery, the protobuf long connection, tenant tokens, IM messages, CardKit
     /// streaming cards. Point an SDK's domain at http://HOST:PORT; the page is at http://HOST:PORT/_emulator.
     Feishu(FeishuEmulatorArgs),
+    /// WeCom intelligent robot: the long connection (the SDK's wsUrl is ws://HOST:PORT) and the encrypted
+    /// URL callback. The page is at http://HOST:PORT/_emulator.
+    Wecom(crate::emulate_wecom::WeComEmulatorArgs),
 }
 
 /// Settings of `hearth emulate dingtalk`; defaults are the platform's documented behaviour

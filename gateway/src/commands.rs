@@ -172,7 +172,7 @@ pub fn emulate_feishu(args: FeishuEmulatorArgs) -> anyhow::Result<ExitCode> {
 
 /// Run an emulator on HOST:PORT in a fresh runtime: `serve` starts it, prints its base URL as the one line on
 /// stdout (for scripts that start it on port 0) and serves until SIGINT/SIGTERM.
-fn emulate<F, Fut>(host: &str, port: u16, serve: F) -> anyhow::Result<ExitCode>
+pub(crate) fn emulate<F, Fut>(host: &str, port: u16, serve: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce(std::net::SocketAddr) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,

@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod emulate_wecom;
 mod model_tools;
 mod pull;
 
@@ -59,6 +60,9 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Emulate(cli::EmulateArgs {
             platform: cli::EmulatePlatform::Feishu(args),
         }) => commands::emulate_feishu(args),
+        cli::Command::Emulate(cli::EmulateArgs {
+            platform: cli::EmulatePlatform::Wecom(args),
+        }) => emulate_wecom::emulate(args),
         cli::Command::Config(_) => unreachable!("handled before the configuration is loaded"),
     }
 }

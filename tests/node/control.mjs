@@ -11,7 +11,7 @@ export function emulator(base, { patienceMs = 30_000, onState = () => {} } = {})
       headers: { "content-type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
-    assert.ok(response.ok, `${path}: HTTP ${response.status}`);
+    assert.ok(response.ok, `${path}: HTTP ${response.status} ${await response.clone().text()}`);
     return response.json();
   }
 

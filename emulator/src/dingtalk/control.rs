@@ -480,10 +480,9 @@ pub(crate) async fn conversation(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<ConversationView>, EmulatorError> {
-    shared
-        .read(|world| world.conversation_view(&id))
-        .map(Json)
-        .ok_or(EmulatorError::NotFound(format!("conversation {id}")))
+    crate::control::found(shared.read(|world| world.conversation_view(&id)), || {
+        format!("conversation {id}")
+    })
 }
 
 /// `GET /_emulator/api/cards/{outTrackId}`.
@@ -491,10 +490,7 @@ pub(crate) async fn card(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<Card>, EmulatorError> {
-    shared
-        .read(|world| world.card(&id).cloned())
-        .map(Json)
-        .ok_or(EmulatorError::NotFound(format!("card {id}")))
+    crate::control::found(shared.read(|world| world.card(&id).cloned()), || format!("card {id}"))
 }
 
 /// `POST /_emulator/api/messages`.

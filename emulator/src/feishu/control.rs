@@ -453,10 +453,7 @@ pub(crate) async fn chat(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<ChatView>, EmulatorError> {
-    shared
-        .read(|world| world.chat_view(&id))
-        .map(Json)
-        .ok_or(EmulatorError::NotFound(format!("chat {id}")))
+    crate::control::found(shared.read(|world| world.chat_view(&id)), || format!("chat {id}"))
 }
 
 /// `GET /_emulator/api/cards/{card_id}`.
@@ -464,10 +461,7 @@ pub(crate) async fn card(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<Card>, EmulatorError> {
-    shared
-        .read(|world| world.card(&id).cloned())
-        .map(Json)
-        .ok_or(EmulatorError::NotFound(format!("card {id}")))
+    crate::control::found(shared.read(|world| world.card(&id).cloned()), || format!("card {id}"))
 }
 
 /// `POST /_emulator/api/messages`.

@@ -89,7 +89,7 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/_emulator", get(control::page))
         .route("/_emulator/page.js", get(crate::control::script))
-        .route("/_emulator/page.css", get(crate::control::stylesheet))
+        .route("/_emulator/page.css", get(crate::control::style))
         .route("/_emulator/api/state", get(control::state))
         .route("/_emulator/api/chats/{id}", get(control::chat))
         .route("/_emulator/api/cards/{id}", get(control::card))
@@ -158,11 +158,7 @@ impl FeishuEmulator {
         timeout: Duration,
         check: impl FnMut(&World) -> Option<T>,
     ) -> Result<T, EmulatorError> {
-        self.shared
-            .state
-            .wait_for(timeout, check)
-            .await
-            .ok_or(EmulatorError::Timeout(timeout))
+        self.shared.state.wait_or_timeout(timeout, check).await
     }
 
     /// Stop serving and wait for the server to finish.

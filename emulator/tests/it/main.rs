@@ -1,10 +1,11 @@
 //! The emulators over real sockets: HTTP with reqwest, WebSockets with tokio-tungstenite, exactly as a
-//! client of the real platform talks to it. The DingTalk tests are at the top level (`cards`, `stream`),
-//! Feishu's in `feishu/`.
+//! client of the real platform talks to it. The DingTalk tests and helpers are at the top level (`cards`,
+//! `stream`), Feishu's in `feishu/`, WeCom's in `wecom/`.
 
 mod cards;
 mod feishu;
 mod stream;
+mod wecom;
 
 use std::time::Duration;
 
