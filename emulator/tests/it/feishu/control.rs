@@ -25,7 +25,7 @@ async fn the_control_api_posts_messages_injects_faults_and_feeds_changes() {
     assert!(script.text().await.unwrap().contains("async function follow(render)"));
     let css = reqwest::get(format!("{base}/_emulator/page.css")).await.unwrap();
     assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
-    assert!(css.text().await.unwrap().contains("section.thread"));
+    assert!(css.text().await.unwrap().contains(".msgs"));
 
     let state: Value = reqwest::get(format!("{base}/_emulator/api/state"))
         .await
