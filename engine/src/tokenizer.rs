@@ -220,6 +220,11 @@ impl Tokenizer {
         }
     }
 
+    /// The control tokens' texts and what keeps them out of message text.
+    pub(crate) fn control(&self) -> &crate::chat_prompt::ControlTokens {
+        &self.control
+    }
+
     /// Whether `id` is a control token, which `decode(.., skip_special_tokens = true)` drops.
     pub(crate) fn is_special(&self, id: u32) -> bool {
         self.special_ids.contains(&id)

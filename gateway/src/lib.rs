@@ -22,6 +22,8 @@
 //! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
 //! - [`sessions`], [`skills`], [`audit`]: what IM connectors share: conversation history in SQLite,
 //!   answers without the model, and the audit log with its export.
+//! - `fuzzing` (hidden): what the fuzz targets in `fuzz/` run on arbitrary bytes (Stream frames, the card
+//!   splitter), and the tests that replay their committed inputs.
 //!
 //! The binary (`src/main.rs` with its `cli` and `commands` modules) parses arguments, loads the engine and
 //! runs `serve`, `generate` or `chat`.
@@ -40,6 +42,8 @@ pub mod console;
 pub mod dingtalk;
 pub mod doctor;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod model_path;
 pub mod openai;

@@ -21,7 +21,7 @@ pub mod api;
 pub mod config;
 pub mod message;
 mod reply;
-mod split;
+pub(crate) mod split;
 pub mod store;
 mod stream;
 pub mod wire;
