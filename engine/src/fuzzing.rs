@@ -77,6 +77,10 @@ pub fn chat(tokenizers: &[&Tokenizer], data: &[u8]) {
         let rendered = tokenizer
             .apply_chat_template(&messages, add_generation_prompt)
             .expect("the template rendered this chat in encode_chat");
+        // A control character the vocabulary has no byte token for is left out (see `Tokenizer::encode`).
+        let unencodable =
+            |c: char| c.is_control() && tokenizer.encode(&c.to_string(), false).is_ok_and(|ids| ids.is_empty());
+        let rendered: String = rendered.chars().filter(|&c| !unencodable(c)).collect();
         assert_eq!(decoded, rendered, "the prompt ids do not spell the rendered prompt");
     }
 }
@@ -127,6 +131,16 @@ mod tests {
     #[test]
     fn gguf_corpus_replays() {
         replay("gguf", model_file);
+        // The seeds are complete models (fuzz/make_gguf_seeds.py), so the fuzzer starts from files that
+        // pass every check and mutates its way into each one.
+        for seed in ["llama-f32", "qwen2-f32", "llama-q8_0"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/corpus/gguf")
+                .join(seed);
+            if let Err(err) = crate::check_model(&path) {
+                panic!("seed {seed} does not load: {err}");
+            }
+        }
     }
 
     #[test]
