@@ -9,7 +9,8 @@
 //! - [`access`]: the `Host` check (DNS rebinding), the console's credential, same-origin JSON for its calls.
 //! - [`connections`]: the accept loop: connection cap, header-read and idle timeouts, TLS handshakes.
 //! - [`tls`]: the listener's certificate and key (rustls), and reading a certificate's validity.
-//! - [`admin`]: the admin API (bearer token): list models, switch the active one.
+//! - [`admin`]: the admin API (bearer token): list models, switch the active one, reload skills, read the
+//!   admin audit log ([`admin_log`]: who changed what, in SQLite).
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
 //! - [`routing`]: the loaded models, which one takes a request (fallback on a slow queue), switching.
 //! - [`console`]: the web console at `/` (chat, IM preview, status, admin), its assets embedded.
@@ -34,6 +35,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod admin_log;
 pub mod audit;
 pub mod completions;
 pub mod config;

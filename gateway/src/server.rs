@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::access::{self, Access, Credentials, Scope, ScopedKey};
+use crate::admin_log::AdminLog;
 use crate::config::{Secret, ServerSection};
 use crate::connections::{self, ConnectionLimits};
 use crate::console::{self, ConsoleState, ImLink};
@@ -118,6 +119,10 @@ pub struct AppState {
     pub tls: Option<Tls>,
     /// The prompt-size bound and the tokenizer pool.
     pub prompts: Arc<PromptLimits>,
+    /// Where admin actions that change state are recorded (see [`crate::admin_log`]); `None` until
+    /// [`AppState::with_admin_log`] sets it (`hearth serve` does whenever the admin API is on), and such
+    /// actions are refused without it.
+    pub admin_log: Option<AdminLog>,
 }
 
 /// What bounds the work done on a prompt before the engine admits it.
@@ -185,6 +190,15 @@ impl AppState {
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
             }),
+            admin_log: None,
+        }
+    }
+
+    /// This state with admin actions recorded in `log`.
+    pub fn with_admin_log(self, log: AdminLog) -> Self {
+        Self {
+            admin_log: Some(log),
+            ..self
         }
     }
 
@@ -213,6 +227,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/models", get(admin::list_models))
         .route("/admin/models/active", post(admin::switch_model))
         .route("/admin/skills/reload", post(admin::reload_skills))
+        .route("/admin/audit", get(admin::audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_token));
     Router::new()
         .merge(v1)
