@@ -32,8 +32,9 @@ fi
 echo "== architecture check: the gateway's import graph has no cycle (file by file)"
 python3 scripts/import-graph.py gateway/src
 
-echo "== formatting: cargo fmt --check (rustfmt.toml)"
+echo "== formatting: cargo fmt --check (rustfmt.toml), the workspace and the fuzz targets"
 cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 
 echo "== lints: cargo clippy -D warnings (the allows are in Cargo.toml's [workspace.lints], each with its reason)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -60,6 +61,9 @@ fi
 echo "== cargo test"
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 1
+
+echo "== fuzzing: every committed input replayed, then each fuzz target for a while (scripts/fuzz.sh)"
+scripts/fuzz.sh --seconds "${HEARTH_CI_FUZZ_SECONDS:-20}"
 
 echo "== the official OpenAI Python client against hearth serve"
 tests/python/run.sh

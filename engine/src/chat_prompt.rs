@@ -116,6 +116,21 @@ impl ControlTokens {
         Ok(ids)
     }
 
+    /// `text` with every control-token text in it replaced by U+FFFD, repeated while replacing forms new
+    /// ones (what a message says without any forged turn; the fuzz target compares the control tokens of
+    /// the two); `None` if some still remain after a few rounds.
+    pub(crate) fn strip(&self, text: &str) -> Option<String> {
+        let mut text = text.to_owned();
+        let replacement = vec!["\u{FFFD}"; self.tokens.len()];
+        for _ in 0..8 {
+            if !self.automaton.is_match(&text) {
+                return Some(text);
+            }
+            text = self.automaton.replace_all(&text, &replacement);
+        }
+        (!self.automaton.is_match(&text)).then_some(text)
+    }
+
     /// Append the ids of `piece` (no template control token in it), with sentinels turned back into the
     /// texts they hid and encoded as text.
     fn encode_text(&self, inner: &tokenizers::Tokenizer, piece: &str, ids: &mut Vec<u32>) -> Result<(), EngineError> {

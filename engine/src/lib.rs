@@ -12,6 +12,8 @@ mod chat_prompt;
 mod detokenizer;
 mod device;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod inspect;
 mod kv_cache;

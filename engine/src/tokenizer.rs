@@ -134,6 +134,10 @@ impl Tokenizer {
     /// by default true for SentencePiece and false for GPT-2 BPE vocabularies), and EOS last when
     /// `tokenizer.ggml.add_eos_token` is true. Text rendered from a chat template already contains its BOS, so
     /// encode it with `add_special_tokens = false`.
+    ///
+    /// A character the vocabulary has no token for, not even a byte token, is left out, as the HuggingFace
+    /// tokenizer does (llama.cpp throws): SmolLM2's vocabulary lacks the control bytes 0x04, 0x06, 0x13, 0x14,
+    /// 0x16 and 0x1D (found by the `chat` fuzz target; `fuzz/regressions/chat`).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError> {
         let encoding = self
             .inner
@@ -236,6 +240,11 @@ impl Tokenizer {
                 "the model has no chat template (no `tokenizer.chat_template` in its GGUF file)".to_string(),
             )),
         }
+    }
+
+    /// The control tokens' texts and what keeps them out of message text.
+    pub(crate) fn control(&self) -> &crate::chat_prompt::ControlTokens {
+        &self.control
     }
 
     /// Whether `id` is a control token, which `decode(.., skip_special_tokens = true)` drops.

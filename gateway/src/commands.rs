@@ -103,7 +103,10 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             None => None,
         };
         let platforms = connector.iter().map(DingTalkConnector::link).collect();
-        let state = AppState::with_shared_router(router.clone(), &gateway_config).with_platforms(platforms);
+        let mut state = AppState::with_shared_router(router.clone(), &gateway_config).with_platforms(platforms);
+        if state.credentials.guards(gateway::access::Scope::Admin) {
+            state = state.with_admin_log(open_admin_log(&config.data.dir)?);
+        }
         let addr = listener.local_addr().context("cannot read the listening address")?;
         if gateway_config.server.admin_token.is_none()
             && gateway_config.server.api_keys.is_empty()
@@ -138,6 +141,18 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             .context("the HTTP server failed")
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The admin audit log in the data directory (created if missing): with the admin API on, admin actions that
+/// change state are refused without it, so failing to open it stops `serve` here, naming the file.
+fn open_admin_log(dir: &std::path::Path) -> anyhow::Result<gateway::admin_log::AdminLog> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {} ([data] dir)", dir.display()))?;
+    let path = dir.join(gateway::admin_log::DATABASE_FILE);
+    let log = gateway::admin_log::AdminLog::open(&path)
+        .context("the admin API is on (server.admin_token, or a key with the admin scope), and records every change")?;
+    tracing::info!(path = %path.display(), "admin actions are recorded in the admin audit log");
+    Ok(log)
 }
 
 /// `hearth emulate dingtalk`: a local DingTalk until SIGINT/SIGTERM.

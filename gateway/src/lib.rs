@@ -9,7 +9,8 @@
 //! - [`access`]: the `Host` check (DNS rebinding), the console's credential, same-origin JSON for its calls.
 //! - [`connections`]: the accept loop: connection cap, header-read and idle timeouts, TLS handshakes.
 //! - [`tls`]: the listener's certificate and key (rustls), and reading a certificate's validity.
-//! - [`admin`]: the admin API (bearer token): list models, switch the active one.
+//! - [`admin`]: the admin API (bearer token): list models, switch the active one, reload skills, read the
+//!   admin audit log ([`admin_log`]: who changed what, in SQLite).
 //! - [`completions`]: the chat and legacy completion handlers, streaming (SSE) and not.
 //! - [`generation`]: the one generation path (prompt bounds, tokenizing on the blocking pool, submit,
 //!   collect) the completion handlers and the IM answers share.
@@ -29,6 +30,8 @@
 //! - [`db`], [`sessions`], [`skills`], [`audit`], [`platform`]: what the IM core keeps and uses: the one
 //!   SQLite file, conversation history, answers without the model, the audit log with its export, and each
 //!   connector's health.
+//! - `fuzzing` (hidden): what the fuzz targets in `fuzz/` run on arbitrary bytes (Stream frames, the card
+//!   splitter), and the tests that replay their committed inputs.
 //!
 //! The binary (`src/main.rs` with its `cli` and `commands` modules) parses arguments, loads the engine and
 //! runs `serve`, `generate` or `chat`.
@@ -40,6 +43,7 @@
 pub mod access;
 pub mod access_rules;
 pub mod admin;
+pub mod admin_log;
 pub mod audit;
 pub mod completions;
 pub mod config;
@@ -49,6 +53,8 @@ pub mod db;
 pub mod dingtalk;
 pub mod doctor;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generation;
 pub mod guards;
 pub mod im;

@@ -52,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/models", get(admin::list_models))
         .route("/admin/models/active", post(admin::switch_model))
         .route("/admin/skills/reload", post(admin::reload_skills))
+        .route("/admin/audit", get(admin::audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_token));
     Router::new()
         .merge(v1)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use engine::EngineHandle;
 
 use crate::access::{Access, Credentials, ScopedKey};
+use crate::admin_log::AdminLog;
 use crate::config::ServerSection;
 use crate::connections::ConnectionLimits;
 use crate::generation::PromptLimits;
@@ -87,6 +88,10 @@ pub struct AppState {
     pub tls: Option<Tls>,
     /// The prompt-size bound and the tokenizer pool.
     pub prompts: Arc<PromptLimits>,
+    /// Where admin actions that change state are recorded (see [`crate::admin_log`]); `None` until
+    /// [`AppState::with_admin_log`] sets it (`hearth serve` does whenever the admin API is on), and such
+    /// actions are refused without it.
+    pub admin_log: Option<AdminLog>,
 }
 
 impl AppState {
@@ -127,6 +132,15 @@ impl AppState {
             connections: config.connection_limits(),
             tls: config.tls.clone(),
             prompts: Arc::new(PromptLimits::new(server.max_prompt_bytes, server.default_max_tokens)),
+            admin_log: None,
+        }
+    }
+
+    /// This state with admin actions recorded in `log`.
+    pub fn with_admin_log(self, log: AdminLog) -> Self {
+        Self {
+            admin_log: Some(log),
+            ..self
         }
     }
 

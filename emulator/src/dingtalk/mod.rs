@@ -23,6 +23,8 @@
 
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 mod openapi;
 mod stream;
 pub mod wire;

@@ -283,12 +283,12 @@ pub async fn legacy_token(State(shared): State<Arc<Shared>>, Query(query): Query
 }
 
 /// One parsed space of an `openSpaceId` (`dtv1.card//IM_GROUP.cid…;IM_ROBOT.user`).
-struct Space {
+pub(super) struct Space {
     kind: String,
     id: String,
 }
 
-fn parse_spaces(open_space_id: &str) -> Result<Vec<Space>, PlatformError> {
+pub(super) fn parse_spaces(open_space_id: &str) -> Result<Vec<Space>, PlatformError> {
     let rest = open_space_id
         .strip_prefix("dtv1.card//")
         .ok_or_else(|| PlatformError::bad("param.openSpaceIdInvalid", "openSpaceId is invalid"))?;
@@ -677,7 +677,7 @@ pub async fn streaming(
 }
 
 /// Check a robot send's `robotCode`, `msgKey` and `msgParam`; returns the parsed `msgParam`.
-fn check_robot_send(
+pub(super) fn check_robot_send(
     config: &super::EmulatorConfig,
     robot_code: &Option<String>,
     msg_key: &Option<String>,

@@ -199,7 +199,12 @@ async fn status_shows_im_health_and_masked_audit_and_the_admin_reloads_skills() 
         },
         ..GatewayConfig::default()
     };
-    let app = gateway::app(AppState::new(shared_engine(), &config).with_platforms(vec![connector.link()]));
+    let admin_log = || gateway::admin_log::AdminLog::open(&dir.path().join("hearth.sqlite3")).unwrap();
+    let app = gateway::app(
+        AppState::new(shared_engine(), &config)
+            .with_platforms(vec![connector.link()])
+            .with_admin_log(admin_log()),
+    );
 
     // A skill answers; the audit record keeps the question masked.
     dingtalk
@@ -288,7 +293,7 @@ async fn status_shows_im_health_and_masked_audit_and_the_admin_reloads_skills() 
     );
 
     // Without a connector there is nothing to reload.
-    let bare = gateway::app(AppState::new(shared_engine(), &config));
+    let bare = gateway::app(AppState::new(shared_engine(), &config).with_admin_log(admin_log()));
     let (status, body) = reload_skills(&bare, Some(ADMIN_TOKEN)).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

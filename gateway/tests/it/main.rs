@@ -4,6 +4,7 @@
 //! run a real server on `127.0.0.1:0`. The engine is loaded once per binary (see `support`), except where a
 //! test needs its own limits or stops its engine.
 
+mod admin_audit;
 mod chat;
 mod completions;
 mod console;

@@ -118,7 +118,9 @@ async fn switching_under_load_loses_no_request() {
         },
         ..GatewayConfig::default()
     };
-    let app = gateway::app(AppState::with_router(router, &config));
+    let audit = tempfile::tempdir().unwrap();
+    let log = gateway::admin_log::AdminLog::open(&audit.path().join("hearth.sqlite3")).unwrap();
+    let app = gateway::app(AppState::with_router(router, &config).with_admin_log(log));
 
     let (status, _) = switch_to(&app, "b", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the admin API needs its token");
