@@ -3,8 +3,8 @@
 //!
 //! - `tool_choice: "none"` renders no tools (the conversation's earlier calls and results stay), so the
 //!   model answers in words; `"auto"` (the default with tools) offers them; `"required"` offers them and
-//!   opens the assistant's turn with `<tool_call>`, and a named function opens it with that function's
-//!   name, so the model can only call (that one).
+//!   opens the assistant's turn with `<tool_call>` and the start of a name, and a named function opens it
+//!   with that function's name, so the model can only call (that one).
 //! - Calls are read back in the Hermes format of the model's template ([`engine::tool_calls`]); a block
 //!   that is not a valid call of an offered tool stays in the content, as text, and is logged: it is never
 //!   passed on as a call.
@@ -72,7 +72,8 @@ impl ValidTools {
     /// that forces a call ("" otherwise).
     pub fn prefill(&self) -> String {
         match &self.choice {
-            ToolChoice::Required => format!("{}\n", engine::tool_calls::OPEN),
+            // The call and the start of its name: a model may otherwise close an empty block at once.
+            ToolChoice::Required => format!("{}\n{{\"name\": \"", engine::tool_calls::OPEN),
             ToolChoice::Function(name) => {
                 format!(
                     "{}\n{{\"name\": {}, \"arguments\": ",
@@ -446,6 +447,15 @@ mod tests {
     #[test]
     fn forced_choices_prefill_the_call_and_read_it_back() {
         let tools = json!([weather()]);
+        let required = validate(Some(&tools), Some(&json!("required"))).unwrap();
+        assert_eq!(required.prefill(), "<tool_call>\n{\"name\": \"");
+        let mut reader = required.reader();
+        let mut out = reader.push("get_weather\", \"arguments\": {}}\n</tool_call>");
+        out.extend(reader.finish());
+        assert!(
+            matches!(&out[..], [Output::Call { index: 0, call }] if call.name == "get_weather"),
+            "{out:?}"
+        );
         let named = json!({"type": "function", "function": {"name": "get_weather"}});
         let valid = validate(Some(&tools), Some(&named)).unwrap();
         assert_eq!(
