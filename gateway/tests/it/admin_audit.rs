@@ -16,7 +16,7 @@ use gateway::routing::{CatalogEntry, Loaded, ModelRouter};
 use gateway::{AppState, GatewayConfig};
 use serde_json::{json, Value};
 
-use crate::support::{model_path, shared_engine, spawn_server};
+use crate::support::{load_engine, model_path, shared_engine, spawn_server, Limits};
 
 const ADMIN_TOKEN: &str = "audit-admin-token-0123";
 const OPS_KEY: &str = "sk-audit-ops-0123456789";
@@ -71,10 +71,16 @@ async fn admin_actions_are_recorded_with_the_caller_who_made_them() {
         },
         CatalogEntry { name: "b".into(), path },
     ];
+    // Its own engine: switching models stops the active one, which must not be the shared engine.
     let router = ModelRouter::new(
         Arc::new(Loaded {
             name: "a".into(),
-            engine: shared_engine(),
+            engine: load_engine(Limits {
+                max_running: 2,
+                max_waiting: 8,
+                kv_cache_tokens: 1024,
+                context_length: 512,
+            }),
         }),
         None,
         catalog,
