@@ -108,13 +108,13 @@ impl<A: Adapter> Answerer<A> {
             (Route::Normal, Ok(_)) => self.skills.find(&question),
             _ => None,
         };
-        let refusal = match (&decision, &matched) {
-            (Err(refusal), _) => Some(refusal.clone()),
-            (Ok(role), Some(matched)) => self.access.may_use_skill(*role, matched.skill.name()).err(),
-            (Ok(role), None) if route == Route::Normal => {
-                self.access.may_use_model(*role, &self.models.route().name).err()
-            }
-            (Ok(_), None) => None,
+        // The model is routed once: the one the access rules check is the one that answers.
+        let model = (route == Route::Normal && matched.is_none()).then(|| self.models.route());
+        let refusal = match (&decision, &matched, &model) {
+            (Err(refusal), _, _) => Some(refusal.clone()),
+            (Ok(role), Some(matched), _) => self.access.may_use_skill(*role, matched.skill.name()).err(),
+            (Ok(role), None, Some(model)) => self.access.may_use_model(*role, &model.name).err(),
+            (Ok(_), None, None) => None,
         };
         let delivered = if let Some(refusal) = refusal {
             tracing::info!(sender = %envelope.sender, %refusal, "refused by the access rules");
@@ -155,7 +155,7 @@ impl<A: Adapter> Answerer<A> {
             record.answer = text.clone();
             deliverer.deliver_fixed(&job, &text).await
         } else {
-            let model = self.models.route();
+            let model = model.unwrap_or_else(|| self.models.route());
             record.handler = Handler::Model(model.name.to_string());
             let history = self.sessions.history(&session).await.unwrap_or_else(|err| {
                 tracing::warn!(cause = %err, "cannot read the session; answering without history");
