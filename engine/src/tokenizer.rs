@@ -135,9 +135,10 @@ impl Tokenizer {
     /// `tokenizer.ggml.add_eos_token` is true. Text rendered from a chat template already contains its BOS, so
     /// encode it with `add_special_tokens = false`.
     ///
-    /// A character the vocabulary has no token for, not even a byte token, is left out, as the HuggingFace
-    /// tokenizer does (llama.cpp throws): SmolLM2's vocabulary lacks the control bytes 0x04, 0x06, 0x13, 0x14,
-    /// 0x16 and 0x1D (found by the `chat` fuzz target; `fuzz/regressions/chat`).
+    /// A character the vocabulary has no token for, not even a byte token for each of its UTF-8 bytes, is
+    /// left out whole, as the HuggingFace tokenizer does (llama.cpp throws): SmolLM2's vocabulary lacks the
+    /// control bytes 0x04, 0x06, 0x13, 0x14, 0x16 and 0x1D and the lead bytes 0xF1 and 0xF2 (U+40000 to
+    /// U+BFFFF), found by the `chat` fuzz target (`fuzz/regressions/chat`).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError> {
         let encoding = self
             .inner
@@ -664,8 +665,10 @@ fn byte_level_bpe(md: &Metadata, vocab: &Vocab, pre: PreTokenizerKind) -> Result
             }
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let text_to_id = vocab.text_to_id()?;
+    let unspellable = unspellable_characters(&text_to_id);
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab.text_to_id()?, merges)
+        .vocab_and_merges(text_to_id, merges)
         .ignore_merges(pre.ignore_merges())
         .build()
         .map_err(|err| format!("cannot build the BPE model from `tokenizer.ggml.merges`: {err}"))?;
@@ -684,9 +687,76 @@ fn byte_level_bpe(md: &Metadata, vocab: &Vocab, pre: PreTokenizerKind) -> Result
     steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
 
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    if let Some(pattern) = unspellable {
+        // Runs after the added tokens are split off (they are all `normalized(false)`), so leaving a
+        // character out never joins its neighbours into a control token's text.
+        let drop = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(pattern), "")
+            .map_err(|err| format!("cannot compile the filter of characters the vocabulary cannot spell: {err}"))?;
+        tokenizer.with_normalizer(Some(drop));
+    }
     tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(steps)));
     tokenizer.with_decoder(Some(ByteLevel::new(false, false, false)));
     Ok(tokenizer)
+}
+
+/// The character GPT-2's byte-level alphabet writes byte `b` as: printable Latin-1 bytes stand for
+/// themselves, the others for U+0100 onwards in byte order.
+fn byte_level_char(b: u8) -> char {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    if printable(b) {
+        return char::from(b);
+    }
+    let rank = (0..b).filter(|&earlier| !printable(earlier)).count() as u32;
+    char::from_u32(0x100 + rank).expect("U+0100..U+0143 are characters")
+}
+
+/// Most character ranges [`unspellable_characters`] spells out; a vocabulary missing more is left to the BPE
+/// model, which drops the bytes it has no token for one by one.
+const MAX_UNSPELLABLE_RANGES: usize = 4096;
+
+/// A regular expression matching every character a byte-level vocabulary cannot spell, `None` if it can
+/// spell them all. A character is unspellable when one of its UTF-8 bytes has no token: the BPE model would
+/// drop that byte and keep the others, so a four-byte character of U+40000..U+BFFFF in SmolLM2 (no tokens
+/// for the lead bytes 0xF1 and 0xF2) came out as stray continuation bytes that decode to U+FFFD (found by
+/// the `chat` fuzz target; `fuzz/regressions/chat/lead-byte-f2`). Such characters are left out whole, as the
+/// HuggingFace tokenizer leaves out a character without a token.
+fn unspellable_characters(text_to_id: &BpeVocab) -> Option<String> {
+    let mut missing = [false; 256];
+    for b in 0..=255u8 {
+        missing[b as usize] = !text_to_id.contains_key(byte_level_char(b).encode_utf8(&mut [0; 4]) as &str);
+    }
+    // Bytes no UTF-8 text contains do not matter.
+    let matters = |b: usize| !matches!(b, 0xC0 | 0xC1 | 0xF5..=0xFF);
+    if !(0..256).any(|b| missing[b] && matters(b)) {
+        return None;
+    }
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    let mut buf = [0u8; 4];
+    for c in (0..=char::MAX as u32).filter_map(char::from_u32) {
+        if !c.encode_utf8(&mut buf).bytes().any(|b| missing[b as usize]) {
+            continue;
+        }
+        let c = c as u32;
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == c => *end = c,
+            _ => ranges.push((c, c)),
+        }
+    }
+    if ranges.len() > MAX_UNSPELLABLE_RANGES {
+        tracing::warn!(
+            ranges = ranges.len(),
+            "the byte-level vocabulary lacks many byte tokens; characters it cannot spell lose those bytes only"
+        );
+        return None;
+    }
+    let class: String = ranges
+        .iter()
+        .map(|&(start, end)| match start == end {
+            true => format!("\\x{{{start:x}}}"),
+            false => format!("\\x{{{start:x}}}-\\x{{{end:x}}}"),
+        })
+        .collect();
+    Some(format!("[{class}]"))
 }
 
 /// SentencePiece BPE (`tokenizer.ggml.model == "llama"`), as HF converts a Llama `tokenizer.model`.
@@ -1102,5 +1172,47 @@ pub(crate) mod tests {
                 .unwrap(),
             text
         );
+    }
+
+    #[test]
+    fn characters_without_a_token_for_each_byte_are_left_out_whole() {
+        let smol = smollm2();
+        // U+50000 needs lead byte 0xF2, U+40000 needs 0xF1: SmolLM2 has neither as a byte token.
+        let ids = smol.encode("a\u{50000}b\u{40000}c", false).unwrap();
+        assert_eq!(smol.decode(&ids, false).unwrap(), "abc");
+        // Leaving a character out never joins its neighbours into a control token.
+        for gap in ['\u{4}', '\u{50000}'] {
+            let ids = smol.encode(&format!("<|im_{gap}start|>"), false).unwrap();
+            assert!(ids.iter().all(|&id| !smol.is_special(id)), "{gap:?}: {ids:?}");
+            assert_eq!(smol.decode(&ids, false).unwrap(), "<|im_start|>");
+        }
+        // The chat path too: the gap stays text.
+        let ids = smol
+            .encode_chat(
+                &[ChatMessage {
+                    role: "user".into(),
+                    content: "x<|im_\u{50000}end|>y".into(),
+                }],
+                true,
+            )
+            .unwrap();
+        let plain = smol
+            .encode_chat(
+                &[ChatMessage {
+                    role: "user".into(),
+                    content: "xy".into(),
+                }],
+                true,
+            )
+            .unwrap();
+        let specials = |ids: &[u32]| ids.iter().filter(|&&id| smol.is_special(id)).count();
+        assert_eq!(specials(&ids), specials(&plain));
+        // Qwen's vocabulary has every byte: nothing is left out.
+        let qwen = qwen_05b();
+        let text = "a\u{50000}b";
+        assert_eq!(qwen.decode(&qwen.encode(text, false).unwrap(), false).unwrap(), text);
+        assert_eq!(byte_level_char(b'!'), '!');
+        assert_eq!(byte_level_char(0), '\u{100}');
+        assert_eq!(byte_level_char(b' '), '\u{120}');
     }
 }
