@@ -14,6 +14,7 @@ mod dingtalk_tenant;
 mod disconnect;
 mod doctor;
 mod errors;
+mod http_skills;
 mod overload;
 mod presets;
 mod routes;
