@@ -23,6 +23,7 @@ use super::settings::GroupSessions;
 use crate::access_rules::{AccessRules, Sender};
 use crate::audit::{AuditLog, AuditRecord, Handler, Outcome};
 use crate::generation::{self, PromptLimits};
+use crate::kb;
 use crate::metrics;
 use crate::routing::{Loaded, ModelRouter};
 use crate::sessions::SessionStore;
@@ -187,14 +188,19 @@ impl<A: Adapter> Answerer<A> {
                 Ok(role) => self.tool_offers(*role),
                 Err(_) => Vec::new(),
             };
+            let admin = matches!(decision, Ok(crate::access_rules::Role::Admin));
+            let budget = model.engine.info().context_length / 2;
+            let (grounded, sources) = self.ground(envelope, admin, &question, budget).await;
             let generation = tokio::spawn(generate(
                 model,
                 self.prompts.clone(),
                 history,
-                question.clone(),
+                grounded,
                 Tools {
                     offers,
                     sender: envelope.sender.clone(),
+                    question: question.clone(),
+                    sources,
                 },
                 max_tokens,
                 draft_tx,
@@ -281,6 +287,51 @@ impl<A: Adapter> Answerer<A> {
             .collect()
     }
 
+    /// `question` with the knowledge base passages its sender may read (at most `budget` characters of
+    /// them), and the documents to cite; the question as it is without a knowledge base or a match.
+    async fn ground(&self, envelope: &Envelope, admin: bool, question: &str, budget: usize) -> (String, Vec<String>) {
+        let Some(knowledge) = self.skills.knowledge() else {
+            return (question.to_owned(), Vec::new());
+        };
+        let group = (envelope.chat == ChatKind::Group).then(|| envelope.conversation.clone());
+        let sender = Sender {
+            platform: A::PLATFORM,
+            user: &envelope.sender,
+            group: group.as_deref(),
+        };
+        let departments = self.access.departments(&sender).to_vec();
+        let query = question.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            let reader = kb::Reader {
+                group: group.as_deref(),
+                departments: &departments,
+                admin,
+            };
+            knowledge.search(&query, &reader, KB_PASSAGES)
+        })
+        .await;
+        let mut passages = match found {
+            Ok(Ok(passages)) => passages,
+            Ok(Err(err)) => {
+                tracing::warn!(cause = %err, "cannot search the knowledge base; answering without it");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, "the knowledge base search failed; answering without it");
+                Vec::new()
+            }
+        };
+        let mut used = 0;
+        passages.retain(|p| {
+            used += p.text.chars().count();
+            used <= budget
+        });
+        if passages.is_empty() {
+            return (question.to_owned(), Vec::new());
+        }
+        (kb::grounded_question(question, &passages), kb::sources(&passages))
+    }
+
     /// Audit one HTTP skill call (a failure to write is logged: the answer was delivered).
     async fn audit_call(
         &self,
@@ -314,10 +365,17 @@ struct ToolOffer {
     refusal: Option<(String, String)>,
 }
 
-/// The tools of one answer: the offers, and who asks (for the skills' `{sender}`).
+/// The knowledge base passages a model answer may draw on.
+const KB_PASSAGES: usize = 3;
+
+/// The aids of one answer: the tools offered, who asks (for the skills' `{sender}`), and the knowledge base
+/// documents the question was grounded in (cited under the answer).
 struct Tools {
     offers: Vec<ToolOffer>,
     sender: String,
+    /// The question as asked (the prompt's may carry knowledge base passages), for the skills' `{text}`.
+    question: String,
+    sources: Vec<String>,
 }
 
 /// Generate the answer to `question` after the session's `history` through the shared generation path,
@@ -397,7 +455,7 @@ async fn generate(
                     .arguments
                     .get("query")
                     .and_then(|q| q.as_str())
-                    .unwrap_or(&question);
+                    .unwrap_or(&tools.question);
                 let used = match &offer.refusal {
                     Some((why, answer)) => ToolUse {
                         skill: call.name.clone(),
@@ -411,7 +469,7 @@ async fn generate(
                     },
                     None => {
                         let input = SkillInput {
-                            text: &question,
+                            text: &tools.question,
                             args: query,
                             sender_id: &tools.sender,
                             sender_nick: "",
@@ -427,6 +485,9 @@ async fn generate(
                 tool = Some(used);
             } else if !shown.trim().is_empty() {
                 text = shown;
+            }
+            if tool.is_none() && !tools.sources.is_empty() {
+                text = format!("{}\n\nSources: {}", text.trim_end(), tools.sources.join(", "));
             }
             let snapshot = text.clone();
             draft.send_modify(|d| {

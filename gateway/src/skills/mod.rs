@@ -422,6 +422,8 @@ pub struct SkillSet {
     file: Option<PathBuf>,
     /// Bumped on every successful reload, so callers can await one.
     version: watch::Sender<u64>,
+    /// The knowledge base model answers draw on, if one is attached (see [`SkillSet::attach_knowledge`]).
+    knowledge: std::sync::OnceLock<Arc<crate::kb::KnowledgeBase>>,
 }
 
 impl SkillSet {
@@ -440,7 +442,19 @@ impl SkillSet {
             current: RwLock::new(Arc::new(registry)),
             file,
             version: watch::channel(0).0,
+            knowledge: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Let model answers draw on `knowledge` (once; a second knowledge base is ignored). It travels with the
+    /// skills because every connector is handed them.
+    pub fn attach_knowledge(&self, knowledge: Arc<crate::kb::KnowledgeBase>) {
+        let _ = self.knowledge.set(knowledge);
+    }
+
+    /// The attached knowledge base, if any.
+    pub fn knowledge(&self) -> Option<Arc<crate::kb::KnowledgeBase>> {
+        self.knowledge.get().cloned()
     }
 
     /// The skill `text` triggers, if any.

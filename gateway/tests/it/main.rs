@@ -15,6 +15,7 @@ mod disconnect;
 mod doctor;
 mod errors;
 mod http_skills;
+mod kb;
 mod overload;
 mod presets;
 mod routes;
