@@ -40,7 +40,7 @@ async fn endpoint() -> SocketAddr {
                 ))
             }),
         )
-        .route("/slow", get(|| std::future::pending::<&'static str>()))
+        .route("/slow", get(std::future::pending::<&'static str>))
         .route("/broken", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
         .route("/huge", get(|| async { "x".repeat(10_000) }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
