@@ -331,6 +331,11 @@ impl AccessRules {
         }
     }
 
+    /// The departments the directory lists for `sender`.
+    pub fn departments(&self, sender: &Sender<'_>) -> &[String] {
+        self.directory.departments(sender.platform, sender.user)
+    }
+
     /// Whether `role` may use the skill `name`.
     pub fn may_use_skill(&self, role: Role, name: &str) -> Result<(), Refusal> {
         reserved(role, Reserved::Skill, name, &self.config.admin_skills)

@@ -334,12 +334,21 @@ pub(crate) fn insert(conn: &Connection, record: &AuditRecord) -> Result<(), rusq
 impl AuditLog {
     /// The log in `conn`'s database (table created if missing), masking with `masker`.
     pub fn open(conn: SharedConnection, masker: Masker) -> Result<Self, AuditError> {
-        create(&conn.lock().unwrap_or_else(|p| p.into_inner())).map_err(DbError::from)?;
+        {
+            let locked = conn.lock().unwrap_or_else(|p| p.into_inner());
+            create(&locked).map_err(DbError::from)?;
+            crate::skills::calls::create(&locked).map_err(DbError::from)?;
+        }
         Ok(Self {
             conn,
             masker,
             written: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
+    }
+
+    /// The HTTP skill calls audited in the same database.
+    pub fn calls(&self) -> crate::skills::calls::CallLog {
+        crate::skills::calls::CallLog::new(self.conn.clone())
     }
 
     /// Store `record`, its question and answer masked.

@@ -60,6 +60,9 @@ pub enum Command {
     /// The IM audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The knowledge base IM answers draw on (in the data directory).
+    #[command(subcommand)]
+    Kb(crate::kb_cli::KbCommand),
 }
 
 #[derive(Debug, Subcommand)]

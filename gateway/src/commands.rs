@@ -29,6 +29,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
     let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
     let skills_config = config.skills.clone();
     let access = Arc::new(config.access.rules().context("invalid [access]")?);
+    let kb_path = config.data.dir.join(gateway::kb::DATABASE_FILE);
     let engine_config = args.engine.engine_config(config)?;
     let engine = load_engine(engine_config.clone())?;
     let name = gateway_config
@@ -92,6 +93,11 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
                     None => SkillSet::new(&skills_config),
                 };
                 let skills = Arc::new(skills.context("invalid [skills]")?);
+                // Model answers draw on the knowledge base once `hearth kb add` has made one.
+                if kb_path.is_file() {
+                    let kb = gateway::kb::KnowledgeBase::open(&kb_path).context("cannot open the knowledge base")?;
+                    skills.attach_knowledge(Arc::new(kb));
+                }
                 // Reload [skills] when the config file changes; the task ends with the process.
                 let _watcher = skills.watch(Duration::from_secs(2));
                 let connector = DingTalkConnector::start_with_access(config, router.clone(), skills, access)

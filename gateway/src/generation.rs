@@ -162,9 +162,21 @@ pub async fn fitted_chat_prompt(
     question: String,
     reserve: usize,
 ) -> Result<(Vec<u32>, usize), GenerateError> {
+    fitted_chat_prompt_with_tools(limits, engine, history, question, reserve, engine::ChatTools::default()).await
+}
+
+/// [`fitted_chat_prompt`] with `tools` offered to the model (rendered by the chat template).
+pub async fn fitted_chat_prompt_with_tools(
+    limits: &PromptLimits,
+    engine: EngineHandle,
+    history: Vec<ChatMessage>,
+    question: String,
+    reserve: usize,
+    tools: engine::ChatTools,
+) -> Result<(Vec<u32>, usize), GenerateError> {
     on_blocking_pool(limits, engine, move |engine| {
         let context_length = engine.info().context_length;
-        fit_history(engine.tokenizer(), history, question, context_length, reserve)
+        fit_history(engine.tokenizer(), history, question, &tools, context_length, reserve)
     })
     .await
 }
@@ -175,6 +187,7 @@ fn fit_history(
     tokenizer: &engine::Tokenizer,
     mut history: Vec<ChatMessage>,
     question: String,
+    tools: &engine::ChatTools,
     context_length: usize,
     reserve: usize,
 ) -> Result<(Vec<u32>, usize), EngineError> {
@@ -185,7 +198,11 @@ fn fit_history(
     loop {
         let mut messages = history.clone();
         messages.push(question.clone());
-        let prompt = tokenizer.encode_chat(&messages, true)?;
+        let prompt = if tools.is_empty() {
+            tokenizer.encode_chat(&messages, true)?
+        } else {
+            tokenizer.encode_chat_with_tools(&messages, tools, true)?
+        };
         if prompt.len() + reserve <= context_length || history.is_empty() {
             return Ok((prompt, history.len()));
         }

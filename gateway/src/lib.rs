@@ -58,6 +58,7 @@ pub mod fuzzing;
 pub mod generation;
 pub mod guards;
 pub mod im;
+pub mod kb;
 pub mod metrics;
 pub mod model_path;
 pub mod openai;

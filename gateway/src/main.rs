@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod emulate_wecom;
+mod kb_cli;
 mod model_tools;
 mod pull;
 
@@ -54,6 +55,7 @@ fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Synth(args) => model_tools::synth(args),
         cli::Command::Export(args) => model_tools::export(args),
         cli::Command::Perplexity(args) => model_tools::perplexity(args),
+        cli::Command::Kb(command) => kb_cli::run(command, &config),
         cli::Command::Emulate(cli::EmulateArgs {
             platform: cli::EmulatePlatform::Dingtalk(args),
         }) => commands::emulate_dingtalk(args),

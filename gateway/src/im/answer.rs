@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use engine::tool_calls::{HermesStream, Piece};
 use engine::{ChatMessage, EngineError, GenerateRequest};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -22,10 +23,14 @@ use super::settings::GroupSessions;
 use crate::access_rules::{AccessRules, Sender};
 use crate::audit::{AuditLog, AuditRecord, Handler, Outcome};
 use crate::generation::{self, PromptLimits};
+use crate::kb;
 use crate::metrics;
 use crate::routing::{Loaded, ModelRouter};
 use crate::sessions::SessionStore;
-use crate::skills::{SkillAction, SkillContext, SkillInput, SkillSet};
+use crate::skills::calls::SkillCall;
+use crate::skills::{
+    CallOutcome, CallStatus, HttpSkill, Skill, SkillAction, SkillContext, SkillInput, SkillSet, ToolUse,
+};
 
 /// How a message is to be answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +124,10 @@ impl<A: Adapter> Answerer<A> {
         let delivered = if let Some(refusal) = refusal {
             tracing::info!(sender = %envelope.sender, %refusal, "refused by the access rules");
             metrics::im_refusal(A::PLATFORM);
+            if let Some(http) = matched.as_ref().and_then(|m| m.skill.http()) {
+                self.audit_call(envelope, http.name(), CallStatus::Refused, None, 0)
+                    .await;
+            }
             let text = self.access.answer(&refusal).to_owned();
             record.handler = Handler::Refused(refusal.to_string());
             record.answer = text.clone();
@@ -134,24 +143,36 @@ impl<A: Adapter> Answerer<A> {
                 sender_id: &envelope.sender,
                 sender_nick: &envelope.sender_nick,
             };
-            let reply = matched.skill.answer(&input, &self.skill_context);
-            let mut text = reply.text;
-            for action in reply.actions {
-                match action {
-                    SkillAction::ResetSession => {
-                        if let Err(err) = self.sessions.reset(&session).await {
-                            tracing::warn!(cause = %err, "cannot reset the session");
+            let text = if let Some(http) = matched.skill.http() {
+                let outcome = http.call(&input).await;
+                let latency = outcome.latency.as_millis() as i64;
+                self.audit_call(envelope, http.name(), outcome.status, outcome.http_status, latency)
+                    .await;
+                outcome.text
+            } else {
+                let reply = matched.skill.answer(&input, &self.skill_context);
+                let mut text = reply.text;
+                for action in reply.actions {
+                    match action {
+                        SkillAction::ResetSession => {
+                            if let Err(err) = self.sessions.reset(&session).await {
+                                tracing::warn!(cause = %err, "cannot reset the session");
+                            }
+                        }
+                        SkillAction::Escalate { to, summary } => {
+                            match deliverer.adapter.escalate(&to, &summary).await {
+                                Ok(()) => tracing::info!(to, "conversation escalated to a person"),
+                                Err(err) => {
+                                    tracing::warn!(to, cause = %err, "cannot reach the escalation contact");
+                                    text = "Sorry, I could not reach a colleague just now; please try again later."
+                                        .to_owned();
+                                }
+                            }
                         }
                     }
-                    SkillAction::Escalate { to, summary } => match deliverer.adapter.escalate(&to, &summary).await {
-                        Ok(()) => tracing::info!(to, "conversation escalated to a person"),
-                        Err(err) => {
-                            tracing::warn!(to, cause = %err, "cannot reach the escalation contact");
-                            text = "Sorry, I could not reach a colleague just now; please try again later.".to_owned();
-                        }
-                    },
                 }
-            }
+                text
+            };
             record.answer = text.clone();
             deliverer.deliver_fixed(&job, &text).await
         } else {
@@ -163,17 +184,40 @@ impl<A: Adapter> Answerer<A> {
             });
             let (draft_tx, draft_rx) = watch::channel(Draft::default());
             let max_tokens = deliverer.adapter.settings().max_answer_tokens;
+            let offers = match &decision {
+                Ok(role) => self.tool_offers(*role),
+                Err(_) => Vec::new(),
+            };
+            let admin = matches!(decision, Ok(crate::access_rules::Role::Admin));
+            let budget = model.engine.info().context_length / 2;
+            let (grounded, sources) = self.ground(envelope, admin, &question, budget).await;
             let generation = tokio::spawn(generate(
                 model,
                 self.prompts.clone(),
                 history,
-                question.clone(),
+                grounded,
+                Tools {
+                    offers,
+                    sender: envelope.sender.clone(),
+                    question: question.clone(),
+                    sources,
+                },
                 max_tokens,
                 draft_tx,
             ));
             let (delivered, generated) = deliverer.deliver_generated(&job, draft_rx, generation).await;
             match generated {
                 Some(Ok(generated)) => {
+                    if let Some(tool) = &generated.tool {
+                        record.handler = match &tool.refusal {
+                            Some(why) => Handler::Refused(why.clone()),
+                            None => Handler::Skill(tool.skill.clone()),
+                        };
+                        let outcome = &tool.outcome;
+                        let latency = outcome.latency.as_millis() as i64;
+                        self.audit_call(envelope, &tool.skill, outcome.status, outcome.http_status, latency)
+                            .await;
+                    }
                     record.answer = generated.text.clone();
                     record.prompt_tokens = generated.prompt_tokens as i64;
                     record.completion_tokens = generated.completion_tokens as i64;
@@ -224,6 +268,116 @@ impl<A: Adapter> Answerer<A> {
     }
 }
 
+impl<A: Adapter> Answerer<A> {
+    /// The HTTP skills offered to the model as tools, each with the refusal (audited reason, answer) a
+    /// sender of `role` gets when the model calls it and the access rules reserve it.
+    fn tool_offers(&self, role: crate::access_rules::Role) -> Vec<ToolOffer> {
+        self.skills
+            .registry()
+            .tools()
+            .iter()
+            .map(|skill| ToolOffer {
+                skill: skill.clone(),
+                refusal: self
+                    .access
+                    .may_use_skill(role, skill.name())
+                    .err()
+                    .map(|refusal| (refusal.to_string(), self.access.answer(&refusal).to_owned())),
+            })
+            .collect()
+    }
+
+    /// `question` with the knowledge base passages its sender may read (at most `budget` characters of
+    /// them), and the documents to cite; the question as it is without a knowledge base or a match.
+    async fn ground(&self, envelope: &Envelope, admin: bool, question: &str, budget: usize) -> (String, Vec<String>) {
+        let Some(knowledge) = self.skills.knowledge() else {
+            return (question.to_owned(), Vec::new());
+        };
+        let group = (envelope.chat == ChatKind::Group).then(|| envelope.conversation.clone());
+        let sender = Sender {
+            platform: A::PLATFORM,
+            user: &envelope.sender,
+            group: group.as_deref(),
+        };
+        let departments = self.access.departments(&sender).to_vec();
+        let query = question.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            let reader = kb::Reader {
+                group: group.as_deref(),
+                departments: &departments,
+                admin,
+            };
+            knowledge.search(&query, &reader, KB_PASSAGES)
+        })
+        .await;
+        let mut passages = match found {
+            Ok(Ok(passages)) => passages,
+            Ok(Err(err)) => {
+                tracing::warn!(cause = %err, "cannot search the knowledge base; answering without it");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, "the knowledge base search failed; answering without it");
+                Vec::new()
+            }
+        };
+        let mut used = 0;
+        passages.retain(|p| {
+            used += p.text.chars().count();
+            used <= budget
+        });
+        if passages.is_empty() {
+            return (question.to_owned(), Vec::new());
+        }
+        (kb::grounded_question(question, &passages), kb::sources(&passages))
+    }
+
+    /// Audit one HTTP skill call (a failure to write is logged: the answer was delivered).
+    async fn audit_call(
+        &self,
+        envelope: &Envelope,
+        skill: &str,
+        status: CallStatus,
+        http_status: Option<u16>,
+        latency_ms: i64,
+    ) {
+        let call = SkillCall {
+            at_ms: crate::db::now_ms(),
+            platform: A::PLATFORM.to_owned(),
+            msg_id: envelope.id.clone(),
+            sender_id: envelope.sender.clone(),
+            skill: skill.to_owned(),
+            status,
+            http_status,
+            latency_ms,
+        };
+        tracing::info!(skill, sender = %envelope.sender, %status, ?http_status, latency_ms, "HTTP skill called");
+        if let Err(err) = self.audit.calls().record(call).await {
+            tracing::warn!(cause = %err, "cannot audit the HTTP skill call");
+        }
+    }
+}
+
+/// An HTTP skill offered to the model.
+struct ToolOffer {
+    skill: Arc<HttpSkill>,
+    /// `Some((why, answer))`: the sender may not use it.
+    refusal: Option<(String, String)>,
+}
+
+/// The knowledge base passages a model answer may draw on.
+const KB_PASSAGES: usize = 3;
+
+/// The aids of one answer: the tools offered, who asks (for the skills' `{sender}`), and the knowledge base
+/// documents the question was grounded in (cited under the answer).
+struct Tools {
+    offers: Vec<ToolOffer>,
+    sender: String,
+    /// The question as asked (the prompt's may carry knowledge base passages), for the skills' `{text}`.
+    question: String,
+    sources: Vec<String>,
+}
+
 /// Generate the answer to `question` after the session's `history` through the shared generation path,
 /// publishing the text as it grows. Returns the whole text with its counts, or why it failed; the caller
 /// stores the turn with the message's outcome.
@@ -232,6 +386,7 @@ async fn generate(
     prompts: Arc<PromptLimits>,
     history: Vec<ChatMessage>,
     question: String,
+    tools: Tools,
     max_tokens: usize,
     draft: watch::Sender<Draft>,
 ) -> Result<Generated, Failure> {
@@ -242,11 +397,17 @@ async fn generate(
     let engine = model.engine.clone();
     let context_length = engine.info().context_length;
     let reserve = max_tokens.min(context_length / 2);
-    let (prompt, context_turns) =
-        match generation::fitted_chat_prompt(&prompts, engine, history, question, reserve).await {
-            Ok(built) => built,
-            Err(err) => return fail(&draft, Failure::Failed(Arc::new(err))),
-        };
+    let chat_tools = engine::ChatTools {
+        tools: tools.offers.iter().map(|o| o.skill.tool_definition()).collect(),
+        extras: Vec::new(),
+    };
+    let names: Vec<String> = tools.offers.iter().map(|o| o.skill.name().to_owned()).collect();
+    let built =
+        generation::fitted_chat_prompt_with_tools(&prompts, engine, history, question.clone(), reserve, chat_tools);
+    let (prompt, context_turns) = match built.await {
+        Ok(built) => built,
+        Err(err) => return fail(&draft, Failure::Failed(Arc::new(err))),
+    };
     let room = context_length.saturating_sub(prompt.len()).max(1);
     let mut events = match generation::submit(&model, GenerateRequest::greedy(prompt, max_tokens.min(room))) {
         Ok(events) => events,
@@ -256,19 +417,89 @@ async fn generate(
         }
         Err(err) => return fail(&draft, Failure::Failed(Arc::new(err.into()))),
     };
-    let collected = generation::collect(&mut events, |_, text| {
-        let snapshot = text.to_owned();
+    // With tools, the text shown is the text outside calls (a call is held back until it is whole).
+    let mut reader = (!names.is_empty()).then(|| HermesStream::lenient(names));
+    let mut shown = String::new();
+    let mut calls = Vec::new();
+    let mut take = |pieces: Vec<Piece>, shown: &mut String| {
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) => shown.push_str(&text),
+                Piece::Call(Ok(call)) => calls.push(call),
+                Piece::Call(Err(malformed)) => tracing::info!(%malformed, "the model wrote a malformed tool call"),
+            }
+        }
+    };
+    let collected = generation::collect(&mut events, |chunk, text| {
+        let snapshot = match &mut reader {
+            Some(reader) => {
+                take(reader.push(&chunk.text), &mut shown);
+                shown.clone()
+            }
+            None => text.to_owned(),
+        };
         draft.send_modify(|d| d.text = snapshot);
     })
     .await;
+    if let Some(reader) = reader {
+        take(reader.finish(), &mut shown);
+    }
     match collected {
-        Ok((text, done)) => {
-            draft.send_modify(|d| d.end = Some(Ok(())));
+        Ok((mut text, done)) => {
+            let call = calls
+                .into_iter()
+                .find_map(|call| Some((tools.offers.iter().find(|o| o.skill.name() == call.name)?, call)));
+            let mut tool = None;
+            if let Some((offer, call)) = call {
+                let query = call
+                    .arguments
+                    .get("query")
+                    .and_then(|q| q.as_str())
+                    .unwrap_or(&tools.question);
+                let used = match &offer.refusal {
+                    Some((why, answer)) => ToolUse {
+                        skill: call.name.clone(),
+                        outcome: CallOutcome {
+                            text: answer.clone(),
+                            status: CallStatus::Refused,
+                            http_status: None,
+                            latency: std::time::Duration::ZERO,
+                        },
+                        refusal: Some(why.clone()),
+                    },
+                    None => {
+                        let input = SkillInput {
+                            text: &tools.question,
+                            args: query,
+                            sender_id: &tools.sender,
+                            sender_nick: "",
+                        };
+                        ToolUse {
+                            skill: call.name.clone(),
+                            outcome: offer.skill.call(&input).await,
+                            refusal: None,
+                        }
+                    }
+                };
+                text = used.outcome.text.clone();
+                tool = Some(used);
+            } else if !shown.trim().is_empty() {
+                text = shown;
+            }
+            if tool.is_none() && !tools.sources.is_empty() {
+                text = format!("{}\n\nSources: {}", text.trim_end(), tools.sources.join(", "));
+            }
+            let snapshot = text.clone();
+            draft.send_modify(|d| {
+                d.text = snapshot;
+                d.end = Some(Ok(()));
+            });
             Ok(Generated {
                 text,
                 prompt_tokens: done.usage.prompt_tokens,
                 completion_tokens: done.usage.completion_tokens,
                 context_turns,
+                tool,
             })
         }
         Err(err) => fail(&draft, Failure::Failed(Arc::new(err.into()))),

@@ -34,4 +34,6 @@ pub struct Generated {
     pub completion_tokens: usize,
     /// Earlier session turns that fit the context and were sent.
     pub context_turns: usize,
+    /// The HTTP skill the model called instead of answering, whose answer is `text`.
+    pub tool: Option<crate::skills::ToolUse>,
 }

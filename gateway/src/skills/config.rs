@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::http::HttpSkillConfig;
+
 /// `[skills]`: the built-in skills' settings and the configured ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -20,6 +22,8 @@ pub struct SkillsConfig {
     pub escalate_reply: String,
     /// Skills answering a fixed template (`[[skills.custom]]`).
     pub custom: Vec<CustomSkill>,
+    /// Skills answering by calling an endpoint (`[[skills.http]]`).
+    pub http: Vec<HttpSkillConfig>,
 }
 
 impl Default for SkillsConfig {
@@ -31,6 +35,7 @@ impl Default for SkillsConfig {
             escalate_patterns: vec!["转人工".to_owned(), "(?i)\\b(human|agent|operator)\\b".to_owned()],
             escalate_reply: "I have asked a colleague to take over; they will contact you here soon.".to_owned(),
             custom: Vec::new(),
+            http: Vec::new(),
         }
     }
 }
@@ -60,6 +65,23 @@ impl SkillsConfig {
                     check_regex(&format!("custom[{i}].patterns[{j}] (skill {:?})", skill.name), pattern)?;
                 }
             }
+        }
+        let custom = self.custom.iter().map(|s| s.name.as_str());
+        for (i, skill) in self.http.iter().enumerate() {
+            let key = format!("http[{i}]");
+            if skill.name.trim().is_empty() {
+                return Err(SkillError::Invalid(format!("{key}.name must not be empty")));
+            }
+            if BUILT_IN.contains(&skill.name.as_str())
+                || custom.clone().any(|n| n == skill.name)
+                || self.http[..i].iter().any(|s| s.name == skill.name)
+            {
+                return Err(SkillError::Invalid(format!(
+                    "{key}.name repeats the name {:?}",
+                    skill.name
+                )));
+            }
+            skill.validate(&key)?;
         }
         // Checked whether or not escalation is on, so `hearth config check` catches a bad pattern before an
         // operator turns it on.

@@ -13,7 +13,9 @@
 //! The configuration is the `[skills]` section of the config file; [`SkillSet::watch`] reloads it when the
 //! file changes and [`SkillSet::reload`] does it on demand (for the admin API).
 
+pub mod calls;
 pub mod config;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -25,6 +27,7 @@ use tokio::sync::watch;
 use crate::routing::ModelRouter;
 
 pub use config::{CustomSkill, SkillError, SkillsConfig, TriggerKind};
+pub use http::{CallOutcome, CallStatus, HttpSkill, HttpSkillConfig, ToolUse};
 
 /// What makes a skill answer a message.
 #[derive(Debug, Clone)]
@@ -121,6 +124,10 @@ pub trait Skill: Send + Sync {
     }
     /// Answer `input`. Synchronous and quick: side effects are returned as [`SkillAction`]s.
     fn answer(&self, input: &SkillInput<'_>, context: &SkillContext) -> SkillReply;
+    /// An HTTP skill answers by an awaited call instead of [`answer`](Self::answer).
+    fn http(&self) -> Option<&HttpSkill> {
+        None
+    }
 }
 
 /// A skill chosen for a message.
@@ -134,12 +141,17 @@ pub struct Matched {
 /// The skills of one configuration, in registration order.
 pub struct SkillRegistry {
     skills: Vec<Arc<dyn Skill>>,
+    /// The HTTP skills offered to the model as tools.
+    tools: Vec<Arc<HttpSkill>>,
 }
 
 impl SkillRegistry {
     /// An empty registry (every message goes to the model).
     pub fn empty() -> Self {
-        Self { skills: Vec::new() }
+        Self {
+            skills: Vec::new(),
+            tools: Vec::new(),
+        }
     }
 
     /// Add a skill; earlier ones win full ties.
@@ -156,6 +168,13 @@ impl SkillRegistry {
         }
         for custom in &config.custom {
             registry.register(Arc::new(Templated::new(custom)?));
+        }
+        for http in &config.http {
+            let skill = Arc::new(HttpSkill::new(http)?);
+            if skill.is_tool() {
+                registry.tools.push(skill.clone());
+            }
+            registry.register(skill);
         }
         let help_lines: Vec<String> = registry
             .skills
@@ -214,6 +233,11 @@ impl SkillRegistry {
             skill: skill.clone(),
             args: args.to_owned(),
         })
+    }
+
+    /// The HTTP skills offered to the model as tools, in configuration order.
+    pub fn tools(&self) -> &[Arc<HttpSkill>] {
+        &self.tools
     }
 
     /// The names of the registered skills, in order.
@@ -398,6 +422,8 @@ pub struct SkillSet {
     file: Option<PathBuf>,
     /// Bumped on every successful reload, so callers can await one.
     version: watch::Sender<u64>,
+    /// The knowledge base model answers draw on, if one is attached (see [`SkillSet::attach_knowledge`]).
+    knowledge: std::sync::OnceLock<Arc<crate::kb::KnowledgeBase>>,
 }
 
 impl SkillSet {
@@ -416,7 +442,19 @@ impl SkillSet {
             current: RwLock::new(Arc::new(registry)),
             file,
             version: watch::channel(0).0,
+            knowledge: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Let model answers draw on `knowledge` (once; a second knowledge base is ignored). It travels with the
+    /// skills because every connector is handed them.
+    pub fn attach_knowledge(&self, knowledge: Arc<crate::kb::KnowledgeBase>) {
+        let _ = self.knowledge.set(knowledge);
+    }
+
+    /// The attached knowledge base, if any.
+    pub fn knowledge(&self) -> Option<Arc<crate::kb::KnowledgeBase>> {
+        self.knowledge.get().cloned()
     }
 
     /// The skill `text` triggers, if any.

@@ -14,6 +14,8 @@ mod dingtalk_tenant;
 mod disconnect;
 mod doctor;
 mod errors;
+mod http_skills;
+mod kb;
 mod overload;
 mod presets;
 mod routes;
