@@ -1,5 +1,6 @@
-//! `im-bench`: the DingTalk path end to end, through the emulator (`emulator::dingtalk`) and a real
-//! `hearth serve` child process on loopback.
+//! `im-bench`: an IM platform's path end to end, through its emulator (`emulator::dingtalk`, or with
+//! `--platform feishu` `emulator::feishu`, in `im_bench_feishu.rs`) and a real `hearth serve` child process
+//! on loopback.
 //!
 //! Two figures:
 //! - **message → first visible card token**, p50/p99, with `--conversations` 1:1 conversations talking at
@@ -10,6 +11,8 @@
 //! Latencies come from the emulator's own clock: when the user message was recorded, and when the first
 //! card update with text was accepted. It measures and never asserts; prints a markdown table.
 #![forbid(unsafe_code)]
+
+mod im_bench_feishu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +50,16 @@ struct Args {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// The platform to run through.
+    #[arg(long, value_enum, default_value = "dingtalk")]
+    platform: Platform,
+}
+
+/// The IM platforms `im-bench` drives.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Platform {
+    Dingtalk,
+    Feishu,
 }
 
 fn main() -> Result<()> {
@@ -68,12 +81,16 @@ fn main() -> Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (ttft, echo) = runtime.block_on(async {
+        if args.platform == Platform::Feishu {
+            return im_bench_feishu::run(&args, &hearth, &model).await;
+        }
         let ttft = model_run(&args, &hearth, &model).await?;
         let echo = echo_run(&args, &hearth, &model).await?;
         anyhow::Ok((ttft, echo))
     })?;
     println!("| figure | value |");
     println!("|---|---|");
+    println!("| platform | {:?} |", args.platform);
     println!("| conversations | {} |", args.conversations);
     println!(
         "| message → first visible card token, p50 (model, {} messages) | {:.0} ms |",
@@ -101,12 +118,16 @@ fn write_config(dir: &Path, dingtalk: &DingTalkEmulator, max_answer_tokens: usiz
         dir.join("dingtalk.sqlite3").display()
     );
     if echo {
-        text.push_str("[skills]\n[[skills.custom]]\nname = \"echo\"\ntrigger = \"regex\"\npatterns = [\"(?s).*\"]\nreply = \"{text}\"\n");
+        text.push_str(ECHO_SKILL);
     }
     let path = dir.join("hearth.toml");
     std::fs::write(&path, text)?;
     Ok(path)
 }
+
+/// The `[skills]` section of the echo run: every message answered with itself.
+const ECHO_SKILL: &str =
+    "[skills]\n[[skills.custom]]\nname = \"echo\"\ntrigger = \"regex\"\npatterns = [\"(?s).*\"]\nreply = \"{text}\"\n";
 
 struct Server(Child);
 
@@ -117,18 +138,25 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// `hearth serve` with `config`, logging warnings to stderr.
+    fn spawn(hearth: &Path, model: &Path, config: &Path) -> Result<Self> {
+        let child = Command::new(hearth)
+            .args(["serve", "--port", "0", "--ctx-size", "1024", "--model"])
+            .arg(model)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", hearth.display()))?;
+        Ok(Self(child))
+    }
+}
+
 async fn start(hearth: &Path, model: &Path, config: &Path, dingtalk: &DingTalkEmulator) -> Result<Server> {
-    let child = Command::new(hearth)
-        .args(["serve", "--port", "0", "--ctx-size", "1024", "--model"])
-        .arg(model)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("cannot start {}", hearth.display()))?;
-    let server = Server(child);
+    let server = Server::spawn(hearth, model, config)?;
     dingtalk
         .wait_for(Duration::from_secs(120), |w| {
             (w.stats().live_connections == 1).then_some(())

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use engine::{Device, EngineConfig, SamplingParams};
 use gateway::config::{Config, LogFormat, Secret};
 use gateway::dingtalk::{ConfigError, DingTalkConfig};
+use gateway::feishu::{ConfigError as FeishuConfigError, FeishuConfig};
 use gateway::model_path::{self, ModelPathError};
 use gateway::GatewayConfig;
 
@@ -463,8 +464,9 @@ pub struct ServeArgs {
     /// [default: the config's server.shutdown_timeout_secs, else 30].
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
-    /// A DingTalk emulator (`hearth emulate dingtalk`) at http://HOST:PORT whose conversations and cards
-    /// the web console's IM page shows; the console proxies its control API, so browsers need only hearth.
+    /// A DingTalk or Feishu emulator (`hearth emulate dingtalk|feishu`) at http://HOST:PORT whose
+    /// conversations and cards the web console's IM page shows; the console proxies its control API, so
+    /// browsers need only hearth.
     #[arg(long, value_name = "URL", env = "HEARTH_EMULATOR_URL")]
     pub emulator_url: Option<String>,
     /// Speak HTTPS with this PEM certificate chain (with --tls-key) [default: the config's
@@ -476,6 +478,62 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub dingtalk: DingTalkArgs,
+    #[command(flatten)]
+    pub feishu: FeishuArgs,
+}
+
+/// The Feishu (Lark) connector: on when --feishu-config or --feishu-app-id is given, or the config file has
+/// a `[feishu]` section.
+#[derive(Debug, Args)]
+pub struct FeishuArgs {
+    /// TOML file with the fields of the Feishu config (app_id, app_secret, domain, …); the flags below
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    pub feishu_config: Option<PathBuf>,
+    /// The app's App ID (`cli_…`).
+    #[arg(long, value_name = "ID", env = "HEARTH_FEISHU_APP_ID")]
+    pub feishu_app_id: Option<String>,
+    /// The app's App Secret.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "HEARTH_FEISHU_APP_SECRET",
+        hide_env_values = true
+    )]
+    pub feishu_app_secret: Option<String>,
+    /// `feishu`, `lark`, or a base URL (an emulator's `http://127.0.0.1:PORT`).
+    #[arg(long, value_name = "DOMAIN")]
+    pub feishu_domain: Option<String>,
+    /// The connector's SQLite outbox.
+    #[arg(long, value_name = "FILE")]
+    pub feishu_database: Option<PathBuf>,
+}
+
+impl FeishuArgs {
+    /// The connector's config, or `None` when it is not asked for: `--feishu-config FILE`, else the config
+    /// file's `[feishu]` section, with the flags over either.
+    pub fn feishu_config(&self, file: &Config) -> Result<Option<FeishuConfig>, FeishuConfigError> {
+        let mut config = match (&self.feishu_config, &file.feishu) {
+            (Some(path), _) => FeishuConfig::from_file(path)?,
+            (None, Some(section)) => section.clone(),
+            (None, None) if self.feishu_app_id.is_some() => FeishuConfig::default(),
+            (None, None) => return Ok(None),
+        };
+        if let Some(id) = &self.feishu_app_id {
+            config.app_id = id.clone();
+        }
+        if let Some(secret) = &self.feishu_app_secret {
+            config.app_secret = Secret(secret.clone());
+        }
+        if let Some(domain) = &self.feishu_domain {
+            config.domain = domain.clone();
+        }
+        if let Some(path) = &self.feishu_database {
+            config.database = path.clone();
+        }
+        config.validate()?;
+        Ok(Some(config))
+    }
 }
 
 /// The DingTalk connector: on when --dingtalk-config or --dingtalk-app-key is given.

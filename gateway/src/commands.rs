@@ -13,6 +13,7 @@ use engine::{ChatMessage, Engine, EngineConfig, EngineError, EngineHandle, Event
 use gateway::config::{self, Config};
 use gateway::dingtalk::DingTalkConnector;
 use gateway::doctor;
+use gateway::feishu::FeishuConnector;
 use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
 use gateway::skills::SkillSet;
 use gateway::{server, AppState};
@@ -27,6 +28,7 @@ use crate::cli::{
 pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let gateway_config = args.gateway_config(config)?;
     let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
+    let feishu_config = args.feishu.feishu_config(config)?;
     let skills_config = config.skills.clone();
     let access = Arc::new(config.access.rules().context("invalid [access]")?);
     let kb_path = config.data.dir.join(gateway::kb::DATABASE_FILE);
@@ -85,30 +87,51 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
                 gateway_config.server.host, gateway_config.server.port
             )
         })?;
-        let connector = match dingtalk_config {
-            Some(config) => {
+        let skills = if dingtalk_config.is_some() || feishu_config.is_some() {
+            let skills = match &config_file {
+                Some(file) => SkillSet::with_file(&skills_config, file.clone()),
+                None => SkillSet::new(&skills_config),
+            };
+            let skills = Arc::new(skills.context("invalid [skills]")?);
+            // Model answers draw on the knowledge base once `hearth kb add` has made one.
+            if kb_path.is_file() {
+                let kb = gateway::kb::KnowledgeBase::open(&kb_path).context("cannot open the knowledge base")?;
+                skills.attach_knowledge(Arc::new(kb));
+            }
+            // Reload [skills] when the config file changes; the task ends with the process.
+            let _watcher = skills.watch(Duration::from_secs(2));
+            Some(skills)
+        } else {
+            None
+        };
+        let connector = match (dingtalk_config, &skills) {
+            (Some(config), Some(skills)) => {
                 let base = config.api_base_url.clone();
-                let skills = match &config_file {
-                    Some(file) => SkillSet::with_file(&skills_config, file.clone()),
-                    None => SkillSet::new(&skills_config),
-                };
-                let skills = Arc::new(skills.context("invalid [skills]")?);
-                // Model answers draw on the knowledge base once `hearth kb add` has made one.
-                if kb_path.is_file() {
-                    let kb = gateway::kb::KnowledgeBase::open(&kb_path).context("cannot open the knowledge base")?;
-                    skills.attach_knowledge(Arc::new(kb));
-                }
-                // Reload [skills] when the config file changes; the task ends with the process.
-                let _watcher = skills.watch(Duration::from_secs(2));
-                let connector = DingTalkConnector::start_with_access(config, router.clone(), skills, access)
-                    .await
-                    .context("cannot start the DingTalk connector")?;
+                let connector =
+                    DingTalkConnector::start_with_access(config, router.clone(), skills.clone(), access.clone())
+                        .await
+                        .context("cannot start the DingTalk connector")?;
                 tracing::info!(api = %base, "DingTalk connector started");
                 Some(connector)
             }
-            None => None,
+            _ => None,
         };
-        let platforms = connector.iter().map(DingTalkConnector::link).collect();
+        let feishu = match (feishu_config, &skills) {
+            (Some(config), Some(skills)) => {
+                let base = config.base().to_owned();
+                let connector = FeishuConnector::start_feishu(config, router.clone(), skills.clone(), access.clone())
+                    .await
+                    .context("cannot start the Feishu connector")?;
+                tracing::info!(api = %base, "Feishu connector started");
+                Some(connector)
+            }
+            _ => None,
+        };
+        let platforms = connector
+            .iter()
+            .map(DingTalkConnector::link)
+            .chain(feishu.iter().map(FeishuConnector::link))
+            .collect();
         let mut state = AppState::with_shared_router(router.clone(), &gateway_config).with_platforms(platforms);
         if state.credentials.guards(gateway::access::Scope::Admin) {
             state = state.with_admin_log(open_admin_log(&config.data.dir)?);
@@ -139,6 +162,9 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
         let shutdown = async move {
             server::shutdown_signal().await;
             if let Some(connector) = connector {
+                connector.shutdown(drain).await;
+            }
+            if let Some(connector) = feishu {
                 connector.shutdown(drain).await;
             }
         };

@@ -39,6 +39,9 @@ pub struct Config {
     /// `[dingtalk]`: the DingTalk connector; absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dingtalk: Option<DingTalkConfig>,
+    /// `[feishu]`: the Feishu (Lark) connector; absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feishu: Option<crate::feishu::FeishuConfig>,
     /// `[skills]`: answers without the model, for every IM connector.
     pub skills: SkillsConfig,
     /// `[access]`: who may talk to the assistant over IM, per platform, and with what role.
@@ -361,6 +364,12 @@ impl Config {
                 problem: err.to_string(),
             })?;
         }
+        if let Some(feishu) = &mut self.feishu {
+            feishu.read_secret_file().map_err(|err| ConfigError::Value {
+                key: "feishu.app_secret_file".to_owned(),
+                problem: err.to_string(),
+            })?;
+        }
         Ok(())
     }
 
@@ -521,6 +530,9 @@ impl Config {
         if let Some(dingtalk) = &mut shown.dingtalk {
             dingtalk.app_secret = Secret("***".to_owned());
         }
+        if let Some(feishu) = &mut shown.feishu {
+            feishu.app_secret = Secret("***".to_owned());
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot show the configuration: {err}\n"))
     }
 }
@@ -577,6 +589,9 @@ pub fn permission_warnings(file: Option<&Path>, config: &Config) -> Vec<String> 
     if let Some(path) = config.dingtalk.as_ref().and_then(|d| d.app_secret_file.as_ref()) {
         check(path, "the DingTalk app secret (dingtalk.app_secret_file)");
     }
+    if let Some(path) = config.feishu.as_ref().and_then(|f| f.app_secret_file.as_ref()) {
+        check(path, "the Feishu app secret (feishu.app_secret_file)");
+    }
     warnings
 }
 
@@ -602,6 +617,9 @@ fn secrets_in(file: &Path) -> Vec<&'static str> {
     }
     if get("dingtalk", "app_secret").is_some() {
         held.push("dingtalk.app_secret");
+    }
+    if get("feishu", "app_secret").is_some() {
+        held.push("feishu.app_secret");
     }
     held
 }
@@ -665,6 +683,13 @@ mod tests {
             assert!(
                 EXAMPLE.contains(&format!("# {key} =")),
                 "dingtalk.{key} is not in the example"
+            );
+        }
+        let feishu = toml::Table::try_from(crate::feishu::FeishuConfig::default()).unwrap();
+        for key in feishu.keys() {
+            assert!(
+                EXAMPLE.contains(&format!("# {key} =")),
+                "feishu.{key} is not in the example"
             );
         }
         for key in [

@@ -112,7 +112,12 @@ pub fn run(inputs: &Inputs) -> Report {
     check_port(&mut report, &inputs.host, inputs.port);
     check_tls(&mut report, &inputs.config.server);
     check_data_dir(&mut report, &inputs.config.data.dir);
-    check_dingtalk(&mut report, inputs.config.dingtalk.as_ref());
+    if inputs.config.dingtalk.is_some() || inputs.config.feishu.is_none() {
+        check_dingtalk(&mut report, inputs.config.dingtalk.as_ref());
+    }
+    if let Some(feishu) = &inputs.config.feishu {
+        check_feishu(&mut report, feishu);
+    }
     report
 }
 
@@ -531,6 +536,62 @@ fn check_dingtalk(report: &mut Report, config: Option<&DingTalkConfig>) {
             ),
             Err(err) => report.push("im", Status::Note, format!("cannot tell whether DingTalk grants `{permission}`: {err}")),
         }
+    }
+}
+
+/// The Feishu app: settings complete, the platform issues a tenant token for its id and secret, and it
+/// grants the scopes the connector needs (im:message, im:message:send_as_bot, cardkit:card:write), each
+/// probed with a call that changes nothing.
+fn check_feishu(report: &mut Report, config: &crate::feishu::FeishuConfig) {
+    if let Err(err) = config.validate() {
+        return report.push("im", Status::Fail, format!("{err} (in the [feishu] section)"));
+    }
+    let base = config.base().to_owned();
+    let checked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let api = crate::feishu::OpenApi::new(config.clone()).map_err(|e| e.to_string())?;
+                let late = |what| format!("no answer from {base} within 15 s ({what})");
+                tokio::time::timeout(Duration::from_secs(15), api.check_credentials())
+                    .await
+                    .map_err(|_| late("tenant token"))?
+                    .map_err(|e| e.to_string())?;
+                tokio::time::timeout(Duration::from_secs(15), api.probe_scopes())
+                    .await
+                    .map_err(|_| late("scope probes"))
+            })
+        });
+    let verdicts = match checked {
+        Ok(verdicts) => verdicts,
+        Err(err) => {
+            let message = format!(
+                "Feishu app {}: {err}; check app_id/app_secret and domain",
+                config.app_id
+            );
+            return report.push("im", Status::Fail, message);
+        }
+    };
+    let accepted = format!("Feishu accepts app {} at {base} (tenant token issued)", config.app_id);
+    report.push("im", Status::Ok, accepted);
+    for (scope, verdict) in verdicts {
+        let (status, line) = match verdict {
+            Ok(true) => (Status::Ok, format!("Feishu grants the `{scope}` scope")),
+            Ok(false) => (
+                Status::Fail,
+                format!(
+                    "Feishu refuses the `{scope}` scope: grant it to app {} in the Feishu developer console",
+                    config.app_id
+                ),
+            ),
+            Err(err) => (
+                Status::Note,
+                format!("cannot tell whether Feishu grants `{scope}`: {err}"),
+            ),
+        };
+        report.push("im", status, line);
     }
 }
 

@@ -26,7 +26,7 @@
 //! - [`doctor`]: `hearth doctor`'s checks of the machine, the model files and the configuration.
 //! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
 //! - [`im`]: the IM core every chat platform shares (outbox, routing, card streaming, fallback, retention),
-//!   driving one adapter per platform; [`dingtalk`] is the first adapter.
+//!   driving one adapter per platform: [`dingtalk`] and [`feishu`].
 //! - [`db`], [`sessions`], [`skills`], [`audit`], [`platform`]: what the IM core keeps and uses: the one
 //!   SQLite file, conversation history, answers without the model, the audit log with its export, and each
 //!   connector's health.
@@ -53,6 +53,7 @@ pub mod db;
 pub mod dingtalk;
 pub mod doctor;
 pub mod error;
+pub mod feishu;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod generation;

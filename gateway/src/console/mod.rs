@@ -1,5 +1,5 @@
-//! The web console, served at `/`: a chat page, an IM preview of the DingTalk emulator, a status page
-//! with live charts, and admin actions. Every asset is compiled into the binary (`include_str!`), so the
+//! The web console, served at `/`: a chat page, an IM preview of the DingTalk or Feishu emulator, a status
+//! page with live charts, and admin actions. Every asset is compiled into the binary (`include_str!`), so the
 //! console works air-gapped; the pages are plain ES modules with no build step and no third-party code.
 //!
 //! The page and its assets hold no data and are open, like `/health`. The data under `/console/api/` (audit
