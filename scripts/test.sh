@@ -16,6 +16,9 @@ command -v unzip >/dev/null || missing+=(unzip)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 [[ -d /usr/share/fonts/opentype/noto ]] || missing+=(fonts-noto-cjk)
+# The store's PostgreSQL backend: the tests start throwaway servers from Debian's server binaries (as the
+# `postgres` user when run as root; see gateway/src/store/throwaway.rs).
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
     echo "== apt-get install ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -61,6 +64,9 @@ fi
 echo "== cargo test"
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 1
+
+echo "== the IM tests again with their stores on PostgreSQL (a throwaway server; HEARTH_TEST_STORE)"
+HEARTH_TEST_STORE=postgres cargo test --release -p gateway --test it -- --test-threads 1 dingtalk console store
 
 echo "== fuzzing: every committed input replayed, then each fuzz target for a while (scripts/fuzz.sh)"
 scripts/fuzz.sh --seconds "${HEARTH_CI_FUZZ_SECONDS:-20}"

@@ -19,6 +19,8 @@ mod presets;
 mod routes;
 mod security;
 mod shutdown;
+mod store;
+mod store_support;
 mod support;
 mod switch;
 mod tls;
