@@ -66,7 +66,13 @@ cargo build --release --workspace
 cargo test --release --workspace -- --test-threads 1
 
 echo "== the IM tests again with their stores on PostgreSQL (a throwaway server; HEARTH_TEST_STORE)"
-HEARTH_TEST_STORE=postgres cargo test --release -p gateway --test it -- --test-threads 1 dingtalk console store
+# Skipped there: four tests that read or break the SQLite file itself (the audit export of a file, a trigger that
+# fails the closing write, a second process given the file, the outbox opened from the file).
+HEARTH_TEST_STORE=postgres cargo test --release -p gateway --test it -- --test-threads 1 dingtalk console store \
+    --skip dingtalk::disconnects_zombies_429s_and_a_kill_9_in_one_run_settle_every_message_exactly_once \
+    --skip dingtalk_conversations::dingtalk_a_long_answer_cut_off_mid_way_resumes_into_the_same_cards \
+    --skip dingtalk_conversations::dingtalk_audit_masks_sensitive_text_and_exports_jsonl_and_csv \
+    --skip dingtalk_tenant::a_failure_before_the_message_is_closed_leaves_no_audit_record_or_turn_to_double
 
 echo "== fuzzing: every committed input replayed, then each fuzz target for a while (scripts/fuzz.sh)"
 scripts/fuzz.sh --seconds "${HEARTH_CI_FUZZ_SECONDS:-20}"

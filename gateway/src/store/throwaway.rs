@@ -6,9 +6,9 @@
 //! run as the unprivileged `postgres` system user (else `nobody`) through `setpriv`, in a temporary
 //! directory handed to that user. The server listens on a free port on 127.0.0.1 and puts its unix socket
 //! in the same directory; authentication is `trust` (it is reachable from this machine only, for as long as
-//! the test lives). It is stopped when dropped, and a watchdog stops it too when this process dies without
-//! dropping it (a killed test run): the watchdog waits on a pipe from this process, which the kernel
-//! closes whatever way the process ends.
+//! the test lives). It is stopped when dropped; a server never dropped (one a whole test binary shares, or
+//! a killed test run) is stopped and its directory removed by the shell that runs it, which waits on a pipe
+//! from this process that the kernel closes however the process ends.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -45,12 +45,11 @@ pub struct ThrowawayPostgres {
     next_database: AtomicU32,
 }
 
-/// The server process and its watchdog.
+/// The shell that runs the server and stops it.
 struct Server {
-    postgres: Child,
-    /// Closing it (on drop, or when this process dies) makes the watchdog stop the server.
-    watchdog_pipe: Option<ChildStdin>,
-    watchdog: Child,
+    shell: Child,
+    /// A `stop` line stops the server; its end (this process died) stops it and removes the directory.
+    pipe: Option<ChildStdin>,
 }
 
 impl ThrowawayPostgres {
@@ -116,12 +115,8 @@ impl ThrowawayPostgres {
 
     /// Stop the server (fast shutdown: open connections are cut), as an outage would.
     pub fn stop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            // The watchdog sees its pipe close and stops the server; then both are reaped.
-            drop(server.watchdog_pipe.take());
-            let _ = server.watchdog.wait();
-            let _ = server.postgres.wait();
-        }
+        // Dropping the server stops it (and waits until it has).
+        self.server = None;
     }
 
     /// Start the server again on the same port and data (after [`ThrowawayPostgres::stop`]).
@@ -132,39 +127,42 @@ impl ThrowawayPostgres {
 
     fn start_server(&mut self) -> Result<(), ThrowawayError> {
         let data = self.dir.path().join("cluster");
-        let mut postgres = as_user(&self.user, self.bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-k")
-            .arg(self.dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=200",
-            ])
-            .stdin(Stdio::null())
+        let server = as_user(&self.user, self.bin.join("postgres"));
+        let mut words: Vec<String> = std::iter::once(server.get_program())
+            .chain(server.get_args())
+            .map(|word| word.to_string_lossy().into_owned())
+            .collect();
+        words.push("-D".to_owned());
+        words.push(data.to_string_lossy().into_owned());
+        words.push("-p".to_owned());
+        words.push(self.port.to_string());
+        words.push("-k".to_owned());
+        words.push(self.dir.path().to_string_lossy().into_owned());
+        for setting in ["listen_addresses=127.0.0.1", "fsync=off", "max_connections=200"] {
+            words.push("-c".to_owned());
+            words.push(setting.to_owned());
+        }
+        let command: Vec<String> = words.iter().map(|word| quote(word)).collect();
+        // The shell is the watchdog: it runs the server, then waits for a line on its stdin. `stop` (from
+        // `stop`) stops the server and keeps the directory for a restart; end of input (this process died)
+        // stops it and removes the directory.
+        let script = format!(
+            "{} </dev/null >/dev/null & pid=$!; read -r cmd; kill -INT $pid; wait $pid; [ \"$cmd\" = stop ] || rm -rf {}",
+            command.join(" "),
+            quote(&self.dir.path().to_string_lossy())
+        );
+        let mut shell = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| spawn_error("postgres", source))?;
-        let pid = postgres.id();
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!("read _ignored; kill -INT {pid} 2>/dev/null"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| spawn_error("sh (the watchdog)", source))?;
-        let watchdog_pipe = watchdog.stdin.take();
+        let pipe = shell.stdin.take();
         // The server logs to stderr; it is read to its end on a thread (so it never blocks on a full pipe),
         // and the line saying it is ready is awaited.
-        let stderr = postgres.stderr.take().expect("stderr is piped");
+        let stderr = shell.stderr.take().expect("stderr is piped");
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut log = String::new();
@@ -183,11 +181,7 @@ impl ThrowawayPostgres {
                 let _ = ready.send(Err(log));
             }
         });
-        self.server = Some(Server {
-            postgres,
-            watchdog_pipe,
-            watchdog,
-        });
+        self.server = Some(Server { shell, pipe });
         match ready_rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(log)) => {
@@ -213,12 +207,16 @@ impl Drop for ThrowawayPostgres {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut pipe) = self.watchdog_pipe.take() {
-            let _ = pipe.write_all(b"\n");
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(b"stop\n");
         }
-        let _ = self.watchdog.wait();
-        let _ = self.postgres.wait();
+        let _ = self.shell.wait();
     }
+}
+
+/// `word` quoted for `sh`.
+fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` holding `postgres`.
