@@ -15,6 +15,8 @@
 #                     smollm2-135m)
 #   --hf REPO FILE    fetch the model from Hugging Face instead (needs network; `hearth pull`)
 #   --port N          the port written into a new config (default 8080)
+#   --store URL       join a shared store: `[data] url` of a new config (postgres://USER:PASS@HOST/DB, a PostgreSQL
+#                     server you run, shared by every node of one bot); default: a SQLite file per node
 #   --native          build for this CPU (AVX-512 where present; AMX stays off) instead of portable x86-64-v3
 #   --cuda            also build the CUDA binary (scripts/build-cuda.sh); from a bundle: install it
 #   --systemd         install and enable the hearth.service unit (root only), running as user `hearth`
@@ -37,6 +39,7 @@ HF_REPO=""
 HF_FILE=""
 PRESET=""
 PORT=8080
+STORE=""
 NATIVE=0
 CUDA=0
 SYSTEMD=0
@@ -57,19 +60,22 @@ while [[ $# -gt 0 ]]; do
         --preset) PRESET=${2:?--preset needs a name (hearth pull --list)}; shift ;;
         --hf) HF_REPO=${2:?--hf needs REPO FILE}; HF_FILE=${3:?--hf needs REPO FILE}; shift 2 ;;
         --port) PORT=${2:?--port needs a number}; shift ;;
+        --store) STORE=${2:?--store needs a URL (postgres://…)}; shift ;;
         --from-bundle) MODE=from-bundle; BUNDLE=${2:?--from-bundle needs a file}; shift ;;
         -o | --output) OUT=${2:?-o needs a file name}; shift ;;
         --native) NATIVE=1 ;;
         --cuda) CUDA=1 ;;
         --systemd) SYSTEMD=1 ;;
         --skip-doctor) DOCTOR=0 ;;
-        -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
 done
 [[ $PORT =~ ^[0-9]+$ ]] && ((PORT < 65536)) || die "--port must be a number below 65536, not $PORT"
 [[ -z $MODEL || -f $MODEL ]] || die "--model $MODEL does not exist"
+[[ -z $STORE || $STORE =~ ^(postgres|postgresql|sqlite):// ]] ||
+    die "--store must be a postgres://… (or sqlite:///…) URL, not $STORE"
 ((SYSTEMD == 0)) || [[ $(id -u) -eq 0 ]] || die "--systemd needs root (run with sudo)"
 
 # What is missing, all at once, with the package that provides it.
@@ -194,6 +200,7 @@ install_files() {
             echo
             echo "[data]"
             echo "dir = \"$DATA_DIR\""
+            [[ -z $STORE ]] || echo "url = \"$STORE\""
         } >"$config.partial"
         umask "$umask_before"
         mv "$config.partial" "$config"

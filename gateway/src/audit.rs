@@ -1,5 +1,5 @@
 //! The audit log: one row per answered IM message (who asked, in which conversation, which skill or model
-//! answered, time to the first visible token, tokens, how delivery ended), in SQLite next to the outbox.
+//! answered, time to the first visible token, tokens, how delivery ended), in the store next to the outbox.
 //! Question and answer text pass through a [`Masker`] first, so configured sensitive patterns (phone
 //! numbers and Chinese ID numbers by default) never reach the disk. [`export`] writes the rows as JSON lines
 //! or CSV (`hearth audit export`).
@@ -11,10 +11,10 @@ use std::str::FromStr;
 
 use regex::Regex;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{run, Database, DbError, SharedConnection};
+use crate::db::{Database, DbError};
+use crate::store::Store;
 
 /// The default sensitive patterns: mainland Chinese ID numbers (18 characters) first, then mobile numbers.
 pub fn default_mask_patterns() -> Vec<String> {
@@ -265,101 +265,44 @@ pub struct AuditRecord {
     pub outcome: Outcome,
 }
 
-/// The audit log of one database.
+/// The audit log of one store.
 #[derive(Clone)]
 pub struct AuditLog {
-    conn: SharedConnection,
+    store: Store,
     masker: Masker,
     /// Records written by this handle and its clones, so callers can await one.
     written: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-const COLUMNS: &str =
-    "at_ms, platform, conversation_id, session, sender_id, sender_nick, handler, question, answer, first_visible_ms,
-                       prompt_tokens, completion_tokens, context_turns, outcome, msg_id";
-
-fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS audit (
-             id INTEGER PRIMARY KEY AUTOINCREMENT,
-             at_ms INTEGER NOT NULL,
-             platform TEXT NOT NULL,
-             conversation_id TEXT NOT NULL,
-             session TEXT NOT NULL,
-             sender_id TEXT NOT NULL,
-             sender_nick TEXT NOT NULL,
-             handler TEXT NOT NULL,
-             question TEXT NOT NULL,
-             answer TEXT NOT NULL,
-             first_visible_ms INTEGER,
-             prompt_tokens INTEGER NOT NULL,
-             completion_tokens INTEGER NOT NULL,
-             context_turns INTEGER NOT NULL,
-             outcome TEXT NOT NULL,
-             msg_id TEXT NOT NULL DEFAULT ''
-         );
-         CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);",
-    )?;
-    // Databases from before the message id was kept.
-    crate::db::add_column(conn, "audit", "msg_id", "TEXT NOT NULL DEFAULT ''")
-}
-
-/// Insert `record` as it is (already masked), as part of the caller's transaction.
-pub(crate) fn insert(conn: &Connection, record: &AuditRecord) -> Result<(), rusqlite::Error> {
-    conn.execute(
-        &format!(
-            "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-        ),
-        params![
-            record.at_ms,
-            record.platform,
-            record.conversation_id,
-            record.session,
-            record.sender_id,
-            record.sender_nick,
-            record.handler,
-            record.question,
-            record.answer,
-            record.first_visible_ms,
-            record.prompt_tokens,
-            record.completion_tokens,
-            record.context_turns,
-            record.outcome,
-            record.msg_id,
-        ],
-    )
-    .map(drop)
-}
-
 impl AuditLog {
-    /// The log in `conn`'s database (table created if missing), masking with `masker`.
-    pub fn open(conn: SharedConnection, masker: Masker) -> Result<Self, AuditError> {
-        {
-            let locked = conn.lock().unwrap_or_else(|p| p.into_inner());
-            create(&locked).map_err(DbError::from)?;
-            crate::skills::calls::create(&locked).map_err(DbError::from)?;
-        }
-        Ok(Self {
-            conn,
+    /// The log in `store`, masking with `masker`.
+    pub fn open(store: Store, masker: Masker) -> Self {
+        Self {
+            store,
             masker,
             written: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
-        })
+        }
     }
 
-    /// The HTTP skill calls audited in the same database.
-    pub fn calls(&self) -> crate::skills::calls::CallLog {
-        crate::skills::calls::CallLog::new(self.conn.clone())
+    /// Store an HTTP skill call's audit row (`skill_calls`, beside the records).
+    pub async fn record_call(&self, call: crate::skills::calls::SkillCall) -> Result<(), AuditError> {
+        Ok(self.store.insert_skill_call(call).await?)
+    }
+
+    /// The HTTP skill calls since `since_ms`, oldest first.
+    pub async fn calls(&self, since_ms: i64) -> Result<Vec<crate::skills::calls::SkillCall>, AuditError> {
+        Ok(self.store.skill_calls_since(since_ms).await?)
     }
 
     /// Store `record`, its question and answer masked.
     pub async fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
         let record = self.masked(record);
-        run(&self.conn, move |conn| insert(conn, &record)).await?;
+        self.store.insert_record(record).await?;
         self.note_written();
         Ok(())
     }
 
-    /// `record` with its question and answer masked, ready for [`insert`].
+    /// `record` with its question and answer masked, ready to store.
     pub(crate) fn masked(&self, mut record: AuditRecord) -> AuditRecord {
         record.question = self.masker.mask(&record.question);
         record.answer = self.masker.mask(&record.answer);
@@ -386,62 +329,19 @@ impl AuditLog {
 
     /// Every record since `since_ms`, oldest first.
     pub async fn records(&self, since_ms: i64) -> Result<Vec<AuditRecord>, AuditError> {
-        Ok(run(&self.conn, move |conn| select(conn, since_ms)).await?)
+        Ok(self.store.records_since(since_ms).await?)
     }
 
     /// Delete the records taken up before `before_ms`; returns how many went.
     pub async fn prune(&self, before_ms: i64) -> Result<usize, AuditError> {
-        Ok(run(&self.conn, move |conn| {
-            conn.execute("DELETE FROM audit WHERE at_ms < ?1", params![before_ms])
-        })
-        .await?)
+        Ok(self.store.prune_records(before_ms).await?)
     }
 
     /// The `limit` newest records, newest first.
     pub async fn recent(&self, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(run(&self.conn, move |conn| {
-            query(
-                conn,
-                &format!("SELECT {COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"),
-                limit,
-            )
-        })
-        .await?)
+        Ok(self.store.recent_records(limit).await?)
     }
-}
-
-fn select(conn: &Connection, since_ms: i64) -> Result<Vec<AuditRecord>, rusqlite::Error> {
-    query(
-        conn,
-        &format!("SELECT {COLUMNS} FROM audit WHERE at_ms >= ?1 ORDER BY id"),
-        since_ms,
-    )
-}
-
-/// Run `sql` (selecting [`COLUMNS`], with one integer parameter) into records.
-fn query(conn: &Connection, sql: &str, parameter: i64) -> Result<Vec<AuditRecord>, rusqlite::Error> {
-    let mut statement = conn.prepare(sql)?;
-    let rows = statement.query_map(params![parameter], |row| {
-        Ok(AuditRecord {
-            at_ms: row.get(0)?,
-            platform: row.get(1)?,
-            conversation_id: row.get(2)?,
-            session: row.get(3)?,
-            sender_id: row.get(4)?,
-            sender_nick: row.get(5)?,
-            handler: row.get(6)?,
-            question: row.get(7)?,
-            answer: row.get(8)?,
-            first_visible_ms: row.get(9)?,
-            prompt_tokens: row.get(10)?,
-            completion_tokens: row.get(11)?,
-            context_turns: row.get(12)?,
-            outcome: row.get(13)?,
-            msg_id: row.get(14)?,
-        })
-    })?;
-    rows.collect()
 }
 
 /// An export format.
@@ -460,9 +360,9 @@ pub fn export(database: &Path, format: ExportFormat, since_ms: i64, out: impl Wr
         source,
     })?;
     let conn = database.connection();
-    let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-    create(&conn).map_err(DbError::from)?;
-    let records = select(&conn, since_ms).map_err(DbError::from)?;
+    let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+    crate::store::sqlite_migrate(&mut conn).map_err(DbError::from)?;
+    let records = crate::store::sqlite_records_since(&conn, since_ms).map_err(DbError::from)?;
     write_records(&records, format, out)?;
     Ok(records.len())
 }

@@ -27,8 +27,12 @@ use crate::cli::{
 /// `hearth serve`.
 pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let gateway_config = args.gateway_config(config)?;
-    let dingtalk_config = args.dingtalk.dingtalk_config(config)?;
+    let mut dingtalk_config = args.dingtalk.dingtalk_config(config)?;
     let feishu_config = args.feishu.feishu_config(config)?;
+    // A shared store ([data] url) takes the place of the platform's own SQLite file.
+    if let (Some(dingtalk), Some(url)) = (&mut dingtalk_config, &config.data.url) {
+        dingtalk.database = PathBuf::from(url);
+    }
     let skills_config = config.skills.clone();
     let access = Arc::new(config.access.rules().context("invalid [access]")?);
     let kb_path = config.data.dir.join(gateway::kb::DATABASE_FILE);

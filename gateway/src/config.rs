@@ -205,6 +205,10 @@ pub enum LogFormat {
 pub struct DataSection {
     /// The data directory (the SQLite database lives here).
     pub dir: PathBuf,
+    /// The store the IM connectors keep their messages, sessions and audit log in, when set: a
+    /// `postgres://…` URL that several nodes of one bot share, or `sqlite:///path`. It takes the place of
+    /// each platform's own `database` file. Unset: each platform's SQLite file (one node).
+    pub url: Option<String>,
 }
 
 impl Default for DataSection {
@@ -212,7 +216,7 @@ impl Default for DataSection {
         let dir = std::env::var_os("HOME")
             .map(|home| PathBuf::from(home).join(".local/share/hearth"))
             .unwrap_or_else(|| PathBuf::from("/var/lib/hearth"));
-        Self { dir }
+        Self { dir, url: None }
     }
 }
 
@@ -401,6 +405,11 @@ impl Config {
                      (16384 is the default; `hearth doctor` estimates the memory a value needs)"
                 ),
             );
+        }
+        if let Some(url) = &self.data.url {
+            if let Err(err) = crate::store::Locator::parse(url) {
+                return invalid("data.url", &err.to_string());
+            }
         }
         if let Some(tokens) = self.engine.ctx_size.filter(|&t| t > MAX_CTX_SIZE) {
             return invalid(

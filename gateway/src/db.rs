@@ -1,7 +1,8 @@
-//! The IM database: one SQLite file per connector, opened here and only here ([`Database::open`]: WAL,
-//! `synchronous = FULL`), and shared by the stores that keep their tables in it: the outbox
-//! (`im::outbox`), the sessions (`sessions`) and the audit log (`audit`). One connection serves them all,
-//! so a message's outcome, audit record and session turn commit in one transaction.
+//! The SQLite opener: a database file is opened here and only here ([`Database::open`]: WAL,
+//! `synchronous = FULL`). The IM core's tables in it are the SQLite backend of the store
+//! ([`crate::store`]), where one connection serves the outbox, the sessions and the audit log, so a
+//! message's outcome, audit record and session turn commit in one transaction. [`DbError`] is the error of
+//! every store backend.
 //!
 //! rusqlite is blocking: every call runs on the blocking pool through [`run`], and the connection's std
 //! mutex is held only inside that closure, never across an `.await`.
@@ -12,16 +13,29 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 
+/// How long a write waits for another process's write to the same file.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection shared by the stores of one database.
 pub type SharedConnection = Arc<Mutex<Connection>>;
 
-/// A database failure.
+/// A store failure, of either backend.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("database task failed: {0}")]
     Join(String),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The store's locator (`[data] url`, a platform's `database`) cannot be used.
+    #[error("invalid store locator: {0}")]
+    Locator(String),
+    /// A stored value this version cannot read.
+    #[error("unreadable stored value: {0}")]
+    Decode(String),
 }
 
 /// Run `work` on the blocking pool with the connection locked.
@@ -54,11 +68,13 @@ pub struct Database {
 }
 
 impl Database {
-    /// Open (or create) the database at `path`, in WAL mode with full syncs: a committed message survives
-    /// a crash or a power cut.
+    /// Open (or create) the database at `path`, in WAL mode with full syncs (a committed message survives
+    /// a crash or a power cut), waiting up to [`BUSY_TIMEOUT`] for another process's write.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let conn = Connection::open(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        // Another process writing the same file (two connectors on one outbox) makes a writer wait, not fail.
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })

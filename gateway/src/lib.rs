@@ -27,8 +27,9 @@
 //! - [`metrics`]: Prometheus metrics recorded where things happen, rendered by `GET /metrics`.
 //! - [`im`]: the IM core every chat platform shares (outbox, routing, card streaming, fallback, retention),
 //!   driving one adapter per platform: [`dingtalk`] and [`feishu`].
-//! - [`db`], [`sessions`], [`skills`], [`audit`], [`platform`]: what the IM core keeps and uses: the one
-//!   SQLite file, conversation history, answers without the model, the audit log with its export, and each
+//! - [`store`], [`db`], [`sessions`], [`skills`], [`audit`], [`platform`]: what the IM core keeps and
+//!   uses: the store (SQLite by default, or a PostgreSQL that several nodes share), the SQLite opener,
+//!   conversation history, answers without the model, the audit log with its export, and each
 //!   connector's health.
 //! - `fuzzing` (hidden): what the fuzz targets in `fuzz/` run on arbitrary bytes (Stream frames, the card
 //!   splitter), and the tests that replay their committed inputs.
@@ -71,6 +72,7 @@ pub mod server;
 pub mod sessions;
 pub mod skills;
 pub mod state;
+pub mod store;
 pub mod tls;
 pub mod tools;
 pub mod validation;

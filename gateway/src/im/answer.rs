@@ -352,7 +352,7 @@ impl<A: Adapter> Answerer<A> {
             latency_ms,
         };
         tracing::info!(skill, sender = %envelope.sender, %status, ?http_status, latency_ms, "HTTP skill called");
-        if let Err(err) = self.audit.calls().record(call).await {
+        if let Err(err) = self.audit.record_call(call).await {
             tracing::warn!(cause = %err, "cannot audit the HTTP skill call");
         }
     }

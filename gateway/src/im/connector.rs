@@ -24,12 +24,13 @@ use super::link::ImLink;
 use super::outbox::{Job, Outbox};
 use crate::access_rules::AccessRules;
 use crate::audit::{AuditError, AuditLog, Masker};
-use crate::db::{Database, DbError};
+use crate::db::DbError;
 use crate::generation::PromptLimits;
 use crate::platform::PlatformHealth;
 use crate::routing::ModelRouter;
 use crate::sessions::SessionStore;
 use crate::skills::{SkillContext, SkillSet};
+use crate::store::Store;
 
 /// Most answers generated at once, per connector; the engine's own queue bounds the rest.
 pub const CONCURRENT_ANSWERS: usize = 8;
@@ -220,7 +221,7 @@ pub struct ImConnector<A: Adapter> {
 }
 
 impl<A: Adapter> ImConnector<A> {
-    /// Open the database (outbox, sessions, audit log), resume unfinished messages and start the adapter's
+    /// Open the store the settings' `database` names (outbox, sessions, audit log), resume unfinished messages and start the adapter's
     /// receive loop. Answers come from `skills`, else from the model `models` routes each message to.
     /// `access` decides who may be answered, and with which skills and models.
     pub async fn run(
@@ -230,13 +231,10 @@ impl<A: Adapter> ImConnector<A> {
         access: Arc<AccessRules>,
     ) -> Result<Self, StartError> {
         let settings = adapter.settings().clone();
-        let path = settings.database.clone();
-        let database = tokio::task::spawn_blocking(move || Database::open(&path))
-            .await
-            .map_err(|e| DbError::Join(e.to_string()))??;
-        let outbox = Outbox::open(&database, A::PLATFORM, adapter.account())?;
-        let sessions = SessionStore::open(database.connection(), settings.session_idle)?;
-        let audit = AuditLog::open(database.connection(), Masker::new(&settings.audit_mask_patterns)?)?;
+        let store = Store::open_setting(&settings.database).await?;
+        let outbox = Outbox::on(store.clone(), A::PLATFORM, adapter.account());
+        let sessions = SessionStore::open(store.clone(), settings.session_idle);
+        let audit = AuditLog::open(store, Masker::new(&settings.audit_mask_patterns)?);
         let limiter =
             NonZeroU32::new(settings.user_requests_per_second).map(|rate| RateLimiter::keyed(Quota::per_second(rate)));
         let skill_context = SkillContext {

@@ -1,19 +1,19 @@
-//! [`Outbox`]: the SQLite record of every inbound message, written before the platform is acknowledged.
+//! [`Outbox`]: the stored record of every inbound message (in the [`Store`], SQLite or PostgreSQL),
+//! written before the platform is acknowledged.
 //!
-//! The primary key `(platform, robot, msg_id)` makes dedupe atomic: `INSERT OR IGNORE` either records a
-//! new message or changes nothing, so a redelivered push is recognised in one statement, also across two
-//! processes on one database. A message stays `accepted` until it is `answered` (finished card),
+//! The primary key `(platform, robot, msg_id)` makes dedupe atomic: the insert either records a new
+//! message or changes nothing, so a redelivered push is recognised in one statement, also across
+//! processes or nodes on one store. A message stays `accepted` until it is `answered` (finished card),
 //! `answered_markdown` (plain-text fallback), `failed` (nothing could be delivered; logged) or `ignored`
 //! (not addressed to the robot). [`Outbox::settle`] closes a message together with its audit record and
 //! session turn, in one transaction. After a crash, every `accepted` row is taken up again
 //! ([`Outbox::resume`]); each restart bumps its `attempts`, and `shown_bytes` tells it how much of the
 //! answer its cards already show. The platform's own message is kept as the adapter encodes it (`payload`).
 
-use rusqlite::{params, Connection, OptionalExtension};
-
-use super::adapter::{CardState, ChatKind, Envelope};
+use super::adapter::{CardState, Envelope};
 use crate::audit::{AuditRecord, Outcome};
-use crate::db::{add_column, now_ms, run, Database, DbError, SharedConnection};
+use crate::db::{Database, DbError};
+use crate::store::{Arrival, Scope, Settlement, Store, Turn};
 
 /// A message taken up for answering.
 #[derive(Debug, Clone)]
@@ -62,20 +62,11 @@ impl Unfinished {
 /// [`Job::shown`] once the answer's last card was finalized: nothing may overwrite it.
 pub const SHOWN_ALL: usize = i64::MAX as usize;
 
-/// The outbox of one platform account in a [`Database`].
+/// The outbox of one platform account in a [`Store`].
 #[derive(Clone)]
 pub struct Outbox {
-    conn: SharedConnection,
-    platform: &'static str,
-    account: String,
-}
-
-/// The stored form of a chat kind.
-fn chat_kind(kind: ChatKind) -> &'static str {
-    match kind {
-        ChatKind::Direct => "direct",
-        ChatKind::Group => "group",
-    }
+    store: Store,
+    scope: Scope,
 }
 
 /// The stored code of a card state owed to a card: the codes the outbox has kept since owed marks were
@@ -94,33 +85,26 @@ pub fn parse_mark(code: &str) -> Option<CardState> {
         .find(|state| mark_code(*state) == code)
 }
 
-/// A stored chat kind; `1` and `2` are DingTalk's `conversationType`, as rows before adapters had them.
-fn parse_chat_kind(text: &str) -> ChatKind {
-    match text {
-        "group" | "2" => ChatKind::Group,
-        _ => ChatKind::Direct,
-    }
-}
-
 impl Outbox {
-    /// The outbox of `platform`'s `account` in `database` (its table created if missing).
+    /// The outbox of `platform`'s `account` in the SQLite `database` (its tables migrated if needed).
     pub fn open(database: &Database, platform: &'static str, account: &str) -> Result<Self, DbError> {
-        let conn = database.connection();
-        create(&conn.lock().unwrap_or_else(|p| p.into_inner()))?;
-        Ok(Self {
-            conn,
-            platform,
-            account: account.to_owned(),
-        })
+        Ok(Self::on(Store::sqlite(database)?, platform, account))
     }
 
-    /// Run `work` on the blocking pool with the connection, this platform and account.
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection, &str, &str) -> Result<T, rusqlite::Error> + Send + 'static,
-    ) -> Result<T, DbError> {
-        let (platform, account) = (self.platform, self.account.clone());
-        run(&self.conn, move |conn| work(conn, platform, &account)).await
+    /// The outbox of `platform`'s `account` in `store`.
+    pub fn on(store: Store, platform: &'static str, account: &str) -> Self {
+        Self {
+            store,
+            scope: Scope {
+                platform,
+                account: account.to_owned(),
+            },
+        }
+    }
+
+    /// The store it keeps its rows in.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Record `envelope`'s message (its platform form `payload`) as `accepted`, or `ignored` when it is not
@@ -133,105 +117,38 @@ impl Outbox {
         payload: String,
     ) -> Result<Option<Job<M>>, DbError> {
         let ignore = !envelope.addressed;
-        self.run(move |conn, platform, account| {
-            let card_id = card_id(account, &envelope.id);
-            let inserted = conn.execute(
-                "INSERT OR IGNORE INTO inbound (platform, robot, msg_id, message_id, conversation_id, conversation_type,
-                     sender_staff_id, sender_nick, text, at_bot, out_track_id, state, attempts, received_ms, sender_id,
-                     payload)
-                 VALUES (?1, ?2, ?3, '', ?4, ?5, '', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    platform,
-                    account,
-                    envelope.id,
-                    envelope.conversation,
-                    chat_kind(envelope.chat),
-                    envelope.sender_nick,
-                    envelope.text,
-                    envelope.addressed,
-                    card_id,
-                    if ignore { Outcome::Ignored.as_str() } else { "accepted" },
-                    if ignore { 0 } else { 1 },
-                    now_ms(),
-                    envelope.sender,
-                    payload,
-                ],
-            )?;
-            Ok((inserted == 1 && !ignore).then_some(Job {
-                message,
-                envelope,
-                card_id,
-                attempt: 1,
-                card_created: false,
-                shown: 0,
-            }))
-        })
-        .await
+        let card_id = card_id(&self.scope.account, &envelope.id);
+        let arrival = Arrival {
+            envelope: envelope.clone(),
+            card_id: card_id.clone(),
+            ignore,
+            payload,
+        };
+        let inserted = self.store.accept(&self.scope, arrival).await?;
+        Ok((inserted && !ignore).then_some(Job {
+            message,
+            envelope,
+            card_id,
+            attempt: 1,
+            card_created: false,
+            shown: 0,
+        }))
     }
 
     /// Every message still `accepted` (interrupted by a crash or shutdown), each with its attempt bumped.
     pub async fn resume(&self) -> Result<Vec<Unfinished>, DbError> {
-        self.run(|conn, platform, account| {
-            conn.execute(
-                "UPDATE inbound SET attempts = attempts + 1 WHERE platform = ?1 AND robot = ?2 AND state = 'accepted'",
-                params![platform, account],
-            )?;
-            let mut statement = conn.prepare(
-                "SELECT msg_id, conversation_id, conversation_type, sender_id, sender_staff_id, sender_nick, text,
-                        at_bot, out_track_id, attempts, card_created, shown_bytes, payload
-                 FROM inbound WHERE platform = ?1 AND robot = ?2 AND state = 'accepted' ORDER BY received_ms",
-            )?;
-            let rows = statement.query_map(params![platform, account], |row| {
-                let kind: String = row.get(2)?;
-                let (sender_id, staff_id): (String, String) = (row.get(3)?, row.get(4)?);
-                Ok(Unfinished {
-                    envelope: Envelope {
-                        id: row.get(0)?,
-                        conversation: row.get(1)?,
-                        chat: parse_chat_kind(&kind),
-                        // Rows before adapters kept DingTalk's staff id apart.
-                        sender: if staff_id.is_empty() { sender_id } else { staff_id },
-                        sender_nick: row.get(5)?,
-                        text: row.get::<_, String>(6)?.trim().to_owned(),
-                        addressed: row.get(7)?,
-                    },
-                    card_id: row.get(8)?,
-                    attempt: row.get(9)?,
-                    card_created: row.get(10)?,
-                    shown: usize::try_from(row.get::<_, i64>(11)?).unwrap_or(0),
-                    payload: row.get(12)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        self.store.resume(&self.scope).await
     }
 
     /// Note that the first card of `msg_id` exists.
     pub async fn card_created(&self, msg_id: &str) -> Result<(), DbError> {
-        let msg_id = msg_id.to_owned();
-        self.run(move |conn, platform, account| {
-            conn.execute(
-                "UPDATE inbound SET card_created = 1 WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3",
-                params![platform, account, msg_id],
-            )
-            .map(drop)
-        })
-        .await
+        self.store.card_created(&self.scope, msg_id).await
     }
 
     /// Record that the user has seen `msg_id`'s answer up to byte `shown` in its cards (it never goes back).
     pub async fn shown(&self, msg_id: &str, shown: usize) -> Result<(), DbError> {
-        let msg_id = msg_id.to_owned();
         let shown = i64::try_from(shown).unwrap_or(i64::MAX);
-        self.run(move |conn, platform, account| {
-            conn.execute(
-                "UPDATE inbound SET shown_bytes = MAX(shown_bytes, ?4) WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3",
-                params![platform, account, msg_id, shown],
-            )
-            .map(drop)
-        })
-        .await
+        self.store.shown(&self.scope, msg_id, shown).await
     }
 
     /// Close `msg_id` with `outcome`; only an `accepted` row changes, so a message finishes once.
@@ -251,151 +168,46 @@ impl Outbox {
         record: Option<AuditRecord>,
         turn: Option<(String, String, String)>,
     ) -> Result<bool, DbError> {
-        let (msg_id, detail) = (msg_id.to_owned(), detail.to_owned());
-        self.run(move |conn, platform, account| {
-            let tx = conn.unchecked_transaction()?;
-            let open = tx
-                .query_row(
-                    "SELECT 1 FROM inbound WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3 AND state = 'accepted'",
-                    params![platform, account, msg_id],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-            if !open {
-                return Ok(false);
-            }
-            if let Some(record) = &record {
-                crate::audit::insert(&tx, record)?;
-            }
-            if let Some((key, question, answer)) = &turn {
-                crate::sessions::append_turn(&tx, key, question, answer)?;
-            }
-            tx.execute(
-                "UPDATE inbound SET state = ?4, detail = ?5, finished_ms = ?6
-                 WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3 AND state = 'accepted'",
-                params![platform, account, msg_id, outcome.as_str(), detail, now_ms()],
-            )?;
-            tx.commit()?;
-            Ok(true)
-        })
-        .await
+        let settlement = Settlement {
+            outcome,
+            detail: detail.to_owned(),
+            record,
+            turn: turn.map(|(session, question, answer)| Turn {
+                session,
+                question,
+                answer,
+            }),
+        };
+        self.store.settle(&self.scope, msg_id, settlement).await
     }
 
     /// Keep `state` as owed to `card`: the platform refused to close the card for now, and the connector's
     /// marker closes it once the platform takes it, after a restart too.
     pub async fn defer_mark(&self, card: &str, state: CardState) -> Result<(), DbError> {
-        let card = card.to_owned();
-        self.run(move |conn, platform, account| {
-            conn.execute(
-                "INSERT OR REPLACE INTO card_marks (platform, robot, card, status, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![platform, account, card, mark_code(state), now_ms()],
-            )
-            .map(drop)
-        })
-        .await
+        self.store.defer_mark(&self.scope, card, mark_code(state)).await
     }
 
     /// The owed card marks, oldest first: (card, the state's stored code, see [`parse_mark`]).
     pub async fn pending_marks(&self) -> Result<Vec<(String, String)>, DbError> {
-        self.run(|conn, platform, account| {
-            let mut statement = conn
-                .prepare("SELECT card, status FROM card_marks WHERE platform = ?1 AND robot = ?2 ORDER BY added_ms")?;
-            let rows = statement.query_map(params![platform, account], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect()
-        })
-        .await
+        self.store.pending_marks(&self.scope).await
     }
 
     /// `card` got its mark `code` (or it can never get it): it is no longer owed. A mark deferred again
     /// with another state meanwhile stays.
     pub async fn mark_done(&self, card: &str, code: &str) -> Result<(), DbError> {
-        let (card, code) = (card.to_owned(), code.to_owned());
-        self.run(move |conn, platform, account| {
-            conn.execute(
-                "DELETE FROM card_marks WHERE platform = ?1 AND robot = ?2 AND card = ?3 AND status = ?4",
-                params![platform, account, card, code],
-            )
-            .map(drop)
-        })
-        .await
+        self.store.mark_done(&self.scope, card, code).await
     }
 
     /// Delete the settled messages (answered, failed or ignored) received before `before_ms`; a message
     /// still `accepted` stays whatever its age. Returns how many rows went.
     pub async fn prune(&self, before_ms: i64) -> Result<usize, DbError> {
-        self.run(move |conn, platform, account| {
-            conn.execute(
-                "DELETE FROM inbound WHERE platform = ?1 AND robot = ?2 AND state != 'accepted' AND received_ms < ?3",
-                params![platform, account, before_ms],
-            )
-        })
-        .await
+        self.store.prune_messages(&self.scope, before_ms).await
     }
 
     /// The state of `msg_id`, if recorded (for tests and diagnostics).
     pub async fn state(&self, msg_id: &str) -> Result<Option<String>, DbError> {
-        let msg_id = msg_id.to_owned();
-        self.run(move |conn, platform, account| {
-            conn.query_row(
-                "SELECT state FROM inbound WHERE platform = ?1 AND robot = ?2 AND msg_id = ?3",
-                params![platform, account, msg_id],
-                |row| row.get(0),
-            )
-            .optional()
-        })
-        .await
+        self.store.state(&self.scope, msg_id).await
     }
-}
-
-/// The `inbound` table, with the columns later versions added.
-fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS inbound (
-             platform TEXT NOT NULL,
-             robot TEXT NOT NULL,
-             msg_id TEXT NOT NULL,
-             message_id TEXT NOT NULL,
-             conversation_id TEXT NOT NULL,
-             conversation_type TEXT NOT NULL,
-             sender_staff_id TEXT NOT NULL,
-             sender_nick TEXT NOT NULL,
-             text TEXT NOT NULL,
-             at_bot INTEGER NOT NULL,
-             session_webhook TEXT,
-             webhook_expires_ms INTEGER,
-             out_track_id TEXT NOT NULL,
-             state TEXT NOT NULL,
-             attempts INTEGER NOT NULL DEFAULT 0,
-             card_created INTEGER NOT NULL DEFAULT 0,
-             detail TEXT,
-             received_ms INTEGER NOT NULL,
-             finished_ms INTEGER,
-             sender_id TEXT NOT NULL DEFAULT '',
-             sender_union_id TEXT,
-             shown_bytes INTEGER NOT NULL DEFAULT 0,
-             payload TEXT,
-             PRIMARY KEY (platform, robot, msg_id)
-         );
-         CREATE TABLE IF NOT EXISTS card_marks (
-             platform TEXT NOT NULL,
-             robot TEXT NOT NULL,
-             card TEXT NOT NULL,
-             status TEXT NOT NULL,
-             added_ms INTEGER NOT NULL,
-             PRIMARY KEY (platform, robot, card)
-         );",
-    )?;
-    // Databases written before these columns existed.
-    for (column, declaration) in [
-        ("sender_id", "TEXT NOT NULL DEFAULT ''"),
-        ("sender_union_id", "TEXT"),
-        ("shown_bytes", "INTEGER NOT NULL DEFAULT 0"),
-        ("payload", "TEXT"),
-    ] {
-        add_column(conn, "inbound", column, declaration)?;
-    }
-    Ok(())
 }
 
 /// A card id derived from the account and message: stable across restarts, so the card is found again.
@@ -409,6 +221,7 @@ fn card_id(account: &str, msg_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::im::adapter::ChatKind;
 
     fn envelope(id: &str, addressed: bool) -> Envelope {
         Envelope {

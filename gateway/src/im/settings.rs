@@ -36,7 +36,8 @@ pub struct CardLimits {
 /// The core's settings for one platform connector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// The SQLite file of the outbox, the sessions and the audit log; created if missing.
+    /// The store of the outbox, the sessions and the audit log: a SQLite file (created if missing), or a
+    /// `sqlite:///…` or `postgres://…` locator (see `store::Locator`).
     pub database: PathBuf,
     /// Most tokens of one answer.
     pub max_answer_tokens: usize,

@@ -24,6 +24,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::calls::CallStatus;
 use super::config::{SkillError, TriggerKind};
 use super::{Skill, SkillContext, SkillInput, SkillReply, Trigger};
 
@@ -137,57 +138,6 @@ fn parse_method(method: &str) -> Option<Method> {
         "PUT" => Some(Method::PUT),
         "DELETE" => Some(Method::DELETE),
         _ => None,
-    }
-}
-
-/// How a call ended; audited as [`CallStatus::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallStatus {
-    /// A 2xx answer, rendered.
-    Ok,
-    /// The endpoint answered with a non-2xx status.
-    HttpError,
-    /// No whole answer within the timeout.
-    Timeout,
-    /// The answer was longer than `max_response_bytes`.
-    TooLarge,
-    /// The endpoint could not be reached (connection refused, DNS, TLS).
-    Unreachable,
-    /// The access rules refused the sender (a model's call of a reserved skill).
-    Refused,
-}
-
-impl CallStatus {
-    /// The name stored in the audit log.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::HttpError => "http_error",
-            Self::Timeout => "timeout",
-            Self::TooLarge => "too_large",
-            Self::Unreachable => "unreachable",
-            Self::Refused => "refused",
-        }
-    }
-
-    /// The stored name read back.
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Ok,
-            Self::HttpError,
-            Self::Timeout,
-            Self::TooLarge,
-            Self::Unreachable,
-            Self::Refused,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
-}
-
-impl fmt::Display for CallStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -26,8 +26,9 @@ use tokio::sync::watch;
 
 use crate::routing::ModelRouter;
 
+pub use calls::CallStatus;
 pub use config::{CustomSkill, SkillError, SkillsConfig, TriggerKind};
-pub use http::{CallOutcome, CallStatus, HttpSkill, HttpSkillConfig, ToolUse};
+pub use http::{CallOutcome, HttpSkill, HttpSkillConfig, ToolUse};
 
 /// What makes a skill answer a message.
 #[derive(Debug, Clone)]

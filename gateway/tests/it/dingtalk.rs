@@ -36,7 +36,7 @@ pub(crate) fn connector_config(dingtalk: &DingTalkEmulator, db: &Path) -> DingTa
         app_secret: gateway::config::Secret(DEFAULT_CLIENT_SECRET.to_owned()),
         card_template_id: TEMPLATE.to_owned(),
         api_base_url: dingtalk.base_url(),
-        database: db.to_owned(),
+        database: crate::store_support::database(db),
         max_answer_tokens: 24,
         card_update_interval_ms: 30,
         backoff_initial_ms: 50,

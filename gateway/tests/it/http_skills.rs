@@ -95,7 +95,7 @@ async fn ask(dingtalk: &DingTalkEmulator, connector: &DingTalkConnector, user: &
 }
 
 async fn calls(connector: &DingTalkConnector) -> Vec<SkillCall> {
-    connector.audit().calls().since(0).await.unwrap()
+    connector.audit().calls(0).await.unwrap()
 }
 
 fn handler(records: &[AuditRecord], sender: &str, question: &str) -> String {
