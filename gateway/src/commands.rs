@@ -445,6 +445,7 @@ fn request(engine: &EngineHandle, prompt: Vec<u32>, sampling: &SamplingArgs) -> 
             ..StopParams::default()
         },
         logprobs: None,
+        grammar: None,
     }
 }
 
