@@ -123,7 +123,7 @@ SCHEMAS = [
             "properties": {
                 "item": {"type": "string", "enum": ["book", "film", "song", "game"]},
                 "stars": {"type": "integer", "minimum": 1, "maximum": 5},
-                "comment": {"type": "string", "maxLength": 30},
+                "comment": {"type": "string", "maxLength": 16},
             },
             "required": ["item", "stars"],
             "additionalProperties": False,
@@ -149,7 +149,7 @@ def ask(case, stream):
         model=MODEL,
         messages=[{"role": "user", "content": f"Answer in JSON about {topic}."}],
         temperature=0,
-        max_tokens=96,
+        max_tokens=128,
         response_format=response_format(name, schema),
     )
     if not stream:
