@@ -56,6 +56,11 @@ pub enum EngineError {
     /// Tokenizing or detokenizing failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The requested output format cannot be enforced: the schema is malformed, unsatisfiable, uses what the
+    /// grammar compiler does not support, or exceeds its size and effort limits (HTTP 400 naming
+    /// `response_format`).
+    #[error("`response_format` cannot be enforced: {0}")]
+    ResponseFormat(String),
     /// Rendering the chat template failed (for example the template rejects the message roles).
     #[error("chat template: {0}")]
     Template(String),

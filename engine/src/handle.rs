@@ -4,14 +4,15 @@
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::grammar::GrammarCompiler;
 use crate::step::{Command, EngineLoop, NewRequest};
-use crate::{validate, AttentionPath, Device, EngineError, Event, GenerateRequest, Tokenizer};
+use crate::{validate, AttentionPath, Device, EngineError, Event, GenerateRequest, Grammar, ResponseFormat, Tokenizer};
 
 /// Engine settings. Defaults are documented on [`EngineConfig::new`].
 #[derive(Debug, Clone)]
@@ -132,6 +133,8 @@ pub(crate) struct Shared {
     pub commands: Mutex<Option<mpsc::Sender<Command>>>,
     pub thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub next_id: AtomicUsize,
+    /// Built on the first `compile_grammar` (the vocabulary's trie); the error is kept too.
+    pub grammars: OnceLock<Result<GrammarCompiler, EngineError>>,
 }
 
 /// The tokenizer and model of `path`, with every check a load makes: the header (`models::Gguf::open`), the
@@ -290,6 +293,7 @@ impl Engine {
             commands: Mutex::new(Some(tx)),
             thread: Mutex::new(None),
             next_id: AtomicUsize::new(1),
+            grammars: OnceLock::new(),
         });
         let engine_loop = EngineLoop::new(model, cache, &config, shared.clone(), rx);
         let thread = std::thread::Builder::new()
@@ -331,6 +335,20 @@ impl EngineHandle {
         let mut s = self.shared.stats.lock().expect("engine stats").clone();
         s.waiting = self.shared.waiting.load(Ordering::Relaxed);
         s
+    }
+
+    /// Compile an output format into a [`Grammar`] for one request's [`GenerateRequest::grammar`]. CPU work
+    /// (milliseconds; the first call also builds the vocabulary's trie): call it off async executors. A
+    /// schema that cannot be enforced is [`EngineError::ResponseFormat`].
+    pub fn compile_grammar(&self, format: &ResponseFormat) -> Result<Grammar, EngineError> {
+        let compiler = self
+            .shared
+            .grammars
+            .get_or_init(|| GrammarCompiler::new(&self.shared.tokenizer));
+        match compiler {
+            Ok(c) => c.compile(format),
+            Err(e) => Err(e.clone()),
+        }
     }
 
     /// Validate and queue a request. Fails at once with `Overloaded` when the waiting queue is full, and with

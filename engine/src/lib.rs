@@ -14,6 +14,7 @@ mod device;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod grammar;
 mod handle;
 mod inspect;
 mod kv_cache;
@@ -32,6 +33,7 @@ pub use chat_template::{ChatMessage, ChatTemplate, ChatTools};
 pub use detokenizer::Detokenizer;
 pub use device::{AttentionPath, Device, ParseDeviceError};
 pub use error::EngineError;
+pub use grammar::{Grammar, ResponseFormat, MAX_SCHEMA_BYTES};
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineStats, ModelInfo, RequestStream};
 pub use inspect::{check_model, inspect_model, ModelSummary};
 pub use perplexity::{perplexity, PerplexityConfig, PerplexityReport};

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::EngineError;
+use crate::{EngineError, Grammar};
 
 /// One generation request: prompt token ids plus how to sample and when to stop.
 #[derive(Debug, Clone)]
@@ -18,6 +18,10 @@ pub struct GenerateRequest {
     pub stop: StopParams,
     /// Return the log-probability of each sampled token and of this many top alternatives (at most 20).
     pub logprobs: Option<usize>,
+    /// Constrain the output to this grammar ([`crate::EngineHandle::compile_grammar`]): each step, tokens it
+    /// does not allow are masked out before sampling. The output is then always a prefix of a valid document,
+    /// a whole one unless `max_tokens` (finish reason `Length`) or a stop string cut it.
+    pub grammar: Option<Grammar>,
 }
 
 impl GenerateRequest {
@@ -31,6 +35,7 @@ impl GenerateRequest {
                 ..StopParams::default()
             },
             logprobs: None,
+            grammar: None,
         }
     }
 }

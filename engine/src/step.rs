@@ -18,8 +18,8 @@ use crate::sampler::Sampler;
 use crate::scheduler::{Scheduled, Scheduler, SchedulerConfig, SeqId};
 use crate::stop::{StopChecker, StopOutcome};
 use crate::{
-    Completion, Detokenizer, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Timings, TokenChunk,
-    Usage,
+    Completion, Detokenizer, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Grammar, Timings,
+    TokenChunk, Usage,
 };
 
 /// What the handle sends to the engine thread.
@@ -46,6 +46,8 @@ struct Active {
     sampler: Sampler,
     stop: StopChecker,
     detok: Detokenizer,
+    /// The output constraint, when the request has one: masks logits before sampling.
+    grammar: Option<Grammar>,
     prompt_len: usize,
     generated: usize,
     /// Still counted in the shared waiting counter (not yet scheduled).
@@ -163,6 +165,7 @@ impl EngineLoop {
                     sampler: Sampler::new(req.sampling.clone(), &req.prompt, req.logprobs),
                     stop: StopChecker::new(stop_params, &self.eos),
                     detok: Detokenizer::new(true),
+                    grammar: req.grammar,
                     events,
                     prompt_len,
                     generated: 0,
@@ -298,7 +301,20 @@ impl EngineLoop {
     /// Sample the next token of `id` and stream it; finish the request when a stop rule fires.
     fn emit(&mut self, id: SeqId, logits: &mut [f32]) {
         let Some(a) = self.active.get_mut(&id) else { return };
+        if let Some(grammar) = &mut a.grammar {
+            // This row only, after the forward pass: the batch's other rows never see it.
+            if let Err(e) = grammar.mask(logits) {
+                self.fail(id, e);
+                return;
+            }
+        }
         let (token, logprob) = a.sampler.sample(logits);
+        if let Some(grammar) = &mut a.grammar {
+            if let Err(e) = grammar.consume(token) {
+                self.fail(id, e);
+                return;
+            }
+        }
         let now = Instant::now();
         a.first_token.get_or_insert(now);
         a.last_token = Some(now);

@@ -84,6 +84,8 @@ pub struct Tokenizer {
     eos_token_ids: Vec<u32>,
     /// Control-token ids: the ones `decode(.., skip_special_tokens = true)` drops.
     special_ids: HashSet<u32>,
+    /// What [`Tokenizer::token_bytes`] needs to turn token texts back into the bytes they stand for.
+    byte_table: ByteTable,
     /// The control tokens' texts, to keep them out of message text in [`Tokenizer::encode_chat`].
     control: crate::chat_prompt::ControlTokens,
     /// The compiled chat template, or why it failed to compile (kept so that chat requests can say why, while
@@ -246,6 +248,37 @@ impl Tokenizer {
     /// The control tokens' texts and what keeps them out of message text.
     pub(crate) fn control(&self) -> &crate::chat_prompt::ControlTokens {
         &self.control
+    }
+
+    /// The bytes each token stands for, by id, for constrained decoding ([`crate::grammar`]). Tokens that are
+    /// never output text (control, unknown, unused) start with 0xFF, a byte no UTF-8 text holds, so no grammar
+    /// over text can match them (llguidance's marker for special tokens).
+    pub(crate) fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let t = &self.byte_table;
+        let gpt2 = t.byte_level.then(gpt2_unicode_to_byte);
+        (0..self.vocab_size as u32)
+            .map(|id| {
+                let text = self.inner.id_to_token(id).unwrap_or_default();
+                if t.unmatchable.contains(&id) {
+                    let mut b = vec![0xFF];
+                    b.extend_from_slice(text.as_bytes());
+                    return b;
+                }
+                if t.literal.contains(&id) {
+                    return text.into_bytes();
+                }
+                match &gpt2 {
+                    Some(table) => text
+                        .chars()
+                        .flat_map(|c| match table.get(&c) {
+                            Some(&b) => vec![b],
+                            None => c.to_string().into_bytes(),
+                        })
+                        .collect(),
+                    None => sentencepiece_bytes(&text),
+                }
+            })
+            .collect()
     }
 
     /// Whether `id` is a control token, which `decode(.., skip_special_tokens = true)` drops.
@@ -534,6 +567,14 @@ fn build(md: &Metadata) -> Result<Tokenizer, String> {
     inner.add_special_tokens(&added(TokenType::Control, true));
     inner.add_tokens(&added(TokenType::UserDefined, false));
     let special_ids: HashSet<u32> = vocab.ids_of_type(TokenType::Control).collect();
+    let byte_table = ByteTable {
+        byte_level: model_type == "gpt2",
+        unmatchable: [TokenType::Control, TokenType::Unknown, TokenType::Unused]
+            .into_iter()
+            .flat_map(|kind| vocab.ids_of_type(kind))
+            .collect(),
+        literal: vocab.ids_of_type(TokenType::UserDefined).collect(),
+    };
     let control = crate::chat_prompt::ControlTokens::new(
         vocab
             .ids_of_type(TokenType::Control)
@@ -593,9 +634,47 @@ fn build(md: &Metadata) -> Result<Tokenizer, String> {
         eos_token_id,
         eos_token_ids,
         special_ids,
+        byte_table,
         control,
         chat_template,
     })
+}
+
+/// How token texts map back to bytes ([`Tokenizer::token_bytes`]).
+struct ByteTable {
+    /// GPT-2 byte-level BPE: every byte is written as one printable character.
+    byte_level: bool,
+    /// Control, unknown and unused tokens: never text.
+    unmatchable: HashSet<u32>,
+    /// User-defined tokens: their text as written, in either model.
+    literal: HashSet<u32>,
+}
+
+/// GPT-2's printable alphabet read backwards: the character each byte is written as, to the byte.
+fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut next = 256;
+    (0..=255u32)
+        .map(|b| {
+            let c = if printable(b) {
+                b
+            } else {
+                next += 1;
+                next - 1
+            };
+            (char::from_u32(c).expect("GPT-2 alphabet is valid chars"), b as u8)
+        })
+        .collect()
+}
+
+/// A SentencePiece piece's bytes: `<0xNN>` is the byte NN, `▁` a space.
+fn sentencepiece_bytes(text: &str) -> Vec<u8> {
+    if let Some(hex) = text.strip_prefix("<0x").and_then(|t| t.strip_suffix('>')) {
+        if let (2, Ok(b)) = (hex.len(), u8::from_str_radix(hex, 16)) {
+            return vec![b];
+        }
+    }
+    text.replace('▁', " ").into_bytes()
 }
 
 /// The id under `key`, else `default` (logged), when it is inside the vocabulary.

@@ -481,6 +481,7 @@ fn request(engine: &EngineHandle, prompt: Vec<u32>, sampling: &SamplingArgs) -> 
             ..StopParams::default()
         },
         logprobs: None,
+        grammar: None,
     }
 }
 

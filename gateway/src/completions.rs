@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use engine::{Completion as EngineCompletion, EngineError, Event, RequestStream, TokenLogprob};
+use engine::{Completion as EngineCompletion, EngineError, Event, Grammar, RequestStream, TokenLogprob};
 use futures::Stream;
 use serde::Serialize;
 use tracing::{Instrument, Span};
@@ -79,8 +79,9 @@ pub async fn chat_completions(
     } else {
         generation::chat_prompt(&state.prompts, model.engine.clone(), messages).await?
     };
+    let grammar = generation::grammar(&state.prompts, model.engine.clone(), params.response_format.take()).await?;
     let shape = Shape::new(Api::Chat, &request_id, &model);
-    generate(model, shape, prompt, params, tools.reader()).await
+    generate(model, shape, prompt, params, grammar, tools.reader()).await
 }
 
 /// `POST /v1/completions`.
@@ -89,7 +90,7 @@ pub async fn completions(
     Extension(request_id): Extension<RequestId>,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let ValidCompletionRequest { prompt, params } = ValidCompletionRequest::try_from(body)?;
+    let ValidCompletionRequest { prompt, mut params } = ValidCompletionRequest::try_from(body)?;
     let model = state.models.route();
     let prompt = match prompt {
         ValidPrompt::Tokens(ids) => ids,
@@ -101,8 +102,9 @@ pub async fn completions(
             .await?
         }
     };
+    let grammar = generation::grammar(&state.prompts, model.engine.clone(), params.response_format.take()).await?;
     let shape = Shape::new(Api::Completion, &request_id, &model);
-    generate(model, shape, prompt, params, ValidTools::none().reader()).await
+    generate(model, shape, prompt, params, grammar, ValidTools::none().reader()).await
 }
 
 /// Submit and answer, as one JSON body or as an SSE stream. `model` is held until the response ends, so a
@@ -112,6 +114,7 @@ async fn generate(
     shape: Shape,
     prompt: Vec<u32>,
     params: ValidParams,
+    grammar: Option<Grammar>,
     calls: CallReader,
 ) -> Result<Response, ApiError> {
     let engine = &model.engine;
@@ -119,7 +122,7 @@ async fn generate(
     let include_usage = params.include_usage;
     let want_logprobs = params.logprobs.is_some();
     let prompt_tokens = prompt.len();
-    let request = params.into_request(prompt, engine.info().context_length);
+    let request = params.into_request(prompt, engine.info().context_length, grammar);
     tracing::debug!(prompt_tokens, stream, "answering");
     let events = generation::submit(&model, request)?;
     let output = Output {

@@ -176,6 +176,7 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidToken { .. } => ApiError::invalid_param("prompt", format!("invalid `prompt`: {err}")),
             // The template's own message (for example "roles must alternate") is about the client's input.
             EngineError::Template(_) => ApiError::invalid_param("messages", err.to_string()),
+            EngineError::ResponseFormat(_) => ApiError::invalid_param("response_format", err.to_string()),
             EngineError::ShutDown => {
                 ApiError::new(ErrorKind::Unavailable, "The server is shutting down.").with_code("shutting_down")
             }

@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use engine::{ChatMessage, Completion, EngineError, EngineHandle, Event, GenerateRequest, RequestStream, TokenChunk};
+use engine::{
+    ChatMessage, Completion, EngineError, EngineHandle, Event, GenerateRequest, Grammar, RequestStream, ResponseFormat,
+    TokenChunk,
+};
 use tokio::sync::Semaphore;
 use tracing::Span;
 
@@ -116,6 +119,23 @@ pub async fn on_blocking_pool<T: Send + 'static>(
     .await
     .map_err(|join_err| GenerateError::Worker(join_err.to_string()))?
     .map_err(GenerateError::from)
+}
+
+/// Compile the request's `response_format` (if any) on the blocking pool: the first one builds the
+/// vocabulary's trie, each takes milliseconds. A schema the engine cannot enforce is a 400 naming
+/// `response_format`.
+pub async fn grammar(
+    limits: &PromptLimits,
+    engine: EngineHandle,
+    format: Option<ResponseFormat>,
+) -> Result<Option<Grammar>, GenerateError> {
+    let Some(format) = format else { return Ok(None) };
+    let grammar = on_blocking_pool(limits, engine, move |engine| engine.compile_grammar(&format)).await?;
+    tracing::debug!(
+        compile_ms = grammar.compile_time().as_secs_f64() * 1e3,
+        "response_format compiled"
+    );
+    Ok(Some(grammar))
 }
 
 /// Render the chat template (with the assistant generation prompt) and encode it. Control tokens written by

@@ -39,7 +39,8 @@ pub struct ChatCompletionRequest {
     /// The deprecated form of `tools`; not supported either.
     #[serde(default)]
     pub functions: Option<serde_json::Value>,
-    /// Only `{"type": "text"}` is supported; JSON modes are a 400.
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {…}}`, enforced
+    /// by constrained decoding (see `validation::response_format`).
     #[serde(default)]
     pub response_format: Option<serde_json::Value>,
 }
@@ -65,6 +66,9 @@ pub struct CompletionRequest {
     /// Number of top alternatives to return per token (the legacy API's integer form).
     #[serde(default)]
     pub logprobs: Option<u64>,
+    /// Not in OpenAI's legacy API; taken as on the chat endpoint (as vLLM does).
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// The sampling, stop and streaming settings both request types accept, under the same names.

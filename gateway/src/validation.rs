@@ -5,7 +5,7 @@
 //! [`engine::validate`], so the limits live in one place. Handlers take a `Valid*` value, tokenize its prompt
 //! and call [`ValidParams::into_request`].
 
-use engine::{ChatMessage, GenerateRequest, SamplingParams, StopParams};
+use engine::{ChatMessage, GenerateRequest, Grammar, ResponseFormat, SamplingParams, StopParams};
 
 use crate::error::ApiError;
 use crate::openai::{
@@ -59,13 +59,16 @@ pub struct ValidParams {
     pub stream: bool,
     /// Send a usage chunk at the end of a stream.
     pub include_usage: bool,
+    /// What the output must be (`response_format`); the handler compiles it with
+    /// [`engine::EngineHandle::compile_grammar`] off the async executor.
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl ValidParams {
     /// The engine request for a tokenized prompt. `max_tokens` is capped to what fits in the context
     /// window, so a generous client limit ends with `finish_reason: "length"` instead of an error; a prompt
     /// that leaves no room at all is left for the engine to reject (`ContextTooLong`).
-    pub fn into_request(self, prompt: Vec<u32>, context_length: usize) -> GenerateRequest {
+    pub fn into_request(self, prompt: Vec<u32>, context_length: usize, grammar: Option<Grammar>) -> GenerateRequest {
         let room = context_length.saturating_sub(prompt.len()).max(1);
         let wanted = self.max_tokens.or(self.default_max_tokens).unwrap_or(room);
         let stop = StopParams {
@@ -77,6 +80,7 @@ impl ValidParams {
             sampling: self.sampling,
             stop,
             logprobs: self.logprobs,
+            grammar,
         }
     }
 }
@@ -129,7 +133,16 @@ impl TryFrom<ChatCompletionRequest> for ValidChatRequest {
         let mut sampling = req.sampling;
         // OpenAI's newer name wins over the deprecated one.
         sampling.max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
-        let params = validate_sampling(sampling, logprobs, None)?;
+        let mut params = validate_sampling(sampling, logprobs, None)?;
+        params.response_format = response_format(req.response_format.as_ref())?;
+        if params.response_format.is_some() && tools.active() {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                "`response_format` with `tools` is not supported: the format would leave the model no way to call \
+                 a tool. Send one or the other.",
+            )
+            .with_code("unsupported_parameter"));
+        }
         Ok(ValidChatRequest {
             messages,
             extras,
@@ -178,7 +191,8 @@ impl TryFrom<CompletionRequest> for ValidCompletionRequest {
             .logprobs
             .map(|top| check_top_logprobs("logprobs", top))
             .transpose()?;
-        let params = validate_sampling(req.sampling, logprobs, Some(DEFAULT_COMPLETION_MAX_TOKENS))?;
+        let mut params = validate_sampling(req.sampling, logprobs, Some(DEFAULT_COMPLETION_MAX_TOKENS))?;
+        params.response_format = response_format(req.response_format.as_ref())?;
         Ok(ValidCompletionRequest { prompt, params })
     }
 }
@@ -240,6 +254,7 @@ fn validate_sampling(
         logprobs,
         stream,
         include_usage: stream && fields.stream_options.is_some_and(|o| o.include_usage),
+        response_format: None,
     })
 }
 
@@ -302,20 +317,44 @@ fn check_unsupported_chat_features(req: &ChatCompletionRequest) -> Result<(), Ap
         )
         .with_code("unsupported_parameter"));
     }
-    if let Some(format) = req.response_format.as_ref().filter(|f| !f.is_null()) {
-        let kind = format.get("type").and_then(|t| t.as_str());
-        if kind != Some("text") {
-            return Err(ApiError::invalid_param(
-                "response_format",
-                format!(
-                    "`response_format` of type {} is not supported; only {{\"type\": \"text\"}} is.",
-                    kind.map_or_else(|| "(none)".to_owned(), |k| format!("{k:?}"))
-                ),
-            )
-            .with_code("unsupported_parameter"));
-        }
-    }
     Ok(())
+}
+
+/// OpenAI's `response_format`: `{"type": "text"}` (or none) is free text; `{"type": "json_object"}` any JSON
+/// object; `{"type": "json_schema", "json_schema": {"name": …, "schema": {…}, "strict": …}}` a value valid
+/// against `schema`. Whether the engine can enforce the schema is found when it is compiled.
+fn response_format(format: Option<&serde_json::Value>) -> Result<Option<ResponseFormat>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let bad = |message: String| Err(ApiError::invalid_param("response_format", message));
+    match format.get("type").and_then(|t| t.as_str()) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+        Some("json_schema") => {
+            let Some(spec) = format.get("json_schema").filter(|s| s.is_object()) else {
+                return bad(
+                    "`response_format` of type \"json_schema\" needs a `json_schema` object: {\"name\": …, \
+                     \"schema\": {…}}."
+                        .into(),
+                );
+            };
+            match spec.get("schema") {
+                Some(schema @ (serde_json::Value::Object(_) | serde_json::Value::Bool(_))) => {
+                    Ok(Some(ResponseFormat::JsonSchema(schema.clone())))
+                }
+                Some(other) => bad(format!(
+                    "`response_format.json_schema.schema` must be a JSON schema (an object), not {other}."
+                )),
+                None => bad("`response_format.json_schema.schema` is missing.".into()),
+            }
+        }
+        kind => bad(format!(
+            "`response_format` of type {} is not supported; expected \"text\", \"json_object\" or \
+             \"json_schema\".",
+            kind.map_or_else(|| "(none)".to_owned(), |k| format!("{k:?}"))
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -419,9 +458,13 @@ mod tests {
         check_rejected(r#""tools": [{"type": "function"}]"#, "tools[0].function");
         check_rejected(r#""functions": [{"name": "f"}]"#, "functions");
         check_rejected(r#""tool_choice": "required""#, "tool_choice");
-        check_rejected(r#""response_format": {"type": "json_object"}"#, "response_format");
+        check_rejected(r#""response_format": {"type": "yaml"}"#, "response_format");
         check_rejected(
             r#""response_format": {"type": "json_schema", "json_schema": {}}"#,
+            "response_format",
+        );
+        check_rejected(
+            r#""response_format": {"type": "json_schema", "json_schema": {"schema": "object"}}"#,
             "response_format",
         );
         // What means "nothing" to OpenAI passes.
@@ -437,6 +480,33 @@ mod tests {
     }
 
     #[test]
+    fn response_formats_become_engine_formats() {
+        let format = |extra: &str| {
+            chat(&format!(
+                r#"{{"messages": [{{"role": "user", "content": "hi"}}], {extra}}}"#
+            ))
+            .expect(extra)
+            .params
+            .response_format
+        };
+        assert_eq!(format(r#""response_format": {"type": "text"}"#), None);
+        assert_eq!(format(r#""response_format": null"#), None);
+        assert_eq!(
+            format(r#""response_format": {"type": "json_object"}"#),
+            Some(ResponseFormat::JsonObject)
+        );
+        assert_eq!(
+            format(
+                r#""response_format": {"type": "json_schema", "json_schema": {"name": "n", "strict": true,
+                    "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}"#
+            ),
+            Some(ResponseFormat::JsonSchema(
+                serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}})
+            ))
+        );
+    }
+
+    #[test]
     fn image_parts_are_rejected() {
         let err =
             chat(r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#)
@@ -449,12 +519,12 @@ mod tests {
         let p = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}"#)
             .unwrap()
             .params;
-        assert_eq!(p.clone().into_request(vec![1; 10], 100).stop.max_tokens, 90);
-        assert_eq!(p.into_request(vec![1; 10], 2000).stop.max_tokens, 1000);
+        assert_eq!(p.clone().into_request(vec![1; 10], 100, None).stop.max_tokens, 90);
+        assert_eq!(p.into_request(vec![1; 10], 2000, None).stop.max_tokens, 1000);
         let p = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#)
             .unwrap()
             .params;
-        assert_eq!(p.into_request(vec![1; 10], 100).stop.max_tokens, 90);
+        assert_eq!(p.into_request(vec![1; 10], 100, None).stop.max_tokens, 90);
     }
 
     #[test]
@@ -483,7 +553,7 @@ mod tests {
         );
         let p = parse(r#"{"prompt": "a"}"#).unwrap().params;
         assert_eq!(
-            p.into_request(vec![1], 100).stop.max_tokens,
+            p.into_request(vec![1], 100, None).stop.max_tokens,
             DEFAULT_COMPLETION_MAX_TOKENS
         );
     }

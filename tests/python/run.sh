@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run tests/python/ (the official OpenAI Python client, Prometheus' text-format parser) against a real `hearth serve`.
+# Run tests/python/ (the official OpenAI Python client, Prometheus' text-format parser, `jsonschema` for structured
+# output) against a real `hearth serve`.
 #
 # Usage: tests/python/run.sh [MODEL.gguf]
 #        tests/python/run.sh --default-model
@@ -42,13 +43,14 @@ else
     MODEL=${1:-${HEARTH_MODELS_DIR:-$HOME/.cache/hearth/models}/SmolLM2-135M-Instruct.Q4_1.gguf}
     [[ -f $MODEL ]] || { echo "$SCRIPT: $MODEL is missing: run scripts/fetch-models.sh" >&2; exit 1; }
     SERVE=("$HEARTH" serve --model "$MODEL" "${TLS_ARGS[@]}")
-    TESTS=("$ROOT/tests/python/test_openai.py" "$ROOT/tests/python/test_metrics.py")
+    TESTS=("$ROOT/tests/python/test_openai.py" "$ROOT/tests/python/test_metrics.py"
+        "$ROOT/tests/python/test_structured.py")
     [[ $SCHEME == http ]] || TESTS=("$ROOT/tests/python/test_tls.py")
     READY_SECS=120
 fi
 
 require_hearth
-pinned_venv "$VENV" openai==3.51.0 pytest==9.2.0 prometheus-client==0.26.0
+pinned_venv "$VENV" openai==3.51.0 pytest==9.2.0 prometheus-client==0.26.0 jsonschema==4.26.0
 
 PORT=$(free_port)
 start_process "hearth serve" "${SERVE[@]}" --host 127.0.0.1 --port "$PORT" --ctx-size 2048

@@ -3,6 +3,7 @@
 mod batching;
 mod fidelity;
 mod requests;
+mod structured;
 mod tensor_ops;
 
 use std::path::PathBuf;

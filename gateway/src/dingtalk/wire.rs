@@ -408,7 +408,9 @@ mod tests {
     #[test]
     fn robot_markdown_one_to_one_and_group() {
         let (title, text) = ("T", "a \"quoted\"\nline");
-        let msg_param = json!({"title": title, "text": text}).to_string();
+        // Keys in the struct's field order: serde_json keeps insertion order (`preserve_order`, which llguidance
+        // turns on).
+        let msg_param = json!({"text": text, "title": title}).to_string();
         let one = RobotBatchSend {
             robot_code: "robot",
             user_ids: vec!["staff"],

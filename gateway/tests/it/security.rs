@@ -544,7 +544,18 @@ async fn unknown_roles_tools_for_a_template_without_them_and_response_formats_ar
             "tools",
         ),
         (
-            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}}),
+            "response_format",
+        ),
+        // Schemas the engine cannot enforce: a remote `$ref`, and one no value satisfies.
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema",
+                "json_schema": {"name": "remote", "schema": {"$ref": "https://example.com/schema.json"}}}}),
+            "response_format",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema",
+                "json_schema": {"name": "never", "schema": {"type": "integer", "minimum": 5, "maximum": 2}}}}),
             "response_format",
         ),
     ];
