@@ -41,7 +41,7 @@ pub struct Config {
     pub dingtalk: Option<DingTalkConfig>,
     /// `[feishu]`: the Feishu (Lark) connector; absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub feishu: Option<crate::feishu::FeishuConfig>,
+    pub feishu: Option<crate::feishu::config::FeishuConfig>,
     /// `[skills]`: answers without the model, for every IM connector.
     pub skills: SkillsConfig,
     /// `[access]`: who may talk to the assistant over IM, per platform, and with what role.
@@ -694,7 +694,7 @@ mod tests {
                 "dingtalk.{key} is not in the example"
             );
         }
-        let feishu = toml::Table::try_from(crate::feishu::FeishuConfig::default()).unwrap();
+        let feishu = toml::Table::try_from(crate::feishu::config::FeishuConfig::default()).unwrap();
         for key in feishu.keys() {
             assert!(
                 EXAMPLE.contains(&format!("# {key} =")),

@@ -13,6 +13,7 @@
 use super::adapter::{CardState, Envelope};
 use crate::audit::{AuditRecord, Outcome};
 use crate::db::{Database, DbError};
+pub use crate::store::Unfinished;
 use crate::store::{Arrival, Scope, Settlement, Store, Turn};
 
 /// A message taken up for answering.
@@ -30,18 +31,6 @@ pub struct Job<M> {
     /// How far into the answer the user has seen it in its cards, in bytes, as an earlier run left it
     /// ([`SHOWN_ALL`]: the last card's final frame was sent); 0 for a new message. A resumed answer
     /// streams into the cards again once the regenerated text reaches this point.
-    pub shown: usize,
-}
-
-/// A message left `accepted` by an earlier run, before its platform message is decoded.
-#[derive(Debug, Clone)]
-pub struct Unfinished {
-    pub envelope: Envelope,
-    /// The platform's message as the adapter encoded it; `None` in rows written before it was kept.
-    pub payload: Option<String>,
-    pub card_id: String,
-    pub attempt: u32,
-    pub card_created: bool,
     pub shown: usize,
 }
 

@@ -1,10 +1,12 @@
 //! [`SkillsConfig`]: the `[skills]` section of the config file.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use regex::Regex;
+use reqwest::header::HeaderName;
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
-
-use super::http::HttpSkillConfig;
 
 /// `[skills]`: the built-in skills' settings and the configured ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,4 +139,117 @@ pub enum SkillError {
     Invalid(String),
     #[error("cannot read the skills from {path}: {reason}")]
     Load { path: PathBuf, reason: String },
+}
+
+/// One `[[skills.http]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSkillConfig {
+    pub name: String,
+    /// What it does: shown by `help` and given to the model as the tool's description.
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_trigger")]
+    pub trigger: TriggerKind,
+    /// Commands, keywords or regexes, per [`trigger`](Self::trigger); may be empty for a tool-only skill.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// GET, POST, PUT or DELETE.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// `http://` or `https://`; `{args}`, `{text}`, `{sender}` are filled in percent-encoded.
+    pub url: String,
+    /// Plain headers (not secret).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values are read from files (trimmed): `{ Authorization = "/etc/hearth/crm-auth" }`.
+    #[serde(default)]
+    pub secret_headers: BTreeMap<String, PathBuf>,
+    /// The request body for POST and PUT; `{args}`, `{text}`, `{sender}` are filled in as JSON strings.
+    #[serde(default)]
+    pub body: String,
+    /// The whole call, connection to last byte.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// A longer response is refused.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// The answer: `{body}`, `{status}`, `{json.field.sub}` (a field of a JSON response).
+    #[serde(default = "default_response")]
+    pub response: String,
+    /// Also offered to the model as a tool (IM answers).
+    #[serde(default)]
+    pub tool: bool,
+    /// The tool argument's description (what `query` should hold).
+    #[serde(default = "default_argument")]
+    pub argument: String,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+fn default_trigger() -> TriggerKind {
+    TriggerKind::Command
+}
+fn default_method() -> String {
+    "GET".to_owned()
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_max_response_bytes() -> usize {
+    64 * 1024
+}
+fn default_response() -> String {
+    "{body}".to_owned()
+}
+fn default_argument() -> String {
+    "the user's request, e.g. an order number or a name".to_owned()
+}
+
+impl HttpSkillConfig {
+    /// The checks that need no network: method, URL scheme, bounds, header names and templates.
+    pub fn validate(&self, key: &str) -> Result<(), SkillError> {
+        let invalid = |problem: String| Err(SkillError::Invalid(format!("{key} ({}): {problem}", self.name)));
+        if parse_method(&self.method).is_none() {
+            return invalid(format!("method {:?} is not GET, POST, PUT or DELETE", self.method));
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return invalid(format!("url {:?} must start with http:// or https://", self.url));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
+            return invalid(format!("timeout_ms is {}, not in 1..=600000", self.timeout_ms));
+        }
+        if self.max_response_bytes == 0 || self.max_response_bytes > 16 * 1024 * 1024 {
+            return invalid(format!(
+                "max_response_bytes is {}, not in 1..=16777216",
+                self.max_response_bytes
+            ));
+        }
+        for name in self.headers.keys().chain(self.secret_headers.keys()) {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return invalid(format!("{name:?} is not a valid header name"));
+            }
+        }
+        if self.patterns.iter().all(|p| p.trim().is_empty()) && !self.tool {
+            return invalid("needs a pattern, or tool = true".to_owned());
+        }
+        if self.trigger == TriggerKind::Regex {
+            for pattern in &self.patterns {
+                if let Err(e) = Regex::new(pattern) {
+                    return invalid(format!("{pattern:?} is not a valid regex: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn parse_method(method: &str) -> Option<Method> {
+    match method.to_ascii_uppercase().as_str() {
+        "GET" => Some(Method::GET),
+        "POST" => Some(Method::POST),
+        "PUT" => Some(Method::PUT),
+        "DELETE" => Some(Method::DELETE),
+        _ => None,
+    }
 }

@@ -16,100 +16,19 @@
 pub mod calls;
 pub mod config;
 pub mod http;
+mod skill;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use regex::Regex;
 use tokio::sync::watch;
 
-use crate::routing::ModelRouter;
-
 pub use calls::CallStatus;
-pub use config::{CustomSkill, SkillError, SkillsConfig, TriggerKind};
-pub use http::{CallOutcome, HttpSkill, HttpSkillConfig, ToolUse};
-
-/// What makes a skill answer a message.
-#[derive(Debug, Clone)]
-pub enum Trigger {
-    /// `/name` as the first word (case-insensitive); what follows is the skill's arguments.
-    Command(String),
-    /// The whole message, trimmed, equals this (case-insensitive).
-    Keyword(String),
-    /// The regex matches somewhere in the message.
-    Regex(Regex),
-}
-
-impl Trigger {
-    /// The match rank: command 3, keyword 2, regex 1 (the model is 0).
-    fn rank(&self) -> u8 {
-        match self {
-            Self::Command(_) => 3,
-            Self::Keyword(_) => 2,
-            Self::Regex(_) => 1,
-        }
-    }
-
-    /// The arguments when `text` triggers this, else `None`.
-    fn matches<'t>(&self, text: &'t str) -> Option<&'t str> {
-        let text = text.trim();
-        match self {
-            Self::Command(name) => {
-                let rest = text.strip_prefix('/')?;
-                let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-                word.eq_ignore_ascii_case(name).then(|| args.trim())
-            }
-            Self::Keyword(word) => (text.to_lowercase() == word.to_lowercase()).then_some(""),
-            Self::Regex(regex) => regex.is_match(text).then_some(""),
-        }
-    }
-}
-
-/// What a skill sees of the message.
-#[derive(Debug, Clone)]
-pub struct SkillInput<'a> {
-    /// The message text (mention stripped).
-    pub text: &'a str,
-    /// A command's arguments (empty otherwise).
-    pub args: &'a str,
-    /// Who wrote it (platform user id) and their display name.
-    pub sender_id: &'a str,
-    pub sender_nick: &'a str,
-}
-
-/// What the platform lends skills: the models (for `status`) and when the gateway started.
-#[derive(Clone)]
-pub struct SkillContext {
-    pub models: Arc<ModelRouter>,
-    pub started: Instant,
-}
-
-/// Something the connector does besides delivering the reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SkillAction {
-    /// Forget the conversation's session (the history sent to the model).
-    ResetSession,
-    /// Send `summary` to the person `to` (a platform user id) so they take over.
-    Escalate { to: String, summary: String },
-}
-
-/// A skill's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkillReply {
-    /// Delivered like a model answer (a finalized card on DingTalk).
-    pub text: String,
-    pub actions: Vec<SkillAction>,
-}
-
-impl SkillReply {
-    fn text(text: impl Into<String>) -> Self {
-        Self {
-            text: text.into(),
-            actions: Vec::new(),
-        }
-    }
-}
+pub use config::{CustomSkill, HttpSkillConfig, SkillError, SkillsConfig, TriggerKind};
+pub use http::{CallOutcome, HttpSkill, ToolUse};
+pub use skill::{SkillAction, SkillContext, SkillInput, SkillReply, Trigger};
 
 /// An answer that needs no model.
 pub trait Skill: Send + Sync {
@@ -128,6 +47,28 @@ pub trait Skill: Send + Sync {
     /// An HTTP skill answers by an awaited call instead of [`answer`](Self::answer).
     fn http(&self) -> Option<&HttpSkill> {
         None
+    }
+}
+
+impl Skill for HttpSkill {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn description(&self) -> &str {
+        &self.description
+    }
+    fn triggers(&self) -> &[Trigger] {
+        &self.triggers
+    }
+    fn priority(&self) -> i32 {
+        self.priority
+    }
+    /// Not used: the caller sees [`Skill::http`] and awaits [`HttpSkill::call`].
+    fn answer(&self, _: &SkillInput<'_>, _: &SkillContext) -> SkillReply {
+        SkillReply::text(format!("{} must be called, not answered directly", self.name))
+    }
+    fn http(&self) -> Option<&HttpSkill> {
+        Some(self)
     }
 }
 

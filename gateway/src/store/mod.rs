@@ -15,6 +15,9 @@
 mod postgres;
 mod sqlite;
 pub mod throwaway;
+pub mod types;
+
+pub use types::{Arrival, Scope, Settlement, Turn, Unfinished};
 
 pub(crate) use sqlite::{migrate_connection as sqlite_migrate, records_since as sqlite_records_since};
 
@@ -22,10 +25,8 @@ use std::path::PathBuf;
 
 use engine::ChatMessage;
 
-use crate::audit::{AuditRecord, Outcome};
+use crate::audit::record::AuditRecord;
 use crate::db::{Database, DbError};
-use crate::im::adapter::Envelope;
-use crate::im::outbox::Unfinished;
 use crate::skills::calls::SkillCall;
 
 /// Which store a locator names.
@@ -79,43 +80,6 @@ impl Backend {
             Self::Postgres => "postgres",
         }
     }
-}
-
-/// The rows of one platform account (`robot` in the tables).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    pub platform: &'static str,
-    pub account: String,
-}
-
-/// A message as the outbox records it on arrival.
-#[derive(Debug, Clone)]
-pub struct Arrival {
-    pub envelope: Envelope,
-    /// The stable id of its first card.
-    pub card_id: String,
-    /// Not addressed to the robot: recorded `ignored`, never answered.
-    pub ignore: bool,
-    /// The platform's message as the adapter encoded it.
-    pub payload: String,
-}
-
-/// A question and its answer, added to a session when the message that asked is settled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Turn {
-    pub session: String,
-    pub question: String,
-    pub answer: String,
-}
-
-/// How a message is settled: its outcome, and what is written with it in the same transaction.
-#[derive(Debug, Clone)]
-pub struct Settlement {
-    pub outcome: Outcome,
-    pub detail: String,
-    /// Its audit record, already masked.
-    pub record: Option<AuditRecord>,
-    pub turn: Option<Turn>,
 }
 
 /// An open store, cheap to clone (the clones share the connection or pool).
@@ -290,24 +254,6 @@ impl Store {
     /// Delete the audit records taken up before `before_ms`; returns how many went.
     pub async fn prune_records(&self, before_ms: i64) -> Result<usize, DbError> {
         dispatch!(self, prune_records(before_ms))
-    }
-}
-
-/// A stored chat kind; `1` and `2` are DingTalk's `conversationType`, as rows before adapters had them.
-fn parse_chat_kind(text: &str) -> crate::im::adapter::ChatKind {
-    use crate::im::adapter::ChatKind;
-    match text {
-        "group" | "2" => ChatKind::Group,
-        _ => ChatKind::Direct,
-    }
-}
-
-/// The stored form of a chat kind.
-fn chat_kind(kind: crate::im::adapter::ChatKind) -> &'static str {
-    use crate::im::adapter::ChatKind;
-    match kind {
-        ChatKind::Direct => "direct",
-        ChatKind::Group => "group",
     }
 }
 

@@ -13,11 +13,10 @@ use deadpool_postgres::{Config, GenericClient, ManagerConfig, Pool, PoolConfig, 
 use engine::ChatMessage;
 use tokio_postgres::{NoTls, Row};
 
-use super::{chat_kind, parse_chat_kind, Arrival, Scope, Settlement, Turn};
-use crate::audit::{AuditRecord, Handler, Outcome};
+use super::types::{chat_kind, parse_chat_kind, Arrival, Scope, Settlement, Turn, Unfinished};
+use crate::audit::record::{AuditRecord, Handler, Outcome};
 use crate::db::{now_ms, DbError};
 use crate::im::adapter::Envelope;
-use crate::im::outbox::Unfinished;
 use crate::skills::calls::{CallStatus, SkillCall};
 
 /// The migrations, in order; `hearth_migrations` records each one applied.

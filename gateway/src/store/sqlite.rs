@@ -5,11 +5,10 @@
 use engine::ChatMessage;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{chat_kind, parse_chat_kind, Arrival, Scope, Settlement, Turn};
-use crate::audit::{AuditRecord, Outcome};
+use super::types::{chat_kind, parse_chat_kind, Arrival, Scope, Settlement, Turn, Unfinished};
+use crate::audit::record::{AuditRecord, Outcome};
 use crate::db::{add_column, now_ms, run, DbError, SharedConnection};
 use crate::im::adapter::Envelope;
-use crate::im::outbox::Unfinished;
 use crate::skills::calls::{CallStatus, SkillCall};
 
 /// The migrations, in order: the database's `user_version` is how many it has applied.
