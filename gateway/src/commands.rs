@@ -15,6 +15,7 @@ use gateway::dingtalk::DingTalkConnector;
 use gateway::doctor;
 use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
 use gateway::skills::SkillSet;
+use gateway::wecom::WeComConnector;
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
@@ -94,7 +95,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
                 let skills = Arc::new(skills.context("invalid [skills]")?);
                 // Reload [skills] when the config file changes; the task ends with the process.
                 let _watcher = skills.watch(Duration::from_secs(2));
-                let connector = DingTalkConnector::start_with_access(config, router.clone(), skills, access)
+                let connector = DingTalkConnector::start_with_access(config, router.clone(), skills, access.clone())
                     .await
                     .context("cannot start the DingTalk connector")?;
                 tracing::info!(api = %base, "DingTalk connector started");
@@ -102,8 +103,11 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             }
             None => None,
         };
-        let platforms = connector.iter().map(DingTalkConnector::link).collect();
+        let wecom = start_wecom(config, &config_file, &skills_config, &router, &access).await?;
+        let mut platforms: Vec<_> = connector.iter().map(DingTalkConnector::link).collect();
+        platforms.extend(wecom.iter().map(WeComConnector::link));
         let mut state = AppState::with_shared_router(router.clone(), &gateway_config).with_platforms(platforms);
+        state.wecom_callback = wecom.as_ref().and_then(|w| w.adapter().callback());
         if state.credentials.guards(gateway::access::Scope::Admin) {
             state = state.with_admin_log(open_admin_log(&config.data.dir)?);
         }
@@ -135,12 +139,40 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             if let Some(connector) = connector {
                 connector.shutdown(drain).await;
             }
+            if let Some(wecom) = wecom {
+                wecom.shutdown(drain).await;
+            }
         };
         server::serve(listener, state, shutdown, gateway_config.drain_timeout())
             .await
             .context("the HTTP server failed")
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The WeCom connector of `[wecom]`, started; `None` when the section is absent.
+async fn start_wecom(
+    config: &Config,
+    config_file: &Option<PathBuf>,
+    skills_config: &gateway::skills::SkillsConfig,
+    router: &Arc<ModelRouter>,
+    access: &Arc<gateway::access_rules::AccessRules>,
+) -> anyhow::Result<Option<WeComConnector>> {
+    let Some(wecom) = config.wecom.clone() else {
+        return Ok(None);
+    };
+    let skills = match config_file {
+        Some(file) => SkillSet::with_file(skills_config, file.clone()),
+        None => SkillSet::new(skills_config),
+    };
+    let skills = Arc::new(skills.context("invalid [skills]")?);
+    let _watcher = skills.watch(Duration::from_secs(2));
+    let mode = wecom.mode;
+    let connector = WeComConnector::start_with_access(wecom, router.clone(), skills, access.clone())
+        .await
+        .context("cannot start the WeCom connector")?;
+    tracing::info!(?mode, "WeCom connector started");
+    Ok(Some(connector))
 }
 
 /// The admin audit log in the data directory (created if missing): with the admin API on, admin actions that

@@ -39,6 +39,9 @@ pub struct Config {
     /// `[dingtalk]`: the DingTalk connector; absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dingtalk: Option<DingTalkConfig>,
+    /// `[wecom]`: the WeCom connector; absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wecom: Option<crate::wecom::WeComConfig>,
     /// `[skills]`: answers without the model, for every IM connector.
     pub skills: SkillsConfig,
     /// `[access]`: who may talk to the assistant over IM, per platform, and with what role.
@@ -521,6 +524,11 @@ impl Config {
         if let Some(dingtalk) = &mut shown.dingtalk {
             dingtalk.app_secret = Secret("***".to_owned());
         }
+        if let Some(wecom) = &mut shown.wecom {
+            for secret in [&mut wecom.secret, &mut wecom.token, &mut wecom.encoding_aes_key] {
+                *secret = Secret("***".to_owned());
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot show the configuration: {err}\n"))
     }
 }
@@ -665,6 +673,13 @@ mod tests {
             assert!(
                 EXAMPLE.contains(&format!("# {key} =")),
                 "dingtalk.{key} is not in the example"
+            );
+        }
+        let wecom = toml::Table::try_from(crate::wecom::WeComConfig::default()).unwrap();
+        for key in wecom.keys() {
+            assert!(
+                EXAMPLE.contains(&format!("# {key} =")),
+                "wecom.{key} is not in the example"
             );
         }
         for key in [

@@ -72,6 +72,7 @@ pub mod state;
 pub mod tls;
 pub mod tools;
 pub mod validation;
+pub mod wecom;
 
 pub use connections::ConnectionLimits;
 pub use error::{ApiError, ApiJson, ErrorKind};

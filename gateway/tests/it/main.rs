@@ -22,3 +22,4 @@ mod shutdown;
 mod support;
 mod switch;
 mod tls;
+mod wecom;
