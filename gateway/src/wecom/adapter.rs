@@ -102,7 +102,7 @@ pub(crate) struct Target {
     pub content: String,
     /// The final snapshot is set (URL mode: served with `finish: true` on the next refresh).
     pub finish: bool,
-    /// A finish frame was sent (long connection) or served (URL mode).
+    /// A finish frame went out (long connection: written, acknowledged or not) or was served (URL mode).
     pub finish_sent: bool,
     /// When a snapshot last went out.
     pub last_sent: Instant,
@@ -236,7 +236,8 @@ impl WeCom {
                     .ok_or(WeComError::UnknownStream(id.to_owned()))?;
                 let body = super::message::stream_body(id, content, finish);
                 let sent = link.request(cmd::RESPOND_MSG, req_id.to_owned(), Some(body)).await;
-                if finish && sent.is_ok() {
+                // A finish that went out may have been applied even when its acknowledgement was lost.
+                if finish && !matches!(sent, Err(WeComError::NotConnected(_))) {
                     self.streams
                         .with(|table| table.get_mut(id).map(|t| t.finish_sent = true));
                 }

@@ -23,3 +23,4 @@ mod support;
 mod switch;
 mod tls;
 mod wecom;
+mod wecom_faults;

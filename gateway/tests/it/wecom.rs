@@ -172,3 +172,51 @@ async fn every_message_of_20_users_gets_exactly_one_finished_stream_over_the_lon
     assert_eq!(stats.sends, 0);
     wecom.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_of_20_users_gets_exactly_one_finished_stream_in_url_mode() {
+    let wecom = emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = connector_config(&wecom, &dir.path().join("outbox.sqlite3"), Mode::Callback);
+    let connector = WeComConnector::start(config, shared_models()).await.unwrap();
+    // hearth's own router, with the callback route mounted as `hearth serve` mounts it.
+    let mut state = gateway::AppState::with_shared_router(shared_models(), &gateway::GatewayConfig::default());
+    state.wecom_callback = connector.adapter().callback();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/im/wecom/callback", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, gateway::app(state)).await });
+    // Saving the URL verifies it (the decrypted echostr comes back), then switches the robot to URL mode.
+    wecom.set_callback_url(Some(url)).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let posted = post_traffic(&wecom, 20, 5);
+    let (by_stream, by_message) = wecom
+        .wait_for(PATIENCE, |w| settled(w).filter(|(s, m)| s + m == posted.len()))
+        .await
+        .unwrap();
+    eprintln!(
+        "URL mode: {} messages answered in {:.1} s",
+        posted.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (by_stream, by_message),
+        (posted.len(), 0),
+        "every answer is a finished stream"
+    );
+    let outbox = connector.outbox().clone();
+    connector.shutdown(Duration::from_secs(30)).await;
+    for msgid in &posted {
+        assert_eq!(
+            outbox.state(msgid).await.unwrap().as_deref(),
+            Some("answered"),
+            "{msgid}"
+        );
+    }
+    let stats = wecom.inspect(World::stats);
+    assert_eq!(stats.verifications_ok, 1);
+    assert_eq!(stats.response_urls_used, 0);
+    assert!(stats.refreshes > 0, "the streams were collected by refresh callbacks");
+    server.abort();
+    wecom.shutdown().await.unwrap();
+}
