@@ -11,6 +11,8 @@
 //! card update with text was accepted. It measures and never asserts; prints a markdown table.
 #![forbid(unsafe_code)]
 
+mod im_bench_wecom;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,6 +28,9 @@ use emulator::dingtalk::{
 #[derive(Parser, Debug)]
 #[command(name = "im-bench", version)]
 struct Args {
+    /// The platform: `dingtalk`, or `wecom` (the long connection; `im_bench_wecom`).
+    #[arg(long, value_enum, default_value_t = Platform::Dingtalk)]
+    platform: Platform,
     /// The GGUF model file [default: ~/.cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf]
     #[arg(long, value_name = "FILE")]
     model: Option<PathBuf>,
@@ -49,6 +54,13 @@ struct Args {
     timeout_secs: u64,
 }
 
+/// The connector measured.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Platform {
+    Dingtalk,
+    Wecom,
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let model = match &args.model {
@@ -68,12 +80,16 @@ fn main() -> Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (ttft, echo) = runtime.block_on(async {
+        if args.platform == Platform::Wecom {
+            return im_bench_wecom::run(&args, &hearth, &model).await;
+        }
         let ttft = model_run(&args, &hearth, &model).await?;
         let echo = echo_run(&args, &hearth, &model).await?;
         anyhow::Ok((ttft, echo))
     })?;
     println!("| figure | value |");
     println!("|---|---|");
+    println!("| platform | {:?} |", args.platform);
     println!("| conversations | {} |", args.conversations);
     println!(
         "| message → first visible card token, p50 (model, {} messages) | {:.0} ms |",
@@ -101,12 +117,16 @@ fn write_config(dir: &Path, dingtalk: &DingTalkEmulator, max_answer_tokens: usiz
         dir.join("dingtalk.sqlite3").display()
     );
     if echo {
-        text.push_str("[skills]\n[[skills.custom]]\nname = \"echo\"\ntrigger = \"regex\"\npatterns = [\"(?s).*\"]\nreply = \"{text}\"\n");
+        text.push_str(ECHO_SKILL);
     }
     let path = dir.join("hearth.toml");
     std::fs::write(&path, text)?;
     Ok(path)
 }
+
+/// The `[skills]` of the echo run: every message answered with its own text.
+const ECHO_SKILL: &str =
+    "[skills]\n[[skills.custom]]\nname = \"echo\"\ntrigger = \"regex\"\npatterns = [\"(?s).*\"]\nreply = \"{text}\"\n";
 
 struct Server(Child);
 
@@ -118,6 +138,17 @@ impl Drop for Server {
 }
 
 async fn start(hearth: &Path, model: &Path, config: &Path, dingtalk: &DingTalkEmulator) -> Result<Server> {
+    let server = spawn(hearth, model, config)?;
+    dingtalk
+        .wait_for(Duration::from_secs(120), |w| {
+            (w.stats().live_connections == 1).then_some(())
+        })
+        .await?;
+    Ok(server)
+}
+
+/// `hearth serve` with `config`, on a free port.
+fn spawn(hearth: &Path, model: &Path, config: &Path) -> Result<Server> {
     let child = Command::new(hearth)
         .args(["serve", "--port", "0", "--ctx-size", "1024", "--model"])
         .arg(model)
@@ -128,13 +159,7 @@ async fn start(hearth: &Path, model: &Path, config: &Path, dingtalk: &DingTalkEm
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {}", hearth.display()))?;
-    let server = Server(child);
-    dingtalk
-        .wait_for(Duration::from_secs(120), |w| {
-            (w.stats().live_connections == 1).then_some(())
-        })
-        .await?;
-    Ok(server)
+    Ok(Server(child))
 }
 
 fn post(dingtalk: &DingTalkEmulator, user: &str, text: &str) -> Result<()> {
