@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod im_bench_feishu;
+mod im_bench_wecom;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,10 +26,14 @@ use emulator::dingtalk::{
     DEFAULT_CLIENT_SECRET,
 };
 
-/// Benchmark the DingTalk connector through the emulator.
+/// Benchmark an IM connector through its platform's emulator.
 #[derive(Parser, Debug)]
 #[command(name = "im-bench", version)]
 struct Args {
+    /// The platform: `dingtalk`, `feishu` (`im_bench_feishu`) or `wecom` (the long connection;
+    /// `im_bench_wecom`).
+    #[arg(long, value_enum, default_value_t = Platform::Dingtalk)]
+    platform: Platform,
     /// The GGUF model file [default: ~/.cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf]
     #[arg(long, value_name = "FILE")]
     model: Option<PathBuf>,
@@ -50,9 +55,6 @@ struct Args {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
-    /// The platform to run through.
-    #[arg(long, value_enum, default_value = "dingtalk")]
-    platform: Platform,
 }
 
 /// The IM platforms `im-bench` drives.
@@ -60,6 +62,7 @@ struct Args {
 enum Platform {
     Dingtalk,
     Feishu,
+    Wecom,
 }
 
 fn main() -> Result<()> {
@@ -83,6 +86,9 @@ fn main() -> Result<()> {
     let (ttft, echo) = runtime.block_on(async {
         if args.platform == Platform::Feishu {
             return im_bench_feishu::run(&args, &hearth, &model).await;
+        }
+        if args.platform == Platform::Wecom {
+            return im_bench_wecom::run(&args, &hearth, &model).await;
         }
         let ttft = model_run(&args, &hearth, &model).await?;
         let echo = echo_run(&args, &hearth, &model).await?;

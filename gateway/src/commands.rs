@@ -16,6 +16,7 @@ use gateway::doctor;
 use gateway::feishu::FeishuConnector;
 use gateway::routing::{CatalogEntry, Fallback, Loaded, ModelRouter};
 use gateway::skills::SkillSet;
+use gateway::wecom::WeComConnector;
 use gateway::{server, AppState};
 use tokio::sync::mpsc;
 
@@ -91,7 +92,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
                 gateway_config.server.host, gateway_config.server.port
             )
         })?;
-        let skills = if dingtalk_config.is_some() || feishu_config.is_some() {
+        let skills = if dingtalk_config.is_some() || feishu_config.is_some() || config.wecom.is_some() {
             let skills = match &config_file {
                 Some(file) => SkillSet::with_file(&skills_config, file.clone()),
                 None => SkillSet::new(&skills_config),
@@ -131,12 +132,26 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             }
             _ => None,
         };
+        let wecom = match (config.wecom.clone(), &skills) {
+            (Some(wecom), Some(skills)) => {
+                let mode = wecom.mode;
+                let connector =
+                    WeComConnector::start_with_access(wecom, router.clone(), skills.clone(), access.clone())
+                        .await
+                        .context("cannot start the WeCom connector")?;
+                tracing::info!(?mode, "WeCom connector started");
+                Some(connector)
+            }
+            _ => None,
+        };
         let platforms = connector
             .iter()
             .map(DingTalkConnector::link)
             .chain(feishu.iter().map(FeishuConnector::link))
+            .chain(wecom.iter().map(WeComConnector::link))
             .collect();
         let mut state = AppState::with_shared_router(router.clone(), &gateway_config).with_platforms(platforms);
+        state.wecom_callback = wecom.as_ref().and_then(|w| w.adapter().callback());
         if state.credentials.guards(gateway::access::Scope::Admin) {
             state = state.with_admin_log(open_admin_log(&config.data.dir)?);
         }
@@ -170,6 +185,9 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
             }
             if let Some(connector) = feishu {
                 connector.shutdown(drain).await;
+            }
+            if let Some(wecom) = wecom {
+                wecom.shutdown(drain).await;
             }
         };
         server::serve(listener, state, shutdown, gateway_config.drain_timeout())

@@ -42,6 +42,9 @@ pub struct Config {
     /// `[feishu]`: the Feishu (Lark) connector; absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feishu: Option<crate::feishu::config::FeishuConfig>,
+    /// `[wecom]`: the WeCom connector; absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wecom: Option<crate::wecom::config::WeComConfig>,
     /// `[skills]`: answers without the model, for every IM connector.
     pub skills: SkillsConfig,
     /// `[access]`: who may talk to the assistant over IM, per platform, and with what role.
@@ -542,6 +545,11 @@ impl Config {
         if let Some(feishu) = &mut shown.feishu {
             feishu.app_secret = Secret("***".to_owned());
         }
+        if let Some(wecom) = &mut shown.wecom {
+            for secret in [&mut wecom.secret, &mut wecom.token, &mut wecom.encoding_aes_key] {
+                *secret = Secret("***".to_owned());
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot show the configuration: {err}\n"))
     }
 }
@@ -699,6 +707,13 @@ mod tests {
             assert!(
                 EXAMPLE.contains(&format!("# {key} =")),
                 "feishu.{key} is not in the example"
+            );
+        }
+        let wecom = toml::Table::try_from(crate::wecom::config::WeComConfig::default()).unwrap();
+        for key in wecom.keys() {
+            assert!(
+                EXAMPLE.contains(&format!("# {key} =")),
+                "wecom.{key} is not in the example"
             );
         }
         for key in [

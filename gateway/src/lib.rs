@@ -76,6 +76,7 @@ pub mod store;
 pub mod tls;
 pub mod tools;
 pub mod validation;
+pub mod wecom;
 
 pub use connections::ConnectionLimits;
 pub use error::{ApiError, ApiJson, ErrorKind};

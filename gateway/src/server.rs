@@ -54,9 +54,14 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/skills/reload", post(admin::reload_skills))
         .route("/admin/audit", get(admin::audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_token));
+    let wecom = match &state.wecom_callback {
+        Some(callback) => crate::wecom::callback::routes(callback.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .merge(v1)
         .merge(admin)
+        .merge(wecom)
         .merge(console::routes(&state))
         .route("/health", get(health))
         .route("/healthz", get(healthz))

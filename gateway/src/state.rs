@@ -92,6 +92,8 @@ pub struct AppState {
     /// [`AppState::with_admin_log`] sets it (`hearth serve` does whenever the admin API is on), and such
     /// actions are refused without it.
     pub admin_log: Option<AdminLog>,
+    /// WeCom URL mode's callback handler, mounted at `/im/wecom/callback` when set.
+    pub wecom_callback: Option<Arc<crate::wecom::Callback>>,
 }
 
 impl AppState {
@@ -133,6 +135,7 @@ impl AppState {
             tls: config.tls.clone(),
             prompts: Arc::new(PromptLimits::new(server.max_prompt_bytes, server.default_max_tokens)),
             admin_log: None,
+            wecom_callback: None,
         }
     }
 

@@ -200,7 +200,7 @@ impl Outbox {
 }
 
 /// A card id derived from the account and message: stable across restarts, so the card is found again.
-fn card_id(account: &str, msg_id: &str) -> String {
+pub(crate) fn card_id(account: &str, msg_id: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("{account}\n{msg_id}").as_bytes());
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();

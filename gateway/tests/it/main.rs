@@ -29,3 +29,5 @@ mod store_support;
 mod support;
 mod switch;
 mod tls;
+mod wecom;
+mod wecom_faults;
