@@ -8,7 +8,7 @@
 #   --seconds N   fuzz each target N seconds (default 20; 0: only replay the committed inputs)
 #   --asan        build with AddressSanitizer (needs a nightly toolchain: `rustup toolchain install nightly`)
 #   --keep DIR    keep the inputs each run adds in DIR/TARGET (default: a temporary folder, deleted)
-#   TARGET...     only these targets (default: gguf chat im_frames card_split)
+#   TARGET...     only these targets (default: gguf chat im_frames feishu_frame wecom_frame card_split)
 #
 # It builds with the toolchain already here and the flags cargo-fuzz passes (SanitizerCoverage with inline
 # 8-bit counters, a PC table, compare tracing and stack depth; `--cfg fuzzing`; debug assertions and
@@ -37,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-((${#targets[@]})) || targets=(gguf chat im_frames card_split)
+((${#targets[@]})) || targets=(gguf chat im_frames feishu_frame wecom_frame card_split)
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
 flags=(

@@ -44,6 +44,57 @@ pub fn stream_frame(data: &[u8]) {
     }
 }
 
+/// One binary message from the Feishu long connection, read as the connector reads it: a `pbbp2` frame
+/// (`Frame::decode`), its event payload (`Event::parse`, then what the adapter asks of a message), and the
+/// response frame it would send back, which must decode to the same frame with `{"code":200}`.
+pub fn feishu_frame(data: &[u8]) {
+    use prost::Message;
+
+    use crate::feishu::frame::{response, Frame};
+    use crate::feishu::message::Event;
+
+    let Ok(frame) = Frame::decode(data) else {
+        return;
+    };
+    let _ = (frame.header("type"), frame.header("sum"), frame.header("seq"));
+    if let Some(Ok(Event::Message(message))) = frame.payload.as_deref().map(Event::parse) {
+        assert!(!message.message_id.is_empty(), "a message without an id is refused");
+        let _ = (message.text.len(), message.group, message.mentions_bot);
+    }
+    let answer = Frame::decode(&response(frame.clone(), 200, 1)[..]).expect("a response frame decodes");
+    assert_eq!(
+        (answer.seq_id, answer.log_id, answer.service),
+        (frame.seq_id, frame.log_id, frame.service)
+    );
+    assert_eq!(answer.payload.as_deref(), Some(&b"{\"code\":200}"[..]));
+}
+
+/// One text frame from the WeCom long connection (a `Frame`, then a pushed message as the adapter reads it),
+/// and the same bytes as the encrypted field of a URL-mode callback, decrypted as hearth does with the
+/// emulator's default key: a frame or ciphertext that cannot be read is an error, never a panic.
+pub fn wecom_frame(data: &[u8]) {
+    use crate::wecom::message::{Frame, WeComMessage};
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(frame) = serde_json::from_str::<Frame>(text) {
+        if let Some(body) = frame.body {
+            if let Ok(message) = serde_json::from_value::<WeComMessage>(body) {
+                let _ = (
+                    message.is_group(),
+                    message.conversation(),
+                    message.question(),
+                    message.sent_ms(),
+                );
+            }
+        }
+    }
+    let crypt = emulator::wecom::crypto::MsgCrypt::new("emulatortoken", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+        .expect("the emulator's default key is valid");
+    let _ = crypt.decrypt(text, emulator::wecom::crypto::Padding::Lenient);
+}
+
 /// The card splitter over one answer, card after card as the connector rolls over (`card_end` then
 /// `card_text`). The first two bytes choose the card size: with the high bit set a tiny one (0 to 127
 /// bytes, below what the configuration allows, checked only for progress), else 256 (the configured
@@ -141,6 +192,16 @@ mod tests {
     #[test]
     fn im_frames_corpus_replays() {
         replay("im_frames", stream_frame);
+    }
+
+    #[test]
+    fn feishu_frame_corpus_replays() {
+        replay("feishu_frame", feishu_frame);
+    }
+
+    #[test]
+    fn wecom_frame_corpus_replays() {
+        replay("wecom_frame", wecom_frame);
     }
 
     #[test]

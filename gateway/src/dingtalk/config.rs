@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::im::platform_config::ConfigError;
+use crate::im::platform_config::{read_file, secret_from_file};
 use crate::im::settings::{CardLimits, GroupSessions, Settings};
 use crate::secret::Secret;
 
@@ -127,89 +129,71 @@ impl Default for DingTalkConfig {
 /// The smallest [`DingTalkConfig::card_max_bytes`]: below it an answer would scatter over many cards.
 pub const MIN_CARD_BYTES: usize = 256;
 
-/// A configuration that cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid DingTalk config: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("DingTalk `{0}` is required")]
-    Missing(&'static str),
-    #[error("DingTalk `{field}` must be {rule}")]
-    Invalid { field: &'static str, rule: &'static str },
-    #[error("DingTalk `app_secret_file`: cannot read {path}: {source}")]
-    SecretFile { path: PathBuf, source: std::io::Error },
-}
+/// The platform's name in config errors.
+const PLATFORM: &str = "DingTalk";
 
 impl DingTalkConfig {
     /// Read a TOML file of this struct's fields (unknown keys are an error naming them).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let mut config: Self = read_file(PLATFORM, path)?;
         config.read_secret_file()?;
         Ok(config)
     }
 
     /// Set `app_secret` from `app_secret_file` (trimmed), when one is named; both set is an error.
     pub fn read_secret_file(&mut self) -> Result<(), ConfigError> {
-        let Some(path) = &self.app_secret_file else {
-            return Ok(());
-        };
-        if !self.app_secret.expose().is_empty() {
-            return Err(ConfigError::Invalid {
-                field: "app_secret_file",
-                rule: "set without `app_secret`: keep one",
-            });
-        }
-        let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        self.app_secret = Secret(secret.trim().to_owned());
-        Ok(())
+        secret_from_file(
+            PLATFORM,
+            ("app_secret", "app_secret_file"),
+            &mut self.app_secret,
+            self.app_secret_file.as_deref(),
+        )
     }
 
     /// Check that the connector can start with these settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.app_key.trim().is_empty() {
-            return Err(ConfigError::Missing("app_key"));
+            return Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "app_key",
+            });
         }
         if self.app_secret.expose().is_empty() {
-            return Err(ConfigError::Missing("app_secret"));
+            return Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "app_secret",
+            });
         }
         if self.card_template_id.is_empty() {
-            return Err(ConfigError::Missing("card_template_id"));
+            return Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "card_template_id",
+            });
         }
         if self.app_key != self.app_key.trim() {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "app_key",
                 rule: "free of surrounding whitespace",
             });
         }
         if !(self.api_base_url.starts_with("http://") || self.api_base_url.starts_with("https://")) {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "api_base_url",
                 rule: "an http:// or https:// URL",
             });
         }
         if self.card_updates_per_second == 0 || self.card_call_attempts == 0 || self.max_answer_tokens == 0 {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "card_updates_per_second/card_call_attempts/max_answer_tokens",
                 rule: "at least 1",
             });
         }
         if self.card_max_bytes < MIN_CARD_BYTES {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "card_max_bytes",
                 rule: "at least 256",
             });
@@ -217,6 +201,7 @@ impl DingTalkConfig {
         if let Err(err) = crate::audit::Masker::new(&self.audit_mask_patterns) {
             tracing::error!(cause = %err, "invalid DingTalk audit_mask_patterns");
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "audit_mask_patterns",
                 rule: "valid regexes",
             });
@@ -293,7 +278,10 @@ mod tests {
             .contains("app_kee"));
         assert!(matches!(
             DingTalkConfig::default().validate(),
-            Err(ConfigError::Missing("app_key"))
+            Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "app_key"
+            })
         ));
         let small = DingTalkConfig {
             card_max_bytes: 100,
@@ -302,6 +290,7 @@ mod tests {
         assert!(matches!(
             small.validate(),
             Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "card_max_bytes",
                 ..
             })

@@ -57,6 +57,7 @@ impl ImConnector<DingTalk> {
     /// [`start_with_skills`](Self::start_with_skills) with the default skills.
     pub async fn start(config: DingTalkConfig, models: Arc<ModelRouter>) -> Result<Self, StartError> {
         let skills = SkillSet::new(&SkillsConfig::default()).map_err(|_| ConfigError::Invalid {
+            platform: "DingTalk",
             field: "skills",
             rule: "valid",
         })?;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::im::platform_config::ConfigError;
+use crate::im::platform_config::{read_file, secret_from_file};
 use crate::im::settings::{CardLimits, GroupSessions, Settings};
 use crate::secret::Secret;
 
@@ -123,68 +125,44 @@ impl Default for FeishuConfig {
     }
 }
 
-/// A configuration that cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid Feishu config: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("Feishu `{0}` is required")]
-    Missing(&'static str),
-    #[error("Feishu `{field}` must be {rule}")]
-    Invalid { field: &'static str, rule: &'static str },
-    #[error("Feishu `app_secret_file`: cannot read {path}: {source}")]
-    SecretFile { path: PathBuf, source: std::io::Error },
-}
+/// The platform's name in config errors.
+const PLATFORM: &str = "Feishu";
 
 impl FeishuConfig {
     /// Read a TOML file of this struct's fields (unknown keys are an error naming them).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let mut config: Self = read_file(PLATFORM, path)?;
         config.read_secret_file()?;
         Ok(config)
     }
 
     /// Set `app_secret` from `app_secret_file` (trimmed), when one is named; both set is an error.
     pub fn read_secret_file(&mut self) -> Result<(), ConfigError> {
-        let Some(path) = &self.app_secret_file else {
-            return Ok(());
-        };
-        if !self.app_secret.expose().is_empty() {
-            return Err(ConfigError::Invalid {
-                field: "app_secret_file",
-                rule: "set without `app_secret`: keep one",
-            });
-        }
-        let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        self.app_secret = Secret(secret.trim().to_owned());
-        Ok(())
+        secret_from_file(
+            PLATFORM,
+            ("app_secret", "app_secret_file"),
+            &mut self.app_secret,
+            self.app_secret_file.as_deref(),
+        )
     }
 
     /// Check that the connector can start with these settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.app_id.trim().is_empty() {
-            return Err(ConfigError::Missing("app_id"));
+            return Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "app_id",
+            });
         }
         if self.app_secret.expose().is_empty() {
-            return Err(ConfigError::Missing("app_secret"));
+            return Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "app_secret",
+            });
         }
         if self.app_id != self.app_id.trim() {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "app_id",
                 rule: "free of surrounding whitespace",
             });
@@ -192,30 +170,35 @@ impl FeishuConfig {
         let base = self.base();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "domain",
                 rule: "`feishu`, `lark` or an http:// or https:// URL",
             });
         }
         if self.card_updates_per_second == 0 || self.card_call_attempts == 0 || self.max_answer_tokens == 0 {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "card_updates_per_second/card_call_attempts/max_answer_tokens",
                 rule: "at least 1",
             });
         }
         if !(MIN_CARD_BYTES..=MAX_CARD_BYTES).contains(&self.card_max_bytes) {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "card_max_bytes",
                 rule: "between 256 and 14000",
             });
         }
         if self.card_max_age_secs == 0 {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "card_max_age_secs",
                 rule: "at least 1",
             });
         }
         if self.card_placeholder.trim().is_empty() {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "card_placeholder",
                 rule: "non-empty (the platform refuses empty text)",
             });
@@ -223,6 +206,7 @@ impl FeishuConfig {
         if let Err(err) = crate::audit::Masker::new(&self.audit_mask_patterns) {
             tracing::error!(cause = %err, "invalid Feishu audit_mask_patterns");
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "audit_mask_patterns",
                 rule: "valid regexes",
             });
@@ -299,7 +283,11 @@ mod tests {
         };
         assert!(matches!(
             bad.validate(),
-            Err(ConfigError::Invalid { field: "domain", .. })
+            Err(ConfigError::Invalid {
+                platform: PLATFORM,
+                field: "domain",
+                ..
+            })
         ));
         let big = FeishuConfig {
             card_max_bytes: 40_000,
@@ -308,6 +296,7 @@ mod tests {
         assert!(matches!(
             big.validate(),
             Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "card_max_bytes",
                 ..
             })
@@ -318,7 +307,10 @@ mod tests {
             .contains("app_idd"));
         assert!(matches!(
             FeishuConfig::default().validate(),
-            Err(ConfigError::Missing("app_id"))
+            Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "app_id"
+            })
         ));
     }
 }

@@ -26,6 +26,7 @@ pub mod connector;
 pub mod draft;
 pub mod link;
 pub mod outbox;
+pub mod platform_config;
 pub mod retry;
 pub mod settings;
 pub(crate) mod split;

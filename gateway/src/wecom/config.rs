@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::im::platform_config::ConfigError;
 use crate::im::settings::{CardLimits, GroupSessions, Settings};
 use crate::secret::Secret;
 
@@ -132,28 +133,29 @@ impl Default for WeComConfig {
 /// The smallest [`WeComConfig::max_snapshot_bytes`].
 pub const MIN_SNAPSHOT_BYTES: usize = 256;
 
-/// A configuration that cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("WeCom `{0}` is required")]
-    Missing(&'static str),
-    #[error("WeCom `{field}` must be {rule}")]
-    Invalid { field: &'static str, rule: &'static str },
-}
+/// The platform's name in config errors.
+const PLATFORM: &str = "WeCom";
 
 impl WeComConfig {
     /// Check that the connector can start with these settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.bot_id.trim().is_empty() {
-            return Err(ConfigError::Missing("bot_id"));
+            return Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "bot_id",
+            });
         }
         match self.mode {
             Mode::LongConnection => {
                 if self.secret.expose().is_empty() {
-                    return Err(ConfigError::Missing("secret"));
+                    return Err(ConfigError::Missing {
+                        platform: PLATFORM,
+                        field: "secret",
+                    });
                 }
                 if !(self.ws_url.starts_with("ws://") || self.ws_url.starts_with("wss://")) {
                     return Err(ConfigError::Invalid {
+                        platform: PLATFORM,
                         field: "ws_url",
                         rule: "a ws:// or wss:// URL",
                     });
@@ -161,11 +163,15 @@ impl WeComConfig {
             }
             Mode::Callback => {
                 if self.token.expose().is_empty() {
-                    return Err(ConfigError::Missing("token"));
+                    return Err(ConfigError::Missing {
+                        platform: PLATFORM,
+                        field: "token",
+                    });
                 }
                 if emulator::wecom::crypto::MsgCrypt::new(self.token.expose(), self.encoding_aes_key.expose()).is_err()
                 {
                     return Err(ConfigError::Invalid {
+                        platform: PLATFORM,
                         field: "encoding_aes_key",
                         rule: "43 base64 characters of a 32-byte key",
                     });
@@ -174,24 +180,28 @@ impl WeComConfig {
         }
         if self.updates_per_second == 0 || self.call_attempts == 0 || self.max_answer_tokens == 0 {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "updates_per_second/call_attempts/max_answer_tokens",
                 rule: "at least 1",
             });
         }
         if self.max_snapshot_bytes < MIN_SNAPSHOT_BYTES {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "max_snapshot_bytes",
                 rule: "at least 256",
             });
         }
         if self.stream_deadline_secs == 0 || self.keepalive_secs == 0 || self.heartbeat_secs == 0 {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "stream_deadline_secs/keepalive_secs/heartbeat_secs",
                 rule: "at least 1",
             });
         }
         if crate::audit::Masker::new(&self.audit_mask_patterns).is_err() {
             return Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "audit_mask_patterns",
                 rule: "valid regexes",
             });
@@ -251,7 +261,10 @@ mod tests {
             .contains("bot"));
         assert!(matches!(
             WeComConfig::default().validate(),
-            Err(ConfigError::Missing("bot_id"))
+            Err(ConfigError::Missing {
+                platform: PLATFORM,
+                field: "bot_id"
+            })
         ));
         let callback: WeComConfig =
             toml::from_str("mode = \"callback\"\nbot_id = \"b\"\ntoken = \"t\"\nencoding_aes_key = \"short\"\n")
@@ -259,6 +272,7 @@ mod tests {
         assert!(matches!(
             callback.validate(),
             Err(ConfigError::Invalid {
+                platform: PLATFORM,
                 field: "encoding_aes_key",
                 ..
             })

@@ -54,6 +54,7 @@ impl ImConnector<WeCom> {
     /// [`start_with_access`](Self::start_with_access) with the default skills and no access rules.
     pub async fn start(config: WeComConfig, models: Arc<ModelRouter>) -> Result<Self, StartError> {
         let skills = SkillSet::new(&SkillsConfig::default()).map_err(|_| ConfigError::Invalid {
+            platform: "WeCom",
             field: "skills",
             rule: "valid",
         })?;
