@@ -39,7 +39,7 @@ pub struct PlatformError {
     pub code: String,
     pub message: String,
     /// `accessdenieddetail`, on permission refusals.
-    pub detail: Option<Value>,
+    pub detail: Option<Box<Value>>,
 }
 
 impl PlatformError {
@@ -68,7 +68,7 @@ impl IntoResponse for PlatformError {
             && (self.code.starts_with("param.") || self.code.starts_with("invalidParameter."));
         let mut body = json!({"requestid": request_id, "code": self.code, "message": self.message});
         if let Some(detail) = self.detail {
-            body["accessdenieddetail"] = detail;
+            body["accessdenieddetail"] = *detail;
         }
         let mut response = (self.status, Json(body)).into_response();
         with_acs_headers(response.headers_mut(), &request_id);
@@ -145,7 +145,7 @@ impl Shared {
                         "Forbidden.AccessDenied.AccessTokenPermissionDenied",
                         &format!("没有调用该接口的权限，接口权限申请参考：{permission}"),
                     );
-                    err.detail = Some(json!({"requiredScopes": [permission]}));
+                    err.detail = Some(Box::new(json!({"requiredScopes": [permission]})));
                     return Err(err);
                 }
             }

@@ -35,7 +35,8 @@ fn outputs_parse_and_fit_their_schemas() {
     });
     // Schemas bound their strings and arrays: a 135M model left free (`json_object`) can fill `max_tokens`
     // with one endless string (`a_cut_output_ends_with_length` covers that case).
-    let cases: Vec<(&str, ResponseFormat, Box<dyn Fn(&Value) -> bool>)> = vec![
+    type Fits = Box<dyn Fn(&Value) -> bool>;
+    let cases: Vec<(&str, ResponseFormat, Fits)> = vec![
         (
             "Give me a person with a name and an age.",
             ResponseFormat::JsonSchema(person),

@@ -41,11 +41,14 @@ const WRITE_QUEUE: usize = 256;
 /// The result of one request, as its acknowledgement says.
 type Acked = Result<(), WeComError>;
 
+/// The requests awaiting their acknowledgement on one `req_id`, oldest first: each with its command.
+type Waiting = VecDeque<(&'static str, oneshot::Sender<Acked>)>;
+
 /// The live connection's writer and the requests awaiting their acknowledgement.
 pub(crate) struct Link {
     writer: Mutex<Option<mpsc::Sender<String>>>,
     /// By `req_id`, oldest first: the platform acknowledges a connection's requests in order.
-    pending: Mutex<HashMap<String, VecDeque<(&'static str, oneshot::Sender<Acked>)>>>,
+    pending: Mutex<HashMap<String, Waiting>>,
     ack_timeout: Duration,
 }
 
