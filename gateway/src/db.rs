@@ -69,7 +69,7 @@ pub struct Database {
 
 impl Database {
     /// Open (or create) the database at `path`, in WAL mode with full syncs (a committed message survives
-    /// a crash or a power cut), waiting up to [`BUSY_TIMEOUT`] for another process's write.
+    /// a crash or a power cut), waiting up to `BUSY_TIMEOUT` for another process's write.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let conn = Connection::open(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;

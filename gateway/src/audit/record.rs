@@ -35,7 +35,7 @@ impl Outcome {
         Self::Ignored,
     ];
 
-    /// The name stored in SQLite and written by [`export`].
+    /// The name stored in SQLite and written by [`export`](super::export).
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Answered => "answered",
