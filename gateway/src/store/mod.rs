@@ -19,6 +19,9 @@ pub mod types;
 
 pub use types::{Arrival, Scope, Settlement, Turn, Unfinished};
 
+/// The newest migration: both backends have this many (`store/migrations/{sqlite,postgres}/`).
+pub const SCHEMA_VERSION: i64 = 2;
+
 pub(crate) use sqlite::{migrate_connection as sqlite_migrate, records_since as sqlite_records_since};
 
 use std::path::PathBuf;
@@ -260,6 +263,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_backends_have_every_migration() {
+        assert_eq!(sqlite::MIGRATIONS.len() as i64, SCHEMA_VERSION);
+        assert_eq!(postgres::MIGRATIONS.len() as i64, SCHEMA_VERSION);
+    }
 
     #[test]
     fn locators_name_their_backend() {

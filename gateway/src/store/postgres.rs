@@ -20,7 +20,7 @@ use crate::im::adapter::Envelope;
 use crate::skills::calls::{CallStatus, SkillCall};
 
 /// The migrations, in order; `hearth_migrations` records each one applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_skill_calls.sql"),
 ];

@@ -12,7 +12,7 @@ use crate::im::adapter::Envelope;
 use crate::skills::calls::{CallStatus, SkillCall};
 
 /// The migrations, in order: the database's `user_version` is how many it has applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_skill_calls.sql"),
 ];

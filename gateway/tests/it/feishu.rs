@@ -287,9 +287,11 @@ async fn long_answers_roll_over_into_cards_the_platform_takes_and_no_card_outliv
         }],
         ..SkillsConfig::default()
     };
+    // The story must stream for well over one card's age: 256 tokens through 300 ms card calls take seconds
+    // on any machine (64 could finish inside the first second).
     let config = FeishuConfig {
         card_max_age_secs: 1,
-        max_answer_tokens: 64,
+        max_answer_tokens: 256,
         ..connector_config(&feishu, &dir.path().join("db.sqlite3"))
     };
     let skills = std::sync::Arc::new(SkillSet::new(&skills).unwrap());

@@ -186,12 +186,15 @@ async fn migrations_apply_once_and_nodes_starting_together_agree() {
     let postgres = shared_postgres().create_database().unwrap();
     let opened = futures::future::join_all((0..4).map(|_| Store::open(&postgres))).await;
     for store in opened {
-        assert_eq!(store.unwrap().schema_version().await.unwrap(), 1);
+        assert_eq!(
+            store.unwrap().schema_version().await.unwrap(),
+            gateway::store::SCHEMA_VERSION
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("im.sqlite3");
     let sqlite = Store::open(path.to_str().unwrap()).await.unwrap();
-    assert_eq!(sqlite.schema_version().await.unwrap(), 1);
+    assert_eq!(sqlite.schema_version().await.unwrap(), gateway::store::SCHEMA_VERSION);
     drop(sqlite);
     assert_eq!(
         Store::open(&format!("sqlite://{}", path.display()))
@@ -200,7 +203,7 @@ async fn migrations_apply_once_and_nodes_starting_together_agree() {
             .schema_version()
             .await
             .unwrap(),
-        1
+        gateway::store::SCHEMA_VERSION
     );
 }
 
@@ -220,5 +223,8 @@ async fn a_store_that_cannot_be_reached_or_named_is_a_clear_error() {
         .to_string();
     assert!(err.contains("PostgreSQL"), "{err}");
     server.restart().unwrap();
-    assert_eq!(Store::open(&url).await.unwrap().schema_version().await.unwrap(), 1);
+    assert_eq!(
+        Store::open(&url).await.unwrap().schema_version().await.unwrap(),
+        gateway::store::SCHEMA_VERSION
+    );
 }

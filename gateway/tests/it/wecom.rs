@@ -54,11 +54,16 @@ pub(crate) fn connector_config(wecom: &WeComEmulator, db: &Path, mode: Mode) -> 
 
 /// 20 users × 5 messages, each user alternating between their 1:1 chat and one of four groups.
 pub(crate) fn post_traffic(wecom: &WeComEmulator, users: usize, per_user: usize) -> Vec<String> {
+    post_questions(wecom, users, per_user, "name a color.")
+}
+
+/// [`post_traffic`] asking `ask` (a long story keeps each stream open for seconds).
+pub(crate) fn post_questions(wecom: &WeComEmulator, users: usize, per_user: usize, ask: &str) -> Vec<String> {
     let mut posted = Vec::new();
     for round in 0..per_user {
         for user in 0..users {
             let userid = format!("user{user:02}");
-            let text = format!("Question {round} from {userid}: name a color.");
+            let text = format!("Question {round} from {userid}: {ask}");
             let message = if (user + round) % 2 == 0 {
                 UserMessage::single(&userid, &text)
             } else {
@@ -158,6 +163,9 @@ async fn every_message_of_20_users_gets_exactly_one_finished_stream_over_the_lon
         (posted.len(), 0),
         "every answer is a finished stream"
     );
+    // The platform shows every stream finished; the outbox settles each message just after (its audit
+    // record is written with the settlement).
+    connector.audit().wait_for_records(posted.len() as u64).await.unwrap();
     let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
     for msgid in &posted {
@@ -204,6 +212,9 @@ async fn every_message_of_20_users_gets_exactly_one_finished_stream_in_url_mode(
         (posted.len(), 0),
         "every answer is a finished stream"
     );
+    // The platform shows every stream finished; the outbox settles each message just after (its audit
+    // record is written with the settlement).
+    connector.audit().wait_for_records(posted.len() as u64).await.unwrap();
     let outbox = connector.outbox().clone();
     connector.shutdown(Duration::from_secs(30)).await;
     for msgid in &posted {

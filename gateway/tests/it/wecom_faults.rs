@@ -14,7 +14,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::dingtalk::{log_tail, shared_models};
 use crate::support::model_path;
-use crate::wecom::{connector_config, emulator, post_traffic, settled, PATIENCE};
+use crate::wecom::{connector_config, emulator, post_questions, settled, PATIENCE};
+
+/// A question whose answer streams for seconds (to `max_answer_tokens`), so the faults land mid-stream: a
+/// short one ("name a color", 6 tokens) can finish before the fault on a quiet machine.
+const LONG: &str = "write a long story about the sea.";
 
 /// `hearth serve` with `[wecom]` = `config` (written to `dir`), logging to `log`.
 fn spawn_hearth(config: &WeComConfig, dir: &Path, log: &Path) -> Child {
@@ -85,13 +89,13 @@ async fn drops_duplicates_expiries_a_takeover_and_a_kill_9_in_one_run_settle_eve
     let mut posted = Vec::new();
 
     // A dropped socket mid-stream.
-    let batch = post_traffic(&wecom, 20, 1);
+    let batch = post_questions(&wecom, 20, 1, LONG);
     wecom.wait_for(PATIENCE, |w| mid_stream(w, &batch)).await.unwrap();
     assert_eq!(wecom.fault(FaultCommand::Disconnect { connection: None }).unwrap(), 1);
     posted.extend(batch);
 
     // Streams expired mid-stream: what is left goes out with aibot_send_msg.
-    let batch = post_traffic(&wecom, 20, 1);
+    let batch = post_questions(&wecom, 20, 1, LONG);
     wecom.wait_for(PATIENCE, |w| mid_stream(w, &batch)).await.unwrap();
     wecom.fault(FaultCommand::ExpireStreams).unwrap();
     posted.extend(batch);
@@ -111,7 +115,7 @@ async fn drops_duplicates_expiries_a_takeover_and_a_kill_9_in_one_run_settle_eve
         .unwrap_or_else(|err| panic!("hearth did not come back: {err}\n{}", log_tail(&log)));
 
     // kill -9 mid-stream, then a restart on the same outbox.
-    let batch = post_traffic(&wecom, 20, 1);
+    let batch = post_questions(&wecom, 20, 1, LONG);
     wecom.wait_for(PATIENCE, |w| mid_stream(w, &batch)).await.unwrap();
     hearth.kill().unwrap();
     hearth.wait().unwrap();
