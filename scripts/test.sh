@@ -77,6 +77,9 @@ HEARTH_TEST_STORE=postgres cargo test --release -p gateway --test it -- --test-t
 echo "== fuzzing: every committed input replayed, then each fuzz target for a while (scripts/fuzz.sh)"
 scripts/fuzz.sh --seconds "${HEARTH_CI_FUZZ_SECONDS:-20}"
 
+echo "== the Kubernetes manifests (packaging/k8s): rendered, strict schema validation offline, hearth config check"
+tests/k8s/run.sh
+
 echo "== the official OpenAI Python client against hearth serve"
 tests/python/run.sh
 
