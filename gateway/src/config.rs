@@ -202,8 +202,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[data]`: where hearth keeps its state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[data]`: where hearth keeps its state. Its `Debug` hides the store URL's password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
     /// The data directory (the SQLite database lives here).
@@ -212,6 +212,15 @@ pub struct DataSection {
     /// `postgres://…` URL that several nodes of one bot share, or `sqlite:///path`. It takes the place of
     /// each platform's own `database` file. Unset: each platform's SQLite file (one node).
     pub url: Option<String>,
+}
+
+impl std::fmt::Debug for DataSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSection")
+            .field("dir", &self.dir)
+            .field("url", &self.url.as_deref().map(redact_url_password))
+            .finish()
+    }
 }
 
 impl Default for DataSection {
@@ -366,14 +375,20 @@ impl Config {
             self.server.admin_token = Some(Secret(token.trim().to_owned()));
         }
         if let Some(dingtalk) = &mut self.dingtalk {
-            dingtalk.read_secret_file().map_err(|err| ConfigError::Value {
+            dingtalk.read_secret_files().map_err(|err| ConfigError::Value {
                 key: "dingtalk.app_secret_file".to_owned(),
                 problem: err.to_string(),
             })?;
         }
         if let Some(feishu) = &mut self.feishu {
-            feishu.read_secret_file().map_err(|err| ConfigError::Value {
+            feishu.read_secret_files().map_err(|err| ConfigError::Value {
                 key: "feishu.app_secret_file".to_owned(),
+                problem: err.to_string(),
+            })?;
+        }
+        if let Some(wecom) = &mut self.wecom {
+            wecom.read_secret_files().map_err(|err| ConfigError::Value {
+                key: "wecom.secret_file/token_file/encoding_aes_key_file".to_owned(),
                 problem: err.to_string(),
             })?;
         }
@@ -550,6 +565,9 @@ impl Config {
                 *secret = Secret("***".to_owned());
             }
         }
+        if let Some(url) = &mut shown.data.url {
+            *url = redact_url_password(url);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot show the configuration: {err}\n"))
     }
 }
@@ -609,6 +627,21 @@ pub fn permission_warnings(file: Option<&Path>, config: &Config) -> Vec<String> 
     if let Some(path) = config.feishu.as_ref().and_then(|f| f.app_secret_file.as_ref()) {
         check(path, "the Feishu app secret (feishu.app_secret_file)");
     }
+    if let Some(wecom) = &config.wecom {
+        let files = [
+            (&wecom.secret_file, "the WeCom secret (wecom.secret_file)"),
+            (&wecom.token_file, "the WeCom callback token (wecom.token_file)"),
+            (
+                &wecom.encoding_aes_key_file,
+                "the WeCom EncodingAESKey (wecom.encoding_aes_key_file)",
+            ),
+        ];
+        for (file, what) in files {
+            if let Some(path) = file {
+                check(path, what);
+            }
+        }
+    }
     warnings
 }
 
@@ -638,7 +671,39 @@ fn secrets_in(file: &Path) -> Vec<&'static str> {
     if get("feishu", "app_secret").is_some() {
         held.push("feishu.app_secret");
     }
+    for key in ["secret", "token", "encoding_aes_key"] {
+        if get("wecom", key).is_some() {
+            held.push(match key {
+                "secret" => "wecom.secret",
+                "token" => "wecom.token",
+                _ => "wecom.encoding_aes_key",
+            });
+        }
+    }
+    if get("data", "url").and_then(|url| url.as_str().map(password_in_url)) == Some(true) {
+        held.push("data.url");
+    }
     held
+}
+
+/// Whether the store URL `url` carries a password (`postgres://user:PASSWORD@host/db`).
+fn password_in_url(url: &str) -> bool {
+    redact_url_password(url) != url
+}
+
+/// `url` with the password of its `user:password@` part shown as `***`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, password)) if !password.is_empty() => format!("{scheme}://{user}:***{}", &rest[at..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// The file's permission bits when its group or others may read it.
@@ -940,12 +1005,25 @@ mod tests {
 
     #[test]
     fn secrets_never_show() {
-        let file = write("[server]\napi_keys = [\"sk-very-secret\"]\nadmin_token = \"admin-token-very-secret\"\n[dingtalk]\napp_key = \"k\"\napp_secret = \"ding-very-secret\"\n");
+        let file = write("[server]\napi_keys = [\"sk-very-secret\"]\nadmin_token = \"admin-token-very-secret\"\n[dingtalk]\napp_key = \"k\"\napp_secret = \"ding-very-secret\"\n[data]\nurl = \"postgres://hearth:pg-very-secret@db.internal:5432/hearth\"\n");
         let config = Config::load_with_env(Some(file.path()), []).unwrap();
         assert_eq!(config.server.api_keys[0].expose(), "sk-very-secret");
         assert_eq!(config.dingtalk.as_ref().unwrap().app_key, "k");
         for shown in [format!("{config:?}"), config.to_redacted_toml()] {
             assert!(!shown.contains("very-secret"), "{shown}");
+            assert!(
+                shown.contains("postgres://hearth:***@db.internal:5432/hearth"),
+                "{shown}"
+            );
+        }
+        assert!(secrets_in(file.path()).contains(&"data.url"));
+        for plain in [
+            "postgres://db/hearth",
+            "postgres://user@db/hearth",
+            "sqlite:///var/lib/h.db",
+            "/x/y",
+        ] {
+            assert_eq!(redact_url_password(plain), plain);
         }
     }
 }

@@ -98,7 +98,8 @@ pub fn wecom_frame(data: &[u8]) {
 /// The card splitter over one answer, card after card as the connector rolls over (`card_end` then
 /// `card_text`). The first two bytes choose the card size: with the high bit set a tiny one (0 to 127
 /// bytes, below what the configuration allows, checked only for progress), else 256 (the configured
-/// minimum) and up; the rest, read lossily as UTF-8, is the answer.
+/// minimum) and up; the rest, read lossily as UTF-8, is the answer, split without a table limit and with
+/// one of two tables a card.
 ///
 /// Invariants: every card ends on a character boundary after the one before and before the end of the
 /// text; a card shows its share of the answer whole; at a configurable size, a card holds at most that
@@ -115,10 +116,17 @@ pub fn card_split(data: &[u8]) {
         crate::dingtalk::config::MIN_CARD_BYTES + usize::from(u16::from_le_bytes([*a, *b]) % 2048)
     };
     let text = String::from_utf8_lossy(rest);
+    for tables in [None, Some(2)] {
+        split_cards(&text, max, tiny, tables);
+    }
+}
+
+/// [`card_split`] over `text` with cards of `max` bytes and at most `tables` tables.
+fn split_cards(text: &str, max: usize, tiny: bool, tables: Option<usize>) {
     let mut start = 0;
     loop {
-        let end = split::card_end(&text, start, max);
-        let card = split::card_text(&text, start, end, max);
+        let end = split::card_end(text, start, max, tables);
+        let card = split::card_text(text, start, end, max);
         let stop = end.unwrap_or(text.len());
         assert!(text.is_char_boundary(stop), "a cut at {stop} splits a character");
         assert!(card.contains(&text[start..stop]), "the card does not show its share");
@@ -132,7 +140,7 @@ pub fn card_split(data: &[u8]) {
                     prefix += 1;
                 }
                 assert_eq!(
-                    split::card_end(&text[..prefix], start, max),
+                    split::card_end(&text[..prefix], start, max, tables),
                     Some(end),
                     "the cut moved once more text arrived"
                 );
@@ -150,7 +158,7 @@ pub fn card_split(data: &[u8]) {
             None => break,
         }
     }
-    let _ = split::closing(&text);
+    let _ = split::closing(text);
 }
 
 #[cfg(test)]

@@ -140,6 +140,15 @@ pub(crate) fn parse_card_json(data: &str, config: &EmulatorConfig) -> Result<(Va
             format!("the card has {count} elements, more than 200"),
         ));
     }
+    let tables: usize = elements
+        .iter()
+        .filter(|e| e.tag == "markdown")
+        .filter_map(|e| e.content.as_deref())
+        .map(markdown_tables)
+        .sum();
+    if tables > config.max_card_tables {
+        return Err(too_many_tables());
+    }
     for (i, element) in elements.iter().enumerate() {
         if !valid_element_id(&element.element_id) {
             return Err(CardError::new(
@@ -161,6 +170,59 @@ pub(crate) fn parse_card_json(data: &str, config: &EmulatorConfig) -> Result<(Va
 }
 
 /// Every object with a `tag` under `value`, counting them; those with an `element_id` are kept.
+/// The refusal of a card with too many tables, as the platform words it (§8.8).
+fn too_many_tables() -> CardError {
+    CardError::new(
+        230_099,
+        "Failed to create card content, ext=ErrCode: 11310; ErrMsg: card table number over limit; ErrorValue: table; ",
+    )
+}
+
+/// How many GFM tables `markdown` holds: a row with `|` followed by a delimiter row (`|---|:--:|`) of as
+/// many cells, outside fenced code blocks.
+pub(crate) fn markdown_tables(markdown: &str) -> usize {
+    fn cells(row: &str) -> Vec<&str> {
+        let row = row.trim();
+        let row = row.strip_prefix('|').unwrap_or(row);
+        row.strip_suffix('|').unwrap_or(row).split('|').map(str::trim).collect()
+    }
+    let is_delimiter = |row: &str| {
+        cells(row).iter().all(|cell| {
+            let dashes = cell.trim_start_matches(':').trim_end_matches(':');
+            !dashes.is_empty() && dashes.chars().all(|c| c == '-')
+        })
+    };
+    let mut fence: Option<String> = None;
+    let mut previous: Option<&str> = None;
+    let mut count = 0;
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        let marker: String = trimmed.chars().take_while(|c| *c == '`' || *c == '~').collect();
+        if let Some(open) = &fence {
+            let closes = marker.len() >= open.len() && marker.starts_with(&open[..1]) && trimmed.trim_end() == marker;
+            if closes {
+                fence = None;
+            }
+            previous = None;
+            continue;
+        }
+        if marker.len() >= 3 {
+            fence = Some(marker);
+            previous = None;
+            continue;
+        }
+        if let Some(header) = previous {
+            if header.contains('|') && is_delimiter(line) && cells(header).len() == cells(line).len() {
+                count += 1;
+                previous = None;
+                continue;
+            }
+        }
+        previous = Some(line);
+    }
+    count
+}
+
 fn collect_elements(value: &Value, out: &mut Vec<Element>, count: &mut usize) {
     match value {
         Value::Object(map) => {
@@ -340,6 +402,16 @@ impl Card {
                 "only markdown and plain_text elements can be streamed",
             ));
         }
+        let others: usize = self
+            .elements
+            .iter()
+            .filter(|e| e.tag == "markdown" && e.element_id != element_id)
+            .filter_map(|e| e.content.as_deref())
+            .map(markdown_tables)
+            .sum();
+        if element.tag == "markdown" && others + markdown_tables(content) > config.max_card_tables {
+            return Err(too_many_tables());
+        }
         if !self.streaming_mode {
             return Err(CardError::new(
                 config.streaming_closed_code,
@@ -455,5 +527,23 @@ impl Card {
             }
             self.record("auto_close", None, None, None, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::markdown_tables;
+
+    #[test]
+    fn tables_are_counted_as_gfm_reads_them() {
+        let table = "| a | b |\n| --- | :-: |\n| 1 | 2 |\n";
+        assert_eq!(markdown_tables(table), 1);
+        assert_eq!(markdown_tables(&format!("{table}\ntext\n\n{table}")), 2);
+        // In a code block, without a delimiter row, or with cells that do not match: no table.
+        assert_eq!(markdown_tables(&format!("```\n{table}```\n")), 0);
+        assert_eq!(markdown_tables("| a | b |\n| 1 | 2 |\n"), 0);
+        assert_eq!(markdown_tables("| a | b |\n|---|\n"), 0);
+        // A last delimiter row without its newline still makes a table.
+        assert_eq!(markdown_tables("a | b\n--|--"), 1);
     }
 }

@@ -123,6 +123,9 @@ pub struct EmulatorConfig {
     pub max_card_elements: usize,
     /// Largest element `content` of one streaming call, in characters (documented: 100 000).
     pub max_stream_chars: usize,
+    /// Most markdown tables in one card; more is refused with `230099` / `11310` "card table number over
+    /// limit". **\[OBSERVED\]**: reports see the fourth table refused.
+    pub max_card_tables: usize,
 }
 
 impl Default for EmulatorConfig {
@@ -158,6 +161,7 @@ impl Default for EmulatorConfig {
             max_card_bytes: 30 * 1024,
             max_card_elements: 200,
             max_stream_chars: 100_000,
+            max_card_tables: 3,
         }
     }
 }

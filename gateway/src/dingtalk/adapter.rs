@@ -22,8 +22,10 @@ use super::message::{Addressee, BotMessage, ConversationType, TextContent};
 use super::stream;
 use super::wire::FlowStatus;
 use crate::im::adapter::{Adapter, CardRef, CardState, ChatKind, Ending, Envelope, Inbox, Opened, Update};
+use crate::im::platform_config::ConfigError;
 use crate::im::retry::{CallFailure, DeliveryError, PlatformError, Retrier};
 use crate::im::settings::Settings;
+use crate::im::start::Platform;
 use crate::platform::PlatformHealth;
 
 /// How long sessionWebhooks are left alone after the platform throttled the robot on them: it allows 20
@@ -75,19 +77,26 @@ pub struct DingTalk {
 }
 
 impl DingTalk {
-    /// The adapter of `config`'s robot (validated by the caller).
-    pub fn new(config: DingTalkConfig) -> Result<Self, DingTalkError> {
+    /// The OpenAPI client.
+    pub fn api(&self) -> &OpenApi {
+        &self.api
+    }
+}
+
+impl Platform for DingTalk {
+    type Config = DingTalkConfig;
+
+    fn validate(config: &DingTalkConfig) -> Result<(), ConfigError> {
+        config.validate()
+    }
+
+    fn build(config: DingTalkConfig) -> Result<Self, DingTalkError> {
         let settings = config.settings();
         Ok(Self {
             api: OpenApi::new(config)?,
             settings,
             webhook_pause: WebhookPause::default(),
         })
-    }
-
-    /// The OpenAPI client.
-    pub fn api(&self) -> &OpenApi {
-        &self.api
     }
 }
 
@@ -126,15 +135,7 @@ impl Adapter for DingTalk {
         }
     }
 
-    fn encode(&self, message: &BotMessage) -> String {
-        serde_json::to_string(message).unwrap_or_default()
-    }
-
-    fn decode(&self, envelope: &Envelope, stored: Option<&str>) -> BotMessage {
-        if let Some(message) = stored.and_then(|text| serde_json::from_str(text).ok()) {
-            return message;
-        }
-        // A row from before the message was kept whole: what the outbox's columns hold.
+    fn rebuild(&self, envelope: &Envelope) -> BotMessage {
         BotMessage {
             conversation_id: envelope.conversation.clone(),
             conversation_type: match envelope.chat {

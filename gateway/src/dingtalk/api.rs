@@ -6,16 +6,15 @@
 //! with 400 `InvalidAuthentication` or 401 drops the cache and is retried once with a fresh token.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 use super::config::DingTalkConfig;
 use super::message::{Addressee, BotMessage, ConversationType};
 use super::wire;
+use crate::im::token::ApiClient;
 use crate::platform::PlatformHealth;
 
 /// Permission scope needed by the card create/deliver calls.
@@ -122,34 +121,22 @@ pub struct Endpoint {
 
 /// The connector's OpenAPI client.
 pub struct OpenApi {
-    http: reqwest::Client,
+    client: ApiClient,
     config: DingTalkConfig,
-    /// The cached token and when to stop using it (expiry minus the refresh margin). A tokio mutex, held
-    /// across the refresh call on purpose: one refresh at a time.
-    token: Mutex<Option<(String, Instant)>>,
-    /// What the status page shows: refused permissions are recorded here by every call.
-    health: Arc<PlatformHealth>,
 }
 
 impl OpenApi {
     /// A client for `config`'s app and base URL.
     pub fn new(config: DingTalkConfig) -> Result<Self, DingTalkError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.http_timeout_secs.max(1)))
-            .build()
+        let (timeout, margin) = (config.http_timeout_secs, config.token_refresh_margin_secs);
+        let client = ApiClient::new("dingtalk", &config.api_base_url, timeout, margin)
             .map_err(|source| DingTalkError::Http { api: "client", source })?;
-        let health = Arc::new(PlatformHealth::new("dingtalk", config.api_base_url.clone()));
-        Ok(Self {
-            http,
-            config,
-            token: Mutex::new(None),
-            health,
-        })
+        Ok(Self { client, config })
     }
 
     /// The connector's health, which this client keeps up to date with refused and granted permissions.
     pub fn health(&self) -> &Arc<PlatformHealth> {
-        &self.health
+        &self.client.health
     }
 
     /// The settings this client uses.
@@ -274,15 +261,14 @@ impl OpenApi {
         }
     }
 
-    /// The cached access token, refreshed when it is within the margin of expiring.
+    /// The cached access token, renewed when it is within the margin of expiring.
     async fn token(&self) -> Result<String, DingTalkError> {
+        self.client.token.get(|| self.fetch_token()).await
+    }
+
+    /// A new access token and its lifetime in seconds.
+    async fn fetch_token(&self) -> Result<(String, u64), DingTalkError> {
         const API: &str = "oauth2/accessToken";
-        let mut cached = self.token.lock().await;
-        if let Some((token, use_until)) = cached.as_ref() {
-            if Instant::now() < *use_until {
-                return Ok(token.clone());
-            }
-        }
         let url = format!("{}/v1.0/oauth2/accessToken", self.config.base());
         let body = wire::AccessToken {
             app_key: &self.config.app_key,
@@ -300,10 +286,7 @@ impl OpenApi {
                 detail: "accessToken or expireIn missing".to_owned(),
             });
         };
-        let usable = Duration::from_secs(expire_in.saturating_sub(self.config.token_refresh_margin_secs).max(1));
-        tracing::debug!(expire_in, "access token refreshed");
-        *cached = Some((token.to_owned(), Instant::now() + usable));
-        Ok(token.to_owned())
+        Ok((token.to_owned(), expire_in))
     }
 
     /// A new-style call with the token header; a rejected token is refreshed and the call retried once.
@@ -325,11 +308,11 @@ impl OpenApi {
             {
                 Err(DingTalkError::InvalidToken { code, .. }) if !refreshed => {
                     tracing::info!(api, code, "access token rejected; refreshing it");
-                    *self.token.lock().await = None;
+                    self.client.token.forget().await;
                     refreshed = true;
                 }
                 Ok(value) => {
-                    self.health.permission_granted(permission);
+                    self.client.health.permission_granted(permission);
                     return Ok(value);
                 }
                 Err(err) => {
@@ -339,7 +322,7 @@ impl OpenApi {
                             permission,
                             "DingTalk refused a call: grant the `{permission}` permission to the app"
                         );
-                        self.health.permission_refused(permission, api, err.to_string());
+                        self.client.health.permission_refused(permission, api, err.to_string());
                     }
                     return Err(err);
                 }
@@ -361,6 +344,7 @@ impl OpenApi {
             detail: format!("cannot serialise the request: {err}"),
         })?;
         let mut request = self
+            .client
             .http
             .request(method, url)
             .header("content-type", "application/json")
@@ -369,13 +353,7 @@ impl OpenApi {
         if let Some(token) = token {
             request = request.header("x-acs-dingtalk-access-token", token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| DingTalkError::Http { api, source })?;
-        let status = response.status();
-        let text = response
-            .text()
+        let (status, text) = ApiClient::exchange(request)
             .await
             .map_err(|source| DingTalkError::Http { api, source })?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -23,12 +23,9 @@ mod stream;
 pub mod wire;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::db::{Database, DbError};
 use crate::im::connector::ImConnector;
-use crate::routing::ModelRouter;
-use crate::skills::{SkillSet, SkillsConfig};
 
 pub use crate::im::connector::{PruneError, Pruned};
 pub use crate::im::draft::{BUSY, SLOW_DOWN};
@@ -41,51 +38,7 @@ pub use config::{ConfigError, DingTalkConfig};
 pub type DingTalkConnector = ImConnector<DingTalk>;
 
 /// Why the DingTalk connector could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Api(#[from] DingTalkError),
-    #[error(transparent)]
-    Core(#[from] crate::im::connector::StartError),
-}
-
-use crate::access_rules::AccessRules;
-
-impl ImConnector<DingTalk> {
-    /// [`start_with_skills`](Self::start_with_skills) with the default skills.
-    pub async fn start(config: DingTalkConfig, models: Arc<ModelRouter>) -> Result<Self, StartError> {
-        let skills = SkillSet::new(&SkillsConfig::default()).map_err(|_| ConfigError::Invalid {
-            platform: "DingTalk",
-            field: "skills",
-            rule: "valid",
-        })?;
-        Self::start_with_skills(config, models, Arc::new(skills)).await
-    }
-
-    /// Validate `config`, open the database (outbox, sessions, audit log), resume unfinished messages and
-    /// connect. Answers come from `skills`, else from the model `models` routes each message to.
-    pub async fn start_with_skills(
-        config: DingTalkConfig,
-        models: Arc<ModelRouter>,
-        skills: Arc<SkillSet>,
-    ) -> Result<Self, StartError> {
-        Self::start_with_access(config, models, skills, Arc::new(AccessRules::default())).await
-    }
-
-    /// [`start_with_skills`](Self::start_with_skills) under the IM access rules `access`.
-    pub async fn start_with_access(
-        config: DingTalkConfig,
-        models: Arc<ModelRouter>,
-        skills: Arc<SkillSet>,
-        access: Arc<AccessRules>,
-    ) -> Result<Self, StartError> {
-        config.validate()?;
-        let adapter = Arc::new(DingTalk::new(config)?);
-        Ok(ImConnector::run(adapter, models, skills, access).await?)
-    }
-}
+pub type StartError = crate::im::start::StartError<DingTalkError>;
 
 /// The DingTalk rows of an outbox database.
 pub struct Outbox;

@@ -11,10 +11,8 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -22,6 +20,7 @@ use super::api::{DingTalkError, OpenApi};
 use super::config::DingTalkConfig;
 use super::message::{ack, BotMessage, Inbound};
 use crate::im::adapter::Inbox;
+use crate::im::socket::{close_quickly, sleep_unless_stopped, Backoff, Due, Watchdog};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -48,12 +47,9 @@ async fn connect(api: &OpenApi) -> Result<Socket, String> {
 /// Keep a Stream connection until `shutdown` turns true.
 pub(crate) async fn run(api: &OpenApi, inbox: Inbox<BotMessage>, mut shutdown: watch::Receiver<bool>) {
     let config = api.config().clone();
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(config.backoff_initial_ms, config.backoff_max_ms);
     let mut retiring: Option<Box<Socket>> = None;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
+    while !*shutdown.borrow() {
         let socket = tokio::select! {
             socket = connect(api) => socket,
             _ = shutdown.changed() => return,
@@ -67,23 +63,19 @@ pub(crate) async fn run(api: &OpenApi, inbox: Inbox<BotMessage>, mut shutdown: w
             Err(err) => {
                 api.health()
                     .disconnected(format!("cannot open a Stream connection: {err}"));
-                failures += 1;
-                let base = config
-                    .backoff_initial_ms
-                    .saturating_mul(1 << failures.min(16).saturating_sub(1))
-                    .min(config.backoff_max_ms);
-                let delay = Duration::from_millis(base + rand::rng().random_range(0..=base));
+                let delay = backoff.failed();
+                let failures = backoff.failures();
                 tracing::warn!(cause = %err, failures, delay_ms = delay.as_millis() as u64, "cannot open a DingTalk Stream connection; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => continue,
-                    _ = shutdown.changed() => return,
+                if !sleep_unless_stopped(delay, &mut shutdown).await {
+                    return;
                 }
+                continue;
             }
         };
         tracing::info!("DingTalk Stream connected");
         let health = api.health();
         health.connected();
-        match session(api, &inbox, socket, &mut shutdown, &mut failures, &config).await {
+        match session(api, &inbox, socket, &mut shutdown, &mut backoff, &config).await {
             SessionEnd::Notice(old) => retiring = Some(old),
             SessionEnd::Dead(reason) => {
                 tracing::warn!(reason, "DingTalk Stream connection lost; reconnecting");
@@ -97,11 +89,6 @@ pub(crate) async fn run(api: &OpenApi, inbox: Inbox<BotMessage>, mut shutdown: w
     }
 }
 
-/// Close a socket that is being given up, without waiting long on a peer that may be gone.
-async fn close_quickly(socket: &mut Socket) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
-}
-
 /// Read frames until the connection ends. Besides answering the platform, the session pings the socket
 /// itself every `ping_interval_secs` and gives it up when a ping goes unanswered for `pong_timeout_secs`
 /// (a dead path), or when no frame arrives for `idle_timeout_secs` (a socket that answers pings but
@@ -111,39 +98,33 @@ async fn session(
     inbox: &Inbox<BotMessage>,
     mut socket: Socket,
     shutdown: &mut watch::Receiver<bool>,
-    failures: &mut u32,
+    backoff: &mut Backoff,
     config: &DingTalkConfig,
 ) -> SessionEnd {
-    let (idle, ping_every, pong_timeout) = (config.idle_timeout(), config.ping_interval(), config.pong_timeout());
-    let mut last_frame = Instant::now();
-    let mut next_ping = Instant::now() + ping_every;
-    // When the oldest ping still without a pong was sent.
-    let mut unanswered: Option<Instant> = None;
+    let secs = Duration::from_secs;
+    let ping_every = secs(config.ping_interval_secs);
+    let mut watchdog = Watchdog::new(
+        secs(config.idle_timeout_secs),
+        ping_every,
+        secs(config.pong_timeout_secs),
+        ping_every,
+    );
     loop {
-        let pong_deadline = unanswered.map(|sent| sent + pong_timeout);
-        let wake = [last_frame + idle, next_ping]
-            .into_iter()
-            .chain(pong_deadline)
-            .min()
-            .unwrap_or(next_ping);
         let message = tokio::select! {
             message = socket.next() => message,
-            () = tokio::time::sleep_until(wake) => {
-                let now = Instant::now();
-                if pong_deadline.is_some_and(|deadline| now >= deadline) {
-                    close_quickly(&mut socket).await;
-                    return SessionEnd::Dead(format!("no pong within {} s of a ping", pong_timeout.as_secs_f64()));
-                }
-                if now >= last_frame + idle {
-                    close_quickly(&mut socket).await;
-                    return SessionEnd::Dead(format!("no frame for {} s", idle.as_secs_f64()));
-                }
-                if now >= next_ping {
-                    if let Err(err) = socket.send(Message::Ping(Default::default())).await {
-                        return SessionEnd::Dead(format!("cannot send a ping: {err}"));
+            () = tokio::time::sleep_until(watchdog.wake()) => {
+                match watchdog.due() {
+                    Some(Due::Dead(reason)) => {
+                        close_quickly(&mut socket).await;
+                        return SessionEnd::Dead(reason);
                     }
-                    unanswered.get_or_insert(now);
-                    next_ping = now + ping_every;
+                    Some(Due::Ping) => {
+                        if let Err(err) = socket.send(Message::Ping(Default::default())).await {
+                            return SessionEnd::Dead(format!("cannot send a ping: {err}"));
+                        }
+                        watchdog.pinged();
+                    }
+                    None => {}
                 }
                 continue;
             }
@@ -157,14 +138,14 @@ async fn session(
             Some(Err(err)) => return SessionEnd::Dead(err.to_string()),
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Pong(_))) => {
-                unanswered = None;
+                watchdog.ponged();
                 continue;
             }
             Some(Ok(Message::Close(_))) => return SessionEnd::Dead("closed by the server".to_owned()),
             Some(Ok(_)) => continue,
         };
-        last_frame = Instant::now();
-        *failures = 0;
+        watchdog.heard();
+        backoff.reset();
         api.health().heard();
         let inbound = match Inbound::parse(text.as_str()) {
             Ok(inbound) => inbound,

@@ -23,8 +23,10 @@ use super::longconn;
 use super::message::FeishuMessage;
 use crate::db::DbError;
 use crate::im::adapter::{Adapter, CardRef, CardState, ChatKind, Ending, Envelope, Inbox, Opened, Update};
+use crate::im::platform_config::ConfigError;
 use crate::im::retry::{CallFailure, DeliveryError, PlatformError, Retrier};
 use crate::im::settings::Settings;
+use crate::im::start::Platform;
 use crate::platform::PlatformHealth;
 
 /// The card's one streamed element.
@@ -67,17 +69,6 @@ pub struct Feishu {
 }
 
 impl Feishu {
-    /// The adapter of `config`'s app (validated by the caller).
-    pub fn new(config: FeishuConfig) -> Result<Self, FeishuError> {
-        let settings = config.settings();
-        let cards = CardBook::open(&super::cards::book_path(&config.database))?;
-        Ok(Self {
-            api: OpenApi::new(config)?,
-            cards,
-            settings,
-        })
-    }
-
     /// The OpenAPI client.
     pub fn api(&self) -> &OpenApi {
         &self.api
@@ -171,6 +162,25 @@ fn summary(content: &str) -> String {
     summary
 }
 
+impl Platform for Feishu {
+    type Config = FeishuConfig;
+
+    fn validate(config: &FeishuConfig) -> Result<(), ConfigError> {
+        config.validate()
+    }
+
+    fn build(config: FeishuConfig) -> Result<Self, FeishuError> {
+        let settings = config.settings();
+        let book = config.card_book.clone();
+        let cards = CardBook::open(&book.unwrap_or_else(|| super::cards::book_path(&config.database)))?;
+        Ok(Self {
+            api: OpenApi::new(config)?,
+            cards,
+            settings,
+        })
+    }
+}
+
 impl Adapter for Feishu {
     type Message = FeishuMessage;
     type Error = FeishuError;
@@ -207,14 +217,7 @@ impl Adapter for Feishu {
         }
     }
 
-    fn encode(&self, message: &FeishuMessage) -> String {
-        serde_json::to_string(message).unwrap_or_default()
-    }
-
-    fn decode(&self, envelope: &Envelope, stored: Option<&str>) -> FeishuMessage {
-        if let Some(message) = stored.and_then(|text| serde_json::from_str(text).ok()) {
-            return message;
-        }
+    fn rebuild(&self, envelope: &Envelope) -> FeishuMessage {
         FeishuMessage {
             message_id: envelope.id.clone(),
             event_id: String::new(),

@@ -7,14 +7,14 @@
 //! scope (99991672) is named in the log and on the status page; a later success clears it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
 
 use super::config::FeishuConfig;
+use crate::im::token::ApiClient;
 use crate::platform::PlatformHealth;
 
 /// Scope of reading messages (the receive event and reading chats).
@@ -90,34 +90,22 @@ pub struct Endpoint {
 
 /// The connector's OpenAPI client.
 pub struct OpenApi {
-    http: reqwest::Client,
+    client: ApiClient,
     config: FeishuConfig,
-    /// The cached tenant token and when to stop using it. A tokio mutex held across the refresh on
-    /// purpose: one refresh at a time.
-    token: Mutex<Option<(String, Instant)>>,
-    /// Refused scopes and connection state, for the status page.
-    health: Arc<PlatformHealth>,
 }
 
 impl OpenApi {
     /// A client for `config`'s app and domain.
     pub fn new(config: FeishuConfig) -> Result<Self, FeishuError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.http_timeout_secs.max(1)))
-            .build()
+        let (timeout, margin) = (config.http_timeout_secs, config.token_refresh_margin_secs);
+        let client = ApiClient::new("feishu", config.base(), timeout, margin)
             .map_err(|source| FeishuError::Http { api: "client", source })?;
-        let health = Arc::new(PlatformHealth::new("feishu", config.base()));
-        Ok(Self {
-            http,
-            config,
-            token: Mutex::new(None),
-            health,
-        })
+        Ok(Self { client, config })
     }
 
     /// The connector's health.
     pub fn health(&self) -> &Arc<PlatformHealth> {
-        &self.health
+        &self.client.health
     }
 
     /// The settings this client uses.
@@ -206,15 +194,14 @@ impl OpenApi {
         verdicts
     }
 
-    /// The cached tenant token, refreshed within the margin of its expiry.
+    /// The cached tenant token, renewed within the margin of its expiry.
     async fn token(&self) -> Result<String, FeishuError> {
+        self.client.token.get(|| self.fetch_token()).await
+    }
+
+    /// A new tenant token and its lifetime in seconds.
+    async fn fetch_token(&self) -> Result<(String, u64), FeishuError> {
         const API: &str = "auth/v3/tenant_access_token/internal";
-        let mut cached = self.token.lock().await;
-        if let Some((token, use_until)) = cached.as_ref() {
-            if Instant::now() < *use_until {
-                return Ok(token.clone());
-            }
-        }
         let url = format!("{}/open-apis/auth/v3/tenant_access_token/internal", self.config.base());
         let body = json!({"app_id": self.config.app_id, "app_secret": self.config.app_secret.expose()});
         let answer = self.send(API, Method::POST, &url, &body, None).await?;
@@ -226,14 +213,7 @@ impl OpenApi {
                 detail: "tenant_access_token or expire missing".to_owned(),
             });
         };
-        // A token with less than the margin left is used for half of what it has.
-        let usable = if expire > self.config.token_refresh_margin_secs {
-            expire - self.config.token_refresh_margin_secs
-        } else {
-            expire / 2
-        };
-        *cached = Some((token.to_owned(), Instant::now() + Duration::from_secs(usable.max(1))));
-        Ok(token.to_owned())
+        Ok((token.to_owned(), expire))
     }
 
     /// A bot call with the tenant token; a refused token is refreshed and the call tried once more. `scope`
@@ -254,7 +234,7 @@ impl OpenApi {
             match result {
                 Err(FeishuError::InvalidToken { code, .. }) if !refreshed => {
                     tracing::info!(api, code, "tenant token rejected; fetching a new one");
-                    *self.token.lock().await = None;
+                    self.client.token.forget().await;
                     refreshed = true;
                 }
                 Err(FeishuError::ScopeRefused { scope: named, code, .. }) => {
@@ -265,11 +245,11 @@ impl OpenApi {
                         code,
                     };
                     tracing::error!(api, scope = %scope_name, "the Feishu app lacks a scope: {err}");
-                    self.health.permission_refused(&scope_name, api, err.to_string());
+                    self.client.health.permission_refused(&scope_name, api, err.to_string());
                     return Err(err);
                 }
                 Ok(answer) => {
-                    self.health.permission_granted(scope);
+                    self.client.health.permission_granted(scope);
                     return Ok(answer);
                 }
                 Err(err) => return Err(err),
@@ -286,17 +266,11 @@ impl OpenApi {
         body: &impl Serialize,
         token: Option<&str>,
     ) -> Result<Value, FeishuError> {
-        let mut request = self.http.request(method, url).json(body);
+        let mut request = self.client.http.request(method, url).json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| FeishuError::Http { api, source })?;
-        let status = response.status();
-        let text = response
-            .text()
+        let (status, text) = ApiClient::exchange(request)
             .await
             .map_err(|source| FeishuError::Http { api, source })?;
         let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

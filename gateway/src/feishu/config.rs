@@ -2,14 +2,12 @@
 //! wire reference (`shared/protocols/feishu.md`) marks UNCONFIRMED or OBSERVED are keys here, not guesses
 //! in code.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use crate::im::platform_config::ConfigError;
-use crate::im::platform_config::{read_file, secret_from_file};
-use crate::im::settings::{CardLimits, GroupSessions, Settings};
+use crate::im::platform_config::{ensure, platform_section, require};
+use crate::im::settings::{CardLimits, Settings};
 use crate::secret::Secret;
 
 /// The OpenAPI (and endpoint discovery) base of Feishu, China.
@@ -23,195 +21,103 @@ pub const MIN_CARD_BYTES: usize = 256;
 /// (200860) even when escaping doubles the text.
 pub const MAX_CARD_BYTES: usize = 14_000;
 
-/// The connector's settings. Durations are whole seconds or milliseconds, as the field names say.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FeishuConfig {
-    /// The app's App ID (`cli_…`).
-    pub app_id: String,
-    /// The app's App Secret.
-    pub app_secret: Secret,
-    /// A file holding the App Secret (instead of `app_secret`); read at load.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub app_secret_file: Option<PathBuf>,
-    /// `feishu` (open.feishu.cn), `lark` (open.larksuite.com), or a base URL such as an emulator's
-    /// `http://127.0.0.1:PORT`: endpoint discovery and the OpenAPI both live there.
-    pub domain: String,
-    /// Where the outbox lives (SQLite); created if missing. The card book (each card's entity and sequence
-    /// counter) lives beside it, in `NAME.cards.sqlite3`.
-    pub database: PathBuf,
-    /// In group chats, answer only messages that @-mention the bot (1:1 chats are always answered).
-    pub require_mention_in_groups: bool,
-    /// A connection that delivers no event for this long is replaced (it may still answer pings: a zombie,
-    /// whose pushes vanish). A replaced quiet connection costs one discovery call.
-    pub idle_timeout_secs: u64,
-    /// hearth's ping on the long connection, every this many seconds at most (a shorter interval the
-    /// platform asks for in a pong is taken).
-    pub ping_interval_secs: u64,
-    /// A ping unanswered by a pong for this long means the path is dead: the socket is replaced.
-    pub pong_timeout_secs: u64,
-    /// Refresh the tenant token this long before it expires.
-    pub token_refresh_margin_secs: u64,
-    /// First reconnect delay; it doubles per failure up to `backoff_max_ms`, plus up to 100% jitter.
-    pub backoff_initial_ms: u64,
-    /// Longest reconnect delay.
-    pub backoff_max_ms: u64,
-    /// At most one streaming update per card per this interval; updates in between are coalesced.
-    pub card_update_interval_ms: u64,
-    /// Card calls per second shared by every card of this connector (the platform allows 10 per card and
-    /// 50 per API and app).
-    pub card_updates_per_second: u32,
-    /// After a throttle (429 / 99991400), pause card calls this long (doubling per consecutive refusal).
-    pub throttle_backoff_ms: u64,
-    /// Attempts per card call before the card is given up and the answer is sent as a plain reply.
-    pub card_call_attempts: u32,
-    /// Most seconds card calls are retried once the platform refuses them before the card is given up.
-    pub card_retry_secs: u64,
-    /// Most bytes of answer text in one card; a longer answer continues in a new card. The card's JSON must
-    /// stay under 30 KB (200860), so at most [`MAX_CARD_BYTES`].
-    pub card_max_bytes: usize,
-    /// A card is streamed into for at most this long, then finished and the answer continues in a new
-    /// card: the platform closes streaming mode about 10 minutes after it was turned on (OBSERVED).
-    pub card_max_age_secs: u64,
-    /// What the chat list shows for a card while it streams.
-    pub card_placeholder: String,
-    /// Most tokens of one answer.
-    pub max_answer_tokens: usize,
-    /// HTTP timeout of one OpenAPI call.
-    pub http_timeout_secs: u64,
-    /// Whose history a group message continues.
-    pub group_sessions: GroupSessions,
-    /// A session idle for this long starts over.
-    pub session_idle_secs: u64,
-    /// Messages per second each user may send; 0: no limit.
-    pub user_requests_per_second: u32,
-    /// Regexes masked in the audit log's question and answer text.
-    pub audit_mask_patterns: Vec<String>,
-    /// Days settled messages and audit records are kept; 0 keeps them forever.
-    pub retention_days: u32,
-}
-
-impl Default for FeishuConfig {
-    fn default() -> Self {
-        Self {
-            app_id: String::new(),
-            app_secret: Secret(String::new()),
-            app_secret_file: None,
-            domain: "feishu".to_owned(),
-            database: PathBuf::from("hearth-feishu.sqlite3"),
-            require_mention_in_groups: true,
-            idle_timeout_secs: 300,
-            ping_interval_secs: 30,
-            pong_timeout_secs: 10,
-            token_refresh_margin_secs: 300,
-            backoff_initial_ms: 1_000,
-            backoff_max_ms: 60_000,
-            card_update_interval_ms: 300,
-            card_updates_per_second: 20,
-            throttle_backoff_ms: 1_000,
-            card_call_attempts: 6,
-            card_retry_secs: 10,
-            card_max_bytes: 10_000,
-            card_max_age_secs: 9 * 60,
-            card_placeholder: "…".to_owned(),
-            max_answer_tokens: 256,
-            http_timeout_secs: 10,
-            group_sessions: GroupSessions::Group,
-            session_idle_secs: 30 * 60,
-            user_requests_per_second: 10,
-            audit_mask_patterns: crate::audit::default_mask_patterns(),
-            retention_days: 90,
-        }
+platform_section! {
+    platform: "Feishu";
+    secrets: [app_secret <- app_secret_file];
+    /// The connector's settings. Durations are whole seconds or milliseconds, as the field names say.
+    pub struct FeishuConfig {
+        /// The app's App ID (`cli_…`).
+        pub app_id: String = String::new(),
+        /// The app's App Secret.
+        pub app_secret: Secret = Secret(String::new()),
+        /// A file holding the App Secret (instead of `app_secret`); read at load.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub app_secret_file: Option<PathBuf> = None,
+        /// `feishu` (open.feishu.cn), `lark` (open.larksuite.com), or a base URL such as an emulator's
+        /// `http://127.0.0.1:PORT`: endpoint discovery and the OpenAPI both live there.
+        pub domain: String = "feishu".to_owned(),
+        /// Where the outbox lives (SQLite); created if missing.
+        pub database: PathBuf = PathBuf::from("hearth-feishu.sqlite3"),
+        /// The card book (each card's entity and sequence counter), a SQLite file; unset: beside
+        /// `database`, in `NAME.cards.sqlite3` (with a shared store, `[data] dir`/feishu.cards.sqlite3).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub card_book: Option<PathBuf> = None,
+        /// In group chats, answer only messages that @-mention the bot (1:1 chats are always answered).
+        pub require_mention_in_groups: bool = true,
+        /// A connection that delivers no event for this long is replaced (it may still answer pings: a
+        /// zombie, whose pushes vanish). A replaced quiet connection costs one discovery call.
+        pub idle_timeout_secs: u64 = 300,
+        /// hearth's ping on the long connection, every this many seconds at most (a shorter interval the
+        /// platform asks for in a pong is taken).
+        pub ping_interval_secs: u64 = 30,
+        /// A ping unanswered by a pong for this long means the path is dead: the socket is replaced.
+        pub pong_timeout_secs: u64 = 10,
+        /// Refresh the tenant token this long before it expires.
+        pub token_refresh_margin_secs: u64 = 300,
+        /// Longest reconnect delay.
+        pub backoff_max_ms: u64 = 60_000,
+        /// At most one streaming update per card per this interval; updates in between are coalesced.
+        pub card_update_interval_ms: u64 = 300,
+        /// Card calls per second shared by every card of this connector (the platform allows 10 per card
+        /// and 50 per API and app).
+        pub card_updates_per_second: u32 = 20,
+        /// Attempts per card call before the card is given up and the answer is sent as a plain reply.
+        pub card_call_attempts: u32 = 6,
+        /// Most seconds card calls are retried once the platform refuses them before the card is given up.
+        pub card_retry_secs: u64 = 10,
+        /// Most bytes of answer text in one card; a longer answer continues in a new card. The card's JSON
+        /// must stay under 30 KB (200860), so at most [`MAX_CARD_BYTES`].
+        pub card_max_bytes: usize = 10_000,
+        /// Most markdown tables in one card; a card ends before its first table past it and the answer
+        /// continues in a new card, since the platform refuses a card with more (`230099` / `11310`, "card
+        /// table number over limit"). The limit is not documented: reports put it at 3 to 5
+        /// (UNCONFIRMED). 0: no limit.
+        pub card_max_tables: usize = 3,
+        /// A card is streamed into for at most this long, then finished and the answer continues in a new
+        /// card: the platform closes streaming mode about 10 minutes after it was turned on (OBSERVED).
+        pub card_max_age_secs: u64 = 9 * 60,
+        /// What the chat list shows for a card while it streams.
+        pub card_placeholder: String = "…".to_owned(),
     }
 }
 
 /// The platform's name in config errors.
-const PLATFORM: &str = "Feishu";
+const PLATFORM: &str = FeishuConfig::PLATFORM;
 
 impl FeishuConfig {
-    /// Read a TOML file of this struct's fields (unknown keys are an error naming them).
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = read_file(PLATFORM, path)?;
-        config.read_secret_file()?;
-        Ok(config)
-    }
-
-    /// Set `app_secret` from `app_secret_file` (trimmed), when one is named; both set is an error.
-    pub fn read_secret_file(&mut self) -> Result<(), ConfigError> {
-        secret_from_file(
-            PLATFORM,
-            ("app_secret", "app_secret_file"),
-            &mut self.app_secret,
-            self.app_secret_file.as_deref(),
-        )
-    }
-
     /// Check that the connector can start with these settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.app_id.trim().is_empty() {
-            return Err(ConfigError::Missing {
-                platform: PLATFORM,
-                field: "app_id",
-            });
-        }
-        if self.app_secret.expose().is_empty() {
-            return Err(ConfigError::Missing {
-                platform: PLATFORM,
-                field: "app_secret",
-            });
-        }
-        if self.app_id != self.app_id.trim() {
-            return Err(ConfigError::Invalid {
-                platform: PLATFORM,
-                field: "app_id",
-                rule: "free of surrounding whitespace",
-            });
-        }
+        require(PLATFORM, "app_id", &self.app_id)?;
+        require(PLATFORM, "app_secret", self.app_secret.expose())?;
+        let app_id = &self.app_id;
+        ensure(
+            app_id == app_id.trim(),
+            PLATFORM,
+            "app_id",
+            "free of surrounding whitespace",
+        )?;
         let base = self.base();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ConfigError::Invalid {
-                platform: PLATFORM,
-                field: "domain",
-                rule: "`feishu`, `lark` or an http:// or https:// URL",
-            });
-        }
-        if self.card_updates_per_second == 0 || self.card_call_attempts == 0 || self.max_answer_tokens == 0 {
-            return Err(ConfigError::Invalid {
-                platform: PLATFORM,
-                field: "card_updates_per_second/card_call_attempts/max_answer_tokens",
-                rule: "at least 1",
-            });
-        }
-        if !(MIN_CARD_BYTES..=MAX_CARD_BYTES).contains(&self.card_max_bytes) {
-            return Err(ConfigError::Invalid {
-                platform: PLATFORM,
-                field: "card_max_bytes",
-                rule: "between 256 and 14000",
-            });
-        }
-        if self.card_max_age_secs == 0 {
-            return Err(ConfigError::Invalid {
-                platform: PLATFORM,
-                field: "card_max_age_secs",
-                rule: "at least 1",
-            });
-        }
-        if self.card_placeholder.trim().is_empty() {
-            return Err(ConfigError::Invalid {
-                platform: PLATFORM,
-                field: "card_placeholder",
-                rule: "non-empty (the platform refuses empty text)",
-            });
-        }
-        if let Err(err) = crate::audit::Masker::new(&self.audit_mask_patterns) {
-            tracing::error!(cause = %err, "invalid Feishu audit_mask_patterns");
-            return Err(ConfigError::Invalid {
-                platform: PLATFORM,
-                field: "audit_mask_patterns",
-                rule: "valid regexes",
-            });
-        }
-        Ok(())
+        let web = base.starts_with("http://") || base.starts_with("https://");
+        ensure(
+            web,
+            PLATFORM,
+            "domain",
+            "`feishu`, `lark` or an http:// or https:// URL",
+        )?;
+        let counts = [self.card_updates_per_second, self.card_call_attempts];
+        let field = "card_updates_per_second/card_call_attempts";
+        ensure(!counts.contains(&0), PLATFORM, field, "at least 1")?;
+        let size = (MIN_CARD_BYTES..=MAX_CARD_BYTES).contains(&self.card_max_bytes);
+        ensure(size, PLATFORM, "card_max_bytes", "between 256 and 14000")?;
+        ensure(self.card_max_age_secs > 0, PLATFORM, "card_max_age_secs", "at least 1")?;
+        let placeholder = !self.card_placeholder.trim().is_empty();
+        ensure(
+            placeholder,
+            PLATFORM,
+            "card_placeholder",
+            "non-empty (the platform refuses empty text)",
+        )?;
+        self.validate_shared(PLATFORM)
     }
 
     /// The base URL `domain` names, without a trailing slash.
@@ -223,38 +129,16 @@ impl FeishuConfig {
         }
     }
 
-    pub(crate) fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs.max(1))
-    }
-
-    pub(crate) fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping_interval_secs.max(1))
-    }
-
-    pub(crate) fn pong_timeout(&self) -> Duration {
-        Duration::from_secs(self.pong_timeout_secs.max(1))
-    }
-
     /// What the IM core takes from this section.
     pub fn settings(&self) -> Settings {
-        Settings {
-            database: self.database.clone(),
-            max_answer_tokens: self.max_answer_tokens,
-            group_sessions: self.group_sessions,
-            session_idle: Duration::from_secs(self.session_idle_secs),
-            user_requests_per_second: self.user_requests_per_second,
-            audit_mask_patterns: self.audit_mask_patterns.clone(),
-            retention_days: self.retention_days,
-            call_attempts: self.card_call_attempts,
-            retry_bound: Duration::from_secs(self.card_retry_secs.max(1)),
-            throttle_backoff: Duration::from_millis(self.throttle_backoff_ms),
-            cards: CardLimits {
-                max_bytes: self.card_max_bytes,
-                per_second: self.card_updates_per_second,
-                min_interval: Duration::from_millis(self.card_update_interval_ms),
-                max_age: Some(Duration::from_secs(self.card_max_age_secs)),
-            },
-        }
+        let cards = CardLimits {
+            max_bytes: self.card_max_bytes,
+            per_second: self.card_updates_per_second,
+            min_interval: Duration::from_millis(self.card_update_interval_ms),
+            max_tables: (self.card_max_tables > 0).then_some(self.card_max_tables),
+            max_age: Some(Duration::from_secs(self.card_max_age_secs)),
+        };
+        self.shared_settings(&self.database, self.card_call_attempts, self.card_retry_secs, cards)
     }
 }
 

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
-use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -27,6 +26,7 @@ use super::api::OpenApi;
 use super::frame::{self, Frame, CONTROL, DATA};
 use super::message::{Event, FeishuMessage};
 use crate::im::adapter::Inbox;
+use crate::im::socket::{close_quickly, sleep_unless_stopped, Backoff, Due, Watchdog};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -53,9 +53,8 @@ async fn connect(api: &OpenApi) -> Result<Connection, String> {
     let (socket, _) = tokio_tungstenite::connect_async(endpoint.url.as_str())
         .await
         .map_err(|e| handshake_refusal(&e).unwrap_or_else(|| format!("WebSocket connect failed: {e}")))?;
-    let ping_every = endpoint.ping_interval.map_or(api.config().ping_interval(), |asked| {
-        asked.min(api.config().ping_interval())
-    });
+    let ours = Duration::from_secs(api.config().ping_interval_secs);
+    let ping_every = endpoint.ping_interval.map_or(ours, |asked| asked.min(ours));
     Ok(Connection {
         socket,
         service: endpoint.service_id,
@@ -80,7 +79,7 @@ fn handshake_refusal(err: &tokio_tungstenite::tungstenite::Error) -> Option<Stri
 /// Keep a long connection until `shutdown` turns true.
 pub(crate) async fn run(api: &OpenApi, inbox: Inbox<FeishuMessage>, mut shutdown: watch::Receiver<bool>) {
     let config = api.config();
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(config.backoff_initial_ms, config.backoff_max_ms);
     while !*shutdown.borrow() {
         let opened = tokio::select! {
             opened = connect(api) => opened,
@@ -91,20 +90,18 @@ pub(crate) async fn run(api: &OpenApi, inbox: Inbox<FeishuMessage>, mut shutdown
             Err(err) => {
                 api.health()
                     .disconnected(format!("cannot open the long connection: {err}"));
-                failures = failures.saturating_add(1);
-                let doubled = config.backoff_initial_ms.saturating_mul(1u64 << (failures - 1).min(16));
-                let base = doubled.min(config.backoff_max_ms);
-                let wait = Duration::from_millis(base + rand::rng().random_range(0..=base));
+                let wait = backoff.failed();
+                let failures = backoff.failures();
                 tracing::warn!(cause = %err, failures, wait_ms = wait.as_millis() as u64, "cannot open the Feishu long connection; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => continue,
-                    _ = shutdown.changed() => return,
+                if !sleep_unless_stopped(wait, &mut shutdown).await {
+                    return;
                 }
+                continue;
             }
         };
         tracing::info!(service = connection.service, "Feishu long connection open");
         api.health().connected();
-        match session(api, &inbox, connection, &mut shutdown, &mut failures).await {
+        match session(api, &inbox, connection, &mut shutdown, &mut backoff).await {
             Ended::Lost(reason) => {
                 tracing::warn!(reason, "Feishu long connection lost; reconnecting");
                 api.health().disconnected(format!("long connection lost: {reason}"));
@@ -180,56 +177,51 @@ async fn handle(inbox: &Inbox<FeishuMessage>, payload: &[u8]) -> u16 {
     }
 }
 
-/// Read frames until the connection ends.
+/// Read frames until the connection ends. Only events count as proof of the platform (a zombie still
+/// answers pings); pongs prove the path.
 async fn session(
     api: &OpenApi,
     inbox: &Inbox<FeishuMessage>,
     connection: Connection,
     shutdown: &mut watch::Receiver<bool>,
-    failures: &mut u32,
+    backoff: &mut Backoff,
 ) -> Ended {
     let config = api.config();
     let Connection {
         mut socket,
         service,
-        mut ping_every,
+        ping_every,
     } = connection;
-    let (idle, pong_timeout) = (config.idle_timeout(), config.pong_timeout());
-    let mut last_event = Instant::now();
+    let secs = Duration::from_secs;
     // The first ping goes at once, as the SDKs do.
-    let mut next_ping = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
+    let mut watchdog = Watchdog::new(
+        secs(config.idle_timeout_secs),
+        ping_every,
+        secs(config.pong_timeout_secs),
+        Duration::ZERO,
+    );
     let mut fragments = HashMap::new();
     loop {
-        let pong_due = ping_sent.map(|sent| sent + pong_timeout);
-        let wake = [last_event + idle, next_ping]
-            .into_iter()
-            .chain(pong_due)
-            .min()
-            .unwrap_or(next_ping);
         let received = tokio::select! {
             received = socket.next() => received,
-            () = tokio::time::sleep_until(wake) => {
-                let now = Instant::now();
-                if pong_due.is_some_and(|due| now >= due) {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
-                    return Ended::Lost(format!("no pong within {} s of a ping", pong_timeout.as_secs()));
-                }
-                if now >= last_event + idle {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
-                    return Ended::Lost(format!("no event for {} s (a zombie connection?)", idle.as_secs()));
-                }
-                if now >= next_ping {
-                    if let Err(err) = socket.send(Message::Binary(frame::ping(service).into())).await {
-                        return Ended::Lost(format!("cannot send a ping: {err}"));
+            () = tokio::time::sleep_until(watchdog.wake()) => {
+                match watchdog.due() {
+                    Some(Due::Dead(reason)) => {
+                        close_quickly(&mut socket).await;
+                        return Ended::Lost(reason);
                     }
-                    ping_sent.get_or_insert(now);
-                    next_ping = now + ping_every;
+                    Some(Due::Ping) => {
+                        if let Err(err) = socket.send(Message::Binary(frame::ping(service).into())).await {
+                            return Ended::Lost(format!("cannot send a ping: {err}"));
+                        }
+                        watchdog.pinged();
+                    }
+                    None => {}
                 }
                 continue;
             }
             _ = shutdown.changed() => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                close_quickly(&mut socket).await;
                 return Ended::Shutdown;
             }
         };
@@ -247,22 +239,22 @@ async fn session(
             }
         };
         api.health().heard();
-        *failures = 0;
+        backoff.reset();
         match (frame.method, frame.header("type")) {
             (CONTROL, Some("pong")) => {
-                ping_sent = None;
+                watchdog.ponged();
                 let asked = frame
                     .payload
                     .as_deref()
                     .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
                     .and_then(|v| v.get("PingInterval").and_then(serde_json::Value::as_u64))
                     .filter(|secs| *secs > 0);
-                if let Some(secs) = asked {
-                    ping_every = Duration::from_secs(secs).min(config.ping_interval());
+                if let Some(asked) = asked {
+                    watchdog.ping_every(secs(asked).min(secs(config.ping_interval_secs)));
                 }
             }
             (DATA, Some("event")) => {
-                last_event = Instant::now();
+                watchdog.heard();
                 let Some(payload) = join(&mut fragments, &frame) else {
                     continue;
                 };

@@ -23,14 +23,7 @@ pub mod frame;
 mod longconn;
 pub mod message;
 
-use std::path::Path;
-use std::sync::Arc;
-
-use crate::access_rules::AccessRules;
-use crate::db::{Database, DbError};
 use crate::im::connector::ImConnector;
-use crate::routing::ModelRouter;
-use crate::skills::SkillSet;
 
 pub use adapter::Feishu;
 pub use api::{FeishuError, OpenApi, SCOPES};
@@ -41,37 +34,4 @@ pub use message::FeishuMessage;
 pub type FeishuConnector = ImConnector<Feishu>;
 
 /// Why the Feishu connector could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Api(#[from] FeishuError),
-    #[error(transparent)]
-    Core(#[from] crate::im::connector::StartError),
-}
-
-impl ImConnector<Feishu> {
-    /// Validate `config`, open the database (outbox, cards, sessions, audit log), resume unfinished messages
-    /// and connect. Answers come from `skills`, else from the model `models` routes each message to, under
-    /// the IM access rules `access`.
-    pub async fn start_feishu(
-        config: FeishuConfig,
-        models: Arc<ModelRouter>,
-        skills: Arc<SkillSet>,
-        access: Arc<AccessRules>,
-    ) -> Result<Self, StartError> {
-        config.validate()?;
-        let adapter = Arc::new(Feishu::new(config)?);
-        Ok(ImConnector::run(adapter, models, skills, access).await?)
-    }
-}
-
-/// The outbox of app `app_id`'s Feishu messages in the database at `path` (for diagnostics and tests).
-pub fn outbox(path: &Path, app_id: &str) -> Result<crate::im::outbox::Outbox, DbError> {
-    crate::im::outbox::Outbox::open(
-        &Database::open(path)?,
-        <Feishu as crate::im::adapter::Adapter>::PLATFORM,
-        app_id,
-    )
-}
+pub type StartError = crate::im::start::StartError<FeishuError>;

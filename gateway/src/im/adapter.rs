@@ -141,8 +141,9 @@ impl<M: Send> Inbox<M> {
 /// A chat platform, as the IM core drives it. Each method is one platform call (or the receive loop); the
 /// core paces, retries and bounds them.
 pub trait Adapter: Send + Sync + Sized + 'static {
-    /// The platform's message as received; stored with it so an answer resumed after a crash has it.
-    type Message: Clone + Send + Sync + 'static;
+    /// The platform's message as received; stored with it (as JSON) so an answer resumed after a crash
+    /// has it.
+    type Message: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static;
     /// The platform's call errors.
     type Error: PlatformError;
 
@@ -159,10 +160,22 @@ pub trait Adapter: Send + Sync + Sized + 'static {
     /// What the core needs to know of `message`.
     fn envelope(&self, message: &Self::Message) -> Envelope;
     /// `message` as stored in the outbox.
-    fn encode(&self, message: &Self::Message) -> String;
+    fn encode(&self, message: &Self::Message) -> String {
+        serde_json::to_string(message).unwrap_or_default()
+    }
     /// A stored message back: from its stored form (`None` in rows from before it was kept), else from
     /// what the envelope holds.
-    fn decode(&self, envelope: &Envelope, stored: Option<&str>) -> Self::Message;
+    fn decode(&self, envelope: &Envelope, stored: Option<&str>) -> Self::Message {
+        stored
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_else(|| self.rebuild(envelope))
+    }
+    /// A message rebuilt from what its envelope holds: for outbox rows from before messages were kept
+    /// whole.
+    fn rebuild(&self, envelope: &Envelope) -> Self::Message;
+    /// An unfinished `message` is about to be answered again after a restart: a platform that keeps state
+    /// per message restores it here. By default nothing.
+    fn resuming(&self, _message: &Self::Message) {}
 
     /// The receive loop: keep the platform connection, hand every message to `inbox` (acknowledging it
     /// only once the inbox returns), until `shutdown` turns true.

@@ -548,8 +548,8 @@ impl<A: Adapter> Cards<'_, A> {
     /// While the current card's share of `text` is over the limit, finish it with the text up to a cut
     /// point (and close it finished) and move on to the next card (created when it has text to show).
     async fn roll_over(&mut self, text: &str) -> Result<(), DeliveryError<A::Error>> {
-        let max = self.deliverer.adapter.settings().cards.max_bytes;
-        while let Some(end) = split::card_end(text, self.card.start, max) {
+        let limits = self.deliverer.adapter.settings().cards;
+        while let Some(end) = split::card_end(text, self.card.start, limits.max_bytes, limits.max_tables) {
             self.roll_over_at(text, end).await?;
         }
         Ok(())

@@ -39,9 +39,9 @@ const INBOX_CAPACITY: usize = 64;
 /// How often the connector deletes rows past `retention_days` and expired sessions.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Why the connector could not start.
+/// Why the core could not open what it keeps (the store, the audit log's masks).
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum OpenError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -229,7 +229,7 @@ impl<A: Adapter> ImConnector<A> {
         models: Arc<ModelRouter>,
         skills: Arc<SkillSet>,
         access: Arc<AccessRules>,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Self, OpenError> {
         let settings = adapter.settings().clone();
         let store = Store::open_setting(&settings.database).await?;
         let outbox = Outbox::on(store.clone(), A::PLATFORM, adapter.account());
@@ -267,6 +267,7 @@ impl<A: Adapter> ImConnector<A> {
         }
         for row in unfinished {
             let message = adapter.decode(&row.envelope, row.payload.as_deref());
+            adapter.resuming(&message);
             connector.spawn_answer(row.into_job(message), Route::Normal);
         }
         let (shutdown, rx) = watch::channel(false);

@@ -29,4 +29,7 @@ pub mod outbox;
 pub mod platform_config;
 pub mod retry;
 pub mod settings;
+pub mod socket;
 pub(crate) mod split;
+pub mod start;
+pub mod token;

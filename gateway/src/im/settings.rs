@@ -28,6 +28,9 @@ pub struct CardLimits {
     /// At most one streaming update per card per this interval; updates in between are coalesced (the
     /// latest text wins).
     pub min_interval: Duration,
+    /// Most markdown tables one card may hold (the platform refuses more); a card ends before its first
+    /// table past it and the answer continues in a new card. `None`: no limit.
+    pub max_tables: Option<usize>,
     /// A card streamed into for this long is finished and the answer continues in a new card (platforms
     /// close a card's streaming mode after a while); `None`: no limit.
     pub max_age: Option<Duration>,

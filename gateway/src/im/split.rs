@@ -6,6 +6,10 @@
 //! character boundary that does not split an emoji sequence. It depends only on the text up to the limit,
 //! so a cut chosen while the answer is still streaming is the cut the whole answer gets.
 //!
+//! A platform may also refuse a card with more than so many markdown tables (Feishu: `11310`): a card then
+//! also ends before the header line of its first table past the limit ([`table_cut`]), so every table
+//! still renders, in the next card.
+//!
 //! A cut inside a fenced code block would leave one card's block unclosed and show the next card's code as
 //! prose. So [`card_end`] and [`card_text`] close the block at the end of the card it is cut in and open it
 //! again, with its fence line, at the top of the next; a markdown fallback that carries the rest of an
@@ -47,22 +51,91 @@ fn cut_point(text: &str, max_bytes: usize) -> usize {
     soft_break.unwrap_or_else(|| keep_sequences_whole(text, limit))
 }
 
-/// Where the card that shows `text` from byte `start` ends when the rest does not fit in `max_bytes`:
-/// `None` when it fits. The card's share is cut by [`cut_point`], with room left for the fence line that
-/// reopens a code block open at `start`, and, when the cut falls inside a code block, for the line that
-/// closes it (see [`card_text`]). Like `cut_point`, it depends only on the text up to `start + max_bytes`.
-pub(crate) fn card_end(text: &str, start: usize, max_bytes: usize) -> Option<usize> {
+/// Where the card that shows `text` from byte `start` ends when the rest does not fit in `max_bytes`, or
+/// holds more than `max_tables` markdown tables: `None` when it fits. The card's share is cut by
+/// [`cut_point`], with room left for the fence line that reopens a code block open at `start`, and, when
+/// the cut falls inside a code block, for the line that closes it (see [`card_text`]); or earlier, by
+/// [`table_cut`]. Like `cut_point`, it depends only on the text up to `start + max_bytes`.
+pub(crate) fn card_end(text: &str, start: usize, max_bytes: usize, max_tables: Option<usize>) -> Option<usize> {
     let part = text.get(start..)?;
     let room = max_bytes.saturating_sub(head(text, start, max_bytes).len());
+    let tables = max_tables.and_then(|max| table_cut(text, start, start + room, max));
     if part.len() <= room {
-        return None;
+        return tables;
     }
     let cut = cut_point(part, room);
     let cut = match fence_at(text, start + cut).and_then(|fence| fence.decoration(max_bytes)) {
         Some((_, closing)) => cut_point(part, room.saturating_sub(closing.len() + 1)),
         None => cut,
     };
-    Some(start + cut)
+    Some(tables.map_or(start + cut, |at| at.min(start + cut)))
+}
+
+/// Where the table after the first `max` of those that begin at or after byte `start` of `text` begins
+/// (the start of its header line), counting only tables whose delimiter row ends, with its newline, by
+/// byte `window`: `None` when there are no more than `max`. A table is a header line with a `|`, then a
+/// delimiter row of as many cells, each hyphens with optional colons (`| --- | :-: |`), outside code
+/// blocks. Only whole lines count, so a cut chosen while a row is still streaming in stays the cut.
+/// `max` is at least 1, so the cut is always past `start`.
+pub(crate) fn table_cut(text: &str, start: usize, window: usize, max: usize) -> Option<usize> {
+    let window = floor_char_boundary(text, window);
+    let mut fence: Option<Fence<'_>> = None;
+    let mut header: Option<(usize, usize)> = None;
+    let mut tables = 0;
+    let mut at = 0;
+    for line in text[..window].split_inclusive('\n') {
+        let line_start = at;
+        at += line.len();
+        let Some(line) = line.strip_suffix('\n') else { break };
+        if let Some(open) = &fence {
+            if open.closed_by(line) {
+                fence = None;
+            }
+            header = None;
+            continue;
+        }
+        if let Some(opening) = Fence::parse(line) {
+            fence = Some(opening);
+            header = None;
+            continue;
+        }
+        match (header, delimiter_cells(line)) {
+            (Some((header_start, cells)), Some(n)) if n == cells && header_start >= start => {
+                tables += 1;
+                if tables > max.max(1) {
+                    return Some(header_start);
+                }
+                header = None;
+            }
+            _ => header = line.contains('|').then(|| (line_start, row_cells(line))),
+        }
+    }
+    None
+}
+
+/// The cells of a table row: split on `|`, less one leading and one trailing `|`.
+fn row_cells(line: &str) -> usize {
+    let line = line.trim();
+    let line = line.strip_prefix('|').unwrap_or(line);
+    let line = line.strip_suffix('|').unwrap_or(line);
+    line.split('|').count()
+}
+
+/// How many cells `line` has if it is a table's delimiter row (`|---|:--:|`).
+fn delimiter_cells(line: &str) -> Option<usize> {
+    let trimmed = line.trim();
+    if !trimmed.contains('-') || !(trimmed.contains('|') || trimmed.starts_with('-') || trimmed.starts_with(':')) {
+        return None;
+    }
+    let inner = trimmed.strip_prefix('|').unwrap_or(trimmed);
+    let inner = inner.strip_suffix('|').unwrap_or(inner);
+    let cell_ok = |cell: &str| {
+        let cell = cell.trim();
+        let cell = cell.strip_prefix(':').unwrap_or(cell);
+        let cell = cell.strip_suffix(':').unwrap_or(cell);
+        !cell.is_empty() && cell.bytes().all(|b| b == b'-')
+    };
+    inner.split('|').all(cell_ok).then(|| row_cells(trimmed))
 }
 
 /// What the card that shows `text` from byte `start` displays: its share (up to `end`, else to the end),
@@ -350,7 +423,7 @@ mod tests {
         for max in [64, 80, 100, 128, 200] {
             let (mut start, mut cards, mut reopened) = (0, 0, 0);
             loop {
-                let end = card_end(&text, start, max);
+                let end = card_end(&text, start, max, None);
                 let card = card_text(&text, start, end, max);
                 let stop = end.unwrap_or(text.len());
                 assert!(card.len() <= max, "{max}: {} bytes in {card:?}", card.len());
@@ -381,7 +454,7 @@ mod tests {
             }
             assert!(cards >= 2 && reopened >= 1, "{max}: {cards} cards, {reopened} reopened");
         }
-        assert_eq!(card_end("no code here", 0, 100), None);
+        assert_eq!(card_end("no code here", 0, 100, None), None);
         assert_eq!(card_text("no code here", 3, None, 100), "code here");
         assert_eq!(
             card_text("```\nx\u{4E2D}", 6, None, 100),
@@ -395,6 +468,34 @@ mod tests {
         );
         assert_eq!(closing("text\n~~~~ sh\necho"), "\n~~~~");
         assert_eq!(closing("```\nx\n```"), "");
+    }
+
+    #[test]
+    fn a_card_ends_before_its_first_table_past_the_limit() {
+        let table = |n: usize| format!("Table {n}:\n| a | b |\n|---|:-:|\n| {n} | x |\n");
+        let text: String = (1..=5).map(table).collect::<Vec<_>>().join("\n");
+        let third = text.find("Table 3").unwrap();
+        // Two tables a card: the third table's header line (after its caption) begins the next card.
+        let cut = card_end(&text, 0, 10_000, Some(2)).unwrap();
+        assert_eq!(cut, third + "Table 3:\n".len());
+        let next = card_end(&text, cut, 10_000, Some(2)).unwrap();
+        assert_eq!(&text[next..next + 9], "| a | b |");
+        assert_eq!(card_end(&text, next, 10_000, Some(2)), None);
+        assert_eq!(card_end(&text, 0, 10_000, None), None);
+        // The byte limit still cuts when it comes first.
+        assert!(card_end(&text, 0, 40, Some(2)).unwrap() <= 40);
+        // Tables in code blocks, rows without a delimiter row, and mismatched cell counts are not tables.
+        let not_tables = "```\n| a | b |\n|---|---|\n```\n| a | b |\nno delimiter\n| a | b |\n|---|\n";
+        assert_eq!(table_cut(not_tables, 0, not_tables.len(), 1), None);
+        // A delimiter row past the window, or still streaming in, does not count yet.
+        let streaming = format!("{}{}| c | d |\n|---|--", table(1), table(2));
+        let second = streaming.find("Table 2").unwrap() + "Table 2:\n".len();
+        let third_header = streaming.rfind("| c | d |").unwrap();
+        assert_eq!(table_cut(&streaming, 0, streaming.len(), 1), Some(second));
+        assert_eq!(table_cut(&streaming, 0, streaming.len(), 2), None);
+        let whole = format!("{streaming}\n");
+        assert_eq!(table_cut(&whole, 0, whole.len() - 1, 2), None);
+        assert_eq!(table_cut(&whole, 0, whole.len(), 2), Some(third_header));
     }
 
     #[test]

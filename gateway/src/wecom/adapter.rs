@@ -27,8 +27,10 @@ use super::streams::Streams;
 pub use super::streams::{WeComError, CONFLICT, STREAM_EXPIRED, UNKNOWN_REQ_ID};
 use crate::db::now_ms;
 use crate::im::adapter::{Adapter, CardRef, CardState, ChatKind, Ending, Envelope, Inbox, Opened, Update};
+use crate::im::platform_config::ConfigError;
 use crate::im::retry::{DeliveryError, Retrier};
 use crate::im::settings::Settings;
+use crate::im::start::Platform;
 use crate::platform::PlatformHealth;
 
 /// The transport's half of the adapter.
@@ -48,34 +50,6 @@ pub struct WeCom {
 }
 
 impl WeCom {
-    /// The adapter of `config`'s robot (validated by the caller).
-    pub fn new(config: WeComConfig) -> Result<Self, WeComError> {
-        let (transport, base) = match config.mode {
-            Mode::LongConnection => (
-                Transport::LongConnection(Link::new(config.ack_timeout())),
-                config.ws_url.clone(),
-            ),
-            Mode::Callback => (
-                Transport::Callback(Arc::new(
-                    Callback::new(&config).map_err(|_| WeComError::Unsupported("invalid encoding_aes_key"))?,
-                )),
-                super::callback::PATH.to_owned(),
-            ),
-        };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.http_timeout_secs.max(1)))
-            .build()
-            .map_err(|err| WeComError::Http(err.to_string()))?;
-        Ok(Self {
-            settings: config.settings(),
-            health: Arc::new(PlatformHealth::new("wecom", base)),
-            streams: Arc::new(Streams::default()),
-            transport,
-            http,
-            config,
-        })
-    }
-
     /// URL mode's callback handler state (mounted at `/im/wecom/callback`); `None` on the long connection.
     pub fn callback(&self) -> Option<Arc<Callback>> {
         match &self.transport {
@@ -192,8 +166,8 @@ impl WeCom {
 
     /// As much of `text` as one message takes (a `response_url` is used once).
     fn first_piece(&self, text: &str) -> String {
-        let max = self.settings.cards.max_bytes;
-        crate::im::split::card_end(text, 0, max).map_or_else(
+        let (max, tables) = (self.settings.cards.max_bytes, self.settings.cards.max_tables);
+        crate::im::split::card_end(text, 0, max, tables).map_or_else(
             || text.to_owned(),
             |end| crate::im::split::card_text(text, 0, Some(end), max),
         )
@@ -201,9 +175,9 @@ impl WeCom {
 
     /// Cut `text` into messages of at most the snapshot limit.
     fn pieces(&self, text: &str) -> Vec<String> {
-        let max = self.settings.cards.max_bytes;
+        let (max, tables) = (self.settings.cards.max_bytes, self.settings.cards.max_tables);
         let (mut pieces, mut start) = (Vec::new(), 0);
-        while let Some(end) = crate::im::split::card_end(text, start, max) {
+        while let Some(end) = crate::im::split::card_end(text, start, max, tables) {
             pieces.push(crate::im::split::card_text(text, start, Some(end), max));
             start = end;
         }
@@ -212,6 +186,39 @@ impl WeCom {
             pieces.push(rest);
         }
         pieces
+    }
+}
+
+impl Platform for WeCom {
+    type Config = WeComConfig;
+
+    fn validate(config: &WeComConfig) -> Result<(), ConfigError> {
+        config.validate()
+    }
+
+    fn build(config: WeComConfig) -> Result<Self, WeComError> {
+        let (transport, base) = match config.mode {
+            Mode::LongConnection => (
+                Transport::LongConnection(Link::new(config.ack_timeout())),
+                config.ws_url.clone(),
+            ),
+            Mode::Callback => (
+                Transport::Callback(Arc::new(
+                    Callback::new(&config).map_err(|_| WeComError::Unsupported("invalid encoding_aes_key"))?,
+                )),
+                super::callback::PATH.to_owned(),
+            ),
+        };
+        let http =
+            crate::im::token::http_client(config.http_timeout_secs).map_err(|err| WeComError::Http(err.to_string()))?;
+        Ok(Self {
+            settings: config.settings(),
+            health: Arc::new(PlatformHealth::new("wecom", base)),
+            streams: Arc::new(Streams::default()),
+            transport,
+            http,
+            config,
+        })
     }
 }
 
@@ -250,44 +257,36 @@ impl Adapter for WeCom {
         }
     }
 
-    fn encode(&self, message: &WeComMessage) -> String {
-        serde_json::to_string(message).unwrap_or_default()
+    fn rebuild(&self, envelope: &Envelope) -> WeComMessage {
+        let group = envelope.chat == ChatKind::Group;
+        WeComMessage {
+            msgid: envelope.id.clone(),
+            aibotid: self.config.bot_id.clone(),
+            chatid: group.then(|| envelope.conversation.clone()),
+            chattype: if group { "group" } else { "single" }.to_owned(),
+            from: super::message::Sender {
+                userid: envelope.sender.clone(),
+            },
+            create_time: None,
+            response_url: None,
+            msgtype: "text".to_owned(),
+            text: Some(super::message::Content {
+                content: envelope.text.clone(),
+            }),
+            voice: None,
+            mixed: None,
+            req_id: None,
+            received_ms: now_ms(),
+        }
     }
 
-    fn decode(&self, envelope: &Envelope, stored: Option<&str>) -> WeComMessage {
-        let message = stored
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or_else(|| WeComMessage {
-                msgid: envelope.id.clone(),
-                aibotid: self.config.bot_id.clone(),
-                chatid: (envelope.chat == ChatKind::Group).then(|| envelope.conversation.clone()),
-                chattype: if envelope.chat == ChatKind::Group {
-                    "group"
-                } else {
-                    "single"
-                }
-                .to_owned(),
-                from: super::message::Sender {
-                    userid: envelope.sender.clone(),
-                },
-                create_time: None,
-                response_url: None,
-                msgtype: "text".to_owned(),
-                text: Some(super::message::Content {
-                    content: envelope.text.clone(),
-                }),
-                voice: None,
-                mixed: None,
-                req_id: None,
-                received_ms: now_ms(),
-            });
-        // A resumed answer streams into the stream an earlier run opened.
+    /// A resumed answer streams into the stream an earlier run opened.
+    fn resuming(&self, message: &WeComMessage) {
         self.streams.register(
             &crate::im::outbox::card_id(self.account(), &message.msgid),
-            &message,
+            message,
             self.deadline(),
         );
-        message
     }
 
     async fn receive(self: Arc<Self>, inbox: Inbox<WeComMessage>, shutdown: watch::Receiver<bool>) {

@@ -29,6 +29,7 @@ use super::config::WeComConfig;
 use super::message::{cmd, req_id, request, Frame, WeComMessage};
 use super::streams::WeComError;
 use crate::im::adapter::Inbox;
+use crate::im::socket::{close_quickly, sleep_unless_stopped, Backoff};
 use crate::platform::PlatformHealth;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -159,11 +160,8 @@ pub(crate) async fn run(
     inbox: Inbox<WeComMessage>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut failures = 0u32;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
+    let mut backoff = Backoff::new(config.backoff_initial_ms, config.backoff_max_ms);
+    while !*shutdown.borrow() {
         let connected = tokio::select! {
             connected = connect(config) => connected,
             _ = shutdown.changed() => return,
@@ -176,21 +174,16 @@ pub(crate) async fn run(
                     ConnectError::Refused(reason) => format!("aibot_subscribe refused: {reason}"),
                 };
                 health.disconnected(reason.clone());
-                failures += 1;
-                let delay = Duration::from_millis(
-                    config
-                        .backoff_initial_ms
-                        .saturating_mul(1 << failures.min(16).saturating_sub(1))
-                        .min(config.backoff_max_ms),
-                );
+                let delay = backoff.failed();
+                let failures = backoff.failures();
                 tracing::warn!(cause = %reason, failures, delay_ms = delay.as_millis() as u64, "WeCom long connection failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => continue,
-                    _ = shutdown.changed() => return,
+                if !sleep_unless_stopped(delay, &mut shutdown).await {
+                    return;
                 }
+                continue;
             }
         };
-        failures = 0;
+        backoff.reset();
         tracing::info!("WeCom long connection subscribed");
         health.connected();
         let (writer, outgoing) = mpsc::channel(WRITE_QUEUE);
@@ -217,9 +210,8 @@ pub(crate) async fn run(
                     let _ = shutdown.wait_for(|stop| *stop).await;
                     return;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(after)) => {}
-                    _ = shutdown.changed() => return,
+                if !sleep_unless_stopped(Duration::from_secs(after), &mut shutdown).await {
+                    return;
                 }
             }
             SessionEnd::Shutdown => {
@@ -262,7 +254,7 @@ async fn connect(config: &WeComConfig) -> Result<Socket, ConnectError> {
     .await
     .map_err(|_| ConnectError::Network("no answer to aibot_subscribe in time".to_owned()))??;
     if answer.errcode != 0 {
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+        close_quickly(&mut socket).await;
         return Err(ConnectError::Refused(format!(
             "errcode {}: {}",
             answer.errcode, answer.errmsg
@@ -295,7 +287,7 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 if unacked_pings >= config.missed_heartbeats.max(1) {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                    close_quickly(&mut socket).await;
                     return SessionEnd::Dead(format!("{unacked_pings} pings without an acknowledgement"));
                 }
                 unacked_pings += 1;
@@ -305,7 +297,7 @@ async fn session(
                 continue;
             }
             _ = shutdown.changed() => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                close_quickly(&mut socket).await;
                 return SessionEnd::Shutdown;
             }
         };
@@ -355,7 +347,7 @@ async fn session(
                     .and_then(|e| e.as_str())
                     .unwrap_or_default();
                 if eventtype == "disconnected_event" {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                    close_quickly(&mut socket).await;
                     return SessionEnd::TakenOver;
                 }
                 tracing::debug!(eventtype, "ignoring a WeCom event");

@@ -24,12 +24,7 @@ mod longconn;
 pub mod message;
 mod streams;
 
-use std::sync::Arc;
-
-use crate::access_rules::AccessRules;
 use crate::im::connector::ImConnector;
-use crate::routing::ModelRouter;
-use crate::skills::{SkillSet, SkillsConfig};
 
 pub use adapter::{WeCom, WeComError};
 pub use callback::Callback;
@@ -40,37 +35,4 @@ pub use message::WeComMessage;
 pub type WeComConnector = ImConnector<WeCom>;
 
 /// Why the WeCom connector could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Adapter(#[from] WeComError),
-    #[error(transparent)]
-    Core(#[from] crate::im::connector::StartError),
-}
-
-impl ImConnector<WeCom> {
-    /// [`start_with_access`](Self::start_with_access) with the default skills and no access rules.
-    pub async fn start(config: WeComConfig, models: Arc<ModelRouter>) -> Result<Self, StartError> {
-        let skills = SkillSet::new(&SkillsConfig::default()).map_err(|_| ConfigError::Invalid {
-            platform: "WeCom",
-            field: "skills",
-            rule: "valid",
-        })?;
-        Self::start_with_access(config, models, Arc::new(skills), Arc::new(AccessRules::default())).await
-    }
-
-    /// Validate `config`, open the database (outbox, sessions, audit log), resume unfinished messages and
-    /// connect (or, in URL mode, take callbacks once [`Callback`] is mounted: see [`WeCom::callback`]).
-    pub async fn start_with_access(
-        config: WeComConfig,
-        models: Arc<ModelRouter>,
-        skills: Arc<SkillSet>,
-        access: Arc<AccessRules>,
-    ) -> Result<Self, StartError> {
-        config.validate()?;
-        let adapter = Arc::new(WeCom::new(config)?);
-        Ok(ImConnector::run(adapter, models, skills, access).await?)
-    }
-}
+pub type StartError = crate::im::start::StartError<WeComError>;

@@ -148,7 +148,7 @@ async fn ask(feishu: &FeishuEmulator, connector: &FeishuConnector, user: &str, t
 
 async fn start(config: FeishuConfig) -> FeishuConnector {
     let skills = std::sync::Arc::new(SkillSet::new(&SkillsConfig::default()).unwrap());
-    FeishuConnector::start_feishu(config, shared_models(), skills, Default::default())
+    FeishuConnector::start_with_access(config, shared_models(), skills, Default::default())
         .await
         .unwrap()
 }
@@ -268,6 +268,68 @@ fn long_answer() -> String {
         .join("\n\n")
 }
 
+/// An answer of seven small markdown tables, each with a caption.
+fn tables_answer() -> String {
+    (1..=7)
+        .map(|n| format!("Table {n}:\n\n| city | rain |\n| --- | ---: |\n| c{n} | {n} mm |\n"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_with_many_tables_continue_in_new_cards_instead_of_being_refused() {
+    // The platform refuses a card with a fourth table (230099 / 11310); hearth ends a card before it.
+    let feishu = emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reply = tables_answer();
+    let skills = SkillsConfig {
+        custom: vec![gateway::skills::CustomSkill {
+            name: "tables".to_owned(),
+            description: "an answer of tables".to_owned(),
+            trigger: gateway::skills::TriggerKind::Keyword,
+            patterns: vec!["tables please".to_owned()],
+            reply: reply.clone(),
+            priority: 0,
+        }],
+        ..SkillsConfig::default()
+    };
+    let skills = std::sync::Arc::new(SkillSet::new(&skills).unwrap());
+    let tables_in = |text: &str| text.lines().filter(|line| line.starts_with("| ---")).count();
+    for (limit, db) in [(3, "limited.sqlite3"), (0, "unlimited.sqlite3")] {
+        let config = FeishuConfig {
+            card_max_tables: limit,
+            card_call_attempts: 2,
+            ..connector_config(&feishu, &dir.path().join(db))
+        };
+        let connector = FeishuConnector::start_with_access(config, shared_models(), skills.clone(), Default::default())
+            .await
+            .unwrap();
+        let user = format!("tabler{limit}");
+        let posted = say(&feishu, None, &user, "tables please", false);
+        audit(&connector, 1).await;
+        let answers = feishu
+            .inspect(|w| settled(w, std::slice::from_ref(&posted)))
+            .expect("the message was answered");
+        let answer = &answers[0];
+        if limit == 3 {
+            assert!(answer.texts.is_empty(), "no fallback: {answer:?}");
+            assert_eq!(answer.finished.len(), 3, "3 + 3 + 1 tables: {answer:?}");
+            for card in &answer.finished {
+                assert!(tables_in(card) <= 3, "{card}");
+            }
+            let shown: String = answer.finished.concat().split_whitespace().collect();
+            let whole: String = reply.split_whitespace().collect();
+            assert_eq!(shown, whole, "the cards hold the whole answer, once, in order");
+        } else {
+            // Without the limit the platform refuses the card, and the answer goes out as text.
+            assert_eq!(answer.texts.len(), 1, "the card was refused: {answer:?}");
+            assert_eq!(tables_in(&answer.texts[0]), 7);
+        }
+        connector.shutdown(Duration::from_secs(30)).await;
+    }
+    feishu.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_answers_roll_over_into_cards_the_platform_takes_and_no_card_outlives_its_streaming_window() {
     // The platform closes streaming mode 8 s after it is turned on; hearth's cards stream for at most 1 s
@@ -295,7 +357,7 @@ async fn long_answers_roll_over_into_cards_the_platform_takes_and_no_card_outliv
         ..connector_config(&feishu, &dir.path().join("db.sqlite3"))
     };
     let skills = std::sync::Arc::new(SkillSet::new(&skills).unwrap());
-    let connector = FeishuConnector::start_feishu(config, shared_models(), skills, Default::default())
+    let connector = FeishuConnector::start_with_access(config, shared_models(), skills, Default::default())
         .await
         .unwrap();
 

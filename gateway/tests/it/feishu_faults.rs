@@ -174,7 +174,9 @@ async fn feishu_closed_and_zombie_sockets_429s_token_expiry_duplicates_and_a_kil
         .filter(|op| op.api == "content")
         .count();
     assert!(streamed > 0, "cards were streamed");
-    let outbox = gateway::feishu::outbox(&db, DEFAULT_APP_ID).unwrap();
+    let outbox =
+        gateway::im::outbox::Outbox::open(&gateway::db::Database::open(&db).unwrap(), "feishu", DEFAULT_APP_ID)
+            .unwrap();
     for message in &posted {
         let state = outbox.state(&message.message_id).await.unwrap();
         assert!(

@@ -71,7 +71,7 @@ async fn a_refused_scope_is_named_by_doctor_and_on_the_status_page() {
         max_answer_tokens: 8,
         ..connector_config(&feishu, &dir.path().join("db.sqlite3"))
     };
-    let connector = FeishuConnector::start_feishu(config, shared_models(), skills, Default::default())
+    let connector = FeishuConnector::start_with_access(config, shared_models(), skills, Default::default())
         .await
         .unwrap();
     let first = say(&feishu, None, "ann", "Name a color.", false);
