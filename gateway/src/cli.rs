@@ -11,6 +11,7 @@ use gateway::config::{Config, LogFormat, Secret};
 use gateway::dingtalk::{ConfigError, DingTalkConfig};
 use gateway::feishu::{ConfigError as FeishuConfigError, FeishuConfig};
 use gateway::model_path::{self, ModelPathError};
+use gateway::wecom::{ConfigError as WeComConfigError, Mode, WeComConfig};
 use gateway::GatewayConfig;
 
 #[derive(Debug, Parser)]
@@ -480,6 +481,57 @@ pub struct ServeArgs {
     pub dingtalk: DingTalkArgs,
     #[command(flatten)]
     pub feishu: FeishuArgs,
+    #[command(flatten)]
+    pub wecom: WeComArgs,
+}
+
+/// The WeCom intelligent-robot connector: on when --wecom-config or --wecom-bot-id is given, or the config
+/// file has a `[wecom]` section.
+#[derive(Debug, Args)]
+pub struct WeComArgs {
+    /// TOML file with the fields of the WeCom config (mode, bot_id, secret, token, …); the flags below
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    pub wecom_config: Option<PathBuf>,
+    /// The robot's BotID.
+    #[arg(long, value_name = "ID", env = "HEARTH_WECOM_BOT_ID")]
+    pub wecom_bot_id: Option<String>,
+    /// The long connection's Secret.
+    #[arg(long, value_name = "SECRET", env = "HEARTH_WECOM_SECRET", hide_env_values = true)]
+    pub wecom_secret: Option<String>,
+    /// `long_connection` or `callback` (URL mode: WeCom POSTs to /im/wecom/callback on this server).
+    #[arg(long, value_name = "MODE", value_parser = ["long_connection", "callback"])]
+    pub wecom_mode: Option<String>,
+    /// The long connection's address (an emulator's `ws://127.0.0.1:PORT`).
+    #[arg(long, value_name = "URL")]
+    pub wecom_ws_url: Option<String>,
+    /// The connector's SQLite outbox.
+    #[arg(long, value_name = "FILE")]
+    pub wecom_database: Option<PathBuf>,
+}
+
+impl WeComArgs {
+    /// The connector's config, or `None` when it is not asked for: `--wecom-config FILE`, else the config
+    /// file's `[wecom]` section, with the flags over either.
+    pub fn wecom_config(&self, file: &Config) -> Result<Option<WeComConfig>, WeComConfigError> {
+        let mut config = match (&self.wecom_config, &file.wecom) {
+            (Some(path), _) => WeComConfig::from_file(path)?,
+            (None, Some(section)) => section.clone(),
+            (None, None) if self.wecom_bot_id.is_some() => WeComConfig::default(),
+            (None, None) => return Ok(None),
+        };
+        config.bot_id = self.wecom_bot_id.clone().unwrap_or(config.bot_id);
+        config.secret = self.wecom_secret.clone().map_or(config.secret, Secret);
+        config.mode = match self.wecom_mode.as_deref() {
+            Some("callback") => Mode::Callback,
+            Some(_) => Mode::LongConnection,
+            None => config.mode,
+        };
+        config.ws_url = self.wecom_ws_url.clone().unwrap_or(config.ws_url);
+        config.database = self.wecom_database.clone().unwrap_or(config.database);
+        config.validate()?;
+        Ok(Some(config))
+    }
 }
 
 /// The Feishu (Lark) connector: on when --feishu-config or --feishu-app-id is given, or the config file has

@@ -29,10 +29,23 @@ use crate::cli::{
 pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let gateway_config = args.gateway_config(config)?;
     let mut dingtalk_config = args.dingtalk.dingtalk_config(config)?;
-    let feishu_config = args.feishu.feishu_config(config)?;
-    // A shared store ([data] url) takes the place of the platform's own SQLite file.
-    if let (Some(dingtalk), Some(url)) = (&mut dingtalk_config, &config.data.url) {
-        dingtalk.database = PathBuf::from(url);
+    let mut feishu_config = args.feishu.feishu_config(config)?;
+    let mut wecom_config = args.wecom.wecom_config(config)?;
+    // A shared store ([data] url) takes the place of each platform's own SQLite file. Feishu's card book
+    // stays a file of this node's, in the data directory.
+    if let Some(url) = &config.data.url {
+        let store = PathBuf::from(url);
+        if let Some(dingtalk) = &mut dingtalk_config {
+            dingtalk.database = store.clone();
+        }
+        if let Some(feishu) = &mut feishu_config {
+            feishu.database = store.clone();
+            let book = config.data.dir.join("feishu.cards.sqlite3");
+            feishu.card_book.get_or_insert(book);
+        }
+        if let Some(wecom) = &mut wecom_config {
+            wecom.database = store;
+        }
     }
     let skills_config = config.skills.clone();
     let access = Arc::new(config.access.rules().context("invalid [access]")?);
@@ -92,7 +105,7 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
                 gateway_config.server.host, gateway_config.server.port
             )
         })?;
-        let skills = if dingtalk_config.is_some() || feishu_config.is_some() || config.wecom.is_some() {
+        let skills = if dingtalk_config.is_some() || feishu_config.is_some() || wecom_config.is_some() {
             let skills = match &config_file {
                 Some(file) => SkillSet::with_file(&skills_config, file.clone()),
                 None => SkillSet::new(&skills_config),
@@ -124,15 +137,16 @@ pub fn serve(args: ServeArgs, config: &Config, config_file: Option<PathBuf>) -> 
         let feishu = match (feishu_config, &skills) {
             (Some(config), Some(skills)) => {
                 let base = config.base().to_owned();
-                let connector = FeishuConnector::start_feishu(config, router.clone(), skills.clone(), access.clone())
-                    .await
-                    .context("cannot start the Feishu connector")?;
+                let connector =
+                    FeishuConnector::start_with_access(config, router.clone(), skills.clone(), access.clone())
+                        .await
+                        .context("cannot start the Feishu connector")?;
                 tracing::info!(api = %base, "Feishu connector started");
                 Some(connector)
             }
             _ => None,
         };
-        let wecom = match (config.wecom.clone(), &skills) {
+        let wecom = match (wecom_config, &skills) {
             (Some(wecom), Some(skills)) => {
                 let mode = wecom.mode;
                 let connector =
