@@ -118,6 +118,9 @@ pub fn run(inputs: &Inputs) -> Report {
     if let Some(feishu) = &inputs.config.feishu {
         check_feishu(&mut report, feishu);
     }
+    if let Some(wecom) = &inputs.config.wecom {
+        check_wecom(&mut report, wecom);
+    }
     report
 }
 
@@ -592,6 +595,55 @@ fn check_feishu(report: &mut Report, config: &crate::feishu::FeishuConfig) {
             ),
         };
         report.push("im", status, line);
+    }
+}
+
+/// The WeCom robot: settings complete, and in long-connection mode the WebSocket answers its handshake.
+/// The robot is not subscribed: one connection per robot is live, so a subscription would take it over from
+/// a running hearth.
+fn check_wecom(report: &mut Report, config: &crate::wecom::WeComConfig) {
+    if let Err(err) = config.validate() {
+        return report.push("im", Status::Fail, format!("{err} (in the [wecom] section)"));
+    }
+    if config.mode == crate::wecom::Mode::Callback {
+        let line = format!(
+            "WeCom robot {}: URL mode, Token and EncodingAESKey valid; WeCom must reach this server's \
+             /im/wecom/callback",
+            config.bot_id
+        );
+        return report.push("im", Status::Ok, line);
+    }
+    let url = config.ws_url.clone();
+    let opened = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let handshake = tokio_tungstenite::connect_async(url.as_str());
+                let (mut socket, _) = tokio::time::timeout(Duration::from_secs(15), handshake)
+                    .await
+                    .map_err(|_| "no answer within 15 s".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                Ok::<_, String>(())
+            })
+        });
+    match opened {
+        Ok(()) => report.push(
+            "im",
+            Status::Ok,
+            format!(
+                "WeCom long connection at {url} answers (robot {} not subscribed: that would take it over \
+                 from a running hearth)",
+                config.bot_id
+            ),
+        ),
+        Err(err) => report.push(
+            "im",
+            Status::Fail,
+            format!("WeCom long connection at {url}: {err}; check ws_url and the network"),
+        ),
     }
 }
 

@@ -137,6 +137,31 @@ fn a_port_in_use_fails() {
     );
 }
 
+/// `hearth doctor` with the config file `config` holding `text` (owner-only) and the model `model`. Run on a
+/// blocking thread, so an emulator answers on the runtime's other thread while this one waits.
+async fn doctor_with(config: &Path, text: &str, model: &Path) -> Output {
+    fs::write(config, text).unwrap();
+    fs::set_permissions(config, fs::Permissions::from_mode(0o600)).unwrap();
+    let args = [
+        "--config".to_owned(),
+        config.to_str().unwrap().to_owned(),
+        "doctor".to_owned(),
+        "--model".to_owned(),
+        model.to_str().unwrap().to_owned(),
+        "--port".to_owned(),
+        free_port(),
+    ];
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(args)
+            .env_remove("HEARTH_MODEL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn im_credentials_and_permissions_are_checked_with_the_platform() {
     use emulator::dingtalk::{
@@ -166,27 +191,7 @@ async fn im_credentials_and_permissions_are_checked_with_the_platform() {
             dir.path().join("data"),
             dingtalk.base_url()
         );
-        fs::write(&config, text).unwrap();
-        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
-        let args = [
-            "doctor".to_owned(),
-            "--model".to_owned(),
-            model.to_str().unwrap().to_owned(),
-            "--port".to_owned(),
-            free_port(),
-        ];
-        // The emulator answers on the runtime's other thread while this one waits for the process.
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_hearth"))
-                .arg("--config")
-                .arg(&config)
-                .args(args)
-                .env_remove("HEARTH_MODEL")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let output = doctor_with(&config, &text, &model).await;
         let report = stdout(&output);
         if accepted {
             assert!(output.status.success(), "{report}");
@@ -213,6 +218,46 @@ async fn im_credentials_and_permissions_are_checked_with_the_platform() {
             assert!(report.contains("FAIL  im       DingTalk app"), "{report}");
         }
     }
+}
+
+/// `[wecom]`: doctor checks the settings and that the long connection answers its handshake (without
+/// subscribing, which would take the robot over), and fails a `ws_url` nothing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wecom_long_connection_is_checked_without_taking_the_robot_over() {
+    use emulator::wecom::{EmulatorConfig, WeComEmulator, DEFAULT_BOT_ID, DEFAULT_SECRET};
+    let wecom = WeComEmulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_path();
+    let dead = format!("ws://127.0.0.1:{}", free_port());
+    for (url, reachable) in [(wecom.ws_url(), true), (dead, false)] {
+        let config = dir.path().join("hearth.toml");
+        let text = format!(
+            "[data]\ndir = {:?}\n[wecom]\nbot_id = {DEFAULT_BOT_ID:?}\nsecret = {DEFAULT_SECRET:?}\nws_url = {url:?}\n",
+            dir.path().join("data"),
+        );
+        let output = doctor_with(&config, &text, &model).await;
+        let report = stdout(&output);
+        if reachable {
+            assert!(output.status.success(), "{report}");
+            assert!(
+                report.contains("ok    im       WeCom long connection at ws://"),
+                "{report}"
+            );
+            let stats = wecom.inspect(|w| w.stats());
+            assert!(stats.connections_opened >= 1, "doctor opened the socket: {stats:?}");
+            assert_eq!(
+                stats.subscribes_ok + stats.subscribes_refused,
+                0,
+                "doctor subscribed: {stats:?}"
+            );
+        } else {
+            assert_eq!(output.status.code(), Some(1), "{report}");
+            assert!(report.contains("FAIL  im       WeCom long connection at"), "{report}");
+        }
+    }
+    wecom.shutdown().await.unwrap();
 }
 
 #[path = "malformed_gguf.rs"]
