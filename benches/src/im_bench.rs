@@ -116,18 +116,26 @@ fn main() -> Result<()> {
 
 /// The `hearth serve` config: the connector pointed at the emulator, limits out of the way.
 fn write_config(dir: &Path, dingtalk: &DingTalkEmulator, max_answer_tokens: usize, echo: bool) -> Result<PathBuf> {
-    let mut text = format!(
+    let text = format!(
         "[dingtalk]\napp_key = \"{DEFAULT_CLIENT_ID}\"\napp_secret = \"{DEFAULT_CLIENT_SECRET}\"\ncard_template_id = \"bench.schema\"\n\
          api_base_url = \"{}\"\ndatabase = \"{}\"\ncard_update_interval_ms = 100\ncard_updates_per_second = 1000\n\
          user_requests_per_second = 1000\nmax_answer_tokens = {max_answer_tokens}\n",
         dingtalk.base_url(),
         dir.join("dingtalk.sqlite3").display()
     );
+    write_hearth_toml(dir, text, echo)
+}
+
+/// Write `text` (with the echo skill when `echo`) as `dir/hearth.toml`, readable by its owner only (it holds
+/// the app's secret, and hearth warns about a config others may read).
+fn write_hearth_toml(dir: &Path, mut text: String, echo: bool) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     if echo {
         text.push_str(ECHO_SKILL);
     }
     let path = dir.join("hearth.toml");
     std::fs::write(&path, text)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(path)
 }
 

@@ -10,7 +10,7 @@ use emulator::feishu::{
     ChatEntry, EmulatorConfig, FeishuEmulator, UserMessage, World, DEFAULT_APP_ID, DEFAULT_APP_SECRET,
 };
 
-use super::{Args, Server, ECHO_SKILL};
+use super::{Args, Server};
 
 /// The model run's first-visible latencies (ms) and the echo run's messages per second.
 pub async fn run(args: &Args, hearth: &Path, model: &Path) -> Result<(Vec<f64>, f64)> {
@@ -30,19 +30,14 @@ async fn emulator() -> Result<FeishuEmulator> {
 }
 
 fn write_config(dir: &Path, feishu: &FeishuEmulator, max_answer_tokens: usize, echo: bool) -> Result<PathBuf> {
-    let mut text = format!(
+    let text = format!(
         "[feishu]\napp_id = \"{DEFAULT_APP_ID}\"\napp_secret = \"{DEFAULT_APP_SECRET}\"\ndomain = \"{}\"\n\
          database = \"{}\"\ncard_update_interval_ms = 100\ncard_updates_per_second = 1000\n\
          user_requests_per_second = 1000\nmax_answer_tokens = {max_answer_tokens}\n",
         feishu.base_url(),
         dir.join("feishu.sqlite3").display()
     );
-    if echo {
-        text.push_str(ECHO_SKILL);
-    }
-    let path = dir.join("hearth.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    crate::write_hearth_toml(dir, text, echo)
 }
 
 async fn start(hearth: &Path, model: &Path, config: &Path, feishu: &FeishuEmulator) -> Result<Server> {

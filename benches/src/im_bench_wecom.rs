@@ -36,19 +36,14 @@ async fn emulator() -> Result<WeComEmulator> {
 
 /// The `hearth serve` config: the connector pointed at the emulator, limits out of the way.
 fn write_config(dir: &Path, wecom: &WeComEmulator, max_answer_tokens: usize, echo: bool) -> Result<PathBuf> {
-    let mut text = format!(
+    let text = format!(
         "[wecom]\nbot_id = \"{DEFAULT_BOT_ID}\"\nsecret = \"{DEFAULT_SECRET}\"\nws_url = \"{}\"\ndatabase = \"{}\"\n\
          stream_update_interval_ms = 100\nupdates_per_second = 1000\nuser_requests_per_second = 1000\n\
          max_answer_tokens = {max_answer_tokens}\n",
         wecom.ws_url(),
         dir.join("wecom.sqlite3").display()
     );
-    if echo {
-        text.push_str(crate::ECHO_SKILL);
-    }
-    let path = dir.join("hearth.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    crate::write_hearth_toml(dir, text, echo)
 }
 
 async fn start(hearth: &Path, model: &Path, config: &Path, wecom: &WeComEmulator) -> Result<Server> {
