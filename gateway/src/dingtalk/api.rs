@@ -5,8 +5,6 @@
 //! The access token is cached and refreshed `token_refresh_margin_secs` before it expires; a call answered
 //! with 400 `InvalidAuthentication` or 401 drops the cache and is retried once with a fresh token.
 
-use std::sync::Arc;
-
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
@@ -14,8 +12,7 @@ use serde_json::Value;
 use super::config::DingTalkConfig;
 use super::message::{Addressee, BotMessage, ConversationType};
 use super::wire;
-use crate::im::token::ApiClient;
-use crate::platform::PlatformHealth;
+use crate::im::token::{exchange, ApiClient};
 
 /// Permission scope needed by the card create/deliver calls.
 pub const PERM_CARD_INSTANCE: &str = "Card.Instance.Write";
@@ -119,29 +116,15 @@ pub struct Endpoint {
     pub ticket: String,
 }
 
-/// The connector's OpenAPI client.
-pub struct OpenApi {
-    client: ApiClient,
-    config: DingTalkConfig,
-}
+/// The connector's OpenAPI client: an [`ApiClient`] over the section; its calls are below.
+pub type OpenApi = ApiClient<DingTalkConfig>;
 
 impl OpenApi {
     /// A client for `config`'s app and base URL.
     pub fn new(config: DingTalkConfig) -> Result<Self, DingTalkError> {
-        let (timeout, margin) = (config.http_timeout_secs, config.token_refresh_margin_secs);
-        let client = ApiClient::new("dingtalk", &config.api_base_url, timeout, margin)
-            .map_err(|source| DingTalkError::Http { api: "client", source })?;
-        Ok(Self { client, config })
-    }
-
-    /// The connector's health, which this client keeps up to date with refused and granted permissions.
-    pub fn health(&self) -> &Arc<PlatformHealth> {
-        &self.client.health
-    }
-
-    /// The settings this client uses.
-    pub fn config(&self) -> &DingTalkConfig {
-        &self.config
+        let limits = (config.http_timeout_secs, config.token_refresh_margin_secs);
+        let base = config.api_base_url.clone();
+        Self::with("dingtalk", &base, limits, config).map_err(|source| DingTalkError::Http { api: "client", source })
     }
 
     /// `POST /v1.0/gateway/connections/open`, subscribed to robot messages.
@@ -263,7 +246,7 @@ impl OpenApi {
 
     /// The cached access token, renewed when it is within the margin of expiring.
     async fn token(&self) -> Result<String, DingTalkError> {
-        self.client.token.get(|| self.fetch_token()).await
+        self.token.get(|| self.fetch_token()).await
     }
 
     /// A new access token and its lifetime in seconds.
@@ -299,33 +282,33 @@ impl OpenApi {
         permission: &'static str,
     ) -> Result<Value, DingTalkError> {
         let url = format!("{}{path}", self.config.base());
-        let mut refreshed = false;
-        loop {
-            let token = self.token().await?;
-            match self
-                .send(api, method.clone(), &url, body, Some(&token), Some(permission))
-                .await
-            {
-                Err(DingTalkError::InvalidToken { code, .. }) if !refreshed => {
-                    tracing::info!(api, code, "access token rejected; refreshing it");
-                    self.client.token.forget().await;
-                    refreshed = true;
+        let (method, url) = (&method, url.as_str());
+        let result = self
+            .authorized(
+                api,
+                || self.fetch_token(),
+                |err| matches!(err, DingTalkError::InvalidToken { .. }),
+                |token| async move {
+                    self.send(api, method.clone(), url, body, Some(&token), Some(permission))
+                        .await
+                },
+            )
+            .await;
+        match result {
+            Ok(value) => {
+                self.health.permission_granted(permission);
+                Ok(value)
+            }
+            Err(err) => {
+                if let DingTalkError::PermissionDenied { permission, .. } = &err {
+                    tracing::error!(
+                        api,
+                        permission,
+                        "DingTalk refused a call: grant the `{permission}` permission to the app"
+                    );
+                    self.health.permission_refused(permission, api, err.to_string());
                 }
-                Ok(value) => {
-                    self.client.health.permission_granted(permission);
-                    return Ok(value);
-                }
-                Err(err) => {
-                    if let DingTalkError::PermissionDenied { permission, .. } = &err {
-                        tracing::error!(
-                            api,
-                            permission,
-                            "DingTalk refused a call: grant the `{permission}` permission to the app"
-                        );
-                        self.client.health.permission_refused(permission, api, err.to_string());
-                    }
-                    return Err(err);
-                }
+                Err(err)
             }
         }
     }
@@ -344,7 +327,6 @@ impl OpenApi {
             detail: format!("cannot serialise the request: {err}"),
         })?;
         let mut request = self
-            .client
             .http
             .request(method, url)
             .header("content-type", "application/json")
@@ -353,7 +335,7 @@ impl OpenApi {
         if let Some(token) = token {
             request = request.header("x-acs-dingtalk-access-token", token);
         }
-        let (status, text) = ApiClient::exchange(request)
+        let (status, text) = exchange(request)
             .await
             .map_err(|source| DingTalkError::Http { api, source })?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -6,7 +6,6 @@
 //! token (99991661/99991663/99991671) drops the cache and is tried once more with a fresh one. A refused
 //! scope (99991672) is named in the log and on the status page; a later success clears it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -14,8 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::config::FeishuConfig;
-use crate::im::token::ApiClient;
-use crate::platform::PlatformHealth;
+use crate::im::token::{exchange, ApiClient};
 
 /// Scope of reading messages (the receive event and reading chats).
 pub const SCOPE_MESSAGE: &str = "im:message";
@@ -88,29 +86,15 @@ pub struct Endpoint {
     pub ping_interval: Option<Duration>,
 }
 
-/// The connector's OpenAPI client.
-pub struct OpenApi {
-    client: ApiClient,
-    config: FeishuConfig,
-}
+/// The connector's OpenAPI client: an [`ApiClient`] over the section; its calls are below.
+pub type OpenApi = ApiClient<FeishuConfig>;
 
 impl OpenApi {
     /// A client for `config`'s app and domain.
     pub fn new(config: FeishuConfig) -> Result<Self, FeishuError> {
-        let (timeout, margin) = (config.http_timeout_secs, config.token_refresh_margin_secs);
-        let client = ApiClient::new("feishu", config.base(), timeout, margin)
-            .map_err(|source| FeishuError::Http { api: "client", source })?;
-        Ok(Self { client, config })
-    }
-
-    /// The connector's health.
-    pub fn health(&self) -> &Arc<PlatformHealth> {
-        &self.client.health
-    }
-
-    /// The settings this client uses.
-    pub fn config(&self) -> &FeishuConfig {
-        &self.config
+        let limits = (config.http_timeout_secs, config.token_refresh_margin_secs);
+        let base = config.base().to_owned();
+        Self::with("feishu", &base, limits, config).map_err(|source| FeishuError::Http { api: "client", source })
     }
 
     /// `POST /callback/ws/endpoint`: a fresh long-connection URL (§1.1).
@@ -196,7 +180,7 @@ impl OpenApi {
 
     /// The cached tenant token, renewed within the margin of its expiry.
     async fn token(&self) -> Result<String, FeishuError> {
-        self.client.token.get(|| self.fetch_token()).await
+        self.token.get(|| self.fetch_token()).await
     }
 
     /// A new tenant token and its lifetime in seconds.
@@ -227,33 +211,32 @@ impl OpenApi {
         scope: &'static str,
     ) -> Result<Value, FeishuError> {
         let url = format!("{}{path}", self.config.base());
-        let mut refreshed = false;
-        loop {
-            let token = self.token().await?;
-            let result = self.send(api, method.clone(), &url, body, Some(&token)).await;
-            match result {
-                Err(FeishuError::InvalidToken { code, .. }) if !refreshed => {
-                    tracing::info!(api, code, "tenant token rejected; fetching a new one");
-                    self.client.token.forget().await;
-                    refreshed = true;
-                }
-                Err(FeishuError::ScopeRefused { scope: named, code, .. }) => {
-                    let scope_name = if named.is_empty() { scope.to_owned() } else { named };
-                    let err = FeishuError::ScopeRefused {
-                        api,
-                        scope: scope_name.clone(),
-                        code,
-                    };
-                    tracing::error!(api, scope = %scope_name, "the Feishu app lacks a scope: {err}");
-                    self.client.health.permission_refused(&scope_name, api, err.to_string());
-                    return Err(err);
-                }
-                Ok(answer) => {
-                    self.client.health.permission_granted(scope);
-                    return Ok(answer);
-                }
-                Err(err) => return Err(err),
+        let (method, url) = (&method, url.as_str());
+        let result = self
+            .authorized(
+                api,
+                || self.fetch_token(),
+                |err| matches!(err, FeishuError::InvalidToken { .. }),
+                |token| async move { self.send(api, method.clone(), url, body, Some(&token)).await },
+            )
+            .await;
+        match result {
+            Err(FeishuError::ScopeRefused { scope: named, code, .. }) => {
+                let scope_name = if named.is_empty() { scope.to_owned() } else { named };
+                let err = FeishuError::ScopeRefused {
+                    api,
+                    scope: scope_name.clone(),
+                    code,
+                };
+                tracing::error!(api, scope = %scope_name, "the Feishu app lacks a scope: {err}");
+                self.health.permission_refused(&scope_name, api, err.to_string());
+                Err(err)
             }
+            Ok(answer) => {
+                self.health.permission_granted(scope);
+                Ok(answer)
+            }
+            Err(err) => Err(err),
         }
     }
 
@@ -266,11 +249,11 @@ impl OpenApi {
         body: &impl Serialize,
         token: Option<&str>,
     ) -> Result<Value, FeishuError> {
-        let mut request = self.client.http.request(method, url).json(body);
+        let mut request = self.http.request(method, url).json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let (status, text) = ApiClient::exchange(request)
+        let (status, text) = exchange(request)
             .await
             .map_err(|source| FeishuError::Http { api, source })?;
         let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -18,33 +18,76 @@ pub fn http_client(timeout_secs: u64) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// The parts of a platform's OpenAPI client that are not the platform's.
-pub struct ApiClient {
-    pub http: reqwest::Client,
+/// A platform's OpenAPI client over its configuration section `C`. The platform writes its calls in an
+/// `impl ApiClient<ItsConfig>` block of its own (`dingtalk::OpenApi`, `feishu::OpenApi`).
+pub struct ApiClient<C> {
+    pub(crate) http: reqwest::Client,
     /// The app's access token.
-    pub token: TokenCache,
+    pub(crate) token: TokenCache,
     /// What the status page shows: connection state, refused permissions.
-    pub health: Arc<PlatformHealth>,
+    pub(crate) health: Arc<PlatformHealth>,
+    pub(crate) config: C,
 }
 
-impl ApiClient {
-    /// A client for `platform`'s API at `base`, whose calls time out after `timeout_secs`, renewing its
-    /// token `token_margin_secs` before it expires.
-    pub fn new(platform: &'static str, base: &str, timeout_secs: u64, token_margin_secs: u64) -> reqwest::Result<Self> {
+impl<C> ApiClient<C> {
+    /// A client for `platform`'s API at `base` with the settings `config`, whose calls time out after
+    /// `timeout_secs`, renewing its token `token_margin_secs` before it expires.
+    pub fn with(
+        platform: &'static str,
+        base: &str,
+        (timeout_secs, token_margin_secs): (u64, u64),
+        config: C,
+    ) -> reqwest::Result<Self> {
         Ok(Self {
             http: http_client(timeout_secs)?,
             token: TokenCache::new(token_margin_secs),
             health: Arc::new(PlatformHealth::new(platform, base.to_owned())),
+            config,
         })
     }
 
-    /// Send `request` and read the answer: its status and body (platforms put their own error codes in
-    /// the body, under any status).
-    pub async fn exchange(request: reqwest::RequestBuilder) -> reqwest::Result<(reqwest::StatusCode, String)> {
-        let response = request.send().await?;
-        let status = response.status();
-        Ok((status, response.text().await?))
+    /// The connector's health, which the client keeps up to date with refused and granted permissions.
+    pub fn health(&self) -> &Arc<PlatformHealth> {
+        &self.health
     }
+
+    /// The settings this client uses.
+    pub fn config(&self) -> &C {
+        &self.config
+    }
+
+    /// Run `call` (the platform call `api`) with the app's token, from the cache or else from `fetch`; when
+    /// the platform rejects the token (`rejected`), drop it and run `call` once more with a fresh one.
+    pub async fn authorized<T, E, Fetch, FetchFut, Call, CallFut>(
+        &self,
+        api: &'static str,
+        fetch: Fetch,
+        rejected: impl Fn(&E) -> bool,
+        call: Call,
+    ) -> Result<T, E>
+    where
+        Fetch: Fn() -> FetchFut,
+        FetchFut: Future<Output = Result<(String, u64), E>>,
+        Call: Fn(String) -> CallFut,
+        CallFut: Future<Output = Result<T, E>>,
+    {
+        match call(self.token.get(&fetch).await?).await {
+            Err(err) if rejected(&err) => {
+                tracing::info!(api, "the platform rejected the access token; fetching a new one");
+                self.token.forget().await;
+                call(self.token.get(&fetch).await?).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Send `request` and read the answer: its status and body (platforms put their own error codes in the body,
+/// under any status).
+pub async fn exchange(request: reqwest::RequestBuilder) -> reqwest::Result<(reqwest::StatusCode, String)> {
+    let response = request.send().await?;
+    let status = response.status();
+    Ok((status, response.text().await?))
 }
 
 /// One app's access token and when to stop using it.
