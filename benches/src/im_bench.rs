@@ -9,10 +9,13 @@
 //!   `--echo-messages` messages posted at once across the same conversations.
 //!
 //! Latencies come from the emulator's own clock: when the user message was recorded, and when the first
-//! card update with text was accepted. It measures and never asserts; prints a markdown table.
+//! card update with text was accepted. It measures and never asserts; prints a markdown table, and after
+//! it where the model run's time went, from the histograms `hearth serve` exposes at `/metrics`
+//! (`im_bench_metrics`, scraped once the run is over).
 #![forbid(unsafe_code)]
 
 mod im_bench_feishu;
+mod im_bench_metrics;
 mod im_bench_wecom;
 
 use std::path::{Path, PathBuf};
@@ -83,17 +86,18 @@ fn main() -> Result<()> {
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (ttft, echo) = runtime.block_on(async {
+    let (run, echo) = runtime.block_on(async {
         if args.platform == Platform::Feishu {
             return im_bench_feishu::run(&args, &hearth, &model).await;
         }
         if args.platform == Platform::Wecom {
             return im_bench_wecom::run(&args, &hearth, &model).await;
         }
-        let ttft = model_run(&args, &hearth, &model).await?;
+        let run = model_run(&args, &hearth, &model).await?;
         let echo = echo_run(&args, &hearth, &model).await?;
-        anyhow::Ok((ttft, echo))
+        anyhow::Ok((run, echo))
     })?;
+    let ttft = &run.latencies;
     println!("| figure | value |");
     println!("|---|---|");
     println!("| platform | {:?} |", args.platform);
@@ -101,24 +105,37 @@ fn main() -> Result<()> {
     println!(
         "| message → first visible card token, p50 (model, {} messages) | {:.0} ms |",
         ttft.len(),
-        percentile(&ttft, 0.50)
+        percentile(ttft, 0.50)
     );
     println!(
         "| message → first visible card token, p99 (model) | {:.0} ms |",
-        percentile(&ttft, 0.99)
+        percentile(ttft, 0.99)
     );
     println!(
         "| gateway messages/s (echo skill, {} messages) | {:.1} |",
         args.echo_messages, echo
     );
+    println!();
+    im_bench_metrics::print_breakdown(&run.metrics, CARD_UPDATE_INTERVAL_MS);
     Ok(())
+}
+
+/// The `card_update_interval_ms` (WeCom: `stream_update_interval_ms`) every platform's config sets.
+const CARD_UPDATE_INTERVAL_MS: u64 = 100;
+
+/// What a model run measured: the emulator's first-visible latencies (ms), and hearth's `/metrics` page
+/// once the run was over.
+pub struct ModelRun {
+    pub latencies: Vec<f64>,
+    pub metrics: String,
 }
 
 /// The `hearth serve` config: the connector pointed at the emulator, limits out of the way.
 fn write_config(dir: &Path, dingtalk: &DingTalkEmulator, max_answer_tokens: usize, echo: bool) -> Result<PathBuf> {
     let text = format!(
         "[dingtalk]\napp_key = \"{DEFAULT_CLIENT_ID}\"\napp_secret = \"{DEFAULT_CLIENT_SECRET}\"\ncard_template_id = \"bench.schema\"\n\
-         api_base_url = \"{}\"\ndatabase = \"{}\"\ncard_update_interval_ms = 100\ncard_updates_per_second = 1000\n\
+         api_base_url = \"{}\"\ndatabase = \"{}\"\ncard_update_interval_ms = {CARD_UPDATE_INTERVAL_MS}\n\
+         card_updates_per_second = 1000\n\
          user_requests_per_second = 1000\nmax_answer_tokens = {max_answer_tokens}\n",
         dingtalk.base_url(),
         dir.join("dingtalk.sqlite3").display()
@@ -143,7 +160,8 @@ fn write_hearth_toml(dir: &Path, mut text: String, echo: bool) -> Result<PathBuf
 const ECHO_SKILL: &str =
     "[skills]\n[[skills.custom]]\nname = \"echo\"\ntrigger = \"regex\"\npatterns = [\"(?s).*\"]\nreply = \"{text}\"\n";
 
-struct Server(Child);
+/// A `hearth serve` child process and the loopback port it listens on.
+struct Server(Child, u16);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -154,9 +172,11 @@ impl Drop for Server {
 
 impl Server {
     /// `hearth serve` with `config`, logging warnings to stderr.
+    /// It listens on a port free a moment before, so `/metrics` can be read.
     fn spawn(hearth: &Path, model: &Path, config: &Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(hearth)
-            .args(["serve", "--port", "0", "--ctx-size", "1024", "--model"])
+            .args(["serve", "--port", &port.to_string(), "--ctx-size", "1024", "--model"])
             .arg(model)
             .arg("--config")
             .arg(config)
@@ -165,7 +185,28 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot start {}", hearth.display()))?;
-        Ok(Self(child))
+        Ok(Self(child, port))
+    }
+
+    /// Read `/metrics` once, retrying until the server answers: hearth installs its metrics recorder on the
+    /// first scrape, and what is recorded before it is lost, so the model run scrapes before its first
+    /// message.
+    async fn first_scrape(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.scrape().await {
+                Ok(_) => return Ok(()),
+                Err(err) if Instant::now() > deadline => return Err(err.context("hearth's /metrics never answered")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The server's `/metrics` page (Prometheus text).
+    async fn scrape(&self) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.1);
+        let response = reqwest::get(&url).await?.error_for_status()?;
+        Ok(response.text().await?)
     }
 }
 
@@ -194,7 +235,7 @@ fn finished(world: &World) -> usize {
         .count()
 }
 
-async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>> {
+async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<ModelRun> {
     let dingtalk = DingTalkEmulator::start(
         EmulatorConfig {
             qps_per_api: 0,
@@ -206,6 +247,7 @@ async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>>
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &dingtalk, args.max_answer_tokens, false)?;
     let server = start(hearth, model, &config, &dingtalk).await?;
+    server.first_scrape().await?;
     let questions = [
         "Name a color.",
         "Tell me a short fact about the sea.",
@@ -235,9 +277,10 @@ async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>>
         );
     }
     let latencies = dingtalk.inspect(first_visible_latencies);
+    let metrics = server.scrape().await.context("cannot read hearth's /metrics")?;
     drop(server);
     dingtalk.shutdown().await?;
-    Ok(latencies)
+    Ok(ModelRun { latencies, metrics })
 }
 
 /// For every user message: milliseconds from the message to the first card update carrying text.

@@ -10,10 +10,10 @@ use emulator::feishu::{
     ChatEntry, EmulatorConfig, FeishuEmulator, UserMessage, World, DEFAULT_APP_ID, DEFAULT_APP_SECRET,
 };
 
-use super::{Args, Server};
+use super::{Args, ModelRun, Server, CARD_UPDATE_INTERVAL_MS};
 
-/// The model run's first-visible latencies (ms) and the echo run's messages per second.
-pub async fn run(args: &Args, hearth: &Path, model: &Path) -> Result<(Vec<f64>, f64)> {
+/// The model run (first-visible latencies in ms, hearth's metrics) and the echo run's messages per second.
+pub async fn run(args: &Args, hearth: &Path, model: &Path) -> Result<(ModelRun, f64)> {
     let ttft = model_run(args, hearth, model).await?;
     let echo = echo_run(args, hearth, model).await?;
     Ok((ttft, echo))
@@ -32,7 +32,7 @@ async fn emulator() -> Result<FeishuEmulator> {
 fn write_config(dir: &Path, feishu: &FeishuEmulator, max_answer_tokens: usize, echo: bool) -> Result<PathBuf> {
     let text = format!(
         "[feishu]\napp_id = \"{DEFAULT_APP_ID}\"\napp_secret = \"{DEFAULT_APP_SECRET}\"\ndomain = \"{}\"\n\
-         database = \"{}\"\ncard_update_interval_ms = 100\ncard_updates_per_second = 1000\n\
+         database = \"{}\"\ncard_update_interval_ms = {CARD_UPDATE_INTERVAL_MS}\ncard_updates_per_second = 1000\n\
          user_requests_per_second = 1000\nmax_answer_tokens = {max_answer_tokens}\n",
         feishu.base_url(),
         dir.join("feishu.sqlite3").display()
@@ -59,11 +59,12 @@ fn finished(world: &World) -> usize {
         .count()
 }
 
-async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>> {
+async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<ModelRun> {
     let feishu = emulator().await?;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &feishu, args.max_answer_tokens, false)?;
     let server = start(hearth, model, &config, &feishu).await?;
+    server.first_scrape().await?;
     let questions = [
         "Name a color.",
         "Tell me a short fact about the sea.",
@@ -90,9 +91,10 @@ async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>>
         );
     }
     let latencies = feishu.inspect(first_visible_latencies);
+    let metrics = server.scrape().await?;
     drop(server);
     feishu.shutdown().await?;
-    Ok(latencies)
+    Ok(ModelRun { latencies, metrics })
 }
 
 /// For every user message: milliseconds from the message to the first `content` call on its card.

@@ -12,13 +12,13 @@ use emulator::wecom::{
     EmulatorConfig, InFlightOverflow, MessageState, UserMessage, WeComEmulator, World, DEFAULT_BOT_ID, DEFAULT_SECRET,
 };
 
-use crate::{Args, Server};
+use crate::{Args, ModelRun, Server, CARD_UPDATE_INTERVAL_MS};
 
 /// The placeholder hearth opens a stream with.
 const PLACEHOLDER: &str = "<think></think>";
 
-/// Both runs: the first-visible latencies of the model run, and the echo run's messages/s.
-pub(crate) async fn run(args: &Args, hearth: &Path, model: &Path) -> Result<(Vec<f64>, f64)> {
+/// Both runs: the model run (first-visible latencies, hearth's metrics), and the echo run's messages/s.
+pub(crate) async fn run(args: &Args, hearth: &Path, model: &Path) -> Result<(ModelRun, f64)> {
     let ttft = model_run(args, hearth, model).await?;
     let echo = echo_run(args, hearth, model).await?;
     Ok((ttft, echo))
@@ -38,7 +38,7 @@ async fn emulator() -> Result<WeComEmulator> {
 fn write_config(dir: &Path, wecom: &WeComEmulator, max_answer_tokens: usize, echo: bool) -> Result<PathBuf> {
     let text = format!(
         "[wecom]\nbot_id = \"{DEFAULT_BOT_ID}\"\nsecret = \"{DEFAULT_SECRET}\"\nws_url = \"{}\"\ndatabase = \"{}\"\n\
-         stream_update_interval_ms = 100\nupdates_per_second = 1000\nuser_requests_per_second = 1000\n\
+         stream_update_interval_ms = {CARD_UPDATE_INTERVAL_MS}\nupdates_per_second = 1000\nuser_requests_per_second = 1000\n\
          max_answer_tokens = {max_answer_tokens}\n",
         wecom.ws_url(),
         dir.join("wecom.sqlite3").display()
@@ -63,11 +63,12 @@ fn answered(world: &World) -> usize {
         .count()
 }
 
-async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>> {
+async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<ModelRun> {
     let wecom = emulator().await?;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &wecom, args.max_answer_tokens, false)?;
     let server = start(hearth, model, &config, &wecom).await?;
+    server.first_scrape().await?;
     let questions = [
         "Name a color.",
         "Tell me a short fact about the sea.",
@@ -94,9 +95,10 @@ async fn model_run(args: &Args, hearth: &Path, model: &Path) -> Result<Vec<f64>>
         );
     }
     let latencies = wecom.inspect(first_visible_latencies);
+    let metrics = server.scrape().await?;
     drop(server);
     wecom.shutdown().await?;
-    Ok(latencies)
+    Ok(ModelRun { latencies, metrics })
 }
 
 /// For every user message: milliseconds from the message to the first accepted snapshot with text.

@@ -1,8 +1,8 @@
 //! Prometheus metrics: what the gateway records, and `GET /metrics` rendering it in the text format.
 //!
 //! Event-driven figures (HTTP requests by route and status, time to first token, inter-token latency,
-//! queue wait, finished generations, IM deliveries) are recorded through the `metrics` facade where they
-//! happen. The engine's own counters and gauges (running, waiting, KV blocks, tokens) are read from
+//! queue wait, finished generations, IM deliveries and where an IM answer's time goes) are recorded
+//! through the `metrics` facade where they happen. The engine's own counters and gauges (running, waiting, KV blocks, tokens) are read from
 //! `EngineHandle::stats` at scrape time, so they are exact and cost nothing between scrapes.
 //!
 //! One recorder per process ([`handle`] installs it on first use); every router in the process renders it.
@@ -114,6 +114,21 @@ fn describe() {
         "hearth_im_card_update_failures_total",
         "IM card updates the platform refused or that failed, by platform."
     );
+    describe_histogram!(
+        "hearth_im_answer_slot_wait_seconds",
+        Unit::Seconds,
+        "From an IM message being stored to its answer getting one of the connector's answer slots, by platform."
+    );
+    describe_histogram!(
+        "hearth_im_card_open_seconds",
+        Unit::Seconds,
+        "Opening an IM answer's card: the platform's open call with its pacing and retries, by platform."
+    );
+    describe_histogram!(
+        "hearth_im_first_visible_seconds",
+        Unit::Seconds,
+        "From an IM message being stored to the platform accepting the first text of its model answer, by platform."
+    );
 }
 
 /// Record one HTTP response.
@@ -156,6 +171,22 @@ pub fn im_refusal(platform: &'static str) {
 /// Record one card update that failed or was refused.
 pub fn im_card_update_failure(platform: &'static str) {
     counter!("hearth_im_card_update_failures_total", "platform" => platform).increment(1);
+}
+
+/// Record how long an IM message waited for an answer slot after it was stored.
+pub fn im_answer_slot_wait(platform: &'static str, waited: Duration) {
+    histogram!("hearth_im_answer_slot_wait_seconds", "platform" => platform).record(waited.as_secs_f64());
+}
+
+/// Record one IM card open (the platform's call, paced and retried).
+pub fn im_card_open(platform: &'static str, took: Duration) {
+    histogram!("hearth_im_card_open_seconds", "platform" => platform).record(took.as_secs_f64());
+}
+
+/// Record the time from an IM message being stored to the first text of its model answer the platform
+/// accepted.
+pub fn im_first_visible(platform: &'static str, took: Duration) {
+    histogram!("hearth_im_first_visible_seconds", "platform" => platform).record(took.as_secs_f64());
 }
 
 /// Copies the engine's counters and gauges into the recorder; called on every scrape.

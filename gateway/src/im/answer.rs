@@ -77,7 +77,10 @@ impl<A: Adapter> Answerer<A> {
     /// The audit record, the session turn and the message's outcome are written in one transaction once
     /// the answer is delivered and its last card closed. A crash before that commit leaves the message to
     /// be answered again (its cards are found again), with nothing recorded twice.
-    pub async fn answer(self: &Arc<Self>, job: Job<A::Message>, route: Route) {
+    ///
+    /// `stored`: when the message was stored (or read back to be resumed), which the metrics' time to first
+    /// visible text counts from.
+    pub async fn answer(self: &Arc<Self>, job: Job<A::Message>, route: Route, stored: Instant) {
         let started = Instant::now();
         let envelope = &job.envelope;
         let question = envelope.text.clone();
@@ -206,6 +209,9 @@ impl<A: Adapter> Answerer<A> {
                 draft_tx,
             ));
             let (delivered, generated) = deliverer.deliver_generated(&job, draft_rx, generation).await;
+            if let Some(at) = delivered.first_visible {
+                metrics::im_first_visible(A::PLATFORM, at.duration_since(stored));
+            }
             match generated {
                 Some(Ok(generated)) => {
                     if let Some(tool) = &generated.tool {

@@ -526,10 +526,12 @@ impl<A: Adapter> Cards<'_, A> {
     async fn open(&mut self) -> Result<(), DeliveryError<A::Error>> {
         let (deliverer, job) = (self.deliverer, self.job);
         let card = self.card.reference(job);
+        let opening = Instant::now();
         let opened = deliverer
             .retrier(Some(self.give_up_at()))
             .run(|| deliverer.adapter.open_card(&job.message, &card))
             .await?;
+        metrics::im_card_open(A::PLATFORM, opening.elapsed());
         self.refused_since = None;
         self.card.created = true;
         self.card.live = opened == Opened::Created;

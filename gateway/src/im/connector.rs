@@ -196,10 +196,13 @@ impl<A: Adapter> Connector<A> {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         // Reap finished tasks so the set does not grow with every message.
         while answers.try_join_next().is_some() {}
+        // The message is stored (or, resumed, read back) by now: the slot wait starts here.
+        let stored = tokio::time::Instant::now();
         answers.spawn(
             async move {
                 let Ok(_slot) = slots.acquire_owned().await else { return };
-                answerer.answer(job, route).await;
+                crate::metrics::im_answer_slot_wait(A::PLATFORM, stored.elapsed());
+                answerer.answer(job, route, stored).await;
             }
             .instrument(span),
         );
