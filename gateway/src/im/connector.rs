@@ -8,6 +8,7 @@
 //! when the message is stored) gets "slow down". On start, messages left unfinished by a crash or shutdown
 //! are answered first.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use super::adapter::{Adapter, Arrival, Inbox, NotStored};
 use super::answer::{Answerer, Route};
 use super::cards::Deliverer;
 use super::link::ImLink;
-use super::outbox::{Job, Outbox};
+use super::outbox::{Job, Outbox, Unfinished};
 use crate::access_rules::AccessRules;
 use crate::audit::{AuditError, AuditLog, Masker};
 use crate::db::DbError;
@@ -76,6 +77,20 @@ struct Connector<A: Adapter> {
     answer_slots: Arc<Semaphore>,
     /// Per-sender token buckets; `None`: no limit.
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// The messages this node is answering (or waiting to), whose leases it renews.
+    in_flight: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+/// Takes a message out of the in-flight set when its answer task ends, however it ends.
+struct InFlight {
+    set: Arc<std::sync::Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
 }
 
 impl<A: Adapter> Connector<A> {
@@ -184,6 +199,51 @@ impl<A: Adapter> Connector<A> {
         }
     }
 
+    /// Answer `unfinished` messages this node has just leased (resumed or claimed).
+    fn take_up(&self, unfinished: Vec<Unfinished>) {
+        for row in unfinished {
+            let message = self.adapter().decode(&row.envelope, row.payload.as_deref());
+            self.adapter().resuming(&message);
+            self.spawn_answer(row.into_job(message), Route::Normal);
+        }
+    }
+
+    /// Every third of a lease until `stop` turns true: renew the leases of the messages this node is
+    /// answering, then, until `shutdown` turns true, claim, as answer slots are free, messages whose lease
+    /// ran out (their node died or lost the store).
+    async fn keep_leases(&self, shutdown: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+        let outbox = self.outbox();
+        let every = (outbox.lease_duration() / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            let ids: Vec<String> = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            if let Err(err) = outbox.renew(ids).await {
+                tracing::warn!(cause = %err, "cannot renew the leases of the answers in flight");
+            }
+            // Once shutdown has begun, nothing new is taken up.
+            if *shutdown.borrow() {
+                continue;
+            }
+            match outbox.claim(self.answer_slots.available_permits()).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    tracing::info!(count = claimed.len(), "answering messages whose node's lease ran out");
+                    self.take_up(claimed);
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(cause = %err, "cannot claim messages whose lease ran out"),
+            }
+        }
+    }
+
     fn spawn_answer(&self, job: Job<A::Message>, route: Route) {
         let span = tracing::info_span!(
             "im_message",
@@ -193,6 +253,15 @@ impl<A: Adapter> Connector<A> {
             attempt = job.attempt,
         );
         let (answerer, slots) = (self.answerer.clone(), self.answer_slots.clone());
+        let id = job.envelope.id.clone();
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        let in_flight = InFlight {
+            set: self.in_flight.clone(),
+            id,
+        };
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         // Reap finished tasks so the set does not grow with every message.
         while answers.try_join_next().is_some() {}
@@ -200,6 +269,7 @@ impl<A: Adapter> Connector<A> {
         let stored = tokio::time::Instant::now();
         answers.spawn(
             async move {
+                let _in_flight = in_flight;
                 let Ok(_slot) = slots.acquire_owned().await else { return };
                 crate::metrics::im_answer_slot_wait(A::PLATFORM, stored.elapsed());
                 answerer.answer(job, route, stored).await;
@@ -221,6 +291,10 @@ pub struct ImConnector<A: Adapter> {
     pruning: JoinHandle<()>,
     /// Sets card marks the platform refused at first.
     marking: JoinHandle<()>,
+    /// Stops `leasing` once the answers have drained.
+    leases_stop: watch::Sender<bool>,
+    /// Renews this node's leases and claims messages whose lease ran out.
+    leasing: JoinHandle<()>,
 }
 
 impl<A: Adapter> ImConnector<A> {
@@ -235,7 +309,8 @@ impl<A: Adapter> ImConnector<A> {
     ) -> Result<Self, OpenError> {
         let settings = adapter.settings().clone();
         let store = Store::open_setting(&settings.database).await?;
-        let outbox = Outbox::on(store.clone(), A::PLATFORM, adapter.account());
+        let outbox =
+            Outbox::on(store.clone(), A::PLATFORM, adapter.account()).with_lease(&settings.node, settings.lease);
         let sessions = SessionStore::open(store.clone(), settings.session_idle);
         let audit = AuditLog::open(store, Masker::new(&settings.audit_mask_patterns)?);
         let limiter =
@@ -259,6 +334,7 @@ impl<A: Adapter> ImConnector<A> {
             answers: std::sync::Mutex::new(JoinSet::new()),
             answer_slots: Arc::new(Semaphore::new(CONCURRENT_ANSWERS)),
             limiter,
+            in_flight: Arc::default(),
         });
         let unfinished = outbox.resume().await?;
         if !unfinished.is_empty() {
@@ -268,11 +344,7 @@ impl<A: Adapter> ImConnector<A> {
                 "answering messages left unfinished by the last run"
             );
         }
-        for row in unfinished {
-            let message = adapter.decode(&row.envelope, row.payload.as_deref());
-            adapter.resuming(&message);
-            connector.spawn_answer(row.into_job(message), Route::Normal);
-        }
+        connector.take_up(unfinished);
         let (shutdown, rx) = watch::channel(false);
         let (inbox, arrivals) = Inbox::new(INBOX_CAPACITY);
         let intake = tokio::spawn(
@@ -286,7 +358,7 @@ impl<A: Adapter> ImConnector<A> {
                 .receive(inbox, rx.clone())
                 .instrument(tracing::info_span!("im_receive", platform = A::PLATFORM)),
         );
-        let (pruner, marker, marks_rx) = (connector.clone(), connector.clone(), rx.clone());
+        let (pruner, marker, marks_rx, claims_rx) = (connector.clone(), connector.clone(), rx.clone(), rx.clone());
         let pruning = tokio::spawn(
             async move { pruner.prune_periodically(rx).await }
                 .instrument(tracing::info_span!("im_prune", platform = A::PLATFORM)),
@@ -295,6 +367,13 @@ impl<A: Adapter> ImConnector<A> {
             async move { marker.mark_owed_cards(marks_rx).await }
                 .instrument(tracing::info_span!("im_marks", platform = A::PLATFORM)),
         );
+        // Leases are kept through the drain at shutdown, so they have a signal of their own.
+        let (leases_stop, leases_rx) = watch::channel(false);
+        let keeper = connector.clone();
+        let leasing = tokio::spawn(
+            async move { keeper.keep_leases(claims_rx, leases_rx).await }
+                .instrument(tracing::info_span!("im_leases", platform = A::PLATFORM, node = %settings.node)),
+        );
         Ok(Self {
             connector,
             shutdown,
@@ -302,6 +381,8 @@ impl<A: Adapter> ImConnector<A> {
             intake,
             pruning,
             marking,
+            leases_stop,
+            leasing,
         })
     }
 
@@ -351,7 +432,8 @@ impl<A: Adapter> ImConnector<A> {
     }
 
     /// Stop taking messages (the receive loop ends, so nothing new is acknowledged), then give answers in
-    /// flight up to `drain` to finish. Unfinished ones stay in the outbox and are answered on next start.
+    /// flight up to `drain` to finish, their leases renewed meanwhile. The leases of unfinished ones are
+    /// then released: another node on the store answers them at once, else this one on next start.
     pub async fn shutdown(self, drain: Duration) {
         let _ = self.shutdown.send(true);
         let _ = self.receiving.await;
@@ -368,6 +450,17 @@ impl<A: Adapter> ImConnector<A> {
                 "answers still running at the drain deadline; they resume on next start"
             );
             answers.shutdown().await;
+        }
+        let _ = self.leases_stop.send(true);
+        let _ = self.leasing.await;
+        match self.connector.outbox().release().await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(
+                platform = A::PLATFORM,
+                released,
+                "leases of unfinished answers released"
+            ),
+            Err(err) => tracing::warn!(cause = %err, "cannot release the leases of unfinished answers; they run out"),
         }
         tracing::info!(platform = A::PLATFORM, "IM connector stopped");
     }

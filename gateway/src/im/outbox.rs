@@ -6,15 +6,35 @@
 //! processes or nodes on one store. A message stays `accepted` until it is `answered` (finished card),
 //! `answered_markdown` (plain-text fallback), `failed` (nothing could be delivered; logged) or `ignored`
 //! (not addressed to the robot). [`Outbox::settle`] closes a message together with its audit record and
-//! session turn, in one transaction. After a crash, every `accepted` row is taken up again
-//! ([`Outbox::resume`]); each restart bumps its `attempts`, and `shown_bytes` tells it how much of the
-//! answer its cards already show. The platform's own message is kept as the adapter encodes it (`payload`).
+//! session turn, in one transaction. The platform's own message is kept as the adapter encodes it
+//! (`payload`).
+//!
+//! Leases say which node answers an `accepted` message: the node that stores it holds it for
+//! [`Outbox::with_lease`]'s duration and renews the lease while it answers ([`Outbox::renew`]). A node
+//! takes up, at start, the messages it held before and those whose lease ran out ([`Outbox::resume`]),
+//! and while it runs, as it has room, those whose lease ran out ([`Outbox::claim`]): a node that died
+//! loses its messages to the others once its leases expire. Each claim bumps `attempts`, and
+//! `shown_bytes` tells the claimer how much of the answer its cards already show. A node that stops
+//! gracefully hands what it did not finish back at once ([`Outbox::release`]).
 
 use super::adapter::{CardState, Envelope};
 use crate::audit::{AuditRecord, Outcome};
 use crate::db::{Database, DbError};
 pub use crate::store::Unfinished;
-use crate::store::{Arrival, Scope, Settlement, Store, Turn};
+use crate::store::{Arrival, Claim, Lease, Scope, Settlement, Store, Turn};
+
+/// How long a node holds a message it does not renew: [`Outbox::on`]'s default.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// This machine's host name, the default node id: nodes sharing a store must have different ids.
+pub fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "hearth".to_owned())
+}
 
 /// A message taken up for answering.
 #[derive(Debug, Clone)]
@@ -56,6 +76,10 @@ pub const SHOWN_ALL: usize = i64::MAX as usize;
 pub struct Outbox {
     store: Store,
     scope: Scope,
+    /// This node's id in leases.
+    node: String,
+    /// How long a lease lasts unless renewed.
+    lease: std::time::Duration,
 }
 
 /// The stored code of a card state owed to a card: the codes the outbox has kept since owed marks were
@@ -80,7 +104,8 @@ impl Outbox {
         Ok(Self::on(Store::sqlite(database)?, platform, account))
     }
 
-    /// The outbox of `platform`'s `account` in `store`.
+    /// The outbox of `platform`'s `account` in `store`, as node [`default_node_id`] with leases of
+    /// [`DEFAULT_LEASE`].
     pub fn on(store: Store, platform: &'static str, account: &str) -> Self {
         Self {
             store,
@@ -88,6 +113,23 @@ impl Outbox {
                 platform,
                 account: account.to_owned(),
             },
+            node: default_node_id(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    /// The same outbox as node `node`, whose leases last `lease` unless renewed.
+    pub fn with_lease(mut self, node: &str, lease: std::time::Duration) -> Self {
+        self.node = node.to_owned();
+        self.lease = lease;
+        self
+    }
+
+    /// A lease of this node's from now.
+    fn lease(&self) -> Lease {
+        Lease {
+            node: self.node.clone(),
+            until_ms: crate::db::now_ms() + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2),
         }
     }
 
@@ -113,7 +155,7 @@ impl Outbox {
             ignore,
             payload,
         };
-        let inserted = self.store.accept(&self.scope, arrival).await?;
+        let inserted = self.store.accept(&self.scope, arrival, &self.lease()).await?;
         Ok((inserted && !ignore).then_some(Job {
             message,
             envelope,
@@ -124,9 +166,39 @@ impl Outbox {
         }))
     }
 
-    /// Every message still `accepted` (interrupted by a crash or shutdown), each with its attempt bumped.
+    /// At start: every message still `accepted` that this node held before (interrupted by a crash or
+    /// shutdown) or whose lease ran out, now leased to this node, each with its attempt bumped.
     pub async fn resume(&self) -> Result<Vec<Unfinished>, DbError> {
-        self.store.resume(&self.scope).await
+        self.store.claim(&self.scope, &self.lease(), Claim::OnStart).await
+    }
+
+    /// At most `limit` messages still `accepted` whose lease ran out (their node died or is cut off), now
+    /// leased to this node, each with its attempt bumped.
+    pub async fn claim(&self, limit: usize) -> Result<Vec<Unfinished>, DbError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.store
+            .claim(&self.scope, &self.lease(), Claim::Expired(limit))
+            .await
+    }
+
+    /// Renew this node's leases on `msg_ids` (the answers it is working on); how many it still holds.
+    pub async fn renew(&self, msg_ids: Vec<String>) -> Result<usize, DbError> {
+        if msg_ids.is_empty() {
+            return Ok(0);
+        }
+        self.store.renew(&self.scope, &self.lease(), msg_ids).await
+    }
+
+    /// End this node's leases on what it did not finish, so another node takes it up at once.
+    pub async fn release(&self) -> Result<usize, DbError> {
+        self.store.release(&self.scope, &self.node).await
+    }
+
+    /// How long a lease lasts unless renewed.
+    pub fn lease_duration(&self) -> std::time::Duration {
+        self.lease
     }
 
     /// Note that the first card of `msg_id` exists.

@@ -106,8 +106,8 @@ pub fn ensure(holds: bool, platform: &'static str, field: &'static str, rule: &'
 
 /// Declares a platform's configuration section: a serde struct of the platform's own fields, each written
 /// with its default (`pub ping_interval_secs: u64 = 30,`), followed by the knobs every platform shares
-/// (answer length, sessions, per-user rate, audit masks, retention, HTTP timeout, backoffs), whose
-/// defaults are the same everywhere. Unknown keys are an error naming them.
+/// (answer length, sessions, per-user rate, audit masks, retention, HTTP timeout, backoffs, the node's
+/// name and lease), whose defaults are the same everywhere. Unknown keys are an error naming them.
 ///
 /// The header names the platform (for errors) and its secrets that may come from files instead
 /// (`secrets: [app_secret <- app_secret_file]`). The struct gets `Default`, `PLATFORM`, `from_file`,
@@ -155,6 +155,13 @@ macro_rules! platform_section {
             /// First reconnect delay; it doubles per failure up to `backoff_max_ms`, plus up to 100% random
             /// jitter.
             pub backoff_initial_ms: u64,
+            /// This node's name in the leases of a store several nodes share; empty: the host name. Nodes
+            /// on one store must have different names.
+            pub node_id: String,
+            /// A node holds a message it stored or claimed this long without renewing the lease (it renews
+            /// it every third of that while it answers); a node that died loses its messages to the others
+            /// once their leases run out.
+            pub lease_secs: u64,
         }
 
         impl Default for $name {
@@ -170,6 +177,8 @@ macro_rules! platform_section {
                     http_timeout_secs: 10,
                     throttle_backoff_ms: 1_000,
                     backoff_initial_ms: 1_000,
+                    node_id: String::new(),
+                    lease_secs: 30,
                 }
             }
         }
@@ -220,6 +229,12 @@ macro_rules! platform_section {
                     retry_bound: std::time::Duration::from_secs(retry_secs.max(1)),
                     throttle_backoff: std::time::Duration::from_millis(self.throttle_backoff_ms),
                     cards,
+                    node: if self.node_id.trim().is_empty() {
+                        $crate::im::outbox::default_node_id()
+                    } else {
+                        self.node_id.trim().to_owned()
+                    },
+                    lease: std::time::Duration::from_secs(self.lease_secs.max(1)),
                 }
             }
 

@@ -63,4 +63,8 @@ pub struct Settings {
     pub throttle_backoff: Duration,
     /// What the platform's cards can take.
     pub cards: CardLimits,
+    /// This node's name in the store's leases.
+    pub node: String,
+    /// How long a lease lasts unless renewed.
+    pub lease: Duration,
 }

@@ -17,10 +17,10 @@ mod sqlite;
 pub mod throwaway;
 pub mod types;
 
-pub use types::{Arrival, Scope, Settlement, Turn, Unfinished};
+pub use types::{Arrival, Claim, Lease, Scope, Settlement, Turn, Unfinished};
 
 /// The newest migration: both backends have this many (`store/migrations/{sqlite,postgres}/`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub(crate) use sqlite::{migrate_connection as sqlite_migrate, records_since as sqlite_records_since};
 
@@ -158,14 +158,26 @@ impl Store {
         dispatch!(self, schema_version())
     }
 
-    /// Record `arrival` (`accepted`, or `ignored`); `true` when it is new (its dedupe key was free).
-    pub async fn accept(&self, scope: &Scope, arrival: Arrival) -> Result<bool, DbError> {
-        dispatch!(self, accept(scope.clone(), arrival))
+    /// Record `arrival` (`accepted` under `lease`, or `ignored`); `true` when it is new (its dedupe key was
+    /// free).
+    pub async fn accept(&self, scope: &Scope, arrival: Arrival, lease: &Lease) -> Result<bool, DbError> {
+        dispatch!(self, accept(scope.clone(), arrival, lease.clone()))
     }
 
-    /// Every message still `accepted`, oldest first, each with its attempt bumped.
-    pub async fn resume(&self, scope: &Scope) -> Result<Vec<Unfinished>, DbError> {
-        dispatch!(self, resume(scope.clone()))
+    /// Take the messages still `accepted` that `claim` names, under `lease`, oldest first, each with its
+    /// attempt bumped. Two nodes claiming at once take different messages.
+    pub async fn claim(&self, scope: &Scope, lease: &Lease, claim: Claim) -> Result<Vec<Unfinished>, DbError> {
+        dispatch!(self, claim(scope.clone(), lease.clone(), claim))
+    }
+
+    /// Extend `lease` over the messages `msg_ids` its node still holds; how many it holds.
+    pub async fn renew(&self, scope: &Scope, lease: &Lease, msg_ids: Vec<String>) -> Result<usize, DbError> {
+        dispatch!(self, renew(scope.clone(), lease.clone(), msg_ids))
+    }
+
+    /// End the leases `node` holds on unfinished messages, so another node may claim them at once.
+    pub async fn release(&self, scope: &Scope, node: &str) -> Result<usize, DbError> {
+        dispatch!(self, release(scope.clone(), node.to_owned()))
     }
 
     /// Note that the first card of `msg_id` exists.

@@ -13,7 +13,7 @@ use deadpool_postgres::{Config, GenericClient, ManagerConfig, Pool, PoolConfig, 
 use engine::ChatMessage;
 use tokio_postgres::{NoTls, Row};
 
-use super::types::{chat_kind, parse_chat_kind, Arrival, Scope, Settlement, Turn, Unfinished};
+use super::types::{chat_kind, parse_chat_kind, Arrival, Claim, Lease, Scope, Settlement, Turn, Unfinished};
 use crate::audit::record::{AuditRecord, Handler, Outcome};
 use crate::db::{now_ms, DbError};
 use crate::im::adapter::Envelope;
@@ -23,6 +23,7 @@ use crate::skills::calls::{CallStatus, SkillCall};
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_skill_calls.sql"),
+    include_str!("migrations/postgres/0003_leases.sql"),
 ];
 
 /// The advisory lock migrations hold ("hearth" in ASCII).
@@ -114,7 +115,7 @@ impl Postgres {
             .get(0))
     }
 
-    pub(super) async fn accept(&self, scope: Scope, arrival: Arrival) -> Result<bool, DbError> {
+    pub(super) async fn accept(&self, scope: Scope, arrival: Arrival, lease: Lease) -> Result<bool, DbError> {
         let client = self.client().await?;
         let Arrival {
             envelope,
@@ -127,8 +128,9 @@ impl Postgres {
         let inserted = client
             .execute(
                 "INSERT INTO inbound (platform, robot, msg_id, conversation_id, conversation_type, sender_id,
-                     sender_nick, text, at_bot, out_track_id, state, attempts, received_ms, payload)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                     sender_nick, text, at_bot, out_track_id, state, attempts, received_ms, payload, owner,
+                     lease_until_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  ON CONFLICT (platform, robot, msg_id) DO NOTHING",
                 &[
                     &scope.platform,
@@ -145,21 +147,40 @@ impl Postgres {
                     &attempts,
                     &now_ms(),
                     &payload,
+                    &lease.node,
+                    &lease.until_ms,
                 ],
             )
             .await?;
         Ok(inserted == 1)
     }
 
-    pub(super) async fn resume(&self, scope: Scope) -> Result<Vec<Unfinished>, DbError> {
+    pub(super) async fn claim(&self, scope: Scope, lease: Lease, claim: Claim) -> Result<Vec<Unfinished>, DbError> {
         let client = self.client().await?;
+        let (mine_too, limit) = match claim {
+            Claim::OnStart => (true, i64::MAX),
+            Claim::Expired(limit) => (false, i64::try_from(limit).unwrap_or(i64::MAX)),
+        };
         let rows = client
             .query(
-                "UPDATE inbound SET attempts = attempts + 1
-                 WHERE platform = $1 AND robot = $2 AND state = 'accepted'
+                "UPDATE inbound SET attempts = attempts + 1, owner = $3, lease_until_ms = $4
+                 WHERE (platform, robot, msg_id) IN (
+                     SELECT platform, robot, msg_id FROM inbound
+                     WHERE platform = $1 AND robot = $2 AND state = 'accepted'
+                       AND (lease_until_ms < $5 OR ($6 AND owner = $3))
+                     ORDER BY received_ms LIMIT $7
+                     FOR UPDATE SKIP LOCKED)
                  RETURNING msg_id, conversation_id, conversation_type, sender_id, sender_nick, text, at_bot,
                            out_track_id, attempts, card_created, shown_bytes, payload, received_ms",
-                &[&scope.platform, &scope.account],
+                &[
+                    &scope.platform,
+                    &scope.account,
+                    &lease.node,
+                    &lease.until_ms,
+                    &now_ms(),
+                    &mine_too,
+                    &limit,
+                ],
             )
             .await?;
         let mut unfinished: Vec<(i64, Unfinished)> = rows
@@ -189,6 +210,30 @@ impl Postgres {
             .collect();
         unfinished.sort_by_key(|(received, _)| *received);
         Ok(unfinished.into_iter().map(|(_, row)| row).collect())
+    }
+
+    pub(super) async fn renew(&self, scope: Scope, lease: Lease, msg_ids: Vec<String>) -> Result<usize, DbError> {
+        let client = self.client().await?;
+        let renewed = client
+            .execute(
+                "UPDATE inbound SET lease_until_ms = $4
+                 WHERE platform = $1 AND robot = $2 AND owner = $3 AND state = 'accepted' AND msg_id = ANY($5)",
+                &[&scope.platform, &scope.account, &lease.node, &lease.until_ms, &msg_ids],
+            )
+            .await?;
+        Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
+    }
+
+    pub(super) async fn release(&self, scope: Scope, node: String) -> Result<usize, DbError> {
+        let client = self.client().await?;
+        let released = client
+            .execute(
+                "UPDATE inbound SET lease_until_ms = 0
+                 WHERE platform = $1 AND robot = $2 AND owner = $3 AND state = 'accepted'",
+                &[&scope.platform, &scope.account, &node],
+            )
+            .await?;
+        Ok(usize::try_from(released).unwrap_or(usize::MAX))
     }
 
     pub(super) async fn card_created(&self, scope: Scope, msg_id: String) -> Result<(), DbError> {

@@ -5,7 +5,7 @@
 use engine::ChatMessage;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::types::{chat_kind, parse_chat_kind, Arrival, Scope, Settlement, Turn, Unfinished};
+use super::types::{chat_kind, parse_chat_kind, Arrival, Claim, Lease, Scope, Settlement, Turn, Unfinished};
 use crate::audit::record::{AuditRecord, Outcome};
 use crate::db::{add_column, now_ms, run, DbError, SharedConnection};
 use crate::im::adapter::Envelope;
@@ -15,6 +15,7 @@ use crate::skills::calls::{CallStatus, SkillCall};
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_skill_calls.sql"),
+    include_str!("migrations/sqlite/0003_leases.sql"),
 ];
 
 /// Columns older (unversioned) databases may lack, added after the first migration.
@@ -70,7 +71,7 @@ impl Sqlite {
         .await
     }
 
-    pub(super) async fn accept(&self, scope: Scope, arrival: Arrival) -> Result<bool, DbError> {
+    pub(super) async fn accept(&self, scope: Scope, arrival: Arrival, lease: Lease) -> Result<bool, DbError> {
         run(&self.conn, move |conn| {
             let Arrival {
                 envelope,
@@ -81,8 +82,8 @@ impl Sqlite {
             let inserted = conn.execute(
                 "INSERT OR IGNORE INTO inbound (platform, robot, msg_id, message_id, conversation_id, conversation_type,
                      sender_staff_id, sender_nick, text, at_bot, out_track_id, state, attempts, received_ms, sender_id,
-                     payload)
-                 VALUES (?1, ?2, ?3, '', ?4, ?5, '', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     payload, owner, lease_until_ms)
+                 VALUES (?1, ?2, ?3, '', ?4, ?5, '', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     scope.platform,
                     scope.account,
@@ -98,6 +99,8 @@ impl Sqlite {
                     now_ms(),
                     envelope.sender,
                     payload,
+                    lease.node,
+                    lease.until_ms,
                 ],
             )?;
             Ok(inserted == 1)
@@ -105,39 +108,85 @@ impl Sqlite {
         .await
     }
 
-    pub(super) async fn resume(&self, scope: Scope) -> Result<Vec<Unfinished>, DbError> {
+    pub(super) async fn claim(&self, scope: Scope, lease: Lease, claim: Claim) -> Result<Vec<Unfinished>, DbError> {
+        run(&self.conn, move |conn| {
+            let (mine_too, limit) = match claim {
+                Claim::OnStart => (true, i64::MAX),
+                Claim::Expired(limit) => (false, i64::try_from(limit).unwrap_or(i64::MAX)),
+            };
+            // One statement: SQLite runs it alone, so no other claim sees its rows half taken.
+            let mut claimed = {
+                let mut statement = conn.prepare(
+                    "UPDATE inbound SET attempts = attempts + 1, owner = ?3, lease_until_ms = ?4
+                     WHERE platform = ?1 AND robot = ?2 AND msg_id IN (
+                         SELECT msg_id FROM inbound
+                         WHERE platform = ?1 AND robot = ?2 AND state = 'accepted'
+                           AND (lease_until_ms < ?5 OR (?6 AND owner = ?3))
+                         ORDER BY received_ms LIMIT ?7)
+                     RETURNING msg_id, conversation_id, conversation_type, sender_id, sender_staff_id, sender_nick,
+                               text, at_bot, out_track_id, attempts, card_created, shown_bytes, payload, received_ms",
+                )?;
+                let rows = statement.query_map(
+                    params![
+                        scope.platform,
+                        scope.account,
+                        lease.node,
+                        lease.until_ms,
+                        now_ms(),
+                        mine_too,
+                        limit
+                    ],
+                    |row| {
+                        let kind: String = row.get(2)?;
+                        let (sender_id, staff_id): (String, String) = (row.get(3)?, row.get(4)?);
+                        let unfinished = Unfinished {
+                            envelope: Envelope {
+                                id: row.get(0)?,
+                                conversation: row.get(1)?,
+                                chat: parse_chat_kind(&kind),
+                                // Rows before adapters kept DingTalk's staff id apart.
+                                sender: if staff_id.is_empty() { sender_id } else { staff_id },
+                                sender_nick: row.get(5)?,
+                                text: row.get::<_, String>(6)?.trim().to_owned(),
+                                addressed: row.get(7)?,
+                            },
+                            card_id: row.get(8)?,
+                            attempt: row.get(9)?,
+                            card_created: row.get(10)?,
+                            shown: usize::try_from(row.get::<_, i64>(11)?).unwrap_or(0),
+                            payload: row.get(12)?,
+                        };
+                        Ok((row.get::<_, i64>(13)?, unfinished))
+                    },
+                )?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            claimed.sort_by_key(|(received, _)| *received);
+            Ok(claimed.into_iter().map(|(_, row)| row).collect())
+        })
+        .await
+    }
+
+    pub(super) async fn renew(&self, scope: Scope, lease: Lease, msg_ids: Vec<String>) -> Result<usize, DbError> {
+        let ids = serde_json::to_string(&msg_ids).unwrap_or_else(|_| "[]".to_owned());
         run(&self.conn, move |conn| {
             conn.execute(
-                "UPDATE inbound SET attempts = attempts + 1 WHERE platform = ?1 AND robot = ?2 AND state = 'accepted'",
-                params![scope.platform, scope.account],
-            )?;
-            let mut statement = conn.prepare(
-                "SELECT msg_id, conversation_id, conversation_type, sender_id, sender_staff_id, sender_nick, text,
-                        at_bot, out_track_id, attempts, card_created, shown_bytes, payload
-                 FROM inbound WHERE platform = ?1 AND robot = ?2 AND state = 'accepted' ORDER BY received_ms",
-            )?;
-            let rows = statement.query_map(params![scope.platform, scope.account], |row| {
-                let kind: String = row.get(2)?;
-                let (sender_id, staff_id): (String, String) = (row.get(3)?, row.get(4)?);
-                Ok(Unfinished {
-                    envelope: Envelope {
-                        id: row.get(0)?,
-                        conversation: row.get(1)?,
-                        chat: parse_chat_kind(&kind),
-                        // Rows before adapters kept DingTalk's staff id apart.
-                        sender: if staff_id.is_empty() { sender_id } else { staff_id },
-                        sender_nick: row.get(5)?,
-                        text: row.get::<_, String>(6)?.trim().to_owned(),
-                        addressed: row.get(7)?,
-                    },
-                    card_id: row.get(8)?,
-                    attempt: row.get(9)?,
-                    card_created: row.get(10)?,
-                    shown: usize::try_from(row.get::<_, i64>(11)?).unwrap_or(0),
-                    payload: row.get(12)?,
-                })
-            })?;
-            rows.collect()
+                "UPDATE inbound SET lease_until_ms = ?4
+                 WHERE platform = ?1 AND robot = ?2 AND owner = ?3 AND state = 'accepted'
+                   AND msg_id IN (SELECT value FROM json_each(?5))",
+                params![scope.platform, scope.account, lease.node, lease.until_ms, ids],
+            )
+        })
+        .await
+    }
+
+    pub(super) async fn release(&self, scope: Scope, node: String) -> Result<usize, DbError> {
+        run(&self.conn, move |conn| {
+            conn.execute(
+                "UPDATE inbound SET lease_until_ms = 0
+                 WHERE platform = ?1 AND robot = ?2 AND owner = ?3 AND state = 'accepted'",
+                params![scope.platform, scope.account, node],
+            )
         })
         .await
     }

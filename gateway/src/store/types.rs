@@ -10,6 +10,22 @@ pub struct Scope {
     pub account: String,
 }
 
+/// Which node answers a message, and until when (milliseconds since the epoch) unless it renews the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub node: String,
+    pub until_ms: i64,
+}
+
+/// Which unfinished messages a claim takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// At start: those whose lease ran out, and those this node held before it restarted.
+    OnStart,
+    /// While running: at most this many whose lease ran out.
+    Expired(usize),
+}
+
 /// A message as the outbox records it on arrival.
 #[derive(Debug, Clone)]
 pub struct Arrival {

@@ -19,6 +19,7 @@ mod feishu_faults;
 mod feishu_scopes;
 mod http_skills;
 mod kb;
+mod nodes;
 mod overload;
 mod presets;
 mod routes;

@@ -228,3 +228,57 @@ async fn a_store_that_cannot_be_reached_or_named_is_a_clear_error() {
         gateway::store::SCHEMA_VERSION
     );
 }
+
+#[tokio::test]
+async fn a_message_belongs_to_one_node_until_its_lease_runs_out_or_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    for (first, second) in both_backends(&dir).await {
+        let backend = first.backend();
+        let lease = Duration::from_secs(60);
+        let a = Outbox::on(first.clone(), "test", "robot").with_lease("node-a", lease);
+        let b = Outbox::on(second.clone(), "test", "robot").with_lease("node-b", lease);
+        a.accept(envelope("m1", "u1"), (), "{}".to_owned())
+            .await
+            .unwrap()
+            .unwrap();
+        // Node a holds it: b neither claims it nor takes it up at start; a renews it.
+        assert!(b.claim(10).await.unwrap().is_empty(), "{backend:?}");
+        assert!(b.resume().await.unwrap().is_empty(), "{backend:?}");
+        assert_eq!(a.renew(vec!["m1".to_owned()]).await.unwrap(), 1, "{backend:?}");
+        // Node a restarts: it takes up what it held at once.
+        let resumed = a.resume().await.unwrap();
+        assert_eq!(resumed.len(), 1, "{backend:?}");
+        assert_eq!(resumed[0].attempt, 2, "{backend:?}");
+        // Node a stops gracefully: its lease ends and b claims the message; a no longer holds it.
+        assert_eq!(a.release().await.unwrap(), 1, "{backend:?}");
+        let claimed = b.claim(10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{backend:?}");
+        assert_eq!(
+            (claimed[0].envelope.id.as_str(), claimed[0].attempt),
+            ("m1", 3),
+            "{backend:?}"
+        );
+        assert_eq!(a.renew(vec!["m1".to_owned()]).await.unwrap(), 0, "{backend:?}");
+        assert!(a.claim(10).await.unwrap().is_empty(), "{backend:?}");
+
+        // A node that stops renewing (dead) loses its messages once the lease runs out; two nodes claiming
+        // at once take different ones, together all of them.
+        let dead = Outbox::on(first.clone(), "test", "robot").with_lease("node-dead", Duration::from_millis(1));
+        for i in 0..20 {
+            dead.accept(envelope(&format!("d{i}"), "u2"), (), "{}".to_owned())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        // The only wait: for the clock to pass a 1 ms lease.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (x, y) = tokio::join!(a.claim(15), b.claim(15));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let mut ids: Vec<String> = x.iter().chain(&y).map(|u| u.envelope.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(x.len() + y.len(), 20, "{backend:?}: {} + {}", x.len(), y.len());
+        assert_eq!(ids.len(), 20, "{backend:?}: no message claimed twice");
+        assert!(x.len() <= 15 && y.len() <= 15, "{backend:?}: each claim is bounded");
+    }
+}
