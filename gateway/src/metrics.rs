@@ -5,7 +5,8 @@
 //! through the `metrics` facade where they happen. The engine's own counters and gauges (running, waiting, KV blocks, tokens) are read from
 //! `EngineHandle::stats` at scrape time, so they are exact and cost nothing between scrapes.
 //!
-//! One recorder per process ([`handle`] installs it on first use); every router in the process renders it.
+//! One recorder per process ([`handle`] installs it on first use, which `server::app` makes before any
+//! request); every router in the process renders it.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -41,8 +41,10 @@ use crate::routing::ModelRouter;
 use crate::state::{AppState, GatewayConfig, RequestId};
 use crate::{admin, completions, guards};
 
-/// The router, with state, limits and middleware applied.
+/// The router, with state, limits and middleware applied. The metrics recorder is installed here, before
+/// any request, so what happens before the first scrape of `/metrics` is counted too.
 pub fn app(state: AppState) -> Router {
+    let _ = metrics::handle();
     let v1 = Router::new()
         .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/v1/completions", post(completions::completions))
