@@ -199,9 +199,20 @@ impl<A: Adapter> Connector<A> {
         }
     }
 
-    /// Answer `unfinished` messages this node has just leased (resumed or claimed).
+    /// Answer `unfinished` messages this node has just leased (resumed or claimed), but for any it is still
+    /// answering (its lease ran out while the store was out of reach): that answer goes on, now under the
+    /// new lease.
     fn take_up(&self, unfinished: Vec<Unfinished>) {
         for row in unfinished {
+            if self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&row.envelope.id)
+            {
+                tracing::info!(msg_id = %row.envelope.id, "reclaimed a message this node is still answering");
+                continue;
+            }
             let message = self.adapter().decode(&row.envelope, row.payload.as_deref());
             self.adapter().resuming(&message);
             self.spawn_answer(row.into_job(message), Route::Normal);
